@@ -1,0 +1,36 @@
+"""Framework adapters. Each module imports its framework inside functions, never at import."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# suffix -> framework; the first model given is the reference.
+SUFFIXES = {
+    ".onnx": "onnxruntime",
+    ".mnn": "mnn",
+    ".pt2": "torch",
+    ".pt": "torch",
+    ".ts": "torch",
+    ".torchscript": "torch",
+}
+
+
+def framework_for(path: str | Path) -> str | None:
+    return SUFFIXES.get(Path(path).suffix.lower())
+
+
+def open_backend(framework: str, path: str | Path, **options):
+    """Return an unopened backend for ``framework``; use it as a context manager."""
+    if framework == "onnxruntime":
+        from parity.backends.onnxruntime import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(path, **options)
+    if framework == "mnn":
+        from parity.backends.mnn import MnnBackend
+
+        return MnnBackend(path, **options)
+    if framework == "torch":
+        from parity.backends.torch import TorchBackend
+
+        return TorchBackend(path, **options)
+    raise ValueError(f"unknown framework {framework!r}")

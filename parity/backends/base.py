@@ -1,0 +1,172 @@
+"""The backend protocol and the one place where feeds are checked against a model's inputs.
+
+Like Polygraphy's runners: the constructor only stores the path and options; the framework is
+loaded in ``open()`` (or ``with backend:``); ``run`` maps feeds to an ordered name -> array dict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Sequence
+
+import numpy as np
+
+from parity.errors import InputError, ModelError
+from parity.specs import TensorMap, TensorSpec, format_shape
+
+
+@dataclass
+class RunResult:
+    outputs: TensorMap  # ordered as the model declares them (or as requested)
+    # What the backend itself did to reach a plain array, per output, e.g. "nc4hw4 -> nchw".
+    steps: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # What it did to the feeds, e.g. "input 'ids' fed as int32 (MNN has no int64 inputs)".
+    notes: tuple[str, ...] = ()
+
+
+# Casts a backend may apply to a feed without changing its values (checked per array).
+_LOSSLESS_CASTS = {
+    ("int64", "int32"),
+    ("bool", "int32"),
+    ("bool", "uint8"),
+    ("int32", "int64"),
+}
+
+
+class Backend:
+    framework: ClassVar[str] = ""
+    # False where the model's declared dims are advisory (MNN records a dynamic batch as 1).
+    checks_dims: ClassVar[bool] = True
+
+    def __init__(self, path: str | Path, **options):
+        self.path = Path(path)
+        self.options = options
+        self._opened = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def __enter__(self):
+        self.open()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def open(self) -> None:
+        check_model_file(self.path, self.framework)
+        self._open()
+        self._opened = True
+
+    def close(self) -> None:
+        if self._opened:
+            self._close()
+            self._opened = False
+
+    # -- what adapters implement ----------------------------------------------------------
+    def _open(self) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        pass
+
+    def _run(self, feeds: TensorMap) -> RunResult:
+        raise NotImplementedError
+
+    @property
+    def input_specs(self) -> list[TensorSpec]:
+        raise NotImplementedError
+
+    @property
+    def output_specs(self) -> list[TensorSpec]:
+        raise NotImplementedError
+
+    @property
+    def version(self) -> str:
+        raise NotImplementedError
+
+    def settings(self) -> dict:
+        """Runtime settings that affect numbers, recorded in the report."""
+        return {}
+
+    # -- shared behaviour ------------------------------------------------------------------
+    @property
+    def label(self) -> str:
+        return f"{self.framework} model {self.path.name}"
+
+    def run(self, feeds: TensorMap) -> RunResult:
+        prepared, notes = conform_feeds(
+            self.input_specs, feeds, self.label, allow_casts=True, check_dims=self.checks_dims
+        )
+        result = self._run(prepared)
+        result.notes = tuple(notes) + tuple(result.notes)
+        return result
+
+
+def check_model_file(path: Path, framework: str) -> None:
+    """Fail with one line before any framework sees a path that cannot be a model."""
+    if not path.exists():
+        raise ModelError(f"model file {str(path)!r} does not exist")
+    if path.is_dir():
+        raise ModelError(f"model path {str(path)!r} is a directory, not a {framework} model file")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ModelError(f"model file {str(path)!r} cannot be read: {exc.strerror}") from None
+    if size == 0:
+        raise ModelError(f"model file {str(path)!r} is empty")
+
+
+def conform_feeds(
+    specs: Sequence[TensorSpec],
+    feeds: TensorMap,
+    label: str,
+    *,
+    allow_casts: bool = False,
+    check_dims: bool = True,
+) -> tuple[TensorMap, list[str]]:
+    """Check names, ranks, fixed dims and dtypes; return feeds in the model's input order.
+
+    With ``allow_casts`` a backend may take a feed in another integer width when no value
+    changes (MNN takes ONNX int64 inputs as int32); each such cast is returned as a note.
+    """
+    expected = [s.name for s in specs]
+    unknown = [n for n in feeds if n not in expected]
+    if unknown:
+        raise InputError(f"unknown input {unknown[0]!r} for {label}; it has inputs {expected}")
+    missing = [n for n in expected if n not in feeds]
+    if missing:
+        raise InputError(f"input {missing[0]!r} is missing; {label} expects {expected}")
+    out: TensorMap = {}
+    notes: list[str] = []
+    for spec in specs:
+        array = np.asarray(feeds[spec.name])
+        if spec.shape is not None:
+            if array.ndim != len(spec.shape):
+                raise InputError(
+                    f"input {spec.name!r} has shape {tuple(array.shape)} but {label} expects "
+                    f"rank {len(spec.shape)} {format_shape(spec.shape)}"
+                )
+            for got, want in zip(array.shape, spec.shape):
+                if check_dims and isinstance(want, int) and got != want:
+                    raise InputError(
+                        f"input {spec.name!r} has shape {tuple(array.shape)} but {label} expects "
+                        f"{format_shape(spec.shape)}"
+                    )
+        have = array.dtype.name
+        if have != spec.dtype:
+            if not (allow_casts and (have, spec.dtype) in _LOSSLESS_CASTS):
+                raise InputError(
+                    f"input {spec.name!r} is {have} but {label} expects {spec.dtype}"
+                )
+            cast = array.astype(spec.dtype)
+            if not np.array_equal(cast.astype(have), array):
+                raise InputError(
+                    f"input {spec.name!r} ({have}) has values that do not fit {spec.dtype}, "
+                    f"which {label} takes"
+                )
+            notes.append(f"input {spec.name!r} fed to {label} as {spec.dtype} (given {have})")
+            array = cast
+        out[spec.name] = np.ascontiguousarray(array)
+    return out, notes

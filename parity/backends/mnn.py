@@ -1,0 +1,140 @@
+"""MNN adapter through the Module API, with every MNN call in a child process (worker.py)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from parity.backends.base import Backend, RunResult
+from parity.backends.worker import Worker
+from parity.errors import FrameworkMissing, ModelError
+from parity.specs import TensorMap, TensorSpec
+
+_CHILD = "parity.backends.mnn_child"
+
+
+def _looks_like_onnx(path) -> bool:
+    try:
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+        return len(model.graph.node) > 0
+    except Exception:
+        return False
+
+
+class MnnBackend(Backend):
+    framework = "mnn"
+    checks_dims = False
+
+    def __init__(
+        self,
+        path,
+        *,
+        timeout: float = 300.0,
+        backend: str = "CPU",
+        threads: int = 4,
+        precision: str = "normal",
+        hints: tuple = (),
+        **options,
+    ):
+        super().__init__(path, **options)
+        self.timeout = timeout
+        self.backend = backend
+        self.threads = threads
+        self.precision = precision
+        self.hints = tuple(hints)
+        self._worker: Worker | None = None
+
+    def _open(self) -> None:
+        try:
+            import importlib.util
+
+            if importlib.util.find_spec("MNN") is None:
+                raise ImportError
+        except ImportError:
+            raise FrameworkMissing("MNN", "pip install MNN") from None
+        self._worker = Worker("mnn", timeout=self.timeout).start()
+        try:
+            info = self._worker.call(
+                f"{_CHILD}:load",
+                step=f"loading {self.path.name}",
+                path=os.path.abspath(self.path),
+                backend=self.backend,
+                threads=self.threads,
+                precision=self.precision,
+                hints=[list(h) for h in self.hints],
+            )
+        except ModelError:
+            self._close()
+            if _looks_like_onnx(self.path):
+                raise ModelError(
+                    f"{str(self.path)!r} is an ONNX model with an .mnn name; convert it first "
+                    f"(parity convert {self.path.name})"
+                ) from None
+            raise
+        except BaseException:
+            self._close()
+            raise
+        self._version = info["version"]
+        self._inputs = [
+            TensorSpec(i["name"], None if i["shape"] is None else tuple(
+                d if d >= 0 else "?" for d in i["shape"]), i["dtype"])
+            for i in info["inputs"]
+        ]
+        self._outputs = [TensorSpec(name, None, "?") for name in info["outputs"]]
+
+    def _close(self) -> None:
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
+
+    @property
+    def input_specs(self) -> list[TensorSpec]:
+        return self._inputs
+
+    @property
+    def output_specs(self) -> list[TensorSpec]:
+        return self._outputs
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    def settings(self) -> dict:
+        return {
+            "backend": self.backend,
+            "threads": self.threads,
+            "precision": self.precision,
+            "hints": [list(h) for h in self.hints],
+        }
+
+    def _run(self, feeds: TensorMap, outputs: list[str] | None = None) -> RunResult:
+        worker = self._worker
+        feed_paths = {}
+        for name, array in feeds.items():
+            feed_paths[name] = str(worker.path("in"))
+            np.save(feed_paths[name], array)
+        names = outputs or [s.name for s in self._outputs]
+        result_paths = {name: str(worker.path("out")) for name in names}
+        try:
+            reply = worker.call(
+                f"{_CHILD}:run",
+                step=f"running {self.path.name}",
+                feeds=feed_paths,
+                results=result_paths,
+                outputs=outputs,
+            )
+            arrays, steps = {}, {}
+            for name in names:
+                entry = reply[name]
+                arrays[name] = np.load(entry["path"])
+                steps[name] = tuple(entry["steps"])
+        finally:
+            for path in list(feed_paths.values()) + list(result_paths.values()):
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+        return RunResult(arrays, steps)

@@ -1,0 +1,128 @@
+"""MNN work done inside the worker child (see worker.py). Imported only in the child.
+
+State lives in module globals because the child serves one model for its whole life.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from parity.backends.worker import ChildFailure
+
+_DTYPES = {
+    "dtype.float": "float32",
+    "dtype.double": "float64",
+    "dtype.int": "int32",
+    "dtype.int64": "int64",
+    "dtype.uint8": "uint8",
+    "dtype.int8": "int8",
+}
+_PRECISIONS = {"normal": 0, "high": "high", "low": "low", "low_bf16": "Low_BF16"}
+
+_state: dict = {}
+
+
+def _mnn():
+    import MNN
+
+    return MNN
+
+
+def _numpy_dtype(mnn_dtype) -> str:
+    return _DTYPES.get(str(mnn_dtype), str(mnn_dtype))
+
+
+def _mnn_dtype(name: str):
+    F = _mnn().expr
+    return {"float32": F.float, "float64": F.double, "int32": F.int, "int64": F.int64,
+            "uint8": F.uint8, "int8": F.int8}[name]
+
+
+def load(path: str, backend: str, threads: int, precision: str, hints: list) -> dict:
+    MNN = _mnn()
+    F = MNN.expr
+    graph = F.load_as_dict(path)
+    if not graph:
+        raise ChildFailure("model", f"{path!r} is not a readable MNN model (MNN could not parse it)")
+    config = {"backend": backend, "numThread": int(threads)}
+    precision_value = _PRECISIONS.get(precision, precision)
+    if precision_value != 0:
+        config["precision"] = precision_value
+    runtime = MNN.nn.create_runtime_manager((config,))
+    for mode, value in hints:
+        runtime.set_hint(int(mode), int(value))
+    module = MNN.nn.load_module_from_file(path, [], [], runtime_manager=runtime)
+    info = module.get_info()
+    inputs = []
+    for name in info["inputNames"]:
+        var = graph.get(name)
+        if var is None:
+            inputs.append({"name": name, "shape": None, "dtype": "float32", "format": "NCHW"})
+            continue
+        # Only Input vars are touched: reading .shape of an unresolved var leaves a pending
+        # error inside MNN's Python binding that surfaces on a later, unrelated call.
+        shape = [int(d) for d in var.shape]
+        inputs.append({
+            "name": name,
+            "shape": shape,
+            "dtype": _numpy_dtype(var.dtype),
+            "format": str(var.data_format).split(".")[-1],
+        })
+    _state.update(path=path, graph=graph, runtime=runtime, modules={(): module},
+                  inputs=inputs, outputs=list(info["outputNames"]))
+    return {
+        "version": MNN.version(),
+        "inputs": inputs,
+        "outputs": list(info["outputNames"]),
+        "biz_code": info.get("bizCode", ""),
+    }
+
+
+def _module_for(outputs: tuple):
+    modules = _state["modules"]
+    if outputs not in modules:
+        MNN = _mnn()
+        names = [i["name"] for i in _state["inputs"]]
+        modules[outputs] = MNN.nn.load_module_from_file(
+            _state["path"], names, list(outputs), runtime_manager=_state["runtime"]
+        )
+    return modules[outputs]
+
+
+def run(feeds: dict, results: dict, outputs: list | None = None) -> dict:
+    """Run on the .npy feeds; write each output to the path ``results`` maps it to."""
+    F = _mnn().expr
+    requested = tuple(outputs) if outputs else ()
+    module = _module_for(requested)
+    variables = []
+    for spec in _state["inputs"]:
+        array = np.load(feeds[spec["name"]])
+        var = F.placeholder(list(array.shape), F.NCHW, _mnn_dtype(array.dtype.name))
+        var.write(array)
+        variables.append(var)
+    produced = module.onForward(variables)
+    names = list(requested or _state["outputs"])
+    if not produced:
+        shapes = ", ".join(f"{s['name']} {list(np.load(feeds[s['name']], mmap_mode='r').shape)}"
+                           for s in _state["inputs"])
+        raise ChildFailure(
+            "input",
+            f"MNN returned no outputs for inputs {shapes}: MNN does this on an input shape, rank "
+            f"or dtype its graph cannot take",
+        )
+    if len(produced) != len(names):
+        raise ChildFailure("backend", f"MNN returned {len(produced)} outputs for {len(names)} requested")
+    reply = {}
+    for name, var in zip(names, produced):
+        layout = str(var.data_format).split(".")[-1]
+        steps = []
+        if layout == "NC4HW4":
+            var = F.convert(var, F.NCHW)
+            steps.append("nc4hw4 -> nchw (MNN's declared data format)")
+        elif layout == "NHWC" and len(var.shape) == 4:
+            # ONNX graphs are NCHW; MNN's NHWC tensors are the same logical order here.
+            pass
+        array = np.array(var.read())
+        np.save(results[name], array)
+        reply[name] = {"path": results[name], "steps": steps, "layout": layout}
+    return reply

@@ -1,0 +1,105 @@
+"""ONNX Runtime adapter (CPU execution provider), run in-process."""
+
+from __future__ import annotations
+
+from parity.backends.base import Backend, RunResult
+from parity.errors import BackendError, FrameworkMissing, ModelError
+from parity.specs import TensorMap, TensorSpec
+
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(float16)": "float16",
+    "tensor(bfloat16)": "bfloat16",
+    "tensor(int8)": "int8",
+    "tensor(int16)": "int16",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(uint8)": "uint8",
+    "tensor(uint16)": "uint16",
+    "tensor(uint32)": "uint32",
+    "tensor(uint64)": "uint64",
+    "tensor(bool)": "bool",
+    "tensor(string)": "str",
+}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _import_ort():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise FrameworkMissing("onnxruntime", "pip install onnxruntime") from None
+    return onnxruntime
+
+
+def _spec(node_arg) -> TensorSpec:
+    shape = node_arg.shape
+    dims = None if shape is None else tuple(d if isinstance(d, int) else (d or "?") for d in shape)
+    return TensorSpec(node_arg.name, dims, _ORT_TYPES.get(node_arg.type, node_arg.type))
+
+
+class OnnxRuntimeBackend(Backend):
+    framework = "onnxruntime"
+
+    def __init__(self, path, *, threads: int = 0, optimization: str = "all", **options):
+        super().__init__(path, **options)
+        self.threads = threads
+        self.optimization = optimization
+        self._session = None
+
+    def _open(self) -> None:
+        ort = _import_ort()
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        if self.threads:
+            so.intra_op_num_threads = self.threads
+        so.graph_optimization_level = {
+            "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[self.optimization]
+        try:
+            self._session = ort.InferenceSession(
+                str(self.path), so, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # ORT raises its own pybind exception types
+            kind = type(exc).__name__
+            detail = _first_line(exc)
+            if kind in ("InvalidProtobuf", "InvalidGraph", "NoSuchFile", "InvalidArgument"):
+                raise ModelError(
+                    f"{str(self.path)!r} is not a valid ONNX model ({kind}: {detail})"
+                ) from None
+            raise BackendError(f"onnxruntime could not load {str(self.path)!r}: {detail}") from None
+        self._inputs = [_spec(a) for a in self._session.get_inputs()]
+        self._outputs = [_spec(a) for a in self._session.get_outputs()]
+
+    def _close(self) -> None:
+        self._session = None
+
+    @property
+    def input_specs(self) -> list[TensorSpec]:
+        return self._inputs
+
+    @property
+    def output_specs(self) -> list[TensorSpec]:
+        return self._outputs
+
+    @property
+    def version(self) -> str:
+        return _import_ort().__version__
+
+    def settings(self) -> dict:
+        return {"provider": "CPUExecutionProvider", "optimization": self.optimization}
+
+    def _run(self, feeds: TensorMap) -> RunResult:
+        names = [s.name for s in self._outputs]
+        try:
+            arrays = self._session.run(names, feeds)
+        except Exception as exc:
+            raise BackendError(f"onnxruntime failed running {self.path.name}: {_first_line(exc)}") from None
+        return RunResult(dict(zip(names, arrays)))

@@ -1,0 +1,238 @@
+"""Child-process isolation for frameworks that can kill their process (MNN, its converter).
+
+The parent starts ``python -m parity.backends.worker FD`` with one end of a socket pair, in a
+private temporary directory that is also the child's working directory (MNN's converter writes
+scratch files into the current directory). Requests and small replies travel as pickles over
+the socket; arrays travel as ``.npy`` files in that directory, never through the pipe.
+
+A request names a function ``"parity.module:function"`` that the child imports and calls with
+keyword arguments. A signal that kills the child becomes ``BackendCrash`` naming the signal and
+the step; a reply later than the timeout becomes ``BackendTimeout`` and the child is killed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from parity.errors import (
+    BackendCrash,
+    BackendError,
+    BackendTimeout,
+    InputError,
+    ModelError,
+    ParityError,
+)
+
+_SIGNAL_WORDS = {
+    "SIGSEGV": "segmentation fault",
+    "SIGFPE": "floating-point exception",
+    "SIGABRT": "abort",
+    "SIGBUS": "bus error",
+    "SIGILL": "illegal instruction",
+    "SIGKILL": "killed, often by the out-of-memory killer",
+}
+
+
+class ChildFailure(Exception):
+    """Raised inside the child to send a classified error to the parent."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind  # "model", "input" or "backend"
+
+
+_KINDS = {"model": ModelError, "input": InputError, "backend": BackendError}
+
+
+def signal_description(returncode: int) -> str:
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        return f"signal {-returncode}"
+    words = _SIGNAL_WORDS.get(name)
+    return f"{name} ({words})" if words else name
+
+
+class Worker:
+    """One child process serving requests until closed. Use as a context manager."""
+
+    def __init__(self, framework: str, *, timeout: float = 300.0):
+        self.framework = framework
+        self.timeout = timeout
+        self.dir: Path | None = None
+        self._proc: subprocess.Popen | None = None
+        self._conn: Connection | None = None
+        self._log = None
+        self._counter = 0
+
+    def __enter__(self) -> "Worker":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def start(self) -> "Worker":
+        self.dir = Path(tempfile.mkdtemp(prefix="parity-"))
+        parent_end, child_end = socket.socketpair()
+        env = dict(os.environ)
+        package_root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        self._log = open(self.dir / "worker.log", "wb")
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "parity.backends.worker", str(child_end.fileno())],
+                pass_fds=(child_end.fileno(),),
+                cwd=self.dir,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        except OSError as exc:
+            self.close()
+            raise BackendError(f"could not start a child process for {self.framework}: {exc}") from None
+        finally:
+            child_end.close()
+        self._conn = Connection(parent_end.detach())
+        return self
+
+    def path(self, stem: str) -> Path:
+        self._counter += 1
+        return self.dir / f"{stem}-{self._counter}.npy"
+
+    def call(self, function: str, *, step: str, timeout: float | None = None, **kwargs):
+        """Run ``function(**kwargs)`` in the child; return its result or raise a ParityError."""
+        timeout = self.timeout if timeout is None else timeout
+        try:
+            self._conn.send((function, kwargs))
+        except OSError:
+            self._raise_dead(step)
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.kill()
+                raise BackendTimeout(self.framework, step, timeout)
+            if self._conn.poll(min(remaining, 0.5)):
+                break
+            if self._proc.poll() is not None and not self._conn.poll(0):
+                self._raise_dead(step)
+        try:
+            status, payload = self._conn.recv()
+        except (EOFError, OSError):
+            self._raise_dead(step)
+        if status == "ok":
+            return payload
+        kind, message = payload
+        raise _KINDS.get(kind, BackendError)(message)
+
+    def _raise_dead(self, step: str):
+        code = self._proc.wait()
+        if code < 0:
+            raise BackendCrash(self.framework, step, signal_description(code))
+        tail = self.log_tail()
+        raise BackendError(
+            f"{self.framework} child process exited with code {code} while {step}"
+            + (f": {tail}" if tail else "")
+        )
+
+    def log_text(self) -> str:
+        if self._log is not None:
+            self._log.flush()
+        try:
+            return (self.dir / "worker.log").read_text(errors="replace")
+        except (OSError, TypeError):
+            return ""
+
+    def log_tail(self) -> str:
+        lines = [ln.strip() for ln in self.log_text().splitlines() if ln.strip()]
+        return lines[-1] if lines else ""
+
+    def kill(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                if self._proc.poll() is None:
+                    self._conn.send(None)
+            except OSError:
+                pass
+            self._conn.close()
+            self._conn = None
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.kill()
+            self._proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+
+
+# -- child side ------------------------------------------------------------------------------
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this child when the parent dies, so no orphan survives."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:
+            os._exit(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _resolve(function: str):
+    module_name, _, attr = function.partition(":")
+    if not module_name.startswith("parity."):
+        raise ChildFailure("backend", f"refusing to run {function!r} in the worker")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def serve(fd: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and kills us
+    _die_with_parent()
+    conn = Connection(fd)
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        function, kwargs = message
+        try:
+            reply = ("ok", _resolve(function)(**kwargs))
+        except ChildFailure as exc:
+            reply = ("error", (exc.kind, str(exc)))
+        except ParityError as exc:
+            kind = {ModelError: "model", InputError: "input"}.get(type(exc), "backend")
+            reply = ("error", (kind, str(exc)))
+        except Exception as exc:  # any framework exception becomes one classified line
+            text = str(exc).strip().splitlines()
+            reply = ("error", ("backend", f"{type(exc).__name__}: {text[0] if text else ''}"))
+        sys.stdout.flush()
+        conn.send(reply)
+
+
+if __name__ == "__main__":
+    serve(int(sys.argv[1]))

@@ -1,0 +1,193 @@
+"""The click shell: parse -> call the library -> render -> exit code. No logic lives here.
+
+The one place exceptions become exit codes is ``ParityGroup.invoke``: a ParityError prints
+``Error: ...`` and exits with its code; anything else is an internal error (123) shown as one
+line unless --traceback (or PARITY_TRACEBACK=1) asks for the whole story.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import click
+
+from parity.errors import ExitCode, ParityError
+
+_CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _want_traceback(ctx: click.Context) -> bool:
+    return bool(ctx.meta.get("parity.traceback")) or os.environ.get("PARITY_TRACEBACK") == "1"
+
+
+class ParityGroup(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+            raise
+        except ParityError as exc:
+            if _want_traceback(ctx):
+                traceback.print_exc()
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(int(exc.exit_code))
+        except KeyboardInterrupt:
+            click.echo("Interrupted; child processes stopped, nothing was written.", err=True)
+            ctx.exit(int(ExitCode.INTERRUPTED))
+        except Exception as exc:  # the one catch-all: one line, not a traceback
+            if _want_traceback(ctx):
+                traceback.print_exc()
+                ctx.exit(int(ExitCode.INTERNAL))
+            first = (str(exc).strip().splitlines() or [""])[0]
+            click.echo(
+                f"Internal error: {type(exc).__name__}: {first} (rerun with --traceback for details)",
+                err=True,
+            )
+            ctx.exit(int(ExitCode.INTERNAL))
+
+
+def _traceback_option(f):
+    def remember(ctx, _param, value):
+        if value:
+            ctx.meta["parity.traceback"] = True
+        return value
+
+    return click.option(
+        "--traceback", is_flag=True, expose_value=False, callback=remember, is_eager=True,
+        help="Show the full Python traceback when something fails.",
+    )(f)
+
+
+@click.group(cls=ParityGroup, context_settings=_CONTEXT)
+@click.version_option(package_name="parity", prog_name="parity")
+@_traceback_option
+def cli():
+    """parity: does the converted model compute the same thing?
+
+    Runs one model in PyTorch, ONNX Runtime and MNN on the same inputs, aligns the outputs and
+    reports per-output differences. Exit codes: 0 pass, 1 mismatch, 2 usage error, 3 model or
+    input error, 4 backend failure (crash, timeout, framework missing), 123 internal error.
+    """
+
+
+def _parse_shapes(values) -> dict:
+    from parity.specs import parse_shape
+
+    shapes = {}
+    for value in values:
+        name, sep, dims = value.rpartition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{value!r} is not NAME=1x64x32", param_hint="--shape")
+        try:
+            shapes[name] = parse_shape(dims)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--shape") from None
+    return shapes
+
+
+def _progress(quiet: bool):
+    if quiet or not sys.stderr.isatty():
+        return None
+    return lambda message: click.echo(f"parity: {message}", err=True)
+
+
+@cli.command(context_settings=_CONTEXT)
+@click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=True, path_type=str))
+@click.option("--atol", type=click.FloatRange(min=0), default=None, show_default="1e-3",
+              help="Absolute tolerance of the element rule |c - r| <= atol + rtol * |r|.")
+@click.option("--rtol", type=click.FloatRange(min=0), default=None, show_default="1e-3",
+              help="Relative tolerance of the element rule.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the generated inputs (ignored with --inputs).")
+@click.option("--shape", "shapes", multiple=True, metavar="NAME=1x64x32",
+              help="Concrete shape for an input with dynamic dims (repeatable). Dynamic dims "
+                   "default to 1.")
+@click.option("--inputs", "inputs_path", type=click.Path(dir_okay=True, path_type=str),
+              help="Use the arrays in this .npz (one per input name) instead of generated inputs.")
+@click.option("--save-inputs", type=click.Path(path_type=str), metavar="FILE.npz",
+              help="Write the inputs used to this .npz, to rerun or share the exact case.")
+@click.option("--allow-nonfinite", is_flag=True,
+              help="Accept NaN/Inf in --inputs instead of refusing them.")
+@click.option("--json", "json_path", type=click.Path(path_type=str), metavar="PATH",
+              help="Write the JSON report (schema parity.report/1) to PATH; '-' for stdout.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=300.0,
+              show_default=True, help="Seconds each MNN step (load, run) may take.")
+@click.option("--mnn-backend", default="CPU", show_default=True,
+              help="MNN backend type (CPU, OPENCL, VULKAN, METAL, ...). One not compiled into "
+                   "MNN falls back to CPU.")
+@click.option("--mnn-threads", type=click.IntRange(min=1), default=4, show_default=True,
+              help="MNN CPU threads (through its runtime manager).")
+@click.option("--mnn-precision", type=click.Choice(["normal", "high", "low", "low_bf16"]),
+              default="normal", show_default=True, help="MNN precision mode.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")
+@click.option("--no-color", is_flag=True, help="Plain terminal output.")
+@_traceback_option
+def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, allow_nonfinite,
+          json_path, timeout, mnn_backend, mnn_threads, mnn_precision, quiet, no_color):
+    """Run MODELS on the same inputs and compare each with the one before it.
+
+    The framework comes from the suffix (.onnx: ONNX Runtime, .mnn: MNN). The first model is
+    the reference. Example:
+
+        parity check model.onnx model.mnn --json report.json
+    """
+    from parity import pipeline
+    from parity.inputs import check_writable, write_atomic
+    from parity.metrics import DEFAULT_ATOL, DEFAULT_RTOL, Tolerance
+
+    if json_path and json_path != "-":
+        check_writable(json_path, "--json")
+    report = pipeline.check(
+        models,
+        tolerance=Tolerance(DEFAULT_ATOL if atol is None else atol,
+                            DEFAULT_RTOL if rtol is None else rtol),
+        seed=seed,
+        shapes=_parse_shapes(shapes),
+        inputs=inputs_path,
+        save_inputs=save_inputs,
+        allow_nonfinite=allow_nonfinite,
+        timeout=timeout,
+        mnn_options={"backend": mnn_backend, "threads": mnn_threads, "precision": mnn_precision},
+        progress=_progress(quiet),
+    )
+    _emit(report, json_path, no_color)
+
+
+def _emit(report, json_path, no_color) -> None:
+    from parity.inputs import write_atomic
+    from parity.render import text
+
+    if json_path == "-":
+        click.echo(report.to_json())
+        if not report.passed:
+            click.echo(f"{report.verdict.kind}: {report.verdict.summary}", err=True)
+    else:
+        if json_path:
+            write_atomic(json_path, report.to_json().encode(), "--json")
+        text.render(report, sys.stdout, color=False if no_color else None)
+    sys.stdout.flush()
+    raise SystemExit(int(report.exit_code))
+
+
+@cli.command(context_settings=_CONTEXT)
+@click.argument("model", type=click.Path(dir_okay=True, path_type=str))
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=300.0,
+              show_default=True, help="Seconds MNN may take to load the model.")
+@_traceback_option
+def inspect(model, timeout):
+    """Print MODEL's inputs and outputs (names, dtypes, shapes; symbolic dims by name)."""
+    from parity.backends import open_backend
+    from parity.pipeline import resolve_models
+    from parity.render.text import render_inspect
+
+    framework = resolve_models([model, model])[0][0]
+    options = {"timeout": timeout} if framework == "mnn" else {}
+    with open_backend(framework, model, **options) as backend:
+        render_inspect(framework, model, backend.version, backend.input_specs,
+                       backend.output_specs, sys.stdout)
+
+
+def main() -> None:  # pragma: no cover - console script indirection for python -m
+    cli(prog_name="parity")

@@ -1,0 +1,80 @@
+"""Exit codes and the ParityError tree.
+
+A mismatch is a result (see ``Report.exit_code``), never an exception. Exceptions are for
+runs that could not produce a trustworthy result; each one carries the exit code it maps to.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    PASS = 0
+    MISMATCH = 1
+    USAGE = 2
+    MODEL_OR_INPUT = 3
+    BACKEND = 4
+    INTERRUPTED = 130
+    INTERNAL = 123
+
+
+class ParityError(Exception):
+    """Base of every error parity reports to the user as one line."""
+
+    exit_code: ExitCode = ExitCode.INTERNAL
+
+
+class UsageError(ParityError):
+    """The command line or API call does not make sense (unknown model suffix, bad option)."""
+
+    exit_code = ExitCode.USAGE
+
+
+class ModelError(ParityError):
+    """A model file is missing, unreadable, corrupt, or does not fit the other models."""
+
+    exit_code = ExitCode.MODEL_OR_INPUT
+
+
+class InputError(ParityError):
+    """Inputs (given or generated) do not fit the model: names, shapes, dtypes, values."""
+
+    exit_code = ExitCode.MODEL_OR_INPUT
+
+
+class OutputPathError(ParityError):
+    """A report or input file cannot be written where asked."""
+
+    exit_code = ExitCode.MODEL_OR_INPUT
+
+
+class BackendError(ParityError):
+    """A framework failed: it raised, returned nothing, crashed, timed out or is missing."""
+
+    exit_code = ExitCode.BACKEND
+
+
+class BackendCrash(BackendError):
+    """The child process running a framework died from a signal."""
+
+    def __init__(self, framework: str, step: str, signal_name: str, detail: str = ""):
+        self.framework, self.step, self.signal_name = framework, step, signal_name
+        message = f"{framework} crashed with {signal_name} while {step}"
+        if detail:
+            message += f" ({detail})"
+        message += "; parity survived because the framework runs in a child process"
+        super().__init__(message)
+
+
+class BackendTimeout(BackendError):
+    def __init__(self, framework: str, step: str, seconds: float):
+        self.framework, self.step, self.seconds = framework, step, seconds
+        super().__init__(
+            f"{framework} did not finish {step} within {seconds:g} s (raise it with --timeout)"
+        )
+
+
+class FrameworkMissing(BackendError):
+    def __init__(self, framework: str, hint: str):
+        super().__init__(f"{framework} is not installed: {hint}")

@@ -1,0 +1,185 @@
+"""Pure numpy diffs and statistics: no I/O, no printing.
+
+Element rule (as numpy.isclose): ``|c - r| <= atol + rtol * |r|``. NaN matches NaN and an
+infinity matches the same infinity; any other non-finite pair is a mismatch. Arrays are
+walked in chunks so memory stays flat on large outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# Chosen from measured fp32 conversions (README: "Tolerances"): MNN's Winograd 3x3
+# convolutions and tanh-GELU differ from ONNX Runtime by up to ~1e-3 relative, element-wise
+# near zero by ~1e-4 absolute on unit-scale activations. A changed weight or a wrong op moves
+# values by far more.
+DEFAULT_ATOL = 1e-3
+DEFAULT_RTOL = 1e-3
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float = DEFAULT_ATOL
+    rtol: float = DEFAULT_RTOL
+
+    def __post_init__(self):
+        if not (self.atol >= 0 and self.rtol >= 0):
+            raise ValueError("atol and rtol must be >= 0")
+
+    def to_dict(self) -> dict:
+        return {"atol": self.atol, "rtol": self.rtol}
+
+
+def _clean(x: float | None) -> float | None:
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+@dataclass(frozen=True)
+class TensorDiff:
+    name: str
+    passed: bool
+    kind: str  # "float", "integer", "bool" or "empty"
+    size: int
+    max_abs_diff: float | None = None
+    max_rel_diff: float | None = None
+    mean_abs_diff: float | None = None
+    cosine: float | None = None
+    mismatch_fraction: float = 0.0
+    mismatch_count: int = 0
+    exact_match_fraction: float | None = None
+    reference_absmax: float | None = None
+    nan_reference: int = 0
+    nan_candidate: int = 0
+    inf_reference: int = 0
+    inf_candidate: int = 0
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_arrays(
+        cls, name: str, reference: np.ndarray, candidate: np.ndarray, tol: Tolerance = Tolerance()
+    ) -> "TensorDiff":
+        reference = np.asarray(reference)
+        candidate = np.asarray(candidate)
+        if reference.shape != candidate.shape:
+            raise ValueError(f"{name}: shapes differ {reference.shape} vs {candidate.shape}")
+        size = int(reference.size)
+        if size == 0:
+            return cls(name, True, "empty", 0, notes=("empty output: nothing to compare",))
+        kinds = {reference.dtype.kind, candidate.dtype.kind}
+        if kinds <= {"b"}:
+            return cls._exact(name, reference, candidate, "bool")
+        if kinds <= {"i", "u", "b"}:
+            return cls._exact(name, reference, candidate, "integer")
+        return cls._float(name, reference, candidate, tol)
+
+    @classmethod
+    def _exact(cls, name, reference, candidate, kind) -> "TensorDiff":
+        r = reference.reshape(-1)
+        c = candidate.reshape(-1)
+        unequal = 0
+        max_abs = 0.0
+        for start in range(0, r.size, _CHUNK):
+            rc = r[start:start + _CHUNK].astype(np.int64)
+            cc = c[start:start + _CHUNK].astype(np.int64)
+            diff = np.abs(cc - rc)
+            unequal += int(np.count_nonzero(diff))
+            max_abs = max(max_abs, float(diff.max()))
+        fraction = unequal / r.size
+        return cls(
+            name,
+            unequal == 0,
+            kind,
+            int(r.size),
+            max_abs_diff=max_abs,
+            mismatch_fraction=fraction,
+            mismatch_count=unequal,
+            exact_match_fraction=1.0 - fraction,
+            reference_absmax=float(np.abs(r.astype(np.int64)).max()),
+        )
+
+    @classmethod
+    def _float(cls, name, reference, candidate, tol: Tolerance) -> "TensorDiff":
+        r_all = reference.reshape(-1)
+        c_all = candidate.reshape(-1)
+        n = r_all.size
+        max_abs = max_rel = 0.0
+        sum_abs = 0.0
+        dot = rr = cc = 0.0
+        mismatches = finite_pairs = 0
+        nan_r = nan_c = inf_r = inf_c = 0
+        rmin, rmax, absmax = math.inf, -math.inf, 0.0
+        for start in range(0, n, _CHUNK):
+            r = r_all[start:start + _CHUNK].astype(np.float64)
+            c = c_all[start:start + _CHUNK].astype(np.float64)
+            d = np.abs(c - r)
+            abs_r = np.abs(r)
+            finite = np.isfinite(d)
+            if finite.all():
+                fr, fc, fd, fabs_r = r, c, d, abs_r
+                bad = d > tol.atol + tol.rtol * abs_r
+            else:
+                nr, nc = np.isnan(r), np.isnan(c)
+                nan_r += int(nr.sum())
+                nan_c += int(nc.sum())
+                inf_r += int(np.isinf(r).sum())
+                inf_c += int(np.isinf(c).sum())
+                same_special = (nr & nc) | (r == c)
+                bad = np.where(finite, d > tol.atol + tol.rtol * abs_r, ~same_special)
+                fr, fc, fd, fabs_r = r[finite], c[finite], d[finite], abs_r[finite]
+            mismatches += int(np.count_nonzero(bad))
+            if fd.size:
+                finite_pairs += fd.size
+                max_abs = max(max_abs, float(fd.max()))
+                sum_abs += float(fd.sum())
+                nonzero = fabs_r > 0
+                if nonzero.any():
+                    max_rel = max(max_rel, float((fd[nonzero] / fabs_r[nonzero]).max()))
+                dot += float(np.dot(fr, fc))
+                rr += float(np.dot(fr, fr))
+                cc += float(np.dot(fc, fc))
+                rmin = min(rmin, float(fr.min()))
+                rmax = max(rmax, float(fr.max()))
+                absmax = max(absmax, float(fabs_r.max()))
+        notes = []
+        if rr > 0 and cc > 0:
+            cosine = dot / math.sqrt(rr * cc)
+        elif rr == 0 and cc == 0 and finite_pairs:
+            cosine = 1.0
+        else:
+            cosine = None
+        if finite_pairs and rmax == rmin:
+            if rmax == 0:
+                notes.append("reference is all zero: relative figures and cosine mean little here")
+            else:
+                notes.append(f"reference is constant ({rmax:g}): cosine and relative figures mean little here")
+        if nan_r or nan_c or inf_r or inf_c:
+            notes.append(
+                f"non-finite values: reference {nan_r} NaN / {inf_r} Inf, "
+                f"candidate {nan_c} NaN / {inf_c} Inf"
+            )
+        return cls(
+            name,
+            mismatches == 0,
+            "float",
+            int(n),
+            max_abs_diff=_clean(max_abs) if finite_pairs else None,
+            max_rel_diff=_clean(max_rel) if finite_pairs else None,
+            mean_abs_diff=_clean(sum_abs / finite_pairs) if finite_pairs else None,
+            cosine=None if cosine is None else min(1.0, _clean(cosine)),
+            mismatch_fraction=mismatches / n,
+            mismatch_count=mismatches,
+            reference_absmax=absmax if finite_pairs else None,
+            nan_reference=nan_r,
+            nan_candidate=nan_c,
+            inf_reference=inf_r,
+            inf_candidate=inf_c,
+            notes=tuple(notes),
+        )

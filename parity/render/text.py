@@ -1,0 +1,89 @@
+"""Terminal rendering with rich: one table per link, then the verdict."""
+
+from __future__ import annotations
+
+from typing import IO
+
+from parity.report import Comparison, OutputComparison, Report
+from parity.specs import format_shape
+
+
+def _num(value, spec: str = ".3g") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _shape(shape) -> str:
+    return "-" if shape is None else format_shape(shape)
+
+
+def _row(o: OutputComparison) -> list[str]:
+    status = "[green]pass[/]" if o.passed else "[bold red]FAIL[/]"
+    shapes = _shape(o.reference_shape)
+    if o.candidate_shape is not None and tuple(o.candidate_shape) != tuple(o.reference_shape or ()):
+        shapes += f" <- {_shape(o.candidate_shape)}"
+    if o.kind in ("integer", "bool"):
+        figures = [_num(o.max_abs_diff), "-", "-", "-",
+                   f"{_num(o.exact_match_fraction, '.2%')} exact"]
+    else:
+        figures = [
+            _num(o.max_abs_diff),
+            _num(o.max_rel_diff),
+            _num(o.mean_abs_diff),
+            _num(o.cosine, ".6f"),
+            "-" if o.mismatch_fraction is None else f"{o.mismatch_fraction:.2%}",
+        ]
+    detail = "; ".join(list(o.alignment) + ([o.error] if o.error else []) + list(o.notes))
+    return [o.name, shapes, *figures, status, detail]
+
+
+def _table(comparison: Comparison):
+    from rich.table import Table
+
+    title = f"{comparison.reference} -> {comparison.candidate}: " + (
+        "[green]pass[/]" if comparison.passed else "[bold red]FAIL[/]"
+    )
+    table = Table(title=title, title_justify="left", expand=False)
+    for header, justify in [
+        ("output", "left"), ("shape", "left"), ("max_abs", "right"), ("max_rel", "right"),
+        ("mean_abs", "right"), ("cosine", "right"), ("out of tol", "right"), ("", "left"),
+    ]:
+        table.add_column(header, justify=justify, no_wrap=header != "output")
+    table.add_column("alignment / notes", overflow="fold", min_width=20)
+    for output in comparison.outputs:
+        table.add_row(*_row(output))
+    return table
+
+
+def render(report: Report, file: IO[str], *, color: bool | None = None, width: int | None = None) -> None:
+    from rich.console import Console
+
+    if width is None and not getattr(file, "isatty", lambda: False)():
+        width = 160  # logs and CI: wide enough that figures never wrap
+    console = Console(file=file, force_terminal=color, no_color=color is False, width=width,
+                      highlight=False, soft_wrap=False)
+    for comparison in report.comparisons:
+        console.print(_table(comparison))
+        for note in comparison.notes:
+            console.print(f"  note: {note}")
+    for note in report.notes:
+        console.print(f"note: {note}")
+    tol = report.tolerance
+    console.print(f"tolerance: |c - r| <= {tol.get('atol')} + {tol.get('rtol')} * |r|")
+    style = "green" if report.verdict.kind == "pass" else "bold red"
+    console.print(f"[{style}]{report.verdict.kind.upper()}[/]: {report.verdict.summary}")
+
+
+def render_inspect(framework: str, path: str, version: str, inputs, outputs, file: IO[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=file, highlight=False)
+    table = Table(title=f"{path} ({framework} {version})", title_justify="left")
+    table.add_column("kind")
+    table.add_column("name", overflow="fold")
+    table.add_column("dtype")
+    table.add_column("shape")
+    for kind, specs in (("input", inputs), ("output", outputs)):
+        for spec in specs:
+            table.add_row(kind, spec.name, spec.dtype, _shape(spec.shape))
+    console.print(table)
