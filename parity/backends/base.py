@@ -69,7 +69,7 @@ class Backend:
     def _close(self) -> None:
         pass
 
-    def _run(self, feeds: TensorMap) -> RunResult:
+    def _run(self, feeds: TensorMap, outputs: list[str] | None = None) -> RunResult:
         raise NotImplementedError
 
     @property
@@ -93,11 +93,12 @@ class Backend:
     def label(self) -> str:
         return f"{self.framework} model {self.path.name}"
 
-    def run(self, feeds: TensorMap) -> RunResult:
+    def run(self, feeds: TensorMap, outputs: list[str] | None = None) -> RunResult:
+        """Run on ``feeds``; return the declared outputs, or the tensors named in ``outputs``."""
         prepared, notes = conform_feeds(
             self.input_specs, feeds, self.label, allow_casts=True, check_dims=self.checks_dims
         )
-        result = self._run(prepared)
+        result = self._run(prepared, outputs)
         result.notes = tuple(notes) + tuple(result.notes)
         return result
 

@@ -96,8 +96,8 @@ class OnnxRuntimeBackend(Backend):
     def settings(self) -> dict:
         return {"provider": "CPUExecutionProvider", "optimization": self.optimization}
 
-    def _run(self, feeds: TensorMap) -> RunResult:
-        names = [s.name for s in self._outputs]
+    def _run(self, feeds: TensorMap, outputs: list[str] | None = None) -> RunResult:
+        names = list(outputs) if outputs else [s.name for s in self._outputs]
         try:
             arrays = self._session.run(names, feeds)
         except Exception as exc:

@@ -235,4 +235,8 @@ def serve(fd: int) -> None:
 
 
 if __name__ == "__main__":
-    serve(int(sys.argv[1]))
+    # Run the imported module's serve, not __main__'s, so ChildFailure raised by other parity
+    # modules is the same class that serve catches.
+    from parity.backends.worker import serve as _serve
+
+    _serve(int(sys.argv[1]))

@@ -1,0 +1,23 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import helpers  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    return helpers.MODELS
+
+
+@pytest.fixture(scope="session")
+def altered_cnn(tmp_path_factory):
+    """models/cnn.onnx and an .mnn converted from a copy with one head weight changed."""
+    d = tmp_path_factory.mktemp("altered_cnn")
+    altered = helpers.alter_initializer(helpers.MODELS / "cnn.onnx", d / "altered.onnx",
+                                        "conv3.weight", index=4, delta=3.0)
+    mnn = helpers.to_mnn(altered, d / "cnn_altered.mnn")
+    return helpers.MODELS / "cnn.onnx", mnn

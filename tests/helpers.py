@@ -1,0 +1,99 @@
+"""Shared test helpers: run the real CLI, build tiny ONNX models, convert them with MNN."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "models"
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> dict:
+        return json.loads(self.out)
+
+
+def run_parity(*args, cwd=None, env=None, timeout=600) -> Result:
+    """Run ``python -m parity`` as a user would, in a real child process."""
+    full_env = dict(os.environ)
+    full_env.pop("PARITY_TRACEBACK", None)
+    full_env.update(env or {})
+    proc = subprocess.run(
+        [sys.executable, "-m", "parity", *map(str, args)],
+        cwd=cwd or ROOT, env=full_env, capture_output=True, text=True, timeout=timeout,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def assert_one_line_error(result: Result, code: int, *fragments: str) -> str:
+    """Exit ``code``, stderr is one ``Error:`` line naming each fragment, and no traceback."""
+    assert result.code == int(code), (result.code, result.err)
+    assert "Traceback" not in result.err, result.err
+    lines = [ln for ln in result.err.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.err
+    assert lines[0].startswith("Error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+def save_model(nodes, inputs, outputs, path, initializers=(), opset=13) -> Path:
+    graph = helper.make_graph(list(nodes), "g", list(inputs), list(outputs), list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return Path(path)
+
+
+def tensor(name, elem=TensorProto.FLOAT, shape=None):
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def to_mnn(onnx_path, mnn_path=None) -> Path:
+    from parity.converter import convert
+
+    mnn_path = Path(mnn_path or Path(onnx_path).with_suffix(".mnn"))
+    convert(onnx_path, mnn_path)
+    return mnn_path
+
+
+def alter_initializer(src, dst, name: str, index=0, delta=1.0) -> Path:
+    """Copy ``src`` with one element of initializer ``name`` moved by ``delta``."""
+    model = onnx.load(str(src))
+    for i, init in enumerate(model.graph.initializer):
+        if init.name == name:
+            array = numpy_helper.to_array(init).copy()
+            array.flat[index] += delta
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(array, name))
+            break
+    else:
+        raise KeyError(name)
+    onnx.save(model, str(dst))
+    return Path(dst)
+
+
+def ort_run(onnx_path, feeds) -> dict:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feeds)))
+
+
+def randn(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)

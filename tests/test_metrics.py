@@ -1,0 +1,56 @@
+"""Metrics against numpy's own definitions (isclose, norms), including NaN/Inf and integers."""
+
+import numpy as np
+import pytest
+
+from parity.metrics import TensorDiff, Tolerance
+
+
+@pytest.mark.parametrize("size", [10, 3_000_001])  # one chunk and several
+def test_float_figures_match_numpy(size):
+    rng = np.random.default_rng(1)
+    r = rng.standard_normal(size).astype(np.float32)
+    c = (r + rng.standard_normal(size).astype(np.float32) * 3e-3).astype(np.float32)
+    tol = Tolerance(atol=1e-3, rtol=1e-3)
+    d = TensorDiff.from_arrays("t", r, c, tol)
+    r64, c64 = r.astype(np.float64), c.astype(np.float64)
+    diff = np.abs(c64 - r64)
+    assert d.max_abs_diff == pytest.approx(diff.max())
+    assert d.mean_abs_diff == pytest.approx(diff.mean())
+    assert d.max_rel_diff == pytest.approx((diff / np.abs(r64)).max())
+    cos = r64 @ c64 / np.linalg.norm(r64) / np.linalg.norm(c64)
+    assert d.cosine == pytest.approx(cos, abs=1e-12)
+    expected_bad = np.count_nonzero(~np.isclose(c64, r64, atol=1e-3, rtol=1e-3))
+    assert d.mismatch_count == expected_bad > 0
+    assert d.passed is False
+    assert TensorDiff.from_arrays("t", r, c, Tolerance(atol=0.05, rtol=0)).passed
+
+
+def test_nan_and_inf_rules():
+    r = np.array([1.0, np.nan, np.inf, 2.0, np.nan], np.float32)
+    c = np.array([1.0, np.nan, np.inf, np.nan, 0.0], np.float32)
+    d = TensorDiff.from_arrays("t", r, c)
+    assert (d.nan_reference, d.nan_candidate, d.inf_reference, d.inf_candidate) == (2, 2, 1, 1)
+    assert d.mismatch_count == 2  # 2.0 vs NaN, NaN vs 0.0
+    assert d.max_abs_diff == 0.0  # over finite pairs only
+    assert any("non-finite" in n for n in d.notes)
+
+
+def test_integer_outputs_are_exact():
+    r = np.array([1, 2, 3, 4], np.int64)
+    d = TensorDiff.from_arrays("t", r, np.array([1, 2, 3, 5], np.int32))
+    assert d.kind == "integer" and not d.passed
+    assert d.exact_match_fraction == 0.75 and d.max_abs_diff == 1
+
+
+def test_constant_and_zero_references_get_a_note():
+    zero = TensorDiff.from_arrays("t", np.zeros(8, np.float32), np.zeros(8, np.float32))
+    assert zero.passed and "all zero" in zero.notes[0]
+    const = TensorDiff.from_arrays("t", np.full(8, 2.0), np.full(8, 2.0))
+    assert "constant" in const.notes[0]
+
+
+def test_empty_and_bool():
+    assert TensorDiff.from_arrays("t", np.zeros((0, 3)), np.zeros((0, 3))).kind == "empty"
+    b = TensorDiff.from_arrays("t", np.array([True, False]), np.array([True, True]))
+    assert b.kind == "bool" and b.mismatch_count == 1
