@@ -121,18 +121,33 @@ def _progress(quiet: bool):
               help="MNN CPU threads (through its runtime manager).")
 @click.option("--mnn-precision", type=click.Choice(["normal", "high", "low", "low_bf16"]),
               default="normal", show_default=True, help="MNN precision mode.")
+@click.option("--torch", "torch_spec", metavar="FILE.py:FACTORY",
+              help="A PyTorch model from Python code, put first in the chain: path/to/file.py:factory "
+                   "or package.module:factory, returning an nn.Module (or an nn.Module class "
+                   "taking no arguments).")
+@click.option("--torch-inputs", metavar="A,B",
+              help="Names of the torch model's positional inputs, in order (default: the ONNX "
+                   "model's inputs).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")
 @click.option("--no-color", is_flag=True, help="Plain terminal output.")
 @_traceback_option
 def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, allow_nonfinite,
-          json_path, timeout, mnn_backend, mnn_threads, mnn_precision, quiet, no_color):
-    """Run MODELS on the same inputs and compare each with the one before it.
+          json_path, timeout, mnn_backend, mnn_threads, mnn_precision, torch_spec, torch_inputs,
+          quiet, no_color):
+    """Run MODELS on the same inputs and compare them link by link.
 
-    The framework comes from the suffix (.onnx: ONNX Runtime, .mnn: MNN). The first model is
-    the reference. Example:
+    The framework comes from the suffix: .onnx runs in ONNX Runtime, .mnn in MNN, .pt2
+    (torch.export) and .pt/.ts/.torchscript (TorchScript) in PyTorch. Give two or three models
+    in chain order (torch, ONNX, MNN); the first is the reference. Each model is compared with
+    the one before it, and with three, the first with the last as well. Examples:
 
+    \b
         parity check model.onnx model.mnn --json report.json
+        parity check model.pt2 model.onnx model.mnn
+        parity check --torch net.py:build model.onnx model.mnn
     """
+    if torch_spec:
+        models = (torch_spec, *models)
     from parity import pipeline
     from parity.inputs import check_writable, write_atomic
     from parity.metrics import DEFAULT_ATOL, DEFAULT_RTOL, Tolerance
@@ -150,6 +165,7 @@ def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, allow_nonf
         allow_nonfinite=allow_nonfinite,
         timeout=timeout,
         mnn_options={"backend": mnn_backend, "threads": mnn_threads, "precision": mnn_precision},
+        torch_inputs=[n.strip() for n in torch_inputs.split(",") if n.strip()] if torch_inputs else None,
         progress=_progress(quiet),
     )
     _emit(report, json_path, no_color)

@@ -58,8 +58,11 @@ def compare_outputs(
         steps = list(candidate_steps.get(pair.candidate_name, ()))
         if pair.how == "order":
             steps.insert(0, f"paired by order: reference {pair.reference_name!r} <-> candidate {pair.candidate_name!r}")
+        # a row is named as the models that name their outputs do: torch's flattened names
+        # ("output", "0") give way to ONNX/MNN names, so links line up side by side
+        row_name = pair.candidate_name if reference_name == "torch" else pair.name
         common = dict(
-            name=pair.name,
+            name=row_name,
             reference_name=pair.reference_name,
             candidate_name=pair.candidate_name,
             reference_shape=tuple(ref.shape),
@@ -73,7 +76,7 @@ def compare_outputs(
             results.append(OutputComparison(passed=False, alignment=tuple(steps), error=str(exc), **common))
             continue
         steps.extend(align_steps)
-        diff = TensorDiff.from_arrays(pair.name, ref, aligned, tol)
+        diff = TensorDiff.from_arrays(row_name, ref, aligned, tol)
         results.append(
             OutputComparison(
                 passed=diff.passed,
@@ -110,6 +113,8 @@ def compare_outputs(
 
 
 def verdict_for(comparisons: Sequence[Comparison]) -> Verdict:
+    """The first broken link, in chain order, decides. A failing torch -> onnxruntime link is
+    the export's fault whatever MNN does."""
     for comparison in comparisons:
         failed = comparison.failed_outputs
         if not failed:
@@ -123,13 +128,29 @@ def verdict_for(comparisons: Sequence[Comparison]) -> Verdict:
                 f"max_abs_diff {first.max_abs_diff:.3g}, {first.mismatch_fraction:.1%} of elements "
                 f"out of tolerance"
             )
-        summary = (
-            f"{len(failed)} of {len(comparison.outputs)} outputs differ on {link}; "
-            f"first: {first.name!r} ({detail})"
-        )
-        return Verdict("mismatch", f"output {first.name!r} ({link})", summary)
+        where = f"output {first.name!r} ({link})"
+        counts = f"{len(failed)} of {len(comparison.outputs)} outputs differ on {link}"
+        if (comparison.reference, comparison.candidate) == ("torch", "onnxruntime"):
+            return Verdict(
+                "export", where,
+                f"the export (torch -> ONNX) changed the numbers: {counts}; first: {first.name!r} ({detail})",
+                next_steps=(
+                    "check the export with the inputs that fail: data-dependent control flow, "
+                    "shapes baked in by tracing and training-mode layers are the usual causes",
+                ),
+            )
+        return Verdict("mismatch", where, f"{counts}; first: {first.name!r} ({detail})")
     n = sum(len(c.outputs) for c in comparisons)
-    return Verdict("pass", None, f"all {n} outputs match within tolerance on every link")
+    links = len(comparisons)
+    return Verdict("pass", None, f"all {n} compared outputs match within tolerance on {links} link{'s' * (links != 1)}")
+
+
+def chain_links(n: int) -> list[tuple[int, int]]:
+    """Each model against the one before it; with three, also first against last (end to end)."""
+    links = [(i - 1, i) for i in range(1, n)]
+    if n == 3:
+        links.append((0, 2))
+    return links
 
 
 def check(
@@ -143,6 +164,7 @@ def check(
     allow_nonfinite: bool = False,
     timeout: float = 300.0,
     mnn_options: Mapping | None = None,
+    torch_inputs: Sequence[str] | None = None,
     progress: Progress | None = None,
 ) -> Report:
     """Run every model on the same inputs; compare each model with the one before it.
@@ -154,7 +176,12 @@ def check(
     chain = resolve_models(models)
     if save_inputs is not None:
         inputs_mod.check_writable(save_inputs, "--save-inputs")
-    options = {"mnn": dict(mnn_options or {}, timeout=timeout)}
+    if len(chain) > 3:
+        raise UsageError("give two or three models: torch, ONNX and MNN, in chain order")
+    options = {
+        "mnn": dict(mnn_options or {}, timeout=timeout),
+        "torch": {"input_names": list(torch_inputs) if torch_inputs else None},
+    }
 
     with ExitStack() as stack:
         backends = []
@@ -164,16 +191,22 @@ def check(
             stack.enter_context(backend)
             backends.append(backend)
 
-        reference = backends[0]
-        ref_specs = reference.input_specs
-        ref_names = [s.name for s in ref_specs]
-        for other in backends[1:]:
+        # torch models have no input specs of their own: they borrow them from the chain
+        described = [b for b in backends if b.framework != "torch"]
+        for backend in backends:
+            if backend.framework == "torch":
+                backend.bind_inputs(described[0].input_specs if described else [])
+        first = described[0] if described else backends[0]
+        first_names = [s.name for s in first.input_specs]
+        for other in described[1:]:
             names = [s.name for s in other.input_specs]
-            if sorted(names) != sorted(ref_names):
+            if sorted(names) != sorted(first_names):
                 raise ModelError(
-                    f"the models' inputs differ: {reference.path.name} has {ref_names}, "
+                    f"the models' inputs differ: {first.path.name} has {first_names}, "
                     f"{other.path.name} has {names}"
                 )
+        reference = backends[0]
+        ref_specs = first.input_specs if reference.framework == "torch" and described else reference.input_specs
 
         if inputs is None:
             bounds = {}
@@ -208,21 +241,22 @@ def check(
             results.append(backend.run(feeds))
 
         comparisons = []
-        for i in range(1, len(backends)):
-            say(f"comparing {backends[i - 1].framework} -> {backends[i].framework}")
+        for ref_i, cand_i in chain_links(len(backends)):
+            say(f"comparing {backends[ref_i].framework} -> {backends[cand_i].framework}")
             comparison = compare_outputs(
-                results[i - 1].outputs,
-                results[i].outputs,
+                results[ref_i].outputs,
+                results[cand_i].outputs,
                 tolerance,
-                reference_name=backends[i - 1].framework,
-                candidate_name=backends[i].framework,
-                candidate_steps=results[i].steps,
+                reference_name=backends[ref_i].framework,
+                candidate_name=backends[cand_i].framework,
+                candidate_steps=results[cand_i].steps,
             )
             comparisons.append(comparison)
 
         notes = [n for r in results for n in r.notes]
         infos = tuple(
-            BackendInfo(b.framework, str(b.path), b.version, b.settings()) for b in backends
+            BackendInfo(b.framework, getattr(b, "spec", str(b.path)), b.version, b.settings())
+            for b in backends
         )
 
     passed = all(c.passed for c in comparisons)

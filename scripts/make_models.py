@@ -126,6 +126,16 @@ def build(name: str):
 MODELS = ("cnn", "transformer")
 
 
+def cnn() -> nn.Module:
+    """Factory for ``--torch scripts/make_models.py:cnn``: the shipped CNN's torch model."""
+    return build("cnn")[0]
+
+
+def transformer() -> nn.Module:
+    """Factory for ``--torch scripts/make_models.py:transformer``."""
+    return build("transformer")[0]
+
+
 def export_onnx(model: nn.Module, args, names, path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

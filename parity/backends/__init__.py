@@ -16,7 +16,10 @@ SUFFIXES = {
 
 
 def framework_for(path: str | Path) -> str | None:
-    return SUFFIXES.get(Path(path).suffix.lower())
+    text = str(path)
+    if ":" in text and Path(text).suffix.lower() not in SUFFIXES and not Path(text).exists():
+        return "torch"  # path/to/file.py:factory or package.module:factory
+    return SUFFIXES.get(Path(text).suffix.lower())
 
 
 def open_backend(framework: str, path: str | Path, **options):

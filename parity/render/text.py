@@ -54,6 +54,32 @@ def _table(comparison: Comparison):
     return table
 
 
+def _side_by_side(comparisons):
+    """One row per output, one column per link: the first broken link is plain to see."""
+    from rich.table import Table
+
+    table = Table(title="links side by side", title_justify="left")
+    table.add_column("output", overflow="fold")
+    for c in comparisons:
+        table.add_column(f"{c.reference} -> {c.candidate}", justify="right", no_wrap=True)
+    names: list[str] = []
+    for c in comparisons:
+        names.extend(o.name for o in c.outputs if o.name not in names)
+    for name in names:
+        cells = []
+        for c in comparisons:
+            o = next((o for o in c.outputs if o.name == name), None)
+            if o is None:
+                cells.append("-")
+            elif o.error:
+                cells.append("[bold red]FAIL[/] (see below)")
+            else:
+                mark = "[green]pass[/]" if o.passed else "[bold red]FAIL[/]"
+                cells.append(f"{mark} {_num(o.max_abs_diff)}")
+        table.add_row(name, *cells)
+    return table
+
+
 def render(report: Report, file: IO[str], *, color: bool | None = None, width: int | None = None) -> None:
     from rich.console import Console
 
@@ -61,8 +87,17 @@ def render(report: Report, file: IO[str], *, color: bool | None = None, width: i
         width = 160  # logs and CI: wide enough that figures never wrap
     console = Console(file=file, force_terminal=color, no_color=color is False, width=width,
                       highlight=False, soft_wrap=False)
+    several = len(report.comparisons) > 1
+    if several:
+        console.print(_side_by_side(report.comparisons))
     for comparison in report.comparisons:
-        console.print(_table(comparison))
+        if several and comparison.passed:
+            # a passing link in a chain: one line, plus the alignment it needed
+            steps = [f"{o.name}: {'; '.join(o.alignment)}" for o in comparison.outputs if o.alignment]
+            line = f"{comparison.reference} -> {comparison.candidate}: pass"
+            console.print(line + (f" (alignment: {' | '.join(steps)})" if steps else ""))
+        else:
+            console.print(_table(comparison))
         for note in comparison.notes:
             console.print(f"  note: {note}")
     for note in report.notes:

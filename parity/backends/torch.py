@@ -1,0 +1,213 @@
+"""PyTorch adapter: an ExportedProgram (.pt2), a TorchScript file (.pt/.ts/.torchscript), or
+Python code (``path/to/file.py:factory`` or ``package.module:factory``).
+
+torch is an optional extra: it is imported in ``open()``, and its absence is a backend error
+with the install hint. Models run in-process on CPU, in eval mode, under inference_mode.
+Input names and order are borrowed from the ONNX (or MNN) model in the chain, or given.
+
+Outputs are flattened depth-first into name -> array: a tensor is named by the model's single
+output (``output`` until paired); a tuple or list by index (``0``, ``1``); a dict, or a
+Hugging Face ``ModelOutput``, by key in insertion order, skipping None; nesting joins the parts
+with dots (``encoder.0``). This is the order torch.onnx flattens outputs in, so outputs whose
+names differ from the ONNX names still pair by position.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from parity.backends.base import Backend, RunResult, check_model_file
+from parity.errors import BackendError, FrameworkMissing, ModelError, UsageError
+from parity.specs import TensorMap, TensorSpec
+
+INSTALL_HINT = "pip install 'parity[torch]'"
+FILE_SUFFIXES = (".pt2", ".pt", ".ts", ".torchscript")
+
+
+def import_torch():
+    try:
+        import torch
+    except ImportError:
+        raise FrameworkMissing("torch", f"a PyTorch model needs it: {INSTALL_HINT}") from None
+    return torch
+
+
+def is_factory_spec(text: str) -> bool:
+    return ":" in text and not Path(text).suffix.lower() in FILE_SUFFIXES
+
+
+def _load_factory(spec: str):
+    target, _, attr = spec.rpartition(":")
+    if not target or not attr:
+        raise UsageError(f"--torch {spec!r} is not path/to/file.py:factory or package.module:factory")
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        path = Path(target)
+        if not path.is_file():
+            raise ModelError(f"--torch file {target!r} does not exist")
+        name = f"parity_user_{abs(hash(str(path.resolve())))}"
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module
+        sys.path.insert(0, str(path.resolve().parent))  # let the file import its neighbours
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:
+            raise ModelError(f"importing {target!r} failed: {type(exc).__name__}: {exc}") from None
+        finally:
+            sys.path.pop(0)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise ModelError(f"cannot import {target!r} for --torch: {exc}") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        names = sorted(n for n in vars(module) if not n.startswith("_"))
+        raise ModelError(f"{target!r} has no {attr!r}; it has {names}") from None
+
+
+def flatten_outputs(value, prefix: str = "") -> list[tuple[str, object]]:
+    """Depth-first (name, tensor) pairs; the documented order above."""
+    torch = sys.modules["torch"]
+    if isinstance(value, torch.Tensor):
+        return [(prefix or "output", value)]
+    items: list[tuple[str, object]] = []
+    if isinstance(value, dict):  # ModelOutput is an OrderedDict holding only non-None fields
+        children = [(str(k), v) for k, v in value.items() if v is not None]
+    elif isinstance(value, (tuple, list)):
+        children = [(str(i), v) for i, v in enumerate(value)]
+    elif value is None:
+        return []
+    else:  # a Python number: comparable as a 0-d array
+        return [(prefix or "output", value)]
+    for key, child in children:
+        items.extend(flatten_outputs(child, f"{prefix}.{key}" if prefix else key))
+    return items
+
+
+class TorchBackend(Backend):
+    framework = "torch"
+
+    def __init__(self, path, *, input_names: list[str] | None = None, **options):
+        self.spec = str(path)
+        self.is_factory = is_factory_spec(self.spec)
+        super().__init__(self.spec.rpartition(":")[0] if self.is_factory else path, **options)
+        self.input_names = list(input_names) if input_names else None
+        self._inputs: list[TensorSpec] | None = None
+        self._module = None
+        self._output_names: list[str] | None = None
+
+    @property
+    def label(self) -> str:
+        return f"torch model {self.spec if self.is_factory else self.path.name}"
+
+    def open(self) -> None:
+        if not self.is_factory:
+            check_model_file(self.path, self.framework)
+        self._open()
+        self._opened = True
+
+    def _open(self) -> None:
+        torch = import_torch()
+        if self.is_factory:
+            factory = _load_factory(self.spec)
+            try:
+                if isinstance(factory, torch.nn.Module):
+                    module = factory
+                else:
+                    module = factory()
+            except Exception as exc:
+                raise ModelError(f"calling {self.spec} failed: {type(exc).__name__}: {exc}") from None
+            if not isinstance(module, torch.nn.Module):
+                raise ModelError(f"{self.spec} returned {type(module).__name__}, not a torch.nn.Module")
+        elif self.path.suffix.lower() == ".pt2":
+            if not zipfile.is_zipfile(self.path):
+                raise ModelError(f"{str(self.path)!r} is not an ExportedProgram (.pt2 files are zip archives)")
+            quiet = logging.getLogger("torch.export")
+            level = quiet.level
+            quiet.setLevel(logging.CRITICAL)  # torch logs a traceback before raising
+            try:
+                module = torch.export.load(str(self.path)).module()
+            except Exception as exc:
+                raise ModelError(f"{str(self.path)!r} is not a loadable ExportedProgram (.pt2): "
+                                 f"{_first_line(exc)}") from None
+            finally:
+                quiet.setLevel(level)
+        else:
+            try:
+                module = torch.jit.load(str(self.path), map_location="cpu")
+            except Exception as exc:
+                raise ModelError(
+                    f"{str(self.path)!r} is not a TorchScript file ({_first_line(exc)}); for a "
+                    f"pickled nn.Module or a state dict use --torch file.py:factory"
+                ) from None
+        if hasattr(module, "eval") and not self.path.suffix.lower() == ".pt2":
+            module.eval()
+        self._module = module
+
+    def bind_inputs(self, specs: list[TensorSpec]) -> None:
+        """Take input names, order and dtypes from another model in the chain."""
+        if self.input_names:
+            by_name = {s.name: s for s in specs}
+            unknown = [n for n in self.input_names if n not in by_name]
+            if specs and unknown:
+                raise UsageError(f"--torch-inputs names {unknown}, which the other models lack; they have {list(by_name)}")
+            self._inputs = [by_name.get(n, TensorSpec(n, None, "float32")) for n in self.input_names]
+        else:
+            self._inputs = list(specs)
+
+    @property
+    def input_specs(self) -> list[TensorSpec]:
+        if self._inputs is None:
+            if self.input_names:
+                return [TensorSpec(n, None, "float32") for n in self.input_names]
+            raise UsageError(f"{self.label} has no input names: give --torch-inputs a,b")
+        return self._inputs
+
+    @property
+    def output_specs(self) -> list[TensorSpec]:
+        return [TensorSpec(n, None, "?") for n in (self._output_names or [])]
+
+    @property
+    def version(self) -> str:
+        return import_torch().__version__
+
+    def settings(self) -> dict:
+        route = "factory" if self.is_factory else (
+            "exported_program" if self.path.suffix.lower() == ".pt2" else "torchscript")
+        return {"route": route, "device": "cpu", "mode": "eval, inference_mode"}
+
+    def _run(self, feeds: TensorMap, outputs: list[str] | None = None) -> RunResult:
+        torch = import_torch()
+        args = [torch.from_numpy(np.ascontiguousarray(feeds[s.name])) for s in self.input_specs]
+        try:
+            with torch.inference_mode():
+                result = self._module(*args)
+        except Exception as exc:
+            raise BackendError(f"torch failed running {self.label}: {type(exc).__name__}: {_first_line(exc)}") from None
+        arrays: TensorMap = {}
+        notes: list[str] = []
+        for name, value in flatten_outputs(result):
+            if isinstance(value, torch.Tensor):
+                tensor = value.detach().cpu()
+                if tensor.dtype == torch.bfloat16:
+                    tensor = tensor.float()
+                    notes.append(f"torch output {name!r} is bfloat16, compared as float32")
+                arrays[name] = tensor.numpy()
+            else:
+                arrays[name] = np.asarray(value)
+        self._output_names = list(arrays)
+        return RunResult(arrays, {}, tuple(notes))
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -1,0 +1,137 @@
+"""PyTorch in the chain: torch -> ONNX Runtime -> MNN, link by link, through each loading route."""
+
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the torch extra is not installed")
+
+from helpers import ROOT, run_parity, to_mnn  # noqa: E402
+from parity.errors import ExitCode  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import torch_models  # noqa: E402
+
+FACTORY = f"{HERE / 'torch_models.py'}"
+
+
+def export(model, args, path, input_names, output_names):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, args, str(path), input_names=input_names, output_names=output_names,
+                          opset_version=17, dynamo=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_chain(tmp_path_factory):
+    d = tmp_path_factory.mktemp("small")
+    model = torch_models.small_net()
+    x = torch.randn(1, 3, 12, 12)
+    onnx_path = export(model, (x,), d / "small.onnx", ["x"], ["logits"])
+    mnn_path = to_mnn(onnx_path)
+    pt2 = d / "small.pt2"
+    torch.export.save(torch.export.export(model, (x,)), str(pt2))
+    ts = d / "small.pt"
+    torch.jit.save(torch.jit.trace(model, (x,)), str(ts))
+    return {"onnx": onnx_path, "mnn": mnn_path, "pt2": pt2, "ts": ts}
+
+
+@pytest.mark.parametrize("route", ["pt2", "ts", "factory"])
+def test_correct_model_passes_every_link(small_chain, route):
+    torch_model = f"{FACTORY}:small_net" if route == "factory" else small_chain[route]
+    result = run_parity("check", torch_model, small_chain["onnx"], small_chain["mnn"], "--json", "-")
+    assert result.code == ExitCode.PASS, result.err
+    report = result.json()
+    links = [(c["reference"], c["candidate"], c["passed"]) for c in report["comparisons"]]
+    assert links == [("torch", "onnxruntime", True), ("onnxruntime", "mnn", True), ("torch", "mnn", True)]
+    assert report["backends"][0]["name"] == "torch"
+    assert report["verdict"]["kind"] == "pass"
+    out = report["comparisons"][0]["outputs"][0]
+    assert out["name"] == "logits" and out["reference_shape"] == [1, 5] and out["max_abs_diff"] < 1e-4
+
+
+def test_torch_option_for_python_code(small_chain):
+    result = run_parity("check", "--torch", f"{FACTORY}:SmallNet", small_chain["onnx"])
+    # SmallNet() has fresh random weights: a class taking no arguments loads, and differs
+    assert result.code == ExitCode.MISMATCH, result.err
+    assert "torch -> onnxruntime" in result.out
+
+
+def test_export_bug_is_the_export_link(tmp_path):
+    model = torch_models.branchy()
+    onnx_path = export(model, (torch.ones(1, 8),), tmp_path / "branchy.onnx", ["x"], ["y"])
+    mnn_path = to_mnn(onnx_path)
+    np.savez(tmp_path / "neg.npz", x=-np.ones((1, 8), np.float32))
+    result = run_parity("check", f"{FACTORY}:branchy", onnx_path, mnn_path,
+                        "--inputs", tmp_path / "neg.npz", "--json", "-")
+    assert result.code == ExitCode.MISMATCH, result.err
+    report = result.json()
+    by_link = {(c["reference"], c["candidate"]): c["passed"] for c in report["comparisons"]}
+    assert by_link == {("torch", "onnxruntime"): False, ("onnxruntime", "mnn"): True, ("torch", "mnn"): False}
+    assert report["verdict"]["kind"] == "export"
+    assert "torch -> onnxruntime" in report["verdict"]["where"]
+    # the same model on the input it was exported with passes
+    np.savez(tmp_path / "pos.npz", x=np.ones((1, 8), np.float32))
+    ok = run_parity("check", f"{FACTORY}:branchy", onnx_path, mnn_path, "--inputs", tmp_path / "pos.npz")
+    assert ok.code == ExitCode.PASS, ok.err
+
+
+def test_dict_outputs_with_other_onnx_names_pair_by_order(tmp_path):
+    model = torch_models.dict_out()
+    onnx_path = export(model, (torch.randn(2, 6),), tmp_path / "d.onnx", ["x"], ["scores", "feats"])
+    result = run_parity("check", f"{FACTORY}:dict_out", onnx_path, to_mnn(onnx_path), "--json", "-")
+    assert result.code == ExitCode.PASS, result.err
+    first = result.json()["comparisons"][0]["outputs"]
+    pairs = {(o["reference_name"], o["candidate_name"]): (o["reference_shape"], o["candidate_shape"]) for o in first}
+    assert pairs == {("logits", "scores"): ([2, 5], [2, 5]), ("features", "feats"): ([2, 3, 4], [2, 3, 4])}
+    assert all(o["passed"] and "paired by order" in o["alignment"][0] for o in first)
+
+
+def test_dict_outputs_pair_by_name_where_names_match(tmp_path):
+    model = torch_models.dict_out()
+    # ONNX names swapped relative to the torch dict's order: pairing by name must win over order
+    onnx_path = export(model, (torch.randn(2, 6),), tmp_path / "d.onnx", ["x"], ["logits", "features"])
+    result = run_parity("check", f"{FACTORY}:dict_out", onnx_path, "--json", "-")
+    assert result.code == ExitCode.PASS, result.err
+    outputs = result.json()["comparisons"][0]["outputs"]
+    assert {(o["reference_name"], o["candidate_name"]) for o in outputs} == {("logits", "logits"), ("features", "features")}
+    assert all(o["alignment"] == [] for o in outputs)
+
+
+def test_nested_tuple_outputs(tmp_path):
+    model = torch_models.nested_tuple_out()
+    onnx_path = export(model, (torch.randn(2, 6),), tmp_path / "t.onnx", ["x"], ["first", "second", "third"])
+    result = run_parity("check", f"{FACTORY}:nested_tuple_out", onnx_path, to_mnn(onnx_path), "--json", "-")
+    assert result.code == ExitCode.PASS, result.err
+    outputs = result.json()["comparisons"][0]["outputs"]
+    assert [(o["reference_name"], o["candidate_name"], o["reference_shape"]) for o in outputs] == [
+        ("0", "first", [2, 3]), ("1.0", "second", [2]), ("1.1", "third", [2, 2, 2])]
+
+
+def test_torch_inputs_order(tmp_path):
+    onnx_path = export(torch_models.TwoInputs(), (torch.randn(3), torch.randn(3)), tmp_path / "two.onnx",
+                       ["a", "b"], ["y"])
+    good = run_parity("check", "--torch", f"{FACTORY}:TwoInputs", "--torch-inputs", "a,b", onnx_path)
+    assert good.code == ExitCode.PASS, good.err
+    swapped = run_parity("check", "--torch", f"{FACTORY}:TwoInputs", "--torch-inputs", "b,a", onnx_path)
+    assert swapped.code == ExitCode.MISMATCH, swapped.err
+    unknown = run_parity("check", "--torch", f"{FACTORY}:TwoInputs", "--torch-inputs", "a,c", onnx_path)
+    assert unknown.code == ExitCode.USAGE and "Traceback" not in unknown.err
+
+
+def test_bad_torch_sources(tmp_path):
+    missing = run_parity("check", "--torch", f"{tmp_path}/nope.py:f", ROOT / "models/cnn.onnx")
+    assert missing.code == ExitCode.MODEL_OR_INPUT and "does not exist" in missing.err
+    no_attr = run_parity("check", "--torch", f"{FACTORY}:nope", ROOT / "models/cnn.onnx")
+    assert no_attr.code == ExitCode.MODEL_OR_INPUT and "has no 'nope'" in no_attr.err
+    junk = tmp_path / "junk.pt2"
+    junk.write_bytes(b"not a zip")
+    bad = run_parity("check", junk, ROOT / "models/cnn.onnx")
+    assert bad.code == ExitCode.MODEL_OR_INPUT and "Traceback" not in bad.err
