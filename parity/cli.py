@@ -128,12 +128,24 @@ def _progress(quiet: bool):
 @click.option("--torch-inputs", metavar="A,B",
               help="Names of the torch model's positional inputs, in order (default: the ONNX "
                    "model's inputs).")
+@click.option("--layers", is_flag=True,
+              help="Also compare every intermediate tensor (one capture run per framework) and "
+                   "find the first layer that diverges.")
+@click.option("--layer-rtol", type=click.FloatRange(min=0), default=None, show_default="1e-2",
+              help="Layer rule: max_abs_diff <= atol + layer_rtol * max|reference| of that tensor.")
+@click.option("--isolate", type=click.Choice(["first", "all", "none"]), default="first",
+              show_default=True,
+              help="Which failing layers to re-run alone on the reference's inputs, to separate "
+                   "error introduced there from error carried from upstream.")
+@click.option("--max-memory", metavar="SIZE", default=None,
+              help="Cap on captured tensors held at once with --layers, e.g. 512M or 2G "
+                   "[default: a quarter of RAM].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")
 @click.option("--no-color", is_flag=True, help="Plain terminal output.")
 @_traceback_option
 def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, allow_nonfinite,
           json_path, timeout, mnn_backend, mnn_threads, mnn_precision, torch_spec, torch_inputs,
-          quiet, no_color):
+          layers, layer_rtol, isolate, max_memory, quiet, no_color):
     """Run MODELS on the same inputs and compare them link by link.
 
     The framework comes from the suffix: .onnx runs in ONNX Runtime, .mnn in MNN, .pt2
@@ -154,6 +166,14 @@ def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, allow_nonf
 
     if json_path and json_path != "-":
         check_writable(json_path, "--json")
+    cap = None
+    if max_memory is not None:
+        from parity.layers import parse_size
+
+        try:
+            cap = parse_size(max_memory)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--max-memory") from None
     report = pipeline.check(
         models,
         tolerance=Tolerance(DEFAULT_ATOL if atol is None else atol,
@@ -166,6 +186,10 @@ def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, allow_nonf
         timeout=timeout,
         mnn_options={"backend": mnn_backend, "threads": mnn_threads, "precision": mnn_precision},
         torch_inputs=[n.strip() for n in torch_inputs.split(",") if n.strip()] if torch_inputs else None,
+        layers=layers,
+        layer_rtol=layer_rtol,
+        isolate=isolate,
+        max_memory=cap,
         progress=_progress(quiet),
     )
     _emit(report, json_path, no_color)

@@ -130,6 +130,11 @@ def verdict_for(comparisons: Sequence[Comparison]) -> Verdict:
             )
         where = f"output {first.name!r} ({link})"
         counts = f"{len(failed)} of {len(comparison.outputs)} outputs differ on {link}"
+        divergence = comparison.first_divergence
+        if divergence is not None:
+            module = f", module {divergence.module}" if divergence.module else ""
+            where = f"{divergence.name} ({divergence.op_type}{module}) on {link}"
+            counts += f"; {divergence.summary}"
         if (comparison.reference, comparison.candidate) == ("torch", "onnxruntime"):
             return Verdict(
                 "export", where,
@@ -153,6 +158,37 @@ def chain_links(n: int) -> list[tuple[int, int]]:
     return links
 
 
+def _add_layers(comparisons, backends, links, feeds, tolerance, *, layer_rtol, isolate, max_memory, say):
+    """Attach per-layer results to every link that has a per-layer view."""
+    import dataclasses
+
+    from parity import layers as layers_mod
+
+    onnx_backend = next((b for b in backends if b.framework == "onnxruntime"), None)
+    if onnx_backend is None:
+        return [dataclasses.replace(c, notes=c.notes + (
+            "per-layer comparison needs the ONNX model in the chain: its graph is the map",)) for c in comparisons]
+    graph = layers_mod.OnnxGraph(onnx_backend.model_proto())
+    out = []
+    for comparison, (ref_i, cand_i) in zip(comparisons, links):
+        say(f"per-layer: {comparison.reference} -> {comparison.candidate}")
+        result = layers_mod.compare_layers(
+            graph, backends[ref_i], backends[cand_i], feeds, tolerance,
+            layer_rtol=layers_mod.LAYER_RTOL if layer_rtol is None else layer_rtol,
+            max_memory=max_memory, isolate=isolate, progress=say,
+        )
+        if result is None:
+            out.append(dataclasses.replace(comparison, notes=comparison.notes + (
+                "no per-layer view on this link (layers are compared on torch -> onnxruntime and "
+                "onnxruntime -> mnn)",)))
+            continue
+        out.append(dataclasses.replace(
+            comparison, layers=tuple(result.layers), unpaired=tuple(result.unpaired),
+            first_divergence=result.first_divergence, notes=comparison.notes + tuple(result.notes),
+        ))
+    return out
+
+
 def check(
     models: Sequence[str | os.PathLike],
     *,
@@ -165,6 +201,10 @@ def check(
     timeout: float = 300.0,
     mnn_options: Mapping | None = None,
     torch_inputs: Sequence[str] | None = None,
+    layers: bool = False,
+    layer_rtol: float | None = None,
+    isolate: str = "first",
+    max_memory: int | None = None,
     progress: Progress | None = None,
 ) -> Report:
     """Run every model on the same inputs; compare each model with the one before it.
@@ -252,6 +292,10 @@ def check(
                 candidate_steps=results[cand_i].steps,
             )
             comparisons.append(comparison)
+
+        if layers:
+            comparisons = _add_layers(comparisons, backends, chain_links(len(backends)), feeds, tolerance,
+                                      layer_rtol=layer_rtol, isolate=isolate, max_memory=max_memory, say=say)
 
         notes = [n for r in results for n in r.notes]
         infos = tuple(

@@ -62,12 +62,61 @@ class OutputComparison:
 
 
 @dataclass(frozen=True)
+class LayerResult:
+    name: str
+    reference_name: str
+    candidate_name: str
+    op_type: str
+    candidate_op_type: str | None
+    module: str | None
+    passed: bool
+    max_abs_diff: float | None
+    max_rel_diff: float | None
+    cosine: float | None
+    mismatch_fraction: float | None
+    scaled_error: float | None
+    reference_absmax: float | None
+    reference_shape: tuple
+    candidate_shape: tuple
+    alignment: tuple = ()
+    local_max_abs_diff: float | None = None
+    local_scaled_error: float | None = None
+    status: str = "pass"  # pass, fail, introduced (local error too), carried (from upstream)
+    index: int = 0
+
+
+@dataclass(frozen=True)
+class Unpaired:
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class FirstDivergence:
+    name: str
+    op_type: str  # the ONNX ops the diverging tensor stands for, e.g. "Conv+Relu" when fused
+    candidate_op_type: str | None
+    nodes: tuple  # their ONNX node names, in order
+    module: str | None
+    inputs: tuple
+    max_abs_diff: float | None
+    scaled_error: float | None
+    local_max_abs_diff: float | None
+    local_scaled_error: float | None
+    introduced_here: bool | None
+    summary: str
+
+
+@dataclass(frozen=True)
 class Comparison:
     reference: str
     candidate: str
     passed: bool
     outputs: tuple = ()
     notes: tuple = ()
+    layers: tuple | None = None  # None: not captured (no --layers, or no per-layer view)
+    unpaired: tuple = ()
+    first_divergence: FirstDivergence | None = None
 
     @property
     def failed_outputs(self) -> list[OutputComparison]:
@@ -129,10 +178,7 @@ class Report:
             inputs=tuple(
                 _build(InputInfo, dict(v, name=k)) for k, v in data["inputs"].items()
             ),
-            comparisons=tuple(
-                _build(Comparison, dict(c, outputs=tuple(_build(OutputComparison, o) for o in c["outputs"])))
-                for c in data["comparisons"]
-            ),
+            comparisons=tuple(_comparison_from(c) for c in data["comparisons"]),
             verdict=_build(Verdict, data["verdict"]),
             tolerance=data.get("tolerance", {}),
             notes=tuple(data.get("notes", ())),
@@ -142,13 +188,32 @@ class Report:
 
 
 def _comparison_dict(c: Comparison) -> dict:
-    return {
+    out = {
         "reference": c.reference,
         "candidate": c.candidate,
         "passed": c.passed,
         "outputs": [_plain(dataclasses.asdict(o)) for o in c.outputs],
         "notes": list(c.notes),
     }
+    if c.layers is not None:
+        out["layers"] = [_plain(dataclasses.asdict(layer)) for layer in c.layers]
+        out["unpaired"] = [_plain(dataclasses.asdict(u)) for u in c.unpaired]
+        out["first_divergence"] = (
+            None if c.first_divergence is None else _plain(dataclasses.asdict(c.first_divergence))
+        )
+    return out
+
+
+def _comparison_from(data: dict) -> Comparison:
+    layers = data.get("layers")
+    divergence = data.get("first_divergence")
+    return _build(Comparison, dict(
+        data,
+        outputs=tuple(_build(OutputComparison, o) for o in data["outputs"]),
+        layers=None if layers is None else tuple(_build(LayerResult, x) for x in layers),
+        unpaired=tuple(_build(Unpaired, u) for u in data.get("unpaired", ())),
+        first_divergence=None if divergence is None else _build(FirstDivergence, divergence),
+    ))
 
 
 def _plain(value):
@@ -167,4 +232,6 @@ def _build(cls, data: dict):
         if key not in names:
             continue  # a newer report: ignore what this version does not know
         kwargs[key] = tuple(value) if isinstance(value, list) else value
+        if isinstance(value, tuple) and key in ("layers", "unpaired", "outputs"):
+            kwargs[key] = value
     return cls(**kwargs)

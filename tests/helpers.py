@@ -97,3 +97,19 @@ def ort_run(onnx_path, feeds) -> dict:
 
 def randn(*shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def alter_filter(src, dst, name: str, channel: int, scale=-1.0, shift=0.5) -> Path:
+    """Copy ``src`` with output channel ``channel`` of weight ``name`` replaced by
+    ``weight * scale + shift``: one conv filter altered."""
+    model = onnx.load(str(src))
+    for i, init in enumerate(model.graph.initializer):
+        if init.name == name:
+            array = numpy_helper.to_array(init).copy()
+            array[channel] = array[channel] * scale + shift
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(array, name))
+            break
+    else:
+        raise KeyError(name)
+    onnx.save(model, str(dst))
+    return Path(dst)

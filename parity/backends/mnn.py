@@ -46,6 +46,7 @@ class MnnBackend(Backend):
         self.precision = precision
         self.hints = tuple(hints)
         self._worker: Worker | None = None
+        self._graph: list[dict] | None = None
 
     def _open(self) -> None:
         try:
@@ -110,7 +111,24 @@ class MnnBackend(Backend):
             "hints": [list(h) for h in self.hints],
         }
 
+    def graph(self) -> list[dict]:
+        """Every tensor in the MNN file: ``{"name", "op_type", "inputs"}``."""
+        if self._graph is None:
+            self._graph = self._worker.call(f"{_CHILD}:graph", step=f"reading the graph of {self.path.name}")
+        return self._graph
+
+    def capture(self, feeds: TensorMap, names: list[str], *, cache: bool = True) -> RunResult:
+        """Run once, returning the named intermediate tensors (converted to NCHW)."""
+        return self._call_run(feeds, list(names), cut=False, cache=cache, step="capturing tensors of")
+
+    def run_cut(self, tensors: TensorMap, outputs: list[str]) -> RunResult:
+        """Feed ``tensors`` (intermediate names) into the graph cut there; return ``outputs``."""
+        return self._call_run(tensors, list(outputs), cut=True, cache=False, step="running a cut of")
+
     def _run(self, feeds: TensorMap, outputs: list[str] | None = None) -> RunResult:
+        return self._call_run(feeds, outputs, cut=False, cache=True, step="running")
+
+    def _call_run(self, feeds, outputs, *, cut, cache, step) -> RunResult:
         worker = self._worker
         feed_paths = {}
         for name, array in feeds.items():
@@ -121,10 +139,12 @@ class MnnBackend(Backend):
         try:
             reply = worker.call(
                 f"{_CHILD}:run",
-                step=f"running {self.path.name}",
+                step=f"{step} {self.path.name}",
                 feeds=feed_paths,
                 results=result_paths,
                 outputs=outputs,
+                cut=cut,
+                cache=cache,
             )
             arrays, steps = {}, {}
             for name in names:

@@ -78,33 +78,61 @@ def load(path: str, backend: str, threads: int, precision: str, hints: list) -> 
     }
 
 
-def _module_for(outputs: tuple):
+def graph() -> list:
+    """Every tensor of the MNN graph: name, op type and input names (no shapes: see load)."""
+    out = []
+    for name, var in _state["graph"].items():
+        try:
+            inputs = [i.name for i in (var.inputs or [])]
+        except Exception:
+            inputs = []
+        out.append({"name": name, "op_type": var.op_type, "inputs": inputs})
+    return out
+
+
+def _module_for(inputs: tuple, outputs: tuple, cache: bool):
+    key = (inputs, outputs)
     modules = _state["modules"]
-    if outputs not in modules:
-        MNN = _mnn()
-        names = [i["name"] for i in _state["inputs"]]
-        modules[outputs] = MNN.nn.load_module_from_file(
-            _state["path"], names, list(outputs), runtime_manager=_state["runtime"]
-        )
-    return modules[outputs]
+    if key in modules:
+        return modules[key]
+    MNN = _mnn()
+    if not cache:  # capture in chunks: keep one extra module (and its tensors) at a time
+        for old in [k for k in modules if k != ()]:
+            del modules[old]
+    module = MNN.nn.load_module_from_file(
+        _state["path"], list(inputs), list(outputs), runtime_manager=_state["runtime"]
+    )
+    modules[key] = module
+    return module
 
 
-def run(feeds: dict, results: dict, outputs: list | None = None) -> dict:
-    """Run on the .npy feeds; write each output to the path ``results`` maps it to."""
+def run(feeds: dict, results: dict, outputs: list | None = None, cut: bool = False,
+        cache: bool = True) -> dict:
+    """Run on the .npy feeds; write each output to the path ``results`` maps it to.
+
+    With ``cut`` the feeds name intermediate tensors: the module is cut there, so reference
+    values can be fed into the middle of the graph.
+    """
     F = _mnn().expr
     requested = tuple(outputs) if outputs else ()
-    module = _module_for(requested)
+    if cut:
+        input_names = tuple(feeds)
+    else:
+        input_names = tuple(i["name"] for i in _state["inputs"])
+    if requested or cut:
+        module = _module_for(input_names, requested, cache)
+    else:
+        module = _state["modules"][()]
     variables = []
-    for spec in _state["inputs"]:
-        array = np.load(feeds[spec["name"]])
+    for name in input_names:
+        array = np.load(feeds[name])
         var = F.placeholder(list(array.shape), F.NCHW, _mnn_dtype(array.dtype.name))
         var.write(array)
         variables.append(var)
     produced = module.onForward(variables)
     names = list(requested or _state["outputs"])
     if not produced:
-        shapes = ", ".join(f"{s['name']} {list(np.load(feeds[s['name']], mmap_mode='r').shape)}"
-                           for s in _state["inputs"])
+        shapes = ", ".join(f"{n} {list(np.load(feeds[n], mmap_mode='r').shape)}" for n in input_names)
         raise ChildFailure(
             "input",
             f"MNN returned no outputs for inputs {shapes}: MNN does this on an input shape, rank "
@@ -124,5 +152,7 @@ def run(feeds: dict, results: dict, outputs: list | None = None) -> dict:
             pass
         array = np.array(var.read())
         np.save(results[name], array)
-        reply[name] = {"path": results[name], "steps": steps, "layout": layout}
+        reply[name] = {"path": results[name], "steps": steps, "layout": layout,
+                       "op_type": var.op_type if hasattr(var, "op_type") else ""}
+        del array
     return reply

@@ -80,6 +80,69 @@ class OnnxRuntimeBackend(Backend):
 
     def _close(self) -> None:
         self._session = None
+        self._proto = None
+        self._sessions = {}
+
+    def model_proto(self):
+        """The ONNX model, loaded once (graph walks and in-memory copies start from it)."""
+        if getattr(self, "_proto", None) is None:
+            import onnx
+
+            self._proto = onnx.load(str(self.path))
+        return self._proto
+
+    def _session_for(self, model_bytes: bytes, key):
+        cache = getattr(self, "_sessions", None)
+        if cache is None:
+            cache = self._sessions = {}
+        if key not in cache:
+            ort = _import_ort()
+            so = ort.SessionOptions()
+            so.log_severity_level = 3
+            so.enable_cpu_mem_arena = False  # freed capture memory goes back to the OS
+            if self.threads:
+                so.intra_op_num_threads = self.threads
+            cache.clear()  # one capture session at a time bounds memory
+            cache[key] = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+        return cache[key]
+
+    def capture(self, feeds: TensorMap, names: list[str], *, cache: bool = True) -> RunResult:
+        """Run an in-memory copy of the model whose outputs are ``names`` (intermediate values)."""
+        import onnx
+
+        key = ("capture", tuple(names))
+        if key not in getattr(self, "_sessions", {}):
+            model = onnx.ModelProto()
+            model.CopyFrom(self.model_proto())
+            del model.graph.output[:]
+            for name in names:
+                model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+            session = self._session_for(model.SerializeToString(), key)
+        else:
+            session = self._sessions[key]
+        try:
+            arrays = session.run(list(names), feeds)
+        except Exception as exc:
+            raise BackendError(f"onnxruntime failed capturing tensors of {self.path.name}: {_first_line(exc)}") from None
+        return RunResult(dict(zip(names, arrays)))
+
+    def run_cut(self, tensors: TensorMap, outputs: list[str]) -> RunResult:
+        """Run the subgraph from the values ``tensors`` names to ``outputs``, fed with them."""
+        import onnx
+        import onnx.utils
+
+        key = ("cut", tuple(tensors), tuple(outputs))
+        if key not in getattr(self, "_sessions", {}):
+            extracted = onnx.utils.Extractor(self.model_proto()).extract_model(list(tensors), list(outputs))
+            session = self._session_for(extracted.SerializeToString(), key)
+        else:
+            session = self._sessions[key]
+        wanted = {i.name for i in session.get_inputs()}
+        try:
+            arrays = session.run(list(outputs), {k: v for k, v in tensors.items() if k in wanted})
+        except Exception as exc:
+            raise BackendError(f"onnxruntime failed running a cut of {self.path.name}: {_first_line(exc)}") from None
+        return RunResult(dict(zip(outputs, arrays)))
 
     @property
     def input_specs(self) -> list[TensorSpec]:

@@ -25,6 +25,8 @@ import numpy as np
 
 from parity.backends.base import Backend, RunResult, check_model_file
 from parity.errors import BackendError, FrameworkMissing, ModelError, UsageError
+
+OUTPUT_PREFIX = "::output::"  # capture name for a returned output (matches parity.layers)
 from parity.specs import TensorMap, TensorSpec
 
 INSTALL_HINT = "pip install 'parity[torch]'"
@@ -184,6 +186,65 @@ class TorchBackend(Backend):
         route = "factory" if self.is_factory else (
             "exported_program" if self.path.suffix.lower() == ".pt2" else "torchscript")
         return {"route": route, "device": "cpu", "mode": "eval, inference_mode"}
+
+    def module_names(self) -> list[str] | None:
+        """Qualified names of the submodules whose calls can be hooked, or None when the model
+        is a graph (.pt2, TorchScript) whose submodules are never called one by one."""
+        torch = import_torch()
+        if not self.is_factory or isinstance(self._module, torch.jit.ScriptModule):
+            return None
+        return [name for name, _ in self._module.named_modules() if name]
+
+    def capture(self, feeds: TensorMap, names: list[str], *, cache: bool = True) -> RunResult:
+        """Run once with forward hooks on the named submodules; return their tensor outputs.
+
+        A module that runs more than once, or returns no single tensor, is left out, with the
+        reason in ``RunResult.notes`` as ``name: reason``.
+        """
+        torch = import_torch()
+        modules = dict(self._module.named_modules())
+        handles = []
+
+        def hook_for(name):
+            def hook(_module, _inputs, output):
+                seen[name].append(output.detach().clone() if isinstance(output, torch.Tensor) else None)
+            return hook
+
+        calls = {name: 0 for name in modules if name}
+
+        def count_for(name):
+            def count(_module, _inputs, _output):
+                calls[name] += 1
+            return count
+
+        for name in calls:
+            handles.append(modules[name].register_forward_hook(count_for(name)))
+        returned = [n for n in names if n.startswith(OUTPUT_PREFIX)]
+        hooked = [n for n in names if not n.startswith(OUTPUT_PREFIX)]
+        seen = {name: [] for name in hooked}
+        for name in hooked:
+            handles.append(modules[name].register_forward_hook(hook_for(name)))
+        try:
+            final = self._run(feeds).outputs
+        finally:
+            for handle in handles:
+                handle.remove()
+        self.last_calls = calls
+        arrays, notes = {}, []
+        for name in returned:
+            if name[len(OUTPUT_PREFIX):] in final:
+                arrays[name] = final[name[len(OUTPUT_PREFIX):]]
+        for name, outputs in seen.items():
+            if not outputs:
+                notes.append(f"{name}: the module did not run in torch on these inputs")
+            elif len(outputs) > 1:
+                notes.append(f"{name}: the module ran {len(outputs)} times in one forward")
+            elif outputs[0] is None:
+                notes.append(f"{name}: the module returned no single tensor")
+            else:
+                tensor = outputs[0]
+                arrays[name] = (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
+        return RunResult(arrays, {}, tuple(notes))
 
     def _run(self, feeds: TensorMap, outputs: list[str] | None = None) -> RunResult:
         torch = import_torch()
