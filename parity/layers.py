@@ -396,6 +396,9 @@ def compare_layers(
     if current:
         chunks.append(current)
     report.chunks = len(chunks)
+    if len(chunks) > 1:
+        report.notes.append(f"captured in {len(chunks)} chunks to hold at most {budget / 2**20:.0f} MiB "
+                            f"of tensors at once (--max-memory)")
 
     samples: dict[str, tuple] = {}
     failing_samples: dict[str, tuple] = {}

@@ -135,3 +135,32 @@ def test_bad_torch_sources(tmp_path):
     junk.write_bytes(b"not a zip")
     bad = run_parity("check", junk, ROOT / "models/cnn.onnx")
     assert bad.code == ExitCode.MODEL_OR_INPUT and "Traceback" not in bad.err
+
+
+def test_export_bug_first_divergence_names_the_module(tmp_path):
+    model = torch_models.branchy()
+    onnx_path = export(model, (torch.ones(1, 8),), tmp_path / "branchy.onnx", ["x"], ["y"])
+    mnn_path = to_mnn(onnx_path)
+    np.savez(tmp_path / "neg.npz", x=-np.ones((1, 8), np.float32))
+    result = run_parity("check", f"{FACTORY}:branchy", onnx_path, mnn_path, "--inputs", tmp_path / "neg.npz",
+                        "--layers", "--json", "-")
+    assert result.code == ExitCode.MISMATCH, result.err
+    report = result.json()
+    export_link = report["comparisons"][0]
+    assert (export_link["reference"], export_link["candidate"]) == ("torch", "onnxruntime")
+    divergence = export_link["first_divergence"]
+    # the ONNX graph froze the branch torch took at export: module 'pos'; torch now ran 'neg'
+    assert divergence["module"] == "pos" and divergence["introduced_here"] is True
+    assert any("did not run in torch" in note and "pos" in note for note in export_link["notes"])
+    assert report["comparisons"][1]["first_divergence"] is None  # ONNX Runtime -> MNN is fine
+    assert report["verdict"]["kind"] == "export" and "module pos" in report["verdict"]["where"]
+
+
+def test_torch_layers_map_modules_on_a_correct_model():
+    result = run_parity("check", "--torch", f"{ROOT / 'scripts/make_models.py'}:transformer",
+                        ROOT / "models/transformer.onnx", "--layers", "--json", "-")
+    assert result.code == ExitCode.PASS, result.err
+    layers = result.json()["comparisons"][0]["layers"]
+    modules = {layer["module"] for layer in layers}
+    assert {"embed", "blocks.0.attn.qkv", "blocks.0.fc1", "blocks.1.norm2", "out"} <= modules
+    assert all(layer["passed"] for layer in layers)

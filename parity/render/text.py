@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import IO
 
+from rich.markup import escape
+
 from parity.report import Comparison, OutputComparison, Report
 from parity.specs import format_shape
 
@@ -33,7 +35,7 @@ def _row(o: OutputComparison) -> list[str]:
             "-" if o.mismatch_fraction is None else f"{o.mismatch_fraction:.2%}",
         ]
     detail = "; ".join(list(o.alignment) + ([o.error] if o.error else []) + list(o.notes))
-    return [o.name, shapes, *figures, status, detail]
+    return [escape(o.name), shapes, *figures, status, escape(detail)]
 
 
 def _table(comparison: Comparison):
@@ -76,8 +78,55 @@ def _side_by_side(comparisons):
             else:
                 mark = "[green]pass[/]" if o.passed else "[bold red]FAIL[/]"
                 cells.append(f"{mark} {_num(o.max_abs_diff)}")
-        table.add_row(name, *cells)
+        table.add_row(escape(name), *cells)
     return table
+
+
+_STATUS = {
+    "pass": "[green]pass[/]",
+    "fail": "[red]fail[/]",
+    "introduced": "[bold red]introduced here[/]",
+    "carried": "[yellow]carried[/]",
+}
+
+
+def _layers(comparison: Comparison, console, around: int = 5) -> None:
+    """The layers around the first divergence (never thousands of rows), or a summary."""
+    from rich.table import Table
+
+    layers = list(comparison.layers or ())
+    failing = sum(not layer.passed for layer in layers)
+    link = f"{comparison.reference} -> {comparison.candidate}"
+    console.print(
+        f"{link}: {len(layers)} layers paired, {len(layers) - failing} pass, {failing} fail; "
+        f"{len(comparison.unpaired)} unpaired (reasons in the JSON report)"
+    )
+    divergence = comparison.first_divergence
+    if not layers:
+        return
+    if divergence is None:
+        if failing:
+            console.print("  no first divergence: every failing layer has a failing paired input")
+        worst = max(layers, key=lambda layer: layer.scaled_error or 0.0)
+        console.print(escape(f"  largest scaled error: {worst.name} ({worst.op_type}) {_num(worst.scaled_error)}"))
+        return
+    at = next(i for i, layer in enumerate(layers) if layer.name == divergence.name)
+    table = Table(title=f"{link}: layers around the first divergence", title_justify="left")
+    for header in ("#", "tensor", "op", "module", "shape", "max_abs", "scaled", "local", "status"):
+        table.add_column(header, overflow="fold", no_wrap=header in ("#", "max_abs", "scaled", "local"))
+    for i in range(max(0, at - around), min(len(layers), at + around + 1)):
+        layer = layers[i]
+        op = layer.op_type + (f" / {layer.candidate_op_type}" if layer.candidate_op_type
+                              and layer.candidate_op_type != layer.op_type else "")
+        name = f"[bold]{escape(layer.name)}[/]" if i == at else escape(layer.name)
+        table.add_row(str(layer.index), name, escape(op), escape(layer.module or ""), _shape(layer.reference_shape),
+                      _num(layer.max_abs_diff), _num(layer.scaled_error), _num(layer.local_max_abs_diff),
+                      _STATUS.get(layer.status, layer.status))
+    console.print(table)
+    nodes = " -> ".join(divergence.nodes)
+    console.print(escape(f"  first divergence: {divergence.name} = {divergence.op_type} (ONNX nodes "
+                         f"{nodes}); its paired inputs: {list(divergence.inputs)}"))
+    console.print(f"  {escape(divergence.summary)}")
 
 
 def render(report: Report, file: IO[str], *, color: bool | None = None, width: int | None = None) -> None:
@@ -95,17 +144,20 @@ def render(report: Report, file: IO[str], *, color: bool | None = None, width: i
             # a passing link in a chain: one line, plus the alignment it needed
             steps = [f"{o.name}: {'; '.join(o.alignment)}" for o in comparison.outputs if o.alignment]
             line = f"{comparison.reference} -> {comparison.candidate}: pass"
-            console.print(line + (f" (alignment: {' | '.join(steps)})" if steps else ""))
+            console.print(escape(line + (f" (alignment: {' | '.join(steps)})" if steps else "")))
         else:
             console.print(_table(comparison))
         for note in comparison.notes:
-            console.print(f"  note: {note}")
+            console.print(f"  note: {escape(note)}")
+    for comparison in report.comparisons:
+        if comparison.layers is not None:
+            _layers(comparison, console)
     for note in report.notes:
-        console.print(f"note: {note}")
+        console.print(f"note: {escape(note)}")
     tol = report.tolerance
     console.print(f"tolerance: |c - r| <= {tol.get('atol')} + {tol.get('rtol')} * |r|")
     style = "green" if report.verdict.kind == "pass" else "bold red"
-    console.print(f"[{style}]{report.verdict.kind.upper()}[/]: {report.verdict.summary}")
+    console.print(f"[{style}]{report.verdict.kind.upper()}[/]: {escape(report.verdict.summary)}")
 
 
 def render_inspect(framework: str, path: str, version: str, inputs, outputs, file: IO[str]) -> None:
@@ -120,5 +172,5 @@ def render_inspect(framework: str, path: str, version: str, inputs, outputs, fil
     table.add_column("shape")
     for kind, specs in (("input", inputs), ("output", outputs)):
         for spec in specs:
-            table.add_row(kind, spec.name, spec.dtype, _shape(spec.shape))
+            table.add_row(kind, escape(spec.name), spec.dtype, _shape(spec.shape))
     console.print(table)

@@ -1,0 +1,142 @@
+"""--layers: per-layer capture, pairing, first divergence, isolation and the memory cap."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from helpers import MODELS, ROOT, alter_filter, run_parity, save_model, tensor, to_mnn
+from parity.errors import ExitCode
+
+
+def mnn_tensor_names(path) -> set:
+    """Names in an .mnn file, read by MNN itself in a separate process (not by parity)."""
+    code = "import sys, json, MNN; print(json.dumps(list(MNN.expr.load_as_dict(sys.argv[1]))))"
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def onnx_values(path) -> list:
+    model = onnx.load(str(path))
+    return [o for n in model.graph.node if n.op_type != "Constant" for o in n.output if o]
+
+
+@pytest.fixture(scope="module")
+def altered_filter_cnn(tmp_path_factory):
+    d = tmp_path_factory.mktemp("filter")
+    altered = alter_filter(MODELS / "cnn.onnx", d / "altered.onnx", "conv3.weight", channel=5)
+    return to_mnn(altered, d / "cnn_filter.mnn")
+
+
+def test_altered_conv_filter_is_the_first_divergence(altered_filter_cnn):
+    result = run_parity("check", MODELS / "cnn.onnx", altered_filter_cnn, "--layers", "--json", "-")
+    assert result.code == ExitCode.MISMATCH, result.err
+    comparison = result.json()["comparisons"][0]
+    divergence = comparison["first_divergence"]
+    conv3 = next(n for n in onnx.load(str(MODELS / "cnn.onnx")).graph.node
+                 if n.op_type == "Conv" and n.input[1] == "conv3.weight")
+    # the diverging tensor is conv3's output (MNN fuses its Relu into it)
+    assert conv3.name in divergence["nodes"] and divergence["nodes"][0] == conv3.name
+    assert divergence["introduced_here"] is True
+    layers = comparison["layers"]
+    at = next(i for i, layer in enumerate(layers) if layer["name"] == divergence["name"])
+    assert at > 0 and all(layer["passed"] for layer in layers[:at])
+    assert layers[at]["status"] == "introduced"
+    # local error: fed ONNX Runtime's own input values, the conv alone is far off
+    assert layers[at]["local_max_abs_diff"] > 1.0
+    assert layers[at]["local_max_abs_diff"] == pytest.approx(layers[at]["max_abs_diff"], rel=0.05)
+    verdict = result.json()["verdict"]
+    assert divergence["name"] in verdict["where"]
+    for key in ("name", "reference_name", "candidate_name", "op_type", "passed", "max_abs_diff",
+                "max_rel_diff", "cosine", "mismatch_fraction", "local_max_abs_diff", "status"):
+        assert key in layers[at]
+    assert "layers around the first divergence" in run_parity(
+        "check", MODELS / "cnn.onnx", altered_filter_cnn, "--layers").out
+
+
+def test_transformer_layers_pair_and_pass():
+    result = run_parity("check", MODELS / "transformer.onnx", MODELS / "transformer.mnn", "--layers", "--json", "-")
+    assert result.code == ExitCode.PASS, result.err
+    comparison = result.json()["comparisons"][0]
+    survivors = set(onnx_values(MODELS / "transformer.onnx")) & mnn_tensor_names(MODELS / "transformer.mnn")
+    paired = {layer["name"] for layer in comparison["layers"]}
+    assert len(paired & survivors) >= 0.8 * len(survivors), (len(paired & survivors), len(survivors))
+    assert all(layer["passed"] for layer in comparison["layers"])
+    assert comparison["first_divergence"] is None
+    # every ONNX value is accounted for: paired or unpaired with a reason, never both
+    unpaired = {u["name"]: u["reason"] for u in comparison["unpaired"]}
+    assert paired.isdisjoint(unpaired) and all(unpaired.values())
+    assert paired | set(unpaired) == set(onnx_values(MODELS / "transformer.onnx"))
+    # a name that survives but holds post-GELU values is paired through MNN's rewrite instead
+    fc1 = next(layer for layer in comparison["layers"] if layer["name"] == "/blocks.0/fc1/Add_output_0")
+    assert fc1["candidate_name"].endswith("__matmul_converted")
+
+
+def test_isolate_all_and_none(altered_filter_cnn):
+    every = run_parity("check", MODELS / "cnn.onnx", altered_filter_cnn, "--layers", "--isolate", "all", "--json", "-")
+    statuses = [layer["status"] for layer in every.json()["comparisons"][0]["layers"] if not layer["passed"]]
+    assert statuses[0] == "introduced" and len(statuses) >= 2
+    # downstream of the altered conv, the ops themselves are right: their error is carried
+    assert "carried" in statuses[1:]
+    none = run_parity("check", MODELS / "cnn.onnx", altered_filter_cnn, "--layers", "--isolate", "none", "--json", "-")
+    divergence = none.json()["comparisons"][0]["first_divergence"]
+    assert divergence["local_max_abs_diff"] is None and divergence["introduced_here"] is None
+
+
+def _big_activation_model(path, size=(1, 32, 256, 256), depth=24):
+    """A chain of elementwise ops on 8 MB tensors: ~200 MB of intermediates per framework."""
+    nodes, previous = [], "x"
+    inits = [numpy_helper.from_array(np.float32(0.5).reshape(1), "half"),
+             numpy_helper.from_array(np.float32(0.1).reshape(1), "tenth")]
+    for i in range(depth):
+        op, other = [("Mul", "half"), ("Add", "tenth"), ("Relu", None)][i % 3]
+        inputs = [previous] + ([other] if other else [])
+        nodes.append(helper.make_node(op, inputs, [f"t{i}"], name=f"n{i}"))
+        previous = f"t{i}"
+    nodes.append(helper.make_node("Identity", [previous], ["y"]))
+    return save_model(nodes, [tensor("x", shape=list(size))], [tensor("y", shape=list(size))], path,
+                      initializers=inits)
+
+
+def _run_measured(*args):
+    """Run parity; return (exit code, stdout, peak RSS in MiB of it and its children)."""
+    code = (
+        "import resource, subprocess, sys;"
+        "p = subprocess.run(sys.argv[1:], capture_output=True, text=True);"
+        "sys.stdout.write(p.stdout);"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024);"
+        "sys.exit(p.returncode)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, sys.executable, "-m", "parity", *map(str, args)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    *body, peak = proc.stdout.rstrip().splitlines()
+    return proc.returncode, "\n".join(body), float(peak), proc.stderr
+
+
+@pytest.mark.slow
+def test_max_memory_caps_peak_rss(tmp_path):
+    onnx_path = _big_activation_model(tmp_path / "big.onnx")
+    mnn_path = to_mnn(onnx_path)
+    code, _, plain_peak, err = _run_measured("check", onnx_path, mnn_path)
+    assert code == ExitCode.PASS, err
+    cap_mb = 64
+    code, out, capped_peak, err = _run_measured("check", onnx_path, mnn_path, "--layers",
+                                                "--max-memory", f"{cap_mb}M", "--json", "-")
+    assert code == ExitCode.PASS, err
+    report = json.loads(out)
+    layers = report["comparisons"][0]["layers"]
+    assert len(layers) >= 12 and all(layer["passed"] for layer in layers)
+    # 24 tensors of 8 MiB per framework: 384 MiB if all were held; the cap keeps the held part
+    # within 64 MiB, so peak RSS stays within the plain run's peak plus the cap
+    print(f"peak RSS: plain {plain_peak:.0f} MiB, --layers with a {cap_mb} MiB cap {capped_peak:.0f} MiB")
+    assert capped_peak <= plain_peak + cap_mb, (plain_peak, capped_peak)
+    assert any("chunks" in note for note in report["comparisons"][0]["notes"])
+    # and the scenario is real: without the cap, the same run holds far more
+    code, _, uncapped_peak, err = _run_measured("check", onnx_path, mnn_path, "--layers", "--json", "-")
+    assert code == ExitCode.PASS, err
+    assert uncapped_peak > plain_peak + cap_mb, (plain_peak, uncapped_peak)
