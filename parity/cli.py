@@ -95,8 +95,11 @@ def _progress(quiet: bool):
 
 @cli.command(context_settings=_CONTEXT)
 @click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=True, path_type=str))
-@click.option("--atol", type=click.FloatRange(min=0), default=None, show_default="1e-3",
-              help="Absolute tolerance of the element rule |c - r| <= atol + rtol * |r|.")
+@click.option("--atol", type=click.FloatRange(min=0), default=None,
+              show_default="2e-3 x max(1, max|reference|)",
+              help="Absolute tolerance of the element rule |c - r| <= atol + rtol * |r|. By "
+                   "default it scales with each output's largest magnitude; a value given here is "
+                   "absolute.")
 @click.option("--rtol", type=click.FloatRange(min=0), default=None, show_default="1e-3",
               help="Relative tolerance of the element rule.")
 @click.option("--seed", type=int, default=0, show_default=True,
@@ -131,8 +134,11 @@ def _progress(quiet: bool):
 @click.option("--layers", is_flag=True,
               help="Also compare every intermediate tensor (one capture run per framework) and "
                    "find the first layer that diverges.")
-@click.option("--layer-rtol", type=click.FloatRange(min=0), default=None, show_default="1e-2",
+@click.option("--layer-rtol", type=click.FloatRange(min=0), default=None, show_default="10 x rtol",
               help="Layer rule: max_abs_diff <= atol + layer_rtol * max|reference| of that tensor.")
+@click.option("--no-diagnose", is_flag=True,
+              help="On a mismatch, skip the experiments that decide between a conversion and a "
+                   "runtime cause (they rerun MNN and its converter a few times).")
 @click.option("--isolate", type=click.Choice(["first", "all", "none"]), default="first",
               show_default=True,
               help="Which failing layers to re-run alone on the reference's inputs, to separate "
@@ -145,7 +151,7 @@ def _progress(quiet: bool):
 @_traceback_option
 def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, allow_nonfinite,
           json_path, timeout, mnn_backend, mnn_threads, mnn_precision, torch_spec, torch_inputs,
-          layers, layer_rtol, isolate, max_memory, quiet, no_color):
+          layers, layer_rtol, no_diagnose, isolate, max_memory, quiet, no_color):
     """Run MODELS on the same inputs and compare them link by link.
 
     The framework comes from the suffix: .onnx runs in ONNX Runtime, .mnn in MNN, .pt2
@@ -162,7 +168,7 @@ def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, allow_nonf
         models = (torch_spec, *models)
     from parity import pipeline
     from parity.inputs import check_writable, write_atomic
-    from parity.metrics import DEFAULT_ATOL, DEFAULT_RTOL, Tolerance
+    from parity.metrics import DEFAULT_RTOL, Tolerance
 
     if json_path and json_path != "-":
         check_writable(json_path, "--json")
@@ -176,8 +182,7 @@ def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, allow_nonf
             raise click.BadParameter(str(exc), param_hint="--max-memory") from None
     report = pipeline.check(
         models,
-        tolerance=Tolerance(DEFAULT_ATOL if atol is None else atol,
-                            DEFAULT_RTOL if rtol is None else rtol),
+        tolerance=Tolerance(atol, DEFAULT_RTOL if rtol is None else rtol),
         seed=seed,
         shapes=_parse_shapes(shapes),
         inputs=inputs_path,
@@ -190,6 +195,7 @@ def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, allow_nonf
         layer_rtol=layer_rtol,
         isolate=isolate,
         max_memory=cap,
+        diagnose=not no_diagnose,
         progress=_progress(quiet),
     )
     _emit(report, json_path, no_color)

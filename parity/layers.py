@@ -41,6 +41,11 @@ _SAMPLE = 4096
 _DOWNSTREAM_HOPS = 3
 
 
+def default_layer_rtol(tol: Tolerance) -> float:
+    """Ten times the element rule's rtol: 1e-2 with the defaults, tighter when outputs are."""
+    return 10 * tol.rtol
+
+
 def default_max_memory() -> int:
     """A quarter of physical memory, at least 256 MiB."""
     try:
@@ -249,7 +254,8 @@ def layer_passes(diff: TensorDiff, tol: Tolerance, layer_rtol: float) -> bool:
         return False
     if diff.max_abs_diff is None:
         return diff.passed
-    return diff.max_abs_diff <= tol.atol + layer_rtol * (diff.reference_absmax or 0.0)
+    absmax = diff.reference_absmax or 0.0
+    return diff.max_abs_diff <= tol.atol_for(absmax) + layer_rtol * absmax
 
 
 def _scaled(diff: TensorDiff) -> float | None:
@@ -316,7 +322,8 @@ def _sample_matches(reference: tuple, candidate: tuple, tol: Tolerance, layer_rt
     r, c = reference[1], candidate[1]
     if not (np.isfinite(r).all() and np.isfinite(c).all()):
         return False
-    return float(np.abs(r - c).max()) <= tol.atol + layer_rtol * float(np.abs(r).max())
+    absmax = float(np.abs(r).max())
+    return float(np.abs(r - c).max()) <= tol.atol_for(absmax) + layer_rtol * absmax
 
 
 # -- the comparison of one link ---------------------------------------------------------------
@@ -338,13 +345,15 @@ def compare_layers(
     feeds: TensorMap,
     tol: Tolerance,
     *,
-    layer_rtol: float = LAYER_RTOL,
+    layer_rtol: float | None = None,
     max_memory: int | None = None,
     isolate: str = "first",
     progress: Progress | None = None,
 ) -> LayerReport | None:
     """Layers of one link, or None when the link has no per-layer view."""
     say = progress or (lambda message: None)
+    if layer_rtol is None:
+        layer_rtol = default_layer_rtol(tol)
     link = (reference.framework, candidate.framework)
     report = LayerReport()
     op_types: dict[str, str] = {}

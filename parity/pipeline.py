@@ -174,7 +174,7 @@ def _add_layers(comparisons, backends, links, feeds, tolerance, *, layer_rtol, i
         say(f"per-layer: {comparison.reference} -> {comparison.candidate}")
         result = layers_mod.compare_layers(
             graph, backends[ref_i], backends[cand_i], feeds, tolerance,
-            layer_rtol=layers_mod.LAYER_RTOL if layer_rtol is None else layer_rtol,
+            layer_rtol=layers_mod.default_layer_rtol(tolerance) if layer_rtol is None else layer_rtol,
             max_memory=max_memory, isolate=isolate, progress=say,
         )
         if result is None:
@@ -187,6 +187,41 @@ def _add_layers(comparisons, backends, links, feeds, tolerance, *, layer_rtol, i
             first_divergence=result.first_divergence, notes=comparison.notes + tuple(result.notes),
         ))
     return out
+
+
+def _diagnose(comparisons, backends, links, feeds, tolerance, verdict, *, layer_rtol, isolate,
+              max_memory, timeout, say):
+    """Run the verdict experiments on the first failing onnxruntime -> mnn link."""
+    import dataclasses
+
+    from parity import diagnose as diagnose_mod
+    from parity import layers as layers_mod
+
+    for i, (comparison, (ref_i, cand_i)) in enumerate(zip(comparisons, links)):
+        if comparison.passed:
+            continue
+        if (comparison.reference, comparison.candidate) != ("onnxruntime", "mnn"):
+            return comparisons, verdict
+        reference, candidate = backends[ref_i], backends[cand_i]
+        graph = layers_mod.OnnxGraph(reference.model_proto())
+        rtol = layers_mod.default_layer_rtol(tolerance) if layer_rtol is None else layer_rtol
+        if comparison.layers is None:
+            say("per-layer capture for the diagnosis")
+            result = layers_mod.compare_layers(graph, reference, candidate, feeds, tolerance,
+                                               layer_rtol=rtol, max_memory=max_memory,
+                                               isolate=isolate if isolate != "none" else "first", progress=say)
+            comparison = dataclasses.replace(
+                comparison, layers=tuple(result.layers), unpaired=tuple(result.unpaired),
+                first_divergence=result.first_divergence, notes=comparison.notes + tuple(result.notes))
+            comparisons = list(comparisons)
+            comparisons[i] = comparison
+        context = diagnose_mod.Context(
+            onnx_path=reference.path, mnn_path=candidate.path, reference=reference, candidate=candidate,
+            graph=graph, comparison=comparison, feeds=feeds, tolerance=tolerance, layer_rtol=rtol,
+            timeout=timeout, progress=say,
+        )
+        return list(comparisons), diagnose_mod.diagnose(context)
+    return comparisons, verdict
 
 
 def check(
@@ -205,6 +240,7 @@ def check(
     layer_rtol: float | None = None,
     isolate: str = "first",
     max_memory: int | None = None,
+    diagnose: bool = True,
     progress: Progress | None = None,
 ) -> Report:
     """Run every model on the same inputs; compare each model with the one before it.
@@ -297,6 +333,12 @@ def check(
             comparisons = _add_layers(comparisons, backends, chain_links(len(backends)), feeds, tolerance,
                                       layer_rtol=layer_rtol, isolate=isolate, max_memory=max_memory, say=say)
 
+        verdict = verdict_for(comparisons)
+        if diagnose and verdict.kind == "mismatch":
+            comparisons, verdict = _diagnose(comparisons, backends, chain_links(len(backends)), feeds,
+                                             tolerance, verdict, layer_rtol=layer_rtol, isolate=isolate,
+                                             max_memory=max_memory, timeout=timeout, say=say)
+
         notes = [n for r in results for n in r.notes]
         infos = tuple(
             BackendInfo(b.framework, getattr(b, "spec", str(b.path)), b.version, b.settings())
@@ -309,7 +351,7 @@ def check(
         backends=infos,
         inputs=tuple(input_infos),
         comparisons=tuple(comparisons),
-        verdict=verdict_for(comparisons),
+        verdict=verdict,
         tolerance=tolerance.to_dict(),
         notes=tuple(notes),
         parity_version=_version(),

@@ -58,8 +58,10 @@ def test_altered_weight_is_a_mismatch(altered_cnn, tmp_path):
     assert output["max_abs_diff"] > 1e-2
     assert output["mismatch_fraction"] > 0
     assert output["cosine"] < 1.0
-    assert report["verdict"]["kind"] == "mismatch"
-    assert "logits" in report["verdict"]["where"]
+    # the diagnosis: a fresh conversion of cnn.onnx matches, so the .mnn is not its conversion
+    assert report["verdict"]["kind"] == "conversion"
+    assert "/Relu_2_output_0" in report["verdict"]["where"]  # conv3 (+ its fused Relu)
+    assert any(e["experiment"] == "fresh conversion" and e["passed"] for e in report["verdict"]["evidence"])
 
 
 def test_save_and_reuse_inputs_give_the_same_figures(tmp_path):

@@ -37,6 +37,8 @@ class MnnBackend(Backend):
         threads: int = 4,
         precision: str = "normal",
         hints: tuple = (),
+        memory: int | None = None,
+        rearrange: bool = False,
         **options,
     ):
         super().__init__(path, **options)
@@ -44,7 +46,9 @@ class MnnBackend(Backend):
         self.backend = backend
         self.threads = threads
         self.precision = precision
-        self.hints = tuple(hints)
+        self.hints = tuple(tuple(h) for h in hints)
+        self.memory = memory
+        self.rearrange = rearrange
         self._worker: Worker | None = None
         self._graph: list[dict] | None = None
 
@@ -66,6 +70,8 @@ class MnnBackend(Backend):
                 threads=self.threads,
                 precision=self.precision,
                 hints=[list(h) for h in self.hints],
+                memory=self.memory,
+                rearrange=self.rearrange,
             )
         except ModelError:
             self._close()
@@ -109,7 +115,19 @@ class MnnBackend(Backend):
             "threads": self.threads,
             "precision": self.precision,
             "hints": [list(h) for h in self.hints],
+            "memory": self.memory,
+            "rearrange": self.rearrange,
         }
+
+    def reopen_options(self) -> dict:
+        """The constructor's keyword arguments, to open the same model (or a variant) again."""
+        return {"timeout": self.timeout, "backend": self.backend, "threads": self.threads,
+                "precision": self.precision, "hints": self.hints, "memory": self.memory,
+                "rearrange": self.rearrange}
+
+    def dump_json(self, target) -> None:
+        self._worker.call(f"{_CHILD}:dump_json", step=f"dumping {self.path.name} as JSON",
+                          path=os.path.abspath(self.path), target=str(target))
 
     def graph(self) -> list[dict]:
         """Every tensor in the MNN file: ``{"name", "op_type", "inputs"}``."""

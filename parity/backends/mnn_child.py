@@ -38,7 +38,8 @@ def _mnn_dtype(name: str):
             "uint8": F.uint8, "int8": F.int8}[name]
 
 
-def load(path: str, backend: str, threads: int, precision: str, hints: list) -> dict:
+def load(path: str, backend: str, threads: int, precision: str, hints: list, memory: int | None = None,
+         rearrange: bool = False) -> dict:
     MNN = _mnn()
     F = MNN.expr
     graph = F.load_as_dict(path)
@@ -48,10 +49,12 @@ def load(path: str, backend: str, threads: int, precision: str, hints: list) -> 
     precision_value = _PRECISIONS.get(precision, precision)
     if precision_value != 0:
         config["precision"] = precision_value
+    if memory is not None:
+        config["memory"] = int(memory)
     runtime = MNN.nn.create_runtime_manager((config,))
     for mode, value in hints:
         runtime.set_hint(int(mode), int(value))
-    module = MNN.nn.load_module_from_file(path, [], [], runtime_manager=runtime)
+    module = MNN.nn.load_module_from_file(path, [], [], runtime_manager=runtime, rearrange=rearrange)
     info = module.get_info()
     inputs = []
     for name in info["inputNames"]:
@@ -68,7 +71,7 @@ def load(path: str, backend: str, threads: int, precision: str, hints: list) -> 
             "dtype": _numpy_dtype(var.dtype),
             "format": str(var.data_format).split(".")[-1],
         })
-    _state.update(path=path, graph=graph, runtime=runtime, modules={(): module},
+    _state.update(path=path, graph=graph, runtime=runtime, modules={(): module}, rearrange=rearrange,
                   inputs=inputs, outputs=list(info["outputNames"]))
     return {
         "version": MNN.version(),
@@ -76,6 +79,16 @@ def load(path: str, backend: str, threads: int, precision: str, hints: list) -> 
         "outputs": list(info["outputNames"]),
         "biz_code": info.get("bizCode", ""),
     }
+
+
+def dump_json(path: str, target: str) -> bool:
+    """The MNN graph as JSON (op types, parameters, tensor names), written by MNN's converter."""
+    import _tools  # MNN's converter binding
+
+    ok = _tools.mnnconvert(["MNNConvert", "-f", "MNN", "--modelFile", path, "--JsonFile", target])
+    if not ok:
+        raise ChildFailure("backend", f"MNN's converter could not dump {path} as JSON")
+    return True
 
 
 def graph() -> list:
@@ -100,7 +113,8 @@ def _module_for(inputs: tuple, outputs: tuple, cache: bool):
         for old in [k for k in modules if k != ()]:
             del modules[old]
     module = MNN.nn.load_module_from_file(
-        _state["path"], list(inputs), list(outputs), runtime_manager=_state["runtime"]
+        _state["path"], list(inputs), list(outputs), runtime_manager=_state["runtime"],
+        rearrange=_state["rearrange"],
     )
     modules[key] = module
     return module

@@ -154,8 +154,8 @@ def render(report: Report, file: IO[str], *, color: bool | None = None, width: i
             _layers(comparison, console)
     for note in report.notes:
         console.print(f"note: {escape(note)}")
-    tol = report.tolerance
-    console.print(f"tolerance: |c - r| <= {tol.get('atol')} + {tol.get('rtol')} * |r|")
+    rule = report.tolerance.get("rule") or f"|c - r| <= {report.tolerance.get('atol')} + {report.tolerance.get('rtol')} * |r|"
+    console.print(f"tolerance: {escape(rule)}")
     style = "green" if report.verdict.kind == "pass" else "bold red"
     console.print(f"[{style}]{report.verdict.kind.upper()}[/]: {escape(report.verdict.summary)}")
 

@@ -1,0 +1,347 @@
+"""The verdict for a failing ONNX Runtime -> MNN link: conversion, runtime or undetermined.
+
+Experiments run at the first divergence (or, without one, at the worst output), cheapest
+first, and stop at the first decisive one:
+
+a. runtime variants: the same .mnn under other MNN settings (1 thread, Winograd off,
+   precision modes, memory mode, rearrange). The layer is re-run in isolation, on the
+   reference's inputs, when it can be; the model is re-run otherwise.
+d. a fresh conversion of the ONNX with default options: if it matches, the .mnn is stale or
+   was converted differently (a conversion verdict about the file, not the converter).
+b. converter variants: reconversions with the options that change numbers.
+c. an independent reference: the diverging MNN op, as the MNN file defines it (type and
+   parameters from the converter's JSON dump), evaluated in numpy on the exact inputs MNN
+   used. Kernel != numpy(op) == ONNX Runtime -> runtime; kernel == numpy(op) != ONNX Runtime
+   -> conversion.
+e. nothing decisive: undetermined, with everything measured.
+
+A variant is decisive when it brings the error within tolerance, or lowers it tenfold.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from parity.errors import BackendCrash, BackendError, ParityError
+from parity.metrics import TensorDiff, Tolerance
+from parity.report import Verdict
+
+Progress = Callable[[str], None]
+
+RUNTIME_VARIANTS = (
+    ("threads=1", {"threads": 1}),
+    ("Winograd off (hint WINOGRAD_MEMORY_LEVEL=0)", {"hints": ((3, 0),)}),
+    ("precision=high", {"precision": "high"}),
+    ("precision=low", {"precision": "low"}),
+    ("memory mode 2 (low)", {"memory": 2}),
+    ("rearrange=True", {"rearrange": True}),
+)
+CONVERTER_VARIANTS = (
+    ("--useGeluApproximation 0 (exact GELU instead of MNN's tanh approximation)",
+     ["--useGeluApproximation", "0"]),
+    ("--optimizeLevel 0 (no graph optimisation passes)", ["--optimizeLevel", "0"]),
+    ("--useGeluApproximation 0 --optimizeLevel 0", ["--useGeluApproximation", "0", "--optimizeLevel", "0"]),
+)
+_MATERIAL = 10.0
+
+
+@dataclass
+class Measurement:
+    scaled: float | None  # max_abs_diff / max|reference|
+    max_abs: float | None
+    passed: bool
+    how: str  # "isolated", "in the model", "outputs"
+
+    def to_dict(self) -> dict:
+        return {"scaled_error": self.scaled, "max_abs_diff": self.max_abs, "passed": self.passed,
+                "measured": self.how}
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.3g}"
+
+
+def _decisive(base: Measurement, other: Measurement) -> bool:
+    if base.passed:
+        return False
+    if other.passed:
+        return True
+    if base.scaled is not None and other.scaled is not None and other.scaled > 0:
+        return base.scaled / other.scaled >= _MATERIAL
+    return False
+
+
+class Probe:
+    """Measures the error at the target (first divergence, or worst output) for an MNN model."""
+
+    def __init__(self, ctx: "Context"):
+        from parity import layers as L
+
+        self.ctx = ctx
+        self.L = L
+        comparison = ctx.comparison
+        self.divergence = comparison.first_divergence
+        self.layer = None
+        if self.divergence is not None:
+            self.layer = next(x for x in comparison.layers if x.name == self.divergence.name)
+        failing = [o for o in comparison.outputs if not o.passed and o.error is None]
+        self.output = max(failing, key=lambda o: o.max_abs_diff or 0.0) if failing else None
+        self._ref_cache: dict[str, np.ndarray] = {}
+        self.mode: str | None = None
+        self.notes: list[str] = []
+
+    @property
+    def where(self) -> str:
+        if self.divergence is not None:
+            d = self.divergence
+            return f"{d.name} ({d.op_type})"
+        if self.output is not None:
+            return f"output {self.output.name!r}"
+        return "the outputs"
+
+    @property
+    def target_name(self) -> str:
+        return self.layer.name if self.layer is not None else self.output.reference_name
+
+    def reference_values(self, names) -> dict:
+        missing = [n for n in names if n not in self._ref_cache]
+        if missing:
+            graph_outputs = set(self.ctx.graph.outputs)
+            if all(n in graph_outputs for n in missing):
+                run = self.ctx.reference.run(self.ctx.feeds)
+            else:
+                run = self.ctx.reference.capture(self.ctx.feeds, missing, cache=False)
+            for n in missing:
+                self._ref_cache[n] = np.asarray(run.outputs[n])
+        return {n: self._ref_cache[n] for n in names}
+
+    def _judge(self, reference, candidate, how, layer: bool) -> Measurement:
+        if candidate.size != reference.size:
+            return Measurement(None, None, False, how)
+        candidate = candidate.reshape(reference.shape)
+        diff = TensorDiff.from_arrays("probe", reference, candidate, self.ctx.tolerance)
+        scaled = None if diff.max_abs_diff is None else diff.max_abs_diff / max(diff.reference_absmax or 0.0, 1e-12)
+        passed = self.L.layer_passes(diff, self.ctx.tolerance, self.ctx.layer_rtol) if layer else diff.passed
+        return Measurement(scaled, diff.max_abs_diff, passed, how)
+
+    def isolated(self, mnn) -> Measurement | None:
+        """The first divergence alone: reference inputs fed into ``mnn`` cut there."""
+        d = self.divergence
+        if d is None or self.layer is None:
+            return None
+        graph_inputs = set(self.ctx.graph.inputs)
+        layers = {x.name: x for x in self.ctx.comparison.layers}
+        needed = [f for f in d.inputs if f not in graph_inputs]
+        if any(f not in layers for f in needed):
+            return None
+        ref = self.reference_values(needed + [d.name])
+        tensors = {}
+        for f in d.inputs:
+            if f in graph_inputs:
+                array = self.ctx.feeds[f]
+                tensors[f] = array.astype(np.int32) if array.dtype == np.int64 else array
+            else:
+                pick = layers[f]
+                tensors[pick.candidate_name] = np.ascontiguousarray(ref[f].reshape(pick.candidate_shape))
+        out = mnn.run_cut(tensors, [self.layer.candidate_name]).outputs[self.layer.candidate_name]
+        return self._judge(ref[d.name], np.asarray(out), "isolated", layer=True)
+
+    def in_model(self, mnn) -> Measurement:
+        """The target tensor in a whole run of ``mnn`` (which may be another conversion)."""
+        if self.layer is not None:
+            by_base, _ = self.L.mnn_candidates(mnn.graph())
+            names = by_base.get(self.layer.name, [])
+            if names:
+                ref = self.reference_values([self.layer.name])[self.layer.name]
+                arrays = mnn.capture(self.ctx.feeds, names, cache=False).outputs
+                pair = self.L.best_pair(ref, arrays, self.ctx.tolerance, self.ctx.layer_rtol)
+                if pair is not None:
+                    d = pair.diff
+                    scaled = None if d.max_abs_diff is None else d.max_abs_diff / max(d.reference_absmax or 0.0, 1e-12)
+                    return Measurement(scaled, d.max_abs_diff, pair.passed, "in the model")
+        return self.outputs(mnn)
+
+    def outputs(self, mnn) -> Measurement:
+        ref_all = self.ctx.reference.run(self.ctx.feeds).outputs
+        cand_all = mnn.run(self.ctx.feeds).outputs
+        from parity.pipeline import compare_outputs
+
+        comparison = compare_outputs(ref_all, cand_all, self.ctx.tolerance,
+                                     reference_name="onnxruntime", candidate_name="mnn")
+        worst = max((o for o in comparison.outputs), key=lambda o: (o.max_abs_diff or 0.0))
+        scaled = None
+        if worst.max_abs_diff is not None and worst.reference_absmax:
+            scaled = worst.max_abs_diff / worst.reference_absmax
+        return Measurement(scaled, worst.max_abs_diff, comparison.passed, "outputs")
+
+    def measure(self, mnn) -> Measurement:
+        """Isolated when MNN can be cut at the divergence's inputs, else in the whole model;
+        the first call fixes the way, so every variant is measured like the baseline."""
+        if self.mode != "in_model":
+            try:
+                isolated = self.isolated(mnn)
+            except BackendCrash:
+                raise
+            except BackendError as exc:
+                if self.mode == "isolated":
+                    raise
+                self.notes.append(f"isolation not possible ({str(exc).splitlines()[0]}); measured in the whole model")
+                isolated = None
+            if isolated is not None:
+                self.mode = "isolated"
+                return isolated
+        self.mode = "in_model"
+        return self.in_model(mnn)
+
+
+@dataclass
+class Context:
+    onnx_path: Path
+    mnn_path: Path
+    reference: object  # the opened OnnxRuntimeBackend
+    candidate: object  # the opened MnnBackend
+    graph: object  # layers.OnnxGraph
+    comparison: object  # the failing onnxruntime -> mnn Comparison (with layers when captured)
+    feeds: dict
+    tolerance: Tolerance
+    layer_rtol: float
+    timeout: float
+    progress: Progress
+
+
+def _open_variant(ctx: Context, path, **changes):
+    from parity.backends.mnn import MnnBackend
+
+    options = dict(ctx.candidate.reopen_options())
+    options.update(changes)
+    return MnnBackend(path, **options)
+
+
+def diagnose(ctx: Context) -> Verdict:
+    """Run the experiments; return the verdict with every measurement as evidence."""
+    say = ctx.progress
+    probe = Probe(ctx)
+    evidence: list[dict] = []
+    where = f"{probe.where} on onnxruntime -> mnn"
+    op = probe.divergence.op_type if probe.divergence else "the model"
+
+    say(f"diagnosing {probe.where}: baseline")
+    base = probe.measure(ctx.candidate)
+    evidence.append({"experiment": "baseline", "setting": "as given", **base.to_dict(),
+                     **({"note": probe.notes[0]} if probe.notes else {})})
+
+    # a. runtime variants of the same file
+    for name, change in RUNTIME_VARIANTS:
+        say(f"diagnosing: MNN runtime variant {name}")
+        try:
+            with _open_variant(ctx, ctx.mnn_path, **change) as mnn:
+                m = probe.measure(mnn)
+        except BackendCrash as exc:
+            evidence.append({"experiment": "runtime variant", "setting": name, "error": str(exc)})
+            continue
+        except ParityError as exc:
+            evidence.append({"experiment": "runtime variant", "setting": name, "error": str(exc)})
+            continue
+        evidence.append({"experiment": "runtime variant", "setting": name, **m.to_dict()})
+        if _decisive(base, m):
+            detail = _runtime_phrase(probe, name)
+            return Verdict(
+                "runtime", where,
+                f"runtime: {detail} at {probe.where}: error {_fmt(base.scaled)} as run, "
+                f"{_fmt(m.scaled)} with {name} ({m.how}); the converted graph is right, an MNN "
+                f"kernel or setting gives other numbers",
+                evidence=tuple(evidence),
+                next_steps=(f"run MNN with {name} where accuracy matters, or accept the difference "
+                            f"with a looser --atol/--rtol",
+                            "attach --repro DIR's output to an MNN issue if the kernel is wrong"),
+            )
+
+    workdir = Path(tempfile.mkdtemp(prefix="parity-diagnose-"))
+    try:
+        # d. a fresh conversion of the user's ONNX with default options
+        from parity.converter import convert
+
+        say("diagnosing: fresh conversion of the ONNX model")
+        fresh = workdir / "fresh.mnn"
+        try:
+            convert(ctx.onnx_path, fresh, timeout=ctx.timeout)
+            with _open_variant(ctx, fresh) as mnn:
+                m = probe.in_model(mnn)
+                outputs_ok = probe.outputs(mnn).passed
+            evidence.append({"experiment": "fresh conversion", "setting": "default converter options",
+                             **m.to_dict(), "outputs_passed": outputs_ok})
+            if outputs_ok or _decisive(base, m):
+                return Verdict(
+                    "conversion", where,
+                    f"conversion: {ctx.mnn_path.name} is not what MNN's converter makes of "
+                    f"{ctx.onnx_path.name} today; a fresh conversion matches ONNX Runtime "
+                    f"(error {_fmt(m.scaled)} vs {_fmt(base.scaled)}) at {probe.where}. The file is "
+                    f"stale, or was converted from another ONNX or with other options",
+                    evidence=tuple(evidence),
+                    next_steps=(f"reconvert: parity convert {ctx.onnx_path.name} -o {ctx.mnn_path.name}",),
+                )
+        except ParityError as exc:
+            evidence.append({"experiment": "fresh conversion", "error": str(exc)})
+
+        # b. converter variants
+        for name, options in CONVERTER_VARIANTS:
+            say(f"diagnosing: conversion with {' '.join(options)}")
+            target = workdir / f"variant{len(evidence)}.mnn"
+            try:
+                convert(ctx.onnx_path, target, options=options, timeout=ctx.timeout)
+                with _open_variant(ctx, target) as mnn:
+                    m = probe.in_model(mnn)
+            except ParityError as exc:
+                evidence.append({"experiment": "converter variant", "setting": name, "error": str(exc)})
+                continue
+            evidence.append({"experiment": "converter variant", "setting": name, **m.to_dict()})
+            if _decisive(base, m):
+                return Verdict(
+                    "conversion", where,
+                    f"conversion: the converter's default {name.split(' (')[0].split()[0]} "
+                    f"changes the numbers at {probe.where}: error {_fmt(base.scaled)} as converted, "
+                    f"{_fmt(m.scaled)} converted with {' '.join(options)}",
+                    evidence=tuple(evidence),
+                    next_steps=(f"convert with {' '.join(options)}: parity convert {ctx.onnx_path.name} "
+                                f"-o {ctx.mnn_path.name} {' '.join(options)}",),
+                )
+
+        # c. the MNN op as defined in the file, evaluated in numpy
+        if probe.layer is not None:
+            say("diagnosing: numpy reference of the MNN op")
+            from parity import mnn_ops
+
+            result = mnn_ops.check_op(ctx, probe, workdir)
+            evidence.append({"experiment": "numpy reference of the MNN op", **result})
+            kind = result.get("kind")
+            if kind in ("runtime", "conversion"):
+                return Verdict(kind, where, result["summary"], evidence=tuple(evidence),
+                               next_steps=tuple(result.get("next_steps", ())))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    return Verdict(
+        "undetermined", where,
+        f"undetermined: {probe.where} differs (error {_fmt(base.scaled)}), and no runtime variant, "
+        f"reconversion or reference evaluation explains it; see the evidence",
+        evidence=tuple(evidence),
+        next_steps=("rerun with --layers --isolate all to see every failing layer",
+                    "write a minimal reproduction with --repro DIR"),
+    )
+
+
+def _runtime_phrase(probe: Probe, variant: str) -> str:
+    if probe.divergence is None:
+        return f"the model under {variant}"
+    ops = probe.divergence.op_type
+    if "Winograd" in variant and "Conv" in ops:
+        return f"{ops} computed via Winograd"
+    return f"{ops} under the MNN setting {variant.split(' (')[0]}"
