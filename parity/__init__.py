@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "check",
+    "compare",
     "convert",
     "Report",
     "Tolerance",
@@ -38,6 +39,7 @@ __all__ = [
 
 _LAZY = {
     "check": ("parity.pipeline", "check"),
+    "compare": ("parity.dumps", "compare"),
     "convert": ("parity.converter", "convert"),
     "Report": ("parity.report", "Report"),
     "Tolerance": ("parity.metrics", "Tolerance"),

@@ -139,6 +139,9 @@ def _progress(quiet: bool):
 @click.option("--no-diagnose", is_flag=True,
               help="On a mismatch, skip the experiments that decide between a conversion and a "
                    "runtime cause (they rerun MNN and its converter a few times).")
+@click.option("--repro", "repro_dir", type=click.Path(path_type=str), metavar="DIR",
+              help="On a conversion or runtime verdict, write the smallest reproduction (ONNX "
+                   "subgraph, its MNN conversion, inputs, README.txt with the numbers) to DIR.")
 @click.option("--isolate", type=click.Choice(["first", "all", "none"]), default="first",
               show_default=True,
               help="Which failing layers to re-run alone on the reference's inputs, to separate "
@@ -151,7 +154,7 @@ def _progress(quiet: bool):
 @_traceback_option
 def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, allow_nonfinite,
           json_path, timeout, mnn_backend, mnn_threads, mnn_precision, torch_spec, torch_inputs,
-          layers, layer_rtol, no_diagnose, isolate, max_memory, quiet, no_color):
+          layers, layer_rtol, no_diagnose, repro_dir, isolate, max_memory, quiet, no_color):
     """Run MODELS on the same inputs and compare them link by link.
 
     The framework comes from the suffix: .onnx runs in ONNX Runtime, .mnn in MNN, .pt2
@@ -196,6 +199,7 @@ def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, allow_nonf
         isolate=isolate,
         max_memory=cap,
         diagnose=not no_diagnose,
+        repro=repro_dir,
         progress=_progress(quiet),
     )
     _emit(report, json_path, no_color)
@@ -233,6 +237,118 @@ def inspect(model, timeout):
     with open_backend(framework, model, **options) as backend:
         render_inspect(framework, model, backend.version, backend.input_specs,
                        backend.output_specs, sys.stdout)
+
+
+@cli.command(context_settings=_CONTEXT)
+@click.argument("reference", type=click.Path(dir_okay=True, path_type=str))
+@click.argument("candidate", type=click.Path(dir_okay=True, path_type=str))
+@click.option("--dtype", type=click.Choice(["float32", "float16", "float64", "int32", "int64", "int8", "uint8", "bool"]),
+              help="Element type of raw binary dumps (.bin or any suffix other than .npy/.npz).")
+@click.option("--shape", "shape_text", metavar="1x64x512",
+              help="Shape of raw binary dumps, when known (else they are aligned to the reference).")
+@click.option("--model-input", type=click.Path(dir_okay=True, path_type=str), metavar="FILE",
+              help="The model's input (.npy/.npz), to recognise an output read before the run.")
+@click.option("--atol", type=click.FloatRange(min=0), default=None,
+              show_default="2e-3 x max(1, max|reference|)", help="Absolute tolerance (see check).")
+@click.option("--rtol", type=click.FloatRange(min=0), default=None, show_default="1e-3",
+              help="Relative tolerance (see check).")
+@click.option("--json", "json_path", type=click.Path(path_type=str), metavar="PATH",
+              help="Write the JSON report to PATH; '-' for stdout.")
+@click.option("--no-color", is_flag=True, help="Plain terminal output.")
+@_traceback_option
+def compare(reference, candidate, dtype, shape_text, model_input, atol, rtol, json_path, no_color):
+    """Compare outputs dumped by hand: REFERENCE against CANDIDATE.
+
+    Each is .npy (one output), .npz (outputs by name) or raw binary (--dtype). Flat buffers are
+    aligned to the reference's shape, and NC4HW4 and NHWC layouts are recognised; the alignment
+    used is reported. Reading mistakes (all zeros, constant, NaN, the model's input, a wrong
+    length) give verdict 'usage' with the fix. Example:
+
+    \b
+        parity compare ort_out.npy device_out.bin --dtype float32
+    """
+    from parity import dumps
+    from parity.inputs import check_writable
+    from parity.metrics import DEFAULT_RTOL, Tolerance
+    from parity.specs import parse_shape
+
+    if json_path and json_path != "-":
+        check_writable(json_path, "--json")
+    shape = None
+    if shape_text:
+        try:
+            shape = parse_shape(shape_text)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--shape") from None
+    report = dumps.compare(reference, candidate, tolerance=Tolerance(atol, DEFAULT_RTOL if rtol is None else rtol),
+                           dtype=dtype, shape=shape, model_inputs=model_input)
+    _emit(report, json_path, no_color)
+
+
+@cli.command(context_settings=dict(_CONTEXT, ignore_unknown_options=True))
+@click.argument("model", type=click.Path(dir_okay=True, path_type=str))
+@click.option("-o", "--output", type=click.Path(path_type=str), metavar="MODEL.mnn",
+              help="Where to write the MNN model [default: MODEL with the suffix .mnn].")
+@click.option("--atol", type=click.FloatRange(min=0), default=None,
+              show_default="2e-3 x max(1, max|reference|)", help="Absolute tolerance of the check.")
+@click.option("--rtol", type=click.FloatRange(min=0), default=None, show_default="1e-3",
+              help="Relative tolerance of the check.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated inputs.")
+@click.option("--shape", "shapes", multiple=True, metavar="NAME=1x64x32",
+              help="Concrete shape for an input with dynamic dims (repeatable).")
+@click.option("--inputs", "inputs_path", type=click.Path(dir_okay=True, path_type=str),
+              help="Check on the arrays in this .npz instead of generated inputs.")
+@click.option("--layers", is_flag=True, help="Also compare every intermediate tensor.")
+@click.option("--json", "json_path", type=click.Path(path_type=str), metavar="PATH",
+              help="Write the check's JSON report to PATH; '-' for stdout.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=300.0,
+              show_default=True, help="Seconds the conversion and each MNN step may take.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")
+@click.option("--no-color", is_flag=True, help="Plain terminal output.")
+@click.argument("converter_options", nargs=-1, type=click.UNPROCESSED)
+@_traceback_option
+def convert(model, output, atol, rtol, seed, shapes, inputs_path, layers, json_path, timeout, quiet,
+            no_color, converter_options):
+    """Convert MODEL (.onnx) to MNN, then check the pair: validation in one step.
+
+    Options parity does not know are passed to MNN's converter (for example --fp16,
+    --weightQuantBits 8, --useGeluApproximation 0). The converter runs in a private
+    temporary directory, in a child process, without MNN's telemetry wrapper; only the output
+    model is written. Example:
+
+    \b
+        parity convert model.onnx -o model.mnn --useGeluApproximation 0
+    """
+    from pathlib import Path
+
+    from parity import pipeline
+    from parity.converter import convert as convert_model
+    from parity.inputs import check_writable
+    from parity.metrics import DEFAULT_RTOL, Tolerance
+
+    source = Path(model)
+    if source.suffix.lower() != ".onnx":
+        raise click.UsageError(f"parity convert takes an .onnx model, not {source.name}")
+    target = Path(output) if output else source.with_suffix(".mnn")
+    if target.suffix.lower() != ".mnn":
+        raise click.UsageError(f"the output should end in .mnn: {target}")
+    check_writable(target, "-o")
+    if json_path and json_path != "-":
+        check_writable(json_path, "--json")
+    progress = _progress(quiet)
+    if progress:
+        progress(f"converting {source.name} -> {target}")
+    convert_model(source, target, options=list(converter_options), timeout=timeout)
+    report = pipeline.check(
+        [source, target], tolerance=Tolerance(atol, DEFAULT_RTOL if rtol is None else rtol), seed=seed,
+        shapes=_parse_shapes(shapes), inputs=inputs_path, timeout=timeout, layers=layers, progress=progress,
+    )
+    if converter_options:
+        import dataclasses
+
+        report = dataclasses.replace(report, notes=report.notes + (
+            f"converted with {' '.join(converter_options)}",))
+    _emit(report, json_path, no_color)
 
 
 def main() -> None:  # pragma: no cover - console script indirection for python -m

@@ -255,7 +255,7 @@ def diagnose(ctx: Context) -> Verdict:
             detail = _runtime_phrase(probe, name)
             return Verdict(
                 "runtime", where,
-                f"runtime: {detail} at {probe.where}: error {_fmt(base.scaled)} as run, "
+                f"{detail} at {probe.where}: error {_fmt(base.scaled)} as run, "
                 f"{_fmt(m.scaled)} with {name} ({m.how}); the converted graph is right, an MNN "
                 f"kernel or setting gives other numbers",
                 evidence=tuple(evidence),
@@ -281,7 +281,7 @@ def diagnose(ctx: Context) -> Verdict:
             if outputs_ok or _decisive(base, m):
                 return Verdict(
                     "conversion", where,
-                    f"conversion: {ctx.mnn_path.name} is not what MNN's converter makes of "
+                    f"{ctx.mnn_path.name} is not what MNN's converter makes of "
                     f"{ctx.onnx_path.name} today; a fresh conversion matches ONNX Runtime "
                     f"(error {_fmt(m.scaled)} vs {_fmt(base.scaled)}) at {probe.where}. The file is "
                     f"stale, or was converted from another ONNX or with other options",
@@ -306,7 +306,7 @@ def diagnose(ctx: Context) -> Verdict:
             if _decisive(base, m):
                 return Verdict(
                     "conversion", where,
-                    f"conversion: the converter's default {name.split(' (')[0].split()[0]} "
+                    f"the converter's default {name.split(' (')[0].split()[0]} "
                     f"changes the numbers at {probe.where}: error {_fmt(base.scaled)} as converted, "
                     f"{_fmt(m.scaled)} converted with {' '.join(options)}",
                     evidence=tuple(evidence),
@@ -330,7 +330,7 @@ def diagnose(ctx: Context) -> Verdict:
 
     return Verdict(
         "undetermined", where,
-        f"undetermined: {probe.where} differs (error {_fmt(base.scaled)}), and no runtime variant, "
+        f"{probe.where} differs (error {_fmt(base.scaled)}), and no runtime variant, "
         f"reconversion or reference evaluation explains it; see the evidence",
         evidence=tuple(evidence),
         next_steps=("rerun with --layers --isolate all to see every failing layer",

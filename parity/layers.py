@@ -170,6 +170,25 @@ class OnnxGraph:
         return sizes
 
 
+def extract_subgraph(model, inputs: Sequence[str], outputs: Sequence[str]):
+    """The ONNX subgraph from ``inputs`` to ``outputs`` (onnx.utils.Extractor needs value infos
+    for the cut points; shape inference provides them, empty ones fill the gaps)."""
+    import onnx
+    import onnx.utils
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:
+        inferred = onnx.ModelProto()
+        inferred.CopyFrom(model)
+    known = {vi.name for vi in list(inferred.graph.value_info) + list(inferred.graph.input)
+             + list(inferred.graph.output)}
+    for name in list(inputs) + list(outputs):
+        if name not in known:
+            inferred.graph.value_info.append(onnx.helper.make_empty_tensor_value_info(name))
+    return onnx.utils.Extractor(inferred).extract_model(list(inputs), list(outputs))
+
+
 # -- module scopes (torch -> ONNX) -------------------------------------------------------------
 def module_of_node(node_name: str, modules: set[str]) -> str:
     """``/blocks.0/attn/qkv/MatMul`` -> ``blocks.0.attn.qkv`` given the model's module names.

@@ -479,14 +479,14 @@ def check_op(ctx, probe, workdir: Path) -> dict:
     close, far = 1e-4, max(10 * 1e-4, 0.1 * kernel_vs_onnx)
     if kernel_vs_op <= close and op_vs_onnx > far:
         record.update(kind="conversion", summary=(
-            f"conversion: the converted MNN op {op_type} {op_json.get('name')!r} means something else "
+            f"the converted MNN op {op_type} {op_json.get('name')!r} means something else "
             f"than the ONNX graph at {probe.where}: numpy evaluation of the op as the .mnn defines it "
             f"reproduces MNN's output (scaled error {kernel_vs_op:.2g}) and differs from ONNX Runtime "
             f"by {op_vs_onnx:.3g}"),
             next_steps=("report the converter bug with --repro DIR; the op's parameters are in the evidence",))
     elif op_vs_onnx <= max(close, 0.1 * kernel_vs_onnx) and kernel_vs_op > far:
         record.update(kind="runtime", summary=(
-            f"runtime: MNN's {op_type} kernel computes other numbers than its own op definition at "
+            f"MNN's {op_type} kernel computes other numbers than its own op definition at "
             f"{probe.where}: numpy evaluation of the op as the .mnn defines it matches ONNX Runtime "
             f"(scaled error {op_vs_onnx:.2g}) while the kernel is off by {kernel_vs_op:.3g}"),
             next_steps=("report the kernel bug with --repro DIR",))

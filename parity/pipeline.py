@@ -224,6 +224,24 @@ def _diagnose(comparisons, backends, links, feeds, tolerance, verdict, *, layer_
     return comparisons, verdict
 
 
+def _write_repro(directory, comparisons, backends, links, feeds, tolerance, verdict, timeout, say) -> str:
+    if verdict.kind not in ("conversion", "runtime"):
+        return f"no reproduction written to {directory}: the verdict is {verdict.kind}"
+    for comparison, (ref_i, cand_i) in zip(comparisons, links):
+        if (comparison.reference, comparison.candidate) == ("onnxruntime", "mnn") and not comparison.passed:
+            from parity import layers as layers_mod
+            from parity.repro import write_repro
+
+            say(f"writing the reproduction to {directory}")
+            reference = backends[ref_i]
+            result = write_repro(directory, reference=reference, candidate=backends[cand_i],
+                                 graph=layers_mod.OnnxGraph(reference.model_proto()), comparison=comparison,
+                                 verdict=verdict, feeds=feeds, tolerance=tolerance, timeout=timeout)
+            state = {True: "reproduces", False: "does not reproduce in isolation", None: "could not be checked"}
+            return f"reproduction written to {directory} ({state[result['reproduces']]}): {result['command']}"
+    return f"no reproduction written to {directory}: no failing onnxruntime -> mnn link"
+
+
 def check(
     models: Sequence[str | os.PathLike],
     *,
@@ -241,6 +259,7 @@ def check(
     isolate: str = "first",
     max_memory: int | None = None,
     diagnose: bool = True,
+    repro: str | os.PathLike | None = None,
     progress: Progress | None = None,
 ) -> Report:
     """Run every model on the same inputs; compare each model with the one before it.
@@ -252,6 +271,10 @@ def check(
     chain = resolve_models(models)
     if save_inputs is not None:
         inputs_mod.check_writable(save_inputs, "--save-inputs")
+    if repro is not None:
+        from parity.repro import check_repro_dir
+
+        check_repro_dir(repro)
     if len(chain) > 3:
         raise UsageError("give two or three models: torch, ONNX and MNN, in chain order")
     options = {
@@ -340,6 +363,9 @@ def check(
                                              max_memory=max_memory, timeout=timeout, say=say)
 
         notes = [n for r in results for n in r.notes]
+        if repro is not None:
+            notes.append(_write_repro(repro, comparisons, backends, chain_links(len(backends)), feeds,
+                                      tolerance, verdict, timeout, say))
         infos = tuple(
             BackendInfo(b.framework, getattr(b, "spec", str(b.path)), b.version, b.settings())
             for b in backends

@@ -128,12 +128,11 @@ class OnnxRuntimeBackend(Backend):
 
     def run_cut(self, tensors: TensorMap, outputs: list[str]) -> RunResult:
         """Run the subgraph from the values ``tensors`` names to ``outputs``, fed with them."""
-        import onnx
-        import onnx.utils
-
         key = ("cut", tuple(tensors), tuple(outputs))
         if key not in getattr(self, "_sessions", {}):
-            extracted = onnx.utils.Extractor(self.model_proto()).extract_model(list(tensors), list(outputs))
+            from parity.layers import extract_subgraph
+
+            extracted = extract_subgraph(self.model_proto(), list(tensors), list(outputs))
             session = self._session_for(extracted.SerializeToString(), key)
         else:
             session = self._sessions[key]

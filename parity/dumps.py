@@ -1,0 +1,208 @@
+"""``parity.compare``: outputs dumped by hand (on a device, through MNN's Session API) against
+reference outputs, with the usage mistakes people make when reading them recognised.
+
+Files: ``.npy`` (one output), ``.npz`` (several, by name), or raw binary (``--dtype``, and
+``--shape`` when known). A flat or raw buffer is brought to the reference's shape by trying
+the layouts MNN hands out, plain (NCHW), NC4HW4 (channels in zero-padded blocks of 4) and
+NHWC, and keeping the one that matches; the one chosen is reported as the alignment.
+
+Usage mistakes are checked before any figure is trusted: a buffer that is all zeros,
+constant or NaN, that equals the model's input (read before the run: the session shares
+memory), or whose length is wrong in a recognisable way (float16 read as float32, an NC4HW4
+buffer, a batch). Each gives verdict ``usage`` with the fix in one sentence.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from parity.align import nc4hw4_size, pair_outputs, unpack_nc4hw4
+from parity.errors import InputError, UsageError
+from parity.metrics import TensorDiff, Tolerance
+from parity.report import BackendInfo, Comparison, OutputComparison, Report, Verdict
+
+RAW_DTYPES = ("float32", "float16", "float64", "int32", "int64", "int8", "uint8", "bool")
+
+
+def load_dump(path: str | os.PathLike, *, dtype: str | None = None,
+              shape: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+    """name -> array for a .npy, .npz or raw file (raw needs ``dtype``)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"dump {str(path)!r} does not exist")
+    if path.is_dir():
+        raise InputError(f"dump {str(path)!r} is a directory")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                return {name: data[name] for name in data.files}
+        if suffix == ".npy":
+            return {path.stem: np.load(path, allow_pickle=False)}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise InputError(f"{str(path)!r} is not a readable {suffix} file ({exc})") from None
+    if dtype is None:
+        raise UsageError(f"{path.name} is raw binary: give its element type with --dtype "
+                         f"({', '.join(RAW_DTYPES)})")
+    data = np.fromfile(path, dtype=np.dtype(dtype))
+    if shape:
+        if int(np.prod(shape)) != data.size:
+            raise InputError(f"{path.name} holds {data.size} {dtype} values, --shape "
+                             f"{'x'.join(map(str, shape))} needs {int(np.prod(shape))}")
+        data = data.reshape(shape)
+    return {path.stem: data}
+
+
+def _layouts(reference: np.ndarray, candidate: np.ndarray):
+    """(array, alignment steps) for every way the buffer can be read as the reference."""
+    ref_shape = tuple(reference.shape)
+    flat = candidate.reshape(-1)
+    if candidate.size == reference.size:
+        if tuple(candidate.shape) == ref_shape:
+            yield candidate, ()
+        else:
+            yield flat.reshape(ref_shape), (f"reshape {tuple(candidate.shape)} -> {ref_shape}",)
+        if reference.ndim == 4:
+            n, c, h, w = ref_shape
+            yield (np.ascontiguousarray(flat.reshape(n, h, w, c).transpose(0, 3, 1, 2)),
+                   (f"nhwc -> nchw: {tuple(candidate.shape)} read as {(n, h, w, c)} and transposed",))
+    packed = nc4hw4_size(ref_shape)
+    if packed is not None and flat.size == packed:
+        yield unpack_nc4hw4(flat, ref_shape), (
+            f"nc4hw4 -> nchw: {flat.size} values unpacked to {ref_shape}",)
+
+
+def _usage_problem(reference: np.ndarray, candidate: np.ndarray, model_inputs: Mapping[str, np.ndarray]) -> str | None:
+    """One sentence naming the mistake and its fix, or None."""
+    flat = candidate.reshape(-1)
+    ref = reference.reshape(-1)
+    if flat.size == 0:
+        return "the candidate is empty: the output was never written; run the session before reading it"
+    if flat.dtype.kind == "f" and np.isnan(flat).all():
+        return ("the candidate is all NaN: it was read from uninitialised memory or with the wrong "
+                "dtype; run the session first and read the output's declared type")
+    if flat.dtype.kind == "f" and np.isnan(flat).any() and not np.isnan(ref).any():
+        return (f"the candidate has {int(np.isnan(flat).sum())} NaN values where the reference has none: "
+                f"read with the wrong dtype, or from memory the run did not write")
+    for name, array in model_inputs.items():
+        a = np.asarray(array).reshape(-1)
+        n = min(a.size, flat.size)
+        if n >= 8 and a.dtype.kind == flat.dtype.kind and np.array_equal(a[:n], flat[:n]):
+            return (f"the candidate holds the model's input {name!r}: it was read before the run "
+                    f"(input and output share memory until the session runs); call runSession / "
+                    f"onForward before reading the output")
+    if not np.any(flat) and np.any(ref):
+        return ("the candidate is all zeros: the output was read before the session ran (or from "
+                "another tensor); run the session, then copy the output to the host and read it")
+    if flat.size > 1 and np.all(flat == flat[0]) and not np.all(ref == ref[0]):
+        return (f"the candidate is constant ({flat[0]!r}): the output was read before the run or "
+                f"from the wrong tensor")
+    return None
+
+
+def _length_problem(reference: np.ndarray, candidate: np.ndarray) -> str:
+    ref, n = reference.size, candidate.size
+    ref_bytes = ref * reference.dtype.itemsize
+    cand_bytes = n * candidate.dtype.itemsize
+    if n * 2 == ref and candidate.dtype == np.float32:
+        return (f"the candidate has half the reference's {ref} elements: float16 data read as float32 "
+                f"(use --dtype float16)")
+    if n == ref * 2 and candidate.dtype == np.float16:
+        return (f"the candidate has twice the reference's {ref} elements: float32 data read as "
+                f"float16 (use --dtype float32)")
+    if cand_bytes == ref_bytes and candidate.dtype != reference.dtype:
+        return (f"the candidate has {n} {candidate.dtype.name} values, the same bytes as the "
+                f"reference's {ref} {reference.dtype.name}: read it as {reference.dtype.name} "
+                f"(--dtype {reference.dtype.name})")
+    if reference.ndim >= 2 and n % ref == 0:
+        return (f"the candidate has {n // ref}x the reference's {ref} elements: a larger batch, or "
+                f"several outputs in one buffer")
+    if reference.ndim >= 2 and ref % n == 0:
+        return (f"the candidate has 1/{ref // n} of the reference's {ref} elements: one item of a "
+                f"batch, or a truncated copy (copyFrom from a smaller host tensor)")
+    return f"the candidate has {n} elements, the reference {tuple(reference.shape)} has {ref}"
+
+
+def compare(
+    reference: str | os.PathLike | Mapping[str, np.ndarray],
+    candidate: str | os.PathLike | Mapping[str, np.ndarray],
+    *,
+    tolerance: Tolerance = Tolerance(),
+    dtype: str | None = None,
+    shape: Sequence[int] | None = None,
+    model_inputs: str | os.PathLike | Mapping[str, np.ndarray] | None = None,
+) -> Report:
+    """Compare dumped outputs; see the module docstring."""
+    def load(side):
+        if isinstance(side, Mapping):
+            return {k: np.asarray(v) for k, v in side.items()}, "given"
+        return load_dump(side, dtype=dtype, shape=shape), str(side)
+
+    refs, ref_label = load(reference)
+    cands, cand_label = load(candidate)
+    if isinstance(model_inputs, (str, os.PathLike)):
+        model_inputs = load_dump(model_inputs, dtype=dtype)
+    model_inputs = dict(model_inputs or {})
+
+    if len(refs) == 1 and len(cands) == 1:
+        (rname, r), (cname, c) = next(iter(refs.items())), next(iter(cands.items()))
+        pairs = [(rname, cname, "single")]
+    else:
+        pairing = pair_outputs(list(refs), list(cands))
+        pairs = [(p.reference_name, p.candidate_name, p.how) for p in pairing.pairs]
+    outputs, usage = [], []
+    for rname, cname, how in pairs:
+        r, c = refs[rname], cands[cname]
+        steps = [] if how in ("name", "single") else [f"paired by order: {rname!r} <-> {cname!r}"]
+        common = dict(name=rname, reference_name=rname, candidate_name=cname,
+                      reference_shape=tuple(r.shape), candidate_shape=tuple(c.shape),
+                      reference_dtype=r.dtype.name, candidate_dtype=c.dtype.name)
+        problem = _usage_problem(r, c, model_inputs)
+        if problem is None and c.size != r.size and c.size != (nc4hw4_size(r.shape) or -1):
+            problem = _length_problem(r, c)
+        if problem is not None:
+            usage.append((rname, problem))
+            outputs.append(OutputComparison(passed=False, alignment=tuple(steps), error=f"usage: {problem}", **common))
+            continue
+        best = None
+        for aligned, layout_steps in _layouts(r, c):
+            diff = TensorDiff.from_arrays(rname, r, aligned.astype(r.dtype) if aligned.dtype != r.dtype and
+                                          aligned.dtype.kind == r.dtype.kind else aligned, tolerance)
+            key = (not diff.passed, diff.max_abs_diff if diff.max_abs_diff is not None else float("inf"))
+            if best is None or key < best[0]:
+                best = (key, diff, layout_steps)
+        _, diff, layout_steps = best
+        outputs.append(OutputComparison(
+            passed=diff.passed, max_abs_diff=diff.max_abs_diff, max_rel_diff=diff.max_rel_diff,
+            mean_abs_diff=diff.mean_abs_diff, cosine=diff.cosine, mismatch_fraction=diff.mismatch_fraction,
+            alignment=tuple(steps) + tuple(layout_steps), kind=diff.kind, size=diff.size,
+            mismatch_count=diff.mismatch_count, exact_match_fraction=diff.exact_match_fraction,
+            reference_absmax=diff.reference_absmax, nan_reference=diff.nan_reference,
+            nan_candidate=diff.nan_candidate, inf_reference=diff.inf_reference,
+            inf_candidate=diff.inf_candidate, notes=diff.notes, **common))
+    comparison = Comparison("reference", "candidate", all(o.passed for o in outputs) and bool(outputs),
+                            tuple(outputs))
+    if usage:
+        name, problem = usage[0]
+        verdict = Verdict("usage", f"output {name!r}", problem,
+                          next_steps=("fix how the output is read, dump it again and rerun parity compare",))
+    elif comparison.passed:
+        verdict = Verdict("pass", None, f"all {len(outputs)} outputs match within tolerance")
+    else:
+        first = next(o for o in outputs if not o.passed)
+        verdict = Verdict("mismatch", f"output {first.name!r}",
+                          f"output {first.name!r} differs: max_abs_diff {first.max_abs_diff:.3g}, "
+                          f"{first.mismatch_fraction:.1%} of elements out of tolerance, with every layout tried")
+    from parity import __version__
+
+    return Report(
+        passed=comparison.passed and not usage,
+        backends=(BackendInfo("file", ref_label, ""), BackendInfo("file", cand_label, "")),
+        inputs=(), comparisons=(comparison,), verdict=verdict, tolerance=tolerance.to_dict(),
+        parity_version=__version__,
+    )
