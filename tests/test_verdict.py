@@ -1,0 +1,121 @@
+"""The verdict with evidence: conversion, runtime (and usage/export elsewhere), on real cases."""
+
+import numpy as np
+import pytest
+from onnx import helper, numpy_helper
+
+from helpers import MODELS, alter_filter, run_parity, save_model, tensor, to_mnn
+from parity.errors import ExitCode
+
+
+def _experiments(verdict):
+    return [(e["experiment"], e.get("setting")) for e in verdict["evidence"]]
+
+
+def test_mnn_from_an_altered_onnx_is_conversion_at_the_altered_op(tmp_path):
+    altered = alter_filter(MODELS / "cnn.onnx", tmp_path / "altered.onnx", "conv3.weight", channel=2)
+    mnn = to_mnn(altered, tmp_path / "cnn.mnn")
+    result = run_parity("check", MODELS / "cnn.onnx", mnn, "--json", "-")
+    assert result.code == ExitCode.MISMATCH, result.err
+    report = result.json()
+    verdict = report["verdict"]
+    assert verdict["kind"] == "conversion"
+    divergence = report["comparisons"][0]["first_divergence"]
+    assert divergence["nodes"][0] == "/conv3/Conv" and divergence["name"] in verdict["where"]
+    fresh = next(e for e in verdict["evidence"] if e["experiment"] == "fresh conversion")
+    assert fresh["passed"] is True
+    # runtime variants were tried first and changed nothing
+    assert ("runtime variant", "threads=1") in _experiments(verdict)
+    assert verdict["next_steps"]
+
+
+def test_exact_gelu_at_tight_tolerance_is_conversion_naming_the_approximation():
+    result = run_parity("check", MODELS / "transformer.onnx", MODELS / "transformer.mnn",
+                        "--atol", "1e-6", "--rtol", "1e-6", "--json", "-")
+    assert result.code == ExitCode.MISMATCH, result.err
+    report = result.json()
+    verdict = report["verdict"]
+    assert verdict["kind"] == "conversion"
+    assert "useGeluApproximation" in verdict["summary"]
+    divergence = report["comparisons"][0]["first_divergence"]
+    assert "Erf" in divergence["op_type"] and "/blocks.0/act/" in divergence["nodes"][0]
+    assert divergence["name"] in verdict["where"]
+    decisive = next(e for e in verdict["evidence"] if e["experiment"] == "converter variant")
+    assert decisive["passed"] and "useGeluApproximation 0" in decisive["setting"]
+
+
+@pytest.fixture(scope="module")
+def winograd_pair(tmp_path_factory):
+    """Three 3x3 convolutions, 64 channels, unit-scale weights: MNN runs them via Winograd."""
+    d = tmp_path_factory.mktemp("winograd")
+    rng = np.random.default_rng(0)
+    nodes, inits, previous, channels = [], [], "x", 8
+    for i in range(3):
+        w = (rng.standard_normal((64, channels, 3, 3)) / np.sqrt(channels * 9)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes.append(helper.make_node("Conv", [previous, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1], name=f"conv{i}"))
+        nodes.append(helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}"))
+        previous, channels = f"r{i}", 64
+    onnx_path = save_model(nodes, [tensor("x", shape=[1, 8, 48, 48])], [tensor(previous, shape=[1, 64, 48, 48])],
+                           d / "convs.onnx", initializers=inits)
+    return onnx_path, to_mnn(onnx_path)
+
+
+def test_winograd_at_tight_tolerance_is_runtime_naming_winograd(winograd_pair, tmp_path):
+    onnx_path, mnn_path = winograd_pair
+    default = run_parity("check", onnx_path, mnn_path)
+    assert default.code == ExitCode.PASS, default.out  # not a bug at the default tolerance
+    result = run_parity("check", onnx_path, mnn_path, "--atol", "1e-5", "--rtol", "1e-5", "--json", "-",
+                        "--repro", tmp_path / "repro")
+    assert result.code == ExitCode.MISMATCH, result.err
+    report = result.json()
+    verdict = report["verdict"]
+    assert verdict["kind"] == "runtime" and "Winograd" in verdict["summary"]
+    assert report["comparisons"][0]["first_divergence"]["nodes"] == ["conv0", "relu0"]
+    assert "r0" in verdict["where"]
+    decisive = next(e for e in verdict["evidence"] if e.get("setting", "").startswith("Winograd off"))
+    assert decisive["passed"] and decisive["scaled_error"] < 1e-5
+    baseline = verdict["evidence"][0]
+    assert baseline["experiment"] == "baseline" and baseline["scaled_error"] > 1e-4
+    # the reproduction: the first conv alone, converted, with its inputs, and it reproduces
+    repro = tmp_path / "repro"
+    assert sorted(p.name for p in repro.iterdir()) == ["README.txt", "inputs.npz", "repro.mnn", "repro.onnx"]
+    readme = (repro / "README.txt").read_text()
+    assert "it reproduces" in readme and "parity check repro.onnx repro.mnn" in readme
+    again = run_parity("check", "repro.onnx", "repro.mnn", "--inputs", "inputs.npz", "--atol", "1e-5",
+                       "--rtol", "1e-5", "--no-diagnose", cwd=repro)
+    assert again.code == ExitCode.MISMATCH, again.err
+
+
+def test_convert_then_check_leaves_only_the_model(tmp_path):
+    import shutil
+
+    for name in ("cnn", "transformer"):
+        shutil.copy(MODELS / f"{name}.onnx", tmp_path / f"{name}.onnx")
+        result = run_parity("convert", f"{name}.onnx", "-o", f"out_{name}.mnn", cwd=tmp_path)
+        assert result.code == ExitCode.PASS, result.err
+        assert "PASS" in result.out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cnn.onnx", "out_cnn.mnn", "out_transformer.mnn",
+                                                          "transformer.onnx"]
+
+
+def test_convert_passes_converter_options_and_reports_them(tmp_path):
+    import shutil
+
+    shutil.copy(MODELS / "transformer.onnx", tmp_path / "t.onnx")
+    exact = run_parity("convert", "t.onnx", "--useGeluApproximation", "0", "--atol", "1e-5", "--rtol", "1e-5",
+                       "--json", "-", cwd=tmp_path)
+    assert exact.code == ExitCode.PASS, exact.err
+    assert "converted with --useGeluApproximation 0" in exact.json()["notes"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.mnn", "t.onnx"]
+    bad = run_parity("convert", "t.onnx", "--fp16", "--MNNModel", "x.mnn", cwd=tmp_path)
+    assert bad.code == ExitCode.USAGE and "Traceback" not in bad.err
+
+
+def test_convert_failure_is_a_clean_error(tmp_path):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x08\x07garbage")
+    result = run_parity("convert", junk, cwd=tmp_path)
+    assert result.code in (ExitCode.MODEL_OR_INPUT, ExitCode.BACKEND)
+    assert "Traceback" not in result.err and result.err.startswith("Error:")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.onnx"]
