@@ -7,6 +7,7 @@ line unless --traceback (or PARITY_TRACEBACK=1) asks for the whole story.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import traceback
@@ -88,9 +89,35 @@ def _parse_shapes(values) -> dict:
 
 
 def _progress(quiet: bool):
-    if quiet or not sys.stderr.isatty():
-        return None
-    return lambda message: click.echo(f"parity: {message}", err=True)
+    from parity.render.progress import Progress
+
+    return Progress(enabled=False if quiet else None)
+
+
+def _report_options(f):
+    """--json, --html, --junit, --model-explorer: where the report goes."""
+    options = [
+        click.option("--json", "json_path", type=click.Path(path_type=str), metavar="PATH",
+                     help="Write the JSON report (schema parity.report/1) to PATH; '-' for stdout."),
+        click.option("--html", "html_path", type=click.Path(path_type=str), metavar="PATH",
+                     help="Write a self-contained HTML report (verdict, tables, per-layer chart)."),
+        click.option("--junit", "junit_path", type=click.Path(path_type=str), metavar="PATH",
+                     help="Write JUnit XML: one testcase per output per link (and per failing layer)."),
+        click.option("--model-explorer", "explorer_path", type=click.Path(path_type=str), metavar="PATH",
+                     help="Write a Google Model Explorer node-data overlay of the per-layer error, "
+                          "keyed by ONNX tensor names."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _check_report_paths(paths: dict) -> None:
+    from parity.inputs import check_writable
+
+    for flag, path in paths.items():
+        if path and path != "-":
+            check_writable(path, flag)
 
 
 @cli.command(context_settings=_CONTEXT)
@@ -113,8 +140,7 @@ def _progress(quiet: bool):
               help="Write the inputs used to this .npz, to rerun or share the exact case.")
 @click.option("--allow-nonfinite", is_flag=True,
               help="Accept NaN/Inf in --inputs instead of refusing them.")
-@click.option("--json", "json_path", type=click.Path(path_type=str), metavar="PATH",
-              help="Write the JSON report (schema parity.report/1) to PATH; '-' for stdout.")
+@_report_options
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=300.0,
               show_default=True, help="Seconds each MNN step (load, run) may take.")
 @click.option("--mnn-backend", default="CPU", show_default=True,
@@ -153,7 +179,7 @@ def _progress(quiet: bool):
 @click.option("--no-color", is_flag=True, help="Plain terminal output.")
 @_traceback_option
 def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, allow_nonfinite,
-          json_path, timeout, mnn_backend, mnn_threads, mnn_precision, torch_spec, torch_inputs,
+          json_path, html_path, junit_path, explorer_path, timeout, mnn_backend, mnn_threads, mnn_precision, torch_spec, torch_inputs,
           layers, layer_rtol, no_diagnose, repro_dir, isolate, max_memory, quiet, no_color):
     """Run MODELS on the same inputs and compare them link by link.
 
@@ -173,8 +199,8 @@ def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, allow_nonf
     from parity.inputs import check_writable, write_atomic
     from parity.metrics import DEFAULT_RTOL, Tolerance
 
-    if json_path and json_path != "-":
-        check_writable(json_path, "--json")
+    _check_report_paths({"--json": json_path, "--html": html_path, "--junit": junit_path,
+                         "--model-explorer": explorer_path})
     cap = None
     if max_memory is not None:
         from parity.layers import parse_size
@@ -183,7 +209,20 @@ def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, allow_nonf
             cap = parse_size(max_memory)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--max-memory") from None
-    report = pipeline.check(
+    with _progress(quiet) as progress:
+        report = _run_check(pipeline, models, atol, rtol, seed, shapes, inputs_path, save_inputs,
+                            allow_nonfinite, timeout, mnn_backend, mnn_threads, mnn_precision,
+                            torch_inputs, layers, layer_rtol, isolate, cap, no_diagnose, repro_dir,
+                            progress)
+    _emit(report, json_path, no_color, html_path, junit_path, explorer_path)
+
+
+def _run_check(pipeline, models, atol, rtol, seed, shapes, inputs_path, save_inputs, allow_nonfinite,
+               timeout, mnn_backend, mnn_threads, mnn_precision, torch_inputs, layers, layer_rtol,
+               isolate, cap, no_diagnose, repro_dir, progress):
+    from parity.metrics import DEFAULT_RTOL, Tolerance
+
+    return pipeline.check(
         models,
         tolerance=Tolerance(atol, DEFAULT_RTOL if rtol is None else rtol),
         seed=seed,
@@ -200,15 +239,26 @@ def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, allow_nonf
         max_memory=cap,
         diagnose=not no_diagnose,
         repro=repro_dir,
-        progress=_progress(quiet),
+        progress=progress,
     )
-    _emit(report, json_path, no_color)
 
 
-def _emit(report, json_path, no_color) -> None:
+def _emit(report, json_path, no_color, html_path=None, junit_path=None, explorer_path=None) -> None:
     from parity.inputs import write_atomic
     from parity.render import text
 
+    if html_path:
+        from parity.render import html
+
+        write_atomic(html_path, html.render(report).encode(), "--html")
+    if junit_path:
+        from parity.render import junit
+
+        write_atomic(junit_path, junit.render(report), "--junit")
+    if explorer_path:
+        from parity.render import model_explorer
+
+        write_atomic(explorer_path, model_explorer.render(report).encode(), "--model-explorer")
     if json_path == "-":
         click.echo(report.to_json())
         if not report.passed:
@@ -252,11 +302,11 @@ def inspect(model, timeout):
               show_default="2e-3 x max(1, max|reference|)", help="Absolute tolerance (see check).")
 @click.option("--rtol", type=click.FloatRange(min=0), default=None, show_default="1e-3",
               help="Relative tolerance (see check).")
-@click.option("--json", "json_path", type=click.Path(path_type=str), metavar="PATH",
-              help="Write the JSON report to PATH; '-' for stdout.")
+@_report_options
 @click.option("--no-color", is_flag=True, help="Plain terminal output.")
 @_traceback_option
-def compare(reference, candidate, dtype, shape_text, model_input, atol, rtol, json_path, no_color):
+def compare(reference, candidate, dtype, shape_text, model_input, atol, rtol, json_path, html_path,
+            junit_path, explorer_path, no_color):
     """Compare outputs dumped by hand: REFERENCE against CANDIDATE.
 
     Each is .npy (one output), .npz (outputs by name) or raw binary (--dtype). Flat buffers are
@@ -272,8 +322,8 @@ def compare(reference, candidate, dtype, shape_text, model_input, atol, rtol, js
     from parity.metrics import DEFAULT_RTOL, Tolerance
     from parity.specs import parse_shape
 
-    if json_path and json_path != "-":
-        check_writable(json_path, "--json")
+    _check_report_paths({"--json": json_path, "--html": html_path, "--junit": junit_path,
+                         "--model-explorer": explorer_path})
     shape = None
     if shape_text:
         try:
@@ -282,7 +332,7 @@ def compare(reference, candidate, dtype, shape_text, model_input, atol, rtol, js
             raise click.BadParameter(str(exc), param_hint="--shape") from None
     report = dumps.compare(reference, candidate, tolerance=Tolerance(atol, DEFAULT_RTOL if rtol is None else rtol),
                            dtype=dtype, shape=shape, model_inputs=model_input)
-    _emit(report, json_path, no_color)
+    _emit(report, json_path, no_color, html_path, junit_path, explorer_path)
 
 
 @cli.command(context_settings=dict(_CONTEXT, ignore_unknown_options=True))
@@ -299,16 +349,15 @@ def compare(reference, candidate, dtype, shape_text, model_input, atol, rtol, js
 @click.option("--inputs", "inputs_path", type=click.Path(dir_okay=True, path_type=str),
               help="Check on the arrays in this .npz instead of generated inputs.")
 @click.option("--layers", is_flag=True, help="Also compare every intermediate tensor.")
-@click.option("--json", "json_path", type=click.Path(path_type=str), metavar="PATH",
-              help="Write the check's JSON report to PATH; '-' for stdout.")
+@_report_options
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=300.0,
               show_default=True, help="Seconds the conversion and each MNN step may take.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")
 @click.option("--no-color", is_flag=True, help="Plain terminal output.")
 @click.argument("converter_options", nargs=-1, type=click.UNPROCESSED)
 @_traceback_option
-def convert(model, output, atol, rtol, seed, shapes, inputs_path, layers, json_path, timeout, quiet,
-            no_color, converter_options):
+def convert(model, output, atol, rtol, seed, shapes, inputs_path, layers, json_path, html_path,
+            junit_path, explorer_path, timeout, quiet, no_color, converter_options):
     """Convert MODEL (.onnx) to MNN, then check the pair: validation in one step.
 
     Options parity does not know are passed to MNN's converter (for example --fp16,
@@ -333,22 +382,76 @@ def convert(model, output, atol, rtol, seed, shapes, inputs_path, layers, json_p
     if target.suffix.lower() != ".mnn":
         raise click.UsageError(f"the output should end in .mnn: {target}")
     check_writable(target, "-o")
-    if json_path and json_path != "-":
-        check_writable(json_path, "--json")
-    progress = _progress(quiet)
-    if progress:
+    _check_report_paths({"--json": json_path, "--html": html_path, "--junit": junit_path,
+                         "--model-explorer": explorer_path})
+    with _progress(quiet) as progress:
         progress(f"converting {source.name} -> {target}")
-    convert_model(source, target, options=list(converter_options), timeout=timeout)
-    report = pipeline.check(
-        [source, target], tolerance=Tolerance(atol, DEFAULT_RTOL if rtol is None else rtol), seed=seed,
-        shapes=_parse_shapes(shapes), inputs=inputs_path, timeout=timeout, layers=layers, progress=progress,
-    )
+        convert_model(source, target, options=list(converter_options), timeout=timeout)
+        report = pipeline.check(
+            [source, target], tolerance=Tolerance(atol, DEFAULT_RTOL if rtol is None else rtol), seed=seed,
+            shapes=_parse_shapes(shapes), inputs=inputs_path, timeout=timeout, layers=layers, progress=progress,
+        )
     if converter_options:
         import dataclasses
 
         report = dataclasses.replace(report, notes=report.notes + (
             f"converted with {' '.join(converter_options)}",))
-    _emit(report, json_path, no_color)
+    _emit(report, json_path, no_color, html_path, junit_path, explorer_path)
+
+
+@cli.command(context_settings=_CONTEXT)
+@click.argument("target", type=click.Path(dir_okay=True, path_type=str))
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Pairs checked at once, each in its own process.")
+@click.option("--shard", metavar="K/N", help="Check only shard K of N (pairs K, K+N, ... of the sorted list).")
+@click.option("--json", "json_path", type=click.Path(path_type=str), metavar="PATH",
+              help="Write the results (schema parity.sweep/1) to PATH; '-' for stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+@_traceback_option
+def sweep(target, jobs, shard, json_path, quiet):
+    """Check every model pair in TARGET: a directory (*.onnx with matching *.mnn) or a TOML/JSON
+    manifest with per-model options. Exit code: the worst of the pairs.
+
+    \b
+        parity sweep models/ -j 2
+        parity sweep zoo.toml --shard 1/4 --json shard1.json
+    """
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from parity import __version__
+    from parity import sweep as sweep_mod
+    from parity.inputs import check_writable, write_atomic
+    from parity.render.progress import Progress
+
+    if json_path and json_path != "-":
+        check_writable(json_path, "--json")
+    chosen = sweep_mod.parse_shard(shard)
+    items = sweep_mod.select_shard(sweep_mod.discover(target), chosen)
+    with Progress(enabled=False if quiet else None, total=len(items), label="sweep") as progress:
+        results = sweep_mod.run(items, jobs=jobs, progress=progress)
+    code = sweep_mod.worst([r["exit_code"] for r in results])
+    data = {"schema": sweep_mod.SCHEMA, "parity_version": __version__, "target": target,
+            "shard": shard, "passed": code == 0, "exit_code": code, "results": results}
+    console = Console(file=sys.stderr if json_path == "-" else sys.stdout, highlight=False,
+                      width=None if sys.stdout.isatty() else 160)
+    table = Table(title=f"parity sweep {target}" + (f" (shard {shard})" if shard else ""), title_justify="left")
+    for header in ("model", "exit", "verdict", "where / error", "s"):
+        table.add_column(header, overflow="fold")
+    for r in results:
+        verdict = r["verdict"] or {}
+        kind = verdict.get("kind", "error")
+        style = "green" if r["passed"] else "bold red"
+        table.add_row(escape(r["name"]), str(r["exit_code"]), f"[{style}]{escape(kind)}[/]",
+                      escape(r["error"] or verdict.get("where") or ""), f"{r['seconds']:.1f}")
+    console.print(table)
+    console.print(f"{sum(r['passed'] for r in results)} of {len(results)} pairs pass; exit {code}")
+    if json_path == "-":
+        click.echo(json.dumps(data, indent=2))
+    elif json_path:
+        write_atomic(json_path, json.dumps(data, indent=2).encode(), "--json")
+    raise SystemExit(code)
 
 
 def main() -> None:  # pragma: no cover - console script indirection for python -m

@@ -543,6 +543,13 @@ def compare_layers(
             summary = (f"first out-of-tolerance tensor {where} is right when fed the reference's inputs "
                        f"(local max_abs_diff {layer.local_max_abs_diff:.3g}): the error is carried from upstream")
         span = graph.span(layer.name, set(first[1]))
+        histogram = None
+        try:
+            ref_value = reference.capture(feeds, [layer.reference_name], cache=False).outputs[layer.reference_name]
+            cand_value = candidate.capture(feeds, [layer.candidate_name], cache=False).outputs[layer.candidate_name]
+            histogram = diff_histogram(np.asarray(ref_value), np.asarray(cand_value))
+        except (BackendError, KeyError, ValueError) as exc:
+            report.notes.append(f"no histogram at the first divergence: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
         report.first_divergence = FirstDivergence(
             name=layer.name, op_type="+".join(graph.producer[n].op_type for n in span),
             candidate_op_type=layer.candidate_op_type,
@@ -550,6 +557,7 @@ def compare_layers(
             module=layer.module, inputs=tuple(first[1]), max_abs_diff=layer.max_abs_diff,
             scaled_error=layer.scaled_error, local_max_abs_diff=layer.local_max_abs_diff,
             local_scaled_error=layer.local_scaled_error, introduced_here=introduced, summary=summary,
+            histogram=histogram,
         )
     if link == ("torch", "onnxruntime"):
         ran = getattr(reference, "last_calls", {})
@@ -565,6 +573,20 @@ def compare_layers(
             report.notes.append(f"torch modules that ran but have no ONNX nodes of their own (folded into "
                                 f"neighbours at export, or not exported): {leaves[:10]}")
     return report
+
+
+def diff_histogram(reference: np.ndarray, candidate: np.ndarray, low: int = -12, high: int = 4) -> dict | None:
+    """Counts of log10 |c - r| in decades [low, high); exact zeros and non-finite counted apart."""
+    if reference.size != candidate.size:
+        return None
+    d = np.abs(candidate.reshape(-1).astype(np.float64) - reference.reshape(-1).astype(np.float64))
+    finite = np.isfinite(d)
+    zeros = int(np.count_nonzero(d[finite] == 0))
+    positive = d[finite & (d > 0)]
+    logs = np.clip(np.floor(np.log10(positive)), low, high - 1) if positive.size else np.array([])
+    counts = np.bincount((logs - low).astype(np.int64), minlength=high - low) if positive.size else np.zeros(high - low, np.int64)
+    return {"edges": list(range(low, high + 1)), "counts": [int(c) for c in counts], "zeros": zeros,
+            "non_finite": int(np.count_nonzero(~finite))}
 
 
 def _replace(layer: LayerResult, **changes) -> LayerResult:

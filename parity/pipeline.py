@@ -242,6 +242,12 @@ def _write_repro(directory, comparisons, backends, links, feeds, tolerance, verd
     return f"no reproduction written to {directory}: no failing onnxruntime -> mnn link"
 
 
+def _layer_rtol(tolerance, layer_rtol):
+    from parity.layers import default_layer_rtol
+
+    return default_layer_rtol(tolerance) if layer_rtol is None else layer_rtol
+
+
 def check(
     models: Sequence[str | os.PathLike],
     *,
@@ -378,7 +384,8 @@ def check(
         inputs=tuple(input_infos),
         comparisons=tuple(comparisons),
         verdict=verdict,
-        tolerance=tolerance.to_dict(),
+        tolerance=dict(tolerance.to_dict(), **({"layer_rtol": _layer_rtol(tolerance, layer_rtol)}
+                                                if any(c.layers is not None for c in comparisons) else {})),
         notes=tuple(notes),
         parity_version=_version(),
     )

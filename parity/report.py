@@ -105,6 +105,8 @@ class FirstDivergence:
     local_scaled_error: float | None
     introduced_here: bool | None
     summary: str
+    # counts of log10 |candidate - reference| at this tensor, bins of width 1 from edges[0]
+    histogram: dict | None = None
 
 
 @dataclass(frozen=True)

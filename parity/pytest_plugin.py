@@ -1,0 +1,40 @@
+"""pytest plugin (entry point ``pytest11``): the ``assert_parity`` fixture.
+
+    def test_converted_model(assert_parity):
+        assert_parity("model.onnx", "model.mnn", atol=1e-4)
+
+It fails the test with parity's rendered table and verdict when the models disagree, and
+returns the Report otherwise. Cheap to import: parity and its frameworks load on first use.
+Works under pytest-xdist (every worker checks in its own child processes).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+
+def check_parity(*models, atol: float | None = None, rtol: float | None = None, **options):
+    """Run ``parity.check`` on ``models``; fail the current test with the rendered report."""
+    import io
+
+    from parity.metrics import DEFAULT_RTOL, Tolerance
+    from parity.pipeline import check
+    from parity.render.text import render
+
+    tolerance = Tolerance(atol, DEFAULT_RTOL if rtol is None else rtol)
+    report = check(list(models), tolerance=tolerance, **options)
+    if not report.passed:
+        buffer = io.StringIO()
+        render(report, buffer, color=False, width=150)
+        pytest.fail(f"parity: {report.verdict.kind}\n{buffer.getvalue()}", pytrace=False)
+    return report
+
+
+@pytest.fixture
+def assert_parity():
+    """``assert_parity(*models, atol=None, rtol=None, **check_options) -> Report``."""
+    return check_parity
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "parity: tests that compare models with parity")

@@ -1,0 +1,184 @@
+"""One self-contained HTML file: no scripts, no network, charts as inline SVG.
+
+Sections: the verdict and its evidence, the per-output table of every link, the per-layer
+error chart (scaled error against layer index, log scale, the layer tolerance, the first
+divergence marked, one line per link), the histogram of differences at the first divergence,
+the alignment steps, the inputs and the versions.
+"""
+
+from __future__ import annotations
+
+import math
+from html import escape
+
+from parity.report import Report
+
+_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e")
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem;color:#1b1b1b;max-width:1200px}
+h1{font-size:1.5rem;margin-bottom:.2rem} h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.5rem 0;font-size:.85rem} th,td{border:1px solid #ddd;padding:.25rem .5rem;text-align:left;vertical-align:top}
+th{background:#f4f4f4} td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+.pass{color:#1b7f1b;font-weight:600} .fail{color:#c62828;font-weight:600}
+.verdict{padding:1rem;border-radius:6px;border:1px solid #ccc;background:#fafafa}
+.verdict.kind-pass{border-color:#8bc34a;background:#f1f8e9} .verdict:not(.kind-pass){border-color:#e57373;background:#fff5f5}
+code{font-size:.85rem;background:#f4f4f4;padding:0 .2rem} .muted{color:#666;font-size:.85rem}
+svg text{font-family:system-ui,sans-serif;font-size:11px}
+"""
+
+
+def _num(x, spec=".3g") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _status(passed: bool) -> str:
+    return '<span class="pass">pass</span>' if passed else '<span class="fail">FAIL</span>'
+
+
+def _layer_chart(report: Report) -> str:
+    linked = [c for c in report.comparisons if c.layers]
+    if not linked:
+        return '<p class="muted">No per-layer data (run with <code>--layers</code>).</p>'
+    width, height, left, right, top, bottom = 900, 340, 60, 20, 20, 45
+    plot_w, plot_h = width - left - right, height - top - bottom
+    values = [layer.scaled_error for c in linked for layer in c.layers if layer.scaled_error]
+    layer_rtol = report.tolerance.get("layer_rtol")
+    lo = math.floor(math.log10(max(min([v for v in values if v > 0] + [1e-9]), 1e-12)))
+    hi = math.ceil(math.log10(max(values + [layer_rtol or 1e-3, 1e-6])))
+    lo, hi = min(lo, -8), max(hi, lo + 1)
+    n = max(len(c.layers) for c in linked)
+
+    def x(i):
+        return left + (plot_w * i / max(n - 1, 1))
+
+    def y(v):
+        v = max(v or 10.0 ** lo, 10.0 ** lo)
+        return top + plot_h * (hi - math.log10(v)) / (hi - lo)
+
+    parts = [f'<svg id="layer-chart" role="img" aria-label="per-layer error" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">',
+             f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="#fff" stroke="#bbb"/>']
+    for decade in range(lo, hi + 1):
+        yy = y(10.0 ** decade)
+        parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{yy:.1f}" y2="{yy:.1f}" stroke="#eee"/>')
+        parts.append(f'<text x="{left - 6}" y="{yy + 4:.1f}" text-anchor="end">1e{decade}</text>')
+    step = max(1, n // 10)
+    for i in range(0, n, step):
+        parts.append(f'<text x="{x(i):.1f}" y="{top + plot_h + 16}" text-anchor="middle">{i}</text>')
+    parts.append(f'<text x="{left + plot_w / 2}" y="{height - 6}" text-anchor="middle">layer (ONNX topological order)</text>')
+    parts.append(f'<text transform="translate(14,{top + plot_h / 2}) rotate(-90)" text-anchor="middle">'
+                 f'max|c - r| / max|r|</text>')
+    if layer_rtol:
+        yy = y(layer_rtol)
+        parts.append(f'<line class="tolerance" x1="{left}" x2="{left + plot_w}" y1="{yy:.1f}" y2="{yy:.1f}" '
+                     f'stroke="#555" stroke-dasharray="6 4"/>')
+        parts.append(f'<text x="{left + plot_w - 4}" y="{yy - 4:.1f}" text-anchor="end">layer tolerance {layer_rtol:g}</text>')
+    for k, comparison in enumerate(linked):
+        color = _COLORS[k % len(_COLORS)]
+        points = " ".join(f"{x(i):.1f},{y(layer.scaled_error):.1f}" for i, layer in enumerate(comparison.layers))
+        parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{points}"/>')
+        for i, layer in enumerate(comparison.layers):
+            parts.append(f'<circle cx="{x(i):.1f}" cy="{y(layer.scaled_error):.1f}" r="2.5" fill="{color}">'
+                         f'<title>{escape(layer.name)} ({escape(layer.op_type)}): {_num(layer.scaled_error)}</title></circle>')
+        divergence = comparison.first_divergence
+        if divergence is not None:
+            i = next(i for i, layer in enumerate(comparison.layers) if layer.name == divergence.name)
+            cx, cy = x(i), y(comparison.layers[i].scaled_error)
+            parts.append(f'<circle class="first-divergence" cx="{cx:.1f}" cy="{cy:.1f}" r="7" fill="none" '
+                         f'stroke="#c62828" stroke-width="2.5"/>')
+            parts.append(f'<text x="{cx + 9:.1f}" y="{cy - 8:.1f}" fill="#c62828">first divergence: '
+                         f'{escape(divergence.name)}</text>')
+        parts.append(f'<rect x="{left + 10}" y="{top + 8 + 16 * k}" width="12" height="3" fill="{color}"/>'
+                     f'<text x="{left + 28}" y="{top + 13 + 16 * k}">{escape(comparison.reference)} -&gt; '
+                     f'{escape(comparison.candidate)}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def _histogram(report: Report) -> str:
+    for comparison in report.comparisons:
+        divergence = comparison.first_divergence
+        if divergence is None or not divergence.histogram:
+            continue
+        h = divergence.histogram
+        counts, edges = h["counts"], h["edges"]
+        width, height, left, bottom, top = 640, 220, 50, 40, 15
+        bar_w = (width - left - 10) / len(counts)
+        peak = max(counts + [1])
+        parts = [f'<svg id="diff-histogram" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+                 f'xmlns="http://www.w3.org/2000/svg">']
+        for i, count in enumerate(counts):
+            bh = (height - top - bottom) * count / peak
+            bx = left + i * bar_w
+            parts.append(f'<rect x="{bx:.1f}" y="{height - bottom - bh:.1f}" width="{bar_w - 2:.1f}" '
+                         f'height="{bh:.1f}" fill="#5c6bc0"><title>1e{edges[i]} .. 1e{edges[i + 1]}: {count}</title></rect>')
+            parts.append(f'<text x="{bx + bar_w / 2:.1f}" y="{height - bottom + 14}" text-anchor="middle">{edges[i]}</text>')
+        parts.append(f'<text x="{left + (width - left) / 2}" y="{height - 6}" text-anchor="middle">'
+                     f'log10 |candidate - reference| at {escape(divergence.name)}</text>')
+        parts.append("</svg>")
+        extra = f'<p class="muted">exactly equal: {h.get("zeros", 0)}; non-finite: {h.get("non_finite", 0)}</p>'
+        return "\n".join(parts) + extra
+    return '<p class="muted">No first divergence, no histogram.</p>'
+
+
+def _outputs(report: Report) -> str:
+    rows = []
+    for c in report.comparisons:
+        for o in c.outputs:
+            rows.append(
+                f"<tr><td>{escape(c.reference)} -&gt; {escape(c.candidate)}</td><td>{escape(o.name)}</td>"
+                f"<td>{escape(str(list(o.reference_shape or ())))}</td><td class=num>{_num(o.max_abs_diff)}</td>"
+                f"<td class=num>{_num(o.max_rel_diff)}</td><td class=num>{_num(o.mean_abs_diff)}</td>"
+                f"<td class=num>{_num(o.cosine, '.6f')}</td>"
+                f"<td class=num>{'-' if o.mismatch_fraction is None else f'{o.mismatch_fraction:.2%}'}</td>"
+                f"<td>{_status(o.passed)}</td><td>{escape('; '.join(list(o.alignment) + ([o.error] if o.error else [])))}</td></tr>")
+    return ("<table><tr><th>link</th><th>output</th><th>shape</th><th>max_abs</th><th>max_rel</th>"
+            "<th>mean_abs</th><th>cosine</th><th>out of tol</th><th></th><th>alignment / error</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+def _evidence(report: Report) -> str:
+    if not report.verdict.evidence:
+        return ""
+    keys = []
+    for e in report.verdict.evidence:
+        keys.extend(k for k in e if k not in keys)
+    head = "".join(f"<th>{escape(k)}</th>" for k in keys)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{escape(_num(e.get(k)) if isinstance(e.get(k), float) else str(e.get(k, '')))}</td>"
+                         for k in keys) + "</tr>" for e in report.verdict.evidence)
+    return f"<h3>Evidence</h3><table><tr>{head}</tr>{body}</table>"
+
+
+def render(report: Report) -> str:
+    v = report.verdict
+    steps = "".join(f"<li>{escape(s)}</li>" for s in v.next_steps)
+    backends = "".join(f"<tr><td>{escape(b.name)}</td><td>{escape(b.model)}</td><td>{escape(b.version)}</td>"
+                       f"<td>{escape(str(b.settings))}</td></tr>" for b in report.backends)
+    inputs = "".join(f"<tr><td>{escape(i.name)}</td><td>{escape(str(list(i.shape)))}</td><td>{escape(i.dtype)}</td>"
+                     f"<td>{escape(i.source)}</td><td>{escape('; '.join(i.notes))}</td></tr>" for i in report.inputs)
+    alignment = "".join(f"<li>{escape(c.reference)} -&gt; {escape(c.candidate)}, {escape(o.name)}: "
+                        f"{escape('; '.join(o.alignment))}</li>"
+                        for c in report.comparisons for o in c.outputs if o.alignment)
+    notes = "".join(f"<li>{escape(n)}</li>" for n in report.notes + tuple(
+        n for c in report.comparisons for n in c.notes))
+    where = f"<p><b>Where:</b> {escape(v.where)}</p>" if v.where else ""
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>parity report: {escape(v.kind)}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>
+<body>
+<h1>parity report</h1>
+<p class="muted">schema {escape(report.schema)}, parity {escape(report.parity_version)}; tolerance
+{escape(str(report.tolerance.get("rule", report.tolerance)))}</p>
+<div class="verdict kind-{escape(v.kind)}"><h2 style="margin-top:0;border:0">Verdict: {escape(v.kind.upper())}</h2>
+<p>{escape(v.summary)}</p>{where}{f"<p><b>Next steps:</b></p><ul>{steps}</ul>" if steps else ""}
+{_evidence(report)}</div>
+<h2>Outputs</h2>{_outputs(report)}
+<h2>Per-layer error</h2>{_layer_chart(report)}
+<h2>Differences at the first divergence</h2>{_histogram(report)}
+<h2>Alignment</h2>{f"<ul>{alignment}</ul>" if alignment else '<p class="muted">No alignment was needed.</p>'}
+<h2>Inputs</h2><table><tr><th>name</th><th>shape</th><th>dtype</th><th>source</th><th>notes</th></tr>{inputs}</table>
+<h2>Versions</h2><table><tr><th>framework</th><th>model</th><th>version</th><th>settings</th></tr>{backends}</table>
+{f"<h2>Notes</h2><ul>{notes}</ul>" if notes else ""}
+</body></html>
+"""

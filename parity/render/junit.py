@@ -1,0 +1,49 @@
+"""JUnit XML: one testcase per output per link, plus one per failing layer (with --layers)."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+from parity.report import Report
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.3g}"
+
+
+def render(report: Report) -> bytes:
+    suites = ET.Element("testsuites", name="parity", tests="0", failures="0")
+    total = failures = 0
+    for comparison in report.comparisons:
+        link = f"{comparison.reference} -> {comparison.candidate}"
+        suite = ET.SubElement(suites, "testsuite", name=f"parity {link}")
+        cases = fails = 0
+        for output in comparison.outputs:
+            case = ET.SubElement(suite, "testcase", classname=f"parity.{comparison.reference}.{comparison.candidate}",
+                                 name=f"output {output.name}")
+            cases += 1
+            if not output.passed:
+                fails += 1
+                message = output.error or (f"max_abs_diff {_fmt(output.max_abs_diff)}, "
+                                           f"{(output.mismatch_fraction or 0):.2%} of elements out of tolerance")
+                failure = ET.SubElement(case, "failure", message=message, type="mismatch")
+                failure.text = (f"{link}: output {output.name}: {message}\nalignment: {'; '.join(output.alignment) or 'none'}\n"
+                                f"verdict: {report.verdict.kind}: {report.verdict.summary}")
+        for layer in comparison.layers or ():
+            if layer.passed:
+                continue
+            case = ET.SubElement(suite, "testcase", classname=f"parity.{comparison.reference}.{comparison.candidate}.layers",
+                                 name=f"layer {layer.name} ({layer.op_type})")
+            cases += 1
+            fails += 1
+            message = (f"scaled error {_fmt(layer.scaled_error)}, max_abs_diff {_fmt(layer.max_abs_diff)}, "
+                       f"status {layer.status}")
+            ET.SubElement(case, "failure", message=message, type="layer")
+        suite.set("tests", str(cases))
+        suite.set("failures", str(fails))
+        total += cases
+        failures += fails
+    suites.set("tests", str(total))
+    suites.set("failures", str(failures))
+    ET.indent(suites)
+    return ET.tostring(suites, encoding="utf-8", xml_declaration=True)

@@ -1,0 +1,44 @@
+"""Progress on stderr for long work: a spinner with the current step and the elapsed time, and a
+bar when the amount of work is known (sweeps). Silent when stderr is not a terminal or with
+--quiet, so logs and CI output stay clean."""
+
+from __future__ import annotations
+
+import sys
+
+
+class Progress:
+    def __init__(self, enabled: bool | None = None, total: int | None = None, label: str = "parity"):
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.total = total
+        self.label = label
+        self._progress = None
+        self._task = None
+
+    def __enter__(self) -> "Progress":
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress,
+                                       SpinnerColumn, TextColumn, TimeElapsedColumn)
+
+            columns = [SpinnerColumn(), TextColumn("{task.description}")]
+            if self.total is not None:
+                columns += [BarColumn(), MofNCompleteColumn()]
+            columns.append(TimeElapsedColumn())
+            self._progress = RichProgress(*columns, console=Console(stderr=True), transient=True)
+            self._progress.start()
+            self._task = self._progress.add_task(self.label, total=self.total)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def __call__(self, message: str) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, description=f"{self.label}: {message}")
+
+    def advance(self, amount: int = 1) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, amount)
