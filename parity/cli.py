@@ -150,6 +150,9 @@ def _check_report_paths(paths: dict) -> None:
               help="MNN CPU threads (through its runtime manager).")
 @click.option("--mnn-precision", type=click.Choice(["normal", "high", "low", "low_bf16"]),
               default="normal", show_default=True, help="MNN precision mode.")
+@click.option("--mnn-static-shapes", is_flag=True,
+              help="Load the MNN model for fixed input shapes (shape_mutable=False), as apps with "
+                   "fixed inputs do; MNN then plans the graph at load time.")
 @click.option("--torch", "torch_spec", metavar="FILE.py:FACTORY",
               help="A PyTorch model from Python code, put first in the chain: path/to/file.py:factory "
                    "or package.module:factory, returning an nn.Module (or an nn.Module class "
@@ -179,7 +182,8 @@ def _check_report_paths(paths: dict) -> None:
 @click.option("--no-color", is_flag=True, help="Plain terminal output.")
 @_traceback_option
 def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, allow_nonfinite,
-          json_path, html_path, junit_path, explorer_path, timeout, mnn_backend, mnn_threads, mnn_precision, torch_spec, torch_inputs,
+          json_path, html_path, junit_path, explorer_path, timeout, mnn_backend, mnn_threads, mnn_precision,
+          mnn_static_shapes, torch_spec, torch_inputs,
           layers, layer_rtol, no_diagnose, repro_dir, isolate, max_memory, quiet, no_color):
     """Run MODELS on the same inputs and compare them link by link.
 
@@ -212,13 +216,13 @@ def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, allow_nonf
     with _progress(quiet) as progress:
         report = _run_check(pipeline, models, atol, rtol, seed, shapes, inputs_path, save_inputs,
                             allow_nonfinite, timeout, mnn_backend, mnn_threads, mnn_precision,
-                            torch_inputs, layers, layer_rtol, isolate, cap, no_diagnose, repro_dir,
+                            mnn_static_shapes, torch_inputs, layers, layer_rtol, isolate, cap, no_diagnose, repro_dir,
                             progress)
     _emit(report, json_path, no_color, html_path, junit_path, explorer_path)
 
 
 def _run_check(pipeline, models, atol, rtol, seed, shapes, inputs_path, save_inputs, allow_nonfinite,
-               timeout, mnn_backend, mnn_threads, mnn_precision, torch_inputs, layers, layer_rtol,
+               timeout, mnn_backend, mnn_threads, mnn_precision, mnn_static_shapes, torch_inputs, layers, layer_rtol,
                isolate, cap, no_diagnose, repro_dir, progress):
     from parity.metrics import DEFAULT_RTOL, Tolerance
 
@@ -231,7 +235,8 @@ def _run_check(pipeline, models, atol, rtol, seed, shapes, inputs_path, save_inp
         save_inputs=save_inputs,
         allow_nonfinite=allow_nonfinite,
         timeout=timeout,
-        mnn_options={"backend": mnn_backend, "threads": mnn_threads, "precision": mnn_precision},
+        mnn_options={"backend": mnn_backend, "threads": mnn_threads, "precision": mnn_precision,
+                     "shape_mutable": not mnn_static_shapes},
         torch_inputs=[n.strip() for n in torch_inputs.split(",") if n.strip()] if torch_inputs else None,
         layers=layers,
         layer_rtol=layer_rtol,

@@ -19,7 +19,7 @@ from typing import Sequence
 
 from parity.backends.base import check_model_file
 from parity.backends.worker import ChildFailure, Worker
-from parity.errors import BackendError, UsageError
+from parity.errors import BackendCrash, BackendError, UsageError
 
 # Converter options that are parity's business, not the user's.
 _RESERVED = {"-f", "--framework", "--modelFile", "--MNNModel", "--bizCode"}
@@ -57,10 +57,12 @@ def convert(
                 target=str(scratch),
                 options=list(options),
             )
+        except BackendCrash:
+            raise
         except BackendError as exc:
             tail = worker.log_tail()
             if tail and tail not in str(exc):
-                raise type(exc)(f"{exc}; converter said: {tail}") from None
+                raise BackendError(f"{exc}; converter said: {tail}") from None
             raise
         log = worker.log_text()
         tmp = target.with_name(f".{target.name}.parity-tmp-{os.getpid()}")

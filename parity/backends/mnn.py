@@ -39,6 +39,7 @@ class MnnBackend(Backend):
         hints: tuple = (),
         memory: int | None = None,
         rearrange: bool = False,
+        shape_mutable: bool = True,
         **options,
     ):
         super().__init__(path, **options)
@@ -49,6 +50,7 @@ class MnnBackend(Backend):
         self.hints = tuple(tuple(h) for h in hints)
         self.memory = memory
         self.rearrange = rearrange
+        self.shape_mutable = shape_mutable
         self._worker: Worker | None = None
         self._graph: list[dict] | None = None
 
@@ -72,6 +74,7 @@ class MnnBackend(Backend):
                 hints=[list(h) for h in self.hints],
                 memory=self.memory,
                 rearrange=self.rearrange,
+                shape_mutable=self.shape_mutable,
             )
         except ModelError:
             self._close()
@@ -117,13 +120,14 @@ class MnnBackend(Backend):
             "hints": [list(h) for h in self.hints],
             "memory": self.memory,
             "rearrange": self.rearrange,
+            "shape_mutable": self.shape_mutable,
         }
 
     def reopen_options(self) -> dict:
         """The constructor's keyword arguments, to open the same model (or a variant) again."""
         return {"timeout": self.timeout, "backend": self.backend, "threads": self.threads,
                 "precision": self.precision, "hints": self.hints, "memory": self.memory,
-                "rearrange": self.rearrange}
+                "rearrange": self.rearrange, "shape_mutable": self.shape_mutable}
 
     def dump_json(self, target) -> None:
         self._worker.call(f"{_CHILD}:dump_json", step=f"dumping {self.path.name} as JSON",

@@ -39,7 +39,7 @@ def _mnn_dtype(name: str):
 
 
 def load(path: str, backend: str, threads: int, precision: str, hints: list, memory: int | None = None,
-         rearrange: bool = False) -> dict:
+         rearrange: bool = False, shape_mutable: bool = True) -> dict:
     MNN = _mnn()
     F = MNN.expr
     graph = F.load_as_dict(path)
@@ -54,7 +54,8 @@ def load(path: str, backend: str, threads: int, precision: str, hints: list, mem
     runtime = MNN.nn.create_runtime_manager((config,))
     for mode, value in hints:
         runtime.set_hint(int(mode), int(value))
-    module = MNN.nn.load_module_from_file(path, [], [], runtime_manager=runtime, rearrange=rearrange)
+    module = MNN.nn.load_module_from_file(path, [], [], runtime_manager=runtime, rearrange=rearrange,
+                                          shape_mutable=shape_mutable)
     info = module.get_info()
     inputs = []
     for name in info["inputNames"]:
