@@ -27,6 +27,11 @@ class ParityGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click.exceptions.UsageError as exc:
+            # one line, like every other error; the help stays one flag away
+            command = exc.ctx.command_path if exc.ctx is not None else "parity"
+            click.echo(f"Error: {exc.format_message()} (see '{command} --help')", err=True)
+            ctx.exit(int(ExitCode.USAGE))
         except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
             raise
         except ParityError as exc:

@@ -23,7 +23,7 @@ import numpy as np
 
 from parity.align import nc4hw4_size, pair_outputs, unpack_nc4hw4
 from parity.errors import InputError, UsageError
-from parity.metrics import TensorDiff, Tolerance
+from parity.metrics import TensorDiff, Tolerance, fmt
 from parity.report import BackendInfo, Comparison, OutputComparison, Report, Verdict
 
 RAW_DTYPES = ("float32", "float16", "float64", "int32", "int64", "int8", "uint8", "bool")
@@ -196,7 +196,7 @@ def compare(
     else:
         first = next(o for o in outputs if not o.passed)
         verdict = Verdict("mismatch", f"output {first.name!r}",
-                          f"output {first.name!r} differs: max_abs_diff {first.max_abs_diff:.3g}, "
+                          f"output {first.name!r} differs: max_abs_diff {fmt(first.max_abs_diff)}, "
                           f"{first.mismatch_fraction:.1%} of elements out of tolerance, with every layout tried")
     from parity import __version__
 

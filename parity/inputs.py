@@ -154,9 +154,11 @@ def load_npz(path: str | os.PathLike, specs: Sequence[TensorSpec], *, allow_nonf
     if path.is_dir():
         raise InputError(f"--inputs path {str(path)!r} is a directory, not an .npz file")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if not isinstance(data, np.lib.npyio.NpzFile):
-                raise InputError(f"--inputs file {str(path)!r} is a single .npy array; save inputs with np.savez(path, name=array)")
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise InputError(f"--inputs file {str(path)!r} is a single .npy array; save inputs with "
+                             f"np.savez(path, name=array), one array per input name")
+        with data:
             feeds = {name: data[name] for name in data.files}
     except InputError:
         raise

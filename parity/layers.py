@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from parity.errors import BackendCrash, BackendError
-from parity.metrics import TensorDiff, Tolerance
+from parity.metrics import TensorDiff, Tolerance, fmt
 from parity.report import FirstDivergence, LayerResult, Unpaired
 from parity.specs import TensorMap
 
@@ -538,10 +538,10 @@ def compare_layers(
             summary = f"first divergence at {where}: its paired inputs match, its output does not"
         elif introduced:
             summary = (f"first divergence at {where}: fed the reference's inputs it still differs "
-                       f"(local max_abs_diff {layer.local_max_abs_diff:.3g}): the error is introduced here")
+                       f"(local max_abs_diff {fmt(layer.local_max_abs_diff)}): the error is introduced here")
         else:
             summary = (f"first out-of-tolerance tensor {where} is right when fed the reference's inputs "
-                       f"(local max_abs_diff {layer.local_max_abs_diff:.3g}): the error is carried from upstream")
+                       f"(local max_abs_diff {fmt(layer.local_max_abs_diff)}): the error is carried from upstream")
         span = graph.span(layer.name, set(first[1]))
         histogram = None
         try:

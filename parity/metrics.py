@@ -48,6 +48,11 @@ class Tolerance:
                 "rule": self.describe()}
 
 
+def fmt(x: float | None, spec: str = ".3g") -> str:
+    """A figure for a sentence; None (no finite pair) reads as n/a."""
+    return "n/a" if x is None else format(x, spec)
+
+
 def _clean(x: float | None) -> float | None:
     if x is None:
         return None

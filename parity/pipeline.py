@@ -124,10 +124,11 @@ def verdict_for(comparisons: Sequence[Comparison]) -> Verdict:
         if first.error:
             detail = first.error
         else:
-            detail = (
-                f"max_abs_diff {first.max_abs_diff:.3g}, {first.mismatch_fraction:.1%} of elements "
-                f"out of tolerance"
-            )
+            biggest = "n/a (no finite pair)" if first.max_abs_diff is None else f"{first.max_abs_diff:.3g}"
+            detail = f"max_abs_diff {biggest}, {first.mismatch_fraction:.1%} of elements out of tolerance"
+            if first.nan_reference != first.nan_candidate or first.inf_reference != first.inf_candidate:
+                detail += (f"; NaN/Inf differ: reference {first.nan_reference}/{first.inf_reference}, "
+                           f"candidate {first.nan_candidate}/{first.inf_candidate}")
         where = f"output {first.name!r} ({link})"
         counts = f"{len(failed)} of {len(comparison.outputs)} outputs differ on {link}"
         divergence = comparison.first_divergence

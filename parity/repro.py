@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from parity.metrics import fmt
+
 from parity.errors import OutputPathError, ParityError
 
 
@@ -94,7 +96,7 @@ def _write(directory, *, reference, candidate, graph, comparison, verdict, feeds
                        mnn_options={k: settings[k] for k in ("backend", "threads", "precision")})
         output = report.comparisons[0].outputs[0]
         reproduces = not report.passed
-        figures = (f"max_abs_diff {output.max_abs_diff:.3g}, max_rel_diff {output.max_rel_diff:.3g}, "
+        figures = (f"max_abs_diff {fmt(output.max_abs_diff)}, max_rel_diff {fmt(output.max_rel_diff)}, "
                    f"{output.mismatch_fraction:.2%} of elements out of tolerance")
     except ParityError as exc:
         reproduces, figures = None, f"the reproduction could not be checked: {exc}"
