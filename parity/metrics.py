@@ -21,7 +21,7 @@ DEFAULT_ATOL = None
 DEFAULT_RTOL = 1e-3
 DEFAULT_ATOL_SCALE = 2e-3
 
-_CHUNK = 1 << 20
+_CHUNK = 1 << 16  # 256 KiB of float32: every pass over a chunk stays in cache
 
 
 @dataclass(frozen=True)
@@ -125,73 +125,109 @@ class TensorDiff:
 
     @classmethod
     def _float(cls, name, reference, candidate, tol: Tolerance) -> "TensorDiff":
+        """One pass per chunk over cache-sized slices, in float32 when both sides are float32
+        (differences of float32 values are exact enough; sums accumulate in float64)."""
         r_all = reference.reshape(-1)
         c_all = candidate.reshape(-1)
         n = r_all.size
+        work = np.float64 if np.float64 in (r_all.dtype, c_all.dtype) or r_all.dtype.kind != "f" \
+            or c_all.dtype.kind != "f" else np.float32
+        size = min(_CHUNK, n)
+        d = np.empty(size, work)
+        ar = np.empty(size, work)
+        t = np.empty(size, work)
+        mask = np.empty(size, bool)
+
+        def chunk(array, start, stop):
+            part = array[start:stop]
+            return part if part.dtype == work else part.astype(work)
+
         if tol.atol is None:  # the absolute term scales with the reference: one cheap pass
             peak = 0.0
             for start in range(0, n, _CHUNK):
-                chunk = r_all[start:start + _CHUNK]
-                if chunk.dtype.kind == "f":
-                    finite = chunk[np.isfinite(chunk)] if not np.isfinite(chunk).all() else chunk
-                else:
-                    finite = chunk
-                if finite.size:
-                    peak = max(peak, float(np.abs(finite).max()))
+                r = chunk(r_all, start, start + _CHUNK)
+                k = r.size
+                np.abs(r, out=ar[:k])
+                m = float(np.nanmax(ar[:k])) if np.isnan(ar[:k]).any() else float(ar[:k].max())
+                if math.isfinite(m):
+                    peak = max(peak, m)
+                elif not np.isnan(m):  # inf present: the largest finite value counts
+                    finite = ar[:k][np.isfinite(ar[:k])]
+                    if finite.size:
+                        peak = max(peak, float(finite.max()))
             atol = tol.atol_for(peak)
         else:
             atol = tol.atol
-        max_abs = max_rel = 0.0
-        sum_abs = 0.0
-        dot = rr = cc = 0.0
+        rtol = tol.rtol
+
+        max_abs = max_rel = sum_abs = 0.0
+        rr = cc = dd = 0.0
         mismatches = finite_pairs = 0
         nan_r = nan_c = inf_r = inf_c = 0
-        rmin, rmax, absmax = math.inf, -math.inf, 0.0
+        absmax = 0.0
+        maybe_constant, constant = True, None  # whether every reference value so far is one value
         for start in range(0, n, _CHUNK):
-            r = r_all[start:start + _CHUNK].astype(np.float64)
-            c = c_all[start:start + _CHUNK].astype(np.float64)
-            with np.errstate(invalid="ignore"):  # inf - inf: NaN, handled below
-                d = np.abs(c - r)
-            abs_r = np.abs(r)
-            finite = np.isfinite(d)
-            if finite.all():
-                fr, fc, fd, fabs_r = r, c, d, abs_r
-                bad = d > atol + tol.rtol * abs_r
+            r = chunk(r_all, start, start + _CHUNK)
+            c = chunk(c_all, start, start + _CHUNK)
+            k = r.size
+            dk, ark, tk, mk = d[:k], ar[:k], t[:k], mask[:k]
+            with np.errstate(invalid="ignore", over="ignore"):
+                np.subtract(c, r, out=dk)
+            np.abs(dk, out=dk)
+            np.abs(r, out=ark)
+            if np.isfinite(dk).all():
+                fr, fc, fd, far = r, c, dk, ark
+                np.multiply(ark, rtol, out=tk)
+                tk += atol
+                np.greater(dk, tk, out=mk)
+                mismatches += int(np.count_nonzero(mk))
             else:
                 nr, nc = np.isnan(r), np.isnan(c)
                 nan_r += int(nr.sum())
                 nan_c += int(nc.sum())
                 inf_r += int(np.isinf(r).sum())
                 inf_c += int(np.isinf(c).sum())
+                finite = np.isfinite(dk)
                 same_special = (nr & nc) | (r == c)
-                bad = np.where(finite, d > atol + tol.rtol * abs_r, ~same_special)
-                fr, fc, fd, fabs_r = r[finite], c[finite], d[finite], abs_r[finite]
-            mismatches += int(np.count_nonzero(bad))
-            if fd.size:
-                finite_pairs += fd.size
-                max_abs = max(max_abs, float(fd.max()))
-                sum_abs += float(fd.sum())
-                nonzero = fabs_r > 0
-                if nonzero.any():
-                    max_rel = max(max_rel, float((fd[nonzero] / fabs_r[nonzero]).max()))
-                dot += float(np.dot(fr, fc))
-                rr += float(np.dot(fr, fr))
-                cc += float(np.dot(fc, fc))
-                rmin = min(rmin, float(fr.min()))
-                rmax = max(rmax, float(fr.max()))
-                absmax = max(absmax, float(fabs_r.max()))
+                with np.errstate(invalid="ignore"):
+                    bad = np.where(finite, dk > atol + rtol * ark, ~same_special)
+                mismatches += int(np.count_nonzero(bad))
+                fr, fc, fd, far = r[finite], c[finite], dk[finite], ark[finite]
+            if not fd.size:
+                continue
+            finite_pairs += fd.size
+            max_abs = max(max_abs, float(fd.max()))
+            sum_abs += float(fd.sum(dtype=np.float64))
+            np.greater(far, 0, out=mk[:fd.size])
+            rel = tk[:fd.size]
+            rel.fill(0)
+            np.divide(fd, far, out=rel, where=mk[:fd.size])
+            max_rel = max(max_rel, float(rel.max()))
+            rr += float(np.dot(fr, fr))
+            cc += float(np.dot(fc, fc))
+            dd += float(np.dot(fd, fd))
+            absmax = max(absmax, float(far.max()))
+            if maybe_constant:
+                lo, hi = float(fr.min()), float(fr.max())
+                if lo != hi or (constant is not None and lo != constant):
+                    maybe_constant = False
+                else:
+                    constant = lo
         notes = []
         if rr > 0 and cc > 0:
-            cosine = dot / math.sqrt(rr * cc)
+            # (|r|^2 + |c|^2 - |c - r|^2) / (2 |r||c|): exact for cosine, and precise near 1
+            # because |c - r| is summed from the differences themselves
+            cosine = (rr + cc - dd) / (2 * math.sqrt(rr * cc))
+            cosine = max(-1.0, min(1.0, cosine))
         elif rr == 0 and cc == 0 and finite_pairs:
             cosine = 1.0
         else:
             cosine = None
-        if finite_pairs and rmax == rmin:
-            if rmax == 0:
+        if finite_pairs and maybe_constant and constant is not None:
+            if constant == 0:
                 notes.append("reference is all zero: relative figures and cosine mean little here")
             else:
-                notes.append(f"reference is constant ({rmax:g}): cosine and relative figures mean little here")
+                notes.append(f"reference is constant ({constant:g}): cosine and relative figures mean little here")
         if nan_r or nan_c or inf_r or inf_c:
             notes.append(
                 f"non-finite values: reference {nan_r} NaN / {inf_r} Inf, "
@@ -205,7 +241,7 @@ class TensorDiff:
             max_abs_diff=_clean(max_abs) if finite_pairs else None,
             max_rel_diff=_clean(max_rel) if finite_pairs else None,
             mean_abs_diff=_clean(sum_abs / finite_pairs) if finite_pairs else None,
-            cosine=None if cosine is None else min(1.0, _clean(cosine)),
+            cosine=cosine,
             mismatch_fraction=mismatches / n,
             mismatch_count=mismatches,
             reference_absmax=absmax if finite_pairs else None,

@@ -290,12 +290,14 @@ def check(
     }
 
     with ExitStack() as stack:
-        backends = []
-        for framework, path in chain:
-            say(f"loading {path.name} ({framework})")
-            backend = open_backend(framework, path, **options.get(framework, {}))
+        backends = [open_backend(framework, path, **options.get(framework, {})) for framework, path in chain]
+        for backend in backends:  # MNN children start loading while the others load here
+            if hasattr(backend, "begin_open"):
+                stack.callback(backend.close)
+                backend.begin_open()
+        for backend in backends:
+            say(f"loading {backend.path.name} ({backend.framework})")
             stack.enter_context(backend)
-            backends.append(backend)
 
         # torch models have no input specs of their own: they borrow them from the chain
         described = [b for b in backends if b.framework != "torch"]
@@ -317,7 +319,8 @@ def check(
         if inputs is None:
             bounds = {}
             onnx_model = next((b.path for b in backends if b.framework == "onnxruntime"), None)
-            if onnx_model is not None:
+            has_integers = any(s.dtype.startswith(("int", "uint")) for s in ref_specs)
+            if onnx_model is not None and has_integers:  # parsing the graph costs; only for ints
                 bounds = inputs_mod.integer_input_bounds(onnx_model)
             feeds, input_infos = inputs_mod.generate(ref_specs, seed=seed, shapes=shapes, int_bounds=bounds)
         else:

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from parity.backends.base import Backend, RunResult
+from parity.backends.base import Backend, RunResult, check_model_file
 from parity.backends.worker import Worker
 from parity.errors import FrameworkMissing, ModelError
 from parity.specs import TensorMap, TensorSpec
@@ -54,7 +54,12 @@ class MnnBackend(Backend):
         self._worker: Worker | None = None
         self._graph: list[dict] | None = None
 
-    def _open(self) -> None:
+    def begin_open(self) -> None:
+        """Start the child and send the load request without waiting for it: MNN's start-up
+        then overlaps with the parent's own work (ONNX Runtime's session). ``open`` finishes."""
+        if self._worker is not None:
+            return
+        check_model_file(self.path, self.framework)
         try:
             import importlib.util
 
@@ -63,8 +68,7 @@ class MnnBackend(Backend):
         except ImportError:
             raise FrameworkMissing("MNN", "pip install MNN") from None
         self._worker = Worker("mnn", timeout=self.timeout).start()
-        try:
-            info = self._worker.call(
+        self._worker.submit(
                 f"{_CHILD}:load",
                 step=f"loading {self.path.name}",
                 path=os.path.abspath(self.path),
@@ -76,6 +80,11 @@ class MnnBackend(Backend):
                 rearrange=self.rearrange,
                 shape_mutable=self.shape_mutable,
             )
+
+    def _open(self) -> None:
+        self.begin_open()
+        try:
+            info = self._worker.result(step=f"loading {self.path.name}")
         except ModelError:
             self._close()
             if _looks_like_onnx(self.path):
@@ -94,6 +103,10 @@ class MnnBackend(Backend):
             for i in info["inputs"]
         ]
         self._outputs = [TensorSpec(name, None, "?") for name in info["outputs"]]
+
+    def close(self) -> None:
+        super().close()
+        self._close()  # also a child started by begin_open whose open never finished
 
     def _close(self) -> None:
         if self._worker is not None:

@@ -113,11 +113,19 @@ class Worker:
 
     def call(self, function: str, *, step: str, timeout: float | None = None, **kwargs):
         """Run ``function(**kwargs)`` in the child; return its result or raise a ParityError."""
-        timeout = self.timeout if timeout is None else timeout
+        self.submit(function, step=step, **kwargs)
+        return self.result(step=step, timeout=timeout)
+
+    def submit(self, function: str, *, step: str, **kwargs) -> None:
+        """Send a request without waiting, so the child works while the parent does too."""
         try:
             self._conn.send((function, kwargs))
         except OSError:
             self._raise_dead(step)
+
+    def result(self, *, step: str, timeout: float | None = None):
+        """The reply to the request sent last."""
+        timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
