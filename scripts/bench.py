@@ -92,22 +92,224 @@ def figure_capture_vs_polygraphy(repeat: int) -> dict:
     }
 
 
+HAND_WRITTEN = """
+import sys, numpy as np, onnxruntime as ort, MNN
+onnx_path, mnn_path = sys.argv[1:3]
+session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+rng = np.random.default_rng(0)
+feeds = {i.name: rng.standard_normal([d if isinstance(d, int) else 1 for d in i.shape]).astype(np.float32)
+         for i in session.get_inputs()}
+reference = session.run(None, feeds)
+module = MNN.nn.load_module_from_file(mnn_path, [i.name for i in session.get_inputs()],
+                                      [o.name for o in session.get_outputs()])
+variables = []
+for i in session.get_inputs():
+    v = MNN.expr.placeholder(list(feeds[i.name].shape), MNN.expr.NCHW, MNN.expr.float)
+    v.write(feeds[i.name])
+    variables.append(v)
+for r, out in zip(reference, module.onForward(variables)):
+    if out.data_format == MNN.expr.NC4HW4:
+        out = MNN.expr.convert(out, MNN.expr.NCHW)
+    c = out.read()
+    print(float(np.abs(r - c).max()), bool(np.allclose(c, r, atol=1e-3, rtol=1e-3)))
+"""
+
+
+def figure_check_vs_hand_written(repeat: int) -> dict:
+    mnn = TRANSFORMER.with_suffix(".mnn")
+
+    def hand():
+        subprocess.run([sys.executable, "-c", HAND_WRITTEN, str(TRANSFORMER), str(mnn)], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    hand()
+    base = median_seconds(hand, repeat)
+    ours = median_seconds(lambda: cli("check", TRANSFORMER, mnn, "--json", "-"), repeat)
+    return {"id": "a", "name": "parity check vs a minimal hand-written ORT + MNN script (wall time, transformer)",
+            "baseline_s": base, "measured_s": ours, "ratio": ours / base, "target": "<= 1.25",
+            "ok": ours / base <= 1.25}
+
+
+def figure_help_start(repeat: int) -> dict:
+    seconds = median_seconds(lambda: cli("--help"), repeat)
+    python = median_seconds(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True), repeat)
+    return {"id": "d", "name": "parity --help start (wall time)", "measured_s": seconds, "baseline_s": python,
+            "ratio": seconds / python, "value": seconds, "target": "<= 0.3 s", "ok": seconds <= 0.3,
+            "unit": "s", "baseline_name": "python -c pass"}
+
+
+def figure_metrics_throughput(repeat: int) -> dict:
+    import numpy as np
+
+    from parity.metrics import TensorDiff
+
+    n = 100_000_000
+    rng = np.random.default_rng(0)
+    reference = rng.standard_normal(n, dtype=np.float32)
+    candidate = reference + np.float32(1e-5) * rng.standard_normal(n, dtype=np.float32)
+    seconds = median_seconds(lambda: TensorDiff.from_arrays("t", reference, candidate), max(1, repeat // 2))
+    copy = median_seconds(lambda: np.subtract(candidate, reference), max(1, repeat // 2))
+    gbps = 2 * n * 4 / seconds / 1e9
+    return {"id": "e", "name": "metrics throughput on 100M float32 elements (both arrays' bytes / s)",
+            "measured_s": seconds, "baseline_s": copy, "ratio": seconds / copy, "value": gbps, "unit": "GB/s",
+            "baseline_name": "one numpy subtract of the same arrays", "target": ">= 1 GB/s", "ok": gbps >= 1.0}
+
+
+def _chain_model(path, blocks=40, size=(1, 32, 256, 256)):
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    nodes, inits, previous = [], [], "x"
+    rng = np.random.default_rng(0)
+    for i in range(blocks):
+        w = (np.eye(size[1]) + 0.05 * rng.standard_normal((size[1], size[1]))).astype(np.float32)
+        inits.append(numpy_helper.from_array(w.reshape(size[1], size[1], 1, 1), f"w{i}"))
+        inits.append(numpy_helper.from_array(np.float32(0.01) * np.ones(size[1], np.float32), f"b{i}"))
+        nodes.append(helper.make_node("Conv", [previous, f"w{i}", f"b{i}"], [f"c{i}"], name=f"conv{i}"))
+        nodes.append(helper.make_node("Tanh", [f"c{i}"], [f"t{i}"], name=f"tanh{i}"))
+        nodes.append(helper.make_node("Add", [f"t{i}", previous], [f"a{i}"], name=f"add{i}"))
+        previous = f"a{i}"
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, list(size))],
+                              [helper.make_tensor_value_info(previous, onnx.TensorProto.FLOAT, list(size))], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def figure_peak_rss(repeat: int, workdir: Path) -> dict:
+    from parity.converter import convert
+
+    onnx_path = _chain_model(workdir / "big.onnx", blocks=8)
+    mnn_path = workdir / "big.mnn"
+    convert(onnx_path, mnn_path)
+    code = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, "
+            "stderr=subprocess.DEVNULL); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)")
+
+    def peak(*args):
+        out = subprocess.run([sys.executable, "-c", code, sys.executable, "-m", "parity", "check", str(onnx_path),
+                              str(mnn_path), *args], capture_output=True, text=True, check=True).stdout
+        return float(out.strip().splitlines()[-1])
+
+    cap = 64
+    plain, capped, uncapped = peak(), peak("--layers", "--max-memory", f"{cap}M"), peak("--layers")
+    return {"id": "f", "name": f"peak RSS of --layers under --max-memory {cap}M (24 tensors of 8 MiB per framework)",
+            "measured_s": None, "value": capped, "unit": "MiB", "baseline_name": "plain check",
+            "baseline": plain, "uncapped": uncapped, "target": f"<= plain check + {cap} MiB ({plain + cap:.0f})",
+            "ok": capped <= plain + cap}
+
+
+def figure_layers_vs_bisection(repeat: int, workdir: Path) -> dict:
+    """MNN's own approach bisects: mark one tensor as output, convert, run both, compare."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from parity.backends.mnn import MnnBackend
+    from parity.converter import convert
+    from parity.layers import extract_subgraph
+
+    size = (1, 16, 32, 32)
+    good = _chain_model(workdir / "chain.onnx", blocks=40, size=size)
+    model = onnx.load(str(good))
+    for i, init in enumerate(model.graph.initializer):
+        if init.name == "w20":  # the bug: one changed weight in the middle of 120 nodes
+            w = numpy_helper.to_array(init).copy()
+            w[3, 5] += 2.0
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(w, "w20"))
+    bad_onnx = workdir / "chain_bad.onnx"
+    onnx.save(model, str(bad_onnx))
+    bad_mnn = workdir / "chain_bad.mnn"
+    convert(bad_onnx, bad_mnn)
+    values = [o for n in model.graph.node for o in n.output]
+    x = np.random.default_rng(0).standard_normal(size).astype(np.float32)
+
+    def bisect():
+        probes = 0
+        lo, hi = 0, len(values) - 1  # the first diverging value is in [lo, hi]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            probes += 1
+            cut = workdir / f"probe_{mid}.onnx"
+            onnx.save(extract_subgraph(onnx.load(str(good)), ["x"], [values[mid]]), str(cut))
+            cut_bad = workdir / f"probe_bad_{mid}.onnx"
+            onnx.save(extract_subgraph(model, ["x"], [values[mid]]), str(cut_bad))
+            convert(cut_bad, workdir / f"probe_{mid}.mnn")
+            ref = ort.InferenceSession(str(cut), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+            with MnnBackend(workdir / f"probe_{mid}.mnn") as mnn:
+                got = mnn.run({"x": x}).outputs
+            got = next(iter(got.values())).reshape(ref.shape)
+            if np.allclose(got, ref, atol=1e-3, rtol=1e-3):
+                lo = mid + 1
+            else:
+                hi = mid
+        return values[lo], probes
+
+    found, probes = bisect()
+    base = median_seconds(bisect, max(1, repeat // 2))
+
+    def ours():
+        proc = subprocess.run([sys.executable, "-m", "parity", "check", str(good), str(bad_mnn), "--layers",
+                               "--json", str(workdir / "chain.json")], cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode == 1, proc.stderr
+
+    measured = median_seconds(ours, max(1, repeat // 2))
+    report = json.loads((workdir / "chain.json").read_text())
+    where = report["verdict"]["where"]
+    return {"id": "g", "name": f"--layers with the verdict vs MNN-style bisection ({len(model.graph.node)} nodes, "
+            f"bug at conv20; bisection: {probes} conversions + runs, found {found}; parity: {where})",
+            "baseline_s": base, "measured_s": measured, "ratio": measured / base,
+            "target": "report the ratio (lower is better)", "ok": "conv20" in where or "c20" in where or "a20" in where}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
-    figures = [figure_layers_vs_plain(args.repeat), figure_capture_vs_polygraphy(args.repeat)]
-    for f in figures:
-        if f.get("skipped"):
-            print(f"({f['id']}) {f['name']}: skipped, {f['skipped']}")
-            continue
-        mark = "ok" if f["ok"] else "MISSED"
-        print(f"({f['id']}) {f['name']}: {f['measured_s']:.3f} s vs {f['baseline_s']:.3f} s "
-              f"= {f['ratio']:.2f}x, target {f['target']}: {mark}")
+    import tempfile
+
+    figures = []
+    with tempfile.TemporaryDirectory(prefix="parity-bench-") as tmp:
+        workdir = Path(tmp)
+        steps = [
+            lambda: figure_check_vs_hand_written(args.repeat),
+            lambda: figure_layers_vs_plain(args.repeat),
+            lambda: figure_capture_vs_polygraphy(args.repeat),
+            lambda: figure_help_start(args.repeat),
+            lambda: figure_metrics_throughput(args.repeat),
+            lambda: figure_peak_rss(args.repeat, workdir),
+            lambda: figure_layers_vs_bisection(args.repeat, workdir),
+        ]
+        for step in steps:
+            f = step()
+            figures.append(f)
+            _print(f)
     if args.json:
         args.json.write_text(json.dumps({"figures": figures}, indent=2))
+    missed = [f["id"] for f in figures if f.get("ok") is False]
+    print(f"{len(figures) - len(missed)} of {len(figures)} figures meet their target" +
+          (f"; missed: {', '.join(missed)}" if missed else ""))
     return 0
+
+
+def _print(f: dict) -> None:
+    if f.get("skipped"):
+        print(f"({f['id']}) {f['name']}: skipped, {f['skipped']}", flush=True)
+        return
+    mark = "ok" if f["ok"] else "MISSED"
+    if f["id"] == "f":
+        print(f"({f['id']}) {f['name']}: {f['value']:.0f} MiB; plain check {f['baseline']:.0f} MiB, "
+              f"--layers without a cap {f['uncapped']:.0f} MiB; target {f['target']}: {mark}", flush=True)
+    elif "value" in f:
+        print(f"({f['id']}) {f['name']}: {f['value']:.3g} {f['unit']} ({f['measured_s']:.3f} s; "
+              f"{f['baseline_name']}: {f['baseline_s']:.3f} s, ratio {f['ratio']:.2f}x); target {f['target']}: "
+              f"{mark}", flush=True)
+    else:
+        print(f"({f['id']}) {f['name']}: {f['measured_s']:.3f} s vs {f['baseline_s']:.3f} s "
+              f"= {f['ratio']:.2f}x, target {f['target']}: {mark}", flush=True)
 
 
 if __name__ == "__main__":
