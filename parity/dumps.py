@@ -177,14 +177,7 @@ def compare(
             if best is None or key < best[0]:
                 best = (key, diff, layout_steps)
         _, diff, layout_steps = best
-        outputs.append(OutputComparison(
-            passed=diff.passed, max_abs_diff=diff.max_abs_diff, max_rel_diff=diff.max_rel_diff,
-            mean_abs_diff=diff.mean_abs_diff, cosine=diff.cosine, mismatch_fraction=diff.mismatch_fraction,
-            alignment=tuple(steps) + tuple(layout_steps), kind=diff.kind, size=diff.size,
-            mismatch_count=diff.mismatch_count, exact_match_fraction=diff.exact_match_fraction,
-            reference_absmax=diff.reference_absmax, nan_reference=diff.nan_reference,
-            nan_candidate=diff.nan_candidate, inf_reference=diff.inf_reference,
-            inf_candidate=diff.inf_candidate, notes=diff.notes, **common))
+        outputs.append(OutputComparison.from_diff(diff, alignment=tuple(steps) + tuple(layout_steps), **common))
     comparison = Comparison("reference", "candidate", all(o.passed for o in outputs) and bool(outputs),
                             tuple(outputs))
     if usage:

@@ -77,28 +77,7 @@ def compare_outputs(
             continue
         steps.extend(align_steps)
         diff = TensorDiff.from_arrays(row_name, ref, aligned, tol)
-        results.append(
-            OutputComparison(
-                passed=diff.passed,
-                max_abs_diff=diff.max_abs_diff,
-                max_rel_diff=diff.max_rel_diff,
-                mean_abs_diff=diff.mean_abs_diff,
-                cosine=diff.cosine,
-                mismatch_fraction=diff.mismatch_fraction,
-                alignment=tuple(steps),
-                kind=diff.kind,
-                size=diff.size,
-                mismatch_count=diff.mismatch_count,
-                exact_match_fraction=diff.exact_match_fraction,
-                reference_absmax=diff.reference_absmax,
-                nan_reference=diff.nan_reference,
-                nan_candidate=diff.nan_candidate,
-                inf_reference=diff.inf_reference,
-                inf_candidate=diff.inf_candidate,
-                notes=diff.notes,
-                **common,
-            )
-        )
+        results.append(OutputComparison.from_diff(diff, alignment=steps, **common))
     for name in pairing.missing_in_candidate:
         results.append(OutputComparison(
             name=name, reference_name=name, candidate_name=None, passed=False,

@@ -60,6 +60,20 @@ class OutputComparison:
     notes: tuple = ()
     error: str | None = None  # why no figures could be computed (missing, unalignable)
 
+    @classmethod
+    def from_diff(cls, diff, *, alignment=(), **fields) -> "OutputComparison":
+        """From a ``metrics.TensorDiff`` plus the pairing fields (names, shapes, dtypes)."""
+        return cls(
+            passed=diff.passed, max_abs_diff=diff.max_abs_diff, max_rel_diff=diff.max_rel_diff,
+            mean_abs_diff=diff.mean_abs_diff, cosine=diff.cosine,
+            mismatch_fraction=diff.mismatch_fraction, alignment=tuple(alignment), kind=diff.kind,
+            size=diff.size, mismatch_count=diff.mismatch_count,
+            exact_match_fraction=diff.exact_match_fraction, reference_absmax=diff.reference_absmax,
+            nan_reference=diff.nan_reference, nan_candidate=diff.nan_candidate,
+            inf_reference=diff.inf_reference, inf_candidate=diff.inf_candidate, notes=diff.notes,
+            **fields,
+        )
+
 
 @dataclass(frozen=True)
 class LayerResult:

@@ -74,11 +74,11 @@ class Backend:
 
     @property
     def input_specs(self) -> list[TensorSpec]:
-        raise NotImplementedError
+        return self._inputs  # set by _open
 
     @property
     def output_specs(self) -> list[TensorSpec]:
-        raise NotImplementedError
+        return self._outputs
 
     @property
     def version(self) -> str:

@@ -114,14 +114,6 @@ class MnnBackend(Backend):
             self._worker = None
 
     @property
-    def input_specs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def output_specs(self) -> list[TensorSpec]:
-        return self._outputs
-
-    @property
     def version(self) -> str:
         return self._version
 

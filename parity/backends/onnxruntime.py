@@ -144,14 +144,6 @@ class OnnxRuntimeBackend(Backend):
         return RunResult(dict(zip(outputs, arrays)))
 
     @property
-    def input_specs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def output_specs(self) -> list[TensorSpec]:
-        return self._outputs
-
-    @property
     def version(self) -> str:
         return _import_ort().__version__
 
