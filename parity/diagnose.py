@@ -238,6 +238,22 @@ def diagnose(ctx: Context) -> Verdict:
     evidence.append({"experiment": "baseline", "setting": "as given", **base.to_dict(),
                      **({"note": probe.notes[0]} if probe.notes else {})})
 
+    # 0. the same run again: an MNN that differs from itself invalidates every comparison below
+    unstable = _repeatability(ctx)
+    if unstable is None:
+        evidence.append({"experiment": "repeat", "setting": "the same inputs, twice", "passed": True,
+                         "detail": "MNN gives the same outputs on both runs"})
+    else:
+        evidence.append({"experiment": "repeat", "setting": "the same inputs, twice", **unstable})
+        return Verdict(
+            "runtime", where,
+            f"MNN gives different outputs for the same inputs on two runs ({unstable['detail']}): a kernel "
+            f"reads uninitialised memory or races; the numbers at {probe.where} cannot be trusted",
+            evidence=tuple(evidence),
+            next_steps=("rerun with --mnn-threads 1 to see whether threading is involved",
+                        "report it with --repro DIR; MNN should be deterministic on CPU"),
+        )
+
     # a. runtime variants of the same file
     for name, change in RUNTIME_VARIANTS:
         say(f"diagnosing: MNN runtime variant {name}")
@@ -336,6 +352,27 @@ def diagnose(ctx: Context) -> Verdict:
         next_steps=("rerun with --layers --isolate all to see every failing layer",
                     "write a minimal reproduction with --repro DIR"),
     )
+
+
+def _repeatability(ctx: Context) -> dict | None:
+    """None when two runs of the candidate on the same feeds agree (to tolerance), else figures."""
+    first = ctx.candidate.run(ctx.feeds).outputs
+    second = ctx.candidate.run(ctx.feeds).outputs
+    for name, a in first.items():
+        b = second.get(name)
+        if b is None or a.shape != b.shape:
+            return {"detail": f"output {name!r} changed shape between runs", "passed": False}
+        if a.dtype.kind in "iub":
+            differ = int(np.count_nonzero(a != b))
+        else:
+            with np.errstate(invalid="ignore"):
+                same = np.isclose(a, b, rtol=ctx.tolerance.rtol, atol=ctx.tolerance.atol_for(
+                    float(np.nanmax(np.abs(a))) if a.size and np.isfinite(a).any() else 0.0), equal_nan=True)
+            differ = int(a.size - np.count_nonzero(same))
+        if differ:
+            return {"detail": f"{differ} of {a.size} elements of output {name!r} changed", "passed": False,
+                    "changed_elements": differ}
+    return None
 
 
 def _runtime_phrase(probe: Probe, variant: str) -> str:

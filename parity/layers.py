@@ -428,6 +428,7 @@ def compare_layers(
         report.notes.append(f"captured in {len(chunks)} chunks to hold at most {budget / 2**20:.0f} MiB "
                             f"of tensors at once (--max-memory)")
 
+    graph_outputs = set(graph.outputs)
     samples: dict[str, tuple] = {}
     failing_samples: dict[str, tuple] = {}
     results: dict[str, LayerResult] = {}
@@ -459,6 +460,20 @@ def compare_layers(
             pair = best_pair(ref, cands, tol, layer_rtol)
             if pair is None:
                 shapes = ", ".join(f"{n} {tuple(a.shape)}" for n, a in cands.items())
+                if v.name in graph_outputs and v.name in cands:
+                    # a graph output must match: a different size there is a divergence, not a
+                    # pairing problem (e.g. a pooling or reduction converted to another shape)
+                    cand = cands[v.name]
+                    results[v.name] = LayerResult(
+                        name=v.name, reference_name=entry.reference_name, candidate_name=v.name,
+                        op_type=v.op_type, candidate_op_type=op_types.get(v.name) if link[1] == "mnn" else v.op_type,
+                        module=entry.module or None, passed=False, max_abs_diff=None, max_rel_diff=None,
+                        cosine=None, mismatch_fraction=1.0, scaled_error=None, reference_absmax=None,
+                        reference_shape=tuple(ref.shape), candidate_shape=tuple(cand.shape),
+                        alignment=(f"shape differs: reference {tuple(ref.shape)}, candidate {tuple(cand.shape)}",),
+                        status="fail", index=v.index)
+                    chosen[v.name] = _Pair(v.name, None, (), None, False, tuple(cand.shape))
+                    continue
                 report.unpaired.append(Unpaired(v.name, f"element count differs: reference {tuple(ref.shape)}, candidate {shapes}"))
                 continue
             steps = pair.steps

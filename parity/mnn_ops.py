@@ -392,6 +392,8 @@ def _same_values(main, inputs, _):
     return inputs[0]
 
 
+_VALUE_PRESERVING = {"ConvertTensor", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Copy"}
+
 # -- the experiment --------------------------------------------------------------------------
 def _const_value(op_json):
     main = op_json.get("main") or {}
@@ -434,6 +436,16 @@ def check_op(ctx, probe, workdir: Path) -> dict:
     op_json = producers.get(target)
     if op_json is None:
         return {"kind": None, "summary": f"no op produces {target!r} in the MNN graph dump"}
+    # Ops that only move values (layout, shape) cannot explain wrong values: the op that made
+    # them can. Walk up to it.
+    walked = []
+    while op_json["type"] in _VALUE_PRESERVING and len(op_json.get("inputIndexes", [])) >= 1:
+        source = names[op_json["inputIndexes"][0]]
+        upstream = producers.get(source)
+        if upstream is None or upstream["type"] in ("Input", "Const"):
+            break
+        walked.append(op_json["type"])
+        target, op_json = source, upstream
     op_type = op_json["type"]
     if op_type not in _OPS:
         return {"kind": None, "op": op_type,
@@ -463,7 +475,22 @@ def check_op(ctx, probe, workdir: Path) -> dict:
         return {"kind": None, "op": op_type,
                 "summary": f"numpy reference of MNN {op_type} failed: {type(exc).__name__}: {exc}"}
     kernel = np.asarray(values[target])
-    onnx_value = probe.reference_values([layer.name])[layer.name]
+    onnx_value = np.asarray(probe.reference_values([layer.name])[layer.name])
+    if walked and kernel.size == onnx_value.size:
+        onnx_value = onnx_value.reshape(kernel.shape)
+    shapes = {"kernel": list(kernel.shape), "numpy_op": list(expected_by_op.shape),
+              "onnxruntime": list(onnx_value.shape)}
+    if expected_by_op.size == kernel.size != onnx_value.size:
+        return {"kind": "conversion", "op": op_type, "shapes": shapes, "summary": (
+            f"the converted MNN op {op_type} {op_json.get('name')!r} produces {tuple(kernel.shape)} where the "
+            f"ONNX graph produces {tuple(onnx_value.shape)} at {probe.where}; evaluating the op as the .mnn "
+            f"defines it gives MNN's shape, so its parameters mean something else"),
+            "next_steps": ["report the converter bug with --repro DIR; the op's parameters are in the evidence"]}
+    if expected_by_op.size == onnx_value.size != kernel.size:
+        return {"kind": "runtime", "op": op_type, "shapes": shapes, "summary": (
+            f"MNN's {op_type} kernel produces {tuple(kernel.shape)} where its own op definition (and ONNX "
+            f"Runtime) give {tuple(onnx_value.shape)} at {probe.where}"),
+            "next_steps": ["report the kernel bug with --repro DIR"]}
     kernel_vs_op = _scaled(kernel, expected_by_op)
     op_vs_onnx = _scaled(expected_by_op, onnx_value)
     kernel_vs_onnx = _scaled(kernel, onnx_value)
@@ -472,7 +499,8 @@ def check_op(ctx, probe, workdir: Path) -> dict:
     if isinstance((op_json.get("main") or {}).get("common"), dict):
         params = {k: v for k, v in op_json["main"]["common"].items()}
     record = {
-        "op": op_type, "mnn_op_name": op_json.get("name"), "parameters": params,
+        "op": op_type, "mnn_op_name": op_json.get("name"), "parameters": params, "shapes": shapes,
+        **({"walked_past": walked} if walked else {}),
         "kernel_vs_numpy_op": kernel_vs_op, "numpy_op_vs_onnxruntime": op_vs_onnx,
         "kernel_vs_onnxruntime": kernel_vs_onnx,
     }

@@ -101,7 +101,7 @@ def _close(actual, expected) -> bool:
                             equal_nan=True))
 
 
-def run_one(test: Path, workdir: Path) -> dict:
+def run_one(test: Path, workdir: Path, strict: bool = False) -> dict:
     """Everything about one node test; runs inside a child process."""
     import numpy as np
 
@@ -137,7 +137,11 @@ def run_one(test: Path, workdir: Path) -> dict:
     pairs = list(zip(names, mnn_names)) if len(names) == len(mnn_names) else []
     mnn_right = bool(pairs) and all(_close(mnn_out[m], expected[n]) for n, m in pairs)
     try:
-        report = check([test / "model.onnx", mnn_path], inputs=feeds, timeout=60, allow_nonfinite=True)
+        from parity.metrics import Tolerance
+
+        tolerance = Tolerance(atol=1e-7, rtol=1e-3) if strict else Tolerance()
+        report = check([test / "model.onnx", mnn_path], inputs=feeds, timeout=60, allow_nonfinite=True,
+                       tolerance=tolerance)
     except ParityError as exc:
         return dict(record, status="parity error", mnn_right=mnn_right, detail=str(exc)[:300])
     flagged = not report.passed
@@ -149,9 +153,9 @@ def run_one(test: Path, workdir: Path) -> dict:
                 summary=report.verdict.summary[:400], op=first.op_type if first else None)
 
 
-def _child(test: str) -> None:
+def _child(test: str, strict: bool = False) -> None:
     with tempfile.TemporaryDirectory(prefix="parity-sweep-") as d:
-        result = run_one(Path(test), Path(d))
+        result = run_one(Path(test), Path(d), strict=strict)
     print("SWEEP-RESULT " + json.dumps(result))
 
 
@@ -162,10 +166,15 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=0, help="only the first N tests")
     parser.add_argument("--filter", default="", help="only tests whose name contains this")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per test")
+    parser.add_argument("--strict", action="store_true",
+                        help="check at the ground truth's own tolerance (--atol 1e-7 --rtol 1e-3) instead "
+                             "of parity's defaults, which tolerate MNN's tanh-GELU and Winograd differences")
+    parser.add_argument("--rerun", type=Path, metavar="SUMMARY.json",
+                        help="only the tests a previous run found MNN wrong in (or flagged)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        _child(args.one)
+        _child(args.one, strict=args.strict)
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     data = args.out / "data"
@@ -175,6 +184,11 @@ def main(argv=None) -> int:
     else:
         tests = sorted(p for p in (data / "node").iterdir() if (p / "model.onnx").exists())
     tests = [t for t in tests if args.filter in t.name]
+    if args.rerun:
+        previous = json.loads(args.rerun.read_text())["results"]
+        keep = {r["test"] for r in previous if r.get("status") == "compared" and
+                (not r.get("mnn_right") or not r.get("parity_passed"))}
+        tests = [t for t in tests if t.name in keep]
     if args.limit:
         tests = tests[: args.limit]
     started = time.time()
@@ -182,7 +196,8 @@ def main(argv=None) -> int:
 
     def one(test: Path) -> dict:
         try:
-            proc = subprocess.run([sys.executable, __file__, "--one", str(test)], capture_output=True,
+            proc = subprocess.run([sys.executable, __file__, "--one", str(test)] + (["--strict"] if args.strict else []),
+                                  capture_output=True,
                                   text=True, timeout=args.timeout, env=dict(os.environ, PYTHONPATH=str(ROOT)))
         except subprocess.TimeoutExpired:
             return {"test": test.name, "status": "timeout"}

@@ -119,3 +119,52 @@ def test_convert_failure_is_a_clean_error(tmp_path):
     assert result.code in (ExitCode.MODEL_OR_INPUT, ExitCode.BACKEND)
     assert "Traceback" not in result.err and result.err.startswith("Error:")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.onnx"]
+
+
+def test_real_mnn_kernel_bug_is_runtime_at_that_op(tmp_path):
+    """MNN 3.6's CPU Less kernel is wrong on ~20% of float elements (found by the ONNX node test
+    test_less through scripts/onnx_node_sweep.py); here it sits inside a small model."""
+    from onnx import TensorProto
+
+    inits = [numpy_helper.from_array(np.array([0.1], np.float32), "shift"),
+             numpy_helper.from_array(np.array([3.0], np.float32), "three")]
+    onnx_path = save_model(
+        [helper.make_node("Add", ["x", "shift"], ["xs"], name="add"),
+         helper.make_node("Less", ["xs", "y"], ["lt"], name="less"),
+         helper.make_node("Cast", ["lt"], ["ltf"], to=TensorProto.FLOAT, name="cast"),
+         helper.make_node("Mul", ["ltf", "three"], ["out"], name="scale")],
+        [tensor("x", shape=[3, 4, 5]), tensor("y", shape=[3, 4, 5])], [tensor("out", shape=[3, 4, 5])],
+        tmp_path / "less.onnx", initializers=inits)
+    result = run_parity("check", onnx_path, to_mnn(onnx_path), "--json", "-")
+    assert result.code == ExitCode.MISMATCH, result.err
+    report = result.json()
+    verdict = report["verdict"]
+    assert verdict["kind"] == "runtime", verdict
+    divergence = report["comparisons"][0]["first_divergence"]
+    assert divergence["nodes"] == ["less"] and "Less" in verdict["where"]
+    numpy_check = next(e for e in verdict["evidence"] if e["experiment"] == "numpy reference of the MNN op")
+    assert numpy_check["op"] == "BinaryOp" and numpy_check["parameters"]["opType"] == "LESS"
+    assert numpy_check["numpy_op_vs_onnxruntime"] == 0 and numpy_check["kernel_vs_numpy_op"] > 0
+    # every cheaper experiment was run first and changed nothing
+    assert [e["experiment"] for e in verdict["evidence"]][:3] == ["baseline", "repeat", "runtime variant"]
+
+
+def test_real_converter_bug_is_conversion_at_that_op(tmp_path):
+    """MNN's converter drops ArgMax's select_last_index (found by the ONNX node tests
+    test_argmax_*_select_last_index); after a Relu, ties make it matter."""
+    from onnx import TensorProto
+
+    onnx_path = save_model(
+        [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+         helper.make_node("ArgMax", ["r"], ["idx"], axis=1, keepdims=0, select_last_index=1, name="argmax"),
+         helper.make_node("Cast", ["idx"], ["idxf"], to=TensorProto.FLOAT, name="cast")],
+        [tensor("x", shape=[8, 6])], [tensor("idxf", shape=[8])], tmp_path / "argmax.onnx")
+    result = run_parity("check", onnx_path, to_mnn(onnx_path), "--json", "-")
+    assert result.code == ExitCode.MISMATCH, result.err
+    report = result.json()
+    verdict = report["verdict"]
+    assert verdict["kind"] == "conversion", verdict
+    assert report["comparisons"][0]["first_divergence"]["nodes"] == ["argmax"] and "ArgMax" in verdict["where"]
+    numpy_check = next(e for e in verdict["evidence"] if e["experiment"] == "numpy reference of the MNN op")
+    assert numpy_check["op"] == "ArgMax" and numpy_check["kernel_vs_numpy_op"] == 0
+    assert numpy_check["numpy_op_vs_onnxruntime"] > 0
