@@ -144,6 +144,9 @@ def _pooling(main, inputs, _):
             y0, x0 = i * sh - top, j * sw - left
             y1, x1 = y0 + kh, x0 + kw
             window = x[:, :, max(y0, 0):min(y1, h), max(x0, 0):min(x1, w)]
+            if window.size == 0:  # a window wholly in the padding (ceil mode): no value
+                out[:, :, i, j] = np.nan
+                continue
             if is_max:
                 out[:, :, i, j] = window.max(axis=(2, 3))
             else:
@@ -421,6 +424,80 @@ def _scaled(a, b) -> float:
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12)) if a.size else 0.0
 
 
+# ONNX attribute -> words of the MNN parameters that carry it (beyond the same name)
+_ALIASES = {
+    "mode": ("resizetype", "type", "mode", "operation"), "countincludepad": ("counttype",),
+    "ceilmode": ("ceilmodel",), "autopad": ("padmode", "padtype"), "kernelshape": ("kernel",),
+    "strides": ("stride",), "dilations": ("dilate",), "pads": ("pad",),
+    "coordinatetransformationmode": ("ctm", "halfpixel", "aligncorners"), "axes": ("dim", "axis"),
+    "axis": ("axis", "dim"), "alpha": ("alpha", "slope"), "perm": ("dims",), "to": ("dstt",),
+    "fmod": ("optype",), "transa": ("transposea",), "transb": ("transposeb",),
+    "keepdims": ("keepdims",), "direction": ("isbidirectional", "direction"),
+}
+
+
+def _norm(name: str) -> str:
+    return name.replace("_", "").lower()
+
+
+def _flat_params(value, prefix="") -> dict:
+    out = {}
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out.update(_flat_params(v, k))
+    elif prefix:
+        out[prefix] = value
+    return out
+
+
+def dropped_attributes(graph, value_name: str, op_json: dict) -> dict | None:
+    """When no numpy reference exists: ONNX attributes set to a non-default value that the
+    converted MNN op has no parameter for. A setting with nowhere to go in the converted op is
+    evidence the conversion lost it (e.g. Resize antialias, ArgMax select_last_index)."""
+    import onnx
+    from onnx import helper
+
+    value = graph.producer.get(value_name)
+    if value is None:
+        return None
+    node = next((n for n in graph.model.graph.node if n.name == value.node_name and value_name in n.output), None)
+    if node is None:
+        return None
+    opset = next((o.version for o in graph.model.opset_import if o.domain in ("", "ai.onnx")), None)
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset or onnx.defs.onnx_opset_version(), node.domain)
+    except Exception:
+        return None
+    params = {_norm(k): v for k, v in _flat_params(op_json.get("main") or {}).items()}
+    lost = []
+    for attr in node.attribute:
+        given = helper.get_attribute_value(attr)
+        spec = schema.attributes.get(attr.name)
+        if spec is None:
+            continue
+        default = helper.get_attribute_value(spec.default_value) if spec.default_value.name else None
+        if isinstance(given, bytes):
+            given = given.decode(errors="replace")
+        if isinstance(default, bytes):
+            default = default.decode(errors="replace")
+        if default is not None and given == default:
+            continue
+        key = _norm(attr.name)
+        words = (key,) + _ALIASES.get(key, ())
+        if any(w in p or (p in w and len(p) >= 3) for w in words for p in params):
+            continue
+        lost.append(f"{attr.name}={given!r}")
+    if not lost:
+        return None
+    return {"kind": "conversion", "op": op_json["type"], "onnx_op": node.op_type, "dropped": lost,
+            "parameters": {k: v for k, v in _flat_params(op_json.get("main") or {}).items()
+                           if not isinstance(v, list) or len(v) <= 8},
+            "summary": (f"the ONNX {node.op_type} node {node.name!r} sets {', '.join(lost)}, and the converted MNN "
+                        f"{op_json['type']} op has no parameter that carries it: the conversion drops it "
+                        f"(no numpy reference of MNN {op_json['type']} to confirm by evaluation)"),
+            "next_steps": ["avoid the attribute in the export, or report the converter gap with --repro DIR"]}
+
+
 def check_op(ctx, probe, workdir: Path) -> dict:
     """Experiment (c) of diagnose: MNN's kernel vs numpy(MNN op) vs ONNX Runtime."""
     layer = probe.layer
@@ -448,6 +525,9 @@ def check_op(ctx, probe, workdir: Path) -> dict:
         target, op_json = source, upstream
     op_type = op_json["type"]
     if op_type not in _OPS:
+        dropped = dropped_attributes(ctx.graph, layer.name, op_json)
+        if dropped:
+            return dropped
         return {"kind": None, "op": op_type,
                 "summary": f"no numpy reference for MNN op type {op_type} (have: {', '.join(supported())})"}
     inputs, captured = [], []

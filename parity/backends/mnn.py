@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from parity.backends.base import Backend, RunResult, check_model_file
+from parity.backends.base import Backend, RunResult, check_model_file, conform_feeds
 from parity.backends.worker import Worker
 from parity.errors import FrameworkMissing, ModelError
 from parity.specs import TensorMap, TensorSpec
@@ -22,6 +22,18 @@ def _looks_like_onnx(path) -> bool:
         return len(model.graph.node) > 0
     except Exception:
         return False
+
+
+def _mnn_array(array: np.ndarray) -> np.ndarray:
+    """MNN takes no int64 or bool tensors: int32 when every value fits, as ONNX ints are fed."""
+    array = np.asarray(array)
+    if array.dtype == np.bool_:
+        return array.astype(np.int32)
+    if array.dtype == np.int64:
+        cast = array.astype(np.int32)
+        if np.array_equal(cast, array):
+            return cast
+    return array
 
 
 class MnnBackend(Backend):
@@ -146,10 +158,12 @@ class MnnBackend(Backend):
 
     def capture(self, feeds: TensorMap, names: list[str], *, cache: bool = True) -> RunResult:
         """Run once, returning the named intermediate tensors (converted to NCHW)."""
-        return self._call_run(feeds, list(names), cut=False, cache=cache, step="capturing tensors of")
+        prepared, _ = conform_feeds(self.input_specs, feeds, self.label, allow_casts=True, check_dims=False)
+        return self._call_run(prepared, list(names), cut=False, cache=cache, step="capturing tensors of")
 
     def run_cut(self, tensors: TensorMap, outputs: list[str]) -> RunResult:
         """Feed ``tensors`` (intermediate names) into the graph cut there; return ``outputs``."""
+        tensors = {name: _mnn_array(array) for name, array in tensors.items()}
         return self._call_run(tensors, list(outputs), cut=True, cache=False, step="running a cut of")
 
     def _run(self, feeds: TensorMap, outputs: list[str] | None = None) -> RunResult:
