@@ -390,6 +390,72 @@ def _layer_norm(main, inputs, _):
     return y
 
 
+def _onnx_reference(op_type: str, inputs: list, attributes: dict, opset: int, n_outputs: int = 1):
+    """Evaluate one ONNX op with onnx's own numpy reference implementation."""
+    import onnx
+    from onnx import helper
+    from onnx.reference import ReferenceEvaluator
+
+    names = [f"i{k}" if x is not None else "" for k, x in enumerate(inputs)]
+    node = helper.make_node(op_type, names, [f"o{k}" for k in range(n_outputs)], **attributes)
+    graph = helper.make_graph(
+        [node], "ref",
+        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(x.dtype), None)
+         for n, x in zip(names, inputs) if n],
+        [helper.make_tensor_value_info(f"o{k}", onnx.TensorProto.UNDEFINED, None) for k in range(n_outputs)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    feeds = {n: x for n, x in zip(names, inputs) if n}
+    return ReferenceEvaluator(model).run(None, feeds)[0]
+
+
+_INTERP_MODES = {1: ("nearest", "floor"), 2: ("linear", None), 3: ("cubic", None),
+                 4: ("nearest", "round_prefer_floor")}
+_CTM = {"HalfPixels": "half_pixel", "AlignCorners": "align_corners", "Asymmetric": "asymmetric",
+        "PytorchHalfPixels": "pytorch_half_pixel", "TensorflowHalfPixels": "tf_half_pixel_for_nn",
+        "TensorflowCropAndResize": "tf_crop_and_resize", "NotSet": None}
+
+
+@op("Interp")
+def _interp(main, inputs, _):
+    """MNN's Interp, through ONNX Resize semantics for the same mode, coordinate transform
+    and cubic coefficient (what MNN's parameters say, nothing more)."""
+    x = inputs[0].astype(np.float32)
+    mode, nearest = _INTERP_MODES.get(main.get("resizeType", 1), ("nearest", "floor"))
+    ctm = _CTM.get(main.get("ctm", "NotSet"))
+    if ctm is None:
+        ctm = "align_corners" if main.get("alignCorners") else "half_pixel" if main.get("halfPixelCenters") else "asymmetric"
+    attributes = {"mode": mode, "coordinate_transformation_mode": ctm,
+                  "cubic_coeff_a": float(main.get("cubicCoeffA", -0.75))}
+    if nearest:
+        attributes["nearest_mode"] = nearest
+    shape = None
+    if main.get("outputHeight") and main.get("outputWidth"):
+        shape = [x.shape[0], x.shape[1], main["outputHeight"], main["outputWidth"]]
+    elif len(inputs) > 1 and inputs[1] is not None:
+        extra = np.asarray(inputs[1]).reshape(-1)
+        if extra.dtype.kind == "f" and extra.size == x.ndim:
+            scales = extra.astype(np.float32)
+            return _onnx_reference("Resize", [x, None, scales], attributes, 19)
+        if extra.dtype.kind in "iu":
+            shape = [int(v) for v in extra][-x.ndim:] if extra.size >= x.ndim else \
+                list(x.shape[: x.ndim - extra.size]) + [int(v) for v in extra]
+        elif extra.size == 2:  # MNN's (height, width) scales
+            scales = np.array([1, 1, *extra], np.float32)
+            return _onnx_reference("Resize", [x, None, scales], attributes, 19)
+    if shape is None:
+        scales = np.array([1, 1, main.get("heightScale") or 1, main.get("widthScale") or 1], np.float32)
+        return _onnx_reference("Resize", [x, None, scales], attributes, 19)
+    return _onnx_reference("Resize", [x, None, None, np.array(shape, np.int64)], attributes, 19)
+
+
+@op("GridSample")
+def _grid_sample(main, inputs, _):
+    mode = {"BILINEAR": "linear", "NEAREST": "nearest", "BICUBIC": "cubic"}.get(main.get("mode", "BILINEAR"), "linear")
+    padding = {"ZEROS": "zeros", "BORDER": "border", "REFLECTION": "reflection"}.get(main.get("paddingMode", "ZEROS"), "zeros")
+    return _onnx_reference("GridSample", [inputs[0].astype(np.float32), inputs[1].astype(np.float32)],
+                           {"mode": mode, "padding_mode": padding, "align_corners": int(bool(main.get("alignCorners")))}, 20)
+
+
 @op("Squeeze", "Unsqueeze", "Flatten", "ConvertTensor")
 def _same_values(main, inputs, _):
     return inputs[0]

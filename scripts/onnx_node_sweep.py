@@ -150,7 +150,9 @@ def run_one(test: Path, workdir: Path, strict: bool = False) -> dict:
     first = report.comparisons[0].first_divergence
     return dict(record, status="compared", mnn_right=mnn_right, parity_passed=report.passed,
                 outcome=outcome, verdict=report.verdict.kind, where=report.verdict.where,
-                summary=report.verdict.summary[:400], op=first.op_type if first else None)
+                summary=report.verdict.summary[:400], op=first.op_type if first else None,
+                mnn_op=next((e.get("op") for e in report.verdict.evidence
+                             if e.get("experiment") == "numpy reference of the MNN op"), None))
 
 
 def _child(test: str, strict: bool = False) -> None:
