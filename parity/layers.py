@@ -416,7 +416,7 @@ def compare_layers(
     chunks, current, used = [], [], 0
     for entry in entries:
         cost = sizes.get(entry.value.name, fallback) * (1 + len(entry.candidate_names))
-        if current and used + cost > budget // 2:
+        if current and used + cost > budget // 4:  # a quarter for held tensors, the rest for the frameworks at work
             chunks.append(current)
             current, used = [], 0
         current.append(entry)
@@ -425,8 +425,8 @@ def compare_layers(
         chunks.append(current)
     report.chunks = len(chunks)
     if len(chunks) > 1:
-        report.notes.append(f"captured in {len(chunks)} chunks to hold at most {budget / 2**20:.0f} MiB "
-                            f"of tensors at once (--max-memory)")
+        report.notes.append(f"captured in {len(chunks)} chunks to hold at most {budget / 4 / 2**20:.0f} MiB "
+                            f"of tensors at once, within --max-memory {budget / 2**20:.0f} MiB")
 
     graph_outputs = set(graph.outputs)
     samples: dict[str, tuple] = {}
@@ -493,6 +493,8 @@ def compare_layers(
             if not pair.passed:
                 failing_samples[v.name] = _sample(pair.aligned)
         del ref_run, cand_arrays
+        if not single:
+            _release_memory()
 
     # A failing MNN tensor whose values are those of a value just downstream holds a fused
     # result under an earlier name: not a divergence, not a pair.
@@ -602,6 +604,17 @@ def diff_histogram(reference: np.ndarray, candidate: np.ndarray, low: int = -12,
     counts = np.bincount((logs - low).astype(np.int64), minlength=high - low) if positive.size else np.zeros(high - low, np.int64)
     return {"edges": list(range(low, high + 1)), "counts": [int(c) for c in counts], "zeros": zeros,
             "non_finite": int(np.count_nonzero(~finite))}
+
+
+def _release_memory() -> None:
+    """Give freed heap pages back to the OS between chunks (glibc keeps them otherwise), so the
+    process's resident size follows what is held, not what was ever held."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _replace(layer: LayerResult, **changes) -> LayerResult:

@@ -111,12 +111,6 @@ def _crash_in_converter(d):
     return ["convert", "max1.onnx"]
 
 
-def _crash_in_converter_logsoftmax(d):
-    save_model([helper.make_node("LogSoftmax", ["x"], ["y"])], [tensor("x", shape=[2, 3])],
-               [tensor("y", shape=[2, 3])], d / "lsm.onnx", opset=11)
-    return ["convert", "lsm.onnx"]
-
-
 def _nan_outputs(d):
     """Sqrt of negative inputs: NaN on both sides, which matches (NaN == NaN)."""
     onnx_path = save_model([helper.make_node("Sqrt", ["x"], ["y"])], [tensor("x", shape=[2, 8])],
@@ -228,7 +222,7 @@ CASES = [
     Case("crash at run", _crash_at_run, BACKEND, "SIGFPE"),
     Case("crash at load", _crash_at_load, BACKEND, "while loading pool.mnn"),
     Case("crash in converter (Max)", _crash_in_converter, BACKEND, "while converting max1.onnx"),
-    Case("crash in converter (LogSoftmax)", _crash_in_converter_logsoftmax, BACKEND, "SIGSEGV"),
+    # (LogSoftmax without axis also crashes MNN's converter, but not on every run: left out)
     Case("timeout", lambda d: ["check", *_cnn(d), "--timeout", "0.001"], BACKEND, "--timeout"),
     Case("timeout in converter", lambda d: (_copy(d, "cnn.onnx"), ["convert", "cnn.onnx", "--timeout", "0.001"])[1],
          BACKEND, "within"),

@@ -56,6 +56,9 @@ class OnnxRuntimeBackend(Backend):
         ort = _import_ort()
         so = ort.SessionOptions()
         so.log_severity_level = 3
+        # no arena: memory a run frees goes back, so per-layer capture and diagnosis runs that
+        # follow do not sit on top of the first run's high-water mark
+        so.enable_cpu_mem_arena = False
         if self.threads:
             so.intra_op_num_threads = self.threads
         so.graph_optimization_level = {
