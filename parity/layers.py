@@ -492,7 +492,9 @@ def compare_layers(
             chosen[v.name] = _Pair(pair.candidate_name, None, pair.steps, d, pair.passed, pair.candidate_shape)
             if not pair.passed:
                 failing_samples[v.name] = _sample(pair.aligned)
+        # drop every reference to this chunk's arrays before the next capture runs
         del ref_run, cand_arrays
+        ref = cands = pair = None  # noqa: F841
         if not single:
             _release_memory()
 

@@ -564,13 +564,24 @@ def dropped_attributes(graph, value_name: str, op_json: dict) -> dict | None:
             "next_steps": ["avoid the attribute in the export, or report the converter gap with --repro DIR"]}
 
 
+def load_dump(path) -> dict:
+    """MNN's JSON dump writes bare inf / nan tokens; JSON (and Python's parser) wants
+    Infinity / NaN."""
+    import re
+
+    text = Path(path).read_text()
+    text = re.sub(r"(?<=[\s\[,:])(-?)inf(?=[\s,\]}])", r"\1Infinity", text)
+    text = re.sub(r"(?<=[\s\[,:])-?nan(?=[\s,\]}])", "NaN", text)
+    return json.loads(text)
+
+
 def check_op(ctx, probe, workdir: Path) -> dict:
     """Experiment (c) of diagnose: MNN's kernel vs numpy(MNN op) vs ONNX Runtime."""
     layer = probe.layer
     target = layer.candidate_name
     json_path = Path(workdir) / "graph.json"
     ctx.candidate.dump_json(json_path)
-    graph = json.loads(json_path.read_text())
+    graph = load_dump(json_path)
     names = graph["tensorName"]
     producers = {}
     for entry in graph["oplists"]:
