@@ -202,6 +202,11 @@ def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, allow_nonf
         parity check model.pt2 model.onnx model.mnn
         parity check --torch net.py:build model.onnx model.mnn
     """
+    if any(str(m).lower().endswith(".mnn") for m in models):
+        # MNN's child process starts importing MNN now, while parity imports the rest
+        from parity.backends.worker import prestart
+
+        prestart("mnn", "parity.backends.mnn_child")
     if torch_spec:
         models = (torch_spec, *models)
     from parity import pipeline
@@ -255,7 +260,6 @@ def _run_check(pipeline, models, atol, rtol, seed, shapes, inputs_path, save_inp
 
 def _emit(report, json_path, no_color, html_path=None, junit_path=None, explorer_path=None) -> None:
     from parity.inputs import write_atomic
-    from parity.render import text
 
     if html_path:
         from parity.render import html
@@ -276,6 +280,8 @@ def _emit(report, json_path, no_color, html_path=None, junit_path=None, explorer
     else:
         if json_path:
             write_atomic(json_path, report.to_json().encode(), "--json")
+        from parity.render import text
+
         text.render(report, sys.stdout, color=False if no_color else None)
     sys.stdout.flush()
     raise SystemExit(int(report.exit_code))

@@ -79,7 +79,9 @@ class MnnBackend(Backend):
                 raise ImportError
         except ImportError:
             raise FrameworkMissing("MNN", "pip install MNN") from None
-        self._worker = Worker("mnn", timeout=self.timeout).start()
+        from parity.backends import worker as worker_mod
+
+        self._worker = worker_mod.take("mnn", timeout=self.timeout)
         self._worker.submit(
                 f"{_CHILD}:load",
                 step=f"loading {self.path.name}",

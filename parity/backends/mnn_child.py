@@ -21,6 +21,11 @@ _PRECISIONS = {"normal": 0, "high": "high", "low": "low", "low_bf16": "Low_BF16"
 
 _state: dict = {}
 
+try:  # imported ahead of the first request when the worker is prestarted (worker.prestart)
+    import MNN  # noqa: F401
+except ImportError:  # reported by load() as a framework error
+    pass
+
 
 def _mnn():
     import MNN

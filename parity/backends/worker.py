@@ -82,7 +82,9 @@ class Worker:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def start(self) -> "Worker":
+    def start(self, preload: str | None = None) -> "Worker":
+        """Spawn the child; with ``preload`` (a parity module) it imports that at once, so its
+        framework loads while the parent is still busy with its own imports."""
         self.dir = Path(tempfile.mkdtemp(prefix="parity-"))
         parent_end, child_end = socket.socketpair()
         env = dict(os.environ)
@@ -91,7 +93,8 @@ class Worker:
         self._log = open(self.dir / "worker.log", "wb")
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "parity.backends.worker", str(child_end.fileno())],
+                [sys.executable, "-m", "parity.backends.worker", str(child_end.fileno())]
+                + ([preload] if preload else []),
                 pass_fds=(child_end.fileno(),),
                 cwd=self.dir,
                 stdin=subprocess.DEVNULL,
@@ -174,18 +177,12 @@ class Worker:
 
     def close(self) -> None:
         if self._conn is not None:
-            try:
-                if self._proc.poll() is None:
-                    self._conn.send(None)
-            except OSError:
-                pass
             self._conn.close()
             self._conn = None
         if self._proc is not None:
-            try:
-                self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.kill()
+            # The child is idle between requests and holds nothing worth a graceful exit;
+            # MNN's teardown alone takes tens of milliseconds.
+            self.kill()
             self._proc = None
         if self._log is not None:
             self._log.close()
@@ -193,6 +190,41 @@ class Worker:
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
+
+
+# Children started ahead of need (see prestart), by framework.
+_POOL: dict[str, list] = {}
+
+
+def prestart(framework: str, preload: str, count: int = 1) -> None:
+    """Start ``count`` children for ``framework`` now, importing ``preload`` in them, for a
+    later ``Worker.take`` to pick up. The CLI calls this first thing, so the framework's
+    import overlaps parity's own start-up. Unused children are killed at exit."""
+    import atexit
+
+    if not _POOL:
+        atexit.register(_drain)
+    for _ in range(count):
+        _POOL.setdefault(framework, []).append(Worker(framework).start(preload=preload))
+
+
+def take(framework: str, *, timeout: float = 300.0) -> Worker:
+    """A started child for ``framework``: a prestarted one if any is left, else a new one."""
+    pool = _POOL.get(framework)
+    while pool:
+        worker = pool.pop()
+        if worker._proc is not None and worker._proc.poll() is None:
+            worker.timeout = timeout
+            return worker
+        worker.close()
+    return Worker(framework, timeout=timeout).start()
+
+
+def _drain() -> None:
+    for workers in _POOL.values():
+        for worker in workers:
+            worker.close()
+    _POOL.clear()
 
 
 # -- child side ------------------------------------------------------------------------------
@@ -216,10 +248,15 @@ def _resolve(function: str):
     return getattr(importlib.import_module(module_name), attr)
 
 
-def serve(fd: int) -> None:
+def serve(fd: int, preload: str | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and kills us
     _die_with_parent()
     conn = Connection(fd)
+    if preload and preload.startswith("parity."):
+        try:
+            importlib.import_module(preload)
+        except Exception:  # a failed preload surfaces, classified, on the first request
+            pass
     while True:
         try:
             message = conn.recv()
@@ -247,4 +284,4 @@ if __name__ == "__main__":
     # modules is the same class that serve catches.
     from parity.backends.worker import serve as _serve
 
-    _serve(int(sys.argv[1]))
+    _serve(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else None)
