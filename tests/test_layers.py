@@ -18,7 +18,9 @@ def mnn_tensor_names(path) -> set:
     """Names in an .mnn file, read by MNN itself in a separate process (not by parity)."""
     code = "import sys, json, MNN; print(json.dumps(list(MNN.expr.load_as_dict(sys.argv[1]))))"
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
-    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+    # MNN prints a banner from C, whose buffer may flush before or after Python's
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("["))
+    return set(json.loads(line))
 
 
 def onnx_values(path) -> list:
