@@ -72,19 +72,25 @@ def to_mnn(onnx_path, mnn_path=None) -> Path:
     return mnn_path
 
 
-def alter_initializer(src, dst, name: str, index=0, delta=1.0) -> Path:
-    """Copy ``src`` with one element of initializer ``name`` moved by ``delta``."""
+def _edit_initializer(src, dst, name: str, edit) -> Path:
     model = onnx.load(str(src))
     for i, init in enumerate(model.graph.initializer):
         if init.name == name:
             array = numpy_helper.to_array(init).copy()
-            array.flat[index] += delta
+            edit(array)
             model.graph.initializer[i].CopyFrom(numpy_helper.from_array(array, name))
             break
     else:
         raise KeyError(name)
     onnx.save(model, str(dst))
     return Path(dst)
+
+
+def alter_initializer(src, dst, name: str, index=0, delta=1.0) -> Path:
+    """Copy ``src`` with one element of initializer ``name`` moved by ``delta``."""
+    def edit(array):
+        array.flat[index] += delta
+    return _edit_initializer(src, dst, name, edit)
 
 
 def ort_run(onnx_path, feeds) -> dict:
@@ -102,14 +108,6 @@ def randn(*shape, seed=0):
 def alter_filter(src, dst, name: str, channel: int, scale=-1.0, shift=0.5) -> Path:
     """Copy ``src`` with output channel ``channel`` of weight ``name`` replaced by
     ``weight * scale + shift``: one conv filter altered."""
-    model = onnx.load(str(src))
-    for i, init in enumerate(model.graph.initializer):
-        if init.name == name:
-            array = numpy_helper.to_array(init).copy()
-            array[channel] = array[channel] * scale + shift
-            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(array, name))
-            break
-    else:
-        raise KeyError(name)
-    onnx.save(model, str(dst))
-    return Path(dst)
+    def edit(array):
+        array[channel] = array[channel] * scale + shift
+    return _edit_initializer(src, dst, name, edit)
