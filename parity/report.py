@@ -248,6 +248,4 @@ def _build(cls, data: dict):
         if key not in names:
             continue  # a newer report: ignore what this version does not know
         kwargs[key] = tuple(value) if isinstance(value, list) else value
-        if isinstance(value, tuple) and key in ("layers", "unpaired", "outputs"):
-            kwargs[key] = value
     return cls(**kwargs)

@@ -142,3 +142,15 @@ def test_max_memory_caps_peak_rss(tmp_path):
     code, _, uncapped_peak, err = _run_measured("check", onnx_path, mnn_path, "--layers", "--json", "-")
     assert code == ExitCode.PASS, err
     assert uncapped_peak > plain_peak + cap_mb, (plain_peak, uncapped_peak)
+
+
+def test_report_round_trips_through_json(altered_filter_cnn):
+    from parity.report import Report
+
+    result = run_parity("check", MODELS / "cnn.onnx", altered_filter_cnn, "--layers", "--json", "-")
+    data = result.json()
+    again = Report.from_dict(json.loads(json.dumps(data))).to_dict()
+    assert again == data
+    report = Report.from_dict(data)
+    assert report.comparisons[0].first_divergence.name == data["comparisons"][0]["first_divergence"]["name"]
+    assert report.exit_code == ExitCode.MISMATCH and not report.passed

@@ -164,12 +164,11 @@ def run(feeds: dict, results: dict, outputs: list | None = None, cut: bool = Fal
     for name, var in zip(names, produced):
         layout = str(var.data_format).split(".")[-1]
         steps = []
+        # NC4HW4 is a packed memory layout; the NCHW/NHWC tags MNN gives tensors of ONNX
+        # graphs describe the ONNX order already, so only NC4HW4 needs converting
         if layout == "NC4HW4":
             var = F.convert(var, F.NCHW)
             steps.append("nc4hw4 -> nchw (MNN's declared data format)")
-        elif layout == "NHWC" and len(var.shape) == 4:
-            # ONNX graphs are NCHW; MNN's NHWC tensors are the same logical order here.
-            pass
         array = np.array(var.read())
         np.save(results[name], array)
         reply[name] = {"path": results[name], "steps": steps, "layout": layout,
