@@ -323,10 +323,19 @@ def check(
         if save_inputs is not None:
             inputs_mod.save_npz(save_inputs, feeds)
 
+        # MNN runs in its child while the others run here: send first, collect last
+        started = {}
+        for i, backend in enumerate(backends):
+            if hasattr(backend, "begin_run"):
+                say(f"running {backend.path.name} ({backend.framework})")
+                started[i] = backend.begin_run(feeds)
         results = []
-        for backend in backends:
-            say(f"running {backend.path.name} ({backend.framework})")
-            results.append(backend.run(feeds))
+        for i, backend in enumerate(backends):
+            if i in started:
+                results.append(backend.finish_run(started[i]))
+            else:
+                say(f"running {backend.path.name} ({backend.framework})")
+                results.append(backend.run(feeds))
 
         comparisons = []
         for ref_i, cand_i in chain_links(len(backends)):

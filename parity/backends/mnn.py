@@ -65,6 +65,7 @@ class MnnBackend(Backend):
         self.shape_mutable = shape_mutable
         self._worker: Worker | None = None
         self._graph: list[dict] | None = None
+        self._pending = None
 
     def begin_open(self) -> None:
         """Start the child and send the load request without waiting for it: MNN's start-up
@@ -172,6 +173,10 @@ class MnnBackend(Backend):
         return self._call_run(feeds, outputs, cut=False, cache=True, step="running")
 
     def _call_run(self, feeds, outputs, *, cut, cache, step) -> RunResult:
+        self._submit_run(feeds, outputs, cut=cut, cache=cache, step=step)
+        return self._collect_run()
+
+    def _submit_run(self, feeds, outputs, *, cut, cache, step) -> None:
         worker = self._worker
         feed_paths = {}
         for name, array in feeds.items():
@@ -179,25 +184,46 @@ class MnnBackend(Backend):
             np.save(feed_paths[name], array)
         names = outputs or [s.name for s in self._outputs]
         result_paths = {name: str(worker.path("out")) for name in names}
+        step = f"{step} {self.path.name}"
+        self._pending = (names, feed_paths, result_paths, step)
         try:
-            reply = worker.call(
-                f"{_CHILD}:run",
-                step=f"{step} {self.path.name}",
-                feeds=feed_paths,
-                results=result_paths,
-                outputs=outputs,
-                cut=cut,
-                cache=cache,
-            )
+            worker.submit(f"{_CHILD}:run", step=step, feeds=feed_paths, results=result_paths,
+                          outputs=outputs, cut=cut, cache=cache)
+        except BaseException:
+            self._collect_files()
+            raise
+
+    def _collect_files(self) -> None:
+        _, feed_paths, result_paths, _ = self._pending
+        self._pending = None
+        for path in list(feed_paths.values()) + list(result_paths.values()):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    def _collect_run(self) -> RunResult:
+        names, _, _, step = self._pending
+        try:
+            reply = self._worker.result(step=step)
             arrays, steps = {}, {}
             for name in names:
                 entry = reply[name]
                 arrays[name] = np.load(entry["path"])
                 steps[name] = tuple(entry["steps"])
         finally:
-            for path in list(feed_paths.values()) + list(result_paths.values()):
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
+            self._collect_files()
         return RunResult(arrays, steps)
+
+    def begin_run(self, feeds: TensorMap) -> list[str]:
+        """Send a run of the declared outputs and return at once (``finish_run`` collects it),
+        so MNN computes while the other frameworks do. Returns the feed notes."""
+        prepared, notes = conform_feeds(self.input_specs, feeds, self.label, allow_casts=True,
+                                        check_dims=self.checks_dims)
+        self._submit_run(prepared, None, cut=False, cache=True, step="running")
+        return notes
+
+    def finish_run(self, notes=()) -> RunResult:
+        result = self._collect_run()
+        result.notes = tuple(notes) + tuple(result.notes)
+        return result

@@ -125,24 +125,29 @@ class Worker:
             self._conn.send((function, kwargs))
         except OSError:
             self._raise_dead(step)
+        self._submitted = time.monotonic()
 
     def result(self, *, step: str, timeout: float | None = None):
-        """The reply to the request sent last."""
+        """The reply to the request sent last. The step may take ``timeout`` seconds from its
+        submission; the child's own timing decides when the parent was busy elsewhere."""
         timeout = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + timeout
+        deadline = getattr(self, "_submitted", time.monotonic()) + timeout
         while True:
             remaining = deadline - time.monotonic()
+            if self._conn.poll(max(0.0, min(remaining, 0.5))):
+                break
             if remaining <= 0:
                 self.kill()
                 raise BackendTimeout(self.framework, step, timeout)
-            if self._conn.poll(min(remaining, 0.5)):
-                break
             if self._proc.poll() is not None and not self._conn.poll(0):
                 self._raise_dead(step)
         try:
-            status, payload = self._conn.recv()
+            status, payload, seconds = self._conn.recv()
         except (EOFError, OSError):
             self._raise_dead(step)
+        if seconds > timeout:
+            self.kill()
+            raise BackendTimeout(self.framework, step, timeout)
         if status == "ok":
             return payload
         kind, message = payload
@@ -265,6 +270,7 @@ def serve(fd: int, preload: str | None = None) -> None:
         if message is None:
             return
         function, kwargs = message
+        started = time.monotonic()
         try:
             reply = ("ok", _resolve(function)(**kwargs))
         except ChildFailure as exc:
@@ -276,7 +282,7 @@ def serve(fd: int, preload: str | None = None) -> None:
             text = str(exc).strip().splitlines()
             reply = ("error", ("backend", f"{type(exc).__name__}: {text[0] if text else ''}"))
         sys.stdout.flush()
-        conn.send(reply)
+        conn.send(reply + (time.monotonic() - started,))
 
 
 if __name__ == "__main__":
