@@ -95,6 +95,7 @@ class Probe:
         failing = [o for o in comparison.outputs if not o.passed and o.error is None]
         self.output = max(failing, key=lambda o: o.max_abs_diff or 0.0) if failing else None
         self._ref_cache: dict[str, np.ndarray] = {}
+        self._ref_outputs: dict | None = None
         self.mode: str | None = None
         self.notes: list[str] = []
 
@@ -106,10 +107,6 @@ class Probe:
         if self.output is not None:
             return f"output {self.output.name!r}"
         return "the outputs"
-
-    @property
-    def target_name(self) -> str:
-        return self.layer.name if self.layer is not None else self.output.reference_name
 
     def reference_values(self, names) -> dict:
         missing = [n for n in names if n not in self._ref_cache]
@@ -128,7 +125,7 @@ class Probe:
             return Measurement(None, None, False, how)
         candidate = candidate.reshape(reference.shape)
         diff = TensorDiff.from_arrays("probe", reference, candidate, self.ctx.tolerance)
-        scaled = None if diff.max_abs_diff is None else diff.max_abs_diff / max(diff.reference_absmax or 0.0, 1e-12)
+        scaled = self.L.scaled_error(diff)
         passed = self.L.layer_passes(diff, self.ctx.tolerance, self.ctx.layer_rtol) if layer else diff.passed
         return Measurement(scaled, diff.max_abs_diff, passed, how)
 
@@ -164,13 +161,14 @@ class Probe:
                 arrays = mnn.capture(self.ctx.feeds, names, cache=False).outputs
                 pair = self.L.best_pair(ref, arrays, self.ctx.tolerance, self.ctx.layer_rtol)
                 if pair is not None:
-                    d = pair.diff
-                    scaled = None if d.max_abs_diff is None else d.max_abs_diff / max(d.reference_absmax or 0.0, 1e-12)
-                    return Measurement(scaled, d.max_abs_diff, pair.passed, "in the model")
+                    return Measurement(self.L.scaled_error(pair.diff), pair.diff.max_abs_diff, pair.passed,
+                                       "in the model")
         return self.outputs(mnn)
 
     def outputs(self, mnn) -> Measurement:
-        ref_all = self.ctx.reference.run(self.ctx.feeds).outputs
+        if self._ref_outputs is None:  # the reference does not change between variants
+            self._ref_outputs = self.ctx.reference.run(self.ctx.feeds).outputs
+        ref_all = self._ref_outputs
         cand_all = mnn.run(self.ctx.feeds).outputs
         from parity.pipeline import compare_outputs
 

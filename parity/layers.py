@@ -35,15 +35,15 @@ from parity.metrics import TensorDiff, Tolerance, fmt
 from parity.report import FirstDivergence, LayerResult, Unpaired
 from parity.specs import TensorMap
 
-LAYER_RTOL = 1e-2
 OUTPUT_PREFIX = "::output::"  # a reference name meaning "the model's returned output <name>"
 _SAMPLE = 4096
 _DOWNSTREAM_HOPS = 3
 
 
-def default_layer_rtol(tol: Tolerance) -> float:
-    """Ten times the element rule's rtol: 1e-2 with the defaults, tighter when outputs are."""
-    return 10 * tol.rtol
+def default_layer_rtol(tol: Tolerance, layer_rtol: float | None = None) -> float:
+    """``layer_rtol`` when given, else ten times the element rule's rtol: 1e-2 with the
+    defaults, tighter when outputs are."""
+    return 10 * tol.rtol if layer_rtol is None else layer_rtol
 
 
 def default_max_memory() -> int:
@@ -277,7 +277,8 @@ def layer_passes(diff: TensorDiff, tol: Tolerance, layer_rtol: float) -> bool:
     return diff.max_abs_diff <= tol.atol_for(absmax) + layer_rtol * absmax
 
 
-def _scaled(diff: TensorDiff) -> float | None:
+def scaled_error(diff: TensorDiff) -> float | None:
+    """max|c - r| / max|r|: the error on the tensor's own scale."""
     if diff.max_abs_diff is None:
         return None
     return diff.max_abs_diff / max(diff.reference_absmax or 0.0, 1e-12)
@@ -320,7 +321,7 @@ def best_pair(reference: np.ndarray, candidates: dict[str, np.ndarray], tol: Tol
             pair = _Pair(name, aligned, steps, diff, passed, tuple(array.shape))
             if passed:
                 return pair
-            score = _scaled(diff)
+            score = scaled_error(diff)
             score = float("inf") if score is None else score
             if best is None or score < best[0]:
                 best = (score, pair)
@@ -371,8 +372,7 @@ def compare_layers(
 ) -> LayerReport | None:
     """Layers of one link, or None when the link has no per-layer view."""
     say = progress or (lambda message: None)
-    if layer_rtol is None:
-        layer_rtol = default_layer_rtol(tol)
+    layer_rtol = default_layer_rtol(tol, layer_rtol)
     link = (reference.framework, candidate.framework)
     report = LayerReport()
     op_types: dict[str, str] = {}
@@ -485,7 +485,7 @@ def compare_layers(
                 op_type=v.op_type, candidate_op_type=op_types.get(pair.candidate_name) if link[1] == "mnn" else v.op_type,
                 module=entry.module or None, passed=pair.passed, max_abs_diff=d.max_abs_diff,
                 max_rel_diff=d.max_rel_diff, cosine=d.cosine, mismatch_fraction=d.mismatch_fraction,
-                scaled_error=_scaled(d), reference_absmax=d.reference_absmax,
+                scaled_error=scaled_error(d), reference_absmax=d.reference_absmax,
                 reference_shape=tuple(ref.shape), candidate_shape=pair.candidate_shape,
                 alignment=steps, status="pass" if pair.passed else "fail", index=v.index,
             )
@@ -673,4 +673,4 @@ def _isolate(link, graph, reference, candidate, feeds, layer, frontier, chosen, 
     if out.size != expected.size:
         raise ValueError(f"the cut returned {out.shape}, expected {expected.shape}")
     diff = TensorDiff.from_arrays(layer.name, expected, out.reshape(expected.shape), tol)
-    return diff.max_abs_diff, _scaled(diff), layer_passes(diff, tol, layer_rtol)
+    return diff.max_abs_diff, scaled_error(diff), layer_passes(diff, tol, layer_rtol)

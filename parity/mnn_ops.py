@@ -99,7 +99,6 @@ def _convolution(main, inputs, op_type):
         x = x[:, :, None, :]
     group = common.get("group", 1)
     oc = common.get("outputCount")
-    ic = common.get("inputCount") or x.shape[1]
     kh, kw = common.get("kernelY", 1), common.get("kernelX", 1)
     if main.get("weight"):
         w = np.asarray(main["weight"], np.float64)

@@ -154,7 +154,7 @@ def _add_layers(comparisons, backends, links, feeds, tolerance, *, layer_rtol, i
         say(f"per-layer: {comparison.reference} -> {comparison.candidate}")
         result = layers_mod.compare_layers(
             graph, backends[ref_i], backends[cand_i], feeds, tolerance,
-            layer_rtol=layers_mod.default_layer_rtol(tolerance) if layer_rtol is None else layer_rtol,
+            layer_rtol=layers_mod.default_layer_rtol(tolerance, layer_rtol),
             max_memory=max_memory, isolate=isolate, progress=say,
         )
         if result is None:
@@ -184,7 +184,7 @@ def _diagnose(comparisons, backends, links, feeds, tolerance, verdict, *, layer_
             return comparisons, verdict
         reference, candidate = backends[ref_i], backends[cand_i]
         graph = layers_mod.OnnxGraph(reference.model_proto())
-        rtol = layers_mod.default_layer_rtol(tolerance) if layer_rtol is None else layer_rtol
+        rtol = layers_mod.default_layer_rtol(tolerance, layer_rtol)
         if comparison.layers is None:
             say("per-layer capture for the diagnosis")
             result = layers_mod.compare_layers(graph, reference, candidate, feeds, tolerance,
@@ -222,10 +222,10 @@ def _write_repro(directory, comparisons, backends, links, feeds, tolerance, verd
     return f"no reproduction written to {directory}: no failing onnxruntime -> mnn link"
 
 
-def _layer_rtol(tolerance, layer_rtol):
-    from parity.layers import default_layer_rtol
+def _default_layer_rtol(tolerance, layer_rtol):
+    from parity.layers import default_layer_rtol  # layers imports onnx tooling only when used
 
-    return default_layer_rtol(tolerance) if layer_rtol is None else layer_rtol
+    return default_layer_rtol(tolerance, layer_rtol)
 
 
 def check(
@@ -376,7 +376,7 @@ def check(
         inputs=tuple(input_infos),
         comparisons=tuple(comparisons),
         verdict=verdict,
-        tolerance=dict(tolerance.to_dict(), **({"layer_rtol": _layer_rtol(tolerance, layer_rtol)}
+        tolerance=dict(tolerance.to_dict(), **({"layer_rtol": _default_layer_rtol(tolerance, layer_rtol)}
                                                 if any(c.layers is not None for c in comparisons) else {})),
         notes=tuple(notes),
         parity_version=_version(),
