@@ -1,13 +1,19 @@
-"""Pair outputs across frameworks and bring candidate arrays to the reference's shape and dtype.
+"""Every way a candidate buffer can map onto a reference, in one place.
 
-Every step taken is returned as a short phrase (``reshape (32768,) -> (1, 64, 512)``) that the
-report shows per output: nothing is aligned silently.
+Output pairing (``check``), layer pairing (``--layers``) and hand-made dumps (``compare``)
+all use ``layouts`` and ``best_alignment``: a candidate is read as the reference's shape by
+reshaping it, by reading it as channels-last (NHWC) or as MNN's NC4HW4 (channels in
+zero-padded blocks of 4), and its dtype is compared by value (integer widths, float16
+against float32; the metrics are exact for every pairing). Every step taken is returned as a
+short phrase (``reshape (32768,) -> (1, 64, 512)``) that the report shows: nothing is aligned
+silently. ``explain_size`` names the usual reason when no layout fits (float16 bytes read as
+float32, a batch, a truncated copy).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -50,6 +56,21 @@ class AlignmentError(ValueError):
     """The candidate cannot be brought to the reference's shape."""
 
 
+@dataclass(frozen=True)
+class Alignment:
+    array: np.ndarray  # the candidate in the reference's shape
+    steps: tuple[str, ...]  # what was done to it, for the report
+
+
+# -- layouts ------------------------------------------------------------------------------------
+def nc4hw4_size(shape: Sequence[int]) -> int | None:
+    """Elements of an NC4HW4 buffer holding an NCHW tensor of ``shape`` (rank >= 3)."""
+    if len(shape) < 3:
+        return None
+    n, c = shape[0], shape[1]
+    return int(n * (-(-c // 4) * 4) * int(np.prod(shape[2:])))
+
+
 def unpack_nc4hw4(flat: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """A flat NC4HW4 buffer (channels in zero-padded blocks of 4) -> an NCHW array of ``shape``."""
     n, c = shape[0], shape[1]
@@ -60,47 +81,116 @@ def unpack_nc4hw4(flat: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return np.ascontiguousarray(moved.reshape((n, blocks * 4) + spatial)[:, :c])
 
 
-def nc4hw4_size(shape: Sequence[int]) -> int | None:
+def channels_last_shape(shape: Sequence[int]) -> tuple[int, ...] | None:
+    """NCHW -> NHWC (any rank >= 3); None when both read the same."""
     if len(shape) < 3:
         return None
-    n, c = shape[0], shape[1]
-    return int(n * (-(-c // 4) * 4) * int(np.prod(shape[2:])))
+    last = (shape[0],) + tuple(shape[2:]) + (shape[1],)
+    return None if last == tuple(shape) else last
 
 
-def align_array(
-    reference: np.ndarray, candidate: np.ndarray
-) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Return the candidate in the reference's shape (and comparable dtype), with the steps."""
-    steps: list[str] = []
+def layouts(reference: np.ndarray, candidate: np.ndarray, *,
+            reread_same_shape: bool = False) -> Iterator[Alignment]:
+    """Every way to read ``candidate`` as ``reference``'s shape, most plausible first.
+
+    A candidate of the reference's exact shape is read only as it is, unless
+    ``reread_same_shape``: from a framework, a same-shape tensor in another layout would be a
+    bug to report, not to align away; in a dump made by hand it is the classic misread (an
+    NC4HW4 buffer read with the NCHW shape)."""
     ref_shape = tuple(reference.shape)
     cand_shape = tuple(candidate.shape)
-    if cand_shape != ref_shape:
-        if candidate.size == reference.size:
-            candidate = candidate.reshape(ref_shape)
-            steps.append(f"reshape {cand_shape} -> {ref_shape}")
-        elif candidate.ndim <= 1 and candidate.size == nc4hw4_size(ref_shape) != reference.size:
-            candidate = unpack_nc4hw4(candidate, ref_shape)
-            steps.append(f"nc4hw4 -> nchw: flat {cand_shape} unpacked to {ref_shape}")
-        else:
-            raise AlignmentError(
-                f"element count differs: reference {ref_shape} has {reference.size}, "
-                f"candidate {cand_shape} has {candidate.size}"
-            )
-    rk, ck = reference.dtype.kind, candidate.dtype.kind
-    if reference.dtype != candidate.dtype:
-        if rk in "iub" and ck in "iub":
-            steps.append(f"dtype {candidate.dtype.name} -> {reference.dtype.name} (compared by value)")
-        elif rk == "f" and ck == "f":
-            steps.append(f"dtype {candidate.dtype.name} vs {reference.dtype.name} (compared as float64)")
-        elif rk in "iub" and ck == "f" or rk == "f" and ck in "iub":
-            steps.append(f"dtype {candidate.dtype.name} vs {reference.dtype.name} (compared as float64)")
-            candidate = candidate.astype(np.float64)
-            reference_is_float = rk == "f"
-            if not reference_is_float:
-                steps[-1] += "; the candidate should be an integer tensor"
-        else:
-            raise AlignmentError(
-                f"dtypes cannot be compared: reference {reference.dtype.name}, "
-                f"candidate {candidate.dtype.name}"
-            )
-    return candidate, tuple(steps)
+    same = cand_shape == ref_shape
+    if same:
+        yield Alignment(candidate, ())
+        if not reread_same_shape:
+            return
+    flat = candidate.reshape(-1)
+    if candidate.size == reference.size:
+        if not same:
+            yield Alignment(flat.reshape(ref_shape), (f"reshape {cand_shape} -> {ref_shape}",))
+        last = channels_last_shape(ref_shape)
+        if last is not None:
+            moved = np.moveaxis(flat.reshape(last), -1, 1)
+            yield Alignment(np.ascontiguousarray(moved),
+                            (f"nhwc -> nchw: {cand_shape} read as {last} and transposed",))
+    packed = nc4hw4_size(ref_shape)
+    if packed is not None and flat.size == packed:
+        yield Alignment(unpack_nc4hw4(flat, ref_shape),
+                        (f"nc4hw4 -> nchw: {flat.size} values unpacked to {ref_shape}",))
+
+
+def dtype_steps(reference: np.ndarray, candidate: np.ndarray) -> tuple[str, ...]:
+    """How the two dtypes are compared (always by value), as report phrases."""
+    rd, cd = reference.dtype, candidate.dtype
+    if rd == cd:
+        return ()
+    rk, ck = rd.kind, cd.kind
+    if not (rk in "biuf" and ck in "biuf"):
+        raise AlignmentError(f"dtypes cannot be compared: reference {rd.name}, candidate {cd.name}")
+    if rk in "iub" and ck in "iub":
+        return (f"dtype {cd.name} vs {rd.name} (compared by value, exactly)",)
+    step = f"dtype {cd.name} vs {rd.name} (compared as float64)"
+    if rk in "iub":
+        step += "; the candidate should be an integer tensor"
+    return (step,)
+
+
+# -- choosing -----------------------------------------------------------------------------------
+J = TypeVar("J")
+
+
+@dataclass(frozen=True)
+class Judged:
+    alignment: Alignment
+    judgement: object  # what the judge returned (a TensorDiff, usually)
+    passed: bool
+
+
+def best_alignment(reference: np.ndarray, candidate: np.ndarray,
+                   judge: Callable[[np.ndarray], tuple[bool, float, J]], *,
+                   reread_same_shape: bool = False) -> Judged:
+    """The first layout the judge passes, else the one it scores lowest (``judge`` returns
+    (passed, score, judgement)). Raises AlignmentError when no layout fits."""
+    dsteps = dtype_steps(reference, candidate)
+    best: tuple[float, Judged] | None = None
+    for alignment in layouts(reference, candidate, reread_same_shape=reread_same_shape):
+        alignment = Alignment(alignment.array, alignment.steps + dsteps)
+        passed, score, judgement = judge(alignment.array)
+        judged = Judged(alignment, judgement, passed)
+        if passed:
+            return judged
+        if best is None or score < best[0]:
+            best = (score, judged)
+    if best is None:
+        raise AlignmentError(explain_size(reference, candidate))
+    return best[1]
+
+
+def explain_size(reference: np.ndarray, candidate: np.ndarray) -> str:
+    """Why a candidate's element count does not fit the reference, in one phrase."""
+    ref, n = reference.size, candidate.size
+    ref_bytes = ref * reference.dtype.itemsize
+    cand_bytes = n * candidate.dtype.itemsize
+    if n * 2 == ref and candidate.dtype == np.float32 and reference.dtype.kind == "f":
+        return (f"the candidate has half the reference's {ref} elements: float16 data read as "
+                f"float32 (use --dtype float16)")
+    if n == ref * 2 and candidate.dtype == np.float16:
+        return (f"the candidate has twice the reference's {ref} elements: float32 data read as "
+                f"float16 (use --dtype float32)")
+    if cand_bytes == ref_bytes and candidate.dtype != reference.dtype:
+        return (f"the candidate has {n} {candidate.dtype.name} values, the same bytes as the "
+                f"reference's {ref} {reference.dtype.name}: read it as {reference.dtype.name} "
+                f"(--dtype {reference.dtype.name})")
+    if reference.ndim >= 2 and ref and n % ref == 0 and n > ref:
+        return (f"the candidate has {n // ref}x the reference's {ref} elements: a larger batch, or "
+                f"several outputs in one buffer")
+    if reference.ndim >= 2 and n and ref % n == 0 and n < ref:
+        return (f"the candidate has 1/{ref // n} of the reference's {ref} elements: one item of a "
+                f"batch, or a truncated copy (copyFrom from a smaller host tensor)")
+    return (f"element count differs: reference {tuple(reference.shape)} has {ref}, "
+            f"candidate {tuple(candidate.shape)} has {n}")
+
+
+def fits(reference: np.ndarray, candidate: np.ndarray) -> bool:
+    """Whether any layout reads ``candidate`` as ``reference``."""
+    return next(layouts(reference, candidate), None) is not None

@@ -183,13 +183,17 @@ def _check_report_paths(paths: dict) -> None:
 @click.option("--max-memory", metavar="SIZE", default=None,
               help="Cap on captured tensors held at once with --layers, e.g. 512M or 2G "
                    "[default: a quarter of RAM].")
+@click.option("--fail-on-layers", is_flag=True,
+              help="Exit 1 when a layer differs beyond the layer rule even though every output "
+                   "matches (a layer-only finding; by default it is reported and the outputs "
+                   "decide the exit code). Implies --layers.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")
 @click.option("--no-color", is_flag=True, help="Plain terminal output.")
 @_traceback_option
 def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, allow_nonfinite,
           json_path, html_path, junit_path, explorer_path, timeout, mnn_backend, mnn_threads, mnn_precision,
           mnn_static_shapes, torch_spec, torch_inputs,
-          layers, layer_rtol, no_diagnose, repro_dir, isolate, max_memory, quiet, no_color):
+          layers, layer_rtol, no_diagnose, repro_dir, isolate, max_memory, fail_on_layers, quiet, no_color):
     """Run MODELS on the same inputs and compare them link by link.
 
     The framework comes from the suffix: .onnx runs in ONNX Runtime, .mnn in MNN, .pt2
@@ -210,8 +214,7 @@ def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, allow_nonf
     if torch_spec:
         models = (torch_spec, *models)
     from parity import pipeline
-    from parity.inputs import check_writable, write_atomic
-    from parity.metrics import DEFAULT_RTOL, Tolerance
+    from parity.options import CheckOptions, LayerOptions, MnnOptions
 
     _check_report_paths({"--json": json_path, "--html": html_path, "--junit": junit_path,
                          "--model-explorer": explorer_path})
@@ -223,39 +226,31 @@ def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, allow_nonf
             cap = parse_size(max_memory)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--max-memory") from None
-    with _progress(quiet) as progress:
-        report = _run_check(pipeline, models, atol, rtol, seed, shapes, inputs_path, save_inputs,
-                            allow_nonfinite, timeout, mnn_backend, mnn_threads, mnn_precision,
-                            mnn_static_shapes, torch_inputs, layers, layer_rtol, isolate, cap, no_diagnose, repro_dir,
-                            progress)
-    _emit(report, json_path, no_color, html_path, junit_path, explorer_path)
-
-
-def _run_check(pipeline, models, atol, rtol, seed, shapes, inputs_path, save_inputs, allow_nonfinite,
-               timeout, mnn_backend, mnn_threads, mnn_precision, mnn_static_shapes, torch_inputs, layers, layer_rtol,
-               isolate, cap, no_diagnose, repro_dir, progress):
-    from parity.metrics import DEFAULT_RTOL, Tolerance
-
-    return pipeline.check(
-        models,
-        tolerance=Tolerance(atol, DEFAULT_RTOL if rtol is None else rtol),
+    options = CheckOptions(
+        tolerance=_tolerance(atol, rtol),
         seed=seed,
         shapes=_parse_shapes(shapes),
         inputs=inputs_path,
         save_inputs=save_inputs,
         allow_nonfinite=allow_nonfinite,
         timeout=timeout,
-        mnn_options={"backend": mnn_backend, "threads": mnn_threads, "precision": mnn_precision,
-                     "shape_mutable": not mnn_static_shapes},
-        torch_inputs=[n.strip() for n in torch_inputs.split(",") if n.strip()] if torch_inputs else None,
-        layers=layers,
-        layer_rtol=layer_rtol,
-        isolate=isolate,
-        max_memory=cap,
+        mnn=MnnOptions(backend=mnn_backend, threads=mnn_threads, precision=mnn_precision,
+                       shape_mutable=not mnn_static_shapes),
+        torch_inputs=tuple(n.strip() for n in torch_inputs.split(",") if n.strip()) if torch_inputs else None,
+        layers=LayerOptions(enabled=layers or fail_on_layers, layer_rtol=layer_rtol, isolate=isolate,
+                            max_memory=cap, fail_on_layers=fail_on_layers),
         diagnose=not no_diagnose,
         repro=repro_dir,
-        progress=progress,
     )
+    with _progress(quiet) as progress:
+        report = pipeline.check(models, options, progress=progress)
+    _emit(report, json_path, no_color, html_path, junit_path, explorer_path)
+
+
+def _tolerance(atol, rtol):
+    from parity.metrics import DEFAULT_RTOL, Tolerance
+
+    return Tolerance(atol, DEFAULT_RTOL if rtol is None else rtol)
 
 
 def _emit(report, json_path, no_color, html_path=None, junit_path=None, explorer_path=None) -> None:
@@ -334,8 +329,6 @@ def compare(reference, candidate, dtype, shape_text, model_input, atol, rtol, js
         parity compare ort_out.npy device_out.bin --dtype float32
     """
     from parity import dumps
-    from parity.inputs import check_writable
-    from parity.metrics import DEFAULT_RTOL, Tolerance
     from parity.specs import parse_shape
 
     _check_report_paths({"--json": json_path, "--html": html_path, "--junit": junit_path,
@@ -346,7 +339,7 @@ def compare(reference, candidate, dtype, shape_text, model_input, atol, rtol, js
             shape = parse_shape(shape_text)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--shape") from None
-    report = dumps.compare(reference, candidate, tolerance=Tolerance(atol, DEFAULT_RTOL if rtol is None else rtol),
+    report = dumps.compare(reference, candidate, tolerance=_tolerance(atol, rtol),
                            dtype=dtype, shape=shape, model_inputs=model_input)
     _emit(report, json_path, no_color, html_path, junit_path, explorer_path)
 
@@ -389,7 +382,7 @@ def convert(model, output, atol, rtol, seed, shapes, inputs_path, layers, json_p
     from parity import pipeline
     from parity.converter import convert as convert_model
     from parity.inputs import check_writable
-    from parity.metrics import DEFAULT_RTOL, Tolerance
+    from parity.options import CheckOptions, LayerOptions
 
     source = Path(model)
     if source.suffix.lower() != ".onnx":
@@ -403,10 +396,9 @@ def convert(model, output, atol, rtol, seed, shapes, inputs_path, layers, json_p
     with _progress(quiet) as progress:
         progress(f"converting {source.name} -> {target}")
         convert_model(source, target, options=list(converter_options), timeout=timeout)
-        report = pipeline.check(
-            [source, target], tolerance=Tolerance(atol, DEFAULT_RTOL if rtol is None else rtol), seed=seed,
-            shapes=_parse_shapes(shapes), inputs=inputs_path, timeout=timeout, layers=layers, progress=progress,
-        )
+        options = CheckOptions(tolerance=_tolerance(atol, rtol), seed=seed, shapes=_parse_shapes(shapes),
+                               inputs=inputs_path, timeout=timeout, layers=LayerOptions(enabled=layers))
+        report = pipeline.check([source, target], options, progress=progress)
     if converter_options:
         import dataclasses
 

@@ -6,8 +6,9 @@ first, and stop at the first decisive one:
 a. runtime variants: the same .mnn under other MNN settings (1 thread, Winograd off,
    precision modes, memory mode, rearrange). The layer is re-run in isolation, on the
    reference's inputs, when it can be; the model is re-run otherwise.
-d. a fresh conversion of the ONNX with default options: if it matches, the .mnn is stale or
-   was converted differently (a conversion verdict about the file, not the converter).
+d. a fresh conversion of the ONNX with default options: if it matches, a structural diff shows
+   how the given .mnn differs from it, and a second conversion under other paths tells a file
+   converted differently (or altered) from a converter that is not deterministic.
 b. converter variants: reconversions with the options that change numbers.
 c. an independent reference: the diverging MNN op, as the MNN file defines it (type and
    parameters from the converter's JSON dump), evaluated in numpy on the exact inputs MNN
@@ -30,6 +31,7 @@ from typing import Callable
 
 import numpy as np
 
+from parity import judge
 from parity.errors import BackendCrash, BackendError, ParityError
 from parity.metrics import TensorDiff, Tolerance
 from parity.report import Verdict
@@ -80,7 +82,11 @@ def _decisive(base: Measurement, other: Measurement) -> bool:
 
 
 class Probe:
-    """Measures the error at the target (first divergence, or worst output) for an MNN model."""
+    """Measures the error at the target (first divergence, or worst output) for an MNN model.
+
+    Every figure a verdict compares is measured the same way on both sides: the first
+    measurement fixes the way (the divergence alone when MNN can be cut there, else in a whole
+    run), and another conversion is measured against the given file in one way for both."""
 
     def __init__(self, ctx: "Context"):
         from parity import layers as L
@@ -91,13 +97,21 @@ class Probe:
         self.divergence = comparison.first_divergence
         self.layer = None
         if self.divergence is not None:
-            self.layer = next(x for x in comparison.layers if x.name == self.divergence.name)
-        failing = [o for o in comparison.outputs if not o.passed and o.error is None]
-        self.output = max(failing, key=lambda o: o.max_abs_diff or 0.0) if failing else None
+            self.layer = next((x for x in comparison.layers or () if x.name == self.divergence.name), None)
+        self.output = judge.worst_output(comparison)
+        if self.output is not None and self.output.error is not None:
+            self.output = None
         self._ref_cache: dict[str, np.ndarray] = {}
         self._ref_outputs: dict | None = None
+        self._given_in_model: Measurement | None = None
+        self.base: Measurement | None = None
         self.mode: str | None = None
         self.notes: list[str] = []
+
+    @property
+    def element_rule(self) -> bool:
+        """A failing graph output reached through an unpaired stretch is judged as outputs are."""
+        return self.layer is not None and self.layer.rule == "element"
 
     @property
     def where(self) -> str:
@@ -120,14 +134,16 @@ class Probe:
                 self._ref_cache[n] = np.asarray(run.outputs[n])
         return {n: self._ref_cache[n] for n in names}
 
-    def _judge(self, reference, candidate, how, layer: bool) -> Measurement:
+    def _passes(self, diff) -> bool:
+        if self.element_rule:
+            return diff.passed
+        return judge.layer_passes(diff, self.ctx.tolerance, self.ctx.layer_rtol)
+
+    def _judge(self, reference, candidate, how) -> Measurement:
         if candidate.size != reference.size:
             return Measurement(None, None, False, how)
-        candidate = candidate.reshape(reference.shape)
-        diff = TensorDiff.from_arrays("probe", reference, candidate, self.ctx.tolerance)
-        scaled = self.L.scaled_error(diff)
-        passed = self.L.layer_passes(diff, self.ctx.tolerance, self.ctx.layer_rtol) if layer else diff.passed
-        return Measurement(scaled, diff.max_abs_diff, passed, how)
+        diff = TensorDiff.from_arrays("probe", reference, candidate.reshape(reference.shape), self.ctx.tolerance)
+        return Measurement(judge.scaled_error(diff), diff.max_abs_diff, self._passes(diff), how)
 
     def isolated(self, mnn) -> Measurement | None:
         """The first divergence alone: reference inputs fed into ``mnn`` cut there."""
@@ -140,45 +156,34 @@ class Probe:
         if any(f not in layers for f in needed):
             return None
         ref = self.reference_values(needed + [d.name])
-        tensors = {}
-        for f in d.inputs:
-            if f in graph_inputs:
-                array = self.ctx.feeds[f]
-                tensors[f] = array.astype(np.int32) if array.dtype == np.int64 else array
-            else:
-                pick = layers[f]
-                tensors[pick.candidate_name] = np.ascontiguousarray(ref[f].reshape(pick.candidate_shape))
+        tensors = self.L.cut_feeds(self.ctx.graph, self.ctx.feeds, d.inputs, layers, ref)
         out = mnn.run_cut(tensors, [self.layer.candidate_name]).outputs[self.layer.candidate_name]
-        return self._judge(ref[d.name], np.asarray(out), "isolated", layer=True)
+        return self._judge(ref[d.name], np.asarray(out), "isolated")
 
     def in_model(self, mnn) -> Measurement:
         """The target tensor in a whole run of ``mnn`` (which may be another conversion)."""
         if self.layer is not None:
             by_base, _ = self.L.mnn_candidates(mnn.graph())
-            names = by_base.get(self.layer.name, [])
+            names = by_base.get(self.layer.name, []) or (
+                [self.layer.candidate_name] if self.layer.candidate_name in {e["name"] for e in mnn.graph()} else [])
             if names:
                 ref = self.reference_values([self.layer.name])[self.layer.name]
                 arrays = mnn.capture(self.ctx.feeds, names, cache=False).outputs
                 pair = self.L.best_pair(ref, arrays, self.ctx.tolerance, self.ctx.layer_rtol)
                 if pair is not None:
-                    return Measurement(self.L.scaled_error(pair.diff), pair.diff.max_abs_diff, pair.passed,
-                                       "in the model")
+                    return Measurement(judge.scaled_error(pair.diff), pair.diff.max_abs_diff,
+                                       self._passes(pair.diff), "in the model")
         return self.outputs(mnn)
 
     def outputs(self, mnn) -> Measurement:
         if self._ref_outputs is None:  # the reference does not change between variants
             self._ref_outputs = self.ctx.reference.run(self.ctx.feeds).outputs
-        ref_all = self._ref_outputs
-        cand_all = mnn.run(self.ctx.feeds).outputs
-        from parity.pipeline import compare_outputs
-
-        comparison = compare_outputs(ref_all, cand_all, self.ctx.tolerance,
-                                     reference_name="onnxruntime", candidate_name="mnn")
-        worst = max((o for o in comparison.outputs), key=lambda o: (o.max_abs_diff or 0.0))
-        scaled = None
-        if worst.max_abs_diff is not None and worst.reference_absmax:
-            scaled = worst.max_abs_diff / worst.reference_absmax
-        return Measurement(scaled, worst.max_abs_diff, comparison.passed, "outputs")
+        comparison = judge.compare_outputs(self._ref_outputs, mnn.run(self.ctx.feeds).outputs,
+                                           self.ctx.tolerance, reference_name="onnxruntime",
+                                           candidate_name="mnn")
+        worst = judge.worst_output(comparison) or max(
+            comparison.outputs, key=lambda o: judge.output_scaled_error(o) or 0.0)
+        return Measurement(judge.output_scaled_error(worst), worst.max_abs_diff, comparison.passed, "outputs")
 
     def measure(self, mnn) -> Measurement:
         """Isolated when MNN can be cut at the divergence's inputs, else in the whole model;
@@ -198,6 +203,22 @@ class Probe:
                 return isolated
         self.mode = "in_model"
         return self.in_model(mnn)
+
+    def measure_pair(self, mnn) -> tuple[Measurement, Measurement]:
+        """The given model and ``mnn`` (another conversion), measured the same way: isolated
+        when both can be cut at the divergence, else both in a whole run."""
+        if self.mode == "isolated" and self.base is not None:
+            try:
+                other = self.isolated(mnn)
+            except BackendCrash:
+                raise
+            except BackendError:
+                other = None
+            if other is not None:
+                return self.base, other
+        if self._given_in_model is None:
+            self._given_in_model = self.in_model(self.ctx.candidate)
+        return self._given_in_model, self.in_model(mnn)
 
 
 @dataclass
@@ -232,7 +253,7 @@ def diagnose(ctx: Context) -> Verdict:
     op = probe.divergence.op_type if probe.divergence else "the model"
 
     say(f"diagnosing {probe.where}: baseline")
-    base = probe.measure(ctx.candidate)
+    base = probe.base = probe.measure(ctx.candidate)
     evidence.append({"experiment": "baseline", "setting": "as given", **base.to_dict(),
                      **({"note": probe.notes[0]} if probe.notes else {})})
 
@@ -281,48 +302,31 @@ def diagnose(ctx: Context) -> Verdict:
     workdir = Path(tempfile.mkdtemp(prefix="parity-diagnose-"))
     try:
         # d. a fresh conversion of the user's ONNX with default options
-        from parity.converter import convert
-
-        say("diagnosing: fresh conversion of the ONNX model")
-        fresh = workdir / "fresh.mnn"
-        try:
-            convert(ctx.onnx_path, fresh, timeout=ctx.timeout)
-            with _open_variant(ctx, fresh) as mnn:
-                m = probe.in_model(mnn)
-                outputs_ok = probe.outputs(mnn).passed
-            evidence.append({"experiment": "fresh conversion", "setting": "default converter options",
-                             **m.to_dict(), "outputs_passed": outputs_ok})
-            if outputs_ok or _decisive(base, m):
-                return Verdict(
-                    "conversion", where,
-                    f"{ctx.mnn_path.name} is not what MNN's converter makes of "
-                    f"{ctx.onnx_path.name} today; a fresh conversion matches ONNX Runtime "
-                    f"(error {_fmt(m.scaled)} vs {_fmt(base.scaled)}) at {probe.where}. The file is "
-                    f"stale, or was converted from another ONNX or with other options",
-                    evidence=tuple(evidence),
-                    next_steps=(f"reconvert: parity convert {ctx.onnx_path.name} -o {ctx.mnn_path.name}",),
-                )
-        except ParityError as exc:
-            evidence.append({"experiment": "fresh conversion", "error": str(exc)})
+        verdict = _fresh_conversion(ctx, probe, base, where, workdir, evidence)
+        if verdict is not None:
+            return verdict
 
         # b. converter variants
+        from parity.converter import convert
+
         for name, options in CONVERTER_VARIANTS:
             say(f"diagnosing: conversion with {' '.join(options)}")
             target = workdir / f"variant{len(evidence)}.mnn"
             try:
                 convert(ctx.onnx_path, target, options=options, timeout=ctx.timeout)
                 with _open_variant(ctx, target) as mnn:
-                    m = probe.in_model(mnn)
+                    given, m = probe.measure_pair(mnn)
             except ParityError as exc:
                 evidence.append({"experiment": "converter variant", "setting": name, "error": str(exc)})
                 continue
-            evidence.append({"experiment": "converter variant", "setting": name, **m.to_dict()})
-            if _decisive(base, m):
+            evidence.append({"experiment": "converter variant", "setting": name, **m.to_dict(),
+                             "given_file": given.to_dict()})
+            if _decisive(given, m):
                 return Verdict(
                     "conversion", where,
                     f"the converter's default {name.split(' (')[0].split()[0]} "
-                    f"changes the numbers at {probe.where}: error {_fmt(base.scaled)} as converted, "
-                    f"{_fmt(m.scaled)} converted with {' '.join(options)}",
+                    f"changes the numbers at {probe.where}: error {_fmt(given.scaled)} as converted, "
+                    f"{_fmt(m.scaled)} converted with {' '.join(options)} (both measured {m.how})",
                     evidence=tuple(evidence),
                     next_steps=(f"convert with {' '.join(options)}: parity convert {ctx.onnx_path.name} "
                                 f"-o {ctx.mnn_path.name} {' '.join(options)}",),
@@ -352,6 +356,112 @@ def diagnose(ctx: Context) -> Verdict:
     )
 
 
+def _fresh_conversion(ctx: Context, probe: Probe, base: Measurement, where: str, workdir: Path,
+                      evidence: list) -> Verdict | None:
+    """Experiment d: convert the ONNX afresh. When that fixes the numbers, show how the given
+    file differs from it (a structural diff of the two graphs), and convert once more under
+    another path to tell a file converted differently from a converter that is not
+    deterministic (MNN can fold a constant from uninitialised memory)."""
+    from parity.converter import convert
+
+    ctx.progress("diagnosing: fresh conversion of the ONNX model")
+    fresh = workdir / "fresh" / "fresh.mnn"
+    fresh.parent.mkdir()
+    try:
+        convert(ctx.onnx_path, fresh, timeout=ctx.timeout)
+        with _open_variant(ctx, fresh) as mnn:
+            given, m = probe.measure_pair(mnn)
+            outputs_ok = probe.outputs(mnn).passed
+    except ParityError as exc:
+        evidence.append({"experiment": "fresh conversion", "error": str(exc)})
+        return None
+    evidence.append({"experiment": "fresh conversion", "setting": "default converter options",
+                     **m.to_dict(), "outputs_passed": outputs_ok, "given_file": given.to_dict()})
+    if not (outputs_ok or _decisive(given, m)):
+        return None
+    figures = f"error {_fmt(m.scaled)} vs {_fmt(given.scaled)} in the given file, both measured {m.how}"
+
+    ctx.progress("diagnosing: how the given file differs from the fresh conversion")
+    given_diff = _graph_diff(ctx, ctx.mnn_path, fresh, workdir, "given")
+    ctx.progress("diagnosing: a second conversion under another path (is the converter deterministic?)")
+    again = workdir / "second-conversion-elsewhere" / "model_converted_again.mnn"
+    again.parent.mkdir()
+    again_diff, again_m, again_ok = None, None, None
+    try:
+        convert(ctx.onnx_path, again, timeout=ctx.timeout)
+        again_diff = _graph_diff(ctx, fresh, again, workdir, "again")
+        if again_diff is not None and not again_diff.empty:
+            with _open_variant(ctx, again) as mnn:
+                _, again_m = probe.measure_pair(mnn)
+                again_ok = probe.outputs(mnn).passed
+    except ParityError as exc:
+        evidence.append({"experiment": "second fresh conversion", "error": str(exc)})
+    if given_diff is not None:
+        evidence.append({"experiment": "structural diff: given file vs fresh conversion",
+                         "identical": given_diff.empty, "summary": given_diff.summary(),
+                         "differences": given_diff.to_dict()})
+    if again_diff is not None:
+        entry = {"experiment": "structural diff: two fresh conversions (other paths)",
+                 "identical": again_diff.empty, "summary": again_diff.summary(),
+                 "differences": again_diff.to_dict()}
+        if again_m is not None:
+            entry.update(second_conversion=again_m.to_dict(), second_outputs_passed=again_ok)
+        evidence.append(entry)
+
+    if again_diff is not None and not again_diff.empty:
+        outcome = ("" if again_m is None else
+                   f"; the first matches ONNX Runtime ({figures}), the second gives error "
+                   f"{_fmt(again_m.scaled)}{'' if again_ok else ' and fails'}")
+        return Verdict(
+            "conversion", where,
+            f"MNN's converter is not deterministic on {ctx.onnx_path.name}: two conversions with the "
+            f"same options under other paths differ at {again_diff.summary()}{outcome}. Whether a "
+            f"conversion comes out right depends on the command line, so reconverting fixes "
+            f"{ctx.mnn_path.name} only by luck"
+            + (f"; the given file differs from a fresh conversion at {given_diff.summary()}"
+               if given_diff is not None and not given_diff.empty else ""),
+            evidence=tuple(evidence),
+            next_steps=(
+                "check every conversion of this model with parity check before shipping it, and keep "
+                "the file that passes (reconverting elsewhere can bring the error back)",
+                f"report it to MNN with --repro DIR: the constants named above come out differently "
+                f"from one conversion to the next",
+            ),
+        )
+    how = ("yet the two graphs are structurally identical (same ops, parameters and constants)"
+           if given_diff is not None and given_diff.empty else
+           f"they differ at {given_diff.summary()}" if given_diff is not None else
+           "the graphs could not be compared")
+    deterministic = ("two fresh conversions under different paths are identical, so the converter "
+                     "is deterministic here" if again_diff is not None else
+                     "the converter's determinism could not be checked")
+    return Verdict(
+        "conversion", where,
+        f"{ctx.mnn_path.name} is not what MNN's converter makes of {ctx.onnx_path.name} here: a fresh "
+        f"conversion matches ONNX Runtime at {probe.where} ({figures}); {how}; {deterministic}. The "
+        f"given file was converted from another ONNX, with other options or another MNN version, or "
+        f"changed after conversion",
+        evidence=tuple(evidence),
+        next_steps=(f"reconvert and check in one step: parity convert {ctx.onnx_path.name} -o "
+                    f"{ctx.mnn_path.name}",),
+    )
+
+
+def _graph_diff(ctx: Context, a, b, workdir: Path, label: str):
+    """The structural diff of two MNN files (mnn_graph), or None when one cannot be dumped."""
+    from parity import mnn_graph
+    from parity.mnn_ops import load_dump
+
+    try:
+        ja, jb = workdir / f"{label}-a.json", workdir / f"{label}-b.json"
+        mnn_graph.dump_json(a, ja, timeout=ctx.timeout)
+        mnn_graph.dump_json(b, jb, timeout=ctx.timeout)
+        return mnn_graph.structural_diff(load_dump(ja), load_dump(jb))
+    except ParityError as exc:
+        ctx.progress(f"no structural diff: {exc}")
+        return None
+
+
 def _repeatability(ctx: Context) -> dict | None:
     """None when two runs of the candidate on the same feeds agree (to tolerance), else figures."""
     first = ctx.candidate.run(ctx.feeds).outputs
@@ -360,13 +470,7 @@ def _repeatability(ctx: Context) -> dict | None:
         b = second.get(name)
         if b is None or a.shape != b.shape:
             return {"detail": f"output {name!r} changed shape between runs", "passed": False}
-        if a.dtype.kind in "iub":
-            differ = int(np.count_nonzero(a != b))
-        else:
-            with np.errstate(invalid="ignore"):
-                same = np.isclose(a, b, rtol=ctx.tolerance.rtol, atol=ctx.tolerance.atol_for(
-                    float(np.nanmax(np.abs(a))) if a.size and np.isfinite(a).any() else 0.0), equal_nan=True)
-            differ = int(a.size - np.count_nonzero(same))
+        differ = TensorDiff.from_arrays(name, a, b, ctx.tolerance).mismatch_count
         if differ:
             return {"detail": f"{differ} of {a.size} elements of output {name!r} changed", "passed": False,
                     "changed_elements": differ}

@@ -14,6 +14,7 @@ buffer, a batch). Each gives verdict ``usage`` with the fix in one sentence.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import zipfile
 from pathlib import Path
@@ -21,9 +22,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from parity.align import nc4hw4_size, pair_outputs, unpack_nc4hw4
+from parity.align import AlignmentError, explain_size, fits, pair_outputs
 from parity.errors import InputError, UsageError
-from parity.metrics import TensorDiff, Tolerance, fmt
+from parity.judge import diff_tensors, output_detail
+from parity.metrics import Tolerance
 from parity.report import BackendInfo, Comparison, OutputComparison, Report, Verdict
 
 RAW_DTYPES = ("float32", "float16", "float64", "int32", "int64", "int8", "uint8", "bool")
@@ -58,25 +60,6 @@ def load_dump(path: str | os.PathLike, *, dtype: str | None = None,
     return {path.stem: data}
 
 
-def _layouts(reference: np.ndarray, candidate: np.ndarray):
-    """(array, alignment steps) for every way the buffer can be read as the reference."""
-    ref_shape = tuple(reference.shape)
-    flat = candidate.reshape(-1)
-    if candidate.size == reference.size:
-        if tuple(candidate.shape) == ref_shape:
-            yield candidate, ()
-        else:
-            yield flat.reshape(ref_shape), (f"reshape {tuple(candidate.shape)} -> {ref_shape}",)
-        if reference.ndim == 4:
-            n, c, h, w = ref_shape
-            yield (np.ascontiguousarray(flat.reshape(n, h, w, c).transpose(0, 3, 1, 2)),
-                   (f"nhwc -> nchw: {tuple(candidate.shape)} read as {(n, h, w, c)} and transposed",))
-    packed = nc4hw4_size(ref_shape)
-    if packed is not None and flat.size == packed:
-        yield unpack_nc4hw4(flat, ref_shape), (
-            f"nc4hw4 -> nchw: {flat.size} values unpacked to {ref_shape}",)
-
-
 def _usage_problem(reference: np.ndarray, candidate: np.ndarray, model_inputs: Mapping[str, np.ndarray]) -> str | None:
     """One sentence naming the mistake and its fix, or None."""
     flat = candidate.reshape(-1)
@@ -96,36 +79,24 @@ def _usage_problem(reference: np.ndarray, candidate: np.ndarray, model_inputs: M
             return (f"the candidate holds the model's input {name!r}: it was read before the run "
                     f"(input and output share memory until the session runs); call runSession / "
                     f"onForward before reading the output")
-    if not np.any(flat) and np.any(ref):
+    # a tiny output can be legitimately zero or constant: only a real buffer says 'unwritten'
+    if flat.size >= 8 and not np.any(flat) and np.any(ref):
         return ("the candidate is all zeros: the output was read before the session ran (or from "
                 "another tensor); run the session, then copy the output to the host and read it")
-    if flat.size > 1 and np.all(flat == flat[0]) and not np.all(ref == ref[0]):
+    if flat.size >= 8 and np.all(flat == flat[0]) and not np.all(ref == ref[0]):
         return (f"the candidate is constant ({flat[0]!r}): the output was read before the run or "
                 f"from the wrong tensor")
     return None
 
 
-def _length_problem(reference: np.ndarray, candidate: np.ndarray) -> str:
-    ref, n = reference.size, candidate.size
-    ref_bytes = ref * reference.dtype.itemsize
-    cand_bytes = n * candidate.dtype.itemsize
-    if n * 2 == ref and candidate.dtype == np.float32:
-        return (f"the candidate has half the reference's {ref} elements: float16 data read as float32 "
-                f"(use --dtype float16)")
-    if n == ref * 2 and candidate.dtype == np.float16:
-        return (f"the candidate has twice the reference's {ref} elements: float32 data read as "
-                f"float16 (use --dtype float32)")
-    if cand_bytes == ref_bytes and candidate.dtype != reference.dtype:
-        return (f"the candidate has {n} {candidate.dtype.name} values, the same bytes as the "
-                f"reference's {ref} {reference.dtype.name}: read it as {reference.dtype.name} "
-                f"(--dtype {reference.dtype.name})")
-    if reference.ndim >= 2 and n % ref == 0:
-        return (f"the candidate has {n // ref}x the reference's {ref} elements: a larger batch, or "
-                f"several outputs in one buffer")
-    if reference.ndim >= 2 and ref % n == 0:
-        return (f"the candidate has 1/{ref // n} of the reference's {ref} elements: one item of a "
-                f"batch, or a truncated copy (copyFrom from a smaller host tensor)")
-    return f"the candidate has {n} elements, the reference {tuple(reference.shape)} has {ref}"
+def _usage_row(r, c, problem, steps, tolerance, common) -> OutputComparison:
+    """A usage mistake, with the figures as read when the buffer aligns at all."""
+    try:
+        judged, diff = diff_tensors(common["name"], r, c, tolerance, reread_same_shape=True)
+    except (AlignmentError, ValueError):
+        return OutputComparison(passed=False, alignment=tuple(steps), error=f"usage: {problem}", **common)
+    row = OutputComparison.from_diff(diff, alignment=tuple(steps) + judged.alignment.steps, **common)
+    return dataclasses.replace(row, passed=False, notes=(f"usage: {problem}",) + tuple(row.notes))
 
 
 def compare(
@@ -163,21 +134,18 @@ def compare(
                       reference_shape=tuple(r.shape), candidate_shape=tuple(c.shape),
                       reference_dtype=r.dtype.name, candidate_dtype=c.dtype.name)
         problem = _usage_problem(r, c, model_inputs)
-        if problem is None and c.size != r.size and c.size != (nc4hw4_size(r.shape) or -1):
-            problem = _length_problem(r, c)
+        if problem is None and not fits(r, c):
+            problem = explain_size(r, c)
         if problem is not None:
             usage.append((rname, problem))
-            outputs.append(OutputComparison(passed=False, alignment=tuple(steps), error=f"usage: {problem}", **common))
+            outputs.append(_usage_row(r, c, problem, steps, tolerance, common))
             continue
-        best = None
-        for aligned, layout_steps in _layouts(r, c):
-            diff = TensorDiff.from_arrays(rname, r, aligned.astype(r.dtype) if aligned.dtype != r.dtype and
-                                          aligned.dtype.kind == r.dtype.kind else aligned, tolerance)
-            key = (not diff.passed, diff.max_abs_diff if diff.max_abs_diff is not None else float("inf"))
-            if best is None or key < best[0]:
-                best = (key, diff, layout_steps)
-        _, diff, layout_steps = best
-        outputs.append(OutputComparison.from_diff(diff, alignment=tuple(steps) + tuple(layout_steps), **common))
+        try:  # every layout align.py knows; the first that passes, else the closest
+            judged, diff = diff_tensors(rname, r, c, tolerance, reread_same_shape=True)
+        except AlignmentError as exc:
+            outputs.append(OutputComparison(passed=False, alignment=tuple(steps), error=str(exc), **common))
+            continue
+        outputs.append(OutputComparison.from_diff(diff, alignment=tuple(steps) + judged.alignment.steps, **common))
     comparison = Comparison("reference", "candidate", all(o.passed for o in outputs) and bool(outputs),
                             tuple(outputs))
     if usage:
@@ -189,8 +157,7 @@ def compare(
     else:
         first = next(o for o in outputs if not o.passed)
         verdict = Verdict("mismatch", f"output {first.name!r}",
-                          f"output {first.name!r} differs: max_abs_diff {fmt(first.max_abs_diff)}, "
-                          f"{first.mismatch_fraction:.1%} of elements out of tolerance, with every layout tried")
+                          f"output {first.name!r} differs: {output_detail(first)}, with every layout tried")
     from parity import __version__
 
     return Report(

@@ -9,10 +9,11 @@ nodes ``/blocks.0/attn/qkv/MatMul``). Every pair is checked (element count, layo
 before it is trusted; values without a trustworthy partner are listed as unpaired, with the
 reason, and never count as passing.
 
-Judging a layer (README "Per-layer"): a layer passes when
+Judging a layer (README "Per-layer", judge.layer_passes): a layer passes when
 ``max_abs_diff <= atol + layer_rtol * max|reference|``. Scaling by the tensor's own magnitude
 keeps small legitimate differences (Winograd, tanh GELU) that grow with activations from
-flagging a layer. The first divergence is the earliest failing layer whose nearest paired
+flagging a layer. A graph output that fails the outputs' element rule fails as a layer too,
+so a failing output always has a location. The first divergence is the earliest failing layer whose nearest paired
 inputs all pass; isolation then feeds the reference's values of those inputs into the
 candidate cut at them and measures the layer's own (local) error: large -> introduced here,
 small -> carried from upstream.
@@ -23,27 +24,24 @@ once), compared as they arrive and dropped; only small samples are kept for late
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from parity.align import AlignmentError, pair_outputs
 from parity.errors import BackendCrash, BackendError
+from parity.judge import diff_tensors, layer_passes, output_scaled_error, scaled_error
 from parity.metrics import TensorDiff, Tolerance, fmt
-from parity.report import FirstDivergence, LayerResult, Unpaired
+from parity.report import FirstDivergence, LayerResult, OutputComparison, Unpaired
 from parity.specs import TensorMap
 
 OUTPUT_PREFIX = "::output::"  # a reference name meaning "the model's returned output <name>"
 _SAMPLE = 4096
 _DOWNSTREAM_HOPS = 3
-
-
-def default_layer_rtol(tol: Tolerance, layer_rtol: float | None = None) -> float:
-    """``layer_rtol`` when given, else ten times the element rule's rtol: 1e-2 with the
-    defaults, tighter when outputs are."""
-    return 10 * tol.rtol if layer_rtol is None else layer_rtol
 
 
 def default_max_memory() -> int:
@@ -72,6 +70,11 @@ class Value:
     node_name: str
     inputs: tuple[str, ...]  # produced values and graph inputs only (no constants)
     index: int
+
+    @property
+    def label(self) -> str:
+        """The node's name, or what it is when the exporter left it unnamed."""
+        return self.node_name or f"{self.op_type} -> {self.name}"
 
 
 class OnnxGraph:
@@ -264,67 +267,34 @@ class LayerReport:
 
 
 # -- comparing one pair ----------------------------------------------------------------------
-def layer_passes(diff: TensorDiff, tol: Tolerance, layer_rtol: float) -> bool:
-    if diff.kind in ("integer", "bool"):
-        return diff.passed
-    if diff.kind == "empty":
-        return True
-    if (diff.nan_reference, diff.inf_reference) != (diff.nan_candidate, diff.inf_candidate):
-        return False
-    if diff.max_abs_diff is None:
-        return diff.passed
-    absmax = diff.reference_absmax or 0.0
-    return diff.max_abs_diff <= tol.atol_for(absmax) + layer_rtol * absmax
-
-
-def scaled_error(diff: TensorDiff) -> float | None:
-    """max|c - r| / max|r|: the error on the tensor's own scale."""
-    if diff.max_abs_diff is None:
-        return None
-    return diff.max_abs_diff / max(diff.reference_absmax or 0.0, 1e-12)
-
-
-def _layouts(reference: np.ndarray, candidate: np.ndarray):
-    """Ways to read ``candidate`` as ``reference``'s shape, most plausible first."""
-    if candidate.size != reference.size:
-        return
-    if candidate.shape == reference.shape:
-        yield candidate, ()
-    else:
-        yield candidate.reshape(reference.shape), (f"reshape {tuple(candidate.shape)} -> {tuple(reference.shape)}",)
-    if candidate.ndim == 4 and reference.ndim == 4:
-        n, c, h, w = reference.shape
-        if candidate.shape == (n, h, w, c) and (h, w, c) != (c, h, w):
-            yield np.transpose(candidate, (0, 3, 1, 2)), ("nhwc -> nchw",)
-
-
 @dataclass
 class _Pair:
     candidate_name: str
-    aligned: np.ndarray
+    aligned: np.ndarray | None
     steps: tuple
-    diff: TensorDiff
+    diff: TensorDiff | None
     passed: bool
     candidate_shape: tuple
 
 
 def best_pair(reference: np.ndarray, candidates: dict[str, np.ndarray], tol: Tolerance,
               layer_rtol: float) -> _Pair | None:
-    """The candidate (and layout) that matches best; a passing one in preference order wins."""
+    """The candidate (and layout, align.layouts) that matches best; a passing one in
+    preference order wins."""
     best = None
     for name, array in candidates.items():
-        for aligned, steps in _layouts(reference, array):
-            if aligned.dtype.kind != reference.dtype.kind and {aligned.dtype.kind, reference.dtype.kind} <= {"i", "u"}:
-                aligned = aligned.astype(reference.dtype)
-            diff = TensorDiff.from_arrays(name, reference, aligned, tol)
-            passed = layer_passes(diff, tol, layer_rtol)
-            pair = _Pair(name, aligned, steps, diff, passed, tuple(array.shape))
-            if passed:
-                return pair
-            score = scaled_error(diff)
-            score = float("inf") if score is None else score
-            if best is None or score < best[0]:
-                best = (score, pair)
+        try:
+            judged, diff = diff_tensors(name, reference, array, tol, layer_rtol)
+        except AlignmentError:
+            continue
+        pair = _Pair(name, judged.alignment.array, judged.alignment.steps, diff, judged.passed,
+                     tuple(array.shape))
+        if judged.passed:
+            return pair
+        score = scaled_error(diff)
+        score = float("inf") if score is None else score
+        if best is None or score < best[0]:
+            best = (score, pair)
     return None if best is None else best[1]
 
 
@@ -339,11 +309,8 @@ def _sample(array: np.ndarray) -> tuple[int, np.ndarray]:
 def _sample_matches(reference: tuple, candidate: tuple, tol: Tolerance, layer_rtol: float) -> bool:
     if reference[0] != candidate[0] or reference[1].shape != candidate[1].shape:
         return False
-    r, c = reference[1], candidate[1]
-    if not (np.isfinite(r).all() and np.isfinite(c).all()):
-        return False
-    absmax = float(np.abs(r).max())
-    return float(np.abs(r - c).max()) <= tol.atol_for(absmax) + layer_rtol * absmax
+    diff = TensorDiff.from_arrays("sample", reference[1], candidate[1], tol)
+    return layer_passes(diff, tol, layer_rtol)
 
 
 # -- the comparison of one link ---------------------------------------------------------------
@@ -353,6 +320,25 @@ class _Entry:
     reference_name: str
     candidate_names: list
     module: str | None = None
+
+
+@dataclass
+class _Plan:
+    """Which reference tensor and which candidate tensors stand for each ONNX value."""
+    link: tuple
+    entries: list
+    op_types: dict = field(default_factory=dict)  # MNN tensor -> op type
+    mapping: dict = field(default_factory=dict)  # ONNX value -> torch module (torch link)
+    modules_with_nodes: set = field(default_factory=set)
+
+
+@dataclass
+class _State:
+    """What the capture found, filled chunk by chunk."""
+    results: dict = field(default_factory=dict)  # ONNX value -> LayerResult
+    chosen: dict = field(default_factory=dict)  # ONNX value -> _Pair (no arrays kept)
+    samples: dict = field(default_factory=dict)  # ONNX value -> reference sample
+    failing_samples: dict = field(default_factory=dict)  # ONNX value -> aligned candidate sample
 
 
 Progress = Callable[[str], None]
@@ -365,17 +351,49 @@ def compare_layers(
     feeds: TensorMap,
     tol: Tolerance,
     *,
-    layer_rtol: float | None = None,
+    layer_rtol: float,
     max_memory: int | None = None,
     isolate: str = "first",
+    failing_outputs: Mapping[str, OutputComparison] | None = None,
     progress: Progress | None = None,
 ) -> LayerReport | None:
-    """Layers of one link, or None when the link has no per-layer view."""
+    """Layers of one link, or None when the link has no per-layer view.
+
+    ``failing_outputs`` (ONNX output name -> its failing OutputComparison) are judged by the
+    outputs' element rule as layers too, so a failing output always has a location: when no
+    paired layer fails before it, the first divergence is the stretch of ONNX ops between
+    the last matching layers and that output."""
     say = progress or (lambda message: None)
-    layer_rtol = default_layer_rtol(tol, layer_rtol)
-    link = (reference.framework, candidate.framework)
     report = LayerReport()
-    op_types: dict[str, str] = {}
+    plan = _plan_entries(graph, reference, candidate, report)
+    if plan is None or not plan.entries:
+        return None if plan is None else report
+    chunks = _plan_chunks(graph, feeds, plan.entries, max_memory, report)
+    state = _State()
+    for number, chunk in enumerate(chunks, 1):
+        say(f"capturing layers: chunk {number}/{len(chunks)} ({len(chunk)} tensors)")
+        _capture_chunk(graph, reference, candidate, feeds, tol, layer_rtol, chunk, plan, state, report,
+                       cache=len(chunks) == 1)
+        if len(chunks) > 1:
+            _release_memory()
+    if plan.link[1] == "mnn":
+        _drop_fused(graph, state, tol, layer_rtol, report)
+    _apply_output_rule(graph, plan, state, failing_outputs or {})
+
+    ordered = sorted(state.results.values(), key=lambda r: r.index)
+    first = _first_divergence(graph, ordered)
+    isolated = _isolate_targets(graph, reference, candidate, feeds, tol, layer_rtol, ordered, first,
+                                isolate, plan, state, report, say)
+    report.layers = [_with_isolation(layer, isolated.get(layer.name)) for layer in ordered]
+    if first:
+        report.first_divergence = _describe_divergence(graph, reference, candidate, feeds, report, first)
+    if plan.link == ("torch", "onnxruntime"):
+        report.notes.extend(_torch_notes(reference, plan))
+    return report
+
+
+def _plan_entries(graph, reference, candidate, report) -> _Plan | None:
+    link = (reference.framework, candidate.framework)
     if link == ("onnxruntime", "mnn"):
         by_base, op_types = mnn_candidates(candidate.graph())
         entries = []
@@ -386,29 +404,33 @@ def compare_layers(
             elif op_types.get(v.name) == "Const":
                 report.unpaired.append(Unpaired(v.name, "folded into a constant by the converter"))
             else:
-                report.unpaired.append(Unpaired(v.name, "no MNN tensor of this name: fused into a neighbouring op or renamed by the converter"))
-    elif link == ("torch", "onnxruntime"):
+                report.unpaired.append(Unpaired(v.name, "no MNN tensor of this name: fused into a "
+                                                        "neighbouring op or renamed by the converter"))
+        return _Plan(link, entries, op_types=op_types)
+    if link == ("torch", "onnxruntime"):
         modules = reference.module_names()
         if modules is None:
             report.notes.append("per-layer capture in torch needs an eager nn.Module (--torch file.py:factory); "
                                 ".pt2 and TorchScript graphs have no module calls to hook")
-            return report
+            return _Plan(link, [])
         mapping = module_values(graph, modules)
         # graph outputs pair with what the model returns (flattened as in the outputs table),
         # named after the module whose scope computes them in ONNX
-        from parity.align import pair_outputs
-
         returned = pair_outputs([s.name for s in reference.output_specs], graph.outputs).pairs
         final = {p.candidate_name: OUTPUT_PREFIX + p.reference_name for p in returned}
         entries = [
             _Entry(v, final.get(v.name) or mapping[v.name], [v.name], mapping.get(v.name))
             for v in graph.values if v.name in mapping or v.name in final
         ]
-        unmapped_with_nodes = {module_of_node(v.node_name, set(modules)) for v in graph.values} - {""}
+        with_nodes = {module_of_node(v.node_name, set(modules)) for v in graph.values} - {""}
         report.notes.append(f"{len(entries)} ONNX values map to torch modules through the exporter's scopes")
-    else:
-        return None
+        return _Plan(link, entries, mapping=mapping, modules_with_nodes=with_nodes)
+    return None
 
+
+def _plan_chunks(graph, feeds, entries, max_memory, report) -> list[list[_Entry]]:
+    """Entries in capture chunks whose tensors, both sides, fit a quarter of ``max_memory``
+    (the rest is for the frameworks at work)."""
     sizes = graph.value_bytes(feeds)
     known = [s for s in sizes.values() if s]
     fallback = max(known) if known else 1 << 20
@@ -416,7 +438,7 @@ def compare_layers(
     chunks, current, used = [], [], 0
     for entry in entries:
         cost = sizes.get(entry.value.name, fallback) * (1 + len(entry.candidate_names))
-        if current and used + cost > budget // 4:  # a quarter for held tensors, the rest for the frameworks at work
+        if current and used + cost > budget // 4:
             chunks.append(current)
             current, used = [], 0
         current.append(entry)
@@ -427,183 +449,252 @@ def compare_layers(
     if len(chunks) > 1:
         report.notes.append(f"captured in {len(chunks)} chunks to hold at most {budget / 4 / 2**20:.0f} MiB "
                             f"of tensors at once, within --max-memory {budget / 2**20:.0f} MiB")
+    return chunks
 
-    graph_outputs = set(graph.outputs)
-    samples: dict[str, tuple] = {}
-    failing_samples: dict[str, tuple] = {}
-    results: dict[str, LayerResult] = {}
-    chosen: dict[str, _Pair] = {}
-    single = len(chunks) == 1
-    for number, chunk in enumerate(chunks, 1):
-        say(f"capturing layers: chunk {number}/{len(chunks)} ({len(chunk)} tensors)")
-        ref_names = list(dict.fromkeys(e.reference_name for e in chunk))
-        ref_run = reference.capture(feeds, ref_names, cache=single)
-        skipped = dict(n.split(": ", 1) for n in ref_run.notes if ": " in n)
-        cand_names = list(dict.fromkeys(n for e in chunk for n in e.candidate_names))
-        cand_arrays, cand_errors = _capture_robust(candidate, feeds, cand_names, single)
-        for entry in chunk:
-            v = entry.value
-            ref = ref_run.outputs.get(entry.reference_name)
-            if ref is None:
-                reason = skipped.get(entry.reference_name, "the reference returned no tensor")
-                if "did not run" in reason:
-                    reason += "; the ONNX graph computes it (control flow frozen at export?)"
-                report.unpaired.append(Unpaired(v.name, f"module {entry.reference_name!r}: {reason}"))
-                continue
-            ref = np.asarray(ref)
-            samples[v.name] = _sample(ref)
-            cands = {n: np.asarray(cand_arrays[n]) for n in entry.candidate_names if n in cand_arrays}
-            if not cands:
-                errors = [cand_errors[n] for n in entry.candidate_names if n in cand_errors]
-                report.unpaired.append(Unpaired(v.name, errors[0] if errors else "the candidate returned no tensor"))
-                continue
-            pair = best_pair(ref, cands, tol, layer_rtol)
-            if pair is None:
-                shapes = ", ".join(f"{n} {tuple(a.shape)}" for n, a in cands.items())
-                if v.name in graph_outputs and v.name in cands:
-                    # a graph output must match: a different size there is a divergence, not a
-                    # pairing problem (e.g. a pooling or reduction converted to another shape)
-                    cand = cands[v.name]
-                    results[v.name] = LayerResult(
-                        name=v.name, reference_name=entry.reference_name, candidate_name=v.name,
-                        op_type=v.op_type, candidate_op_type=op_types.get(v.name) if link[1] == "mnn" else v.op_type,
-                        module=entry.module or None, passed=False, max_abs_diff=None, max_rel_diff=None,
-                        cosine=None, mismatch_fraction=1.0, scaled_error=None, reference_absmax=None,
-                        reference_shape=tuple(ref.shape), candidate_shape=tuple(cand.shape),
-                        alignment=(f"shape differs: reference {tuple(ref.shape)}, candidate {tuple(cand.shape)}",),
-                        status="fail", index=v.index)
-                    chosen[v.name] = _Pair(v.name, None, (), None, False, tuple(cand.shape))
-                    continue
-                report.unpaired.append(Unpaired(v.name, f"element count differs: reference {tuple(ref.shape)}, candidate {shapes}"))
-                continue
-            steps = pair.steps
-            if pair.candidate_name != v.name and link[1] == "mnn":
-                steps = (f"mnn tensor {pair.candidate_name!r}",) + steps
-            d = pair.diff
-            results[v.name] = LayerResult(
-                name=v.name, reference_name=entry.reference_name, candidate_name=pair.candidate_name,
-                op_type=v.op_type, candidate_op_type=op_types.get(pair.candidate_name) if link[1] == "mnn" else v.op_type,
-                module=entry.module or None, passed=pair.passed, max_abs_diff=d.max_abs_diff,
-                max_rel_diff=d.max_rel_diff, cosine=d.cosine, mismatch_fraction=d.mismatch_fraction,
-                scaled_error=scaled_error(d), reference_absmax=d.reference_absmax,
-                reference_shape=tuple(ref.shape), candidate_shape=pair.candidate_shape,
-                alignment=steps, status="pass" if pair.passed else "fail", index=v.index,
-            )
-            chosen[v.name] = _Pair(pair.candidate_name, None, pair.steps, d, pair.passed, pair.candidate_shape)
-            if not pair.passed:
-                failing_samples[v.name] = _sample(pair.aligned)
-        # drop every reference to this chunk's arrays before the next capture runs
-        del ref_run, cand_arrays
-        ref = cands = pair = None  # noqa: F841
-        if not single:
-            _release_memory()
 
-    # A failing MNN tensor whose values are those of a value just downstream holds a fused
-    # result under an earlier name: not a divergence, not a pair.
-    if link[1] == "mnn":
-        for name, sample in failing_samples.items():
-            for later in graph.downstream(name):
-                if later in samples and _sample_matches(samples[later], sample, tol, layer_rtol):
-                    layer = results.pop(name)
-                    report.unpaired.append(Unpaired(
-                        name, f"MNN tensor {layer.candidate_name!r} holds the values of ONNX {later!r} "
-                              f"(a later op fused into it)"))
-                    break
+def _capture_chunk(graph, reference, candidate, feeds, tol, layer_rtol, chunk, plan, state, report, *, cache):
+    """Capture one chunk on both sides, compare each entry, keep figures and small samples."""
+    ref_names = list(dict.fromkeys(e.reference_name for e in chunk))
+    ref_run = reference.capture(feeds, ref_names, cache=cache)
+    skipped = dict(n.split(": ", 1) for n in ref_run.notes if ": " in n)
+    cand_names = list(dict.fromkeys(n for e in chunk for n in e.candidate_names))
+    cand_arrays, cand_errors = _capture_robust(candidate, feeds, cand_names, cache)
+    for entry in chunk:
+        v = entry.value
+        ref = ref_run.outputs.get(entry.reference_name)
+        if ref is None:
+            reason = skipped.get(entry.reference_name, "the reference returned no tensor")
+            if "did not run" in reason:
+                reason += "; the ONNX graph computes it (control flow frozen at export?)"
+            report.unpaired.append(Unpaired(v.name, f"module {entry.reference_name!r}: {reason}"))
+            continue
+        ref = np.asarray(ref)
+        state.samples[v.name] = _sample(ref)
+        cands = {n: np.asarray(cand_arrays[n]) for n in entry.candidate_names if n in cand_arrays}
+        if not cands:
+            errors = [cand_errors[n] for n in entry.candidate_names if n in cand_errors]
+            report.unpaired.append(Unpaired(v.name, errors[0] if errors else "the candidate returned no tensor"))
+            continue
+        _judge_entry(graph, entry, ref, cands, tol, layer_rtol, plan, state, report)
 
-    ordered = sorted(results.values(), key=lambda r: r.index)
+
+def _candidate_op(plan: _Plan, name: str, value: Value) -> str | None:
+    return plan.op_types.get(name) if plan.link[1] == "mnn" else value.op_type
+
+
+def _judge_entry(graph, entry, ref, cands, tol, layer_rtol, plan, state, report) -> None:
+    v = entry.value
+    pair = best_pair(ref, cands, tol, layer_rtol)
+    if pair is None:
+        shapes = ", ".join(f"{n} {tuple(a.shape)}" for n, a in cands.items())
+        if v.name in set(graph.outputs) and v.name in cands:
+            # a graph output must match: a different size there is a divergence, not a
+            # pairing problem (e.g. a pooling or reduction converted to another shape)
+            cand = cands[v.name]
+            state.results[v.name] = LayerResult(
+                name=v.name, reference_name=entry.reference_name, candidate_name=v.name,
+                op_type=v.op_type, candidate_op_type=_candidate_op(plan, v.name, v),
+                module=entry.module or None, passed=False, max_abs_diff=None, max_rel_diff=None,
+                cosine=None, mismatch_fraction=1.0, scaled_error=None, reference_absmax=None,
+                reference_shape=tuple(ref.shape), candidate_shape=tuple(cand.shape),
+                alignment=(f"shape differs: reference {tuple(ref.shape)}, candidate {tuple(cand.shape)}",),
+                status="fail", index=v.index)
+            state.chosen[v.name] = _Pair(v.name, None, (), None, False, tuple(cand.shape))
+            return
+        report.unpaired.append(Unpaired(v.name, f"element count differs: reference {tuple(ref.shape)}, "
+                                                f"candidate {shapes}"))
+        return
+    steps = pair.steps
+    if pair.candidate_name != v.name and plan.link[1] == "mnn":
+        steps = (f"mnn tensor {pair.candidate_name!r}",) + steps
+    d = pair.diff
+    state.results[v.name] = LayerResult(
+        name=v.name, reference_name=entry.reference_name, candidate_name=pair.candidate_name,
+        op_type=v.op_type, candidate_op_type=_candidate_op(plan, pair.candidate_name, v),
+        module=entry.module or None, passed=pair.passed, max_abs_diff=d.max_abs_diff,
+        max_rel_diff=d.max_rel_diff, cosine=d.cosine, mismatch_fraction=d.mismatch_fraction,
+        scaled_error=scaled_error(d), reference_absmax=d.reference_absmax,
+        reference_shape=tuple(ref.shape), candidate_shape=pair.candidate_shape,
+        alignment=steps, status="pass" if pair.passed else "fail", index=v.index,
+        masked=d.masked_matched,
+    )
+    state.chosen[v.name] = _Pair(pair.candidate_name, None, pair.steps, d, pair.passed, pair.candidate_shape)
+    if not pair.passed:
+        state.failing_samples[v.name] = _sample(pair.aligned)
+
+
+def _drop_fused(graph, state, tol, layer_rtol, report) -> None:
+    """A failing MNN tensor whose values are those of a value just downstream holds a fused
+    result under an earlier name: not a divergence, not a pair."""
+    for name, sample in state.failing_samples.items():
+        for later in graph.downstream(name):
+            if later in state.samples and _sample_matches(state.samples[later], sample, tol, layer_rtol):
+                layer = state.results.pop(name)
+                state.chosen.pop(name, None)
+                report.unpaired.append(Unpaired(
+                    name, f"MNN tensor {layer.candidate_name!r} holds the values of ONNX {later!r} "
+                          f"(a later op fused into it)"))
+                break
+
+
+def _apply_output_rule(graph, plan, state, failing_outputs) -> None:
+    """A graph output that fails the outputs' element rule fails as a layer too (rule
+    "element"), paired or not, so the search for the first divergence cannot miss it."""
+    for name, output in failing_outputs.items():
+        value = graph.producer.get(name)
+        if value is None:
+            continue
+        layer = state.results.get(name)
+        if layer is not None:
+            if layer.passed:
+                state.results[name] = dataclasses.replace(
+                    layer, passed=False, status="fail", rule="element",
+                    alignment=layer.alignment + ("within the layer rule, but fails the outputs' element rule",))
+            continue
+        cand_name = output.candidate_name if plan.link[1] == "mnn" else name
+        ref_name = name if plan.link[0] == "onnxruntime" else OUTPUT_PREFIX + str(output.reference_name)
+        if not cand_name:
+            continue
+        state.results[name] = LayerResult(
+            name=name, reference_name=ref_name, candidate_name=cand_name, op_type=value.op_type,
+            candidate_op_type=_candidate_op(plan, cand_name, value), module=None, passed=False,
+            max_abs_diff=output.max_abs_diff, max_rel_diff=output.max_rel_diff, cosine=output.cosine,
+            mismatch_fraction=output.mismatch_fraction, scaled_error=output_scaled_error(output),
+            reference_absmax=output.reference_absmax, reference_shape=tuple(output.reference_shape or ()),
+            candidate_shape=tuple(output.candidate_shape or ()),
+            alignment=("graph output without a paired layer: figures from the output comparison",)
+            + tuple(output.alignment),
+            status="fail", index=value.index, rule="element")
+        state.chosen[name] = _Pair(cand_name, None, (), None, False, tuple(output.candidate_shape or ()))
+
+
+def _first_divergence(graph, ordered) -> tuple[LayerResult, list[str]] | None:
+    """The earliest failing layer whose nearest paired inputs all pass."""
     paired = {r.name for r in ordered}
     passing = {r.name for r in ordered if r.passed}
     inputs = set(graph.inputs)
-    first = None
     for layer in ordered:
         if layer.passed:
             continue
         frontier = graph.frontier(layer.name, paired)
         if all(f in passing or f in inputs for f in frontier):
-            first = (layer, frontier)
-            break
+            return layer, frontier
+    return None
 
-    isolated: dict[str, tuple] = {}
+
+def _isolate_targets(graph, reference, candidate, feeds, tol, layer_rtol, ordered, first, isolate,
+                     plan, state, report, say) -> dict:
+    """Re-run the chosen failing layers alone on the reference's inputs: name -> (local max
+    abs diff, local scaled error, whether it passes alone)."""
+    paired = {r.name for r in ordered}
     targets = [first] if first else []
     if isolate == "all":
-        targets = [(l, graph.frontier(l.name, paired)) for l in ordered if not l.passed]
+        targets = [(x, graph.frontier(x.name, paired)) for x in ordered if not x.passed]
     elif isolate == "none":
         targets = []
+    isolated = {}
     for layer, frontier in targets:
         say(f"isolating {layer.name}")
         try:
-            isolated[layer.name] = _isolate(link, graph, reference, candidate, feeds, layer, frontier,
-                                            chosen, results, tol, layer_rtol)
+            isolated[layer.name] = _isolate(plan.link, graph, reference, candidate, feeds, layer, frontier,
+                                            state.chosen, state.results, tol, layer_rtol)
         except (BackendError, ValueError, KeyError) as exc:
-            report.notes.append(f"isolation of {layer.name!r} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+            report.notes.append(f"isolation of {layer.name!r} failed: {_first_line(exc)}")
             if isinstance(exc, BackendCrash):
                 break
+    return isolated
 
-    final = []
-    for layer in ordered:
-        if layer.name in isolated:
-            local, local_scaled, local_passed = isolated[layer.name]
-            status = "carried" if local_passed else "introduced"
-            layer = _replace(layer, local_max_abs_diff=local, local_scaled_error=local_scaled, status=status)
-        final.append(layer)
-    report.layers = final
 
-    if first:
-        layer = next(l for l in final if l.name == first[0].name)
-        introduced = None if layer.status == "fail" else layer.status == "introduced"
-        span_ops = "+".join(graph.producer[n].op_type for n in graph.span(layer.name, set(first[1])))
-        where = f"{layer.name} ({span_ops}" + (f", module {layer.module}" if layer.module else "") + ")"
-        if introduced is None:
-            summary = f"first divergence at {where}: its paired inputs match, its output does not"
-        elif introduced:
-            summary = (f"first divergence at {where}: fed the reference's inputs it still differs "
-                       f"(local max_abs_diff {fmt(layer.local_max_abs_diff)}): the error is introduced here")
-        else:
-            summary = (f"first out-of-tolerance tensor {where} is right when fed the reference's inputs "
-                       f"(local max_abs_diff {fmt(layer.local_max_abs_diff)}): the error is carried from upstream")
-        span = graph.span(layer.name, set(first[1]))
-        histogram = None
-        try:
-            ref_value = reference.capture(feeds, [layer.reference_name], cache=False).outputs[layer.reference_name]
-            cand_value = candidate.capture(feeds, [layer.candidate_name], cache=False).outputs[layer.candidate_name]
-            histogram = diff_histogram(np.asarray(ref_value), np.asarray(cand_value))
-        except (BackendError, KeyError, ValueError) as exc:
-            report.notes.append(f"no histogram at the first divergence: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
-        report.first_divergence = FirstDivergence(
-            name=layer.name, op_type="+".join(graph.producer[n].op_type for n in span),
-            candidate_op_type=layer.candidate_op_type,
-            nodes=tuple(graph.producer[n].node_name for n in span),
-            module=layer.module, inputs=tuple(first[1]), max_abs_diff=layer.max_abs_diff,
-            scaled_error=layer.scaled_error, local_max_abs_diff=layer.local_max_abs_diff,
-            local_scaled_error=layer.local_scaled_error, introduced_here=introduced, summary=summary,
-            histogram=histogram,
-        )
-    if link == ("torch", "onnxruntime"):
-        ran = getattr(reference, "last_calls", {})
-        idle = sorted({m for m in mapping.values() if ran.get(m) == 0})
-        if idle:
-            report.notes.append(
-                f"the ONNX graph computes modules that did not run in torch on these inputs: {idle[:10]} "
-                f"(data-dependent control flow frozen at export?)")
-        missing = sorted(m for m, count in ran.items() if count and m not in unmapped_with_nodes
-                         and not any(m.startswith(o + ".") or o.startswith(m + ".") for o in unmapped_with_nodes))
-        leaves = [m for m in missing if not any(x.startswith(m + ".") for x in ran)]
-        if leaves:
-            report.notes.append(f"torch modules that ran but have no ONNX nodes of their own (folded into "
-                                f"neighbours at export, or not exported): {leaves[:10]}")
-    return report
+def _with_isolation(layer: LayerResult, isolated: tuple | None) -> LayerResult:
+    if isolated is None:
+        return layer
+    local, local_scaled, local_passed = isolated
+    return dataclasses.replace(layer, local_max_abs_diff=local, local_scaled_error=local_scaled,
+                               status="carried" if local_passed else "introduced")
+
+
+def ops_label(ops: Sequence[str], limit: int = 6) -> str:
+    """``Conv+Relu``; a long stretch as ``MatMul+Add+Softmax+...+Add (23 ops)``."""
+    if len(ops) <= limit:
+        return "+".join(ops)
+    return "+".join(ops[:3]) + "+...+" + "+".join(ops[-2:]) + f" ({len(ops)} ops)"
+
+
+def _describe_divergence(graph, reference, candidate, feeds, report, first) -> FirstDivergence:
+    layer = next(x for x in report.layers if x.name == first[0].name)
+    frontier = first[1]
+    span = graph.span(layer.name, set(frontier))
+    ops = [graph.producer[n].op_type for n in span]
+    introduced = None if layer.status == "fail" else layer.status == "introduced"
+    where = f"{layer.name} ({ops_label(ops)}" + (f", module {layer.module}" if layer.module else "") + ")"
+    if layer.rule == "element":
+        start = ", ".join(frontier[-3:]) or "the model's inputs"
+        head = (f"the numbers first go wrong between the last matching tensors ({start}) and output "
+                f"{layer.name}: a stretch of {len(ops)} ONNX ops with no failing paired tensor "
+                f"({ops_label(ops)})")
+        tail = {None: "", True: f"; fed the reference's values there it still differs (local max_abs_diff "
+                                 f"{fmt(layer.local_max_abs_diff)}): the error is introduced in that stretch",
+                False: f"; fed the reference's values there it matches (local max_abs_diff "
+                       f"{fmt(layer.local_max_abs_diff)}): the error is carried in, below the layer rule"}
+        summary = head + tail[introduced]
+    elif introduced is None:
+        summary = f"first divergence at {where}: its paired inputs match, its output does not"
+    elif introduced:
+        summary = (f"first divergence at {where}: fed the reference's inputs it still differs "
+                   f"(local max_abs_diff {fmt(layer.local_max_abs_diff)}): the error is introduced here")
+    else:
+        summary = (f"first out-of-tolerance tensor {where} is right when fed the reference's inputs "
+                   f"(local max_abs_diff {fmt(layer.local_max_abs_diff)}): the error is carried from upstream")
+    histogram = None
+    try:
+        ref_value = reference.capture(feeds, [layer.reference_name], cache=False).outputs[layer.reference_name]
+        cand_value = candidate.capture(feeds, [layer.candidate_name], cache=False).outputs[layer.candidate_name]
+        histogram = diff_histogram(np.asarray(ref_value), np.asarray(cand_value))
+    except (BackendError, KeyError, ValueError) as exc:
+        report.notes.append(f"no histogram at the first divergence: {_first_line(exc)}")
+    return FirstDivergence(
+        name=layer.name, op_type=ops_label(ops), candidate_op_type=layer.candidate_op_type,
+        nodes=tuple(graph.producer[n].label for n in span), module=layer.module, inputs=tuple(frontier),
+        max_abs_diff=layer.max_abs_diff, scaled_error=layer.scaled_error,
+        local_max_abs_diff=layer.local_max_abs_diff, local_scaled_error=layer.local_scaled_error,
+        introduced_here=introduced, summary=summary, histogram=histogram, rule=layer.rule,
+    )
+
+
+def _torch_notes(reference, plan: _Plan) -> list[str]:
+    notes = []
+    ran = getattr(reference, "last_calls", {})
+    idle = sorted({m for m in plan.mapping.values() if ran.get(m) == 0})
+    if idle:
+        notes.append(f"the ONNX graph computes modules that did not run in torch on these inputs: {idle[:10]} "
+                     f"(data-dependent control flow frozen at export?)")
+    with_nodes = plan.modules_with_nodes
+    missing = sorted(m for m, count in ran.items() if count and m not in with_nodes
+                     and not any(m.startswith(o + ".") or o.startswith(m + ".") for o in with_nodes))
+    leaves = [m for m in missing if not any(x.startswith(m + ".") for x in ran)]
+    if leaves:
+        notes.append(f"torch modules that ran but have no ONNX nodes of their own (folded into "
+                     f"neighbours at export, or not exported): {leaves[:10]}")
+    return notes
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).splitlines()
+    return text[0] if text and text[0] else type(exc).__name__
 
 
 def diff_histogram(reference: np.ndarray, candidate: np.ndarray, low: int = -12, high: int = 4) -> dict | None:
     """Counts of log10 |c - r| in decades [low, high); exact zeros and non-finite counted apart."""
     if reference.size != candidate.size:
         return None
-    d = np.abs(candidate.reshape(-1).astype(np.float64) - reference.reshape(-1).astype(np.float64))
-    finite = np.isfinite(d)
-    zeros = int(np.count_nonzero(d[finite] == 0))
-    positive = d[finite & (d > 0)]
-    logs = np.clip(np.floor(np.log10(positive)), low, high - 1) if positive.size else np.array([])
-    counts = np.bincount((logs - low).astype(np.int64), minlength=high - low) if positive.size else np.zeros(high - low, np.int64)
+    with np.errstate(all="ignore"):
+        d = np.abs(candidate.reshape(-1).astype(np.float64) - reference.reshape(-1).astype(np.float64))
+        finite = np.isfinite(d)
+        zeros = int(np.count_nonzero(d[finite] == 0))
+        positive = d[finite & (d > 0)]
+        logs = np.clip(np.floor(np.log10(positive)), low, high - 1) if positive.size else np.array([])
+    counts = (np.bincount((logs - low).astype(np.int64), minlength=high - low) if positive.size
+              else np.zeros(high - low, np.int64))
     return {"edges": list(range(low, high + 1)), "counts": [int(c) for c in counts], "zeros": zeros,
             "non_finite": int(np.count_nonzero(~finite))}
 
@@ -619,12 +710,6 @@ def _release_memory() -> None:
         pass
 
 
-def _replace(layer: LayerResult, **changes) -> LayerResult:
-    import dataclasses
-
-    return dataclasses.replace(layer, **changes)
-
-
 def _capture_robust(candidate, feeds, names, cache) -> tuple[dict, dict]:
     """Capture ``names``; when the framework refuses the request, split it to find the names
     it cannot return (each then gets its own reason) instead of losing the whole chunk."""
@@ -636,34 +721,41 @@ def _capture_robust(candidate, feeds, names, cache) -> tuple[dict, dict]:
         raise
     except BackendError as exc:
         if len(names) == 1:
-            return {}, {names[0]: f"{candidate.framework} could not return this tensor: {str(exc).splitlines()[0]}"}
+            return {}, {names[0]: f"{candidate.framework} could not return this tensor: {_first_line(exc)}"}
     half = len(names) // 2
     a, ea = _capture_robust(candidate, feeds, names[:half], False)
     b, eb = _capture_robust(candidate, feeds, names[half:], False)
     return {**a, **b}, {**ea, **eb}
 
 
+def cut_feeds(graph, feeds, frontier, chosen, values) -> dict:
+    """The tensors to feed an MNN module cut at ``frontier``: graph inputs as fed (ONNX
+    int64 as int32), paired tensors under their MNN names in the shape MNN holds them."""
+    inputs = set(graph.inputs)
+    tensors = {}
+    for f in frontier:
+        if f in inputs:
+            array = feeds[f]
+            tensors[f] = array.astype(np.int32) if array.dtype == np.int64 else array
+        else:
+            pick = chosen[f]
+            tensors[pick.candidate_name] = np.ascontiguousarray(values[f].reshape(pick.candidate_shape))
+    return tensors
+
+
 def _isolate(link, graph, reference, candidate, feeds, layer, frontier, chosen, layers, tol, layer_rtol):
-    """Feed the reference's values of ``frontier`` into the candidate cut there."""
+    """Feed the reference's values of ``frontier`` into the candidate cut there; judge the
+    layer's own error by its rule (the element rule for a graph output that failed it)."""
     inputs = set(graph.inputs)
     needed = [f for f in frontier if f not in inputs]
     if link == ("onnxruntime", "mnn"):
         ref_values = reference.capture(feeds, needed + [layer.reference_name], cache=False).outputs
-        tensors = {}
-        for f in frontier:
-            if f in inputs:
-                array = feeds[f]
-                if array.dtype == np.int64:
-                    array = array.astype(np.int32)
-                tensors[f] = array
-            else:
-                pick = chosen[f]
-                tensors[pick.candidate_name] = np.ascontiguousarray(ref_values[f].reshape(pick.candidate_shape))
+        tensors = cut_feeds(graph, feeds, frontier, chosen, ref_values)
         out = candidate.run_cut(tensors, [layer.candidate_name]).outputs[layer.candidate_name]
         expected = ref_values[layer.reference_name]
     else:  # torch -> onnxruntime: torch's module outputs feed the ONNX subgraph
         modules = {f: layers[f].reference_name for f in needed}
-        wanted = list(dict.fromkeys([m for m in modules.values()] + [layer.reference_name]))
+        wanted = list(dict.fromkeys(list(modules.values()) + [layer.reference_name]))
         ref_run = reference.capture(feeds, wanted, cache=False).outputs
         tensors = {f: (feeds[f] if f in inputs else ref_run[modules[f]]) for f in frontier}
         out = candidate.run_cut(tensors, [layer.name]).outputs[layer.name]
@@ -673,4 +765,5 @@ def _isolate(link, graph, reference, candidate, feeds, layer, frontier, chosen, 
     if out.size != expected.size:
         raise ValueError(f"the cut returned {out.shape}, expected {expected.shape}")
     diff = TensorDiff.from_arrays(layer.name, expected, out.reshape(expected.shape), tol)
-    return diff.max_abs_diff, scaled_error(diff), layer_passes(diff, tol, layer_rtol)
+    passed = diff.passed if layer.rule == "element" else layer_passes(diff, tol, layer_rtol)
+    return diff.max_abs_diff, scaled_error(diff), passed

@@ -1,8 +1,24 @@
-"""Pure numpy diffs and statistics: no I/O, no printing.
+"""Pure numpy diffs and statistics: no I/O, no printing, no numpy warnings.
 
-Element rule (as numpy.isclose): ``|c - r| <= atol + rtol * |r|``. NaN matches NaN and an
-infinity matches the same infinity; any other non-finite pair is a mismatch. Arrays are
-walked in chunks so memory stays flat on large outputs.
+Every figure is exact for every dtype and magnitude:
+
+* floats are compared in float64, so float16/float32 differences cannot overflow or round
+  away; cosine and norms are accumulated on values divided by a running scale, so squares of
+  values near float max cannot overflow;
+* integers are compared exactly (differences are unsigned 64-bit, or Python ints when even
+  those would wrap): uint64 2**64-1 against 0 differs by 2**64-1, int64 minimum against 0 by
+  2**63.
+
+Element classes (float tensors). A value at or beyond ``SENTINEL`` in magnitude (or the
+largest finite value of its dtype, for float16), or an infinity, is a *mask value*: what
+attention masks hold (Hugging Face uses float32 min or -inf). Mask values must match class
+for class (both masked, same sign); they are counted apart and left out of the figures and
+of the tolerance scale, so the rest of the tensor is checked as strictly as a tensor without
+a mask. NaN matches NaN. Any other pairing of classes (mask against a regular value,
+opposite masks, NaN against a number) is a mismatch.
+
+Element rule (as numpy.isclose) on pairs of regular values: ``|c - r| <= atol + rtol * |r|``.
+Arrays are walked in chunks so memory stays flat on large outputs.
 """
 
 from __future__ import annotations
@@ -21,7 +37,12 @@ DEFAULT_ATOL = None
 DEFAULT_RTOL = 1e-3
 DEFAULT_ATOL_SCALE = 2e-3
 
-_CHUNK = 1 << 16  # 256 KiB of float32: every pass over a chunk stays in cache
+# |v| >= SENTINEL: a mask or sentinel value, not a number to measure (float32 max is 3.4e38).
+SENTINEL = 1e38
+# Below this share of max|reference|, the default atol's floor is noted as loose (README).
+LOOSE_SHARE = 0.01
+
+_CHUNK = 1 << 16  # 512 KiB of float64: every pass over a chunk stays in cache
 
 
 @dataclass(frozen=True)
@@ -39,18 +60,35 @@ class Tolerance:
             return self.atol
         return self.atol_scale * max(1.0, reference_absmax)
 
+    def looseness(self, reference_absmax: float | None) -> str | None:
+        """A note when the default atol's floor is a large share of a small reference's
+        magnitude, so the check is looser there than on larger outputs; None otherwise."""
+        if self.atol is not None or not reference_absmax:
+            return None
+        atol = self.atol_for(reference_absmax)
+        share = atol / reference_absmax
+        if share <= LOOSE_SHARE:
+            return None
+        return (f"small reference (max|r| {reference_absmax:.3g}): the default atol {atol:g} is "
+                f"{share:.1%} of it, looser than the {self.atol_scale:.1%} applied to outputs of "
+                f"magnitude >= 1; give --atol for a stricter check")
+
     def describe(self) -> str:
         atol = f"{self.atol:g}" if self.atol is not None else f"{self.atol_scale:g} * max(1, max|r|)"
         return f"|c - r| <= {atol} + {self.rtol:g} * |r|"
 
     def to_dict(self) -> dict:
         return {"atol": self.atol, "rtol": self.rtol, "atol_scale": self.atol_scale,
-                "rule": self.describe()}
+                "rule": self.describe(), "sentinel": SENTINEL}
 
 
-def fmt(x: float | None, spec: str = ".3g") -> str:
-    """A figure for a sentence; None (no finite pair) reads as n/a."""
-    return "n/a" if x is None else format(x, spec)
+def fmt(x: float | int | None, spec: str = ".3g") -> str:
+    """A figure for a sentence; None (no finite pair) reads as n/a; integers exactly."""
+    if x is None:
+        return "n/a"
+    if isinstance(x, int) and not isinstance(x, bool):
+        return str(x)
+    return format(x, spec)
 
 
 def _clean(x: float | None) -> float | None:
@@ -66,18 +104,23 @@ class TensorDiff:
     passed: bool
     kind: str  # "float", "integer", "bool" or "empty"
     size: int
-    max_abs_diff: float | None = None
+    max_abs_diff: float | int | None = None  # an exact int for integer tensors
     max_rel_diff: float | None = None
     mean_abs_diff: float | None = None
     cosine: float | None = None
     mismatch_fraction: float = 0.0
     mismatch_count: int = 0
     exact_match_fraction: float | None = None
-    reference_absmax: float | None = None
+    reference_absmax: float | int | None = None  # over regular values: the tolerance scale
     nan_reference: int = 0
     nan_candidate: int = 0
     inf_reference: int = 0
     inf_candidate: int = 0
+    masked_reference: int = 0  # mask values (|v| >= SENTINEL or inf) on each side
+    masked_candidate: int = 0
+    masked_matched: int = 0  # pairs masked on both sides with the same sign: left out of figures
+    class_mismatches: int = 0  # pairs whose classes differ (mask vs number, NaN vs number...)
+    atol: float | None = None  # the absolute tolerance applied (float tensors)
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     @classmethod
@@ -92,162 +135,242 @@ class TensorDiff:
         if size == 0:
             return cls(name, True, "empty", 0, notes=("empty output: nothing to compare",))
         kinds = {reference.dtype.kind, candidate.dtype.kind}
+        if not kinds <= set("biuf"):
+            raise ValueError(f"{name}: cannot compare dtypes {reference.dtype} and {candidate.dtype}")
         if kinds <= {"b"}:
-            return cls._exact(name, reference, candidate, "bool")
+            return _exact(name, reference, candidate, "bool")
         if kinds <= {"i", "u", "b"}:
-            return cls._exact(name, reference, candidate, "integer")
-        return cls._float(name, reference, candidate, tol)
+            return _exact(name, reference, candidate, "integer")
+        return _float(name, reference, candidate, tol)
 
-    @classmethod
-    def _exact(cls, name, reference, candidate, kind) -> "TensorDiff":
-        r = reference.reshape(-1)
-        c = candidate.reshape(-1)
-        unequal = 0
-        max_abs = 0.0
-        for start in range(0, r.size, _CHUNK):
-            rc = r[start:start + _CHUNK].astype(np.int64)
-            cc = c[start:start + _CHUNK].astype(np.int64)
-            diff = np.abs(cc - rc)
-            unequal += int(np.count_nonzero(diff))
-            max_abs = max(max_abs, float(diff.max()))
-        fraction = unequal / r.size
-        return cls(
-            name,
-            unequal == 0,
-            kind,
-            int(r.size),
-            max_abs_diff=max_abs,
-            mismatch_fraction=fraction,
-            mismatch_count=unequal,
-            exact_match_fraction=1.0 - fraction,
-            reference_absmax=float(np.abs(r.astype(np.int64)).max()),
-        )
 
-    @classmethod
-    def _float(cls, name, reference, candidate, tol: Tolerance) -> "TensorDiff":
-        """One pass per chunk over cache-sized slices, in float32 when both sides are float32
-        (differences of float32 values are exact enough; sums accumulate in float64)."""
-        r_all = reference.reshape(-1)
-        c_all = candidate.reshape(-1)
-        n = r_all.size
-        work = np.float64 if np.float64 in (r_all.dtype, c_all.dtype) or r_all.dtype.kind != "f" \
-            or c_all.dtype.kind != "f" else np.float32
-        size = min(_CHUNK, n)
-        d = np.empty(size, work)
-        ar = np.empty(size, work)
-        t = np.empty(size, work)
-        mask = np.empty(size, bool)
+# -- integers: exact ---------------------------------------------------------------------------
+def _int_absdiff(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """|c - r| exactly: uint64 where it fits, Python ints (object array) where it cannot."""
+    if r.dtype.kind == "b":
+        r = r.astype(np.uint8)
+    if c.dtype.kind == "b":
+        c = c.astype(np.uint8)
+    signed = {r.dtype.kind == "i", c.dtype.kind == "i"}
+    if signed == {True, False}:  # mixed: bring the unsigned side into int64 when it fits
+        u, s = (r, c) if r.dtype.kind == "u" else (c, r)
+        if u.size == 0 or int(u.max()) <= np.iinfo(np.int64).max:
+            r, c = r.astype(np.int64), c.astype(np.int64)
+            signed = {True}
+        elif int(s.min()) >= 0:
+            r, c = r.astype(np.uint64), c.astype(np.uint64)
+            signed = {False}
+        else:  # a difference can pass 2**64 - 1: Python ints, only for such chunks
+            return np.abs(c.astype(object) - r.astype(object))
+    wide = np.int64 if signed == {True} else np.uint64
+    a, b = r.astype(wide), c.astype(wide)
+    ge = a >= b
+    # in two's complement, (a - b) mod 2**64 is the exact difference whenever a >= b
+    ua, ub = a.view(np.uint64), b.view(np.uint64)
+    return np.where(ge, ua - ub, ub - ua)
 
-        def chunk(array, start, stop):
-            part = array[start:stop]
-            return part if part.dtype == work else part.astype(work)
 
-        if tol.atol is None:  # the absolute term scales with the reference: one cheap pass
-            peak = 0.0
-            for start in range(0, n, _CHUNK):
-                r = chunk(r_all, start, start + _CHUNK)
-                k = r.size
-                np.abs(r, out=ar[:k])
-                m = float(np.nanmax(ar[:k])) if np.isnan(ar[:k]).any() else float(ar[:k].max())
-                if math.isfinite(m):
-                    peak = max(peak, m)
-                elif not np.isnan(m):  # inf present: the largest finite value counts
-                    finite = ar[:k][np.isfinite(ar[:k])]
-                    if finite.size:
-                        peak = max(peak, float(finite.max()))
-            atol = tol.atol_for(peak)
-        else:
-            atol = tol.atol
-        rtol = tol.rtol
+def _int_absmax(r: np.ndarray) -> int:
+    return max(abs(int(r.max())), abs(int(r.min())))
 
-        max_abs = max_rel = sum_abs = 0.0
-        rr = cc = dd = 0.0
-        mismatches = finite_pairs = 0
-        nan_r = nan_c = inf_r = inf_c = 0
-        absmax = 0.0
-        maybe_constant, constant = True, None  # whether every reference value so far is one value
+
+def _exact(name, reference, candidate, kind) -> TensorDiff:
+    r_all = reference.reshape(-1)
+    c_all = candidate.reshape(-1)
+    unequal, max_abs, total, absmax = 0, 0, 0.0, 0
+    for start in range(0, r_all.size, _CHUNK):
+        r, c = r_all[start:start + _CHUNK], c_all[start:start + _CHUNK]
+        diff = _int_absdiff(r, c)
+        unequal += int(np.count_nonzero(diff))
+        max_abs = max(max_abs, int(diff.max()))
+        total += float(diff.astype(np.float64).sum())
+        absmax = max(absmax, _int_absmax(r.astype(np.uint8) if r.dtype.kind == "b" else r))
+    n = int(r_all.size)
+    fraction = unequal / n
+    return TensorDiff(
+        name, unequal == 0, kind, n,
+        max_abs_diff=max_abs, mean_abs_diff=total / n, mismatch_fraction=fraction,
+        mismatch_count=unequal, exact_match_fraction=1.0 - fraction, reference_absmax=absmax,
+    )
+
+
+# -- floats: classes, then figures over measured pairs -----------------------------------------
+def _threshold(dtype: np.dtype) -> float:
+    """The magnitude from which a value of ``dtype`` is a mask value."""
+    if dtype.kind != "f":
+        return math.inf  # integers are never masks
+    return min(SENTINEL, float(np.finfo(dtype).max))
+
+
+def _regular_absmax(r_all: np.ndarray, threshold: float) -> float:
+    """max|r| over the reference's regular values (not NaN, not masks): the tolerance scale."""
+    peak = 0.0
+    with np.errstate(all="ignore"):
+        for start in range(0, r_all.size, _CHUNK):
+            a = np.abs(r_all[start:start + _CHUNK].astype(np.float64))
+            a = a[a < threshold]  # NaN compares False: dropped with the masks
+            if a.size:
+                peak = max(peak, float(a.max()))
+    return peak
+
+
+class _Moments:
+    """Running sums for cosine over values divided by a running scale (as LAPACK's nrm2), so
+    no square or product can overflow whatever the magnitudes."""
+
+    def __init__(self):
+        self.scale = 0.0
+        self.rr = self.cc = self.dd = 0.0
+
+    def add(self, r: np.ndarray, c: np.ndarray, d: np.ndarray) -> None:
+        peak = max(float(np.abs(r).max()), float(np.abs(c).max()))
+        if peak == 0.0:
+            return
+        if peak > self.scale:
+            shrink = (self.scale / peak) ** 2
+            self.rr, self.cc, self.dd = self.rr * shrink, self.cc * shrink, self.dd * shrink
+            self.scale = peak
+        rs, cs, ds = r / self.scale, c / self.scale, d / self.scale
+        self.rr += float(np.dot(rs, rs))
+        self.cc += float(np.dot(cs, cs))
+        self.dd += float(np.dot(ds, ds))
+
+    def cosine(self, pairs: int) -> float | None:
+        if not pairs:
+            return None
+        if self.rr == 0 and self.cc == 0:
+            return 1.0  # both all zero
+        if self.rr == 0 or self.cc == 0:
+            return None  # one side all zero: no direction to compare
+        # (|r|^2 + |c|^2 - |c - r|^2) / (2 |r||c|): precise near 1, since |c - r| is summed
+        # from the differences themselves
+        value = (self.rr + self.cc - self.dd) / (2 * math.sqrt(self.rr * self.cc))
+        return max(-1.0, min(1.0, value))
+
+
+@dataclass
+class _FloatTally:
+    mismatches: int = 0
+    pairs: int = 0  # measured pairs: both finite, not masked on both sides
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    sum_abs: float = 0.0
+    nan_r: int = 0
+    nan_c: int = 0
+    inf_r: int = 0
+    inf_c: int = 0
+    masked_r: int = 0
+    masked_c: int = 0
+    masked_matched: int = 0
+    class_mismatches: int = 0
+    constant: float | None = None
+    maybe_constant: bool = True
+
+    def measure(self, r, c, d, moments: _Moments) -> None:
+        """Figures over measured pairs ``r``, ``c`` with differences ``d`` (all float64)."""
+        if not d.size:
+            return
+        self.pairs += d.size
+        self.max_abs = max(self.max_abs, float(d.max()))
+        self.sum_abs += float(d.sum())
+        ar = np.abs(r)
+        nonzero = ar > 0
+        if nonzero.any():
+            self.max_rel = max(self.max_rel, float((d[nonzero] / ar[nonzero]).max()))
+        moments.add(r, c, d)
+        if self.maybe_constant:
+            lo, hi = float(r.min()), float(r.max())
+            if lo != hi or (self.constant is not None and lo != self.constant):
+                self.maybe_constant = False
+            else:
+                self.constant = lo
+
+
+def _classes(x: np.ndarray, threshold: float):
+    """(nan, +mask, -mask) boolean arrays of a float64 chunk."""
+    nan = np.isnan(x)
+    return nan, x >= threshold, x <= -threshold
+
+
+def _float_chunk(r, c, atol, rtol, tr, tc, tally: _FloatTally, moments: _Moments) -> None:
+    d = np.abs(c - r)
+    if (np.abs(r) < tr).all() and (np.abs(c) < tc).all():  # the common case: all regular
+        tally.mismatches += int(np.count_nonzero(d > atol + rtol * np.abs(r)))
+        tally.measure(r, c, d, moments)
+        return
+    nan_r, pos_r, neg_r = _classes(r, tr)
+    nan_c, pos_c, neg_c = _classes(c, tc)
+    tally.nan_r += int(nan_r.sum())
+    tally.nan_c += int(nan_c.sum())
+    tally.inf_r += int(np.isinf(r).sum())
+    tally.inf_c += int(np.isinf(c).sum())
+    mask_r, mask_c = pos_r | neg_r, pos_c | neg_c
+    tally.masked_r += int(mask_r.sum())
+    tally.masked_c += int(mask_c.sum())
+    regular = ~(nan_r | mask_r | nan_c | mask_c)
+    same_class = (nan_r & nan_c) | (pos_r & pos_c) | (neg_r & neg_c)
+    tally.masked_matched += int(np.count_nonzero((pos_r & pos_c) | (neg_r & neg_c)))
+    other = ~regular & ~same_class
+    tally.class_mismatches += int(np.count_nonzero(other))
+    bad = np.zeros(r.shape, bool)
+    bad[regular] = d[regular] > atol + rtol * np.abs(r[regular])
+    tally.mismatches += int(np.count_nonzero(bad)) + int(np.count_nonzero(other))
+    # figures: regular pairs and mismatched pairs whose difference is a number
+    measured = regular | (other & np.isfinite(d))
+    tally.measure(r[measured], c[measured], d[measured], moments)
+
+
+def _float(name, reference, candidate, tol: Tolerance) -> TensorDiff:
+    r_all = reference.reshape(-1)
+    c_all = candidate.reshape(-1)
+    n = int(r_all.size)
+    tr, tc = _threshold(reference.dtype), _threshold(candidate.dtype)
+    absmax = _regular_absmax(r_all, tr)
+    atol = tol.atol_for(absmax)
+    tally, moments = _FloatTally(), _Moments()
+    with np.errstate(all="ignore"):
         for start in range(0, n, _CHUNK):
-            r = chunk(r_all, start, start + _CHUNK)
-            c = chunk(c_all, start, start + _CHUNK)
-            k = r.size
-            dk, ark, tk, mk = d[:k], ar[:k], t[:k], mask[:k]
-            with np.errstate(invalid="ignore", over="ignore"):
-                np.subtract(c, r, out=dk)
-            np.abs(dk, out=dk)
-            np.abs(r, out=ark)
-            if np.isfinite(dk).all():
-                fr, fc, fd, far = r, c, dk, ark
-                np.multiply(ark, rtol, out=tk)
-                tk += atol
-                np.greater(dk, tk, out=mk)
-                mismatches += int(np.count_nonzero(mk))
-            else:
-                nr, nc = np.isnan(r), np.isnan(c)
-                nan_r += int(nr.sum())
-                nan_c += int(nc.sum())
-                inf_r += int(np.isinf(r).sum())
-                inf_c += int(np.isinf(c).sum())
-                finite = np.isfinite(dk)
-                same_special = (nr & nc) | (r == c)
-                with np.errstate(invalid="ignore"):
-                    bad = np.where(finite, dk > atol + rtol * ark, ~same_special)
-                mismatches += int(np.count_nonzero(bad))
-                fr, fc, fd, far = r[finite], c[finite], dk[finite], ark[finite]
-            if not fd.size:
-                continue
-            finite_pairs += fd.size
-            max_abs = max(max_abs, float(fd.max()))
-            sum_abs += float(fd.sum(dtype=np.float64))
-            np.greater(far, 0, out=mk[:fd.size])
-            rel = tk[:fd.size]
-            rel.fill(0)
-            np.divide(fd, far, out=rel, where=mk[:fd.size])
-            max_rel = max(max_rel, float(rel.max()))
-            rr += float(np.dot(fr, fr))
-            cc += float(np.dot(fc, fc))
-            dd += float(np.dot(fd, fd))
-            absmax = max(absmax, float(far.max()))
-            if maybe_constant:
-                lo, hi = float(fr.min()), float(fr.max())
-                if lo != hi or (constant is not None and lo != constant):
-                    maybe_constant = False
-                else:
-                    constant = lo
-        notes = []
-        if rr > 0 and cc > 0:
-            # (|r|^2 + |c|^2 - |c - r|^2) / (2 |r||c|): exact for cosine, and precise near 1
-            # because |c - r| is summed from the differences themselves
-            cosine = (rr + cc - dd) / (2 * math.sqrt(rr * cc))
-            cosine = max(-1.0, min(1.0, cosine))
-        elif rr == 0 and cc == 0 and finite_pairs:
-            cosine = 1.0
+            r = r_all[start:start + _CHUNK].astype(np.float64)
+            c = c_all[start:start + _CHUNK].astype(np.float64)
+            _float_chunk(r, c, atol, tol.rtol, tr, tc, tally, moments)
+    pairs = tally.pairs
+    return TensorDiff(
+        name, tally.mismatches == 0, "float", n,
+        max_abs_diff=_clean(tally.max_abs) if pairs else None,
+        max_rel_diff=_clean(tally.max_rel) if pairs else None,
+        mean_abs_diff=_clean(tally.sum_abs / pairs) if pairs else None,
+        cosine=moments.cosine(pairs),
+        mismatch_fraction=tally.mismatches / n,
+        mismatch_count=tally.mismatches,
+        reference_absmax=absmax if pairs or tally.masked_matched < n else None,
+        nan_reference=tally.nan_r, nan_candidate=tally.nan_c,
+        inf_reference=tally.inf_r, inf_candidate=tally.inf_c,
+        masked_reference=tally.masked_r, masked_candidate=tally.masked_c,
+        masked_matched=tally.masked_matched, class_mismatches=tally.class_mismatches,
+        atol=atol, notes=_float_notes(tally, tol, absmax, n),
+    )
+
+
+def _float_notes(tally: _FloatTally, tol: Tolerance, absmax: float, n: int) -> tuple[str, ...]:
+    notes = []
+    if tally.pairs and tally.maybe_constant and tally.constant is not None:
+        if tally.constant == 0:
+            notes.append("reference is all zero: relative figures and cosine mean little here")
         else:
-            cosine = None
-        if finite_pairs and maybe_constant and constant is not None:
-            if constant == 0:
-                notes.append("reference is all zero: relative figures and cosine mean little here")
-            else:
-                notes.append(f"reference is constant ({constant:g}): cosine and relative figures mean little here")
-        if nan_r or nan_c or inf_r or inf_c:
-            notes.append(
-                f"non-finite values: reference {nan_r} NaN / {inf_r} Inf, "
-                f"candidate {nan_c} NaN / {inf_c} Inf"
-            )
-        return cls(
-            name,
-            mismatches == 0,
-            "float",
-            int(n),
-            max_abs_diff=_clean(max_abs) if finite_pairs else None,
-            max_rel_diff=_clean(max_rel) if finite_pairs else None,
-            mean_abs_diff=_clean(sum_abs / finite_pairs) if finite_pairs else None,
-            cosine=cosine,
-            mismatch_fraction=mismatches / n,
-            mismatch_count=mismatches,
-            reference_absmax=absmax if finite_pairs else None,
-            nan_reference=nan_r,
-            nan_candidate=nan_c,
-            inf_reference=inf_r,
-            inf_candidate=inf_c,
-            notes=tuple(notes),
-        )
+            notes.append(f"reference is constant ({tally.constant:g}): cosine and relative figures "
+                         f"mean little here")
+    if tally.masked_r or tally.masked_c:
+        notes.append(
+            f"mask values (|v| >= {SENTINEL:g} or inf): reference {tally.masked_r}, candidate "
+            f"{tally.masked_c}; {tally.masked_matched} match by class and are left out of the "
+            f"figures and the tolerance scale; figures cover the other "
+            f"{n - tally.masked_matched} elements")
+    if tally.nan_r or tally.nan_c:
+        notes.append(f"NaN values: reference {tally.nan_r}, candidate {tally.nan_c}")
+    if tally.class_mismatches:
+        notes.append(f"{tally.class_mismatches} elements differ in class (a mask, infinity or NaN "
+                     f"on one side only, or masks of opposite sign)")
+    loose = tol.looseness(absmax)
+    if loose:
+        notes.append(loose)
+    return tuple(notes)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +58,11 @@ class OutputComparison:
     nan_candidate: int = 0
     inf_reference: int = 0
     inf_candidate: int = 0
+    masked_reference: int = 0  # mask values (|v| >= 1e38 or inf) on each side
+    masked_candidate: int = 0
+    masked_matched: int = 0  # masked on both sides, same sign: left out of the figures
+    class_mismatches: int = 0  # a mask, Inf or NaN on one side only, or opposite masks
+    atol: float | None = None  # the absolute tolerance applied to this output
     notes: tuple = ()
     error: str | None = None  # why no figures could be computed (missing, unalignable)
 
@@ -70,8 +76,10 @@ class OutputComparison:
             size=diff.size, mismatch_count=diff.mismatch_count,
             exact_match_fraction=diff.exact_match_fraction, reference_absmax=diff.reference_absmax,
             nan_reference=diff.nan_reference, nan_candidate=diff.nan_candidate,
-            inf_reference=diff.inf_reference, inf_candidate=diff.inf_candidate, notes=diff.notes,
-            **fields,
+            inf_reference=diff.inf_reference, inf_candidate=diff.inf_candidate,
+            masked_reference=diff.masked_reference, masked_candidate=diff.masked_candidate,
+            masked_matched=diff.masked_matched, class_mismatches=diff.class_mismatches,
+            atol=diff.atol, notes=diff.notes, **fields,
         )
 
 
@@ -97,6 +105,8 @@ class LayerResult:
     local_scaled_error: float | None = None
     status: str = "pass"  # pass, fail, introduced (local error too), carried (from upstream)
     index: int = 0
+    rule: str = "layer"  # "element" for a graph output judged by the outputs' element rule
+    masked: int = 0  # mask values matched on both sides, left out of the figures
 
 
 @dataclass(frozen=True)
@@ -121,6 +131,7 @@ class FirstDivergence:
     summary: str
     # counts of log10 |candidate - reference| at this tensor, bins of width 1 from edges[0]
     histogram: dict | None = None
+    rule: str = "layer"  # "element": a failing graph output reached through an unpaired stretch
 
 
 @dataclass(frozen=True)
@@ -159,6 +170,9 @@ class Report:
     notes: tuple = ()
     parity_version: str = ""
     schema: str = SCHEMA
+    # findings that do not decide the exit code by themselves (layer-only differences)
+    findings: tuple = ()
+    options: dict = field(default_factory=dict)  # the check's options, as given
 
     @property
     def exit_code(self) -> ExitCode:
@@ -179,6 +193,8 @@ class Report:
             "comparisons": [_comparison_dict(c) for c in self.comparisons],
             "verdict": _plain(dataclasses.asdict(self.verdict)),
             "notes": list(self.notes),
+            "findings": list(self.findings),
+            "options": _plain(self.options),
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -200,6 +216,8 @@ class Report:
             notes=tuple(data.get("notes", ())),
             parity_version=data.get("parity_version", ""),
             schema=data["schema"],
+            findings=tuple(data.get("findings", ())),
+            options=data.get("options", {}),
         )
 
 
@@ -233,7 +251,10 @@ def _comparison_from(data: dict) -> Comparison:
 
 
 def _plain(value):
-    """Tuples -> lists, recursively, so the JSON is plain."""
+    """Tuples -> lists, recursively, so the JSON is plain; a non-finite float (a figure
+    measured on NaN) becomes null, as the schema's figures do."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

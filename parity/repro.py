@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from parity.metrics import fmt
-
 from parity.errors import OutputPathError, ParityError
+from parity.metrics import fmt
 
 
 def check_repro_dir(path) -> Path:
@@ -30,8 +29,12 @@ def check_repro_dir(path) -> Path:
 
 
 def write_repro(directory, *, reference, candidate, graph, comparison, verdict, feeds, tolerance,
-                timeout: float, converter_options=()) -> dict:
+                timeout: float, check_pair, converter_options=()) -> dict:
     """Write the reproduction; return what it showed (``reproduces``, the figures).
+
+    ``check_pair(onnx_path, mnn_path, inputs_npz) -> Report`` checks the reproduction with
+    the caller's settings (the pipeline passes its own check, so this module needs no
+    pipeline import).
 
     On failure nothing is left behind: a directory this call created is removed."""
     import shutil
@@ -40,7 +43,7 @@ def write_repro(directory, *, reference, candidate, graph, comparison, verdict, 
     try:
         return _write(directory, reference=reference, candidate=candidate, graph=graph,
                       comparison=comparison, verdict=verdict, feeds=feeds, tolerance=tolerance,
-                      timeout=timeout, converter_options=converter_options)
+                      timeout=timeout, check_pair=check_pair, converter_options=converter_options)
     except BaseException:
         if created:
             shutil.rmtree(directory, ignore_errors=True)
@@ -48,12 +51,11 @@ def write_repro(directory, *, reference, candidate, graph, comparison, verdict, 
 
 
 def _write(directory, *, reference, candidate, graph, comparison, verdict, feeds, tolerance,
-           timeout, converter_options) -> dict:
+           timeout, check_pair, converter_options) -> dict:
     import onnx
 
     from parity.converter import convert
     from parity.inputs import write_atomic
-    from parity.pipeline import check
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -91,9 +93,7 @@ def _write(directory, *, reference, candidate, graph, comparison, verdict, feeds
     command = (f"parity check repro.onnx repro.mnn --inputs inputs.npz {' '.join(tol_args)} "
                f"{' '.join(mnn_args)}")
     try:
-        report = check([onnx_path, mnn_path], inputs=npz_path, tolerance=tolerance, timeout=timeout,
-                       diagnose=False, allow_nonfinite=True,
-                       mnn_options={k: settings[k] for k in ("backend", "threads", "precision")})
+        report = check_pair(onnx_path, mnn_path, npz_path)
         output = report.comparisons[0].outputs[0]
         reproduces = not report.passed
         figures = (f"max_abs_diff {fmt(output.max_abs_diff)}, max_rel_diff {fmt(output.max_rel_diff)}, "

@@ -8,8 +8,15 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from helpers import MODELS, ort_run, randn, run_parity, save_model, tensor, to_mnn
-from parity.align import AlignmentError, align_array, pair_outputs, unpack_nc4hw4
+from parity.align import AlignmentError, pair_outputs, unpack_nc4hw4
 from parity.errors import ExitCode
+from parity.judge import diff_tensors
+from parity.metrics import Tolerance
+
+
+def align_array(reference, candidate):
+    judged, _ = diff_tensors("t", reference, candidate, Tolerance())
+    return judged.alignment.array, judged.alignment.steps
 
 
 def test_nc4hw4_tensors_are_converted_and_reported(tmp_path):
@@ -115,6 +122,8 @@ def test_nc4hw4_flat_buffer_unpacked():
 
 def test_wrong_length_cannot_be_aligned():
     with pytest.raises(AlignmentError, match="element count differs"):
+        align_array(np.zeros((1, 64, 512), np.float32), np.zeros(10000, np.float32))
+    with pytest.raises(AlignmentError, match="float16 data read as float32"):
         align_array(np.zeros((1, 64, 512), np.float32), np.zeros(16384, np.float32))
 
 

@@ -33,7 +33,8 @@ def test_nan_and_inf_rules():
     assert (d.nan_reference, d.nan_candidate, d.inf_reference, d.inf_candidate) == (2, 2, 1, 1)
     assert d.mismatch_count == 2  # 2.0 vs NaN, NaN vs 0.0
     assert d.max_abs_diff == 0.0  # over finite pairs only
-    assert any("non-finite" in n for n in d.notes)
+    assert any("NaN values" in n for n in d.notes) and any("mask values" in n for n in d.notes)
+    assert (d.masked_matched, d.class_mismatches) == (1, 2)
 
 
 def test_integer_outputs_are_exact():

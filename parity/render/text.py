@@ -11,7 +11,9 @@ from parity.specs import format_shape
 
 
 def _num(value, spec: str = ".3g") -> str:
-    return "-" if value is None else format(value, spec)
+    from parity.metrics import fmt
+
+    return "-" if value is None else fmt(value, spec)
 
 
 def _shape(shape) -> str:
@@ -105,7 +107,9 @@ def _layers(comparison: Comparison, console, around: int = 5) -> None:
     if not layers:
         return
     if divergence is None:
-        if failing:
+        if failing and comparison.passed:
+            console.print(f"  [bold yellow]layer-only finding[/]: {failing} layers differ while every output matches")
+        elif failing:
             console.print("  no first divergence: every failing layer has a failing paired input")
         worst = max(layers, key=lambda layer: layer.scaled_error or 0.0)
         console.print(escape(f"  largest scaled error: {worst.name} ({worst.op_type}) {_num(worst.scaled_error)}"))
@@ -156,8 +160,12 @@ def render(report: Report, file: IO[str], *, color: bool | None = None, width: i
         console.print(f"note: {escape(note)}")
     rule = report.tolerance.get("rule") or f"|c - r| <= {report.tolerance.get('atol')} + {report.tolerance.get('rtol')} * |r|"
     console.print(f"tolerance: {escape(rule)}")
+    for finding in report.findings:
+        console.print(f"[bold yellow]FINDING[/]: {escape(finding)}")
     style = "green" if report.verdict.kind == "pass" else "bold red"
     console.print(f"[{style}]{report.verdict.kind.upper()}[/]: {escape(report.verdict.summary)}")
+    for step in report.verdict.next_steps:
+        console.print(f"  next: {escape(step)}")
 
 
 def render_inspect(framework: str, path: str, version: str, inputs, outputs, file: IO[str]) -> None:

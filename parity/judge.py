@@ -1,0 +1,213 @@
+"""Comparisons and verdicts, computed in one place for the pipeline, the per-layer view, the
+diagnosis and the reproduction alike, so every figure is measured the same way wherever it
+is shown.
+
+Two rules (README "Tolerances" and "Per-layer"):
+
+* the element rule, for outputs: ``|c - r| <= atol + rtol * |r|`` per element
+  (``metrics.TensorDiff``);
+* the layer rule, for intermediate tensors: ``max|c - r| <= atol + layer_rtol * max|r|``,
+  scaled by the tensor's own magnitude so that legitimate differences that grow with the
+  activations (Winograd, tanh GELU) do not flag a layer. A graph output is judged by both.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from parity.align import AlignmentError, best_alignment, pair_outputs
+from parity.metrics import TensorDiff, Tolerance, fmt
+from parity.report import Comparison, OutputComparison, Verdict
+
+
+# -- tensors --------------------------------------------------------------------------------------
+def layer_passes(diff: TensorDiff, tol: Tolerance, layer_rtol: float) -> bool:
+    """The layer rule (see the module docstring); classes (masks, NaN) must match exactly."""
+    if diff.kind in ("integer", "bool"):
+        return diff.passed
+    if diff.kind == "empty":
+        return True
+    if diff.class_mismatches:
+        return False
+    if diff.max_abs_diff is None:
+        return diff.passed
+    absmax = diff.reference_absmax or 0.0
+    return diff.max_abs_diff <= tol.atol_for(absmax) + layer_rtol * absmax
+
+
+def scaled_error(diff: TensorDiff) -> float | None:
+    """max|c - r| / max|r| (over regular values): the error on the tensor's own scale."""
+    if diff.max_abs_diff is None:
+        return None
+    return float(diff.max_abs_diff) / max(float(diff.reference_absmax or 0.0), 1e-12)
+
+
+def diff_tensors(name: str, reference: np.ndarray, candidate: np.ndarray, tol: Tolerance,
+                 layer_rtol: float | None = None, *, reread_same_shape: bool = False):
+    """Align ``candidate`` to ``reference`` (align.best_alignment) and measure it: returns
+    ``(Judged, TensorDiff)``. With ``layer_rtol`` a layout passes by the layer rule, else by
+    the element rule. ``reread_same_shape``: see align.layouts. Raises AlignmentError when no
+    layout fits."""
+    reference = np.asarray(reference)
+
+    def judge(aligned):
+        diff = TensorDiff.from_arrays(name, reference, aligned, tol)
+        passed = diff.passed if layer_rtol is None else layer_passes(diff, tol, layer_rtol)
+        score = scaled_error(diff)
+        return passed, float("inf") if score is None else score, diff
+
+    judged = best_alignment(reference, np.asarray(candidate), judge, reread_same_shape=reread_same_shape)
+    return judged, judged.judgement
+
+
+# -- outputs of one link ------------------------------------------------------------------------
+def compare_outputs(
+    reference: Mapping[str, np.ndarray],
+    candidate: Mapping[str, np.ndarray],
+    tol: Tolerance,
+    *,
+    reference_name: str,
+    candidate_name: str,
+    candidate_steps: Mapping[str, tuple[str, ...]] | None = None,
+) -> Comparison:
+    """Pair, align and measure every output of one link."""
+    candidate_steps = candidate_steps or {}
+    pairing = pair_outputs(list(reference), list(candidate))
+    results: list[OutputComparison] = []
+    for pair in pairing.pairs:
+        ref = np.asarray(reference[pair.reference_name])
+        cand = np.asarray(candidate[pair.candidate_name])
+        steps = list(candidate_steps.get(pair.candidate_name, ()))
+        if pair.how == "order":
+            steps.insert(0, f"paired by order: reference {pair.reference_name!r} <-> "
+                            f"candidate {pair.candidate_name!r}")
+        # a row is named as the models that name their outputs do: torch's flattened names
+        # ("output", "0") give way to ONNX/MNN names, so links line up side by side
+        row_name = pair.candidate_name if reference_name == "torch" else pair.name
+        common = dict(
+            name=row_name, reference_name=pair.reference_name, candidate_name=pair.candidate_name,
+            reference_shape=tuple(ref.shape), candidate_shape=tuple(cand.shape),
+            reference_dtype=ref.dtype.name, candidate_dtype=cand.dtype.name,
+        )
+        try:
+            judged, diff = diff_tensors(row_name, ref, cand, tol)
+        except AlignmentError as exc:
+            results.append(OutputComparison(passed=False, alignment=tuple(steps), error=str(exc), **common))
+            continue
+        results.append(OutputComparison.from_diff(diff, alignment=tuple(steps) + judged.alignment.steps,
+                                                  **common))
+    for name in pairing.missing_in_candidate:
+        results.append(OutputComparison(
+            name=name, reference_name=name, candidate_name=None, passed=False,
+            reference_shape=tuple(np.shape(reference[name])),
+            error=f"no candidate output pairs with it; the candidate has {list(candidate)}",
+        ))
+    notes = tuple(
+        f"candidate output {n!r} has no reference partner and was not compared"
+        for n in pairing.extra_in_candidate
+    )
+    return Comparison(reference_name, candidate_name, all(r.passed for r in results), tuple(results), notes)
+
+
+def worst_output(comparison: Comparison) -> OutputComparison | None:
+    """The failing output with the largest error on its own scale."""
+    failing = [o for o in comparison.outputs if not o.passed]
+    if not failing:
+        return None
+    return max(failing, key=lambda o: -1.0 if o.error else output_scaled_error(o) or 0.0)
+
+
+def output_scaled_error(output: OutputComparison) -> float | None:
+    if output.max_abs_diff is None:
+        return None
+    return float(output.max_abs_diff) / max(float(output.reference_absmax or 0.0), 1e-12)
+
+
+# -- findings and verdicts ------------------------------------------------------------------------
+def _failing_layers_detail(c: Comparison) -> str | None:
+    """'3 of 40 layers differ beyond the layer rule (first ...)' for a link whose outputs all
+    pass, or None."""
+    if not c.passed or not c.layers:
+        return None
+    failing = [layer for layer in c.layers if not layer.passed]
+    if not failing:
+        return None
+    first = failing[0]
+    return (f"{len(failing)} of {len(c.layers)} layers differ beyond the layer rule (first "
+            f"{first.name} ({first.op_type}): max_abs_diff {fmt(first.max_abs_diff)}, "
+            f"{fmt(first.scaled_error)} of its largest value)")
+
+
+def layer_only_findings(comparisons: Sequence[Comparison]) -> list[str]:
+    """One sentence per link whose outputs all pass while some layer fails the layer rule."""
+    findings = []
+    for c in comparisons:
+        detail = _failing_layers_detail(c)
+        if detail:
+            findings.append(f"layer-only finding on {c.reference} -> {c.candidate}: every output "
+                            f"matches, but {detail}")
+    return findings
+
+
+def output_detail(output: OutputComparison) -> str:
+    if output.error:
+        return output.error
+    detail = (f"max_abs_diff {fmt(output.max_abs_diff)}, {output.mismatch_count} of {output.size} "
+              f"elements ({output.mismatch_fraction:.1%}) out of tolerance")
+    if output.masked_matched:
+        detail += f" ({output.masked_matched} mask values matched on both sides)"
+    if output.class_mismatches:
+        detail += (f"; {output.class_mismatches} elements differ in class (mask/Inf/NaN on one "
+                   f"side only)")
+    return detail
+
+
+def verdict_for(comparisons: Sequence[Comparison], *, fail_on_layers: bool = False) -> Verdict:
+    """The first broken link, in chain order, decides. A failing torch -> onnxruntime link is
+    the export's fault whatever MNN does."""
+    for comparison in comparisons:
+        failed = comparison.failed_outputs
+        if not failed:
+            continue
+        first = failed[0]
+        link = f"{comparison.reference} -> {comparison.candidate}"
+        where = f"output {first.name!r} ({link})"
+        counts = f"{len(failed)} of {len(comparison.outputs)} outputs differ on {link}"
+        divergence = comparison.first_divergence
+        if divergence is not None:
+            module = f", module {divergence.module}" if divergence.module else ""
+            where = f"{divergence.name} ({divergence.op_type}{module}) on {link}"
+            counts += f"; {divergence.summary}"
+        summary = f"{counts}; first: {first.name!r} ({output_detail(first)})"
+        if (comparison.reference, comparison.candidate) == ("torch", "onnxruntime"):
+            return Verdict(
+                "export", where, f"the export (torch -> ONNX) changed the numbers: {summary}",
+                next_steps=(
+                    "check the export with the inputs that fail: data-dependent control flow, "
+                    "shapes baked in by tracing and training-mode layers are the usual causes",
+                ),
+            )
+        return Verdict("mismatch", where, summary)
+    n = sum(len(c.outputs) for c in comparisons)
+    links = len(comparisons)
+    summary = f"all {n} compared outputs match within tolerance on {links} link{'s' * (links != 1)}"
+    flagged = [(c, _failing_layers_detail(c)) for c in comparisons]
+    flagged = [(c, detail) for c, detail in flagged if detail]
+    if not flagged:
+        return Verdict("pass", None, summary)
+    c, detail = flagged[0]
+    layer = next(x for x in c.layers if not x.passed)
+    link = f"{c.reference} -> {c.candidate}"
+    if fail_on_layers:
+        return Verdict("mismatch", f"{layer.name} ({layer.op_type}) on {link}",
+                       f"{summary}, but on {link} {detail}; --fail-on-layers makes a layer-only "
+                       f"finding a failure",
+                       next_steps=("rerun with --isolate all to see which failing layers introduce "
+                                   "their error and which carry it",))
+    return Verdict("pass", None,
+                   f"{summary}; layer-only finding: on {link} {detail}. The outputs decide the exit "
+                   f"code; --fail-on-layers would make this a failure",
+                   next_steps=("the difference does not reach the outputs on these inputs; try "
+                               "other inputs (--seed, --inputs), or gate on it with --fail-on-layers",))

@@ -1,0 +1,120 @@
+"""The options of a check, as small frozen dataclasses built once (by the CLI, the pytest
+plugin or ``parity.check``'s keywords) and passed whole, like Black's Mode.
+
+``CheckOptions.from_keywords`` accepts the flat keywords ``parity.check`` has always taken
+(``seed=``, ``layers=True``, ``mnn_options={...}``...), so the Python API stays as documented.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from parity.errors import UsageError
+from parity.metrics import Tolerance
+
+ISOLATE_CHOICES = ("first", "all", "none")
+
+
+@dataclass(frozen=True)
+class MnnOptions:
+    """How MNN runs: what its runtime manager and module loader are given."""
+
+    backend: str = "CPU"
+    threads: int = 4
+    precision: str = "normal"  # normal, high, low, low_bf16
+    shape_mutable: bool = True  # False: plan for fixed input shapes at load (--mnn-static-shapes)
+    hints: tuple = ()
+    memory: int | None = None
+    rearrange: bool = False
+
+    def backend_kwargs(self) -> dict:
+        return {"backend": self.backend, "threads": self.threads, "precision": self.precision,
+                "shape_mutable": self.shape_mutable, "hints": tuple(self.hints),
+                "memory": self.memory, "rearrange": self.rearrange}
+
+
+@dataclass(frozen=True)
+class LayerOptions:
+    """Per-layer comparison (--layers) and how its findings count."""
+
+    enabled: bool = False
+    layer_rtol: float | None = None  # None: 10 x the element rule's rtol
+    isolate: str = "first"  # which failing layers to re-run alone: first, all, none
+    max_memory: int | None = None  # bytes of captured tensors held at once; None: RAM / 4
+    fail_on_layers: bool = False  # a layer-only finding fails the check (exit 1)
+
+    def __post_init__(self):
+        if self.isolate not in ISOLATE_CHOICES:
+            raise UsageError(f"isolate must be one of {', '.join(ISOLATE_CHOICES)}, not {self.isolate!r}")
+        if self.layer_rtol is not None and self.layer_rtol < 0:
+            raise UsageError("layer_rtol must be >= 0")
+
+    def rtol(self, tolerance: Tolerance) -> float:
+        """The layer rule's relative term: given, else ten times the element rule's rtol."""
+        return 10 * tolerance.rtol if self.layer_rtol is None else self.layer_rtol
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    tolerance: Tolerance = Tolerance()
+    seed: int = 0
+    shapes: Mapping[str, Sequence[int]] = field(default_factory=dict)
+    inputs: str | os.PathLike | Mapping | None = None  # .npz path, or name -> array
+    save_inputs: str | os.PathLike | None = None
+    allow_nonfinite: bool = False
+    timeout: float = 300.0  # seconds per MNN step (load, run, conversion)
+    mnn: MnnOptions = MnnOptions()
+    torch_inputs: tuple[str, ...] | None = None
+    layers: LayerOptions = LayerOptions()
+    diagnose: bool = True
+    repro: str | os.PathLike | None = None
+
+    @classmethod
+    def from_keywords(cls, **keywords: Any) -> "CheckOptions":
+        """The flat keywords of ``parity.check`` (see the README's Python API)."""
+        layer_fields = {"layer_rtol", "isolate", "max_memory", "fail_on_layers"}
+        layer_kw = {k: keywords.pop(k) for k in list(keywords) if k in layer_fields}
+        if "layers" in keywords and not isinstance(keywords["layers"], LayerOptions):
+            layer_kw["enabled"] = bool(keywords.pop("layers"))
+        if layer_kw:
+            keywords["layers"] = dataclasses.replace(keywords.get("layers", LayerOptions()), **layer_kw)
+        mnn = keywords.pop("mnn_options", None)
+        if mnn is not None and not isinstance(mnn, MnnOptions):
+            mnn = dict(mnn)
+            if "static_shapes" in mnn:
+                mnn["shape_mutable"] = not mnn.pop("static_shapes")
+            known = {f.name for f in dataclasses.fields(MnnOptions)}
+            unknown = sorted(set(mnn) - known)
+            if unknown:
+                raise UsageError(f"unknown MNN option {unknown[0]!r}; known: {sorted(known)}")
+            mnn = MnnOptions(**mnn)
+        if mnn is not None:
+            keywords["mnn"] = mnn
+        if keywords.get("torch_inputs") is not None:
+            keywords["torch_inputs"] = tuple(keywords["torch_inputs"])
+        if keywords.get("shapes") is None:
+            keywords.pop("shapes", None)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(keywords) - known)
+        if unknown:
+            raise UsageError(f"unknown check option {unknown[0]!r}; known: {sorted(known)}")
+        return cls(**keywords)
+
+    def to_dict(self) -> dict:
+        """As given, for the report (paths as strings, arrays named but not included)."""
+        def plain(value):
+            if isinstance(value, Mapping):
+                if value and all(hasattr(v, "shape") for v in value.values()):
+                    return f"{len(value)} arrays given"
+                return {k: plain(v) for k, v in value.items()}
+            if isinstance(value, (list, tuple)):
+                return [plain(v) for v in value]
+            if isinstance(value, os.PathLike):
+                return os.fspath(value)
+            return value
+
+        return {f.name: plain(dataclasses.asdict(getattr(self, f.name)) if dataclasses.is_dataclass(
+            getattr(self, f.name)) else getattr(self, f.name)) for f in dataclasses.fields(self)}
