@@ -630,7 +630,7 @@ def _describe_divergence(graph, reference, candidate, feeds, report, first) -> F
     if layer.rule == "element":
         start = ", ".join(frontier[-3:]) or "the model's inputs"
         head = (f"the numbers first go wrong between the last matching tensors ({start}) and output "
-                f"{layer.name}: a stretch of {len(ops)} ONNX ops with no failing paired tensor "
+                f"{layer.name}: a stretch of {len(ops)} ONNX op{'s' * (len(ops) != 1)} with no failing paired tensor "
                 f"({ops_label(ops)})")
         tail = {None: "", True: f"; fed the reference's values there it still differs (local max_abs_diff "
                                  f"{fmt(layer.local_max_abs_diff)}): the error is introduced in that stretch",

@@ -1,0 +1,135 @@
+"""Findings that never vanish and evidence that explains, end to end through the real CLI on
+real models: masked transformers under --layers, an output that fails while every paired
+layer passes, a layer-only finding, a .mnn altered after conversion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers import MODELS, run_parity, save_model, tensor, to_mnn
+from parity.errors import ExitCode
+
+torch = pytest.importorskip("torch", reason="the torch extra is not installed")
+import transformer_models as tm  # noqa: E402  (needs torch)
+
+pytestmark = pytest.mark.torch
+
+
+@pytest.fixture(scope="module")
+def encoders(tmp_path_factory):
+    d = tmp_path_factory.mktemp("encoders")
+    return tm.build_masked_encoder(d / "clean"), tm.build_masked_encoder(d / "planted", planted=tm.K_PROJ)
+
+
+def test_masked_layers_are_measured_over_their_unmasked_entries(encoders):
+    clean, _ = encoders
+    result = run_parity("check", clean.onnx_path, clean.mnn_path, "--inputs", clean.inputs,
+                        "--layers", "--no-diagnose", "--json", "-")
+    assert result.code == ExitCode.PASS, result.err
+    assert "Warning" not in result.err, result.err  # no numpy RuntimeWarning reaches the user
+    layers = result.json()["comparisons"][0]["layers"]
+    masked = [layer for layer in layers if layer["masked"]]
+    assert masked, "the attention scores + mask tensors hold -3.4e38 at padded keys"
+    for layer in masked:
+        # the tolerance scale is the unmasked entries' magnitude, not 3.4e38
+        assert layer["reference_absmax"] < 1e3, layer
+        assert layer["max_abs_diff"] is not None and layer["max_abs_diff"] < 1e-2, layer
+        assert layer["passed"], layer
+
+
+def test_planted_two_percent_change_is_found_in_its_projection(encoders):
+    _, planted = encoders
+    result = run_parity("check", planted.onnx_path, planted.mnn_path, "--inputs", planted.inputs,
+                        "--layers", "--no-diagnose", "--json", "-")
+    assert result.code == ExitCode.MISMATCH, result.err
+    assert "Warning" not in result.err, result.err
+    divergence = result.json()["comparisons"][0]["first_divergence"]
+    assert divergence["name"] in tm.projection_tensors(planted.onnx_path, tm.K_PROJ).values, divergence
+    assert divergence["introduced_here"] is True
+
+
+def test_output_failing_with_every_paired_layer_passing_gets_a_location(tmp_path):
+    built = tm.build_llama_like(tmp_path, scale_weight=tm.OUTPUT_ONLY_WEIGHT)
+    result = run_parity("check", built.onnx_path, built.mnn_path, "--inputs", built.inputs,
+                        "--layers", "--no-diagnose", "--json", "-")
+    assert result.code == ExitCode.MISMATCH, result.err
+    report = result.json()
+    comparison = report["comparisons"][0]
+    divergence = comparison["first_divergence"]
+    assert divergence is not None and divergence["name"] == "logits"
+    assert divergence["rule"] == "element" and divergence["nodes"]
+    # every other paired layer passes the layer rule: the output rule located it
+    others = [x for x in comparison["layers"] if x["name"] != "logits"]
+    assert others and all(x["passed"] for x in others)
+    assert report["verdict"]["where"].startswith("logits")
+
+
+def test_output_failing_with_every_paired_layer_passing_gets_a_verdict(tmp_path):
+    built = tm.build_llama_like(tmp_path, scale_weight=tm.OUTPUT_ONLY_WEIGHT)
+    result = run_parity("check", built.onnx_path, built.mnn_path, "--inputs", built.inputs, "--json", "-")
+    assert result.code == ExitCode.MISMATCH, result.err
+    verdict = result.json()["verdict"]
+    # the .mnn was converted from an edited copy of the ONNX: a fresh conversion fixes it, and
+    # the structural diff names the weight that differs
+    assert verdict["kind"] == "conversion", verdict
+    assert "logits" in verdict["where"]
+    diff = next(e for e in verdict["evidence"] if e.get("experiment", "").startswith("structural diff: given"))
+    assert diff["identical"] is False and diff["differences"]["constants"]
+
+
+@pytest.mark.parametrize("kind", ["padding", "lora"])
+def test_layer_only_finding_is_visible_and_gates_on_request(tmp_path, kind):
+    built = tm.build_layer_only(tmp_path, kind=kind)
+    args = ("check", built.onnx_path, built.mnn_path, "--inputs", built.inputs, "--layers", "--no-diagnose")
+    text = run_parity(*args, "--no-color")
+    assert text.code == ExitCode.PASS, text.err
+    assert "FINDING" in text.out and "layer-only finding" in text.out, text.out
+    report = run_parity(*args, "--json", "-").json()
+    assert report["passed"] and report["findings"]
+    assert "layer-only finding" in report["verdict"]["summary"]
+    origin = tm.layer_only_origin(built.onnx_path, kind)
+    first_failing = next(x for x in report["comparisons"][0]["layers"] if not x["passed"])
+    assert first_failing["name"] in origin
+    gated = run_parity(*args, "--fail-on-layers", "--json", "-")
+    assert gated.code == ExitCode.MISMATCH, gated.err
+    assert gated.json()["verdict"]["kind"] == "mismatch"
+
+
+def test_constant_altered_after_conversion_is_named_and_not_called_stale(tmp_path):
+    from mnn_edit import alter_mnn_constant
+
+    onnx_path = MODELS / "cnn.onnx"
+    altered = tmp_path / "cnn_altered.mnn"
+    name = alter_mnn_constant(MODELS / "cnn.mnn", altered, index=3, delta=5.0)
+    result = run_parity("check", onnx_path, altered, "--json", "-")
+    assert result.code == ExitCode.MISMATCH, result.err
+    verdict = result.json()["verdict"]
+    assert verdict["kind"] == "conversion", verdict
+    assert name in verdict["summary"], verdict["summary"]
+    assert "stale" not in verdict["summary"]
+    assert "deterministic here" in verdict["summary"]
+    experiments = {e.get("experiment") for e in verdict["evidence"]}
+    assert "structural diff: two fresh conversions (other paths)" in experiments
+    # the fresh conversion is measured the same way as the given file
+    fresh = next(e for e in verdict["evidence"] if e.get("experiment") == "fresh conversion")
+    assert fresh["measured"] == fresh["given_file"]["measured"]
+
+
+def test_unnamed_onnx_nodes_are_labelled(tmp_path):
+    from onnx import helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.full((4, 4), 0.5, np.float32), "w")
+    onnx_path = save_model(
+        [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Relu", ["y"], ["out"])],
+        [tensor("x", shape=[2, 4])], [tensor("out", shape=[2, 4])], tmp_path / "unnamed.onnx",
+        initializers=[weight])
+    altered = tmp_path / "altered.onnx"
+    from helpers import alter_initializer
+
+    alter_initializer(onnx_path, altered, "w", index=0, delta=3.0)
+    mnn = to_mnn(altered, tmp_path / "unnamed.mnn")
+    result = run_parity("check", onnx_path, mnn, "--layers", "--no-diagnose", "--no-color")
+    assert result.code == ExitCode.MISMATCH, result.err
+    assert "(ONNX nodes )" not in result.out
+    assert "MatMul -> y" in result.out or "Relu -> out" in result.out, result.out
