@@ -245,14 +245,36 @@ def _open_variant(ctx: Context, path, **changes):
 
 
 def diagnose(ctx: Context) -> Verdict:
-    """Run the experiments; return the verdict with every measurement as evidence."""
-    say = ctx.progress
+    """Run the experiments, cheapest first; return the first decisive verdict (or
+    undetermined) with every measurement as evidence."""
     probe = Probe(ctx)
     evidence: list[dict] = []
     where = f"{probe.where} on onnxruntime -> mnn"
-    op = probe.divergence.op_type if probe.divergence else "the model"
+    base = _baseline(ctx, probe, evidence)
+    verdict = _repeat(ctx, probe, where, evidence) or _runtime_variants(ctx, probe, base, where, evidence)
+    if verdict is not None:
+        return verdict
+    workdir = Path(tempfile.mkdtemp(prefix="parity-diagnose-"))
+    try:
+        verdict = (_fresh_conversion(ctx, probe, base, where, workdir, evidence)
+                   or _converter_variants(ctx, probe, where, workdir, evidence)
+                   or _numpy_reference(ctx, probe, where, workdir, evidence))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if verdict is not None:
+        return verdict
+    return Verdict(
+        "undetermined", where,
+        f"{probe.where} differs (error {_fmt(base.scaled)}), and no runtime variant, "
+        f"reconversion or reference evaluation explains it; see the evidence",
+        evidence=tuple(evidence),
+        next_steps=("rerun with --layers --isolate all to see every failing layer",
+                    "write a minimal reproduction with --repro DIR"),
+    )
 
-    say(f"diagnosing {probe.where}: baseline")
+
+def _baseline(ctx: Context, probe: Probe, evidence: list) -> Measurement:
+    ctx.progress(f"diagnosing {probe.where}: baseline")
     base = probe.base = probe.measure(ctx.candidate)
     if probe.mode == "isolated" and base.passed:
         # right when fed the reference's inputs: the error is carried in, so every experiment
@@ -262,41 +284,43 @@ def diagnose(ctx: Context) -> Verdict:
         base = probe.base = probe.in_model(ctx.candidate)
     evidence.append({"experiment": "baseline", "setting": "as given", **base.to_dict(),
                      **({"note": probe.notes[0]} if probe.notes else {})})
+    return base
 
-    # 0. the same run again: an MNN that differs from itself invalidates every comparison below
+
+def _repeat(ctx: Context, probe: Probe, where: str, evidence: list) -> Verdict | None:
+    """Experiment 0: the same run again. An MNN that differs from itself invalidates every
+    comparison after it."""
     unstable = _repeatability(ctx)
     if unstable is None:
         evidence.append({"experiment": "repeat", "setting": "the same inputs, twice", "passed": True,
                          "detail": "MNN gives the same outputs on both runs"})
-    else:
-        evidence.append({"experiment": "repeat", "setting": "the same inputs, twice", **unstable})
-        return Verdict(
-            "runtime", where,
-            f"MNN gives different outputs for the same inputs on two runs ({unstable['detail']}): a kernel "
-            f"reads uninitialised memory or races; the numbers at {probe.where} cannot be trusted",
-            evidence=tuple(evidence),
-            next_steps=("rerun with --mnn-threads 1 to see whether threading is involved",
-                        "report it with --repro DIR; MNN should be deterministic on CPU"),
-        )
+        return None
+    evidence.append({"experiment": "repeat", "setting": "the same inputs, twice", **unstable})
+    return Verdict(
+        "runtime", where,
+        f"MNN gives different outputs for the same inputs on two runs ({unstable['detail']}): a kernel "
+        f"reads uninitialised memory or races; the numbers at {probe.where} cannot be trusted",
+        evidence=tuple(evidence),
+        next_steps=("rerun with --mnn-threads 1 to see whether threading is involved",
+                    "report it with --repro DIR; MNN should be deterministic on CPU"),
+    )
 
-    # a. runtime variants of the same file
+
+def _runtime_variants(ctx: Context, probe: Probe, base: Measurement, where: str, evidence: list) -> Verdict | None:
+    """Experiment a: the same file under other MNN settings, measured like the baseline."""
     for name, change in RUNTIME_VARIANTS:
-        say(f"diagnosing: MNN runtime variant {name}")
+        ctx.progress(f"diagnosing: MNN runtime variant {name}")
         try:
             with _open_variant(ctx, ctx.mnn_path, **change) as mnn:
                 m = probe.measure(mnn)
-        except BackendCrash as exc:
-            evidence.append({"experiment": "runtime variant", "setting": name, "error": str(exc)})
-            continue
-        except ParityError as exc:
+        except ParityError as exc:  # a crash under one setting is evidence, not the end
             evidence.append({"experiment": "runtime variant", "setting": name, "error": str(exc)})
             continue
         evidence.append({"experiment": "runtime variant", "setting": name, **m.to_dict()})
         if _decisive(base, m):
-            detail = _runtime_phrase(probe, name)
             return Verdict(
                 "runtime", where,
-                f"{detail} at {probe.where}: error {_fmt(base.scaled)} as run, "
+                f"{_runtime_phrase(probe, name)} at {probe.where}: error {_fmt(base.scaled)} as run, "
                 f"{_fmt(m.scaled)} with {name} ({m.how}); the converted graph is right, an MNN "
                 f"kernel or setting gives other numbers",
                 evidence=tuple(evidence),
@@ -304,62 +328,53 @@ def diagnose(ctx: Context) -> Verdict:
                             f"with a looser --atol/--rtol",
                             "attach --repro DIR's output to an MNN issue if the kernel is wrong"),
             )
+    return None
 
-    workdir = Path(tempfile.mkdtemp(prefix="parity-diagnose-"))
-    try:
-        # d. a fresh conversion of the user's ONNX with default options
-        verdict = _fresh_conversion(ctx, probe, base, where, workdir, evidence)
-        if verdict is not None:
-            return verdict
 
-        # b. converter variants
-        from parity.converter import convert
+def _converter_variants(ctx: Context, probe: Probe, where: str, workdir: Path, evidence: list) -> Verdict | None:
+    """Experiment b: reconversions with the options that change numbers, each measured
+    against the given file in one way."""
+    from parity.converter import convert
 
-        for name, options in CONVERTER_VARIANTS:
-            say(f"diagnosing: conversion with {' '.join(options)}")
-            target = workdir / f"variant{len(evidence)}.mnn"
-            try:
-                convert(ctx.onnx_path, target, options=options, timeout=ctx.timeout)
-                with _open_variant(ctx, target) as mnn:
-                    given, m = probe.measure_pair(mnn)
-            except ParityError as exc:
-                evidence.append({"experiment": "converter variant", "setting": name, "error": str(exc)})
-                continue
-            evidence.append({"experiment": "converter variant", "setting": name, **m.to_dict(),
-                             "given_file": given.to_dict()})
-            if _decisive(given, m):
-                return Verdict(
-                    "conversion", where,
-                    f"the converter's default {name.split(' (')[0].split()[0]} "
-                    f"changes the numbers at {probe.where}: error {_fmt(given.scaled)} as converted, "
-                    f"{_fmt(m.scaled)} converted with {' '.join(options)} (both measured {m.how})",
-                    evidence=tuple(evidence),
-                    next_steps=(f"convert with {' '.join(options)}: parity convert {ctx.onnx_path.name} "
-                                f"-o {ctx.mnn_path.name} {' '.join(options)}",),
-                )
+    for name, options in CONVERTER_VARIANTS:
+        ctx.progress(f"diagnosing: conversion with {' '.join(options)}")
+        target = workdir / f"variant{len(evidence)}.mnn"
+        try:
+            convert(ctx.onnx_path, target, options=options, timeout=ctx.timeout)
+            with _open_variant(ctx, target) as mnn:
+                given, m = probe.measure_pair(mnn)
+        except ParityError as exc:
+            evidence.append({"experiment": "converter variant", "setting": name, "error": str(exc)})
+            continue
+        evidence.append({"experiment": "converter variant", "setting": name, **m.to_dict(),
+                         "given_file": given.to_dict()})
+        if _decisive(given, m):
+            return Verdict(
+                "conversion", where,
+                f"the converter's default {name.split(' (')[0].split()[0]} "
+                f"changes the numbers at {probe.where}: error {_fmt(given.scaled)} as converted, "
+                f"{_fmt(m.scaled)} converted with {' '.join(options)} (both measured {m.how})",
+                evidence=tuple(evidence),
+                next_steps=(f"convert with {' '.join(options)}: parity convert {ctx.onnx_path.name} "
+                            f"-o {ctx.mnn_path.name} {' '.join(options)}",),
+            )
+    return None
 
-        # c. the MNN op as defined in the file, evaluated in numpy
-        if probe.layer is not None:
-            say("diagnosing: numpy reference of the MNN op")
-            from parity import mnn_ops
 
-            result = mnn_ops.check_op(ctx, probe, workdir)
-            evidence.append({"experiment": "numpy reference of the MNN op", **result})
-            kind = result.get("kind")
-            if kind in ("runtime", "conversion"):
-                return Verdict(kind, where, result["summary"], evidence=tuple(evidence),
-                               next_steps=tuple(result.get("next_steps", ())))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+def _numpy_reference(ctx: Context, probe: Probe, where: str, workdir: Path, evidence: list) -> Verdict | None:
+    """Experiment c: the MNN op as the file defines it, evaluated in numpy."""
+    if probe.layer is None:
+        return None
+    ctx.progress("diagnosing: numpy reference of the MNN op")
+    from parity import mnn_ops
 
-    return Verdict(
-        "undetermined", where,
-        f"{probe.where} differs (error {_fmt(base.scaled)}), and no runtime variant, "
-        f"reconversion or reference evaluation explains it; see the evidence",
-        evidence=tuple(evidence),
-        next_steps=("rerun with --layers --isolate all to see every failing layer",
-                    "write a minimal reproduction with --repro DIR"),
-    )
+    result = mnn_ops.check_op(ctx, probe, workdir)
+    evidence.append({"experiment": "numpy reference of the MNN op", **result})
+    kind = result.get("kind")
+    if kind in ("runtime", "conversion"):
+        return Verdict(kind, where, result["summary"], evidence=tuple(evidence),
+                       next_steps=tuple(result.get("next_steps", ())))
+    return None
 
 
 def _fresh_conversion(ctx: Context, probe: Probe, base: Measurement, where: str, workdir: Path,
@@ -386,66 +401,83 @@ def _fresh_conversion(ctx: Context, probe: Probe, base: Measurement, where: str,
     if not (outputs_ok or _decisive(given, m)):
         return None
     figures = f"error {_fmt(m.scaled)} vs {_fmt(given.scaled)} in the given file, both measured {m.how}"
-
     ctx.progress("diagnosing: how the given file differs from the fresh conversion")
     given_diff = _graph_diff(ctx, ctx.mnn_path, fresh, ("given", "fresh"))
-    ctx.progress("diagnosing: a second conversion under another path (is the converter deterministic?)")
-    again = workdir / "second-conversion-elsewhere" / "model_converted_again.mnn"
-    again.parent.mkdir()
-    again_diff, again_m, again_ok = None, None, None
-    try:
-        convert(ctx.onnx_path, again, timeout=ctx.timeout)
-        again_diff = _graph_diff(ctx, fresh, again, ("first conversion", "second conversion"))
-        if again_diff is not None and not again_diff.empty:
-            with _open_variant(ctx, again) as mnn:
-                _, again_m = probe.measure_pair(mnn)
-                again_ok = probe.outputs(mnn).passed
-    except ParityError as exc:
-        evidence.append({"experiment": "second fresh conversion", "error": str(exc)})
     if given_diff is not None:
         evidence.append({"experiment": "structural diff: given file vs fresh conversion",
                          "identical": given_diff.empty, "summary": given_diff.summary(),
                          "differences": given_diff.to_dict()})
-    if again_diff is not None:
-        entry = {"experiment": "structural diff: two fresh conversions (other paths)",
-                 "identical": again_diff.empty, "summary": again_diff.summary(),
-                 "differences": again_diff.to_dict()}
-        if again_m is not None:
-            entry.update(second_conversion=again_m.to_dict(), second_outputs_passed=again_ok)
-        evidence.append(entry)
+    again = _second_conversion(ctx, probe, fresh, workdir, evidence)
+    if again is not None and not again[0].empty:
+        return _nondeterministic_verdict(ctx, probe, where, figures, given_diff, again, evidence)
+    return _different_file_verdict(ctx, probe, where, figures, given_diff, deterministic=again is not None,
+                                   evidence=evidence)
 
-    if again_diff is not None and not again_diff.empty:
-        outcome = ("" if again_m is None else
-                   f"; the first matches ONNX Runtime ({figures}), the second gives error "
-                   f"{_fmt(again_m.scaled)}{'' if again_ok else ' and fails'}")
-        return Verdict(
-            "conversion", where,
-            f"MNN's converter is not deterministic on {ctx.onnx_path.name}: two conversions with the "
-            f"same options under other paths differ ({'; '.join(again_diff.clauses())}){outcome}. Whether a "
-            f"conversion comes out right depends on the command line, so reconverting fixes "
-            f"{ctx.mnn_path.name} only by luck"
-            + (f"; the given file differs from a fresh conversion ({'; '.join(given_diff.clauses())})"
-               if given_diff is not None and not given_diff.empty else ""),
-            evidence=tuple(evidence),
-            next_steps=(
-                "check every conversion of this model with parity check before shipping it, and keep "
-                "the file that passes (reconverting elsewhere can bring the error back)",
-                f"report it to MNN with --repro DIR: the constants named above come out differently "
-                f"from one conversion to the next",
-            ),
-        )
+
+def _second_conversion(ctx: Context, probe: Probe, fresh: Path, workdir: Path, evidence: list):
+    """Convert again under another directory and file name; return (diff against the first
+    conversion, its measurement or None, whether its outputs pass), or None on failure."""
+    from parity.converter import convert
+
+    ctx.progress("diagnosing: a second conversion under another path (is the converter deterministic?)")
+    again = workdir / "second-conversion-elsewhere" / "model_converted_again.mnn"
+    again.parent.mkdir()
+    try:
+        convert(ctx.onnx_path, again, timeout=ctx.timeout)
+        diff = _graph_diff(ctx, fresh, again, ("first conversion", "second conversion"))
+        if diff is None:
+            return None
+        measured, passed = None, None
+        if not diff.empty:
+            with _open_variant(ctx, again) as mnn:
+                _, measured = probe.measure_pair(mnn)
+                passed = probe.outputs(mnn).passed
+    except ParityError as exc:
+        evidence.append({"experiment": "second fresh conversion", "error": str(exc)})
+        return None
+    entry = {"experiment": "structural diff: two fresh conversions (other paths)", "identical": diff.empty,
+             "summary": diff.summary(), "differences": diff.to_dict()}
+    if measured is not None:
+        entry.update(second_conversion=measured.to_dict(), second_outputs_passed=passed)
+    evidence.append(entry)
+    return diff, measured, passed
+
+
+def _nondeterministic_verdict(ctx, probe, where, figures, given_diff, again, evidence) -> Verdict:
+    diff, measured, passed = again
+    outcome = ("" if measured is None else
+               f"; the first matches ONNX Runtime ({figures}), the second gives error "
+               f"{_fmt(measured.scaled)}{'' if passed else ' and fails'}")
+    given = (f"; the given file differs from a fresh conversion ({'; '.join(given_diff.clauses())})"
+             if given_diff is not None and not given_diff.empty else "")
+    return Verdict(
+        "conversion", where,
+        f"MNN's converter is not deterministic on {ctx.onnx_path.name}: two conversions with the "
+        f"same options under other paths differ ({'; '.join(diff.clauses())}){outcome}. Whether a "
+        f"conversion comes out right depends on the command line, so reconverting fixes "
+        f"{ctx.mnn_path.name} only by luck{given}",
+        evidence=tuple(evidence),
+        next_steps=(
+            "check every conversion of this model with parity check before shipping it, and keep "
+            "the file that passes (reconverting elsewhere can bring the error back)",
+            "report it to MNN with --repro DIR: the constants named above come out differently "
+            "from one conversion to the next",
+        ),
+    )
+
+
+def _different_file_verdict(ctx, probe, where, figures, given_diff, *, deterministic, evidence) -> Verdict:
     how = ("yet the two graphs are structurally identical (same ops, parameters and constants)"
            if given_diff is not None and given_diff.empty else
            f"the two files differ: {'; '.join(given_diff.clauses())}" if given_diff is not None else
            "the graphs could not be compared")
-    deterministic = ("two fresh conversions under different paths are identical, so the converter "
-                     "is deterministic here" if again_diff is not None else
-                     "the converter's determinism could not be checked")
+    checked = ("two fresh conversions under different paths are identical, so the converter is "
+               "deterministic here" if deterministic else "the converter's determinism could not be checked")
     return Verdict(
         "conversion", where,
         f"{ctx.mnn_path.name} is not what MNN's converter makes of {ctx.onnx_path.name} here: a fresh "
-        f"conversion matches ONNX Runtime at {probe.where} ({figures}); {how}; {deterministic}. The "
-        f"given file was converted from another ONNX, with other options or another MNN version, or "
+        f"conversion matches ONNX Runtime at {probe.where} ({figures}); {how}; {checked}. The given "
+        f"file was converted from another ONNX, with other options or another MNN version, or "
         f"changed after conversion",
         evidence=tuple(evidence),
         next_steps=(f"reconvert and check in one step: parity convert {ctx.onnx_path.name} -o "
