@@ -412,11 +412,15 @@ def convert(model, output, atol, rtol, seed, shapes, inputs_path, layers, json_p
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Pairs checked at once, each in its own process.")
 @click.option("--shard", metavar="K/N", help="Check only shard K of N (pairs K, K+N, ... of the sorted list).")
+@click.option("--pair-timeout", type=click.FloatRange(min=0, min_open=True), default=3600.0,
+              show_default=True, metavar="SECONDS",
+              help="Kill a pair's check, and every process it started, after SECONDS; the pair "
+                   "then counts as a backend failure (exit 4).")
 @click.option("--json", "json_path", type=click.Path(path_type=str), metavar="PATH",
               help="Write the results (schema parity.sweep/1) to PATH; '-' for stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 @_traceback_option
-def sweep(target, jobs, shard, json_path, quiet):
+def sweep(target, jobs, shard, pair_timeout, json_path, quiet):
     """Check every model pair in TARGET: a directory (*.onnx with matching *.mnn) or a TOML/JSON
     manifest with per-model options. Exit code: the worst of the pairs.
 
@@ -428,7 +432,6 @@ def sweep(target, jobs, shard, json_path, quiet):
     from rich.markup import escape
     from rich.table import Table
 
-    from parity import __version__
     from parity import sweep as sweep_mod
     from parity.inputs import check_writable, write_atomic
     from parity.render.progress import Progress
@@ -438,28 +441,28 @@ def sweep(target, jobs, shard, json_path, quiet):
     chosen = sweep_mod.parse_shard(shard)
     items = sweep_mod.select_shard(sweep_mod.discover(target), chosen)
     with Progress(enabled=False if quiet else None, total=len(items), label="sweep") as progress:
-        results = sweep_mod.run(items, jobs=jobs, progress=progress)
-    code = sweep_mod.worst([r["exit_code"] for r in results])
-    data = {"schema": sweep_mod.SCHEMA, "parity_version": __version__, "target": target,
-            "shard": shard, "passed": code == 0, "exit_code": code, "results": results}
+        results = sweep_mod.run(items, jobs=jobs, progress=progress, pair_timeout=pair_timeout)
+    report = sweep_mod.SweepReport(target, shard, results)
+    data = report.to_dict()
     console = Console(file=sys.stderr if json_path == "-" else sys.stdout, highlight=False,
                       width=None if sys.stdout.isatty() else 160)
     table = Table(title=f"parity sweep {target}" + (f" (shard {shard})" if shard else ""), title_justify="left")
     for header in ("model", "exit", "verdict", "where / error", "s"):
         table.add_column(header, overflow="fold")
-    for r in results:
+    for r in report.results:
         verdict = r["verdict"] or {}
         kind = verdict.get("kind", "error")
         style = "green" if r["passed"] else "bold red"
         table.add_row(escape(r["name"]), str(r["exit_code"]), f"[{style}]{escape(kind)}[/]",
                       escape(r["error"] or verdict.get("where") or ""), f"{r['seconds']:.1f}")
     console.print(table)
-    console.print(f"{sum(r['passed'] for r in results)} of {len(results)} pairs pass; exit {code}")
+    console.print(f"{sum(r['passed'] for r in report.results)} of {len(report.results)} pairs pass; "
+                  f"exit {report.exit_code}")
     if json_path == "-":
         click.echo(json.dumps(data, indent=2))
     elif json_path:
         write_atomic(json_path, json.dumps(data, indent=2).encode(), "--json")
-    raise SystemExit(code)
+    raise SystemExit(report.exit_code)
 
 
 def main() -> None:  # pragma: no cover - console script indirection for python -m

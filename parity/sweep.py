@@ -12,28 +12,82 @@ manifest listing models with per-model options::
     [model.shape]
     src = "1x128x32"
 
-Each pair runs as its own ``parity check`` process (so one crash or hang costs one result).
+Each pair runs as its own ``parity check`` process (so one crash or hang costs one result),
+with a time limit: a pair still running after ``pair_timeout`` seconds is killed with every
+process it started and recorded as a backend failure. Like MNN's worker, the child runs in a
+private directory with this parity first on PYTHONPATH, so the user's working directory is not
+on its sys.path; model and input paths are made absolute for it.
 ``--shard K/N`` keeps pairs K, K+N, K+2N, ... of the sorted list: N jobs cover every pair once.
+``SweepReport`` holds the results and decides the exit code: the worst pair's.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from parity.backends import SUFFIXES
+from parity.backends.worker import python_env, signal_description
 from parity.errors import ExitCode, InputError, UsageError
 
 SCHEMA = "parity.sweep/1"
-# worst first when a sweep sums up its pairs
+# worst last when a sweep sums up its pairs
 _SEVERITY = [ExitCode.PASS, ExitCode.MISMATCH, ExitCode.USAGE, ExitCode.MODEL_OR_INPUT,
              ExitCode.BACKEND, ExitCode.INTERRUPTED, ExitCode.INTERNAL]
+PAIR_TIMEOUT = 3600.0  # seconds one pair's ``parity check`` may run
+# seconds to collect a killed pair's output: only a process that left its group holds it longer
+_DRAIN_SECONDS = 10.0
+
+
+def _parity_version() -> str:
+    from parity import __version__
+
+    return __version__
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    """A sweep's results, one dict per pair (see ``_run_one``). Like ``Report``, it decides the
+    exit code: the worst pair's (``worst``)."""
+
+    target: str
+    shard: str | None
+    results: tuple[dict, ...]
+    parity_version: str = field(default_factory=_parity_version)
+
+    def __post_init__(self):
+        object.__setattr__(self, "target", os.fspath(self.target))
+        object.__setattr__(self, "results", tuple(self.results))
+
+    @property
+    def exit_code(self) -> int:
+        return int(worst(r["exit_code"] for r in self.results))
+
+    @property
+    def passed(self) -> bool:
+        return self.exit_code == ExitCode.PASS
+
+    def to_dict(self) -> dict:
+        """The ``parity.sweep/1`` JSON document."""
+        return {
+            "schema": SCHEMA,
+            "parity_version": self.parity_version,
+            "target": self.target,
+            "shard": self.shard,
+            "passed": self.passed,
+            "exit_code": self.exit_code,
+            "results": list(self.results),
+        }
 
 
 @dataclass
@@ -125,39 +179,142 @@ def select_shard(items: list[Item], shard: tuple[int, int] | None) -> list[Item]
     return items[k - 1::n]
 
 
-def _run_one(item: Item) -> dict:
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="parity-sweep-") as tmp:
-        report_path = Path(tmp) / "report.json"
-        proc = subprocess.run([sys.executable, "-m", "parity", *item.argv(), "--json", str(report_path), "-q"],
-                              capture_output=True, text=True, stdin=subprocess.DEVNULL)
-        report = json.loads(report_path.read_text()) if report_path.exists() else None
-    error = None
-    if report is None:
-        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-        error = lines[-1] if lines else f"parity exited {proc.returncode}"
+def _absolute(spec: str) -> str:
+    """``spec`` for a child whose working directory is elsewhere: its file part made absolute.
+    A ``package.module:factory`` torch spec names no file and stays as given."""
+    if ":" in spec and not Path(spec).exists():
+        target, _, attr = spec.rpartition(":")
+        if target.endswith(".py") or "/" in target or os.sep in target:
+            return f"{os.path.abspath(target)}:{attr}"
+        if Path(spec).suffix.lower() not in SUFFIXES:
+            return spec
+    return os.path.abspath(spec)
+
+
+def _absolute_item(item: Item) -> Item:
+    options = dict(item.options)
+    if options.get("inputs"):
+        options["inputs"] = os.path.abspath(options["inputs"])
+    return replace(item, models=[_absolute(m) for m in item.models], options=options)
+
+
+class _Children:
+    """The pair processes of one sweep. Each runs in a session of its own, so that a timeout
+    kills it together with what it started (its MNN child); the terminal's Ctrl-C then no longer
+    reaches them, so an interrupted sweep ends them itself (``stop``)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen] = set()
+        self._stopped = False
+
+    def start(self, argv: list[str], cwd: str) -> subprocess.Popen | None:
+        """The started child, or None once the sweep is stopping."""
+        with self._lock:  # so stop() cannot miss a child started while it runs
+            if self._stopped:
+                return None
+            proc = subprocess.Popen(argv, cwd=cwd, env=python_env(), stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    start_new_session=True)
+            self._running.add(proc)
+            return proc
+
+    def finished(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._running.discard(proc)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            running = list(self._running)
+        for proc in running:
+            _kill_group(proc)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    # Not poll(): reaping a child that just exited would skip the processes it left running.
+    if proc.returncode is not None:
+        return  # reaped already: its pid may belong to another process now
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # its session's group: the child and all it started
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _wait(proc: subprocess.Popen, timeout: float) -> tuple[int | None, str]:
+    """The child's exit code (None when it ran out of time and was killed) and its stderr."""
+    try:
+        _, err = proc.communicate(timeout=timeout)
+        return proc.returncode, err
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+    try:
+        _, err = proc.communicate(timeout=_DRAIN_SECONDS)
+    except subprocess.TimeoutExpired:  # a process that left the group still holds the pipes
+        proc.kill()
+        proc.wait()
+        err = ""
+    return None, err
+
+
+def _result(item: Item, code: int, report: dict | None, error: str | None, started: float) -> dict:
     return {
         "name": item.name,
         "models": item.models,
-        "exit_code": proc.returncode,
-        "passed": proc.returncode == 0,
+        "exit_code": int(code),
+        "passed": code == ExitCode.PASS,
         "verdict": report["verdict"] if report else None,
         "error": error,
         "seconds": round(time.monotonic() - started, 2),
     }
 
 
+def _run_one(item: Item, *, pair_timeout: float = PAIR_TIMEOUT, children: _Children | None = None) -> dict:
+    """Check one pair in a ``python -m parity check`` child; kill it after ``pair_timeout`` s."""
+    children = children or _Children()
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="parity-sweep-") as tmp:
+        report_path = Path(tmp) / "report.json"
+        argv = [sys.executable, "-m", "parity", *_absolute_item(item).argv(), "--json", str(report_path), "-q"]
+        proc = children.start(argv, cwd=tmp)
+        if proc is None:
+            return _result(item, ExitCode.INTERRUPTED, None, "not run: the sweep was interrupted", started)
+        try:
+            code, err = _wait(proc, pair_timeout)
+        finally:
+            children.finished(proc)
+        report = json.loads(report_path.read_text()) if code is not None and report_path.exists() else None
+    if code is None:
+        return _result(item, ExitCode.BACKEND, None, f"timed out after {pair_timeout:g} s", started)
+    if code < 0:  # the check process itself died: a framework it runs in-process crashed
+        return _result(item, ExitCode.BACKEND, None, f"parity check ended by {signal_description(code)}", started)
+    error = None
+    if report is None:
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        error = lines[-1] if lines else f"parity exited {code}"
+    return _result(item, code, report, error, started)
+
+
 def worst(codes) -> int:
+    """The most severe exit code in ``codes`` (one unknown to ``ExitCode`` counts as worst)."""
     rank = {int(c): i for i, c in enumerate(_SEVERITY)}
     return max(codes, key=lambda c: rank.get(int(c), len(rank)), default=int(ExitCode.PASS))
 
 
-def run(items: list[Item], *, jobs: int = 1, progress=None) -> list[dict]:
+def run(items: list[Item], *, jobs: int = 1, progress=None, pair_timeout: float = PAIR_TIMEOUT) -> list[dict]:
+    """Check every pair, ``jobs`` at a time; one result dict per pair, in ``items`` order."""
     results = []
+    children = _Children()
+    one = functools.partial(_run_one, pair_timeout=pair_timeout, children=children)
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        for result in pool.map(_run_one, items):
-            results.append(result)
-            if progress is not None:
-                progress(f"{result['name']}: {'pass' if result['passed'] else 'exit ' + str(result['exit_code'])}")
-                progress.advance()
+        try:
+            for result in pool.map(one, items):
+                results.append(result)
+                if progress is not None:
+                    progress(f"{result['name']}: {'pass' if result['passed'] else 'exit ' + str(result['exit_code'])}")
+                    progress.advance()
+        except BaseException:  # Ctrl-C: the children, in sessions of their own, did not get it
+            pool.shutdown(wait=False, cancel_futures=True)
+            children.stop()
+            raise
     return results

@@ -2,6 +2,22 @@
 
 Like Polygraphy's runners: the constructor only stores the path and options; the framework is
 loaded in ``open()`` (or ``with backend:``); ``run`` maps feeds to an ordered name -> array dict.
+
+Some backends work in a child process (MNN, see worker.py), so a caller running several
+frameworks can overlap them. Every backend takes the same calls; the defaults are synchronous,
+so an in-process adapter implements nothing extra:
+
+1. ``begin_open()`` on every backend: a child starts loading its model and it returns at once
+   (default: nothing).
+2. ``open()`` (or ``with backend:``) on every backend: it finishes loading.
+3. ``handle = begin_run(feeds)``, first on the backends whose ``runs_in_child`` is True (they
+   only submit the run and return), then on the others (they run to completion here, while
+   the children compute). The default returns ``self.run(feeds)`` itself as the handle.
+4. ``finish_run(handle)`` on each: the ``RunResult`` (default: the handle).
+
+A backend has at most one run outstanding: each ``begin_run`` is followed by its
+``finish_run`` before the next run, capture or cut on that backend. ``close()`` drops an
+outstanding run.
 """
 
 from __future__ import annotations
@@ -25,12 +41,18 @@ class RunResult:
     notes: tuple[str, ...] = ()
 
 
-# Casts a backend may apply to a feed without changing its values (checked per array).
+# Casts a backend may apply to a feed when no value changes (checked per array). MNN's
+# converter declares ONNX int64, int16, uint16 and bool inputs as int32, and float16 and
+# float64 ones as float32 (MNN has no 16-bit or bool tensors). Every float16 is a float32.
 _LOSSLESS_CASTS = {
     ("int64", "int32"),
+    ("int16", "int32"),
+    ("uint16", "int32"),
     ("bool", "int32"),
     ("bool", "uint8"),
     ("int32", "int64"),
+    ("float16", "float32"),
+    ("float64", "float32"),
 }
 
 
@@ -38,6 +60,8 @@ class Backend:
     framework: ClassVar[str] = ""
     # False where the model's declared dims are advisory (MNN records a dynamic batch as 1).
     checks_dims: ClassVar[bool] = True
+    # True where begin_run only hands the run to a child process: callers begin these first.
+    runs_in_child: ClassVar[bool] = False
 
     def __init__(self, path: str | Path, **options):
         self.path = Path(path)
@@ -61,6 +85,9 @@ class Backend:
         if self._opened:
             self._close()
             self._opened = False
+
+    def begin_open(self) -> None:
+        """Start loading without waiting for it; ``open`` finishes. In-process: nothing to do."""
 
     # -- what adapters implement ----------------------------------------------------------
     def _open(self) -> None:
@@ -102,6 +129,15 @@ class Backend:
         result.notes = tuple(notes) + tuple(result.notes)
         return result
 
+    def begin_run(self, feeds: TensorMap) -> object:
+        """Start a run of the declared outputs; pass what it returns to ``finish_run``.
+        In-process the run happens here and the handle is its result."""
+        return self.run(feeds)
+
+    def finish_run(self, handle: object) -> RunResult:
+        """The result of the run ``begin_run`` started."""
+        return handle
+
 
 def check_model_file(path: Path, framework: str) -> None:
     """Fail with one line before any framework sees a path that cannot be a model."""
@@ -129,8 +165,9 @@ def conform_feeds(
 ) -> tuple[TensorMap, list[str]]:
     """Check names, ranks, fixed dims and dtypes; return feeds in the model's input order.
 
-    With ``allow_casts`` a backend may take a feed in another integer width when no value
-    changes (MNN takes ONNX int64 inputs as int32); each such cast is returned as a note.
+    With ``allow_casts`` a backend may take a feed in another width or type when no value
+    changes (MNN takes ONNX int64 inputs as int32, float16 as float32; see _LOSSLESS_CASTS);
+    each such cast is returned as a note.
     """
     expected = [s.name for s in specs]
     unknown = [n for n in feeds if n not in expected]
@@ -162,10 +199,10 @@ def conform_feeds(
                     f"input {spec.name!r} is {have} but {label} expects {spec.dtype}"
                 )
             cast = array.astype(spec.dtype)
-            if not np.array_equal(cast.astype(have), array):
+            if not np.array_equal(cast.astype(have), array, equal_nan=array.dtype.kind == "f"):
                 raise InputError(
                     f"input {spec.name!r} ({have}) has values that do not fit {spec.dtype}, "
-                    f"which {label} takes"
+                    f"which {label} takes; give values {spec.dtype} holds exactly (--inputs)"
                 )
             notes.append(f"input {spec.name!r} fed to {label} as {spec.dtype} (given {have})")
             array = cast

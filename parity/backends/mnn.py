@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,10 +26,13 @@ def _looks_like_onnx(path) -> bool:
 
 
 def _mnn_array(array: np.ndarray) -> np.ndarray:
-    """MNN takes no int64 or bool tensors: int32 when every value fits, as ONNX ints are fed."""
+    """MNN takes no bool, 16-bit or (in converted graphs) int64 tensors: the type its converter
+    gives them, int32 or float32, when every value survives (as whole-model inputs are fed)."""
     array = np.asarray(array)
-    if array.dtype == np.bool_:
+    if array.dtype in (np.bool_, np.int16, np.uint16):
         return array.astype(np.int32)
+    if array.dtype == np.float16:
+        return array.astype(np.float32)
     if array.dtype == np.int64:
         cast = array.astype(np.int32)
         if np.array_equal(cast, array):
@@ -36,9 +40,21 @@ def _mnn_array(array: np.ndarray) -> np.ndarray:
     return array
 
 
+@dataclass
+class _PendingRun:
+    """A run sent to the child and not collected yet: its files, and what was done to its feeds."""
+
+    names: list[str]
+    feed_paths: dict[str, str]
+    result_paths: dict[str, str]
+    step: str
+    notes: tuple[str, ...] = ()
+
+
 class MnnBackend(Backend):
     framework = "mnn"
     checks_dims = False
+    runs_in_child = True  # begin_run only submits; MNN computes while the caller works
 
     def __init__(
         self,
@@ -65,7 +81,7 @@ class MnnBackend(Backend):
         self.shape_mutable = shape_mutable
         self._worker: Worker | None = None
         self._graph: list[dict] | None = None
-        self._pending = None
+        self._pending: _PendingRun | None = None
 
     def begin_open(self) -> None:
         """Start the child and send the load request without waiting for it: MNN's start-up
@@ -124,6 +140,7 @@ class MnnBackend(Backend):
         self._close()  # also a child started by begin_open whose open never finished
 
     def _close(self) -> None:
+        self._pending = None  # its files go with the worker's directory
         if self._worker is not None:
             self._worker.close()
             self._worker = None
@@ -173,10 +190,12 @@ class MnnBackend(Backend):
         return self._call_run(feeds, outputs, cut=False, cache=True, step="running")
 
     def _call_run(self, feeds, outputs, *, cut, cache, step) -> RunResult:
-        self._submit_run(feeds, outputs, cut=cut, cache=cache, step=step)
-        return self._collect_run()
+        return self._collect_run(self._submit_run(feeds, outputs, cut=cut, cache=cache, step=step))
 
-    def _submit_run(self, feeds, outputs, *, cut, cache, step) -> None:
+    def _submit_run(self, feeds, outputs, *, cut, cache, step, notes=()) -> _PendingRun:
+        if self._pending is not None:
+            # the child answers in order: a second request would take the first one's reply
+            raise RuntimeError(f"{self.label} already has a run outstanding: finish_run it first")
         worker = self._worker
         feed_paths = {}
         for name, array in feeds.items():
@@ -184,46 +203,45 @@ class MnnBackend(Backend):
             np.save(feed_paths[name], array)
         names = outputs or [s.name for s in self._outputs]
         result_paths = {name: str(worker.path("out")) for name in names}
-        step = f"{step} {self.path.name}"
-        self._pending = (names, feed_paths, result_paths, step)
+        pending = _PendingRun(names, feed_paths, result_paths, f"{step} {self.path.name}", tuple(notes))
+        self._pending = pending
         try:
-            worker.submit(f"{_CHILD}:run", step=step, feeds=feed_paths, results=result_paths,
+            worker.submit(f"{_CHILD}:run", step=pending.step, feeds=feed_paths, results=result_paths,
                           outputs=outputs, cut=cut, cache=cache)
         except BaseException:
-            self._collect_files()
+            self._collect_files(pending)
             raise
+        return pending
 
-    def _collect_files(self) -> None:
-        _, feed_paths, result_paths, _ = self._pending
-        self._pending = None
-        for path in list(feed_paths.values()) + list(result_paths.values()):
+    def _collect_files(self, pending: _PendingRun) -> None:
+        if self._pending is pending:
+            self._pending = None
+        for path in list(pending.feed_paths.values()) + list(pending.result_paths.values()):
             try:
                 os.unlink(path)
             except OSError:
                 pass
 
-    def _collect_run(self) -> RunResult:
-        names, _, _, step = self._pending
+    def _collect_run(self, pending: _PendingRun) -> RunResult:
+        if self._pending is not pending:
+            raise RuntimeError(f"{self.label} has no such run outstanding (finished already, or closed)")
         try:
-            reply = self._worker.result(step=step)
+            reply = self._worker.result(step=pending.step)
             arrays, steps = {}, {}
-            for name in names:
+            for name in pending.names:
                 entry = reply[name]
                 arrays[name] = np.load(entry["path"])
                 steps[name] = tuple(entry["steps"])
         finally:
-            self._collect_files()
-        return RunResult(arrays, steps)
+            self._collect_files(pending)
+        return RunResult(arrays, steps, pending.notes)
 
-    def begin_run(self, feeds: TensorMap) -> list[str]:
-        """Send a run of the declared outputs and return at once (``finish_run`` collects it),
-        so MNN computes while the other frameworks do. Returns the feed notes."""
+    def begin_run(self, feeds: TensorMap) -> _PendingRun:
+        """Send a run of the declared outputs and return at once, so MNN computes while the
+        other frameworks do; ``finish_run`` collects it, with the feed notes."""
         prepared, notes = conform_feeds(self.input_specs, feeds, self.label, allow_casts=True,
                                         check_dims=self.checks_dims)
-        self._submit_run(prepared, None, cut=False, cache=True, step="running")
-        return notes
+        return self._submit_run(prepared, None, cut=False, cache=True, step="running", notes=notes)
 
-    def finish_run(self, notes=()) -> RunResult:
-        result = self._collect_run()
-        result.notes = tuple(notes) + tuple(result.notes)
-        return result
+    def finish_run(self, handle: _PendingRun) -> RunResult:
+        return self._collect_run(handle)

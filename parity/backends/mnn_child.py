@@ -37,10 +37,44 @@ def _numpy_dtype(mnn_dtype) -> str:
     return _DTYPES.get(str(mnn_dtype), str(mnn_dtype))
 
 
-def _mnn_dtype(name: str):
+# numpy dtypes a placeholder can be written from, as MNN.expr.dtype members. MNN has no
+# float16, 16-bit integer or bool tensors (the parent casts those losslessly: base.py); int8
+# placeholders exist but Var.write refuses numpy int8 ("does not support this dtype").
+_WRITABLE = {"float32": "float", "float64": "double", "int32": "int", "int64": "int64", "uint8": "uint8"}
+
+
+def _placeholder(name: str, array: np.ndarray, data_format: str):
+    """An input var holding ``array``, tagged with the layout the graph declares for ``name``."""
     F = _mnn().expr
-    return {"float32": F.float, "float64": F.double, "int32": F.int, "int64": F.int64,
-            "uint8": F.uint8, "int8": F.int8}[name]
+    layout = F.NHWC if data_format == "NHWC" else F.NCHW
+    dtype = array.dtype.name
+    if dtype == "int8":  # written as int32, narrowed inside MNN: the values are the same
+        var = F.placeholder(list(array.shape), layout, F.int)
+        var.write(array.astype(np.int32))
+        return F.cast(var, F.int8)
+    if dtype not in _WRITABLE:
+        raise ChildFailure(
+            "input",
+            f"input {name!r} is {dtype}, which MNN cannot take; it takes "
+            f"{', '.join(sorted(_WRITABLE) + ['int8'])}: cast the input to the type the model declares",
+        )
+    var = F.placeholder(list(array.shape), layout, getattr(F, _WRITABLE[dtype]))
+    var.write(array)
+    return var
+
+
+def _declared_format(name: str) -> str:
+    """How a plain array fed as ``name`` is laid out: the graph's NHWC or NCHW tag. NC4HW4 is a
+    packed memory layout, never how a fed array (a capture's output, read as NCHW) is ordered;
+    a tag MNN cannot tell is taken as NCHW, the order ONNX-converted graphs use."""
+    formats = _state["formats"]
+    if name not in formats:
+        var = _state["graph"].get(name)
+        try:  # an intermediate var's tag needs MNN's shape inference, which can fail
+            formats[name] = str(var.data_format).split(".")[-1] if var is not None else "NCHW"
+        except Exception:
+            formats[name] = "NCHW"
+    return "NHWC" if formats[name] == "NHWC" else "NCHW"
 
 
 def load(path: str, backend: str, threads: int, precision: str, hints: list, memory: int | None = None,
@@ -78,7 +112,8 @@ def load(path: str, backend: str, threads: int, precision: str, hints: list, mem
             "format": str(var.data_format).split(".")[-1],
         })
     _state.update(path=path, graph=graph, runtime=runtime, modules={(): module}, rearrange=rearrange,
-                  inputs=inputs, outputs=list(info["outputNames"]))
+                  inputs=inputs, outputs=list(info["outputNames"]),
+                  formats={i["name"]: i["format"] for i in inputs})
     return {
         "version": MNN.version(),
         "inputs": inputs,
@@ -143,12 +178,7 @@ def run(feeds: dict, results: dict, outputs: list | None = None, cut: bool = Fal
         module = _module_for(input_names, requested, cache)
     else:
         module = _state["modules"][()]
-    variables = []
-    for name in input_names:
-        array = np.load(feeds[name])
-        var = F.placeholder(list(array.shape), F.NCHW, _mnn_dtype(array.dtype.name))
-        var.write(array)
-        variables.append(var)
+    variables = [_placeholder(name, np.load(feeds[name]), _declared_format(name)) for name in input_names]
     produced = module.onForward(variables)
     names = list(requested or _state["outputs"])
     if not produced:

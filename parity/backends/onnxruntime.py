@@ -24,6 +24,16 @@ _ORT_TYPES = {
 }
 
 
+# ORT's exception types (onnxruntime.capi.onnxruntime_pybind11_state) that mean the file is
+# not a valid model, by name: matched along the class's bases, so a subclass counts too.
+_MODEL_FAILURES = {"InvalidProtobuf", "InvalidGraph", "NoSuchFile", "InvalidArgument"}
+
+
+def _model_failure(exc: BaseException) -> str | None:
+    """The name of the ORT model-failure type ``exc`` is an instance of, if any."""
+    return next((c.__name__ for c in type(exc).__mro__ if c.__name__ in _MODEL_FAILURES), None)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -71,9 +81,9 @@ class OnnxRuntimeBackend(Backend):
                 str(self.path), so, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # ORT raises its own pybind exception types
-            kind = type(exc).__name__
+            kind = _model_failure(exc)
             detail = _first_line(exc)
-            if kind in ("InvalidProtobuf", "InvalidGraph", "NoSuchFile", "InvalidArgument"):
+            if kind is not None:
                 raise ModelError(
                     f"{str(self.path)!r} is not a valid ONNX model ({kind}: {detail})"
                 ) from None

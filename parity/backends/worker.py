@@ -7,7 +7,11 @@ the socket; arrays travel as ``.npy`` files in that directory, never through the
 
 A request names a function ``"parity.module:function"`` that the child imports and calls with
 keyword arguments. A signal that kills the child becomes ``BackendCrash`` naming the signal and
-the step; a reply later than the timeout becomes ``BackendTimeout`` and the child is killed.
+the step. A step gets ``timeout`` seconds from its submission: with no reply by then the child
+is killed and the step becomes ``BackendTimeout``; a reply that did arrive is always taken,
+even when the parent, busy elsewhere, collects it after the deadline. A ParityError raised in
+the child reaches the parent as its base class (usage, model, input, output path or backend),
+so it keeps its exit code.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ from parity.errors import (
     BackendTimeout,
     InputError,
     ModelError,
+    OutputPathError,
     ParityError,
+    UsageError,
 )
 
 _SIGNAL_WORDS = {
@@ -48,10 +54,37 @@ class ChildFailure(Exception):
 
     def __init__(self, kind: str, message: str):
         super().__init__(message)
-        self.kind = kind  # "model", "input" or "backend"
+        self.kind = kind  # a key of _KINDS
 
 
-_KINDS = {"model": ModelError, "input": InputError, "backend": BackendError}
+# How a ParityError travels from the child: as the first of these classes it is an instance
+# of, so a subclass (an InputError of some module's own) keeps its exit code; the parent
+# raises that class. Anything else is "backend".
+_KINDS = {
+    "usage": UsageError,
+    "model": ModelError,
+    "input": InputError,
+    "output_path": OutputPathError,
+    "backend": BackendError,
+}
+
+
+def error_kind(exc: ParityError) -> str:
+    for kind, cls in _KINDS.items():
+        if isinstance(exc, cls):
+            return kind
+    return "backend"
+
+
+def python_env() -> dict[str, str]:
+    """The environment for a child ``python -m parity...`` started in another directory: this
+    parity's package root first on PYTHONPATH, so the child imports the same parity (a source
+    checkout included) while its working directory, first on sys.path under ``-m``, is a
+    private one where no stray ``numpy.py`` or ``parity/`` of the user's can shadow a module."""
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    return env
 
 
 def signal_description(returncode: int) -> str:
@@ -66,6 +99,10 @@ def signal_description(returncode: int) -> str:
 class Worker:
     """One child process serving requests until closed. Use as a context manager."""
 
+    # Seconds a child that stopped answering gets to exit before it is killed: a framework's
+    # teardown can hang, and waiting on it without a limit would hang parity too.
+    exit_grace: float = 5.0
+
     def __init__(self, framework: str, *, timeout: float = 300.0):
         self.framework = framework
         self.timeout = timeout
@@ -74,6 +111,7 @@ class Worker:
         self._conn: Connection | None = None
         self._log = None
         self._counter = 0
+        self._submitted: float | None = None
 
     def __enter__(self) -> "Worker":
         self.start()
@@ -87,9 +125,7 @@ class Worker:
         framework loads while the parent is still busy with its own imports."""
         self.dir = Path(tempfile.mkdtemp(prefix="parity-"))
         parent_end, child_end = socket.socketpair()
-        env = dict(os.environ)
-        package_root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        env = python_env()
         self._log = open(self.dir / "worker.log", "wb")
         try:
             self._proc = subprocess.Popen(
@@ -129,9 +165,11 @@ class Worker:
 
     def result(self, *, step: str, timeout: float | None = None):
         """The reply to the request sent last. The step may take ``timeout`` seconds from its
-        submission; the child's own timing decides when the parent was busy elsewhere."""
+        submission. A reply already here is taken whatever the time: the parent may have been
+        busy elsewhere (another framework's run) while the child finished in time."""
         timeout = self.timeout if timeout is None else timeout
-        deadline = getattr(self, "_submitted", time.monotonic()) + timeout
+        submitted = time.monotonic() if self._submitted is None else self._submitted
+        deadline = submitted + timeout
         while True:
             remaining = deadline - time.monotonic()
             if self._conn.poll(max(0.0, min(remaining, 0.5))):
@@ -142,19 +180,24 @@ class Worker:
             if self._proc.poll() is not None and not self._conn.poll(0):
                 self._raise_dead(step)
         try:
-            status, payload, seconds = self._conn.recv()
+            status, payload = self._conn.recv()
         except (EOFError, OSError):
             self._raise_dead(step)
-        if seconds > timeout:
-            self.kill()
-            raise BackendTimeout(self.framework, step, timeout)
         if status == "ok":
             return payload
         kind, message = payload
         raise _KINDS.get(kind, BackendError)(message)
 
     def _raise_dead(self, step: str):
-        code = self._proc.wait()
+        try:
+            code = self._proc.wait(timeout=self.exit_grace)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            tail = self.log_tail()
+            raise BackendError(
+                f"{self.framework} child process stopped answering while {step} and did not exit "
+                f"within {self.exit_grace:g} s, so parity killed it" + (f"; its last output: {tail}" if tail else "")
+            ) from None
         if code < 0:
             raise BackendCrash(self.framework, step, signal_description(code))
         tail = self.log_tail()
@@ -270,19 +313,17 @@ def serve(fd: int, preload: str | None = None) -> None:
         if message is None:
             return
         function, kwargs = message
-        started = time.monotonic()
         try:
             reply = ("ok", _resolve(function)(**kwargs))
         except ChildFailure as exc:
             reply = ("error", (exc.kind, str(exc)))
         except ParityError as exc:
-            kind = {ModelError: "model", InputError: "input"}.get(type(exc), "backend")
-            reply = ("error", (kind, str(exc)))
+            reply = ("error", (error_kind(exc), str(exc)))
         except Exception as exc:  # any framework exception becomes one classified line
             text = str(exc).strip().splitlines()
             reply = ("error", ("backend", f"{type(exc).__name__}: {text[0] if text else ''}"))
         sys.stdout.flush()
-        conn.send(reply + (time.monotonic() - started,))
+        conn.send(reply)
 
 
 if __name__ == "__main__":
