@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 import helpers
 from mnn_edit import alter_mnn_constant
 from parity.converter import convert
-from parity.errors import ModelError
+from parity.errors import BackendCrash, ModelError
 from parity.mnn_graph import GraphDiff, dump_json, load_graph, read_graph, read_graphs, structural_diff
 
 
@@ -205,7 +205,9 @@ def test_files_that_are_not_mnn_models_are_model_errors(tmp_path):
         dump_json(fake, tmp_path / "out.json")
     truncated = tmp_path / "truncated.mnn"
     truncated.write_bytes((helpers.MODELS / "cnn.mnn").read_bytes()[:30000])
-    with pytest.raises(ModelError, match="truncated or corrupt"):
+    # MNN's dump of a truncated file either prints ops without types or segfaults, from run to
+    # run: both end as one clear error naming the file as corrupt
+    with pytest.raises((ModelError, BackendCrash), match="corrupt"):
         read_graph(truncated)
     with pytest.raises(ModelError, match="does not exist"):
         read_graph(tmp_path / "missing.mnn")
