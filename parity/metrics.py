@@ -42,7 +42,7 @@ SENTINEL = 1e38
 # Below this share of max|reference|, the default atol's floor is noted as loose (README).
 LOOSE_SHARE = 0.01
 
-_CHUNK = 1 << 16  # 512 KiB of float64: every pass over a chunk stays in cache
+_CHUNK = 1 << 15  # 256 KiB per float64 work array: a chunk's passes stay in cache
 
 
 @dataclass(frozen=True)
@@ -202,38 +202,62 @@ def _threshold(dtype: np.dtype) -> float:
     return min(SENTINEL, float(np.finfo(dtype).max))
 
 
-def _regular_absmax(r_all: np.ndarray, threshold: float) -> float:
+def _regular_absmax(r_all: np.ndarray, threshold: float, buf: "_Buffers") -> float:
     """max|r| over the reference's regular values (not NaN, not masks): the tolerance scale."""
     peak = 0.0
-    with np.errstate(all="ignore"):
-        for start in range(0, r_all.size, _CHUNK):
-            a = np.abs(r_all[start:start + _CHUNK].astype(np.float64))
-            a = a[a < threshold]  # NaN compares False: dropped with the masks
-            if a.size:
-                peak = max(peak, float(a.max()))
+    for start in range(0, r_all.size, _CHUNK):
+        part = r_all[start:start + _CHUNK]
+        top = max(float(part.max()), -float(part.min()))  # in the source dtype: no copy
+        if not top < threshold:  # a mask value or NaN in this chunk: leave them out
+            a = buf.ar[:part.size]
+            np.copyto(a, part, casting="unsafe")
+            np.abs(a, out=a)
+            a = a[a < threshold]
+            top = float(a.max()) if a.size else 0.0
+        peak = max(peak, top)
     return peak
 
 
+class _Buffers:
+    """Work arrays for one chunk, allocated once: fresh temporaries of this size would each
+    cost an allocation (and page faults) per numpy call."""
+
+    def __init__(self, size: int):
+        self.r, self.c, self.d, self.ar, self.t = (np.empty(size, np.float64) for _ in range(5))
+        self.m = np.empty(size, bool)
+
+
+# Squares of values within these bounds neither overflow nor underflow in float64.
+_SAFE_LOW, _SAFE_HIGH = 1e-140, 1e140
+
+
 class _Moments:
-    """Running sums for cosine over values divided by a running scale (as LAPACK's nrm2), so
-    no square or product can overflow whatever the magnitudes."""
+    """Running sums for cosine. Regular values are below 1e38, so their squares fit float64
+    as they are; only values beyond the safe range (float64 inputs, mismatched masks) are
+    divided by a running scale first (as LAPACK's nrm2), so no square can overflow."""
 
     def __init__(self):
-        self.scale = 0.0
+        self.scale = 1.0
         self.rr = self.cc = self.dd = 0.0
 
-    def add(self, r: np.ndarray, c: np.ndarray, d: np.ndarray) -> None:
-        peak = max(float(np.abs(r).max()), float(np.abs(c).max()))
+    def add(self, r: np.ndarray, c: np.ndarray, d: np.ndarray, peak: float) -> None:
         if peak == 0.0:
             return
-        if peak > self.scale:
-            shrink = (self.scale / peak) ** 2
-            self.rr, self.cc, self.dd = self.rr * shrink, self.cc * shrink, self.dd * shrink
-            self.scale = peak
-        rs, cs, ds = r / self.scale, c / self.scale, d / self.scale
-        self.rr += float(np.dot(rs, rs))
-        self.cc += float(np.dot(cs, cs))
-        self.dd += float(np.dot(ds, ds))
+        if peak > self.scale * _SAFE_HIGH or (peak < _SAFE_LOW and self.scale == 1.0 and not self.rr):
+            self._rescale(peak)
+        if self.scale == 1.0:
+            rr, cc, dd = np.dot(r, r), np.dot(c, c), np.dot(d, d)
+        else:
+            rs, cs, ds = r / self.scale, c / self.scale, d / self.scale
+            rr, cc, dd = np.dot(rs, rs), np.dot(cs, cs), np.dot(ds, ds)
+        self.rr += float(rr)
+        self.cc += float(cc)
+        self.dd += float(dd)
+
+    def _rescale(self, peak: float) -> None:
+        shrink = (self.scale / peak) ** 2
+        self.rr, self.cc, self.dd = self.rr * shrink, self.cc * shrink, self.dd * shrink
+        self.scale = peak
 
     def cosine(self, pairs: int) -> float | None:
         if not pairs:
@@ -266,18 +290,22 @@ class _FloatTally:
     constant: float | None = None
     maybe_constant: bool = True
 
-    def measure(self, r, c, d, moments: _Moments) -> None:
-        """Figures over measured pairs ``r``, ``c`` with differences ``d`` (all float64)."""
+    def measure(self, r, c, d, ar, moments: _Moments, peak: float, rel: np.ndarray, nonzero: np.ndarray) -> None:
+        """Figures over measured pairs ``r``, ``c`` (float64) with differences ``d`` and
+        ``ar = |r|``; ``rel`` and ``nonzero`` are scratch arrays of the same size."""
         if not d.size:
             return
         self.pairs += d.size
         self.max_abs = max(self.max_abs, float(d.max()))
         self.sum_abs += float(d.sum())
-        ar = np.abs(r)
-        nonzero = ar > 0
-        if nonzero.any():
-            self.max_rel = max(self.max_rel, float((d[nonzero] / ar[nonzero]).max()))
-        moments.add(r, c, d)
+        if float(ar.min()) > 0:  # no zero in the reference: one division
+            np.divide(d, ar, out=rel)
+        else:  # relative figures leave out elements whose reference is zero
+            np.greater(ar, 0, out=nonzero)
+            rel.fill(0.0)
+            np.divide(d, ar, out=rel, where=nonzero)
+        self.max_rel = max(self.max_rel, float(rel.max()))
+        moments.add(r, c, d, peak)
         if self.maybe_constant:
             lo, hi = float(r.min()), float(r.max())
             if lo != hi or (self.constant is not None and lo != self.constant):
@@ -292,12 +320,27 @@ def _classes(x: np.ndarray, threshold: float):
     return nan, x >= threshold, x <= -threshold
 
 
-def _float_chunk(r, c, atol, rtol, tr, tc, tally: _FloatTally, moments: _Moments) -> None:
-    d = np.abs(c - r)
-    if (np.abs(r) < tr).all() and (np.abs(c) < tc).all():  # the common case: all regular
-        tally.mismatches += int(np.count_nonzero(d > atol + rtol * np.abs(r)))
-        tally.measure(r, c, d, moments)
+def _float_chunk(r_src, c_src, atol, rtol, tr, tc, tally: _FloatTally, moments: _Moments, buf: _Buffers) -> None:
+    k = r_src.size
+    r, c, d, ar, t, m = buf.r[:k], buf.c[:k], buf.d[:k], buf.ar[:k], buf.t[:k], buf.m[:k]
+    np.copyto(r, r_src, casting="unsafe")
+    np.copyto(c, c_src, casting="unsafe")
+    np.subtract(c, r, out=d)
+    np.abs(d, out=d)
+    np.abs(r, out=ar)
+    r_top, c_max, c_min = float(ar.max()), float(c.max()), float(c.min())
+    if r_top < tr and c_max < tc and c_min > -tc:  # the common case: all regular (NaN fails these)
+        np.multiply(ar, rtol, out=t)
+        t += atol
+        np.greater(d, t, out=m)
+        tally.mismatches += int(np.count_nonzero(m))
+        tally.measure(r, c, d, ar, moments, max(r_top, c_max, -c_min), t, m)
         return
+    _float_chunk_classes(r.copy(), c.copy(), d.copy(), atol, rtol, tr, tc, tally, moments)
+
+
+def _float_chunk_classes(r, c, d, atol, rtol, tr, tc, tally: _FloatTally, moments: _Moments) -> None:
+    """A chunk holding NaN or mask values: classify every element first."""
     nan_r, pos_r, neg_r = _classes(r, tr)
     nan_c, pos_c, neg_c = _classes(c, tc)
     tally.nan_r += int(nan_r.sum())
@@ -317,7 +360,11 @@ def _float_chunk(r, c, atol, rtol, tr, tc, tally: _FloatTally, moments: _Moments
     tally.mismatches += int(np.count_nonzero(bad)) + int(np.count_nonzero(other))
     # figures: regular pairs and mismatched pairs whose difference is a number
     measured = regular | (other & np.isfinite(d))
-    tally.measure(r[measured], c[measured], d[measured], moments)
+    rm, cm, dm = r[measured], c[measured], d[measured]
+    if dm.size:
+        arm = np.abs(rm)
+        peak = max(float(arm.max()), float(np.abs(cm).max()))
+        tally.measure(rm, cm, dm, arm, moments, peak, np.empty(dm.size), np.empty(dm.size, bool))
 
 
 def _float(name, reference, candidate, tol: Tolerance) -> TensorDiff:
@@ -325,14 +372,14 @@ def _float(name, reference, candidate, tol: Tolerance) -> TensorDiff:
     c_all = candidate.reshape(-1)
     n = int(r_all.size)
     tr, tc = _threshold(reference.dtype), _threshold(candidate.dtype)
-    absmax = _regular_absmax(r_all, tr)
-    atol = tol.atol_for(absmax)
+    buf = _Buffers(min(n, _CHUNK))
     tally, moments = _FloatTally(), _Moments()
     with np.errstate(all="ignore"):
+        absmax = _regular_absmax(r_all, tr, buf)
+        atol = tol.atol_for(absmax)
         for start in range(0, n, _CHUNK):
-            r = r_all[start:start + _CHUNK].astype(np.float64)
-            c = c_all[start:start + _CHUNK].astype(np.float64)
-            _float_chunk(r, c, atol, tol.rtol, tr, tc, tally, moments)
+            _float_chunk(r_all[start:start + _CHUNK], c_all[start:start + _CHUNK], atol, tol.rtol,
+                         tr, tc, tally, moments, buf)
     pairs = tally.pairs
     return TensorDiff(
         name, tally.mismatches == 0, "float", n,
