@@ -227,14 +227,15 @@ class _Buffers:
         self.m = np.empty(size, bool)
 
 
-# Squares of values within these bounds neither overflow nor underflow in float64.
-_SAFE_LOW, _SAFE_HIGH = 1e-140, 1e140
+# Sums of squares of values within these bounds, and their products, stay normal float64s.
+_SAFE_LOW, _SAFE_HIGH = 1e-70, 1e70
 
 
 class _Moments:
-    """Running sums for cosine. Regular values are below 1e38, so their squares fit float64
-    as they are; only values beyond the safe range (float64 inputs, mismatched masks) are
-    divided by a running scale first (as LAPACK's nrm2), so no square can overflow."""
+    """Running sums for cosine. Values within [1e-70, 1e70] are summed as they are (their
+    squares cannot leave float64's range); beyond it (float64 inputs, mismatched masks at
+    3e38) they are divided by a running scale first, as LAPACK's nrm2 does, so no square
+    overflows or underflows."""
 
     def __init__(self):
         self.scale = 1.0
@@ -243,8 +244,9 @@ class _Moments:
     def add(self, r: np.ndarray, c: np.ndarray, d: np.ndarray, peak: float) -> None:
         if peak == 0.0:
             return
-        if peak > self.scale * _SAFE_HIGH or (peak < _SAFE_LOW and self.scale == 1.0 and not self.rr):
-            self._rescale(peak)
+        empty = not (self.rr or self.cc or self.dd)
+        if peak > self.scale * _SAFE_HIGH or (empty and peak < _SAFE_LOW):
+            self._rescale(peak, empty)
         if self.scale == 1.0:
             rr, cc, dd = np.dot(r, r), np.dot(c, c), np.dot(d, d)
         else:
@@ -254,9 +256,10 @@ class _Moments:
         self.cc += float(cc)
         self.dd += float(dd)
 
-    def _rescale(self, peak: float) -> None:
-        shrink = (self.scale / peak) ** 2
-        self.rr, self.cc, self.dd = self.rr * shrink, self.cc * shrink, self.dd * shrink
+    def _rescale(self, peak: float, empty: bool) -> None:
+        if not empty:  # only ever to a larger scale here: the factor cannot overflow
+            shrink = (self.scale / peak) ** 2
+            self.rr, self.cc, self.dd = self.rr * shrink, self.cc * shrink, self.dd * shrink
         self.scale = peak
 
     def cosine(self, pairs: int) -> float | None:
@@ -268,7 +271,12 @@ class _Moments:
             return None  # one side all zero: no direction to compare
         # (|r|^2 + |c|^2 - |c - r|^2) / (2 |r||c|): precise near 1, since |c - r| is summed
         # from the differences themselves
-        value = (self.rr + self.cc - self.dd) / (2 * math.sqrt(self.rr * self.cc))
+        product = self.rr * self.cc
+        if 1e-300 < product < math.inf:
+            norms = math.sqrt(product)  # one rounding: x against -x gives exactly -1
+        else:
+            norms = math.sqrt(self.rr) * math.sqrt(self.cc)
+        value = (self.rr + self.cc - self.dd) / (2 * norms)
         return max(-1.0, min(1.0, value))
 
 
