@@ -82,11 +82,12 @@ def unpack_nc4hw4(flat: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 
 
 def channels_last_shape(shape: Sequence[int]) -> tuple[int, ...] | None:
-    """NCHW -> NHWC (any rank >= 3); None when both read the same."""
-    if len(shape) < 3:
+    """NCHW -> NHWC (any rank >= 3); None when both orders put the values in the same memory
+    order (one channel, or one spatial position). The two shapes can read alike, (2, 3, 3),
+    while the memory orders differ."""
+    if len(shape) < 3 or shape[1] == 1 or int(np.prod(shape[2:])) == 1:
         return None
-    last = (shape[0],) + tuple(shape[2:]) + (shape[1],)
-    return None if last == tuple(shape) else last
+    return (shape[0],) + tuple(shape[2:]) + (shape[1],)
 
 
 def layouts(reference: np.ndarray, candidate: np.ndarray, *,

@@ -69,8 +69,9 @@ class Tolerance:
         share = atol / reference_absmax
         if share <= LOOSE_SHARE:
             return None
+        portion = f"{share:.1%} of it" if share < 10 else f"{share:.3g} times it"
         return (f"small reference (max|r| {reference_absmax:.3g}): the default atol {atol:g} is "
-                f"{share:.1%} of it, looser than the {self.atol_scale:.1%} applied to outputs of "
+                f"{portion}, looser than the {self.atol_scale:.1%} applied to outputs of "
                 f"magnitude >= 1; give --atol for a stricter check")
 
     def describe(self) -> str:
@@ -232,35 +233,32 @@ _SAFE_LOW, _SAFE_HIGH = 1e-70, 1e70
 
 
 class _Moments:
-    """Running sums for cosine. Values within [1e-70, 1e70] are summed as they are (their
-    squares cannot leave float64's range); beyond it (float64 inputs, mismatched masks at
-    3e38) they are divided by a running scale first, as LAPACK's nrm2 does, so no square
-    overflows or underflows."""
+    """Running sums for cosine, ``sum(r*c) / (|r| |c|)``. Each side has its own scale: values
+    within [1e-70, 1e70] of it are summed as they are; a side whose values leave that range
+    (float64 inputs, mismatched masks at 3e38, a side 1e-300 the other's size) is divided by
+    a running scale first, as LAPACK's nrm2 does, so no square overflows or underflows and
+    very different norms do not cancel."""
 
     def __init__(self):
-        self.scale = 1.0
-        self.rr = self.cc = self.dd = 0.0
+        self.sr = self.sc = 1.0
+        self.rr = self.cc = self.rc = 0.0
 
-    def add(self, r: np.ndarray, c: np.ndarray, d: np.ndarray, peak: float) -> None:
-        if peak == 0.0:
-            return
-        empty = not (self.rr or self.cc or self.dd)
-        if peak > self.scale * _SAFE_HIGH or (empty and peak < _SAFE_LOW):
-            self._rescale(peak, empty)
-        if self.scale == 1.0:
-            rr, cc, dd = np.dot(r, r), np.dot(c, c), np.dot(d, d)
-        else:
-            rs, cs, ds = r / self.scale, c / self.scale, d / self.scale
-            rr, cc, dd = np.dot(rs, rs), np.dot(cs, cs), np.dot(ds, ds)
-        self.rr += float(rr)
-        self.cc += float(cc)
-        self.dd += float(dd)
-
-    def _rescale(self, peak: float, empty: bool) -> None:
-        if not empty:  # only ever to a larger scale here: the factor cannot overflow
-            shrink = (self.scale / peak) ** 2
-            self.rr, self.cc, self.dd = self.rr * shrink, self.cc * shrink, self.dd * shrink
-        self.scale = peak
+    def add(self, r: np.ndarray, c: np.ndarray, peak_r: float, peak_c: float) -> None:
+        if peak_r > 0 and (peak_r > self.sr * _SAFE_HIGH or (not self.rr and peak_r < _SAFE_LOW)):
+            if self.rr:  # only ever to a larger scale then: the factor cannot overflow
+                factor = self.sr / peak_r
+                self.rr, self.rc = self.rr * factor * factor, self.rc * factor
+            self.sr = peak_r
+        if peak_c > 0 and (peak_c > self.sc * _SAFE_HIGH or (not self.cc and peak_c < _SAFE_LOW)):
+            if self.cc:
+                factor = self.sc / peak_c
+                self.cc, self.rc = self.cc * factor * factor, self.rc * factor
+            self.sc = peak_c
+        rs = r if self.sr == 1.0 else r / self.sr
+        cs = c if self.sc == 1.0 else c / self.sc
+        self.rr += float(np.dot(rs, rs))
+        self.cc += float(np.dot(cs, cs))
+        self.rc += float(np.dot(rs, cs))
 
     def cosine(self, pairs: int) -> float | None:
         if not pairs:
@@ -269,15 +267,12 @@ class _Moments:
             return 1.0  # both all zero
         if self.rr == 0 or self.cc == 0:
             return None  # one side all zero: no direction to compare
-        # (|r|^2 + |c|^2 - |c - r|^2) / (2 |r||c|): precise near 1, since |c - r| is summed
-        # from the differences themselves
         product = self.rr * self.cc
         if 1e-300 < product < math.inf:
             norms = math.sqrt(product)  # one rounding: x against -x gives exactly -1
         else:
             norms = math.sqrt(self.rr) * math.sqrt(self.cc)
-        value = (self.rr + self.cc - self.dd) / (2 * norms)
-        return max(-1.0, min(1.0, value))
+        return max(-1.0, min(1.0, self.rc / norms))
 
 
 @dataclass
@@ -287,6 +282,7 @@ class _FloatTally:
     max_abs: float = 0.0
     max_rel: float = 0.0
     sum_abs: float = 0.0
+    sum_huge: float = 0.0  # sums of chunks with differences past 1e300, times 2**-64
     nan_r: int = 0
     nan_c: int = 0
     inf_r: int = 0
@@ -298,14 +294,24 @@ class _FloatTally:
     constant: float | None = None
     maybe_constant: bool = True
 
-    def measure(self, r, c, d, ar, moments: _Moments, peak: float, rel: np.ndarray, nonzero: np.ndarray) -> None:
+    def mean_abs(self) -> float | None:
+        if not self.pairs:
+            return None
+        return _clean(self.sum_abs / self.pairs + (self.sum_huge / self.pairs) * 2.0 ** 64)
+
+    def measure(self, r, c, d, ar, moments: _Moments, peaks: tuple[float, float], rel: np.ndarray,
+                nonzero: np.ndarray) -> None:
         """Figures over measured pairs ``r``, ``c`` (float64) with differences ``d`` and
         ``ar = |r|``; ``rel`` and ``nonzero`` are scratch arrays of the same size."""
         if not d.size:
             return
         self.pairs += d.size
-        self.max_abs = max(self.max_abs, float(d.max()))
-        self.sum_abs += float(d.sum())
+        top = float(d.max())
+        self.max_abs = max(self.max_abs, top)
+        if top > 1e300:  # the sum could pass float64's maximum: sum a scaled copy (exact power of 2)
+            self.sum_huge += float((d * 2.0 ** -64).sum())
+        else:
+            self.sum_abs += float(d.sum())
         if float(ar.min()) > 0:  # no zero in the reference: one division
             np.divide(d, ar, out=rel)
         else:  # relative figures leave out elements whose reference is zero
@@ -313,7 +319,7 @@ class _FloatTally:
             rel.fill(0.0)
             np.divide(d, ar, out=rel, where=nonzero)
         self.max_rel = max(self.max_rel, float(rel.max()))
-        moments.add(r, c, d, peak)
+        moments.add(r, c, *peaks)
         if self.maybe_constant:
             lo, hi = float(r.min()), float(r.max())
             if lo != hi or (self.constant is not None and lo != self.constant):
@@ -342,7 +348,7 @@ def _float_chunk(r_src, c_src, atol, rtol, tr, tc, tally: _FloatTally, moments: 
         t += atol
         np.greater(d, t, out=m)
         tally.mismatches += int(np.count_nonzero(m))
-        tally.measure(r, c, d, ar, moments, max(r_top, c_max, -c_min), t, m)
+        tally.measure(r, c, d, ar, moments, (r_top, max(c_max, -c_min)), t, m)
         return
     _float_chunk_classes(r.copy(), c.copy(), d.copy(), atol, rtol, tr, tc, tally, moments)
 
@@ -371,8 +377,8 @@ def _float_chunk_classes(r, c, d, atol, rtol, tr, tc, tally: _FloatTally, moment
     rm, cm, dm = r[measured], c[measured], d[measured]
     if dm.size:
         arm = np.abs(rm)
-        peak = max(float(arm.max()), float(np.abs(cm).max()))
-        tally.measure(rm, cm, dm, arm, moments, peak, np.empty(dm.size), np.empty(dm.size, bool))
+        peaks = (float(arm.max()), float(np.abs(cm).max()))
+        tally.measure(rm, cm, dm, arm, moments, peaks, np.empty(dm.size), np.empty(dm.size, bool))
 
 
 def _float(name, reference, candidate, tol: Tolerance) -> TensorDiff:
@@ -393,7 +399,7 @@ def _float(name, reference, candidate, tol: Tolerance) -> TensorDiff:
         name, tally.mismatches == 0, "float", n,
         max_abs_diff=_clean(tally.max_abs) if pairs else None,
         max_rel_diff=_clean(tally.max_rel) if pairs else None,
-        mean_abs_diff=_clean(tally.sum_abs / pairs) if pairs else None,
+        mean_abs_diff=tally.mean_abs(),
         cosine=moments.cosine(pairs),
         mismatch_fraction=tally.mismatches / n,
         mismatch_count=tally.mismatches,
