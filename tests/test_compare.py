@@ -116,3 +116,61 @@ def test_npz_with_several_outputs(tmp_path):
     assert result.code == ExitCode.PASS, result.err
     names = {o["name"]: o["alignment"] for o in result.json()["comparisons"][0]["outputs"]}
     assert names == {"logits": ["reshape (6,) -> (2, 3)"], "boxes": []}
+
+
+# -- wrong numbers users found, rebuilt as .npy files (exact figures through the CLI) ----------
+def _compare_npy(tmp_path, reference, candidate):
+    np.save(tmp_path / "ref.npy", reference)
+    np.save(tmp_path / "cand.npy", candidate)
+    result = run_parity("compare", tmp_path / "ref.npy", tmp_path / "cand.npy", "--json", "-")
+    return result, result.json()["comparisons"][0]["outputs"][0]
+
+
+def test_masked_reference_does_not_hide_the_rest(tmp_path):
+    reference = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+    reference[:, 32:] = np.float32(-3.4028235e38)  # a Hugging Face attention mask
+    candidate = reference.copy()
+    candidate[:, :32] += 0.5
+    result, output = _compare_npy(tmp_path, reference, candidate)
+    assert result.code == ExitCode.MISMATCH, result.err
+    assert "Warning" not in result.err
+    assert output["mismatch_count"] == 128 and output["masked_matched"] == 128
+    assert output["reference_absmax"] == float(np.abs(reference[:, :32]).max())
+    assert output["max_abs_diff"] == pytest.approx(0.5, abs=1e-6)
+    assert "128 of 256 elements" in result.json()["verdict"]["summary"]
+
+
+def test_opposite_vectors_near_float_max_have_cosine_minus_one(tmp_path):
+    v = np.random.default_rng(1).uniform(0.5, 0.99, 64).astype(np.float32) * np.float32(1e38)
+    result, output = _compare_npy(tmp_path, v, -v)
+    assert result.code == ExitCode.MISMATCH
+    assert output["cosine"] == -1.0
+    assert output["max_abs_diff"] == float(np.abs(v.astype(np.float64) * 2).max())
+
+
+def test_opposite_mask_values_get_figures(tmp_path):
+    result, output = _compare_npy(tmp_path, np.full(8, 3e38, np.float32), np.full(8, -3e38, np.float32))
+    assert result.code == ExitCode.MISMATCH
+    assert output["class_mismatches"] == 8 and output["cosine"] == -1.0
+    assert output["max_abs_diff"] == pytest.approx(6e38, rel=1e-7)
+
+
+@pytest.mark.parametrize("reference, candidate, expected", [
+    (np.array([2**64 - 1, 5], np.uint64), np.array([0, 5], np.uint64), 2**64 - 1),
+    (np.array([np.iinfo(np.int64).min, 7]), np.array([0, 7]), 2**63),
+    (np.array([2**64 - 1], np.uint64), np.array([-1], np.int64), 2**64),
+])
+def test_integer_extremes_give_the_exact_difference(tmp_path, reference, candidate, expected):
+    result, output = _compare_npy(tmp_path, reference, candidate)
+    assert result.code == ExitCode.MISMATCH
+    assert output["max_abs_diff"] == expected and isinstance(output["max_abs_diff"], int)
+    assert str(expected) in result.json()["verdict"]["summary"]
+
+
+def test_small_reference_carries_a_looseness_note(tmp_path):
+    reference = np.linspace(-0.05, 0.05, 100).astype(np.float32)
+    result, output = _compare_npy(tmp_path, reference, reference + np.float32(1e-3))
+    assert result.code == ExitCode.PASS  # 2% of the signal passes by the default floor...
+    assert any("small reference" in note for note in output["notes"])  # ...and says so
+    strict = run_parity("compare", tmp_path / "ref.npy", tmp_path / "cand.npy", "--atol", "1e-4")
+    assert strict.code == ExitCode.MISMATCH
