@@ -119,6 +119,10 @@ def generate(
         dtype = spec.dtype
         if dtype in ("float32", "float64", "float16"):
             array = rng.standard_normal(shape).astype(dtype)
+        elif _looks_like_mask(spec.name) and (dtype == "bool" or _is_numpy_dtype(dtype)
+                                              and np.dtype(dtype).kind in "iu"):
+            array, note = _padding_mask(shape, dtype)
+            notes.append(note)
         elif dtype == "bfloat16":
             raise InputError(f"input {spec.name!r} is bfloat16, which parity cannot generate yet; pass --inputs")
         elif dtype == "bool":
@@ -135,6 +139,23 @@ def generate(
         feeds[spec.name] = array
         infos.append(InputInfo(spec.name, tuple(shape), dtype, "random", tuple(notes)))
     return feeds, infos
+
+
+def _looks_like_mask(name: str) -> bool:
+    """An attention or padding mask by the name every exporter gives it (attention_mask,
+    src_mask, padding_mask): random integers there would be outside {0, 1}, and a model
+    computing (1 - mask) * float32.min would overflow to inf on them."""
+    return "mask" in name.lower()
+
+
+def _padding_mask(shape, dtype: str) -> tuple[np.ndarray, str]:
+    """1s with the last quarter of the last axis 0: a padded batch, as real inputs have."""
+    array = np.ones(shape, dtype=dtype)
+    padded = len(shape) and shape[-1] // 4
+    if padded:
+        array[..., -padded:] = 0
+    return array, (f"mask-like input: 1s, with the last {padded} of {shape[-1] if len(shape) else 1} "
+                   f"positions 0 (padding)")
 
 
 def _is_numpy_dtype(name: str) -> bool:

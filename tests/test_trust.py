@@ -133,3 +133,14 @@ def test_unnamed_onnx_nodes_are_labelled(tmp_path):
     assert result.code == ExitCode.MISMATCH, result.err
     assert "(ONNX nodes )" not in result.out
     assert "MatMul -> y" in result.out or "Relu -> out" in result.out, result.out
+
+
+def test_generated_attention_mask_is_a_padding_mask_not_a_false_alarm(encoders):
+    """Random integers in an attention mask make (1 - mask) * float32.min overflow to inf:
+    ONNX Runtime then gives NaN, and parity reported a false divergence. A mask-like input is
+    generated as 1s with a padded tail."""
+    clean, _ = encoders
+    result = run_parity("check", clean.onnx_path, clean.mnn_path, "--json", "-")
+    assert result.code == ExitCode.PASS, result.err
+    mask = result.json()["inputs"]["attention_mask"]
+    assert any("mask-like input" in note for note in mask["notes"])
