@@ -163,6 +163,8 @@ def render(report: Report) -> str:
     notes = "".join(f"<li>{escape(n)}</li>" for n in report.notes + tuple(
         n for c in report.comparisons for n in c.notes))
     where = f"<p><b>Where:</b> {escape(v.where)}</p>" if v.where else ""
+    findings = "".join(f"<li>{escape(f)}</li>" for f in report.findings)
+    findings = f"<p><b>Findings:</b></p><ul>{findings}</ul>" if findings else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>parity report: {escape(v.kind)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>
@@ -171,7 +173,7 @@ def render(report: Report) -> str:
 <p class="muted">schema {escape(report.schema)}, parity {escape(report.parity_version)}; tolerance
 {escape(str(report.tolerance.get("rule", report.tolerance)))}</p>
 <div class="verdict kind-{escape(v.kind)}"><h2 style="margin-top:0;border:0">Verdict: {escape(v.kind.upper())}</h2>
-<p>{escape(v.summary)}</p>{where}{f"<p><b>Next steps:</b></p><ul>{steps}</ul>" if steps else ""}
+<p>{escape(v.summary)}</p>{where}{findings}{f"<p><b>Next steps:</b></p><ul>{steps}</ul>" if steps else ""}
 {_evidence(report)}</div>
 <h2>Outputs</h2>{_outputs(report)}
 <h2>Per-layer error</h2>{_layer_chart(report)}
