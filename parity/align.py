@@ -123,11 +123,12 @@ def layouts(reference: np.ndarray, candidate: np.ndarray, *,
 def dtype_steps(reference: np.ndarray, candidate: np.ndarray) -> tuple[str, ...]:
     """How the two dtypes are compared (always by value), as report phrases."""
     rd, cd = reference.dtype, candidate.dtype
-    if rd == cd:
-        return ()
     rk, ck = rd.kind, cd.kind
     if not (rk in "biuf" and ck in "biuf"):
-        raise AlignmentError(f"dtypes cannot be compared: reference {rd.name}, candidate {cd.name}")
+        raise AlignmentError(f"dtypes cannot be compared: reference {rd.name}, candidate {cd.name} "
+                             f"(parity compares numbers and booleans)")
+    if rd == cd:
+        return ()
     if rk in "iub" and ck in "iub":
         return (f"dtype {cd.name} vs {rd.name} (compared by value, exactly)",)
     step = f"dtype {cd.name} vs {rd.name} (compared as float64)"

@@ -120,12 +120,14 @@ def compare(
         model_inputs = load_dump(model_inputs, dtype=dtype)
     model_inputs = dict(model_inputs or {})
 
+    missing, extra = (), ()
     if len(refs) == 1 and len(cands) == 1:
         (rname, r), (cname, c) = next(iter(refs.items())), next(iter(cands.items()))
         pairs = [(rname, cname, "single")]
     else:
         pairing = pair_outputs(list(refs), list(cands))
         pairs = [(p.reference_name, p.candidate_name, p.how) for p in pairing.pairs]
+        missing, extra = pairing.missing_in_candidate, pairing.extra_in_candidate
     outputs, usage = [], []
     for rname, cname, how in pairs:
         r, c = refs[rname], cands[cname]
@@ -146,8 +148,14 @@ def compare(
             outputs.append(OutputComparison(passed=False, alignment=tuple(steps), error=str(exc), **common))
             continue
         outputs.append(OutputComparison.from_diff(diff, alignment=tuple(steps) + judged.alignment.steps, **common))
+    for name in missing:
+        outputs.append(OutputComparison(
+            name=name, reference_name=name, candidate_name=None, passed=False,
+            reference_shape=tuple(refs[name].shape), reference_dtype=refs[name].dtype.name,
+            error=f"no candidate output pairs with it; the candidate has {list(cands)}"))
+    notes = tuple(f"candidate output {n!r} has no reference partner and was not compared" for n in extra)
     comparison = Comparison("reference", "candidate", all(o.passed for o in outputs) and bool(outputs),
-                            tuple(outputs))
+                            tuple(outputs), notes)
     if usage:
         name, problem = usage[0]
         verdict = Verdict("usage", f"output {name!r}", problem,
@@ -156,8 +164,9 @@ def compare(
         verdict = Verdict("pass", None, f"all {len(outputs)} outputs match within tolerance")
     else:
         first = next(o for o in outputs if not o.passed)
-        verdict = Verdict("mismatch", f"output {first.name!r}",
-                          f"output {first.name!r} differs: {output_detail(first)}, with every layout tried")
+        detail = (first.error if first.error else
+                  f"differs: {output_detail(first)}, with every layout tried")
+        verdict = Verdict("mismatch", f"output {first.name!r}", f"output {first.name!r}: {detail}")
     from parity import __version__
 
     return Report(

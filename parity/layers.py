@@ -563,7 +563,7 @@ def _apply_output_rule(graph, plan, state, failing_outputs) -> None:
             reference_absmax=output.reference_absmax, reference_shape=tuple(output.reference_shape or ()),
             candidate_shape=tuple(output.candidate_shape or ()),
             alignment=("graph output without a paired layer: figures from the output comparison",)
-            + tuple(output.alignment),
+            + tuple(output.alignment) + ((output.error,) if output.error else ()),
             status="fail", index=value.index, rule="element")
         state.chosen[name] = _Pair(cand_name, None, (), None, False, tuple(output.candidate_shape or ()))
 

@@ -197,10 +197,14 @@ def _exact(name, reference, candidate, kind) -> TensorDiff:
 
 # -- floats: classes, then figures over measured pairs -----------------------------------------
 def _threshold(dtype: np.dtype) -> float:
-    """The magnitude from which a value of ``dtype`` is a mask value."""
+    """The magnitude from which a value of ``dtype`` is a mask value: SENTINEL as that dtype
+    holds it (float32(1e38) is 9.99999968e37, and a float32 mask written as -1e38 must count),
+    or the dtype's largest finite value when smaller (float16: 65504)."""
     if dtype.kind != "f":
         return math.inf  # integers are never masks
-    return min(SENTINEL, float(np.finfo(dtype).max))
+    with np.errstate(over="ignore"):
+        rounded = float(np.asarray(SENTINEL, dtype=dtype))
+    return min(rounded, float(np.finfo(dtype).max))
 
 
 def _regular_absmax(r_all: np.ndarray, threshold: float, buf: "_Buffers") -> float:
@@ -365,8 +369,11 @@ def _float_chunk_classes(r, c, d, atol, rtol, tr, tc, tally: _FloatTally, moment
     tally.masked_r += int(mask_r.sum())
     tally.masked_c += int(mask_c.sum())
     regular = ~(nan_r | mask_r | nan_c | mask_c)
-    same_class = (nan_r & nan_c) | (pos_r & pos_c) | (neg_r & neg_c)
-    tally.masked_matched += int(np.count_nonzero((pos_r & pos_c) | (neg_r & neg_c)))
+    # equal values match whatever their dtypes call them (float16's -65504 is a mask, the
+    # same value in float32 is not)
+    masked_both = (pos_r & pos_c) | (neg_r & neg_c) | ((r == c) & (mask_r | mask_c))
+    same_class = (nan_r & nan_c) | masked_both
+    tally.masked_matched += int(np.count_nonzero(masked_both))
     other = ~regular & ~same_class
     tally.class_mismatches += int(np.count_nonzero(other))
     bad = np.zeros(r.shape, bool)

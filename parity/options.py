@@ -47,6 +47,8 @@ class LayerOptions:
     fail_on_layers: bool = False  # a layer-only finding fails the check (exit 1)
 
     def __post_init__(self):
+        if self.fail_on_layers and not self.enabled:  # gating on layers needs them captured
+            object.__setattr__(self, "enabled", True)
         if self.isolate not in ISOLATE_CHOICES:
             raise UsageError(f"isolate must be one of {', '.join(ISOLATE_CHOICES)}, not {self.isolate!r}")
         if self.layer_rtol is not None and self.layer_rtol < 0:

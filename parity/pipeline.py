@@ -204,7 +204,7 @@ def _failing_outputs(comparison: Comparison) -> dict:
     torch link, the reference on the others)."""
     onnx_is_candidate = comparison.candidate == "onnxruntime"
     return {(o.candidate_name if onnx_is_candidate else o.reference_name): o
-            for o in comparison.failed_outputs if o.error is None and o.candidate_name}
+            for o in comparison.failed_outputs if o.candidate_name}
 
 
 def _layer_view(comparison, graph, reference, candidate, feeds, options: CheckOptions, say, *, isolate=None):

@@ -174,3 +174,20 @@ def test_small_reference_carries_a_looseness_note(tmp_path):
     assert any("small reference" in note for note in output["notes"])  # ...and says so
     strict = run_parity("compare", tmp_path / "ref.npy", tmp_path / "cand.npy", "--atol", "1e-4")
     assert strict.code == ExitCode.MISMATCH
+
+
+def test_reference_outputs_without_a_partner_fail(tmp_path):
+    import parity
+
+    report = parity.compare({"a": np.ones(8, np.float32), "b": np.ones(8, np.float32)},
+                            {"a": np.ones(8, np.float32)})
+    assert not report.passed and report.verdict.kind == "mismatch"
+    assert "no candidate output pairs" in report.verdict.summary
+
+
+def test_non_numeric_dumps_are_a_result_not_a_crash(tmp_path):
+    np.save(tmp_path / "s1.npy", np.array(["a", "b"]))
+    np.save(tmp_path / "s2.npy", np.array(["a", "b"]))
+    result = run_parity("compare", tmp_path / "s1.npy", tmp_path / "s2.npy")
+    assert result.code == ExitCode.MISMATCH, result.err
+    assert "Traceback" not in result.err and "dtypes cannot be compared" in result.out

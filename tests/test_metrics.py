@@ -55,3 +55,22 @@ def test_empty_and_bool():
     assert TensorDiff.from_arrays("t", np.zeros((0, 3)), np.zeros((0, 3))).kind == "empty"
     b = TensorDiff.from_arrays("t", np.array([True, False]), np.array([True, True]))
     assert b.kind == "bool" and b.mismatch_count == 1
+
+
+def test_equal_values_match_whatever_their_dtypes_call_them():
+    """float16's -65504 is a mask value (its dtype's largest), the same value in float32 is
+    not: equal values still match."""
+    r = np.array([-65504, 1, 2, -65504], np.float16)
+    d = TensorDiff.from_arrays("t", r, r.astype(np.float32))
+    assert d.passed and d.class_mismatches == 0 and d.masked_matched == 2
+
+
+def test_a_float32_mask_written_as_minus_1e38_is_a_mask():
+    """float32(1e38) is 9.99999968e37: still a mask value, so it cannot become the tolerance
+    scale and loosen the check of the rest to 2e35."""
+    r = np.array([-1e38] + [1.0] * 7, np.float32)
+    c = r.copy()
+    c[1:] = [5, -40, 3, 3, 3, 3, 3]
+    d = TensorDiff.from_arrays("t", r, c)
+    assert d.masked_reference == 1 and d.reference_absmax == 1.0
+    assert not d.passed and d.atol == 2e-3

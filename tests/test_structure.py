@@ -100,3 +100,10 @@ def test_check_takes_an_options_object():
 
 if __name__ == "__main__":  # python tests/test_structure.py: print the graph's cycles
     print(cycles(import_graph()) or "no import cycle in parity/")
+
+
+def test_fail_on_layers_implies_capturing_layers():
+    from parity.options import CheckOptions, LayerOptions
+
+    assert LayerOptions(fail_on_layers=True).enabled
+    assert CheckOptions.from_keywords(fail_on_layers=True).layers.enabled

@@ -144,3 +144,26 @@ def test_generated_attention_mask_is_a_padding_mask_not_a_false_alarm(encoders):
     assert result.code == ExitCode.PASS, result.err
     mask = result.json()["inputs"]["attention_mask"]
     assert any("mask-like input" in note for note in mask["notes"])
+
+
+def test_failing_output_that_cannot_be_aligned_still_gets_a_location(tmp_path):
+    """The .mnn computes another output (another name and shape): the output is paired by
+    order, cannot be aligned, and the per-layer view still names it as the location."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.full((1, 3, 1, 1), 2.0, np.float32), "w")
+    axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+    other = save_model([helper.make_node("Mul", ["x", "w"], ["m"], name="mul"),
+                        helper.make_node("ReduceSum", ["m", "axes"], ["q"], name="sum", keepdims=1)],
+                       [tensor("x", TensorProto.FLOAT, [1, 3, 4, 4])], [tensor("q", TensorProto.FLOAT, [1, 1, 4, 4])],
+                       tmp_path / "other.onnx", initializers=[w, axes])
+    onnx_path = save_model([helper.make_node("Mul", ["x", "w"], ["m"], name="mul"),
+                            helper.make_node("Relu", ["m"], ["y"], name="relu")],
+                           [tensor("x", TensorProto.FLOAT, [1, 3, 4, 4])], [tensor("y", TensorProto.FLOAT, [1, 3, 4, 4])],
+                           tmp_path / "model.onnx", initializers=[w])
+    result = run_parity("check", onnx_path, to_mnn(other, tmp_path / "other.mnn"), "--layers",
+                        "--no-diagnose", "--json", "-")
+    assert result.code == ExitCode.MISMATCH, result.err
+    report = result.json()
+    assert report["comparisons"][0]["first_divergence"]["name"] == "y"
+    assert report["verdict"]["where"].startswith("y ")
