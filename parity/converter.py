@@ -12,7 +12,6 @@ function.)
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -20,6 +19,7 @@ from typing import Sequence
 from parity.backends.base import check_model_file
 from parity.backends.worker import ChildFailure, Worker
 from parity.errors import BackendCrash, BackendError, UsageError
+from parity.inputs import copy_atomic
 
 # Converter options that are parity's business, not the user's.
 _RESERVED = {"-f", "--framework", "--modelFile", "--MNNModel", "--bizCode"}
@@ -65,16 +65,7 @@ def convert(
                 raise BackendError(f"{exc}; converter said: {tail}") from None
             raise
         log = worker.log_text()
-        tmp = target.with_name(f".{target.name}.parity-tmp-{os.getpid()}")
-        try:
-            shutil.copyfile(scratch, tmp)
-            os.replace(tmp, target)
-        except OSError as exc:
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
-            raise BackendError(f"cannot write the converted model to {str(target)!r}: {exc.strerror}") from None
+        copy_atomic(scratch, target, "the converted model", error=BackendError)
     return ConvertResult(str(source), str(target), tuple(options), log)
 
 

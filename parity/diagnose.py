@@ -21,8 +21,6 @@ A variant is decisive when it brings the error within tolerance, or lowers it te
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass

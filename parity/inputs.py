@@ -9,6 +9,7 @@ are fair coin flips. A dynamic dim takes ``--shape`` when given, else ``DEFAULT_
 from __future__ import annotations
 
 import os
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -223,20 +224,31 @@ def check_writable(path: str | os.PathLike, what: str) -> Path:
     return path
 
 
-def write_atomic(path: str | os.PathLike, data: bytes, what: str) -> None:
+def write_atomic(path: str | os.PathLike, data: bytes, what: str, *, error=OutputPathError) -> None:
     """Write via a temporary file and rename, so a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.parity-tmp-{os.getpid()}")
-    try:
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
+
+    _publish(Path(path), write, what, error)
+
+
+def copy_atomic(source: str | os.PathLike, path: str | os.PathLike, what: str, *, error=OutputPathError) -> None:
+    """Copy ``source`` (a file made in a private directory) into place the same way."""
+    _publish(Path(path), lambda tmp: shutil.copyfile(source, tmp), what, error)
+
+
+def _publish(path: Path, write, what: str, error) -> None:
+    tmp = path.with_name(f".{path.name}.parity-tmp-{os.getpid()}")
+    try:
+        write(tmp)
         os.replace(tmp, path)
     except OSError as exc:
         try:
             tmp.unlink()
         except OSError:
             pass
-        raise OutputPathError(f"cannot write {what} to {str(path)!r}: {exc.strerror}") from None
+        raise error(f"cannot write {what} to {str(path)!r}: {exc.strerror}") from None
 
 
 def save_npz(path: str | os.PathLike, feeds: TensorMap) -> None:

@@ -40,6 +40,7 @@ import numpy as np
 from parity.backends.base import check_model_file
 from parity.backends.worker import Worker
 from parity.errors import BackendCrash, BackendError, ModelError
+from parity.inputs import copy_atomic
 
 # Differ between any two conversions of the same model (measured: a random UUID per file).
 IGNORED_FIELDS = ("mnn_uuid",)
@@ -97,17 +98,7 @@ def _dump(jobs: list[tuple[Path, Path]], timeout: float) -> list[Path]:
             if not scratch.exists() or scratch.stat().st_size == 0:
                 raise ModelError(f"MNN's converter wrote no JSON dump of {str(source)!r}; "
                                  f"is it an MNN model?")
-            tmp = target.with_name(f".{target.name}.parity-tmp-{os.getpid()}")
-            try:
-                shutil.copyfile(scratch, tmp)
-                os.replace(tmp, target)
-            except OSError as exc:
-                try:
-                    tmp.unlink()
-                except OSError:
-                    pass
-                raise BackendError(f"cannot write the JSON dump to {str(target)!r}: "
-                                   f"{exc.strerror}") from None
+            copy_atomic(scratch, target, "the JSON dump", error=BackendError)
     return [target for _, target in jobs]
 
 
