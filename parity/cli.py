@@ -134,7 +134,7 @@ def _check_report_paths(paths: dict) -> None:
                    "absolute.")
 @click.option("--rtol", type=click.FloatRange(min=0), default=None, show_default="1e-3",
               help="Relative tolerance of the element rule.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the generated inputs (ignored with --inputs).")
 @click.option("--shape", "shapes", multiple=True, metavar="NAME=1x64x32",
               help="Concrete shape for an input with dynamic dims (repeatable). Dynamic dims "
@@ -352,7 +352,7 @@ def compare(reference, candidate, dtype, shape_text, model_input, atol, rtol, js
               show_default="2e-3 x max(1, max|reference|)", help="Absolute tolerance of the check.")
 @click.option("--rtol", type=click.FloatRange(min=0), default=None, show_default="1e-3",
               help="Relative tolerance of the check.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated inputs.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the generated inputs.")
 @click.option("--shape", "shapes", multiple=True, metavar="NAME=1x64x32",
               help="Concrete shape for an input with dynamic dims (repeatable).")
 @click.option("--inputs", "inputs_path", type=click.Path(dir_okay=True, path_type=str),

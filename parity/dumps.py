@@ -164,9 +164,9 @@ def compare(
         verdict = Verdict("pass", None, f"all {len(outputs)} outputs match within tolerance")
     else:
         first = next(o for o in outputs if not o.passed)
-        detail = (first.error if first.error else
-                  f"differs: {output_detail(first)}, with every layout tried")
-        verdict = Verdict("mismatch", f"output {first.name!r}", f"output {first.name!r}: {detail}")
+        summary = (f"output {first.name!r}: {first.error}" if first.error else
+                   f"output {first.name!r} differs: {output_detail(first)}, with every layout tried")
+        verdict = Verdict("mismatch", f"output {first.name!r}", summary)
     from parity import __version__
 
     return Report(
