@@ -15,6 +15,7 @@ import traceback
 import click
 
 from parity.errors import ExitCode, ParityError
+from parity.escape import terminal
 
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -30,23 +31,35 @@ class ParityGroup(click.Group):
         except click.exceptions.UsageError as exc:
             # one line, like every other error; the help stays one flag away
             command = exc.ctx.command_path if exc.ctx is not None else "parity"
-            click.echo(f"Error: {exc.format_message()} (see '{command} --help')", err=True)
+            click.echo(f"Error: {terminal(exc.format_message())} (see '{command} --help')", err=True)
             ctx.exit(int(ExitCode.USAGE))
         except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
             raise
         except ParityError as exc:
             if _want_traceback(ctx):
                 traceback.print_exc()
-            click.echo(f"Error: {exc}", err=True)
+            click.echo(f"Error: {terminal(exc)}", err=True)
             ctx.exit(int(exc.exit_code))
-        except KeyboardInterrupt:
-            click.echo("Interrupted; child processes stopped, nothing was written.", err=True)
-            ctx.exit(int(ExitCode.INTERRUPTED))
+        except KeyboardInterrupt as exc:  # Ctrl-C, and SIGTERM or SIGHUP (worker.Terminated)
+            from parity.backends.worker import interruption
+
+            from parity.paths import published
+
+            cause, code = interruption(exc)
+            written = published()
+            done = (f"written before it: {', '.join(map(repr, written))}" if written
+                    else "nothing was written")
+            click.echo(f"{cause}; child processes stopped, {terminal(done)}.", err=True)
+            ctx.exit(code)
+        except BrokenPipeError:  # stdout's reader went away (`parity check ... | head`)
+            from parity.backends.worker import silence_stdout
+
+            ctx.exit(silence_stdout())
         except Exception as exc:  # the one catch-all: one line, not a traceback
             if _want_traceback(ctx):
                 traceback.print_exc()
                 ctx.exit(int(ExitCode.INTERNAL))
-            first = (str(exc).strip().splitlines() or [""])[0]
+            first = terminal((str(exc).strip().splitlines() or [""])[0])
             click.echo(
                 f"Internal error: {type(exc).__name__}: {first} (rerun with --traceback for details)",
                 err=True,
@@ -76,6 +89,9 @@ def cli():
     reports per-output differences. Exit codes: 0 pass, 1 mismatch, 2 usage error, 3 model or
     input error, 4 backend failure (crash, timeout, framework missing), 123 internal error.
     """
+    from parity.backends.worker import install_process_guards
+
+    install_process_guards()  # SIGTERM/SIGHUP like Ctrl-C, one private temp dir, no ORT telemetry
 
 
 def _parse_shapes(values) -> dict:
@@ -117,12 +133,13 @@ def _report_options(f):
     return f
 
 
-def _check_report_paths(paths: dict) -> None:
-    from parity.inputs import check_writable
+def _check_report_paths(paths: dict, inputs=(), others: dict | None = None) -> None:
+    """Refuse, before any work, an output path that is one of the inputs, a device, FIFO or
+    directory, too long, in a missing directory, or named by two flags. Reports may be '-'
+    (stdout), one at most; ``others`` (-o, --save-inputs) may not."""
+    from parity.paths import check_outputs
 
-    for flag, path in paths.items():
-        if path and path != "-":
-            check_writable(path, flag)
+    check_outputs({**(others or {}), **paths}, inputs=[i for i in inputs if i], stdout=tuple(paths))
 
 
 @cli.command(context_settings=_CONTEXT)
@@ -206,6 +223,9 @@ def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, allow_nonf
         parity check model.pt2 model.onnx model.mnn
         parity check --torch net.py:build model.onnx model.mnn
     """
+    _check_report_paths({"--json": json_path, "--html": html_path, "--junit": junit_path,
+                         "--model-explorer": explorer_path}, inputs=[*models, inputs_path],
+                        others={"--save-inputs": save_inputs})
     if any(str(m).lower().endswith(".mnn") for m in models):
         # MNN's child process starts importing MNN now, while parity imports the rest
         from parity.backends.worker import prestart
@@ -215,9 +235,6 @@ def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, allow_nonf
         models = (torch_spec, *models)
     from parity import pipeline
     from parity.options import CheckOptions, LayerOptions, MnnOptions
-
-    _check_report_paths({"--json": json_path, "--html": html_path, "--junit": junit_path,
-                         "--model-explorer": explorer_path})
     cap = None
     if max_memory is not None:
         from parity.layers import parse_size
@@ -254,27 +271,35 @@ def _tolerance(atol, rtol):
 
 
 def _emit(report, json_path, no_color, html_path=None, junit_path=None, explorer_path=None) -> None:
-    from parity.inputs import write_atomic
+    from parity.paths import STDOUT, write_atomic
 
+    reports = []  # (flag, path, bytes); the paths were checked before the run
     if html_path:
         from parity.render import html
 
-        write_atomic(html_path, html.render(report).encode(), "--html")
+        reports.append(("--html", html_path, html.render(report).encode()))
     if junit_path:
         from parity.render import junit
 
-        write_atomic(junit_path, junit.render(report), "--junit")
+        reports.append(("--junit", junit_path, junit.render(report)))
     if explorer_path:
         from parity.render import model_explorer
 
-        write_atomic(explorer_path, model_explorer.render(report).encode(), "--model-explorer")
-    if json_path == "-":
-        click.echo(report.to_json())
+        reports.append(("--model-explorer", explorer_path, model_explorer.render(report).encode()))
+    if json_path:
+        reports.append(("--json", json_path, report.to_json().encode()))
+    on_stdout = None
+    for flag, path, data in reports:
+        if path == STDOUT:
+            on_stdout = data
+        else:
+            write_atomic(path, data, flag)
+    if on_stdout is not None:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(on_stdout if on_stdout.endswith(b"\n") else on_stdout + b"\n")
         if not report.passed:
-            click.echo(f"{report.verdict.kind}: {report.verdict.summary}", err=True)
+            click.echo(f"{report.verdict.kind}: {terminal(report.verdict.summary)}", err=True)
     else:
-        if json_path:
-            write_atomic(json_path, report.to_json().encode(), "--json")
         from parity.render import text
 
         text.render(report, sys.stdout, color=False if no_color else None)
@@ -332,7 +357,7 @@ def compare(reference, candidate, dtype, shape_text, model_input, atol, rtol, js
     from parity.specs import parse_shape
 
     _check_report_paths({"--json": json_path, "--html": html_path, "--junit": junit_path,
-                         "--model-explorer": explorer_path})
+                         "--model-explorer": explorer_path}, inputs=[reference, candidate, model_input])
     shape = None
     if shape_text:
         try:
@@ -381,7 +406,6 @@ def convert(model, output, atol, rtol, seed, shapes, inputs_path, layers, json_p
 
     from parity import pipeline
     from parity.converter import convert as convert_model
-    from parity.inputs import check_writable
     from parity.options import CheckOptions, LayerOptions
 
     source = Path(model)
@@ -390,9 +414,9 @@ def convert(model, output, atol, rtol, seed, shapes, inputs_path, layers, json_p
     target = Path(output) if output else source.with_suffix(".mnn")
     if target.suffix.lower() != ".mnn":
         raise click.UsageError(f"the output should end in .mnn: {target}")
-    check_writable(target, "-o")
     _check_report_paths({"--json": json_path, "--html": html_path, "--junit": junit_path,
-                         "--model-explorer": explorer_path})
+                         "--model-explorer": explorer_path}, inputs=[source, inputs_path],
+                        others={"-o": str(target)})
     with _progress(quiet) as progress:
         progress(f"converting {source.name} -> {target}")
         convert_model(source, target, options=list(converter_options), timeout=timeout)
@@ -428,36 +452,21 @@ def sweep(target, jobs, shard, pair_timeout, json_path, quiet):
         parity sweep models/ -j 2
         parity sweep zoo.toml --shard 1/4 --json shard1.json
     """
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
     from parity import sweep as sweep_mod
-    from parity.inputs import check_writable, write_atomic
+    from parity.paths import check_output, write_atomic
     from parity.render.progress import Progress
 
     if json_path and json_path != "-":
-        check_writable(json_path, "--json")
+        check_output(json_path, "--json", inputs=[target])
     chosen = sweep_mod.parse_shard(shard)
     items = sweep_mod.select_shard(sweep_mod.discover(target), chosen)
     with Progress(enabled=False if quiet else None, total=len(items), label="sweep") as progress:
         results = sweep_mod.run(items, jobs=jobs, progress=progress, pair_timeout=pair_timeout)
     report = sweep_mod.SweepReport(target, shard, results)
     data = report.to_dict()
-    console = Console(file=sys.stderr if json_path == "-" else sys.stdout, highlight=False,
-                      width=None if sys.stdout.isatty() else 160)
-    table = Table(title=f"parity sweep {target}" + (f" (shard {shard})" if shard else ""), title_justify="left")
-    for header in ("model", "exit", "verdict", "where / error", "s"):
-        table.add_column(header, overflow="fold")
-    for r in report.results:
-        verdict = r["verdict"] or {}
-        kind = verdict.get("kind", "error")
-        style = "green" if r["passed"] else "bold red"
-        table.add_row(escape(r["name"]), str(r["exit_code"]), f"[{style}]{escape(kind)}[/]",
-                      escape(r["error"] or verdict.get("where") or ""), f"{r['seconds']:.1f}")
-    console.print(table)
-    console.print(f"{sum(r['passed'] for r in report.results)} of {len(report.results)} pairs pass; "
-                  f"exit {report.exit_code}")
+    from parity.render.text import render_sweep
+
+    render_sweep(report, sys.stderr if json_path == "-" else sys.stdout)
     if json_path == "-":
         click.echo(json.dumps(data, indent=2))
     elif json_path:

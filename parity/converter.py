@@ -5,6 +5,13 @@ imports a logger that pip-installs a package and uploads statistics. The convert
 scratch file into the current directory, so it runs in the worker's private directory and the
 result is moved into place only when conversion succeeded.
 
+Files in and out go through ``parity.paths``: the ONNX model's external data is checked to
+stay inside the model's directory before the converter reads anything; the output is checked
+before converting (not an input, not a device or FIFO, its directory exists); the model, and
+the weights file ``--saveExternalData`` makes (``MODEL.mnn.weight``, which MNN loads from
+next to the model), are published together, atomically, only when conversion succeeded. A
+model whose name is not valid UTF-8 reaches the converter through a symlink with a plain name.
+
 (The module is named ``converter`` so that the package attribute ``parity.convert`` stays the
 function.)
 """
@@ -14,15 +21,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from parity.backends.base import check_model_file
 from parity.backends.worker import ChildFailure, Worker
 from parity.errors import BackendCrash, BackendError, UsageError
-from parity.inputs import copy_atomic
+from parity.paths import check_output, external_data, is_utf8, publish, stage_model
 
 # Converter options that are parity's business, not the user's.
 _RESERVED = {"-f", "--framework", "--modelFile", "--MNNModel", "--bizCode"}
+# What MNN's converter names the external weights of MODEL (and what MNN loads with it).
+WEIGHT_SUFFIX = ".weight"
 
 
 @dataclass(frozen=True)
@@ -31,6 +40,12 @@ class ConvertResult:
     output: str
     options: tuple[str, ...]
     log: str
+    weights: str | None = None  # the external weights file, with --saveExternalData
+
+
+def weights_path(mnn_path: str | os.PathLike) -> Path:
+    """Where MNN keeps (and looks for) the external weights of ``mnn_path``."""
+    return Path(os.fspath(mnn_path) + WEIGHT_SUFFIX)
 
 
 def convert(
@@ -39,21 +54,31 @@ def convert(
     *,
     options: Sequence[str] = (),
     timeout: float = 300.0,
+    inputs: Iterable = (),
 ) -> ConvertResult:
-    """Convert ``onnx_path`` to ``mnn_path`` with MNN's converter; raise on any failure."""
+    """Convert ``onnx_path`` to ``mnn_path`` with MNN's converter; raise on any failure, and
+    leave nothing at ``mnn_path`` then. ``inputs``: more files the output must not replace."""
     source = Path(onnx_path)
     check_model_file(source, "onnx")
     target = Path(mnn_path)
     for option in options:
         if option.split("=")[0] in _RESERVED:
             raise UsageError(f"converter option {option} is set by parity; leave it out")
+    externals = external_data(source)  # refused here when it points outside the model's directory
+    protected = [source, *(file for _, file in externals), *inputs]
+    check_output(target, "-o", inputs=protected)
+    if any(o.split("=")[0] == "--saveExternalData" for o in options):
+        check_output(weights_path(target), "-o (its weights file)", inputs=protected)
     with Worker("MNN converter", timeout=timeout) as worker:
         scratch = worker.dir / "converted.mnn"
+        given = os.path.abspath(source)
+        if not is_utf8(given):  # the converter's C++ argv takes UTF-8 only
+            given = str(stage_model(source, worker.dir, externals))
         try:
             worker.call(
                 "parity.converter:_convert_in_child",
                 step=f"converting {source.name}",
-                source=os.path.abspath(source),
+                source=given,
                 target=str(scratch),
                 options=list(options),
             )
@@ -65,8 +90,13 @@ def convert(
                 raise BackendError(f"{exc}; converter said: {tail}") from None
             raise
         log = worker.log_text()
-        copy_atomic(scratch, target, "the converted model", error=BackendError)
-    return ConvertResult(str(source), str(target), tuple(options), log)
+        files = [(scratch, target)]
+        weights = weights_path(scratch)
+        if weights.exists():  # published first: the model that needs it appears last
+            files.insert(0, (weights, weights_path(target)))
+        publish(files, "the converted model", inputs=protected)
+    return ConvertResult(str(source), str(target), tuple(options), log,
+                         str(weights_path(target)) if len(files) == 2 else None)
 
 
 def _convert_in_child(source: str, target: str, options: list) -> bool:

@@ -15,8 +15,8 @@ buffer, a batch). Each gives verdict ``usage`` with the fix in one sentence.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
-import zipfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -24,8 +24,10 @@ import numpy as np
 
 from parity.align import AlignmentError, explain_size, fits, pair_outputs
 from parity.errors import InputError, UsageError
+from parity.inputs import read_npy, read_npz, read_raw
 from parity.judge import diff_tensors, output_detail
 from parity.metrics import Tolerance
+from parity.paths import check_input
 from parity.report import BackendInfo, Comparison, OutputComparison, Report, Verdict
 
 RAW_DTYPES = ("float32", "float16", "float64", "int32", "int64", "int8", "uint8", "bool")
@@ -33,29 +35,24 @@ RAW_DTYPES = ("float32", "float16", "float64", "int32", "int64", "int8", "uint8"
 
 def load_dump(path: str | os.PathLike, *, dtype: str | None = None,
               shape: Sequence[int] | None = None) -> dict[str, np.ndarray]:
-    """name -> array for a .npy, .npz or raw file (raw needs ``dtype``)."""
+    """name -> array for a .npy, .npz or raw file (raw needs ``dtype``). Only regular files are
+    read, and no array larger than memory is allocated (``parity.inputs.read_*``)."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"dump {str(path)!r} does not exist")
-    if path.is_dir():
-        raise InputError(f"dump {str(path)!r} is a directory")
+    check_input(path, "dump")
     suffix = path.suffix.lower()
-    try:
-        if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as data:
-                return {name: data[name] for name in data.files}
-        if suffix == ".npy":
-            return {path.stem: np.load(path, allow_pickle=False)}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise InputError(f"{str(path)!r} is not a readable {suffix} file ({exc})") from None
+    if suffix == ".npz":
+        return read_npz(path, "dump")
+    if suffix == ".npy":
+        return {path.stem: read_npy(path, "dump")}
     if dtype is None:
         raise UsageError(f"{path.name} is raw binary: give its element type with --dtype "
                          f"({', '.join(RAW_DTYPES)})")
-    data = np.fromfile(path, dtype=np.dtype(dtype))
+    data = read_raw(path, "dump", dtype)
     if shape:
-        if int(np.prod(shape)) != data.size:
+        need = math.prod(int(d) for d in shape)
+        if need != data.size:
             raise InputError(f"{path.name} holds {data.size} {dtype} values, --shape "
-                             f"{'x'.join(map(str, shape))} needs {int(np.prod(shape))}")
+                             f"{'x'.join(map(str, shape))} needs {need}")
         data = data.reshape(shape)
     return {path.stem: data}
 

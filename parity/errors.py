@@ -15,8 +15,11 @@ class ExitCode(IntEnum):
     USAGE = 2
     MODEL_OR_INPUT = 3
     BACKEND = 4
-    INTERRUPTED = 130
     INTERNAL = 123
+    HANGUP = 129  # SIGHUP: 128 + 1, as shells report a signal
+    INTERRUPTED = 130  # Ctrl-C (SIGINT)
+    BROKEN_PIPE = 141  # stdout's reader went away (`parity check ... | head`)
+    TERMINATED = 143  # SIGTERM
 
 
 class ParityError(Exception):

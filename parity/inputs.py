@@ -9,16 +9,20 @@ are fair coin flips. A dynamic dim takes ``--shape`` when given, else ``DEFAULT_
 from __future__ import annotations
 
 import os
-import shutil
 import zipfile
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from parity.errors import InputError, OutputPathError
+from parity.errors import InputError, UsageError
+from parity.paths import (check_fits, check_input, check_output, copy_atomic, format_bytes, nbytes, show,
+                          write_atomic)
 from parity.report import InputInfo
-from parity.specs import TensorMap, TensorSpec, format_shape
+from parity.specs import MAX_RANK, TensorMap, TensorSpec, format_shape
+
+__all__ = ["generate", "load_npz", "save_npz", "read_npz", "read_npy", "read_raw", "check_writable",
+           "write_atomic", "copy_atomic", "resolve_shape", "integer_input_bounds"]
 
 DEFAULT_DYNAMIC_DIM = 1
 DEFAULT_INT_HIGH = 10
@@ -110,11 +114,14 @@ def generate(
         raise InputError(
             f"--shape names unknown input {unknown[0]!r}; the model has {[s.name for s in specs]}"
         )
+    if seed < 0:
+        raise UsageError(f"--seed must be 0 or more, not {seed}")
     int_bounds = dict(int_bounds or {})
+    resolved = [resolve_shape(spec, shapes) for spec in specs]
+    _check_sizes(specs, [shape for shape, _ in resolved])  # before anything is allocated
     feeds: TensorMap = {}
     infos: list[InputInfo] = []
-    for index, spec in enumerate(specs):
-        shape, note = resolve_shape(spec, shapes)
+    for index, (spec, (shape, note)) in enumerate(zip(specs, resolved)):
         rng = np.random.default_rng([seed, index])  # one stream per input: stable under edits
         notes = [note] if note else []
         dtype = spec.dtype
@@ -140,6 +147,19 @@ def generate(
         feeds[spec.name] = array
         infos.append(InputInfo(spec.name, tuple(shape), dtype, "random", tuple(notes)))
     return feeds, infos
+
+
+def _check_sizes(specs: Sequence[TensorSpec], shapes: Sequence[Sequence[int]]) -> None:
+    """Refuse, with the input and its shape named, inputs that cannot fit in memory."""
+    total = 0
+    for spec, shape in zip(specs, shapes):
+        if len(shape) > MAX_RANK:
+            raise InputError(f"input {spec.name!r} has rank {len(shape)}; numpy holds at most {MAX_RANK} dims")
+        itemsize = np.dtype(spec.dtype).itemsize if _is_numpy_dtype(spec.dtype) else 1
+        size = nbytes(shape, itemsize)
+        total += size
+        check_fits(size, f"input {spec.name!r} of shape {format_shape(tuple(shape))} ({spec.dtype})")
+    check_fits(total, f"the {len(specs)} inputs together")
 
 
 def _looks_like_mask(name: str) -> bool:
@@ -169,35 +189,26 @@ def _is_numpy_dtype(name: str) -> bool:
 
 def load_npz(path: str | os.PathLike, specs: Sequence[TensorSpec], *, allow_nonfinite: bool = False
              ) -> tuple[TensorMap, list[InputInfo]]:
-    """Load feeds saved with ``np.savez``; names must be exactly the model's input names."""
+    """Load feeds saved with ``np.savez``; names must be exactly the model's input names.
+    Names are checked, and each array's declared size, before any array is read."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"--inputs file {str(path)!r} does not exist")
-    if path.is_dir():
-        raise InputError(f"--inputs path {str(path)!r} is a directory, not an .npz file")
-    try:
-        data = np.load(path, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise InputError(f"--inputs file {str(path)!r} is a single .npy array; save inputs with "
-                             f"np.savez(path, name=array), one array per input name")
-        with data:
-            feeds = {name: data[name] for name in data.files}
-    except InputError:
-        raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise InputError(f"--inputs file {str(path)!r} is not a readable .npz file ({exc})") from None
     expected = [s.name for s in specs]
-    missing = [n for n in expected if n not in feeds]
-    extra = [n for n in feeds if n not in expected]
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing {missing}")
-        if extra:
-            parts.append(f"unknown {extra}")
-        raise InputError(
-            f"--inputs {path.name} does not fit the model's inputs {expected}: {', '.join(parts)}"
-        )
+
+    def select(names: list[str]) -> list[str]:
+        missing = [n for n in expected if n not in names]
+        extra = [n for n in names if n not in expected]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing {missing}")
+            if extra:
+                parts.append(f"unknown {extra}")
+            raise InputError(
+                f"--inputs {path.name} does not fit the model's inputs {expected}: {', '.join(parts)}"
+            )
+        return expected
+
+    feeds = read_npz(path, "--inputs file", select=select, not_a="an .npz file")
     infos = []
     for spec in specs:
         array = feeds[spec.name]
@@ -211,49 +222,112 @@ def load_npz(path: str | os.PathLike, specs: Sequence[TensorSpec], *, allow_nonf
     return {s.name: feeds[s.name] for s in specs}, infos
 
 
-def check_writable(path: str | os.PathLike, what: str) -> Path:
-    """Fail before any work when ``path`` cannot be written, so no result is lost at the end."""
-    path = Path(path)
-    if path.is_dir():
-        raise OutputPathError(f"{what} path {str(path)!r} is a directory")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputPathError(f"{what} path {str(path)!r}: directory {str(parent)!r} does not exist")
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise OutputPathError(f"{what} path {str(path)!r} is not writable")
-    return path
+# -- reading arrays: headers first, sizes checked, then the data -------------------------------
+_NPY_MAGIC = b"\x93NUMPY"
 
 
-def write_atomic(path: str | os.PathLike, data: bytes, what: str, *, error=OutputPathError) -> None:
-    """Write via a temporary file and rename, so a reader never sees half a file."""
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            f.write(data)
-
-    _publish(Path(path), write, what, error)
-
-
-def copy_atomic(source: str | os.PathLike, path: str | os.PathLike, what: str, *, error=OutputPathError) -> None:
-    """Copy ``source`` (a file made in a private directory) into place the same way."""
-    _publish(Path(path), lambda tmp: shutil.copyfile(source, tmp), what, error)
-
-
-def _publish(path: Path, write, what: str, error) -> None:
-    tmp = path.with_name(f".{path.name}.parity-tmp-{os.getpid()}")
+def read_npz(path: str | os.PathLike, what: str, *, select: Callable[[list[str]], list[str]] | None = None,
+             not_a: str = "") -> dict[str, np.ndarray]:
+    """name -> array of an ``np.savez`` file. Nothing is decompressed before the member names
+    are known (``select`` gets them and returns the ones to load, raising to refuse the file)
+    and every member's .npy header declares a size that fits, in memory and in the member:
+    a small file cannot make parity allocate gigabytes. Pickled (object) arrays are refused,
+    never unpickled."""
+    check_input(path, what, not_a=not_a)
+    label = f"{what} {show(path)}"
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        if _starts_with(path, _NPY_MAGIC):
+            raise InputError(f"{label} is a single .npy array; save inputs with np.savez(path, name=array), "
+                             f"one array per input name") from None
+        raise InputError(f"{label} is not a readable .npz file ({exc})") from None
+    with archive:
+        members = {}
+        for info in archive.infolist():
+            name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            members.setdefault(name, info)
+        wanted = list(members) if select is None else select(list(members))
         try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise error(f"cannot write {what} to {str(path)!r}: {exc.strerror}") from None
+            total = 0
+            for name in wanted:
+                info = members[name]
+                with archive.open(info) as f:
+                    total += _npy_header(f, info.file_size, f"{label}, array {name!r}")[2]
+            check_fits(total, f"{label} ({len(wanted)} arrays)")
+            arrays = {}
+            for name in wanted:
+                with archive.open(members[name]) as f:
+                    arrays[name] = np.lib.format.read_array(f, allow_pickle=False)
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError, RuntimeError,
+                NotImplementedError) as exc:
+            raise InputError(f"{label} is not a readable .npz file ({exc})") from None
+    return arrays
 
 
-def save_npz(path: str | os.PathLike, feeds: TensorMap) -> None:
+def read_npy(path: str | os.PathLike, what: str) -> np.ndarray:
+    """The array of a .npy file, its header checked (size, no pickles) before the data is read."""
+    st = check_input(path, what)
+    label = f"{what} {show(path)}"
+    try:
+        with open(path, "rb") as f:
+            _npy_header(f, st.st_size, label)
+            f.seek(0)
+            return np.lib.format.read_array(f, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise InputError(f"{label} is not a readable .npy file ({exc})") from None
+
+
+def read_raw(path: str | os.PathLike, what: str, dtype: str) -> np.ndarray:
+    """A raw binary file read as ``dtype``; its size is checked before it is read."""
+    st = check_input(path, what)
+    check_fits(st.st_size, f"{what} {show(path)}")
+    return np.fromfile(path, dtype=np.dtype(dtype))
+
+
+def _npy_header(f, size: int, label: str) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, bytes of data) from the .npy header at ``f``'s position. Refuses object
+    arrays, sizes that cannot fit in memory, and sizes beyond the ``size`` bytes there are."""
+    start = f.tell()
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            shape, _, dtype = np.lib.format._read_array_header(f, version)
+    except (ValueError, EOFError, OSError, SyntaxError, TypeError) as exc:
+        raise InputError(f"{label} is not a .npy array ({exc})") from None
+    if dtype.hasobject:
+        raise InputError(f"{label} holds Python objects (a pickle); parity loads only plain arrays "
+                         f"and never unpickles")
+    need = nbytes(shape, dtype.itemsize)
+    check_fits(need, f"{label} of shape {format_shape(tuple(shape))} ({dtype})")
+    have = size - (f.tell() - start)
+    if need > have:
+        raise InputError(f"{label} declares shape {format_shape(tuple(shape))} ({dtype}, "
+                         f"{format_bytes(need)}) but holds only {format_bytes(max(have, 0))}: truncated")
+    return tuple(shape), dtype, need
+
+
+def _starts_with(path, magic: bytes) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(magic)) == magic
+    except OSError:
+        return False
+
+
+def check_writable(path: str | os.PathLike, what: str, *, inputs=()) -> Path:
+    """Fail before any work when ``path`` cannot be written, so no result is lost at the end
+    (``parity.paths.check_output``: also refuses inputs, devices, FIFOs, names too long)."""
+    return check_output(path, what, inputs=inputs)
+
+
+def save_npz(path: str | os.PathLike, feeds: TensorMap, *, inputs=()) -> None:
     import io
 
     buffer = io.BytesIO()
     np.savez(buffer, **feeds)
-    write_atomic(path, buffer.getvalue(), "--save-inputs")
+    write_atomic(path, buffer.getvalue(), "--save-inputs", inputs=inputs)

@@ -40,7 +40,7 @@ import numpy as np
 from parity.backends.base import check_model_file
 from parity.backends.worker import Worker
 from parity.errors import BackendCrash, BackendError, ModelError
-from parity.inputs import copy_atomic
+from parity.paths import check_output, copy_atomic
 
 # Differ between any two conversions of the same model (measured: a random UUID per file).
 IGNORED_FIELDS = ("mnn_uuid",)
@@ -77,6 +77,9 @@ def _dump(jobs: list[tuple[Path, Path]], timeout: float) -> list[Path]:
     for source, _ in jobs:
         check_model_file(source, "MNN")
         _check_flatbuffer(source)
+    sources = [source for source, _ in jobs]
+    for _, target in jobs:  # before any child starts: never onto a model it reads, nor a device
+        check_output(target, "the JSON dump", inputs=sources)
     with ExitStack() as stack:
         workers = [stack.enter_context(Worker("MNN converter", timeout=timeout)) for _ in jobs]
         for worker, (source, _) in zip(workers, jobs):
@@ -98,7 +101,7 @@ def _dump(jobs: list[tuple[Path, Path]], timeout: float) -> list[Path]:
             if not scratch.exists() or scratch.stat().st_size == 0:
                 raise ModelError(f"MNN's converter wrote no JSON dump of {str(source)!r}; "
                                  f"is it an MNN model?")
-            copy_atomic(scratch, target, "the JSON dump", error=BackendError)
+            copy_atomic(scratch, target, "the JSON dump", inputs=sources)
     return [target for _, target in jobs]
 
 

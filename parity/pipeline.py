@@ -78,7 +78,7 @@ def check(
                          f"({sorted(keywords)[0]!r})")
     say = progress or (lambda message: None)
     chain = resolve_models(models)
-    _check_paths(options)
+    _check_paths(options, [path for _, path in chain])
 
     with ExitStack() as stack:
         backends = _open_backends(chain, options, stack, say)
@@ -113,10 +113,11 @@ def check(
 
 
 # -- steps -----------------------------------------------------------------------------------
-def _check_paths(options: CheckOptions) -> None:
-    """Refuse unwritable output paths before any model runs."""
+def _check_paths(options: CheckOptions, models) -> None:
+    """Refuse output paths before any model runs: unwritable, devices, or one of the inputs."""
     if options.save_inputs is not None:
-        inputs_mod.check_writable(options.save_inputs, "--save-inputs")
+        given = options.inputs if isinstance(options.inputs, (str, os.PathLike)) else None
+        inputs_mod.check_writable(options.save_inputs, "--save-inputs", inputs=[*models, *([given] if given else [])])
     if options.repro is not None:
         from parity.repro import check_repro_dir
 

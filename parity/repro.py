@@ -12,20 +12,17 @@ from pathlib import Path
 
 import numpy as np
 
-from parity.errors import OutputPathError, ParityError
+from parity.errors import ParityError
 from parity.metrics import fmt
 
 
 def check_repro_dir(path) -> Path:
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise OutputPathError(f"--repro path {str(path)!r} is a file, not a directory")
-    if path.exists() and any(path.iterdir()):
-        raise OutputPathError(f"--repro directory {str(path)!r} is not empty; parity does not overwrite")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputPathError(f"--repro path {str(path)!r}: directory {str(parent)!r} does not exist")
-    return path
+    """Refuse a --repro path that is not an empty or new directory whose parent exists
+    (``parity.paths.check_output_dir``)."""
+    from parity.paths import check_output_dir
+
+    check_output_dir(path, "--repro")
+    return Path(path)
 
 
 def write_repro(directory, *, reference, candidate, graph, comparison, verdict, feeds, tolerance,
@@ -52,13 +49,11 @@ def write_repro(directory, *, reference, candidate, graph, comparison, verdict, 
 
 def _write(directory, *, reference, candidate, graph, comparison, verdict, feeds, tolerance,
            timeout, check_pair, converter_options) -> dict:
-    import onnx
-
     from parity.converter import convert
-    from parity.inputs import write_atomic
+    from parity.paths import write_atomic
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = check_repro_dir(directory)
+    directory.mkdir(exist_ok=True)
     divergence = comparison.first_divergence
     if divergence is not None:
         inputs = list(divergence.inputs)
@@ -79,7 +74,7 @@ def _write(directory, *, reference, candidate, graph, comparison, verdict, feeds
     onnx_path = directory / "repro.onnx"
     mnn_path = directory / "repro.mnn"
     npz_path = directory / "inputs.npz"
-    onnx.save(model, str(onnx_path))
+    write_atomic(onnx_path, model.SerializeToString(), "--repro model")
     buffer = io.BytesIO()
     np.savez(buffer, **{n: values[n] for n in inputs})
     write_atomic(npz_path, buffer.getvalue(), "--repro inputs")
@@ -121,5 +116,5 @@ def _write(directory, *, reference, candidate, graph, comparison, verdict, feeds
         lines.append("(the difference needs the rest of the model, or the original .mnn file; "
                      "attach both models instead)")
     lines += ["", "Evidence:"] + [f"  {e}" for e in verdict.evidence]
-    (directory / "README.txt").write_text("\n".join(lines) + "\n")
+    write_atomic(directory / "README.txt", ("\n".join(lines) + "\n").encode(), "--repro README")
     return {"directory": str(directory), "reproduces": reproduces, "figures": figures, "command": command}

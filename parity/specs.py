@@ -55,4 +55,12 @@ def parse_shape(text: str) -> Tuple[int, ...]:
         raise ValueError(f"shape {text!r} is not of the form 1x64x32") from None
     if any(d < 0 for d in dims):
         raise ValueError(f"shape {text!r} has a negative dimension")
+    if len(dims) > MAX_RANK:
+        raise ValueError(f"shape {text!r} has {len(dims)} dimensions; at most {MAX_RANK}")
+    if any(d > MAX_DIM for d in dims):
+        raise ValueError(f"shape {text!r} has a dimension larger than {MAX_DIM} (2**63 - 1)")
     return dims
+
+
+MAX_RANK = 64  # numpy's NPY_MAXDIMS
+MAX_DIM = 2**63 - 1  # the largest dim numpy (and ONNX, int64) can hold

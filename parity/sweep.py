@@ -14,9 +14,11 @@ manifest listing models with per-model options::
 
 Each pair runs as its own ``parity check`` process (so one crash or hang costs one result),
 with a time limit: a pair still running after ``pair_timeout`` seconds is killed with every
-process it started and recorded as a backend failure. Like MNN's worker, the child runs in a
-private directory with this parity first on PYTHONPATH, so the user's working directory is not
-on its sys.path; model and input paths are made absolute for it.
+process it started and recorded as a backend failure. Like MNN's worker, the child is an
+isolated Python (``worker.python_command``: ``python -I``, the sweep's import path without the
+working directory, its own process group, killed by the kernel if the sweep dies) working in
+a private directory that is also its TMPDIR, so whatever it leaves goes with that directory;
+model and input paths are made absolute for it.
 ``--shard K/N`` keeps pairs K, K+N, K+2N, ... of the sorted list: N jobs cover every pair once.
 ``SweepReport`` holds the results and decides the exit code: the worst pair's.
 """
@@ -28,7 +30,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -37,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from parity.backends import SUFFIXES
-from parity.backends.worker import python_env, signal_description
+from parity.backends.worker import python_command, python_env, signal_description
 from parity.errors import ExitCode, InputError, UsageError
 
 SCHEMA = "parity.sweep/1"
@@ -209,11 +210,15 @@ class _Children:
         self._stopped = False
 
     def start(self, argv: list[str], cwd: str) -> subprocess.Popen | None:
-        """The started child, or None once the sweep is stopping."""
+        """The started child, or None once the sweep is stopping. ``cwd`` is private to the
+        child and is its TMPDIR too: whatever the child leaves, even killed, goes with it."""
+        # PARITY_PRIVATE_TMPDIR tells the child's install_process_guards that this directory
+        # is private already: it needs no directory or reaper of its own
+        env = python_env(TMPDIR=cwd, PARITY_PRIVATE_TMPDIR=cwd)
         with self._lock:  # so stop() cannot miss a child started while it runs
             if self._stopped:
                 return None
-            proc = subprocess.Popen(argv, cwd=cwd, env=python_env(), stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                     start_new_session=True)
             self._running.add(proc)
@@ -270,12 +275,14 @@ def _result(item: Item, code: int, report: dict | None, error: str | None, start
 
 
 def _run_one(item: Item, *, pair_timeout: float = PAIR_TIMEOUT, children: _Children | None = None) -> dict:
-    """Check one pair in a ``python -m parity check`` child; kill it after ``pair_timeout`` s."""
+    """Check one pair in a ``parity check`` child; kill it after ``pair_timeout`` s."""
     children = children or _Children()
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="parity-sweep-") as tmp:
+    # ignore_cleanup_errors: a killed child's files may vanish while they are removed
+    with tempfile.TemporaryDirectory(prefix="parity-sweep-", ignore_cleanup_errors=True) as tmp:
         report_path = Path(tmp) / "report.json"
-        argv = [sys.executable, "-m", "parity", *_absolute_item(item).argv(), "--json", str(report_path), "-q"]
+        argv = python_command("parity.__main__:main", *_absolute_item(item).argv(),
+                              "--json", report_path, "-q")
         proc = children.start(argv, cwd=tmp)
         if proc is None:
             return _result(item, ExitCode.INTERRUPTED, None, "not run: the sweep was interrupted", started)

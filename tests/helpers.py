@@ -111,3 +111,19 @@ def alter_filter(src, dst, name: str, channel: int, scale=-1.0, shift=0.5) -> Pa
     def edit(array):
         array[channel] = array[channel] * scale + shift
     return _edit_initializer(src, dst, name, edit)
+
+
+def slow_matmul_model(directory) -> tuple[Path, Path]:
+    """An ONNX model and its MNN conversion that MNN takes seconds on with one thread (12
+    MatMuls of 1024x1024) while ONNX Runtime takes a fraction of that: a step that really
+    outlasts a small --timeout, since a reply that has arrived is always taken."""
+    directory = Path(directory)
+    weight = numpy_helper.from_array(
+        (np.random.default_rng(0).standard_normal((1024, 1024)) / 32).astype(np.float32), "w")
+    nodes, previous = [], "x"
+    for i in range(12):
+        nodes.append(helper.make_node("MatMul", [previous, "w"], [f"m{i}"]))
+        previous = f"m{i}"
+    onnx_path = save_model(nodes, [tensor("x", shape=[1024, 1024])], [tensor(previous, shape=[1024, 1024])],
+                           directory / "slow.onnx", initializers=[weight])
+    return onnx_path, to_mnn(onnx_path, directory / "slow.mnn")

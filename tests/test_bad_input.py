@@ -156,18 +156,11 @@ def test_mnn_returning_nothing_is_an_input_error():
 
 def test_timeout_is_a_backend_failure(tmp_path):
     """A step that really takes longer than --timeout (a reply that has arrived is always
-    taken, so the model must be slow: 12 MatMuls of 1024x1024, ~1 s in MNN)."""
-    from onnx import numpy_helper
+    taken, so MNN must still be computing when parity looks)."""
+    from helpers import slow_matmul_model
 
-    weight = numpy_helper.from_array(
-        (np.random.default_rng(0).standard_normal((1024, 1024)) / 32).astype(np.float32), "w")
-    nodes, previous = [], "x"
-    for i in range(12):
-        nodes.append(helper.make_node("MatMul", [previous, "w"], [f"m{i}"]))
-        previous = f"m{i}"
-    onnx_path = save_model(nodes, [tensor("x", shape=[1024, 1024])], [tensor(previous, shape=[1024, 1024])],
-                           tmp_path / "slow.onnx", initializers=[weight])
-    result = run_parity("check", onnx_path, to_mnn(onnx_path), "--timeout", "0.05", "--no-diagnose")
+    onnx_path, mnn_path = slow_matmul_model(tmp_path)
+    result = run_parity("check", onnx_path, mnn_path, "--timeout", "0.05", "--mnn-threads", "1", "--no-diagnose")
     assert_one_line_error(result, ExitCode.BACKEND, "within", "--timeout")
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from onnx import helper, numpy_helper
 
-from helpers import MODELS, ROOT, save_model, tensor, to_mnn
+from helpers import MODELS, ROOT, save_model, slow_matmul_model, tensor, to_mnn
 from parity.errors import ExitCode
 
 BAD, BACKEND, USAGE, PASS, MISMATCH = (ExitCode.MODEL_OR_INPUT, ExitCode.BACKEND, ExitCode.USAGE,
@@ -223,7 +223,8 @@ CASES = [
     Case("crash at load", _crash_at_load, BACKEND, "while loading pool.mnn"),
     Case("crash in converter (Max)", _crash_in_converter, BACKEND, "while converting max1.onnx"),
     # (LogSoftmax without axis also crashes MNN's converter, but not on every run: left out)
-    Case("timeout", lambda d: ["check", *_cnn(d), "--timeout", "0.001"], BACKEND, "--timeout"),
+    Case("timeout", lambda d: ["check", *(p.name for p in slow_matmul_model(d)), "--timeout", "0.05",
+                               "--mnn-threads", "1", "--no-diagnose"], BACKEND, "--timeout"),
     Case("timeout in converter", lambda d: (_copy(d, "cnn.onnx"), ["convert", "cnn.onnx", "--timeout", "0.001"])[1],
          BACKEND, "within"),
     # report paths

@@ -132,7 +132,8 @@ def test_protocol_mnn_runs_while_the_caller_works(int_add):
 # -- 2. the worker ----------------------------------------------------------------------------
 PROBE = '''
 """Loaded by tests/test_worker.py in its own process and, through pickled kwargs, in the
-worker child: Path subclasses whose methods parity's check_model_file calls."""
+worker child: Path subclasses whose __fspath__ parity's check_model_file calls (first
+call only: a path is turned into a string more than once)."""
 import os
 import pathlib
 import sys
@@ -153,12 +154,23 @@ class Unfit(InputError):
     pass
 
 
+_CALLED = set()
+
+
+def _first(path) -> bool:
+    key = (type(path).__name__, str(path))  # str() does not call __fspath__
+    first = key not in _CALLED
+    _CALLED.add(key)
+    return first
+
+
 class SlowPath(type(pathlib.Path())):
     delay = 1.0
 
-    def exists(self, *args, **kwargs):
-        time.sleep(self.delay)
-        return super().exists(*args, **kwargs)
+    def __fspath__(self):
+        if _first(self):
+            time.sleep(self.delay)
+        return super().__fspath__()
 
 
 class SlowerPath(SlowPath):
@@ -168,7 +180,7 @@ class SlowerPath(SlowPath):
 class RaisingPath(type(pathlib.Path())):
     errors = {"vanished": Vanished, "misused": Misused, "unfit": Unfit}
 
-    def exists(self, *args, **kwargs):
+    def __fspath__(self):
         raise self.errors[self.name](f"probe raised {self.name}")
 
 
@@ -176,7 +188,7 @@ class HangingPath(type(pathlib.Path())):
     """The child stops answering without exiting: it closes its end of the connection (the fd
     the worker was started with) and sleeps."""
 
-    def exists(self, *args, **kwargs):
+    def __fspath__(self):
         os.close(int(sys.argv[1]))
         time.sleep(60)
 '''
@@ -475,35 +487,37 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-SLEEPER = '''
+HANG = '''
 import os
 import subprocess
+import time
 
-# The first Python started with the marker (a pair's parity check) starts a grandchild that,
-# unlike MNN's worker, does not die with its parent: only a kill of the process group ends it.
-if os.environ.pop("PARITY_TEST_SLEEPER", None):
-    sleeper = subprocess.Popen(["sleep", "300"], cwd=os.environ["TMPDIR"])
-    with open(os.path.join(os.environ["TMPDIR"], "sleeper.pid"), "w") as f:
-        f.write(str(sleeper.pid))
+
+def build():
+    """A torch model that never comes: it starts a grandchild that, unlike MNN's worker, does
+    not die with its parent (only a kill of the process group ends it), then hangs."""
+    pid_file = os.environ.pop("PARITY_TEST_SLEEPER", None)
+    if pid_file:
+        sleeper = subprocess.Popen(["sleep", "300"])
+        with open(pid_file, "w") as f:
+            f.write(str(sleeper.pid))
+    time.sleep(300)
 '''
 
 
 @pytest.fixture
 def hanging_sweep(tmp_path, monkeypatch, add_pair):
-    """Pairs whose check hangs for real: its --inputs is a FIFO nobody writes, so parity
-    blocks opening it. Every process of the sweep works inside ``root``."""
+    """Pairs whose check hangs for real: its torch model's factory sleeps (user code is the one
+    thing a pair's check runs that parity does not control). Every process of the sweep works
+    inside ``root``."""
+    pytest.importorskip("torch")
     root = tmp_path / "tmp"
     root.mkdir()
     monkeypatch.setenv("TMPDIR", str(root))
     monkeypatch.setattr("tempfile.tempdir", str(root))
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(SLEEPER)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
-    fifo = tmp_path / "inputs.npz"
-    os.mkfifo(fifo)
+    (tmp_path / "hang.py").write_text(HANG)
     onnx_path, mnn_path = add_pair
-    hanging = sweep.Item("hangs", [str(onnx_path), str(mnn_path)], {"inputs": str(fifo)})
+    hanging = sweep.Item("hangs", [f"{tmp_path / 'hang.py'}:build", str(onnx_path), str(mnn_path)])
     yield root, hanging
     for pid in _live_processes_under(root):  # never leave a sleeper behind, whatever failed
         os.kill(pid, signal.SIGKILL)
@@ -511,7 +525,7 @@ def hanging_sweep(tmp_path, monkeypatch, add_pair):
 
 def test_sweep_pair_timeout_kills_the_check_and_all_it_started(hanging_sweep, monkeypatch):
     root, hanging = hanging_sweep
-    monkeypatch.setenv("PARITY_TEST_SLEEPER", "1")
+    monkeypatch.setenv("PARITY_TEST_SLEEPER", str(root / "sleeper.pid"))
     seen = {}
     done = threading.Event()
 
@@ -524,16 +538,16 @@ def test_sweep_pair_timeout_kills_the_check_and_all_it_started(hanging_sweep, mo
     watcher.start()
     started = time.monotonic()
     try:
-        (result,) = sweep.run([hanging], pair_timeout=6)
+        (result,) = sweep.run([hanging], pair_timeout=20)  # torch's import can take 10 s on a busy machine
     finally:
         done.set()
         watcher.join()
-    assert time.monotonic() - started < 30
+    assert time.monotonic() - started < 45
     assert result["exit_code"] == ExitCode.BACKEND and result["passed"] is False
-    assert result["error"] == "timed out after 6 s" and result["verdict"] is None
+    assert result["error"] == "timed out after 20 s" and result["verdict"] is None
     assert sweep.SweepReport("x", None, [result]).exit_code == ExitCode.BACKEND
     sleeper = int((root / "sleeper.pid").read_text())
-    assert sleeper in seen and any("-m parity check" in cmd for cmd in seen.values()), seen
+    assert sleeper in seen and any("parity.__main__:main check" in cmd for cmd in seen.values()), seen
     deadline = time.monotonic() + 5
     while _alive(sleeper) and time.monotonic() < deadline:
         time.sleep(0.1)

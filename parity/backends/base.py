@@ -29,6 +29,7 @@ from typing import ClassVar, Sequence
 import numpy as np
 
 from parity.errors import InputError, ModelError
+from parity.paths import check_input, is_utf8, show
 from parity.specs import TensorMap, TensorSpec, format_shape
 
 
@@ -140,19 +141,20 @@ class Backend:
 
 
 def check_model_file(path: Path, framework: str) -> None:
-    """Fail with one line before any framework sees a path that cannot be a model."""
-    if not path.exists():
-        raise ModelError(f"model file {str(path)!r} does not exist")
-    if path.is_dir():
-        raise ModelError(f"model path {str(path)!r} is a directory, not a {framework} model file")
+    """Fail with one line before any framework sees a path that cannot be a model: missing,
+    not a regular file (a FIFO would block the open forever, /dev/zero never ends), unreadable,
+    empty, or, for MNN, a name its C++ API cannot take (not valid UTF-8)."""
+    st = check_input(path, "model file", error=ModelError, not_a=f"a model file for {framework}")
+    if framework.lower() == "mnn" and not is_utf8(path):
+        raise ModelError(f"model file {show(path)} has a name that is not valid UTF-8, which MNN "
+                         f"cannot open; rename it")
     try:
-        size = path.stat().st_size
         with open(path, "rb"):
             pass
     except OSError as exc:
-        raise ModelError(f"model file {str(path)!r} cannot be read: {exc.strerror}") from None
-    if size == 0:
-        raise ModelError(f"model file {str(path)!r} is empty")
+        raise ModelError(f"model file {show(path)} cannot be read: {exc.strerror}") from None
+    if st.st_size == 0:
+        raise ModelError(f"model file {show(path)} is empty")
 
 
 def conform_feeds(

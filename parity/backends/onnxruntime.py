@@ -1,9 +1,19 @@
-"""ONNX Runtime adapter (CPU execution provider), run in-process."""
+"""ONNX Runtime adapter (CPU execution provider), run in-process.
+
+Before ONNX Runtime reads a model, ``parity.paths.external_data`` checks where its external
+data lives: a location outside the model's directory is refused, never read. A model whose
+name is not valid UTF-8 (which ONNX Runtime's Python binding cannot take) is given to it as
+bytes, with its directory named for the external data.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+
 from parity.backends.base import Backend, RunResult
 from parity.errors import BackendError, FrameworkMissing, ModelError
+from parity.paths import external_data, is_utf8, show
 from parity.specs import TensorMap, TensorSpec
 
 _ORT_TYPES = {
@@ -26,7 +36,10 @@ _ORT_TYPES = {
 
 # ORT's exception types (onnxruntime.capi.onnxruntime_pybind11_state) that mean the file is
 # not a valid model, by name: matched along the class's bases, so a subclass counts too.
-_MODEL_FAILURES = {"InvalidProtobuf", "InvalidGraph", "NoSuchFile", "InvalidArgument"}
+# While a session is built, ``Fail`` is the model too (measured, ORT 1.32: an initializer
+# whose data does not match its shape, one over the 2 GiB embedded limit, external data
+# escaping the model's directory).
+_MODEL_FAILURES = {"InvalidProtobuf", "InvalidGraph", "NoSuchFile", "InvalidArgument", "Fail"}
 
 
 def _model_failure(exc: BaseException) -> str | None:
@@ -40,10 +53,26 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _import_ort():
+    """onnxruntime, imported with TMPDIR pointing at a private directory removed right after:
+    its telemetry writes a session file ($TMPDIR/.ses) on import that nothing removes."""
+    if "onnxruntime" in sys.modules:
+        return sys.modules["onnxruntime"]
+    import shutil
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix="parity-ort-")  # also fixes tempfile's own choice first
+    saved = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = scratch
     try:
         import onnxruntime
     except ImportError:
         raise FrameworkMissing("onnxruntime", "pip install onnxruntime") from None
+    finally:
+        if saved is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved
+        shutil.rmtree(scratch, ignore_errors=True)
     return onnxruntime
 
 
@@ -76,20 +105,33 @@ class OnnxRuntimeBackend(Backend):
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[self.optimization]
+        externals = external_data(self.path)  # refused here when it points outside
+        model = str(self.path)
+        if not is_utf8(model):  # the binding takes UTF-8 paths only; bytes it takes
+            if externals:
+                folder = os.path.dirname(os.path.abspath(model))
+                if not is_utf8(folder):
+                    raise ModelError(f"{show(model)} keeps its weights in external data in a directory "
+                                     f"whose name is not valid UTF-8, which onnxruntime cannot open; "
+                                     f"rename it")
+                so.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
+            with open(model, "rb") as f:
+                model = f.read()
         try:
-            self._session = ort.InferenceSession(
-                str(self.path), so, providers=["CPUExecutionProvider"]
-            )
+            self._session = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own pybind exception types
             kind = _model_failure(exc)
             detail = _first_line(exc)
             if kind is not None:
                 raise ModelError(
-                    f"{str(self.path)!r} is not a valid ONNX model ({kind}: {detail})"
+                    f"{show(self.path)} is not a valid ONNX model ({kind}: {detail})"
                 ) from None
-            raise BackendError(f"onnxruntime could not load {str(self.path)!r}: {detail}") from None
+            raise BackendError(f"onnxruntime could not load {show(self.path)}: {detail}") from None
         self._inputs = [_spec(a) for a in self._session.get_inputs()]
         self._outputs = [_spec(a) for a in self._session.get_outputs()]
+        if not self._outputs:
+            self._session = None
+            raise ModelError(f"{show(self.path)} declares no graph outputs: there is nothing to compare")
 
     def _close(self) -> None:
         self._session = None

@@ -1,9 +1,15 @@
-"""JUnit XML: one testcase per output per link, plus one per failing layer (with --layers)."""
+"""JUnit XML: one testcase per output per link, plus one per failing layer (with --layers).
+
+Every name and message goes through ``parity.escape.xml``, so the file parses whatever the
+model's names hold (ESC, NUL-free control characters, U+FFFE, surrogates) and CI systems show
+each name on one line.
+"""
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
+from parity.escape import xml as esc
 from parity.report import Report
 
 
@@ -17,28 +23,31 @@ def render(report: Report) -> bytes:
     suites = ET.Element("testsuites", name="parity", tests="0", failures="0")
     total = failures = 0
     for comparison in report.comparisons:
-        link = f"{comparison.reference} -> {comparison.candidate}"
+        link = esc(f"{comparison.reference} -> {comparison.candidate}")
+        classname = esc(f"parity.{comparison.reference}.{comparison.candidate}")
         suite = ET.SubElement(suites, "testsuite", name=f"parity {link}")
         cases = fails = 0
         for output in comparison.outputs:
-            case = ET.SubElement(suite, "testcase", classname=f"parity.{comparison.reference}.{comparison.candidate}",
-                                 name=f"output {output.name}")
+            case = ET.SubElement(suite, "testcase", classname=classname, name=esc(f"output {output.name}"))
             cases += 1
             if not output.passed:
                 fails += 1
-                message = output.error or (f"max_abs_diff {_fmt(output.max_abs_diff)}, "
-                                           f"{(output.mismatch_fraction or 0):.2%} of elements out of tolerance")
+                message = esc(output.error or (f"max_abs_diff {_fmt(output.max_abs_diff)}, "
+                                               f"{(output.mismatch_fraction or 0):.2%} of elements out of tolerance"))
                 failure = ET.SubElement(case, "failure", message=message, type="mismatch")
-                failure.text = (f"{link}: output {output.name}: {message}\nalignment: {'; '.join(output.alignment) or 'none'}\n"
-                                f"verdict: {report.verdict.kind}: {report.verdict.summary}")
+                failure.text = "\n".join([
+                    f"{link}: output {esc(output.name)}: {message}",
+                    f"alignment: {esc('; '.join(output.alignment) or 'none')}",
+                    f"verdict: {esc(report.verdict.kind)}: {esc(report.verdict.summary)}",
+                ])
         for layer in comparison.layers or ():
             if layer.passed:
                 continue
-            case = ET.SubElement(suite, "testcase", classname=f"parity.{comparison.reference}.{comparison.candidate}.layers",
-                                 name=f"layer {layer.name} ({layer.op_type})")
+            case = ET.SubElement(suite, "testcase", classname=f"{classname}.layers",
+                                 name=esc(f"layer {layer.name} ({layer.op_type})"))
             cases += 1
-            message = (f"scaled error {_fmt(layer.scaled_error)}, max_abs_diff {_fmt(layer.max_abs_diff)}, "
-                       f"status {layer.status}")
+            message = esc(f"scaled error {_fmt(layer.scaled_error)}, max_abs_diff {_fmt(layer.max_abs_diff)}, "
+                          f"status {layer.status}")
             if comparison.passed and report.passed:
                 # a layer-only finding: reported, but the outputs decide (--fail-on-layers)
                 ET.SubElement(case, "system-out").text = f"layer-only finding: {message}"

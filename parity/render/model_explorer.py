@@ -4,7 +4,9 @@ Results are keyed by ONNX tensor names, which Model Explorer matches against eac
 output tensor names, so the error is painted on the user's ONNX graph. The value is the
 layer's scaled error (max|c - r| / max|r|) on the first link that has per-layer data; the
 thresholds colour within tolerance green, up to ten times it amber, beyond red, and the first
-divergence is outlined in red whatever its value.
+divergence is outlined in red whatever its value. Names stay exact, unlike in the other
+renderers (see parity.escape): they are keys Model Explorer matches against the graph, and JSON
+escapes them (the file is ASCII, control characters and all).
 """
 
 from __future__ import annotations

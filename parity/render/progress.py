@@ -1,15 +1,18 @@
 """Progress on stderr for long work: a spinner with the current step and the elapsed time, and a
 bar when the amount of work is known (sweeps). Silent when stderr is not a terminal or with
---quiet, so logs and CI output stay clean."""
+--quiet, so logs and CI output stay clean. Messages carry file and model names: they are shown
+through ``parity.escape.markup`` (no raw ESC or newline, no rich markup applied)."""
 
 from __future__ import annotations
 
 import sys
 
+from parity.escape import markup
+
 
 class Progress:
     def __init__(self, enabled: bool | None = None, total: int | None = None, label: str = "parity"):
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.enabled = bool(sys.stderr and sys.stderr.isatty()) if enabled is None else enabled
         self.total = total
         self.label = label
         self._progress = None
@@ -25,9 +28,10 @@ class Progress:
             if self.total is not None:
                 columns += [BarColumn(), MofNCompleteColumn()]
             columns.append(TimeElapsedColumn())
-            self._progress = RichProgress(*columns, console=Console(stderr=True), transient=True)
+            console = Console(stderr=True, emoji=False, highlight=False)
+            self._progress = RichProgress(*columns, console=console, transient=True)
             self._progress.start()
-            self._task = self._progress.add_task(self.label, total=self.total)
+            self._task = self._progress.add_task(markup(self.label), total=self.total)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -37,7 +41,7 @@ class Progress:
 
     def __call__(self, message: str) -> None:
         if self._progress is not None:
-            self._progress.update(self._task, description=f"{self.label}: {message}")
+            self._progress.update(self._task, description=markup(f"{self.label}: {message}"))
 
     def advance(self, amount: int = 1) -> None:
         if self._progress is not None:

@@ -1,13 +1,34 @@
-"""Terminal rendering with rich: one table per link, then the verdict."""
+"""Terminal rendering with rich: one table per link, then the verdict.
+
+Every name and message goes through ``parity.escape.markup``: names come from models and
+users and may hold ESC sequences, newlines or rich markup (see escape.py). Consoles come from
+``console()``: no emoji codes, no highlighting, and a closed stdout raises BrokenPipeError for
+the CLI to turn into its exit code (rich's own handler would exit 1, the mismatch code).
+"""
 
 from __future__ import annotations
 
+import errno
+import os
 from typing import IO
 
-from rich.markup import escape
-
+from parity.escape import markup as escape
+from parity.escape import terminal
 from parity.report import Comparison, OutputComparison, Report
 from parity.specs import format_shape
+
+
+def console(file: IO[str] | None, **options):
+    """A rich Console for parity's output: ``emoji=False`` (a name holding ``:smile:`` stays
+    text), ``highlight=False``, and a reader that went away raises BrokenPipeError."""
+    from rich.console import Console
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True  # drop what is still buffered; the CLI decides the exit
+            raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+    return _Console(file=file, emoji=False, highlight=False, **options)
 
 
 def _num(value, spec: str = ".3g") -> str:
@@ -17,7 +38,7 @@ def _num(value, spec: str = ".3g") -> str:
 
 
 def _shape(shape) -> str:
-    return "-" if shape is None else format_shape(shape)
+    return "-" if shape is None else escape(format_shape(shape))  # symbolic dims are names
 
 
 def _row(o: OutputComparison) -> list[str]:
@@ -43,7 +64,7 @@ def _row(o: OutputComparison) -> list[str]:
 def _table(comparison: Comparison):
     from rich.table import Table
 
-    title = f"{comparison.reference} -> {comparison.candidate}: " + (
+    title = escape(f"{comparison.reference} -> {comparison.candidate}: ") + (
         "[green]pass[/]" if comparison.passed else "[bold red]FAIL[/]"
     )
     table = Table(title=title, title_justify="left", expand=False)
@@ -65,7 +86,7 @@ def _side_by_side(comparisons):
     table = Table(title="links side by side", title_justify="left")
     table.add_column("output", overflow="fold")
     for c in comparisons:
-        table.add_column(f"{c.reference} -> {c.candidate}", justify="right", no_wrap=True)
+        table.add_column(escape(f"{c.reference} -> {c.candidate}"), justify="right", no_wrap=True)
     names: list[str] = []
     for c in comparisons:
         names.extend(o.name for o in c.outputs if o.name not in names)
@@ -92,15 +113,16 @@ _STATUS = {
 }
 
 
-def _layers(comparison: Comparison, console, around: int = 5) -> None:
+def _layers(comparison: Comparison, out, around: int = 5) -> None:
     """The layers around the first divergence (never thousands of rows), or a summary."""
     from rich.table import Table
+    from rich.text import Text
 
     layers = list(comparison.layers or ())
     failing = sum(not layer.passed for layer in layers)
     link = f"{comparison.reference} -> {comparison.candidate}"
-    console.print(
-        f"{link}: {len(layers)} layers paired, {len(layers) - failing} pass, {failing} fail; "
+    out.print(
+        f"{escape(link)}: {len(layers)} layers paired, {len(layers) - failing} pass, {failing} fail; "
         f"{len(comparison.unpaired)} unpaired (reasons in the JSON report)"
     )
     divergence = comparison.first_divergence
@@ -108,77 +130,97 @@ def _layers(comparison: Comparison, console, around: int = 5) -> None:
         return
     if divergence is None:
         if failing and comparison.passed:
-            console.print(f"  [bold yellow]layer-only finding[/]: {failing} layers differ while every output matches")
+            out.print(f"  [bold yellow]layer-only finding[/]: {failing} layers differ while every output matches")
         elif failing:
-            console.print("  no first divergence: every failing layer has a failing paired input")
+            out.print("  no first divergence: every failing layer has a failing paired input")
         worst = max(layers, key=lambda layer: layer.scaled_error or 0.0)
-        console.print(escape(f"  largest scaled error: {worst.name} ({worst.op_type}) {_num(worst.scaled_error)}"))
+        out.print(escape(f"  largest scaled error: {worst.name} ({worst.op_type}) {_num(worst.scaled_error)}"))
         return
     at = next(i for i, layer in enumerate(layers) if layer.name == divergence.name)
-    table = Table(title=f"{link}: layers around the first divergence", title_justify="left")
+    table = Table(title=f"{escape(link)}: layers around the first divergence", title_justify="left")
     for header in ("#", "tensor", "op", "module", "shape", "max_abs", "scaled", "local", "status"):
         table.add_column(header, overflow="fold", no_wrap=header in ("#", "max_abs", "scaled", "local"))
     for i in range(max(0, at - around), min(len(layers), at + around + 1)):
         layer = layers[i]
         op = layer.op_type + (f" / {layer.candidate_op_type}" if layer.candidate_op_type
                               and layer.candidate_op_type != layer.op_type else "")
-        name = f"[bold]{escape(layer.name)}[/]" if i == at else escape(layer.name)
+        name = escape(layer.name)
+        if i == at:  # a Text, not "[bold]...[/]": a name ending in a backslash would escape the tag
+            name = Text.from_markup(name, style="bold", emoji=False)
         table.add_row(str(layer.index), name, escape(op), escape(layer.module or ""), _shape(layer.reference_shape),
                       _num(layer.max_abs_diff), _num(layer.scaled_error), _num(layer.local_max_abs_diff),
-                      _STATUS.get(layer.status, layer.status))
-    console.print(table)
+                      _STATUS.get(layer.status, escape(layer.status)))
+    out.print(table)
     nodes = " -> ".join(divergence.nodes)
-    console.print(escape(f"  first divergence: {divergence.name} = {divergence.op_type} (ONNX nodes "
-                         f"{nodes}); its paired inputs: {list(divergence.inputs)}"))
-    console.print(f"  {escape(divergence.summary)}")
+    out.print(escape(f"  first divergence: {divergence.name} = {divergence.op_type} (ONNX nodes "
+                     f"{nodes}); its paired inputs: {list(divergence.inputs)}"))
+    out.print(f"  {escape(divergence.summary)}")
 
 
 def render(report: Report, file: IO[str], *, color: bool | None = None, width: int | None = None) -> None:
-    from rich.console import Console
-
     if width is None and not getattr(file, "isatty", lambda: False)():
         width = 160  # logs and CI: wide enough that figures never wrap
-    console = Console(file=file, force_terminal=color, no_color=color is False, width=width,
-                      highlight=False, soft_wrap=False)
+    out = console(file, force_terminal=color, no_color=color is False, width=width, soft_wrap=False)
     several = len(report.comparisons) > 1
     if several:
-        console.print(_side_by_side(report.comparisons))
+        out.print(_side_by_side(report.comparisons))
     for comparison in report.comparisons:
         if several and comparison.passed:
             # a passing link in a chain: one line, plus the alignment it needed
             steps = [f"{o.name}: {'; '.join(o.alignment)}" for o in comparison.outputs if o.alignment]
             line = f"{comparison.reference} -> {comparison.candidate}: pass"
-            console.print(escape(line + (f" (alignment: {' | '.join(steps)})" if steps else "")))
+            out.print(escape(line + (f" (alignment: {' | '.join(steps)})" if steps else "")))
         else:
-            console.print(_table(comparison))
+            out.print(_table(comparison))
         for note in comparison.notes:
-            console.print(f"  note: {escape(note)}")
+            out.print(f"  note: {escape(note)}")
     for comparison in report.comparisons:
         if comparison.layers is not None:
-            _layers(comparison, console)
+            _layers(comparison, out)
     for note in report.notes:
-        console.print(f"note: {escape(note)}")
+        out.print(f"note: {escape(note)}")
     rule = report.tolerance.get("rule") or f"|c - r| <= {report.tolerance.get('atol')} + {report.tolerance.get('rtol')} * |r|"
-    console.print(f"tolerance: {escape(rule)}")
+    out.print(f"tolerance: {escape(rule)}")
     for finding in report.findings:
-        console.print(f"[bold yellow]FINDING[/]: {escape(finding)}")
+        out.print(f"[bold yellow]FINDING[/]: {escape(finding)}")
     style = "green" if report.verdict.kind == "pass" else "bold red"
-    console.print(f"[{style}]{report.verdict.kind.upper()}[/]: {escape(report.verdict.summary)}")
+    out.print(f"[{style}]{report.verdict.kind.upper()}[/]: {escape(report.verdict.summary)}")
     for step in report.verdict.next_steps:
-        console.print(f"  next: {escape(step)}")
+        out.print(f"  next: {escape(step)}")
 
 
 def render_inspect(framework: str, path: str, version: str, inputs, outputs, file: IO[str]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(file=file, highlight=False)
-    table = Table(title=f"{path} ({framework} {version})", title_justify="left")
+    out = console(file)
+    table = Table(title=escape(f"{path} ({framework} {version})"), title_justify="left")
     table.add_column("kind")
     table.add_column("name", overflow="fold")
     table.add_column("dtype")
     table.add_column("shape")
     for kind, specs in (("input", inputs), ("output", outputs)):
         for spec in specs:
-            table.add_row(kind, escape(spec.name), spec.dtype, _shape(spec.shape))
-    console.print(table)
+            table.add_row(kind, escape(spec.name), escape(spec.dtype), _shape(spec.shape))
+    out.print(table)
+
+
+def render_sweep(report, file: IO[str]) -> None:
+    """The summary table of a ``parity sweep`` (a ``sweep.SweepReport``): one row per pair."""
+    from rich.table import Table
+    from rich.text import Text
+
+    width = None if getattr(file, "isatty", lambda: False)() else 160
+    out = console(file, width=width)
+    title = f"parity sweep {report.target}" + (f" (shard {report.shard})" if report.shard else "")
+    table = Table(title=escape(title), title_justify="left")
+    for header in ("model", "exit", "verdict", "where / error", "s"):
+        table.add_column(header, overflow="fold")
+    for r in report.results:
+        verdict = r["verdict"] or {}
+        style = "green" if r["passed"] else "bold red"
+        kind = Text(terminal(verdict.get("kind", "error")), style=style)
+        table.add_row(escape(r["name"]), str(r["exit_code"]), kind,
+                      escape(r["error"] or verdict.get("where") or ""), f"{r['seconds']:.1f}")
+    out.print(table)
+    out.print(f"{sum(r['passed'] for r in report.results)} of {len(report.results)} pairs pass; "
+              f"exit {report.exit_code}")
