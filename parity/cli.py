@@ -456,10 +456,13 @@ def sweep(target, jobs, shard, pair_timeout, json_path, quiet):
     from parity.paths import check_output, write_atomic
     from parity.render.progress import Progress
 
-    if json_path and json_path != "-":
-        check_output(json_path, "--json", inputs=[target])
     chosen = sweep_mod.parse_shard(shard)
-    items = sweep_mod.select_shard(sweep_mod.discover(target), chosen)
+    discovered = sweep_mod.discover(target)
+    if json_path and json_path != "-":  # never onto the manifest or any model it names
+        check_output(json_path, "--json", inputs=[target, *(m for item in discovered for m in item.models),
+                                                   *(item.options["inputs"] for item in discovered
+                                                     if item.options.get("inputs"))])
+    items = sweep_mod.select_shard(discovered, chosen)
     with Progress(enabled=False if quiet else None, total=len(items), label="sweep") as progress:
         results = sweep_mod.run(items, jobs=jobs, progress=progress, pair_timeout=pair_timeout)
     report = sweep_mod.SweepReport(target, shard, results)

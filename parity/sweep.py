@@ -104,7 +104,8 @@ class Item:
             if key in o:
                 args += [f"--{key}", str(o[key])]
         for name, dims in (o.get("shape") or {}).items():
-            args += ["--shape", f"{name}={dims}"]
+            text = "x".join(map(str, dims)) if isinstance(dims, list) else dims
+            args += ["--shape", f"{name}={text}"]
         if o.get("inputs"):
             args += ["--inputs", str(o["inputs"])]
         if o.get("layers"):
@@ -128,8 +129,20 @@ def discover(target: str | os.PathLike) -> list[Item]:
     return _manifest(path)
 
 
+# The manifest's fields and the types each takes (a number is an int or a float, never a bool).
+_TEXT_FIELDS = ("name", "torch", "onnx", "mnn", "inputs")
+_NUMBER_FIELDS = ("atol", "rtol", "timeout")
+
+
 def _manifest(path: Path) -> list[Item]:
-    text = path.read_text()
+    from parity.paths import check_input, show
+
+    check_input(path, "sweep manifest")  # a regular file: a FIFO would block the read forever
+    label = f"manifest {show(path.name)}"
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{label} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     try:
         if path.suffix.lower() == ".toml":
             try:
@@ -140,24 +153,60 @@ def _manifest(path: Path) -> list[Item]:
         else:
             data = json.loads(text)
     except Exception as exc:
-        raise InputError(f"manifest {path.name} cannot be parsed: {exc}") from None
+        raise InputError(f"{label} cannot be parsed: {exc}") from None
     entries = data.get("model") or data.get("models") if isinstance(data, dict) else data
     if not isinstance(entries, list) or not entries:
-        raise InputError(f"manifest {path.name} lists no models (expected [[model]] entries)")
+        raise InputError(f"{label} lists no models (expected [[model]] entries)")
     base = path.parent
     items = []
     for i, entry in enumerate(entries):
+        _check_entry(entry, f"{label}: model {i + 1}")
         models = [str(base / entry[k]) for k in ("torch", "onnx", "mnn") if entry.get(k)]
         if len(models) < 2:
-            raise InputError(f"manifest {path.name}: model {i + 1} needs two of torch, onnx, mnn")
+            raise InputError(f"{label}: model {i + 1} needs two of torch, onnx, mnn")
         options = {k: v for k, v in entry.items() if k not in ("torch", "onnx", "mnn", "name")}
         if options.get("inputs"):
             options["inputs"] = str(base / options["inputs"])
         items.append(Item(entry.get("name") or Path(models[0]).stem, models, options))
     names = [item.name for item in items]
     if len(set(names)) != len(names):
-        raise InputError(f"manifest {path.name} repeats a model name")
+        raise InputError(f"{label} repeats a model name")
     return items
+
+
+def _check_entry(entry, where: str) -> None:
+    """Every field of one manifest entry has the type it needs, or one line says which not."""
+    if not isinstance(entry, dict):
+        raise InputError(f"{where} is a {type(entry).__name__}, not a table of fields (onnx = ..., mnn = ...)")
+    known = set(_TEXT_FIELDS) | set(_NUMBER_FIELDS) | {"seed", "layers", "shape"}
+    unknown = sorted(set(entry) - known)
+    if unknown:
+        raise InputError(f"{where}: unknown field {unknown[0]!r}; known: {', '.join(sorted(known))}")
+
+    def wrong(key, wanted):
+        return InputError(f"{where}: {key} must be {wanted}, not {type(entry[key]).__name__} {entry[key]!r}")
+
+    for key in _TEXT_FIELDS:
+        if key in entry and not (isinstance(entry[key], str) and entry[key]):
+            raise wrong(key, "a non-empty string")
+    for key in _NUMBER_FIELDS:
+        if key in entry and (isinstance(entry[key], bool) or not isinstance(entry[key], (int, float))
+                             or entry[key] < 0):
+            raise wrong(key, "a number >= 0")
+    if "seed" in entry and (isinstance(entry["seed"], bool) or not isinstance(entry["seed"], int)
+                            or entry["seed"] < 0):
+        raise wrong("seed", "an integer >= 0")
+    if "layers" in entry and not isinstance(entry["layers"], bool):
+        raise wrong("layers", "true or false")
+    shape = entry.get("shape")
+    if shape is not None:
+        if not isinstance(shape, dict):
+            raise wrong("shape", "a table of input name = \"1x64x32\"")
+        for name, dims in shape.items():
+            if not isinstance(dims, str) and not (isinstance(dims, list) and all(
+                    isinstance(d, int) and not isinstance(d, bool) for d in dims)):
+                raise InputError(f"{where}: shape.{name} must be \"1x64x32\" or a list of integers, "
+                                 f"not {dims!r}")
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
