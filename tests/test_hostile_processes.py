@@ -222,3 +222,27 @@ def test_stdout_that_cannot_be_written(tmp_path, setup, extra, code):
     returncode, err, processes, left = _run_to(setup, "check", "cnn.onnx", "cnn.mnn", *extra, cwd=work, tmp=tmp)
     assert (returncode, err) == (int(code), "")  # never 1, the mismatch code; never a traceback
     assert processes == [] and left == []
+
+
+def test_interrupt_after_the_conversion_names_the_model_it_wrote(tmp_path, slow_pair):
+    """Ctrl-C during convert's check step: the converted model is a finished output and stays;
+    the line must say it was written (it used to say "nothing was written")."""
+    import subprocess
+    import sys
+    import time
+
+    work = _work(tmp_path, slow_pair[0])
+    proc = subprocess.Popen([sys.executable, "-m", "parity", "convert", "slow.onnx", "-o", "out.mnn"],
+                            cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not (work / "out.mnn").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert (work / "out.mnn").exists(), "the conversion did not finish"
+    time.sleep(0.3)  # now checking the pair
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("converting", "loading", "running"))]
+    assert lines[-1].startswith("Interrupted") and "out.mnn" in lines[-1] and "nothing was written" not in lines[-1], err
+    assert "Traceback" not in err
