@@ -107,6 +107,9 @@ class LayerResult:
     index: int = 0
     rule: str = "layer"  # "element" for a graph output judged by the outputs' element rule
     masked: int = 0  # mask values matched on both sides, left out of the figures
+    # how the reference's values fit float16 (what precision low computes in on ARM):
+    fp16_range: float | None = None  # max|reference| / 65504: above 1 overflows to inf
+    fp16_subnormal: float | None = None  # share of nonzero values below float16's smallest normal
 
 
 @dataclass(frozen=True)

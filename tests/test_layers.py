@@ -154,3 +154,27 @@ def test_report_round_trips_through_json(altered_filter_cnn):
     report = Report.from_dict(data)
     assert report.comparisons[0].first_divergence.name == data["comparisons"][0]["first_divergence"]["name"]
     assert report.exit_code == ExitCode.MISMATCH and not report.passed
+
+
+def test_float16_headroom_names_layers_that_overflow_or_underflow(tmp_path):
+    """Without a device: per layer, how the reference values fit float16, so layers that would
+    overflow (max|r| > 65504) or flush (values below 6.1e-5) with precision low are named."""
+    scalar = lambda name, value: numpy_helper.from_array(np.array(value, np.float32), name)  # noqa: E731
+    onnx_path = save_model(
+        [helper.make_node("Mul", ["x", "big"], ["scaled"], name="scale_up"),
+         helper.make_node("Mul", ["scaled", "inv"], ["back"], name="scale_down"),
+         helper.make_node("Mul", ["back", "small"], ["tiny"], name="shrink"),
+         helper.make_node("Relu", ["tiny"], ["out"], name="relu")],
+        [tensor("x", shape=[1, 4, 8, 8])], [tensor("out", shape=[1, 4, 8, 8])], tmp_path / "fp16.onnx",
+        initializers=[scalar("big", 3e4), scalar("inv", 1e-4), scalar("small", 1e-6)])
+    result = run_parity("check", onnx_path, to_mnn(onnx_path), "--layers", "--json", "-")
+    assert result.code == ExitCode.PASS, result.err  # on this CPU: float32 throughout
+    comparison = result.json()["comparisons"][0]
+    layers = {layer["name"]: layer for layer in comparison["layers"]}
+    x = np.random.default_rng([0, 0]).standard_normal((1, 4, 8, 8)).astype(np.float32)  # parity's seed-0 input
+    assert layers["scaled"]["fp16_range"] == pytest.approx(float(np.abs(x).max()) * 3e4 / 65504, rel=1e-5)
+    assert layers["scaled"]["fp16_range"] > 1 and layers["back"]["fp16_range"] < 1
+    assert layers["out"]["fp16_subnormal"] > 0.9 and layers["back"]["fp16_subnormal"] == 0
+    notes = " ".join(comparison["notes"])
+    assert "beyond float16's 65504" in notes and "scaled (Mul)" in notes
+    assert "below float16's smallest normal" in notes
