@@ -167,7 +167,8 @@ def _check_report_paths(paths: dict, inputs=(), others: dict | None = None) -> N
               show_default=True, help="Seconds each MNN step (load, run) may take.")
 @click.option("--mnn-backend", default="CPU", show_default=True,
               help="MNN backend type (CPU, OPENCL, VULKAN, METAL, ...). One not compiled into "
-                   "MNN falls back to CPU.")
+                   "MNN falls back to CPU; the report then says so (a note, and settings.backend_ran "
+                   "in the JSON).")
 @click.option("--mnn-threads", type=click.IntRange(min=1), default=4, show_default=True,
               help="MNN CPU threads (through its runtime manager).")
 @click.option("--mnn-precision", type=click.Choice(["normal", "high", "low", "low_bf16"]),

@@ -99,3 +99,17 @@ def test_inspect_lists_inputs_and_outputs():
         assert word in result.out
     result = run_parity("inspect", MODELS / "cnn.onnx")
     assert result.code == 0 and "logits" in result.out and "1x3x32x32" in result.out
+
+
+def test_a_backend_mnn_lacks_is_reported_as_the_cpu_that_ran():
+    """MNN falls back to CPU with nothing but a printed line: the report says what ran."""
+    result = run_parity("check", MODELS / "cnn.onnx", MODELS / "cnn.mnn", "--mnn-backend", "OPENCL", "--json", "-")
+    assert result.code == ExitCode.PASS, result.err
+    report = result.json()
+    settings = report["backends"][1]["settings"]
+    assert settings["backend"] == "OPENCL" and settings["backend_ran"] == "CPU"
+    assert any("no OPENCL backend here: it ran on CPU" in note for note in report["notes"])
+    text = run_parity("check", MODELS / "cnn.onnx", MODELS / "cnn.mnn", "--mnn-backend", "OPENCL", "--no-color")
+    assert "it ran on CPU" in text.out
+    plain = run_parity("check", MODELS / "cnn.onnx", MODELS / "cnn.mnn", "--json", "-").json()
+    assert plain["backends"][1]["settings"]["backend_ran"] == "CPU" and not plain["notes"]

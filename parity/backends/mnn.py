@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +52,23 @@ class _PendingRun:
     notes: tuple[str, ...] = ()
 
 
+# MNNForwardType, as MNN numbers the backends in its fallback message
+_FORWARD_TYPES = {0: "CPU", 1: "METAL", 2: "CUDA", 3: "OPENCL", 4: "AUTO", 5: "NN", 6: "OPENGL",
+                  7: "VULKAN", 9: "TRT"}
+_FALLBACK = re.compile(r"Can't Find type=(\d+) backend, use (\d+) instead")
+
+
+def backend_that_ran(requested: str, log: str) -> tuple[str, str | None]:
+    """The backend MNN really uses, and a note when it is not the one requested: a backend not
+    compiled into this MNN falls back (to CPU) with nothing but a line on its stdout."""
+    match = _FALLBACK.search(log)
+    if match is None:
+        return requested.upper(), None
+    wanted, used = (_FORWARD_TYPES.get(int(g), f"type {g}") for g in match.groups())
+    return used, (f"MNN has no {requested.upper()} backend here: it ran on {used} (MNN said "
+                  f"\"{match.group(0)}\"); the figures are {used}'s, not {wanted}'s")
+
+
 class MnnBackend(Backend):
     framework = "mnn"
     checks_dims = False
@@ -80,6 +98,8 @@ class MnnBackend(Backend):
         self.rearrange = rearrange
         self.shape_mutable = shape_mutable
         self._worker: Worker | None = None
+        self.backend_ran: str | None = None  # known once loaded: a missing backend falls back
+        self._load_notes: tuple[str, ...] = ()
         self._graph: list[dict] | None = None
         self._pending: _PendingRun | None = None
 
@@ -134,6 +154,8 @@ class MnnBackend(Backend):
             for i in info["inputs"]
         ]
         self._outputs = [TensorSpec(name, None, "?") for name in info["outputs"]]
+        self.backend_ran, note = backend_that_ran(self.backend, self._worker.log_text())
+        self._load_notes = (note,) if note else ()
 
     def close(self) -> None:
         super().close()
@@ -158,6 +180,7 @@ class MnnBackend(Backend):
             "memory": self.memory,
             "rearrange": self.rearrange,
             "shape_mutable": self.shape_mutable,
+            "backend_ran": self.backend_ran,
         }
 
     def reopen_options(self) -> dict:
@@ -244,4 +267,6 @@ class MnnBackend(Backend):
         return self._submit_run(prepared, None, cut=False, cache=True, step="running", notes=notes)
 
     def finish_run(self, handle: _PendingRun) -> RunResult:
-        return self._collect_run(handle)
+        result = self._collect_run(handle)
+        result.notes = tuple(self._load_notes) + tuple(result.notes)  # the run a report shows
+        return result

@@ -111,6 +111,7 @@ def load(path: str, backend: str, threads: int, precision: str, hints: list, mem
             "dtype": _numpy_dtype(var.dtype),
             "format": str(var.data_format).split(".")[-1],
         })
+    _flush_c_stdio()  # MNN says which backend it fell back to on C's stdout: the parent reads it
     _state.update(path=path, graph=graph, runtime=runtime, modules={(): module}, rearrange=rearrange,
                   inputs=inputs, outputs=list(info["outputNames"]),
                   formats={i["name"]: i["format"] for i in inputs})
@@ -120,6 +121,15 @@ def load(path: str, backend: str, threads: int, precision: str, hints: list, mem
         "outputs": list(info["outputNames"]),
         "biz_code": info.get("bizCode", ""),
     }
+
+
+def _flush_c_stdio() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):
+        pass
 
 
 def dump_json(path: str, target: str) -> bool:
