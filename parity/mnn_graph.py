@@ -116,12 +116,20 @@ def _check_flatbuffer(path: Path) -> None:
         raise ModelError(f"{str(path)!r} is not an MNN model (no flatbuffer root table at its start)")
 
 
+def parse_dump_text(text: str):
+    """JSON text as MNN's dump writes it: bare ``inf`` / ``nan`` tokens, which JSON (and
+    Python's parser) spells Infinity / NaN. Raises ValueError on anything else unreadable."""
+    text = re.sub(r"(?<=[\s\[,:])(-?)inf(?=[\s,\]}])", r"\1Infinity", text)
+    text = re.sub(r"(?<=[\s\[,:])-?nan(?=[\s,\]}])", "NaN", text)
+    return json.loads(text)
+
+
 def load_graph(json_path: str | os.PathLike, *, source: str | None = None) -> dict:
     """Parse MNN's JSON dump; long numeric lists come back as float64 numpy arrays.
 
     MNN writes each list on one line and bare ``inf``/``nan`` tokens; long lines of numbers
     are parsed by numpy (about 4x faster than ``json`` on a 100 MB model) and the rest by
-    ``json`` after the inf/nan fix-up of ``parity.mnn_ops.load_dump``.
+    ``parse_dump_text``.
     """
     label = source or str(json_path)
     try:
@@ -143,11 +151,8 @@ def load_graph(json_path: str | os.PathLike, *, source: str | None = None) -> di
                 continue
             lines[i] = f'"{_ARRAY_TAG}{len(arrays)}"'
             arrays.append(values)
-    text = "\n".join(lines)
-    text = re.sub(r"(?<=[\s\[,:])(-?)inf(?=[\s,\]}])", r"\1Infinity", text)
-    text = re.sub(r"(?<=[\s\[,:])-?nan(?=[\s,\]}])", "NaN", text)
     try:
-        graph = json.loads(text)
+        graph = parse_dump_text("\n".join(lines))
     except ValueError as exc:
         raise ModelError(f"the JSON dump of {label} is unreadable ({exc}): the model may be truncated") from None
     if arrays:

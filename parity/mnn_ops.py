@@ -10,7 +10,6 @@ Ops without a reference here are reported as such, never guessed.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -564,14 +563,10 @@ def dropped_attributes(graph, value_name: str, op_json: dict) -> dict | None:
 
 
 def load_dump(path) -> dict:
-    """MNN's JSON dump writes bare inf / nan tokens; JSON (and Python's parser) wants
-    Infinity / NaN."""
-    import re
+    """MNN's JSON dump as plain lists (mnn_graph.parse_dump_text reads its inf / nan)."""
+    from parity.mnn_graph import parse_dump_text
 
-    text = Path(path).read_text()
-    text = re.sub(r"(?<=[\s\[,:])(-?)inf(?=[\s,\]}])", r"\1Infinity", text)
-    text = re.sub(r"(?<=[\s\[,:])-?nan(?=[\s,\]}])", "NaN", text)
-    return json.loads(text)
+    return parse_dump_text(Path(path).read_text())
 
 
 def check_op(ctx, probe, workdir: Path) -> dict:

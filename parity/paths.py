@@ -165,12 +165,7 @@ def check_output(path, flag: str, *, inputs: Iterable = (), stdout: bool = False
                               f"(./- for a file named '-')")
     if text == "":
         raise OutputPathError(f"{flag} path is empty")
-    try:
-        st = os.stat(text)
-    except FileNotFoundError:
-        st = None
-    except OSError as exc:
-        raise OutputPathError(f"{flag} path {show(text)} {_os_reason(exc)}") from None
+    st = _stat_output(text, flag)
     if st is not None:
         if stat.S_ISDIR(st.st_mode):
             raise OutputPathError(f"{flag} path {show(text)} is a directory")
@@ -246,17 +241,22 @@ def check_outputs(outputs: Mapping[str, object], *, inputs: Iterable = (),
     return resolved
 
 
+def _stat_output(text: str, flag: str) -> os.stat_result | None:
+    """What is at an output path now (None: nothing yet); any other failure is one line."""
+    try:
+        return os.stat(text)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise OutputPathError(f"{flag} path {show(text)} {_os_reason(exc)}") from None
+
+
 def check_output_dir(path, flag: str, *, inputs: Iterable = ()) -> Path:
     """A directory parity will create (or fill, when it exists and is empty), e.g. --repro."""
     text = os.fspath(path)
     if text in ("", STDOUT):
         raise OutputPathError(f"{flag} needs a directory name, not {show(text)}")
-    try:
-        st = os.stat(text)
-    except FileNotFoundError:
-        st = None
-    except OSError as exc:
-        raise OutputPathError(f"{flag} path {show(text)} {_os_reason(exc)}") from None
+    st = _stat_output(text, flag)
     if st is not None:
         if not stat.S_ISDIR(st.st_mode):
             kind = "a file" if stat.S_ISREG(st.st_mode) else kind_of(st.st_mode)
