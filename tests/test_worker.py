@@ -531,7 +531,9 @@ def test_sweep_pair_timeout_kills_the_check_and_all_it_started(hanging_sweep, mo
 
     def watch():
         while not done.is_set():
-            seen.update(_live_processes_under(root))
+            for pid, cmd in _live_processes_under(root).items():
+                if cmd or pid not in seen:  # an exiting process reads an empty cmdline: keep what was seen
+                    seen[pid] = cmd
             time.sleep(0.1)
 
     watcher = threading.Thread(target=watch)
