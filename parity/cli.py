@@ -133,6 +133,17 @@ def _report_options(f):
     return f
 
 
+def _target_option(f):
+    """--mnn-target: where MNN runs (targets.py)."""
+    return click.option(
+        "--mnn-target", default="local", show_default=True, metavar="TARGET",
+        help="Where MNN runs: local; arm64 (emulated, made by `parity target setup arm64`); "
+             "ssh://[user@]host[:port] (a Linux device with python3, numpy and MNN; ssh from "
+             "$PARITY_SSH, never prompting); exec:COMMAND (COMMAND starts such a Python with its "
+             "stdin/stdout connected to parity, e.g. exec:docker run -i IMAGE python3). The "
+             "report records the target's platform, MNN version and CPU features.")(f)
+
+
 def _check_report_paths(paths: dict, inputs=(), others: dict | None = None) -> None:
     """Refuse, before any work, an output path that is one of the inputs, a device, FIFO or
     directory, too long, in a missing directory, or named by two flags. Reports may be '-'
@@ -171,8 +182,12 @@ def _check_report_paths(paths: dict, inputs=(), others: dict | None = None) -> N
                    "in the JSON).")
 @click.option("--mnn-threads", type=click.IntRange(min=1), default=4, show_default=True,
               help="MNN CPU threads (through its runtime manager).")
-@click.option("--mnn-precision", type=click.Choice(["normal", "high", "low", "low_bf16"]),
-              default="normal", show_default=True, help="MNN precision mode.")
+@click.option("--mnn-precision", default="normal", show_default=True, metavar="MODE[,MODE]",
+              help="MNN precision mode: normal, high, low (float16 arithmetic where the CPU has "
+                   "it, as on ARMv8.2) or low_bf16. Several, comma-separated (high,low), run "
+                   "the MNN model once each, each its own link. Without --atol/--rtol, a link "
+                   "that ran in float16 gets float16's default tolerance.")
+@_target_option
 @click.option("--mnn-static-shapes", is_flag=True,
               help="Load the MNN model for fixed input shapes (shape_mutable=False), as apps with "
                    "fixed inputs do; MNN then plans the graph at load time.")
@@ -210,7 +225,7 @@ def _check_report_paths(paths: dict, inputs=(), others: dict | None = None) -> N
 @_traceback_option
 def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, allow_nonfinite,
           json_path, html_path, junit_path, explorer_path, timeout, mnn_backend, mnn_threads, mnn_precision,
-          mnn_static_shapes, torch_spec, torch_inputs,
+          mnn_target, mnn_static_shapes, torch_spec, torch_inputs,
           layers, layer_rtol, no_diagnose, repro_dir, isolate, max_memory, fail_on_layers, quiet, no_color):
     """Run MODELS on the same inputs and compare them link by link.
 
@@ -227,7 +242,7 @@ def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, allow_nonf
     _check_report_paths({"--json": json_path, "--html": html_path, "--junit": junit_path,
                          "--model-explorer": explorer_path}, inputs=[*models, inputs_path],
                         others={"--save-inputs": save_inputs})
-    if any(str(m).lower().endswith(".mnn") for m in models):
+    if mnn_target == "local" and any(str(m).lower().endswith(".mnn") for m in models):
         # MNN's child process starts importing MNN now, while parity imports the rest
         from parity.backends.worker import prestart
 
@@ -253,7 +268,7 @@ def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, allow_nonf
         allow_nonfinite=allow_nonfinite,
         timeout=timeout,
         mnn=MnnOptions(backend=mnn_backend, threads=mnn_threads, precision=mnn_precision,
-                       shape_mutable=not mnn_static_shapes),
+                       shape_mutable=not mnn_static_shapes, target=mnn_target),
         torch_inputs=tuple(n.strip() for n in torch_inputs.split(",") if n.strip()) if torch_inputs else None,
         layers=LayerOptions(enabled=layers or fail_on_layers, layer_rtol=layer_rtol, isolate=isolate,
                             max_memory=cap, fail_on_layers=fail_on_layers),
@@ -384,6 +399,9 @@ def compare(reference, candidate, dtype, shape_text, model_input, atol, rtol, js
 @click.option("--inputs", "inputs_path", type=click.Path(dir_okay=True, path_type=str),
               help="Check on the arrays in this .npz instead of generated inputs.")
 @click.option("--layers", is_flag=True, help="Also compare every intermediate tensor.")
+@click.option("--mnn-precision", default="normal", show_default=True, metavar="MODE[,MODE]",
+              help="MNN precision mode(s) of the check, as in parity check.")
+@_target_option
 @_report_options
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=300.0,
               show_default=True, help="Seconds the conversion and each MNN step may take.")
@@ -391,8 +409,8 @@ def compare(reference, candidate, dtype, shape_text, model_input, atol, rtol, js
 @click.option("--no-color", is_flag=True, help="Plain terminal output.")
 @click.argument("converter_options", nargs=-1, type=click.UNPROCESSED)
 @_traceback_option
-def convert(model, output, atol, rtol, seed, shapes, inputs_path, layers, json_path, html_path,
-            junit_path, explorer_path, timeout, quiet, no_color, converter_options):
+def convert(model, output, atol, rtol, seed, shapes, inputs_path, layers, mnn_precision, mnn_target, json_path,
+            html_path, junit_path, explorer_path, timeout, quiet, no_color, converter_options):
     """Convert MODEL (.onnx) to MNN, then check the pair: validation in one step.
 
     Options parity does not know are passed to MNN's converter (for example --fp16,
@@ -407,8 +425,9 @@ def convert(model, output, atol, rtol, seed, shapes, inputs_path, layers, json_p
 
     from parity import pipeline
     from parity.converter import convert as convert_model
-    from parity.options import CheckOptions, LayerOptions
+    from parity.options import CheckOptions, LayerOptions, MnnOptions
 
+    mnn_options = MnnOptions(precision=mnn_precision, target=mnn_target)  # refused before converting
     source = Path(model)
     if source.suffix.lower() != ".onnx":
         raise click.UsageError(f"parity convert takes an .onnx model, not {source.name}")
@@ -422,7 +441,8 @@ def convert(model, output, atol, rtol, seed, shapes, inputs_path, layers, json_p
         progress(f"converting {source.name} -> {target}")
         convert_model(source, target, options=list(converter_options), timeout=timeout)
         options = CheckOptions(tolerance=_tolerance(atol, rtol), seed=seed, shapes=_parse_shapes(shapes),
-                               inputs=inputs_path, timeout=timeout, layers=LayerOptions(enabled=layers))
+                               inputs=inputs_path, timeout=timeout, layers=LayerOptions(enabled=layers),
+                               mnn=mnn_options)
         report = pipeline.check([source, target], options, progress=progress)
     if converter_options:
         import dataclasses
@@ -443,9 +463,12 @@ def convert(model, output, atol, rtol, seed, shapes, inputs_path, layers, json_p
                    "then counts as a backend failure (exit 4).")
 @click.option("--json", "json_path", type=click.Path(path_type=str), metavar="PATH",
               help="Write the results (schema parity.sweep/1) to PATH; '-' for stdout.")
+@click.option("--mnn-precision", default=None, metavar="MODE[,MODE]",
+              help="MNN precision mode(s) for every pair (a manifest's mnn_precision wins).")
+@_target_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 @_traceback_option
-def sweep(target, jobs, shard, pair_timeout, json_path, quiet):
+def sweep(target, jobs, shard, pair_timeout, json_path, mnn_precision, mnn_target, quiet):
     """Check every model pair in TARGET: a directory (*.onnx with matching *.mnn) or a TOML/JSON
     manifest with per-model options. Exit code: the worst of the pairs.
 
@@ -457,8 +480,12 @@ def sweep(target, jobs, shard, pair_timeout, json_path, quiet):
     from parity.paths import check_output, write_atomic
     from parity.render.progress import Progress
 
+    from parity.options import MnnOptions
+
+    MnnOptions(precision=mnn_precision or "normal", target=mnn_target)  # refused before any pair runs
     chosen = sweep_mod.parse_shard(shard)
-    discovered = sweep_mod.discover(target)
+    discovered = sweep_mod.with_defaults(sweep_mod.discover(target), mnn_precision=mnn_precision,
+                                         mnn_target=None if mnn_target == "local" else mnn_target)
     if json_path and json_path != "-":  # never onto the manifest or any model it names
         check_output(json_path, "--json", inputs=[target, *(m for item in discovered for m in item.models),
                                                    *(item.options["inputs"] for item in discovered
@@ -476,6 +503,91 @@ def sweep(target, jobs, shard, pair_timeout, json_path, quiet):
     elif json_path:
         write_atomic(json_path, json.dumps(data, indent=2).encode(), "--json")
     raise SystemExit(report.exit_code)
+
+
+@cli.group(context_settings=_CONTEXT)
+def target():
+    """Set up, list and check the places MNN runs (--mnn-target).
+
+    \b
+        parity target setup arm64      build the emulated arm64 Linux (once; root, a few minutes)
+        parity target list             the targets set up here
+        parity target check arm64      what MNN has there: platform, versions, CPU features, backends
+    """
+
+
+@target.command("setup", context_settings=_CONTEXT)
+@click.argument("name", type=click.Choice(["arm64"]))
+@click.option("--mnn-version", default=None, metavar="X.Y.Z",
+              help="MNN release to install in the target [default: the one installed here].")
+@click.option("--mirror", default=None, metavar="URL", help="Debian mirror [default: the host's, else deb.debian.org].")
+@_traceback_option
+def target_setup(name, mnn_version, mirror):
+    """Build the emulated arm64 Linux (Debian with python3, numpy and MNN's aarch64 wheel) in
+    the cache ($PARITY_TARGETS_DIR, else ~/.cache/parity/targets). Idempotent: a ready
+    target is kept. Needs root and qemu-user-static, debootstrap and binfmt-support."""
+    from parity.target_setup import setup_arm64
+
+    def say(message):
+        click.echo(terminal(message), err=True)
+
+    root = setup_arm64(say, mnn_version=mnn_version, mirror=mirror)
+    click.echo(f"arm64 target ready: {terminal(str(root))}")
+
+
+@target.command("list", context_settings=_CONTEXT)
+@_traceback_option
+def target_list():
+    """The targets set up on this machine, and the kinds that need no setup."""
+    from parity.target_setup import installed_targets, targets_home
+
+    found = installed_targets()
+    click.echo(f"targets in {terminal(str(targets_home()))}:")
+    for entry in found:
+        facts = ", ".join(f"{k} {entry[k]}" for k in ("python", "numpy", "mnn") if entry.get(k))
+        click.echo(f"  {terminal(str(entry.get('name', '?')))}  {terminal(str(entry.get('root', '')))}  {terminal(facts)}")
+    if not found:
+        click.echo("  none (parity target setup arm64 builds one)")
+    click.echo("always available: local, ssh://[user@]host[:port], exec:COMMAND")
+
+
+@target.command("check", context_settings=_CONTEXT)
+@click.argument("name", metavar="TARGET")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True,
+              help="Seconds the target may take to answer.")
+@click.option("--json", "json_path", type=click.Path(path_type=str), metavar="PATH",
+              help="Write the facts as JSON to PATH; '-' for stdout.")
+@_traceback_option
+def target_check(name, timeout, json_path):
+    """What MNN has on TARGET: platform, Python, numpy and MNN versions, the CPU features MNN
+    reports (fp16 means precision low runs float16 arithmetic) and its backends. Exit 4 when
+    the target cannot run MNN, saying what is missing."""
+    from parity.targets import describe_target
+
+    if json_path and json_path != "-":
+        _check_report_paths({"--json": json_path})
+    facts = describe_target(name, timeout=timeout)
+    data = json.dumps(facts, indent=2)
+    if json_path == "-":
+        click.echo(data)
+        return
+    if json_path:
+        from parity.paths import write_atomic
+
+        write_atomic(json_path, data.encode() + b"\n", "--json")
+    features = ", ".join(f"{k}:{v}" for k, v in facts["cpu_features"].items()) or "none reported"
+    lines = [
+        f"target       {facts['target']}",
+        f"platform     {facts['platform']} ({facts['machine']})",
+        f"python       {facts['python']}",
+        f"numpy        {facts['numpy']}",
+        f"MNN          {facts['mnn']}",
+        f"CPU features {features}",
+        f"float16      {'yes: precision low runs float16 arithmetic' if facts['float16'] else 'no: precision low runs float32 here'}",
+        f"backends     {', '.join(facts['backends'])} (others fall back to CPU)",
+    ]
+    for line in lines:
+        click.echo(terminal(line))
 
 
 def main() -> None:  # pragma: no cover - console script indirection for python -m

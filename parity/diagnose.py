@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -232,6 +232,8 @@ class Context:
     layer_rtol: float
     timeout: float
     progress: Progress
+    # the same .mnn's other runs, already open (--mnn-precision high,low: the other precisions)
+    siblings: list = field(default_factory=list)
 
 
 def _open_variant(ctx: Context, path, **changes):
@@ -249,7 +251,8 @@ def diagnose(ctx: Context) -> Verdict:
     evidence: list[dict] = []
     where = f"{probe.where} on onnxruntime -> mnn"
     base = _baseline(ctx, probe, evidence)
-    verdict = _repeat(ctx, probe, where, evidence) or _runtime_variants(ctx, probe, base, where, evidence)
+    verdict = (_repeat(ctx, probe, where, evidence) or _target_experiments(ctx, probe, base, where, evidence)
+               or _runtime_variants(ctx, probe, base, where, evidence))
     if verdict is not None:
         return verdict
     workdir = Path(tempfile.mkdtemp(prefix="parity-diagnose-"))
@@ -301,6 +304,118 @@ def _repeat(ctx: Context, probe: Probe, where: str, evidence: list) -> Verdict |
         evidence=tuple(evidence),
         next_steps=("rerun with --mnn-threads 1 to see whether threading is involved",
                     "report it with --repro DIR; MNN should be deterministic on CPU"),
+    )
+
+
+def _target_experiments(ctx: Context, probe: Probe, base: Measurement, where: str, evidence: list) -> Verdict | None:
+    """For a run in float16 or on a target: the same file in full precision on the same target
+    (float16 or not?), then the same file and settings on this machine (the target's kernels or
+    not?). Measured like the baseline; a sibling run already open is reused."""
+    candidate = ctx.candidate
+    target = candidate.target
+    verdict = None
+    if candidate.precision in ("low", "low_bf16"):
+        verdict = _float16_experiment(ctx, probe, base, where, evidence)
+    if verdict is None and not target.local:
+        verdict = _local_experiment(ctx, probe, base, where, evidence)
+    return verdict
+
+
+def _measure_run(ctx: Context, probe: Probe, setting: str, precision: str, target: str | None = None):
+    """``probe.measure`` of the given .mnn with another precision (and target): an open sibling
+    run when there is one, else a fresh load. Returns (Measurement | None, error text | None)."""
+    wanted_target = ctx.candidate.target.spec if target is None else target
+    for sibling in ctx.siblings:
+        if sibling.precision == precision and sibling.target.spec == wanted_target:
+            try:
+                return probe.measure(sibling), None
+            except ParityError as exc:
+                return None, str(exc)
+    ctx.progress(f"diagnosing: {setting}")
+    try:
+        with _open_variant(ctx, ctx.mnn_path, precision=precision, target=wanted_target) as mnn:
+            return probe.measure(mnn), None
+    except ParityError as exc:
+        return None, str(exc)
+
+
+def _float16_experiment(ctx: Context, probe: Probe, base: Measurement, where: str, evidence: list) -> Verdict | None:
+    candidate = ctx.candidate
+    on = candidate.target.spec
+    setting = f"precision high on {on}"
+    high, error = _measure_run(ctx, probe, setting, "high")
+    if high is None:
+        evidence.append({"experiment": "precision", "setting": setting, "error": error})
+        return None
+    evidence.append({"experiment": "precision", "setting": setting, **high.to_dict()})
+    if not _decisive(base, high):
+        return None
+    fp16 = candidate.reduced_precision
+    arithmetic = "float16" if fp16 else f"precision {candidate.precision}"
+    outside, range_text = _float16_range(ctx, probe)
+    evidence.append({"experiment": "float16 range at the divergence", "outside_float16": outside,
+                     "detail": range_text})
+    figures = (f"error {_fmt(base.scaled)} with precision {candidate.precision}, {_fmt(high.scaled)} "
+               f"with precision high on the same target ({high.how})")
+    if outside:
+        summary = (f"{arithmetic} arithmetic on {on} breaks {probe.where}: the reference values there "
+                   f"{range_text}; {figures}. The converted graph is right; float16 cannot hold "
+                   f"these values")
+        steps = ("run this model with precision high (or normal) on the device, or keep the layers "
+                 "named here in float32",
+                 "or rescale the model so activations stay within float16 (e.g. scale attention "
+                 "scores before the MatMul, clamp before Exp)")
+    else:
+        summary = (f"{arithmetic} arithmetic on {on} gives other numbers at {probe.where}, though its "
+                   f"values fit float16 ({range_text}): {figures}. An MNN float16 kernel is wrong or "
+                   f"loses more than float16's rounding")
+        steps = ("run with precision high on the device where accuracy matters",
+                 "report the kernel to MNN with --repro DIR (--mnn-target and --mnn-precision low reproduce it)")
+    return Verdict("runtime", where, summary, evidence=tuple(evidence), next_steps=steps)
+
+
+def _float16_range(ctx: Context, probe: Probe) -> tuple[bool, str]:
+    """Whether the reference values at the probe's tensor leave float16's range, and how:
+    "reach max|r| 7.1e4, beyond float16's largest value 65504", "lie below float16's smallest
+    normal ...", or "max|r| 12.3"."""
+    from parity.layers import FP16_MAX, fp16_fit
+
+    if probe.layer is not None:
+        values = probe.reference_values([probe.layer.name])[probe.layer.name]
+    elif probe.output is not None:
+        values = probe.reference_values([probe.output.reference_name])[probe.output.reference_name]
+    else:
+        return False, "no reference tensor to measure"
+    fit = fp16_fit(np.asarray(values))
+    largest = fit["fp16_range"] * FP16_MAX
+    if fit["fp16_range"] > 1:
+        return True, (f"reach max|r| {largest:.3g}, beyond float16's largest value 65504 (inf, or "
+                      f"saturation at 65504)")
+    if fit["fp16_subnormal"] > 0.01:
+        return True, (f"lie below float16's smallest normal 6.1e-05 for {fit['fp16_subnormal']:.0%} of "
+                      f"them (flushed to zero in float16)")
+    return False, f"max|r| {largest:.3g}"
+
+
+def _local_experiment(ctx: Context, probe: Probe, base: Measurement, where: str, evidence: list) -> Verdict | None:
+    candidate = ctx.candidate
+    setting = f"the same file, precision {candidate.precision}, on this machine (local)"
+    local, error = _measure_run(ctx, probe, setting, candidate.precision, target="local")
+    if local is None:
+        evidence.append({"experiment": "target", "setting": setting, "error": error})
+        return None
+    evidence.append({"experiment": "target", "setting": setting, **local.to_dict()})
+    if not _decisive(base, local):
+        return None
+    return Verdict(
+        "runtime", where,
+        f"MNN on {candidate.target.spec} gives other numbers at {probe.where} than MNN on this machine "
+        f"for the same file and settings: error {_fmt(base.scaled)} there, {_fmt(local.scaled)} here "
+        f"({local.how}). The converted graph is right; a kernel of the target's CPU differs",
+        evidence=tuple(evidence),
+        next_steps=("compare precision high and low on the target (--mnn-precision high,low) to see "
+                    "whether float16 is involved",
+                    "report the kernel to MNN with --repro DIR and the target's facts (parity target check)"),
     )
 
 

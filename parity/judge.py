@@ -146,7 +146,7 @@ def layer_only_findings(comparisons: Sequence[Comparison]) -> list[str]:
     for c in comparisons:
         detail = _failing_layers_detail(c)
         if detail:
-            findings.append(f"layer-only finding on {c.reference} -> {c.candidate}: every output "
+            findings.append(f"layer-only finding on {c.link}: every output "
                             f"matches, but {detail}")
     return findings
 
@@ -172,7 +172,7 @@ def verdict_for(comparisons: Sequence[Comparison], *, fail_on_layers: bool = Fal
         if not failed:
             continue
         first = failed[0]
-        link = f"{comparison.reference} -> {comparison.candidate}"
+        link = comparison.link
         where = f"output {first.name!r} ({link})"
         counts = f"{len(failed)} of {len(comparison.outputs)} outputs differ on {link}"
         divergence = comparison.first_divergence
@@ -199,7 +199,7 @@ def verdict_for(comparisons: Sequence[Comparison], *, fail_on_layers: bool = Fal
         return Verdict("pass", None, summary)
     c, detail = flagged[0]
     layer = next(x for x in c.layers if not x.passed)
-    link = f"{c.reference} -> {c.candidate}"
+    link = c.link
     if fail_on_layers:
         return Verdict("mismatch", f"{layer.name} ({layer.op_type}) on {link}",
                        f"{summary}, but on {link} {detail}; --fail-on-layers makes a layer-only "

@@ -83,6 +83,13 @@ class Tolerance:
                 "rule": self.describe(), "sentinel": SENTINEL}
 
 
+# The default tolerance of a link whose MNN ran in float16 (precision low on a CPU with float16
+# arithmetic), used when no --atol/--rtol is given. float16 keeps 11 significant bits: healthy
+# models measured on emulated arm64 (README, "Targets") stay within it; overflow to inf,
+# saturation at 65504 and flushed underflows do not.
+FP16_TOLERANCE = Tolerance(atol=None, rtol=1e-2, atol_scale=1e-2)
+
+
 def fmt(x: float | int | None, spec: str = ".3g") -> str:
     """A figure for a sentence; None (no finite pair) reads as n/a; integers exactly."""
     if x is None:

@@ -16,6 +16,7 @@ from parity.errors import UsageError
 from parity.metrics import Tolerance
 
 ISOLATE_CHOICES = ("first", "all", "none")
+PRECISION_CHOICES = ("normal", "high", "low", "low_bf16")
 
 
 @dataclass(frozen=True)
@@ -24,16 +25,35 @@ class MnnOptions:
 
     backend: str = "CPU"
     threads: int = 4
-    precision: str = "normal"  # normal, high, low, low_bf16
+    precision: str = "normal"  # normal, high, low, low_bf16; several, comma-separated: one link each
     shape_mutable: bool = True  # False: plan for fixed input shapes at load (--mnn-static-shapes)
     hints: tuple = ()
     memory: int | None = None
     rearrange: bool = False
+    target: str = "local"  # where MNN runs: local, arm64, ssh://[user@]host[:port], exec:COMMAND
 
-    def backend_kwargs(self) -> dict:
-        return {"backend": self.backend, "threads": self.threads, "precision": self.precision,
+    def __post_init__(self):
+        self.precisions()  # refuse a bad precision when the options are made
+        from parity.targets import parse_target
+
+        parse_target(self.target)
+
+    def precisions(self) -> tuple[str, ...]:
+        """The precision modes to run, each as its own link ("high,low" -> ("high", "low"))."""
+        names = tuple(p.strip() for p in str(self.precision).split(",") if p.strip())
+        bad = [p for p in names if p not in PRECISION_CHOICES]
+        if bad or not names:
+            raise UsageError(f"unknown MNN precision {(bad or [self.precision])[0]!r}: give one or more of "
+                             f"{', '.join(PRECISION_CHOICES)}, comma-separated (e.g. high,low)")
+        if len(set(names)) != len(names):
+            raise UsageError(f"MNN precision {self.precision!r} names a mode twice")
+        return names
+
+    def backend_kwargs(self, precision: str | None = None) -> dict:
+        return {"backend": self.backend, "threads": self.threads,
+                "precision": precision or self.precisions()[0],
                 "shape_mutable": self.shape_mutable, "hints": tuple(self.hints),
-                "memory": self.memory, "rearrange": self.rearrange}
+                "memory": self.memory, "rearrange": self.rearrange, "target": self.target}
 
 
 @dataclass(frozen=True)

@@ -51,9 +51,17 @@ def resolve_models(models: Sequence[str | os.PathLike]) -> list[tuple[str, Path]
 
 def chain_links(n: int) -> list[tuple[int, int]]:
     """Each model against the one before it; with three, also first against last (end to end)."""
-    links = [(i - 1, i) for i in range(1, n)]
-    if n == 3:
-        links.append((0, 2))
+    return stage_links([[i] for i in range(n)])
+
+
+def stage_links(stages: list[list[int]]) -> list[tuple[int, int]]:
+    """Links between backend indices, ``stages`` being one list per model of the chain (an MNN
+    model run in several precisions is one stage of several backends): every backend of a stage
+    against the first of the stage before; with three stages, the first against each of the
+    last too (end to end)."""
+    links = [(stages[i - 1][0], c) for i in range(1, len(stages)) for c in stages[i]]
+    if len(stages) == 3:
+        links += [(stages[0][0], c) for c in stages[2]]
     return links
 
 
@@ -81,13 +89,13 @@ def check(
     _check_paths(options, [path for _, path in chain])
 
     with ExitStack() as stack:
-        backends = _open_backends(chain, options, stack, say)
+        backends, stages = _open_backends(chain, options, stack, say)
         specs = _input_specs(backends)
         feeds, input_infos = _make_feeds(backends, specs, options)
         if options.save_inputs is not None:
             inputs_mod.save_npz(options.save_inputs, feeds)
         results = _run_all(backends, feeds, say)
-        links = chain_links(len(backends))
+        links = stage_links(stages)
         comparisons = [_compare_link(backends, results, link, options, say) for link in links]
         if options.layers.enabled:
             comparisons = _add_layers(comparisons, backends, links, feeds, options, say)
@@ -125,18 +133,31 @@ def _check_paths(options: CheckOptions, models) -> None:
 
 
 def _open_backends(chain, options: CheckOptions, stack: ExitStack, say) -> list:
-    per_framework = {
-        "mnn": dict(options.mnn.backend_kwargs(), timeout=options.timeout),
-        "torch": {"input_names": list(options.torch_inputs) if options.torch_inputs else None},
-    }
-    backends = [open_backend(framework, path, **per_framework.get(framework, {})) for framework, path in chain]
+    """Open every model; an MNN model opens once per precision asked for (--mnn-precision
+    high,low), each its own backend. Returns the backends and the stages (see stage_links)."""
+    backends, stages = [], []
+    for framework, path in chain:
+        if framework == "mnn":
+            variants = [dict(options.mnn.backend_kwargs(p), timeout=options.timeout) for p in options.mnn.precisions()]
+        elif framework == "torch":
+            variants = [{"input_names": list(options.torch_inputs) if options.torch_inputs else None}]
+        else:
+            variants = [{}]
+        stages.append(list(range(len(backends), len(backends) + len(variants))))
+        backends += [open_backend(framework, path, **kwargs) for kwargs in variants]
     for backend in backends:  # children start loading while the others load here
         stack.callback(backend.close)
         backend.begin_open()
     for backend in backends:
-        say(f"loading {backend.path.name} ({backend.framework})")
+        say(f"loading {_run_name(backend)}")
         stack.enter_context(backend)
-    return backends
+    return backends, stages
+
+
+def _run_name(backend) -> str:
+    """"model.mnn (mnn)", or "model.mnn (mnn on arm64, precision low)" for a target's run."""
+    run = getattr(backend, "run_label", "")
+    return f"{backend.path.name} ({backend.framework}{' on ' + run if run else ''})"
 
 
 def _input_specs(backends) -> list:
@@ -186,18 +207,38 @@ def _run_all(backends, feeds, say) -> list:
     order = sorted(range(len(backends)), key=lambda i: not backends[i].runs_in_child)
     handles = {}
     for i in order:
-        say(f"running {backends[i].path.name} ({backends[i].framework})")
+        say(f"running {_run_name(backends[i])}")
         handles[i] = backends[i].begin_run(feeds)
     return [backends[i].finish_run(handles[i]) for i in range(len(backends))]
 
 
+def link_tolerance(options: CheckOptions, candidate):
+    """The tolerance of a link: the one given, or, where none was given and the candidate ran
+    in reduced precision (MNN precision low on a CPU with float16 arithmetic), the default of
+    that precision (metrics.FP16_TOLERANCE)."""
+    from parity.metrics import FP16_TOLERANCE, Tolerance
+
+    if options.tolerance == Tolerance() and getattr(candidate, "reduced_precision", False):
+        return FP16_TOLERANCE
+    return options.tolerance
+
+
 def _compare_link(backends, results, link, options: CheckOptions, say) -> Comparison:
     ref_i, cand_i = link
-    say(f"comparing {backends[ref_i].framework} -> {backends[cand_i].framework}")
-    return compare_outputs(results[ref_i].outputs, results[cand_i].outputs, options.tolerance,
-                           reference_name=backends[ref_i].framework,
-                           candidate_name=backends[cand_i].framework,
-                           candidate_steps=results[cand_i].steps)
+    candidate = backends[cand_i]
+    run = getattr(candidate, "run_label", "")
+    say(f"comparing {backends[ref_i].framework} -> {candidate.framework}{' (' + run + ')' if run else ''}")
+    tolerance = link_tolerance(options, candidate)
+    comparison = compare_outputs(results[ref_i].outputs, results[cand_i].outputs, tolerance,
+                                 reference_name=backends[ref_i].framework,
+                                 candidate_name=candidate.framework,
+                                 candidate_steps=results[cand_i].steps)
+    notes = getattr(candidate, "precision_notes", ())
+    if tolerance is not options.tolerance:
+        notes = (*notes, f"tolerance of float16 arithmetic (precision {candidate.precision} ran in "
+                         f"float16 here): {tolerance.describe()}; give --atol/--rtol to set your own")
+    return dataclasses.replace(comparison, candidate_run=run, tolerance=tolerance.to_dict() if
+                               tolerance is not options.tolerance else None, notes=comparison.notes + tuple(notes))
 
 
 def _failing_outputs(comparison: Comparison) -> dict:
@@ -211,9 +252,10 @@ def _failing_outputs(comparison: Comparison) -> dict:
 def _layer_view(comparison, graph, reference, candidate, feeds, options: CheckOptions, say, *, isolate=None):
     from parity import layers as layers_mod
 
+    tolerance = link_tolerance(options, candidate)
     result = layers_mod.compare_layers(
-        graph, reference, candidate, feeds, options.tolerance,
-        layer_rtol=options.layers.rtol(options.tolerance), max_memory=options.layers.max_memory,
+        graph, reference, candidate, feeds, tolerance,
+        layer_rtol=options.layers.rtol(tolerance), max_memory=options.layers.max_memory,
         isolate=isolate or options.layers.isolate, failing_outputs=_failing_outputs(comparison), progress=say,
     )
     if result is None:
@@ -241,7 +283,7 @@ def _add_layers(comparisons, backends, links, feeds, options: CheckOptions, say)
             "per-layer comparison needs the ONNX model in the chain: its graph is the map",)) for c in comparisons]
     out = []
     for comparison, (ref_i, cand_i) in zip(comparisons, links):
-        say(f"per-layer: {comparison.reference} -> {comparison.candidate}")
+        say(f"per-layer: {comparison.link}")
         out.append(_layer_view(comparison, graph, backends[ref_i], backends[cand_i], feeds, options, say))
     return out
 
@@ -265,8 +307,9 @@ def _diagnose(comparisons, backends, links, feeds, options: CheckOptions, verdic
             comparisons[i] = comparison
         context = diagnose_mod.Context(
             onnx_path=reference.path, mnn_path=candidate.path, reference=reference, candidate=candidate,
-            graph=graph, comparison=comparison, feeds=feeds, tolerance=options.tolerance,
-            layer_rtol=options.layers.rtol(options.tolerance), timeout=options.timeout, progress=say,
+            graph=graph, comparison=comparison, feeds=feeds, tolerance=link_tolerance(options, candidate),
+            layer_rtol=options.layers.rtol(link_tolerance(options, candidate)), timeout=options.timeout, progress=say,
+            siblings=[backends[c] for r, c in links if r == ref_i and c != cand_i and backends[c].framework == "mnn"],
         )
         return list(comparisons), diagnose_mod.diagnose(context)
     return comparisons, verdict

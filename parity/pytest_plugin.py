@@ -4,7 +4,9 @@
         assert_parity("model.onnx", "model.mnn", atol=1e-4)
 
 It fails the test with parity's rendered table and verdict when the models disagree, and
-returns the Report otherwise. Cheap to import: parity and its frameworks load on first use.
+returns the Report otherwise. ``mnn_target=`` and ``mnn_precision=`` say where and how MNN runs
+(as --mnn-target and --mnn-precision do); ``pytest --parity-mnn-target arm64`` sets the target
+of every check that does not name one. Cheap to import: parity and its frameworks load on first use.
 Works under pytest-xdist (every worker checks in its own child processes).
 """
 
@@ -13,7 +15,11 @@ from __future__ import annotations
 import pytest
 
 
-def check_parity(*models, atol: float | None = None, rtol: float | None = None, **options):
+_DEFAULT_TARGET: list = [None]  # from --parity-mnn-target
+
+
+def check_parity(*models, atol: float | None = None, rtol: float | None = None,
+                 mnn_target: str | None = None, mnn_precision: str | None = None, **options):
     """Run ``parity.check`` on ``models``; fail the current test with the rendered report."""
     import io
 
@@ -22,6 +28,14 @@ def check_parity(*models, atol: float | None = None, rtol: float | None = None, 
     from parity.render.text import render
 
     tolerance = Tolerance(atol, DEFAULT_RTOL if rtol is None else rtol)
+    target = mnn_target or _DEFAULT_TARGET[0]
+    if target or mnn_precision:
+        mnn = dict(options.pop("mnn_options", None) or {})
+        if target:
+            mnn.setdefault("target", target)
+        if mnn_precision:
+            mnn.setdefault("precision", mnn_precision)
+        options["mnn_options"] = mnn
     report = check(list(models), tolerance=tolerance, **options)
     if not report.passed:
         buffer = io.StringIO()
@@ -36,5 +50,12 @@ def assert_parity():
     return check_parity
 
 
+def pytest_addoption(parser):
+    parser.addoption("--parity-mnn-target", default=None, metavar="TARGET",
+                     help="parity: where assert_parity runs MNN when a test does not say "
+                          "(local, arm64, ssh://[user@]host[:port], exec:COMMAND)")
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "parity: tests that compare models with parity")
+    _DEFAULT_TARGET[0] = config.getoption("--parity-mnn-target", default=None)

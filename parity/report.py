@@ -147,6 +147,14 @@ class Comparison:
     layers: tuple | None = None  # None: not captured (no --layers, or no per-layer view)
     unpaired: tuple = ()
     first_divergence: FirstDivergence | None = None
+    candidate_run: str = ""  # where and how the candidate ran, when not plain: "arm64, precision low"
+    tolerance: dict | None = None  # this link's own tolerance, when not the report's
+
+    @property
+    def link(self) -> str:
+        """"onnxruntime -> mnn", or "onnxruntime -> mnn (arm64, precision low)"."""
+        run = f" ({self.candidate_run})" if self.candidate_run else ""
+        return f"{self.reference} -> {self.candidate}{run}"
 
     @property
     def failed_outputs(self) -> list[OutputComparison]:
@@ -232,6 +240,10 @@ def _comparison_dict(c: Comparison) -> dict:
         "outputs": [_plain(dataclasses.asdict(o)) for o in c.outputs],
         "notes": list(c.notes),
     }
+    if c.candidate_run:
+        out["candidate_run"] = c.candidate_run
+    if c.tolerance is not None:
+        out["tolerance"] = _plain(c.tolerance)
     if c.layers is not None:
         out["layers"] = [_plain(dataclasses.asdict(layer)) for layer in c.layers]
         out["unpaired"] = [_plain(dataclasses.asdict(u)) for u in c.unpaired]

@@ -110,7 +110,16 @@ class Item:
             args += ["--inputs", str(o["inputs"])]
         if o.get("layers"):
             args.append("--layers")
+        for key in ("mnn_target", "mnn_precision"):
+            if o.get(key):
+                args += [f"--{key.replace('_', '-')}", str(o[key])]
         return args
+
+
+def with_defaults(items: list, **defaults) -> list:
+    """Each item with the sweep-wide options it does not set itself (--mnn-target...)."""
+    given = {k: v for k, v in defaults.items() if v is not None}
+    return [replace(item, options={**given, **item.options}) for item in items]
 
 
 def discover(target: str | os.PathLike) -> list[Item]:
@@ -130,7 +139,7 @@ def discover(target: str | os.PathLike) -> list[Item]:
 
 
 # The manifest's fields and the types each takes (a number is an int or a float, never a bool).
-_TEXT_FIELDS = ("name", "torch", "onnx", "mnn", "inputs")
+_TEXT_FIELDS = ("name", "torch", "onnx", "mnn", "inputs", "mnn_target", "mnn_precision")
 _NUMBER_FIELDS = ("atol", "rtol", "timeout")
 
 
@@ -198,6 +207,16 @@ def _check_entry(entry, where: str) -> None:
         raise wrong("seed", "an integer >= 0")
     if "layers" in entry and not isinstance(entry["layers"], bool):
         raise wrong("layers", "true or false")
+    if "mnn_target" in entry or "mnn_precision" in entry:
+        from parity.options import MnnOptions
+
+        if str(entry.get("mnn_target", "")).startswith("exec:"):
+            raise InputError(f"{where}: mnn_target exec:... is taken only from the command line "
+                             f"(--mnn-target), never from a manifest, which would run its command")
+        try:
+            MnnOptions(precision=entry.get("mnn_precision", "normal"), target=entry.get("mnn_target", "local"))
+        except UsageError as exc:
+            raise InputError(f"{where}: {exc}") from None
     shape = entry.get("shape")
     if shape is not None:
         if not isinstance(shape, dict):

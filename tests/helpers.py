@@ -113,7 +113,7 @@ def alter_filter(src, dst, name: str, channel: int, scale=-1.0, shift=0.5) -> Pa
     return _edit_initializer(src, dst, name, edit)
 
 
-def slow_matmul_model(directory) -> tuple[Path, Path]:
+def slow_matmul_model(directory, count: int = 12) -> tuple[Path, Path]:
     """An ONNX model and its MNN conversion that MNN takes seconds on with one thread (12
     MatMuls of 1024x1024) while ONNX Runtime takes a fraction of that: a step that really
     outlasts a small --timeout, since a reply that has arrived is always taken."""
@@ -121,7 +121,7 @@ def slow_matmul_model(directory) -> tuple[Path, Path]:
     weight = numpy_helper.from_array(
         (np.random.default_rng(0).standard_normal((1024, 1024)) / 32).astype(np.float32), "w")
     nodes, previous = [], "x"
-    for i in range(12):
+    for i in range(count):
         nodes.append(helper.make_node("MatMul", [previous, "w"], [f"m{i}"]))
         previous = f"m{i}"
     onnx_path = save_model(nodes, [tensor("x", shape=[1024, 1024])], [tensor(previous, shape=[1024, 1024])],

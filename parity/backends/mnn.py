@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from parity.backends.base import Backend, RunResult, check_model_file, conform_feeds
+from parity.backends.mnn_log import backend_that_ran, cpu_features  # noqa: F401 (backend_that_ran: API)
 from parity.backends.worker import Worker
 from parity.errors import FrameworkMissing, ModelError
 from parity.specs import TensorMap, TensorSpec
@@ -52,23 +52,6 @@ class _PendingRun:
     notes: tuple[str, ...] = ()
 
 
-# MNNForwardType, as MNN numbers the backends in its fallback message
-_FORWARD_TYPES = {0: "CPU", 1: "METAL", 2: "CUDA", 3: "OPENCL", 4: "AUTO", 5: "NN", 6: "OPENGL",
-                  7: "VULKAN", 9: "TRT"}
-_FALLBACK = re.compile(r"Can't Find type=(\d+) backend, use (\d+) instead")
-
-
-def backend_that_ran(requested: str, log: str) -> tuple[str, str | None]:
-    """The backend MNN really uses, and a note when it is not the one requested: a backend not
-    compiled into this MNN falls back (to CPU) with nothing but a line on its stdout."""
-    match = _FALLBACK.search(log)
-    if match is None:
-        return requested.upper(), None
-    wanted, used = (_FORWARD_TYPES.get(int(g), f"type {g}") for g in match.groups())
-    return used, (f"MNN has no {requested.upper()} backend here: it ran on {used} (MNN said "
-                  f"\"{match.group(0)}\"); the figures are {used}'s, not {wanted}'s")
-
-
 class MnnBackend(Backend):
     framework = "mnn"
     checks_dims = False
@@ -86,9 +69,13 @@ class MnnBackend(Backend):
         memory: int | None = None,
         rearrange: bool = False,
         shape_mutable: bool = True,
+        target: str = "local",
         **options,
     ):
         super().__init__(path, **options)
+        from parity.targets import parse_target
+
+        self.target = parse_target(target)
         self.timeout = timeout
         self.backend = backend
         self.threads = threads
@@ -102,6 +89,8 @@ class MnnBackend(Backend):
         self._load_notes: tuple[str, ...] = ()
         self._graph: list[dict] | None = None
         self._pending: _PendingRun | None = None
+        self._facts: dict = {}
+        self.cpu_features: dict[str, int] = {}  # as MNN reports them when its runtime starts
 
     def begin_open(self) -> None:
         """Start the child and send the load request without waiting for it: MNN's start-up
@@ -109,20 +98,26 @@ class MnnBackend(Backend):
         if self._worker is not None:
             return
         check_model_file(self.path, self.framework)
+        if self.target.local:
+            try:
+                import importlib.util
+
+                if importlib.util.find_spec("MNN") is None:
+                    raise ImportError
+            except ImportError:
+                raise FrameworkMissing("MNN", "pip install MNN") from None
+        from parity.targets import open_worker
+
+        self._worker = open_worker(self.target, timeout=self.timeout)
         try:
-            import importlib.util
-
-            if importlib.util.find_spec("MNN") is None:
-                raise ImportError
-        except ImportError:
-            raise FrameworkMissing("MNN", "pip install MNN") from None
-        from parity.backends import worker as worker_mod
-
-        self._worker = worker_mod.take("mnn", timeout=self.timeout)
+            path = self._worker.model_path(self.path) if self._inline else os.path.abspath(self.path)
+        except BaseException:
+            self._close()
+            raise
         self._worker.submit(
                 f"{_CHILD}:load",
                 step=f"loading {self.path.name}",
-                path=os.path.abspath(self.path),
+                path=path,
                 backend=self.backend,
                 threads=self.threads,
                 precision=self.precision,
@@ -154,7 +149,9 @@ class MnnBackend(Backend):
             for i in info["inputs"]
         ]
         self._outputs = [TensorSpec(name, None, "?") for name in info["outputs"]]
-        self.backend_ran, note = backend_that_ran(self.backend, self._worker.log_text())
+        log = self._worker.log_text()
+        self.backend_ran, note = backend_that_ran(self.backend, log)
+        self.cpu_features = cpu_features(log)
         self._load_notes = (note,) if note else ()
 
     def close(self) -> None:
@@ -166,6 +163,38 @@ class MnnBackend(Backend):
         if self._worker is not None:
             self._worker.close()
             self._worker = None
+
+    @property
+    def _inline(self) -> bool:
+        """True on a target: the model is sent there and arrays travel in the messages."""
+        return getattr(self._worker, "inline", False)
+
+    @property
+    def run_label(self) -> str:
+        """Where and how this run differs from a plain local one: "arm64, precision low"."""
+        words = [] if self.target.local else [self.target.spec]
+        if self.precision != "normal":
+            words.append(f"precision {self.precision}")
+        return ", ".join(words)
+
+    @property
+    def label(self) -> str:
+        run = self.run_label
+        return f"{super().label} ({run})" if run else super().label
+
+    @property
+    def reduced_precision(self) -> bool:
+        """True when precision low really ran in float16: MNN takes it only where the CPU has
+        float16 arithmetic (ARMv8.2 and later; on x86 "low" runs float32 kernels)."""
+        return self.precision in ("low", "low_bf16") and self.cpu_features.get("fp16") == 1
+
+    @property
+    def precision_notes(self) -> tuple[str, ...]:
+        if self.precision in ("low", "low_bf16") and self.cpu_features and not self.reduced_precision:
+            return (f"precision {self.precision} ran in float32 on {self.target.spec}: MNN reports no "
+                    f"float16 arithmetic on this CPU (fp16:0); check on the device, or with "
+                    f"--mnn-target arm64, to see float16's numbers",)
+        return ()
 
     @property
     def version(self) -> str:
@@ -181,17 +210,37 @@ class MnnBackend(Backend):
             "rearrange": self.rearrange,
             "shape_mutable": self.shape_mutable,
             "backend_ran": self.backend_ran,
+            "target": self.target.spec,
+            "cpu_features": dict(self.cpu_features),
+            "float16_arithmetic": self.reduced_precision,
+            **({"platform": self.target_facts} if self.target_facts else {}),
         }
+
+    @property
+    def target_facts(self) -> dict:
+        """Where MNN ran (a target's Python, machine and versions); empty for local."""
+        facts = getattr(self._worker, "facts", None) if self._worker is not None else self._facts
+        if facts:
+            self._facts = {k: facts[k] for k in ("machine", "platform", "python", "numpy", "mnn") if k in facts}
+        return self._facts
 
     def reopen_options(self) -> dict:
         """The constructor's keyword arguments, to open the same model (or a variant) again."""
         return {"timeout": self.timeout, "backend": self.backend, "threads": self.threads,
                 "precision": self.precision, "hints": self.hints, "memory": self.memory,
-                "rearrange": self.rearrange, "shape_mutable": self.shape_mutable}
+                "rearrange": self.rearrange, "shape_mutable": self.shape_mutable, "target": self.target.spec}
 
     def dump_json(self, target) -> None:
-        self._worker.call(f"{_CHILD}:dump_json", step=f"dumping {self.path.name} as JSON",
-                          path=os.path.abspath(self.path), target=str(target))
+        """The graph as JSON, by MNN's converter on this machine: a graph is the same
+        wherever it runs, and a target needs no converter."""
+        step = f"dumping {self.path.name} as JSON"
+        if not self._inline:
+            self._worker.call(f"{_CHILD}:dump_json", step=step, path=os.path.abspath(self.path), target=str(target))
+            return
+        from parity.backends.worker import Worker
+
+        with Worker("mnn", timeout=self.timeout) as local:
+            local.call(f"{_CHILD}:dump_json", step=step, path=os.path.abspath(self.path), target=str(target))
 
     def graph(self) -> list[dict]:
         """Every tensor in the MNN file: ``{"name", "op_type", "inputs"}``."""
@@ -220,16 +269,21 @@ class MnnBackend(Backend):
             # the child answers in order: a second request would take the first one's reply
             raise RuntimeError(f"{self.label} already has a run outstanding: finish_run it first")
         worker = self._worker
-        feed_paths = {}
-        for name, array in feeds.items():
-            feed_paths[name] = str(worker.path("in"))
-            np.save(feed_paths[name], array)
         names = outputs or [s.name for s in self._outputs]
-        result_paths = {name: str(worker.path("out")) for name in names}
+        if self._inline:  # a target: arrays travel in the messages
+            feed_paths, result_paths, sent = {}, {}, {name: np.asarray(array) for name, array in feeds.items()}
+        else:
+            feed_paths = {}
+            for name, array in feeds.items():
+                feed_paths[name] = str(worker.path("in"))
+                np.save(feed_paths[name], array)
+            result_paths = {name: str(worker.path("out")) for name in names}
+            sent = feed_paths
         pending = _PendingRun(names, feed_paths, result_paths, f"{step} {self.path.name}", tuple(notes))
         self._pending = pending
         try:
-            worker.submit(f"{_CHILD}:run", step=pending.step, feeds=feed_paths, results=result_paths,
+            worker.submit(f"{_CHILD}:run", step=pending.step, feeds=sent,
+                          results=result_paths if not self._inline else None,
                           outputs=outputs, cut=cut, cache=cache)
         except BaseException:
             self._collect_files(pending)
@@ -253,7 +307,7 @@ class MnnBackend(Backend):
             arrays, steps = {}, {}
             for name in pending.names:
                 entry = reply[name]
-                arrays[name] = np.load(entry["path"])
+                arrays[name] = entry["array"] if "array" in entry else np.load(entry["path"])
                 steps[name] = tuple(entry["steps"])
         finally:
             self._collect_files(pending)

@@ -171,9 +171,15 @@ def _module_for(inputs: tuple, outputs: tuple, cache: bool):
     return module
 
 
-def run(feeds: dict, results: dict, outputs: list | None = None, cut: bool = False,
+def _array(feed, mmap_mode=None) -> np.ndarray:
+    """A feed: an array sent inline (a target's agent) or the path of a .npy (the local worker)."""
+    return feed if isinstance(feed, np.ndarray) else np.load(feed, mmap_mode=mmap_mode)
+
+
+def run(feeds: dict, results: dict | None, outputs: list | None = None, cut: bool = False,
         cache: bool = True) -> dict:
-    """Run on the .npy feeds; write each output to the path ``results`` maps it to.
+    """Run on the feeds (.npy paths or arrays); write each output to the path ``results`` maps
+    it to, or with ``results`` None return it inline.
 
     With ``cut`` the feeds name intermediate tensors: the module is cut there, so reference
     values can be fed into the middle of the graph.
@@ -188,11 +194,11 @@ def run(feeds: dict, results: dict, outputs: list | None = None, cut: bool = Fal
         module = _module_for(input_names, requested, cache)
     else:
         module = _state["modules"][()]
-    variables = [_placeholder(name, np.load(feeds[name]), _declared_format(name)) for name in input_names]
+    variables = [_placeholder(name, _array(feeds[name]), _declared_format(name)) for name in input_names]
     produced = module.onForward(variables)
     names = list(requested or _state["outputs"])
     if not produced:
-        shapes = ", ".join(f"{n} {list(np.load(feeds[n], mmap_mode='r').shape)}" for n in input_names)
+        shapes = ", ".join(f"{n} {list(_array(feeds[n], mmap_mode='r').shape)}" for n in input_names)
         raise ChildFailure(
             "input",
             f"MNN returned no outputs for inputs {shapes}: MNN does this on an input shape, rank "
@@ -210,8 +216,49 @@ def run(feeds: dict, results: dict, outputs: list | None = None, cut: bool = Fal
             var = F.convert(var, F.NCHW)
             steps.append("nc4hw4 -> nchw (MNN's declared data format)")
         array = np.array(var.read())
-        np.save(results[name], array)
-        reply[name] = {"path": results[name], "steps": steps, "layout": layout,
-                       "op_type": var.op_type if hasattr(var, "op_type") else ""}
+        reply[name] = {"steps": steps, "layout": layout, "op_type": var.op_type if hasattr(var, "op_type") else ""}
+        if results is None:  # a target's agent: the array travels inline in the reply
+            reply[name]["array"] = array
+        else:
+            np.save(results[name], array)
+            reply[name]["path"] = results[name]
         del array
     return reply
+
+
+# MNN's forward types by name, as a runtime manager is asked for them
+_BACKENDS = ("CPU", "OPENCL", "VULKAN", "OPENGL", "METAL", "CUDA", "NN")
+
+
+def facts() -> dict:
+    """What this MNN can do here: the CPU features it detects (its "The device supports" line)
+    and which backends it has (a missing one falls back to CPU, saying so on C's stdout: the
+    parent reads both from the text each request prints)."""
+    import os
+    import platform
+    import tempfile
+
+    MNN = _mnn()
+    found = {}
+    for name in _BACKENDS:
+        fd, path = tempfile.mkstemp(prefix="mnn-facts-")
+        saved = os.dup(1)
+        try:
+            _flush_c_stdio()
+            os.dup2(fd, 1)
+            try:
+                MNN.nn.create_runtime_manager(({"backend": name, "numThread": 1},))
+            except Exception as exc:
+                found[name] = f"error: {exc}"
+            _flush_c_stdio()
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            os.close(fd)
+        with open(path, errors="replace") as handle:
+            found.setdefault(name, handle.read())
+        os.unlink(path)
+    import numpy
+
+    return {"mnn": MNN.version(), "numpy": numpy.__version__, "python": platform.python_version(),
+            "machine": platform.machine(), "platform": platform.platform(), "printed": found}

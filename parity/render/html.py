@@ -91,8 +91,7 @@ def _layer_chart(report: Report) -> str:
             parts.append(f'<text x="{cx + 9:.1f}" y="{cy - 8:.1f}" fill="#c62828">first divergence: '
                          f'{escape(divergence.name)}</text>')
         parts.append(f'<rect x="{left + 10}" y="{top + 8 + 16 * k}" width="12" height="3" fill="{color}"/>'
-                     f'<text x="{left + 28}" y="{top + 13 + 16 * k}">{escape(comparison.reference)} -&gt; '
-                     f'{escape(comparison.candidate)}</text>')
+                     f'<text x="{left + 28}" y="{top + 13 + 16 * k}">{escape(comparison.link)}</text>')
     parts.append("</svg>")
     return "\n".join(parts)
 
@@ -128,7 +127,7 @@ def _outputs(report: Report) -> str:
     for c in report.comparisons:
         for o in c.outputs:
             rows.append(
-                f"<tr><td>{escape(c.reference)} -&gt; {escape(c.candidate)}</td><td>{escape(o.name)}</td>"
+                f"<tr><td>{escape(c.link)}</td><td>{escape(o.name)}</td>"
                 f"<td>{escape(str(list(o.reference_shape or ())))}</td><td class=num>{_num(o.max_abs_diff)}</td>"
                 f"<td class=num>{_num(o.max_rel_diff)}</td><td class=num>{_num(o.mean_abs_diff)}</td>"
                 f"<td class=num>{_num(o.cosine, '.6f')}</td>"
@@ -159,7 +158,7 @@ def render(report: Report) -> str:
                        f"<td>{escape(str(b.settings))}</td></tr>" for b in report.backends)
     inputs = "".join(f"<tr><td>{escape(i.name)}</td><td>{escape(str(list(i.shape)))}</td><td>{escape(i.dtype)}</td>"
                      f"<td>{escape(i.source)}</td><td>{escape('; '.join(i.notes))}</td></tr>" for i in report.inputs)
-    alignment = "".join(f"<li>{escape(c.reference)} -&gt; {escape(c.candidate)}, {escape(o.name)}: "
+    alignment = "".join(f"<li>{escape(c.link)}, {escape(o.name)}: "
                         f"{escape('; '.join(o.alignment))}</li>"
                         for c in report.comparisons for o in c.outputs if o.alignment)
     notes = "".join(f"<li>{escape(n)}</li>" for n in report.notes + tuple(

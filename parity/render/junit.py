@@ -23,7 +23,7 @@ def render(report: Report) -> bytes:
     suites = ET.Element("testsuites", name="parity", tests="0", failures="0")
     total = failures = 0
     for comparison in report.comparisons:
-        link = esc(f"{comparison.reference} -> {comparison.candidate}")
+        link = esc(comparison.link)
         classname = esc(f"parity.{comparison.reference}.{comparison.candidate}")
         suite = ET.SubElement(suites, "testsuite", name=f"parity {link}")
         cases = fails = 0

@@ -64,7 +64,7 @@ def _row(o: OutputComparison) -> list[str]:
 def _table(comparison: Comparison):
     from rich.table import Table
 
-    title = escape(f"{comparison.reference} -> {comparison.candidate}: ") + (
+    title = escape(comparison.link + ": ") + (
         "[green]pass[/]" if comparison.passed else "[bold red]FAIL[/]"
     )
     table = Table(title=title, title_justify="left", expand=False)
@@ -86,7 +86,7 @@ def _side_by_side(comparisons):
     table = Table(title="links side by side", title_justify="left")
     table.add_column("output", overflow="fold")
     for c in comparisons:
-        table.add_column(escape(f"{c.reference} -> {c.candidate}"), justify="right", no_wrap=True)
+        table.add_column(escape(c.link), justify="right", no_wrap=True)
     names: list[str] = []
     for c in comparisons:
         names.extend(o.name for o in c.outputs if o.name not in names)
@@ -120,7 +120,7 @@ def _layers(comparison: Comparison, out, around: int = 5) -> None:
 
     layers = list(comparison.layers or ())
     failing = sum(not layer.passed for layer in layers)
-    link = f"{comparison.reference} -> {comparison.candidate}"
+    link = comparison.link
     out.print(
         f"{escape(link)}: {len(layers)} layers paired, {len(layers) - failing} pass, {failing} fail; "
         f"{len(comparison.unpaired)} unpaired (reasons in the JSON report)"
@@ -168,7 +168,7 @@ def render(report: Report, file: IO[str], *, color: bool | None = None, width: i
         if several and comparison.passed:
             # a passing link in a chain: one line, plus the alignment it needed
             steps = [f"{o.name}: {'; '.join(o.alignment)}" for o in comparison.outputs if o.alignment]
-            line = f"{comparison.reference} -> {comparison.candidate}: pass"
+            line = f"{comparison.link}: pass"
             out.print(escape(line + (f" (alignment: {' | '.join(steps)})" if steps else "")))
         else:
             out.print(_table(comparison))
@@ -179,6 +179,11 @@ def render(report: Report, file: IO[str], *, color: bool | None = None, width: i
             _layers(comparison, out)
     for note in report.notes:
         out.print(f"note: {escape(note)}")
+    for line in target_lines(report):
+        out.print(escape(line), soft_wrap=True)  # one line each, however long, for grep
+    for comparison in report.comparisons:
+        if comparison.tolerance:
+            out.print(escape(f"tolerance of {comparison.link}: {comparison.tolerance.get('rule')}"))
     rule = report.tolerance.get("rule") or f"|c - r| <= {report.tolerance.get('atol')} + {report.tolerance.get('rtol')} * |r|"
     out.print(f"tolerance: {escape(rule)}")
     for finding in report.findings:
@@ -187,6 +192,31 @@ def render(report: Report, file: IO[str], *, color: bool | None = None, width: i
     out.print(f"[{style}]{report.verdict.kind.upper()}[/]: {escape(report.verdict.summary)}")
     for step in report.verdict.next_steps:
         out.print(f"  next: {escape(step)}")
+
+
+def target_lines(report: Report) -> list[str]:
+    """Where each MNN run happened, for runs off this machine or in another precision: the
+    target's platform and versions, the CPU features MNN reported, the backend that ran."""
+    lines = []
+    for backend in report.backends:
+        settings = backend.settings or {}
+        target = settings.get("target", "local")
+        if backend.name != "mnn" or (target == "local" and settings.get("precision") in (None, "normal")):
+            continue
+        facts = settings.get("platform") or {}
+        reported = settings.get("cpu_features") or {}
+        features = ("CPU features " + (" ".join(k for k, v in reported.items() if v) or
+                                       "none of " + " ".join(reported))) if reported else ""
+        parts = [f"MNN {facts.get('mnn') or backend.version} on {target}"]
+        if facts:
+            parts.append(f"{facts.get('machine', '?')}, Python {facts.get('python', '?')}, numpy {facts.get('numpy', '?')}")
+        if features:
+            parts.append(features)
+        arithmetic = "float16 arithmetic" if settings.get("float16_arithmetic") else "float32 arithmetic"
+        parts.append(f"precision {settings.get('precision')} ({arithmetic})")
+        parts.append(f"backend {settings.get('backend_ran') or settings.get('backend')}")
+        lines.append("target: " + "; ".join(parts))
+    return lines
 
 
 def render_inspect(framework: str, path: str, version: str, inputs, outputs, file: IO[str]) -> None:

@@ -1,0 +1,422 @@
+"""Where MNN runs (``--mnn-target``): this machine, an emulated arm64 Linux, a device over ssh,
+or any command that starts a Python.
+
+    local                       the host, in a child process (worker.py), the default
+    arm64                       an arm64 Debian root run by qemu user-mode emulation, made once by
+                                ``parity target setup arm64`` (target_setup.py)
+    ssh://[user@]host[:port]    a Linux device with python3, numpy and MNN; ``?python=PATH``
+                                picks its Python. The ssh client is ``$PARITY_SSH`` if set (for
+                                example ``ssh -F my_config``), else ``ssh``; it never prompts.
+    exec:COMMAND                COMMAND, run by ``sh -c``, must start a Python with its stdin and
+                                stdout connected to parity; parity appends ``-c BOOT``
+                                (``exec:docker run -i --platform linux/arm64 IMAGE python3``).
+
+Every target but local is served by ``RemoteWorker``: the same calls as the local ``Worker``
+(submit, result, call, close), over the target Python's stdin/stdout (agent.py), with the
+model sent to the target once and arrays inline. Crashes, time limits and errors end as they
+do locally: ``BackendCrash`` naming the signal and the step, ``BackendTimeout``, or the error's
+own class and exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from parity.errors import BackendCrash, BackendError, BackendTimeout, UsageError
+
+# The parity modules a target runs, sent as source at start (agent.py's loader).
+_SHIPPED = ("parity", "parity.errors", "parity.backends", "parity.backends.worker",
+            "parity.backends.mnn_child", "parity.backends.agent")
+
+_BOOT = ("import sys,struct,zlib;r=sys.stdin.buffer;"
+         "n=struct.unpack('>Q',r.read(8))[0];"
+         "exec(compile(zlib.decompress(r.read(n)),'<parity-boot>','exec'))")
+
+_LOADER = '''
+import importlib.abc, importlib.util, sys
+SOURCES = %r
+PACKAGES = %r
+class _ParityModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(self, name, path=None, target=None):
+        if name in SOURCES:
+            return importlib.util.spec_from_loader(name, self, is_package=name in PACKAGES)
+        return None
+    def create_module(self, spec):
+        return None
+    def exec_module(self, module):
+        module.__file__ = "/parity-target/" + module.__name__.replace(".", "/") + ".py"
+        exec(compile(SOURCES[module.__name__], "<parity>/" + module.__name__, "exec"), module.__dict__)
+sys.meta_path.insert(0, _ParityModules())
+from parity.backends.agent import main
+main()
+'''
+
+# A file goes to the target in chunks of this size, so neither side holds a big model twice.
+_CHUNK = 32 << 20
+
+# faulthandler's words for the signals it reports, as a crash on the target is named
+_FAULTS = {
+    "Segmentation fault": "SIGSEGV",
+    "Floating point exception": "SIGFPE",
+    "Aborted": "SIGABRT",
+    "Bus error": "SIGBUS",
+    "Illegal instruction": "SIGILL",
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A parsed ``--mnn-target``. ``spec`` is what the user gave, shown in reports."""
+
+    spec: str
+    kind: str  # local, arm64, ssh, exec
+    host: str = ""
+    user: str = ""
+    port: int | None = None
+    python: str = "python3"
+    command: str = ""
+
+    @property
+    def local(self) -> bool:
+        return self.kind == "local"
+
+    def argv(self) -> tuple[list[str], dict[str, str]]:
+        """The command that starts the target's Python running BOOT, and extra environment."""
+        if self.kind == "arm64":
+            from parity.target_setup import arm64_python
+
+            prefix, env = arm64_python()
+            return [*prefix, "-c", _BOOT], env
+        if self.kind == "ssh":
+            client = shlex.split(os.environ.get("PARITY_SSH", "ssh"))
+            where = f"{self.user}@{self.host}" if self.user else self.host
+            options = ["-T", "-e", "none", "-o", "BatchMode=yes", "-o", "ConnectTimeout=20"]
+            if self.port:
+                options += ["-p", str(self.port)]
+            # ssh hands the remote shell one string: quote each word for it
+            remote = " ".join(shlex.quote(w) for w in (*shlex.split(self.python), "-c", _BOOT))
+            return [*client, *options, "--", where, remote], {}
+        if self.kind == "exec":
+            return ["sh", "-c", f"{self.command} -c {shlex.quote(_BOOT)}"], {}
+        raise UsageError(f"target {self.spec!r} runs in the local worker")
+
+
+def parse_target(text: str | None) -> Target:
+    """``--mnn-target``'s value; one clear line for anything else."""
+    text = (text or "local").strip()
+    if text == "local":
+        return Target("local", "local")
+    if text == "arm64":
+        return Target("arm64", "arm64")
+    if text.startswith("exec:"):
+        command = text[len("exec:"):].strip()
+        if not command:
+            raise UsageError("--mnn-target exec: needs a command that starts a Python, e.g. exec:python3")
+        if any(c in command for c in "\n\r\0"):
+            raise UsageError("--mnn-target exec: the command must be one line")
+        return Target(text, "exec", command=command)
+    if text.startswith("ssh://"):
+        parts = urlsplit(text)
+        try:
+            port = parts.port
+        except ValueError:
+            raise UsageError(f"--mnn-target {text!r}: the port must be a number from 1 to 65535") from None
+        host = parts.hostname or ""
+        if not host or parts.path not in ("", "/") or host.startswith("-"):
+            raise UsageError(f"--mnn-target {text!r}: give ssh://[user@]host[:port], e.g. ssh://pi@192.168.1.20")
+        user = parts.username or ""
+        if user.startswith("-") or any(c.isspace() for c in user + host):
+            raise UsageError(f"--mnn-target {text!r}: not a user and host name")
+        query = parse_qs(parts.query)
+        unknown = sorted(set(query) - {"python"})
+        if unknown:
+            raise UsageError(f"--mnn-target {text!r}: unknown option {unknown[0]!r} (known: python)")
+        python = query.get("python", ["python3"])[-1]
+        return Target(text, "ssh", host=host, user=user, port=port, python=python)
+    raise UsageError(f"unknown --mnn-target {text!r}: give local, arm64, ssh://[user@]host[:port] or exec:COMMAND")
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class RemoteWorker:
+    """A target's Python serving MNN calls over its stdin/stdout (see agent.py). Same calls as
+    ``worker.Worker``; arrays and the model travel inline (``inline`` is True)."""
+
+    inline = True
+    exit_grace: float = 5.0
+
+    def __init__(self, target: Target, framework: str = "mnn", *, timeout: float = 300.0):
+        self.target = target
+        self.framework = f"{framework} on {target.spec}"
+        self.timeout = timeout
+        self.facts: dict = {}
+        self.dir: Path | None = None
+        self._proc: subprocess.Popen | None = None
+        self._replies: queue.Queue = queue.Queue()
+        self._log = None
+        self._log_text: list[str] = []
+        self._submitted: float | None = None
+        self._lock = threading.Lock()
+        self._sent: dict[str, str] = {}  # local model path -> its path on the target
+
+    def __enter__(self) -> "RemoteWorker":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- start -----------------------------------------------------------------------------
+    def start(self) -> "RemoteWorker":
+        argv, extra = self.target.argv()
+        self.dir = Path(tempfile.mkdtemp(prefix="parity-target-"))
+        self._log = open(self.dir / "stderr.log", "wb")
+        env = dict(os.environ, **extra)
+        try:
+            self._proc = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, cwd=self.dir,
+                env=env, start_new_session=True, preexec_fn=_die_with_parent,
+            )
+        except OSError as exc:
+            self.close()
+            raise BackendError(f"could not start target {self.target.spec}: {exc}") from None
+        threading.Thread(target=self._read_replies, daemon=True).start()
+        step = f"starting Python on target {self.target.spec}"
+        try:
+            self._proc.stdin.write(self._boot_frame())
+            self._proc.stdin.flush()
+        except OSError:
+            self._raise_dead(step)
+        self.facts = self.call("parity.backends.agent:hello", step=step)
+        missing = self.facts.get("missing") or []
+        if missing:
+            names = " and ".join(m.split(" ")[0] for m in missing)
+            self.close()
+            raise BackendError(
+                f"target {self.target.spec} has no {names} for its Python "
+                f"{self.facts.get('python', '?')} ({self.facts.get('machine', '?')}): install it there "
+                f"(python3 -m pip install {' '.join(m.split(' ')[0] for m in missing)}); "
+                f"{'; '.join(missing)}")
+        return self
+
+    @staticmethod
+    def _boot_frame() -> bytes:
+        import importlib.util
+
+        sources, packages = {}, []
+        for name in _SHIPPED:
+            spec = importlib.util.find_spec(name)
+            sources[name] = Path(spec.origin).read_text()
+            if spec.submodule_search_locations is not None:
+                packages.append(name)
+        program = zlib.compress((_LOADER % (sources, packages)).encode())
+        return len(program).to_bytes(8, "big") + program
+
+    def _read_replies(self) -> None:
+        from parity.backends.agent import read_message
+
+        stream = self._proc.stdout
+        while True:
+            try:
+                self._replies.put(read_message(stream))
+            except Exception:  # EOF or a torn frame: the target is gone
+                self._replies.put(None)
+                return
+
+    # -- requests --------------------------------------------------------------------------
+    def _send(self, message, step: str) -> None:
+        from parity.backends.agent import write_message
+
+        try:
+            with self._lock:
+                write_message(self._proc.stdin, message)
+        except (OSError, ValueError):
+            self._raise_dead(step)
+
+    def call(self, function: str, *, step: str, timeout: float | None = None, **kwargs):
+        self.submit(function, step=step, **kwargs)
+        return self.result(step=step, timeout=timeout)
+
+    def submit(self, function: str, *, step: str, **kwargs) -> None:
+        self._send(["call", function, kwargs], step)
+        self._submitted = time.monotonic()
+
+    def result(self, *, step: str, timeout: float | None = None):
+        timeout = self.timeout if timeout is None else timeout
+        submitted = time.monotonic() if self._submitted is None else self._submitted
+        deadline = submitted + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                reply = self._replies.get(timeout=max(0.0, min(remaining, 0.5)))
+                break
+            except queue.Empty:
+                if remaining <= 0:
+                    self.kill()
+                    raise BackendTimeout(self.framework, step, timeout) from None
+        if reply is None:
+            self._raise_dead(step)
+        if reply.get("log"):
+            self._log_text.append(reply["log"])
+        status, payload = reply["status"], reply["payload"]
+        if status == "ok":
+            return payload
+        from parity.backends.worker import _KINDS
+
+        kind, message = payload
+        raise _KINDS.get(kind, BackendError)(message)
+
+    def model_path(self, path) -> str:
+        """The model's path on the target: sent there once, in chunks."""
+        path = os.path.abspath(path)
+        if path not in self._sent:
+            step = f"sending {Path(path).name} to target {self.target.spec}"
+            name = f"{len(self._sent)}-{Path(path).name}"
+            with open(path, "rb") as handle:
+                chunk, append = handle.read(_CHUNK), False
+                while True:
+                    self._send(["put", name, chunk, append], step)
+                    remote = self._reply_of_put(step)
+                    chunk, append = handle.read(_CHUNK), True
+                    if not chunk:
+                        break
+            self._sent[path] = remote
+        return self._sent[path]
+
+    def _reply_of_put(self, step: str) -> str:
+        self._submitted = time.monotonic()
+        return self.result(step=step)
+
+    # -- ends ------------------------------------------------------------------------------
+    def _raise_dead(self, step: str):
+        try:
+            code = self._proc.wait(timeout=self.exit_grace)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise BackendError(f"{self.framework} stopped answering while {step}; parity stopped it") from None
+        log = self.log_text()
+        crash = crash_signal(code, log)
+        if crash:
+            raise BackendCrash(self.framework, step, crash)
+        tail = _last_line(log)
+        if code == 127 or "not found" in tail or "No such file" in tail:
+            raise BackendError(f"target {self.target.spec} could not start its Python while {step}: "
+                               f"{tail or f'exit code {code}'}")
+        raise BackendError(f"{self.framework} exited with code {code} while {step}" + (f": {tail}" if tail else ""))
+
+    def log_text(self) -> str:
+        text = "".join(self._log_text)
+        if self._log is not None:
+            self._log.flush()
+        try:
+            return text + (self.dir / "stderr.log").read_text(errors="replace")
+        except (OSError, TypeError):
+            return text
+
+    def log_tail(self) -> str:
+        return _last_line(self.log_text())
+
+    def kill(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)  # sh -c, ssh, qemu and what they started
+            except OSError:
+                self._proc.kill()
+            self._proc.wait()
+
+    def close(self) -> None:
+        if self._proc is not None:
+            try:
+                self._proc.stdin.close()  # the agent removes its scratch directory and exits
+            except OSError:
+                pass
+            try:
+                self._proc.wait(timeout=2.0)
+            except subprocess.TimeoutExpired:
+                pass
+            self.kill()
+            self._proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+
+
+def crash_signal(code: int | None, log: str) -> str | None:
+    """The crash a target's end shows: a signal in the exit status (qemu and a local shell pass
+    the Python's on), else faulthandler's line in its stderr (ssh reports only 255)."""
+    from parity.backends.worker import signal_description
+
+    if code is not None and code < 0:
+        return signal_description(code)
+    for words, name in _FAULTS.items():
+        if f"Fatal Python error: {words}" in log:
+            return signal_description(-int(getattr(signal, name)))
+    if code is not None and 128 < code < 160:
+        try:
+            name = signal.Signals(code - 128).name
+        except ValueError:
+            return None
+        if name in ("SIGSEGV", "SIGFPE", "SIGABRT", "SIGBUS", "SIGILL", "SIGKILL"):
+            return signal_description(-(code - 128))
+    return None
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def open_worker(target: Target | str | None, *, timeout: float = 300.0):
+    """A started worker for MNN on ``target``: the local pool's, or a RemoteWorker."""
+    target = target if isinstance(target, Target) else parse_target(target)
+    if target.local:
+        from parity.backends import worker as worker_mod
+
+        return worker_mod.take("mnn", timeout=timeout)
+    return RemoteWorker(target, timeout=timeout).start()
+
+
+def describe_target(spec: str, *, timeout: float = 300.0) -> dict:
+    """``parity target check``: the target's platform and versions, the CPU features MNN
+    reports and the backends it has (one that falls back is not among them)."""
+    from parity.backends.mnn_log import backend_that_ran, cpu_features
+
+    target = parse_target(spec)
+    if target.local:
+        from parity.backends.worker import Worker
+
+        worker = Worker("mnn", timeout=timeout).start()
+    else:
+        worker = RemoteWorker(target, timeout=timeout).start()
+    try:
+        facts = worker.call("parity.backends.mnn_child:facts", step=f"reading the facts of target {target.spec}")
+        log = worker.log_text()  # MNN prints the CPU features when it is imported
+    finally:
+        worker.close()
+    printed = facts.pop("printed", {})
+    backends = [name for name, text in printed.items()
+                if not text.startswith("error:") and backend_that_ran(name, text)[1] is None]
+    features = cpu_features(log) or cpu_features("".join(printed.values()))
+    return {"target": target.spec, **facts, "cpu_features": features,
+            "float16": features.get("fp16") == 1, "backends": backends}

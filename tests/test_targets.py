@@ -1,0 +1,263 @@
+"""--mnn-target: MNN run through a target's Python over stdin/stdout (exec:, ssh://), checked
+against MNN run locally on the same files. The "remote" is this machine's own Python, started
+by a command (exec:) or through a real sshd on 127.0.0.1 (tests/sshd.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import MODELS, ROOT, assert_one_line_error, run_parity, slow_matmul_model
+from parity.errors import ExitCode, UsageError
+from parity.targets import crash_signal, parse_target
+
+PY = sys.executable
+EXEC = f"exec:{PY}"
+
+
+def _figures(report: dict) -> list:
+    return [(c["candidate"], o["name"], o["max_abs_diff"], o["cosine"], o["passed"])
+            for c in report["comparisons"] for o in c["outputs"]]
+
+
+def _check_json(*args, env=None) -> tuple[int, dict]:
+    result = run_parity("check", *args, "--json", "-", env=env)
+    assert result.code in (0, 1), result.err
+    return result.code, result.json()
+
+
+# -- parsing -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("text, kind, fields", [
+    ("local", "local", {}),
+    (None, "local", {}),
+    ("arm64", "arm64", {}),
+    ("ssh://pi@10.0.0.2:2222", "ssh", {"user": "pi", "host": "10.0.0.2", "port": 2222}),
+    ("ssh://board", "ssh", {"user": "", "host": "board", "port": None, "python": "python3"}),
+    ("ssh://board?python=/opt/venv/bin/python", "ssh", {"python": "/opt/venv/bin/python"}),
+    ("exec:docker run -i img python3", "exec", {"command": "docker run -i img python3"}),
+])
+def test_targets_parse(text, kind, fields):
+    target = parse_target(text)
+    assert target.kind == kind
+    for key, value in fields.items():
+        assert getattr(target, key) == value
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("android", "unknown --mnn-target"),
+    ("exec:", "needs a command"),
+    ("exec:python3\nrm -rf /", "one line"),
+    ("ssh://", "ssh://[user@]host"),
+    ("ssh://host:99999", "port"),
+    ("ssh://-oProxyCommand=x", "ssh://[user@]host"),
+    ("ssh://host/path", "ssh://[user@]host"),
+    ("ssh://host?identity=x", "unknown option"),
+])
+def test_bad_targets_are_refused(text, fragment):
+    with pytest.raises(UsageError) as info:
+        parse_target(text)
+    assert fragment in str(info.value)
+
+
+def test_bad_target_on_the_command_line_is_a_usage_error():
+    result = run_parity("check", MODELS / "cnn.onnx", MODELS / "cnn.mnn", "--mnn-target", "android")
+    assert_one_line_error(result, ExitCode.USAGE, "unknown --mnn-target 'android'")
+
+
+def test_crash_signal_reads_status_and_faulthandler():
+    assert crash_signal(-11, "").startswith("SIGSEGV")
+    assert crash_signal(255, "Fatal Python error: Floating point exception\n").startswith("SIGFPE")
+    assert crash_signal(134, "").startswith("SIGABRT")
+    assert crash_signal(1, "some error") is None
+
+
+# -- exec: -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("model", ["cnn", "transformer"])
+def test_exec_target_gives_the_local_figures(model):
+    onnx_path, mnn_path = MODELS / f"{model}.onnx", MODELS / f"{model}.mnn"
+    local_code, local = _check_json(onnx_path, mnn_path)
+    code, remote = _check_json(onnx_path, mnn_path, "--mnn-target", EXEC)
+    assert code == local_code == 0
+    assert _figures(remote) == _figures(local)
+    settings = remote["backends"][-1]["settings"]
+    assert settings["target"] == EXEC and settings["platform"]["mnn"] == remote["backends"][-1]["version"]
+    assert settings["platform"]["machine"] and "fp16" in settings["cpu_features"]
+    assert remote["comparisons"][0]["candidate_run"] == EXEC
+
+
+def test_exec_target_runs_each_precision_as_its_own_link():
+    code, report = _check_json(MODELS / "cnn.onnx", MODELS / "cnn.mnn", "--mnn-target", EXEC,
+                               "--mnn-precision", "high,low")
+    assert code == 0
+    runs = [c["candidate_run"] for c in report["comparisons"]]
+    assert runs == [f"{EXEC}, precision high", f"{EXEC}, precision low"]
+    assert [b["settings"]["precision"] for b in report["backends"][1:]] == ["high", "low"]
+    if not report["backends"][-1]["settings"]["float16_arithmetic"]:  # an x86 host: said so
+        assert any("ran in float32" in n for n in report["comparisons"][1]["notes"])
+
+
+def test_terminal_prints_the_target_facts():
+    result = run_parity("check", MODELS / "cnn.onnx", MODELS / "cnn.mnn", "--mnn-target", EXEC)
+    assert result.code == 0, result.err
+    line = next(ln for ln in result.out.splitlines() if ln.startswith("target: "))
+    assert f"on {EXEC}" in line and "Python" in line and "backend CPU" in line
+
+
+def test_target_without_mnn_is_one_line_and_exit_4(tmp_path):
+    """A Python with numpy but no MNN: site-packages off (-S), numpy alone on its path."""
+    import numpy
+
+    only_numpy = tmp_path / "only-numpy"
+    only_numpy.mkdir()
+    package = Path(numpy.__file__).parent
+    for entry in package.parent.iterdir():
+        if entry.name == "numpy" or entry.name.startswith("numpy.libs"):
+            (only_numpy / entry.name).symlink_to(entry)
+    target = f"exec:env PYTHONPATH={only_numpy} {PY} -S"
+    result = run_parity("check", MODELS / "cnn.onnx", MODELS / "cnn.mnn", "--mnn-target", target)
+    assert_one_line_error(result, ExitCode.BACKEND, "has no MNN", "install it there")
+
+
+def test_target_without_python_is_one_line_and_exit_4():
+    result = run_parity("check", MODELS / "cnn.onnx", MODELS / "cnn.mnn", "--mnn-target", "exec:no-such-python3")
+    assert_one_line_error(result, ExitCode.BACKEND, "could not start its Python", "no-such-python3")
+
+
+@pytest.fixture(scope="module")
+def crash_models(tmp_path_factory):
+    from onnx import helper
+
+    from helpers import save_model, tensor, to_mnn
+
+    d = tmp_path_factory.mktemp("crash")
+    onnx_path = save_model([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2])],
+                           [tensor("x", shape=[1, 3, 8, 8])], [tensor("y", shape=[1, 3, 7, 7])], d / "pool.onnx")
+    return onnx_path, to_mnn(onnx_path)
+
+
+def test_exec_target_crash_is_backend_crash(crash_models):
+    onnx_path, mnn_path = crash_models
+    result = run_parity("check", onnx_path, mnn_path, "--mnn-target", EXEC)
+    assert_one_line_error(result, ExitCode.BACKEND, "SIGFPE", "running pool.mnn", EXEC)
+
+
+def _agents() -> list[int]:
+    """Target Pythons parity started (their command line holds the boot code)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if b"parity-boot" in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_exec_target_timeout_ends_the_target(tmp_path):
+    onnx_path, mnn_path = slow_matmul_model(tmp_path)
+    before = set(_agents())
+    result = run_parity("check", onnx_path, mnn_path, "--mnn-target", EXEC, "--mnn-threads", "1",
+                        "--timeout", "0.05", "--no-diagnose")
+    assert_one_line_error(result, ExitCode.BACKEND, "within", EXEC)
+    time.sleep(0.5)
+    assert set(_agents()) - before == set()
+
+
+def test_sigterm_ends_the_target_python_too(tmp_path):
+    onnx_path, mnn_path = slow_matmul_model(tmp_path, count=200)  # ~20 s of MNN on one thread
+    before = set(_agents())
+    proc = subprocess.Popen([PY, "-m", "parity", "check", onnx_path, mnn_path, "--mnn-target", EXEC,
+                             "--mnn-threads", "1"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not set(_agents()) - before:
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    time.sleep(1.0)  # well into the run
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == ExitCode.TERMINATED, err
+    deadline = time.monotonic() + 10
+    while set(_agents()) - before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert set(_agents()) - before == set()
+
+
+def test_target_check_exec_prints_the_facts():
+    result = run_parity("target", "check", EXEC)
+    assert result.code == 0, result.err
+    assert "CPU features" in result.out and "backends     CPU" in result.out
+    data = run_parity("target", "check", EXEC, "--json", "-").json()
+    assert data["target"] == EXEC and data["machine"] and "fp16" in data["cpu_features"]
+    assert "CPU" in data["backends"] and "OPENCL" not in data["backends"]
+
+
+def test_pytest_fixture_takes_a_target():
+    from parity.pytest_plugin import check_parity
+
+    report = check_parity(MODELS / "cnn.onnx", MODELS / "cnn.mnn", mnn_target=EXEC, mnn_precision="high,low")
+    assert [c.candidate_run for c in report.comparisons] == [f"{EXEC}, precision high", f"{EXEC}, precision low"]
+
+
+def test_sweep_takes_a_target(tmp_path):
+    result = run_parity("sweep", MODELS, "--mnn-target", EXEC, "--json", "-", "-q")
+    assert result.code == 0, result.err
+    data = json.loads(result.out)
+    assert data["passed"] and len(data["results"]) >= 2
+
+
+def test_manifest_may_not_name_an_exec_target(tmp_path):
+    manifest = tmp_path / "zoo.toml"
+    manifest.write_text(f'[[model]]\nonnx = "{MODELS / "cnn.onnx"}"\nmnn = "{MODELS / "cnn.mnn"}"\n'
+                        f'mnn_target = "exec:touch {tmp_path / "pwned"}"\n')
+    result = run_parity("sweep", manifest)
+    assert result.code == ExitCode.MODEL_OR_INPUT, result.err
+    assert "command line" in result.err and not (tmp_path / "pwned").exists()
+
+
+# -- ssh:// ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ssh_server(tmp_path_factory):
+    import sshd
+
+    missing = sshd.missing_tools()
+    if missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run the ssh target test: {missing}")
+        pytest.skip(missing)
+    server, proc = sshd.start(tmp_path_factory.mktemp("sshd"))
+    yield server
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_ssh_target_gives_the_local_figures(ssh_server):
+    env = {"PARITY_SSH": ssh_server.client}
+    for model in ("cnn", "transformer"):
+        onnx_path, mnn_path = MODELS / f"{model}.onnx", MODELS / f"{model}.mnn"
+        _, local = _check_json(onnx_path, mnn_path)
+        code, remote = _check_json(onnx_path, mnn_path, "--mnn-target", ssh_server.url(PY), env=env)
+        assert code == 0
+        assert _figures(remote) == _figures(local)
+        assert remote["backends"][-1]["settings"]["target"] == ssh_server.url(PY)
+
+
+def test_ssh_target_without_mnn_is_one_line_and_exit_4(ssh_server):
+    result = run_parity("check", MODELS / "cnn.onnx", MODELS / "cnn.mnn", "--mnn-target",
+                        ssh_server.url(f"{PY}%20-S"), env={"PARITY_SSH": ssh_server.client})
+    assert_one_line_error(result, ExitCode.BACKEND, "has no numpy and MNN")
+
+
+def test_ssh_target_unreachable_is_one_line_and_exit_4(ssh_server):
+    port = ssh_server.port + 1 if ssh_server.port < 65535 else ssh_server.port - 1
+    result = run_parity("check", MODELS / "cnn.onnx", MODELS / "cnn.mnn", "--mnn-target",
+                        f"ssh://{ssh_server.user}@127.0.0.1:{port}", env={"PARITY_SSH": ssh_server.client})
+    assert result.code == ExitCode.BACKEND, result.err
+    assert "Traceback" not in result.err and "127.0.0.1" in result.err
