@@ -525,7 +525,7 @@ def target():
 def target_setup(name, mnn_version, mirror):
     """Build the emulated arm64 Linux (Debian with python3, numpy and MNN's aarch64 wheel) in
     the cache ($PARITY_TARGETS_DIR, else ~/.cache/parity/targets). Idempotent: a ready
-    target is kept. Needs root and qemu-user-static, debootstrap and binfmt-support."""
+    target is kept. Needs root, qemu-user-static and debootstrap."""
     from parity.target_setup import setup_arm64
 
     def say(message):

@@ -59,10 +59,18 @@ class Measurement:
     max_abs: float | None
     passed: bool
     how: str  # "isolated", "in the model", "outputs"
+    # values that are inf, NaN or a mask value on one side only (not in the figures above)
+    class_mismatches: int = 0
 
     def to_dict(self) -> dict:
         return {"scaled_error": self.scaled, "max_abs_diff": self.max_abs, "passed": self.passed,
-                "measured": self.how}
+                "measured": self.how, "class_mismatches": self.class_mismatches}
+
+    def describe(self) -> str:
+        """"0.0005 (and 37 values inf or NaN on one side only)"."""
+        extra = (f" (and {self.class_mismatches} values inf, NaN or masks on one side only)"
+                 if self.class_mismatches else "")
+        return _fmt(self.scaled) + extra
 
 
 def _fmt(x) -> str:
@@ -141,7 +149,8 @@ class Probe:
         if candidate.size != reference.size:
             return Measurement(None, None, False, how)
         diff = TensorDiff.from_arrays("probe", reference, candidate.reshape(reference.shape), self.ctx.tolerance)
-        return Measurement(judge.scaled_error(diff), diff.max_abs_diff, self._passes(diff), how)
+        return Measurement(judge.scaled_error(diff), diff.max_abs_diff, self._passes(diff), how,
+                           int(diff.class_mismatches or 0))
 
     def isolated(self, mnn) -> Measurement | None:
         """The first divergence alone: reference inputs fed into ``mnn`` cut there."""
@@ -170,7 +179,7 @@ class Probe:
                 pair = self.L.best_pair(ref, arrays, self.ctx.tolerance, self.ctx.layer_rtol)
                 if pair is not None:
                     return Measurement(judge.scaled_error(pair.diff), pair.diff.max_abs_diff,
-                                       self._passes(pair.diff), "in the model")
+                                       self._passes(pair.diff), "in the model", int(pair.diff.class_mismatches or 0))
         return self.outputs(mnn)
 
     def outputs(self, mnn) -> Measurement:
@@ -355,8 +364,8 @@ def _float16_experiment(ctx: Context, probe: Probe, base: Measurement, where: st
     outside, range_text = _float16_range(ctx, probe)
     evidence.append({"experiment": "float16 range at the divergence", "outside_float16": outside,
                      "detail": range_text})
-    figures = (f"error {_fmt(base.scaled)} with precision {candidate.precision}, {_fmt(high.scaled)} "
-               f"with precision high on the same target ({high.how})")
+    figures = (f"error {base.describe()} with precision {candidate.precision}, {high.describe()} "
+               f"with precision high on the same target (measured {high.how})")
     if outside:
         summary = (f"{arithmetic} arithmetic on {on} breaks {probe.where}: the reference values there "
                    f"{range_text}; {figures}. The converted graph is right; float16 cannot hold "
@@ -367,8 +376,9 @@ def _float16_experiment(ctx: Context, probe: Probe, base: Measurement, where: st
                  "scores before the MatMul, clamp before Exp)")
     else:
         summary = (f"{arithmetic} arithmetic on {on} gives other numbers at {probe.where}, though its "
-                   f"values fit float16 ({range_text}): {figures}. An MNN float16 kernel is wrong or "
-                   f"loses more than float16's rounding")
+                   f"values fit float16's range ({range_text}): {figures}. What is lost is float16's "
+                   f"precision (11 significant bits: large values that nearly cancel, long sums) or "
+                   f"an MNN float16 kernel is wrong")
         steps = ("run with precision high on the device where accuracy matters",
                  "report the kernel to MNN with --repro DIR (--mnn-target and --mnn-precision low reproduce it)")
     return Verdict("runtime", where, summary, evidence=tuple(evidence), next_steps=steps)

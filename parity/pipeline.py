@@ -331,7 +331,7 @@ def _write_repro(comparisons, backends, links, feeds, options: CheckOptions, ver
                 repro_options = dataclasses.replace(
                     options, inputs=npz_path, save_inputs=None, diagnose=False, allow_nonfinite=True,
                     repro=None, shapes={}, layers=dataclasses.replace(options.layers, enabled=False),
-                    mnn=dataclasses.replace(options.mnn, **{k: settings[k] for k in ("backend", "threads", "precision")}))
+                    mnn=dataclasses.replace(options.mnn, **{k: settings[k] for k in ("backend", "threads", "precision", "target")}))
                 return check([onnx_path, mnn_path], repro_options)
 
             result = write_repro(directory, reference=backends[ref_i], candidate=candidate,

@@ -85,6 +85,10 @@ def _write(directory, *, reference, candidate, graph, comparison, verdict, feeds
     tol_args += ["--rtol", f"{tolerance.rtol:g}"]
     settings = candidate.settings()
     mnn_args = [f"--mnn-threads {settings['threads']}", f"--mnn-precision {settings['precision']}"]
+    if settings.get("target", "local") != "local":
+        import shlex
+
+        mnn_args.append(f"--mnn-target {shlex.quote(settings['target'])}")
     command = (f"parity check repro.onnx repro.mnn --inputs inputs.npz {' '.join(tol_args)} "
                f"{' '.join(mnn_args)}")
     try:

@@ -300,4 +300,5 @@ def test_the_built_root_runs_numpy_and_mnn_as_aarch64():
     done = subprocess.run([*prefix, "-c", "import platform, numpy, MNN; print(platform.machine())"],
                           env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[-1] == "aarch64"
+    # (MNN prints its CPU features through C's stdout, flushed at exit, after Python's line)
+    assert "aarch64" in done.stdout.splitlines()

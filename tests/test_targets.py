@@ -162,7 +162,7 @@ def _agents() -> list[int]:
 
 
 def test_exec_target_timeout_ends_the_target(tmp_path):
-    onnx_path, mnn_path = slow_matmul_model(tmp_path)
+    onnx_path, mnn_path = slow_matmul_model(tmp_path, count=48)  # MNN on one thread outlasts ONNX Runtime
     before = set(_agents())
     result = run_parity("check", onnx_path, mnn_path, "--mnn-target", EXEC, "--mnn-threads", "1",
                         "--timeout", "0.05", "--no-diagnose")

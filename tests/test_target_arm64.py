@@ -1,0 +1,112 @@
+"""MNN on the emulated arm64 target (``parity target setup arm64``), run for real under qemu:
+float16 arithmetic with precision low, and the verdicts that name it.
+
+Run by tox's ``arm64`` environment, which sets the target up first (.ci/run runs it on CI).
+Elsewhere these tests skip when the target is not set up, unless PARITY_REQUIRE_ARM64=1.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import fp16_models
+from helpers import MODELS, run_parity
+
+pytestmark = pytest.mark.arm64
+
+
+@pytest.fixture(scope="module", autouse=True)
+def arm64_ready():
+    from parity.errors import ParityError
+    from parity.target_setup import arm64_python
+
+    try:
+        arm64_python()
+    except ParityError as exc:
+        if os.environ.get("PARITY_REQUIRE_ARM64") == "1":
+            pytest.fail(f"the arm64 target is required here: {exc}")
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fp16")
+    return {name: getattr(fp16_models, name)(d) for name in ("attention_overflow", "exp_saturation", "cancellation")}
+
+
+def _check(*args):
+    result = run_parity("check", *args, "--json", "-", "-q")
+    assert result.code in (0, 1), result.err
+    return result.code, result.json()
+
+
+def test_target_check_reports_float16():
+    result = run_parity("target", "check", "arm64")
+    assert result.code == 0, result.err
+    assert "aarch64" in result.out and "fp16:1" in result.out
+    assert "yes: precision low runs float16 arithmetic" in result.out
+
+
+@pytest.mark.parametrize("model", ["transformer", "cnn"])
+def test_shipped_models_pass_high_and_low_on_arm64(model):
+    result = run_parity("check", MODELS / f"{model}.onnx", MODELS / f"{model}.mnn", "--mnn-target", "arm64",
+                        "--mnn-precision", "high,low")
+    assert result.code == 0, result.out + result.err
+    lines = [ln for ln in result.out.splitlines() if ln.startswith("target: ")]
+    assert len(lines) == 2 and all("aarch64" in ln and "fp16" in ln for ln in lines)
+    assert "precision low (float16 arithmetic)" in lines[1]
+    code, report = _check(MODELS / f"{model}.onnx", MODELS / f"{model}.mnn", "--mnn-target", "arm64",
+                          "--mnn-precision", "high,low")
+    low = report["backends"][-1]["settings"]
+    assert low["float16_arithmetic"] is True and low["platform"]["machine"] == "aarch64"
+    assert low["cpu_features"]["fp16"] == 1 and low["backend_ran"] == "CPU"
+    high_link, low_link = report["comparisons"]
+    assert "tolerance" not in high_link and low_link["tolerance"]["rtol"] > report["tolerance"]["rtol"]
+    # float16 really ran: the low link's error is far above float32's and still within its rule
+    assert low_link["outputs"][0]["max_abs_diff"] > 10 * high_link["outputs"][0]["max_abs_diff"]
+
+
+@pytest.mark.parametrize("name, layer, words", [
+    ("attention_overflow", "scores", "beyond float16's largest value 65504"),
+    ("exp_saturation", "out", "beyond float16's largest value 65504"),
+])
+def test_float16_overflow_is_a_runtime_verdict_naming_layer_and_range(broken, name, layer, words):
+    onnx_path, mnn_path = broken[name]
+    code, local = _check(onnx_path, mnn_path)
+    assert code == 0 and local["passed"]  # on this machine the model is fine
+    code, high = _check(onnx_path, mnn_path, "--mnn-target", "arm64", "--mnn-precision", "high")
+    assert code == 0, high["verdict"]
+    code, low = _check(onnx_path, mnn_path, "--mnn-target", "arm64", "--mnn-precision", "low")
+    assert code == 1
+    verdict = low["verdict"]
+    assert verdict["kind"] == "runtime"
+    assert verdict["where"].startswith(layer), verdict["where"]
+    assert words in verdict["summary"] and "precision high on the same target" in verdict["summary"]
+    precision = next(e for e in verdict["evidence"] if e.get("experiment") == "precision")
+    assert precision["passed"] is True
+
+
+def test_float16_failure_no_range_explains_is_runtime_with_high_vs_low(broken):
+    onnx_path, mnn_path = broken["cancellation"]
+    code, low = _check(onnx_path, mnn_path, "--mnn-target", "arm64", "--mnn-precision", "high,low")
+    assert code == 1
+    high_link, low_link = low["comparisons"]
+    assert high_link["passed"] and not low_link["passed"]
+    verdict = low["verdict"]
+    assert verdict["kind"] == "runtime" and verdict["where"].startswith("out (Sub)")
+    assert "fit float16's range" in verdict["summary"] and "precision high on the same target" in verdict["summary"]
+    ranges = next(e for e in verdict["evidence"] if e.get("experiment") == "float16 range at the divergence")
+    assert ranges["outside_float16"] is False
+
+
+def test_layers_on_arm64_low_name_the_overflowing_layer(broken):
+    onnx_path, mnn_path = broken["attention_overflow"]
+    code, report = _check(onnx_path, mnn_path, "--mnn-target", "arm64", "--mnn-precision", "low", "--layers",
+                          "--no-diagnose")
+    assert code == 1
+    divergence = report["comparisons"][0]["first_divergence"]
+    assert divergence["name"] == "scores"
+    scores = next(x for x in report["comparisons"][0]["layers"] if x["name"] == "scores")
+    assert scores["fp16_range"] > 1
