@@ -510,7 +510,7 @@ def target():
     """Set up, list and check the places MNN runs (--mnn-target).
 
     \b
-        parity target setup arm64      build the emulated arm64 Linux (once; root, a few minutes)
+        parity target setup arm64      build the emulated arm64 Linux (once; root, about a minute)
         parity target list             the targets set up here
         parity target check arm64      what MNN has there: platform, versions, CPU features, backends
     """

@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import queue
 import shlex
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -354,12 +353,9 @@ class RemoteWorker:
                 pass
             self.kill()
             self._proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self.dir = None
+        from parity.backends.worker import release_files
+
+        release_files(self)
 
 
 def crash_signal(code: int | None, log: str) -> str | None:

@@ -165,6 +165,44 @@ def figure_metrics_throughput(repeat: int) -> dict:
             "baseline_name": "one numpy subtract of the same arrays", "target": ">= 1 GB/s", "ok": gbps >= 1.0}
 
 
+def figure_target_transport(repeat: int) -> dict:
+    """A 64 MB float32 array to a target's Python and back (exec: with this Python): parity's
+    frames (a JSON header and the array's own buffer) against execnet's channel (the engine of
+    pytest-xdist, which --mnn-target was measured against before writing the transport)."""
+    import numpy as np
+
+    try:
+        import execnet
+    except ImportError:
+        return {"id": "i", "name": "target transport", "skipped": "execnet is not installed"}
+    from parity.targets import RemoteWorker, parse_target
+
+    array = np.random.default_rng(0).standard_normal(16 << 20).astype(np.float32)
+    gateway = execnet.makegateway(f"popen//python={sys.executable}")
+    channel = gateway.remote_exec(
+        "import numpy as np\nwhile 1:\n    b = channel.receive()\n    if b is None: break\n"
+        "    channel.send(np.frombuffer(b, np.float32).tobytes())")
+
+    def via_execnet():
+        channel.send(array.tobytes())
+        assert np.frombuffer(channel.receive(), np.float32).size == array.size
+
+    baseline = median_seconds(via_execnet, repeat)
+    channel.send(None)
+    gateway.exit()
+    worker = RemoteWorker(parse_target(f"exec:{sys.executable}")).start()
+    try:
+        seconds = median_seconds(lambda: worker.call("parity.backends.mnn_child:_array", step="echo",
+                                                     feed=array), repeat)
+    finally:
+        worker.close()
+    gbps = 2 * array.nbytes / seconds / 1e9
+    return {"id": "i", "name": "target transport, 64 MB float32 there and back (bytes / s)",
+            "measured_s": seconds, "baseline_s": baseline, "ratio": seconds / baseline, "value": gbps,
+            "unit": "GB/s", "baseline_name": "execnet channel, same array", "target": "<= execnet's time",
+            "ok": seconds <= baseline}
+
+
 def _chain_model(path, blocks=40, size=(1, 32, 256, 256)):
     import numpy as np
     import onnx
@@ -291,6 +329,7 @@ def main(argv=None) -> int:
             lambda: figure_capture_vs_polygraphy(args.repeat),
             lambda: figure_help_start(args.repeat),
             lambda: figure_metrics_throughput(args.repeat),
+            lambda: figure_target_transport(args.repeat),
             lambda: figure_peak_rss(args.repeat, workdir),
             lambda: figure_layers_vs_bisection(args.repeat, workdir),
         ]

@@ -113,6 +113,16 @@ def alter_filter(src, dst, name: str, channel: int, scale=-1.0, shift=0.5) -> Pa
     return _edit_initializer(src, dst, name, edit)
 
 
+def crashing_model(directory) -> tuple[Path, Path]:
+    """MaxPool without explicit strides: MNN 3.6 dies with SIGFPE when it runs it on x86
+    (MNN_NOTES; on arm64 an integer division by zero does not trap)."""
+    directory = Path(directory)
+    onnx_path = save_model([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2])],
+                           [tensor("x", shape=[1, 3, 8, 8])], [tensor("y", shape=[1, 3, 7, 7])],
+                           directory / "pool.onnx")
+    return onnx_path, to_mnn(onnx_path)
+
+
 def slow_matmul_model(directory, count: int = 12) -> tuple[Path, Path]:
     """An ONNX model and its MNN conversion that MNN takes seconds on with one thread (12
     MatMuls of 1024x1024) while ONNX Runtime takes a fraction of that: a step that really

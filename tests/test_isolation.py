@@ -4,19 +4,14 @@ import subprocess
 import sys
 
 import pytest
-from onnx import helper
 
-from helpers import MODELS, assert_one_line_error, run_parity, save_model, tensor, to_mnn
+from helpers import MODELS, assert_one_line_error, crashing_model, run_parity
 from parity.errors import BackendCrash, ExitCode
 
 
 @pytest.fixture(scope="module")
 def crashing_pair(tmp_path_factory):
-    """MaxPool without explicit strides: MNN 3.6 dies with SIGFPE when it runs (MNN_NOTES)."""
-    d = tmp_path_factory.mktemp("crash")
-    onnx_path = save_model([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2])],
-                           [tensor("x", shape=[1, 3, 8, 8])], [tensor("y", shape=[1, 3, 7, 7])], d / "pool.onnx")
-    return onnx_path, to_mnn(onnx_path)
+    return crashing_model(tmp_path_factory.mktemp("crash"))
 
 
 def test_crash_exits_4_naming_signal_and_step(crashing_pair, tmp_path):

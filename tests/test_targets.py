@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import MODELS, ROOT, assert_one_line_error, run_parity, slow_matmul_model
+from helpers import MODELS, ROOT, assert_one_line_error, crashing_model, run_parity, slow_matmul_model
 from parity.errors import ExitCode, UsageError
 from parity.targets import crash_signal, parse_target
 
@@ -132,14 +132,7 @@ def test_target_without_python_is_one_line_and_exit_4():
 
 @pytest.fixture(scope="module")
 def crash_models(tmp_path_factory):
-    from onnx import helper
-
-    from helpers import save_model, tensor, to_mnn
-
-    d = tmp_path_factory.mktemp("crash")
-    onnx_path = save_model([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2])],
-                           [tensor("x", shape=[1, 3, 8, 8])], [tensor("y", shape=[1, 3, 7, 7])], d / "pool.onnx")
-    return onnx_path, to_mnn(onnx_path)
+    return crashing_model(tmp_path_factory.mktemp("crash"))
 
 
 def test_exec_target_crash_is_backend_crash(crash_models):

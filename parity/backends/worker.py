@@ -291,12 +291,17 @@ class Worker:
             # MNN's teardown alone takes tens of milliseconds.
             self.kill()
             self._proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self.dir = None
+        release_files(self)
+
+
+def release_files(worker) -> None:
+    """Close a worker's log and remove its private directory (a local or a target's worker)."""
+    if worker._log is not None:
+        worker._log.close()
+        worker._log = None
+    if worker.dir is not None:
+        shutil.rmtree(worker.dir, ignore_errors=True)
+        worker.dir = None
 
 
 # Children started ahead of need (see prestart), by framework.

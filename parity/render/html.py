@@ -164,6 +164,10 @@ def render(report: Report) -> str:
     notes = "".join(f"<li>{escape(n)}</li>" for n in report.notes + tuple(
         n for c in report.comparisons for n in c.notes))
     where = f"<p><b>Where:</b> {escape(v.where)}</p>" if v.where else ""
+    from parity.render.text import target_lines
+
+    targets = "".join(f"<li>{escape(line.removeprefix('target: '))}</li>" for line in target_lines(report))
+    targets = f"<h2>Where MNN ran</h2><ul>{targets}</ul>" if targets else ""
     findings = "".join(f"<li>{escape(f)}</li>" for f in report.findings)
     findings = f"<p><b>Findings:</b></p><ul>{findings}</ul>" if findings else ""
     return f"""<!DOCTYPE html>
@@ -181,6 +185,7 @@ def render(report: Report) -> str:
 <h2>Differences at the first divergence</h2>{_histogram(report)}
 <h2>Alignment</h2>{f"<ul>{alignment}</ul>" if alignment else '<p class="muted">No alignment was needed.</p>'}
 <h2>Inputs</h2><table><tr><th>name</th><th>shape</th><th>dtype</th><th>source</th><th>notes</th></tr>{inputs}</table>
+{targets}
 <h2>Versions</h2><table><tr><th>framework</th><th>model</th><th>version</th><th>settings</th></tr>{backends}</table>
 {f"<h2>Notes</h2><ul>{notes}</ul>" if notes else ""}
 </body></html>
