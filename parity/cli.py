@@ -133,6 +133,28 @@ def _report_options(f):
     return f
 
 
+def _compression_options(f):
+    """--budget, --float-mnn, --no-attribution, --rank-layers: compressed models (budget.py)."""
+    options = [
+        click.option("--budget", metavar="RULE[,RULE]", default=None,
+                     help="What compression may cost, judged on float MNN -> compressed MNN: "
+                          "cosine>=X, top1>=X, snr_db>=X, error<=X, comma-separated [default: by "
+                          "compression: fp16 cosine>=0.9999, int8 cosine>=0.999, int4 cosine>=0.98]."),
+        click.option("--float-mnn", type=click.Path(dir_okay=False, path_type=str), metavar="FLOAT.mnn",
+                     help="The float conversion of the same ONNX, to attribute a compressed model's "
+                          "loss against [default: parity converts the ONNX without compression]."),
+        click.option("--no-attribution", is_flag=True,
+                     help="Check a compressed .mnn directly against ONNX, by the element tolerance, "
+                          "without the float conversion in between."),
+        click.option("--rank-layers", is_flag=True,
+                     help="Rank the compressed layers by what each costs (one layer compressed at a "
+                          "time), also when the budget holds; a compression verdict ranks them anyway."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 def _target_option(f):
     """--mnn-target: where MNN runs (targets.py)."""
     return click.option(
@@ -220,13 +242,15 @@ def _check_report_paths(paths: dict, inputs=(), others: dict | None = None) -> N
               help="Exit 1 when a layer differs beyond the layer rule even though every output "
                    "matches (a layer-only finding; by default it is reported and the outputs "
                    "decide the exit code). Implies --layers.")
+@_compression_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")
 @click.option("--no-color", is_flag=True, help="Plain terminal output.")
 @_traceback_option
 def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, allow_nonfinite,
           json_path, html_path, junit_path, explorer_path, timeout, mnn_backend, mnn_threads, mnn_precision,
           mnn_target, mnn_static_shapes, torch_spec, torch_inputs,
-          layers, layer_rtol, no_diagnose, repro_dir, isolate, max_memory, fail_on_layers, quiet, no_color):
+          layers, layer_rtol, no_diagnose, repro_dir, isolate, max_memory, fail_on_layers, budget, float_mnn,
+          no_attribution, rank_layers, quiet, no_color):
     """Run MODELS on the same inputs and compare them link by link.
 
     The framework comes from the suffix: .onnx runs in ONNX Runtime, .mnn in MNN, .pt2
@@ -274,6 +298,10 @@ def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, allow_nonf
                             max_memory=cap, fail_on_layers=fail_on_layers),
         diagnose=not no_diagnose,
         repro=repro_dir,
+        budget=budget,
+        float_mnn=float_mnn,
+        attribute=not no_attribution,
+        rank_layers=rank_layers,
     )
     with _progress(quiet) as progress:
         report = pipeline.check(models, options, progress=progress)
@@ -402,6 +430,7 @@ def compare(reference, candidate, dtype, shape_text, model_input, atol, rtol, js
 @click.option("--mnn-precision", default="normal", show_default=True, metavar="MODE[,MODE]",
               help="MNN precision mode(s) of the check, as in parity check.")
 @_target_option
+@_compression_options
 @_report_options
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=300.0,
               show_default=True, help="Seconds the conversion and each MNN step may take.")
@@ -409,8 +438,9 @@ def compare(reference, candidate, dtype, shape_text, model_input, atol, rtol, js
 @click.option("--no-color", is_flag=True, help="Plain terminal output.")
 @click.argument("converter_options", nargs=-1, type=click.UNPROCESSED)
 @_traceback_option
-def convert(model, output, atol, rtol, seed, shapes, inputs_path, layers, mnn_precision, mnn_target, json_path,
-            html_path, junit_path, explorer_path, timeout, quiet, no_color, converter_options):
+def convert(model, output, atol, rtol, seed, shapes, inputs_path, layers, mnn_precision, mnn_target, budget,
+            float_mnn, no_attribution, rank_layers, json_path, html_path, junit_path, explorer_path, timeout, quiet,
+            no_color, converter_options):
     """Convert MODEL (.onnx) to MNN, then check the pair: validation in one step.
 
     Options parity does not know are passed to MNN's converter (for example --fp16,
@@ -428,6 +458,10 @@ def convert(model, output, atol, rtol, seed, shapes, inputs_path, layers, mnn_pr
     from parity.options import CheckOptions, LayerOptions, MnnOptions
 
     mnn_options = MnnOptions(precision=mnn_precision, target=mnn_target)  # refused before converting
+    if budget is not None:
+        from parity.budget import Budget
+
+        Budget.parse(budget)
     source = Path(model)
     if source.suffix.lower() != ".onnx":
         raise click.UsageError(f"parity convert takes an .onnx model, not {source.name}")
@@ -442,7 +476,8 @@ def convert(model, output, atol, rtol, seed, shapes, inputs_path, layers, mnn_pr
         convert_model(source, target, options=list(converter_options), timeout=timeout)
         options = CheckOptions(tolerance=_tolerance(atol, rtol), seed=seed, shapes=_parse_shapes(shapes),
                                inputs=inputs_path, timeout=timeout, layers=LayerOptions(enabled=layers),
-                               mnn=mnn_options)
+                               mnn=mnn_options, budget=budget, float_mnn=float_mnn, attribute=not no_attribution,
+                               rank_layers=rank_layers)
         report = pipeline.check([source, target], options, progress=progress)
     if converter_options:
         import dataclasses

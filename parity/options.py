@@ -93,6 +93,19 @@ class CheckOptions:
     layers: LayerOptions = LayerOptions()
     diagnose: bool = True
     repro: str | os.PathLike | None = None
+    # compressed models (compression.py, budget.py): the float conversion to attribute the
+    # loss against (None: parity converts the ONNX itself), and the budget of the compression
+    # (None: the default of the compression kind); attribute=False checks ONNX -> .mnn as is
+    float_mnn: str | os.PathLike | None = None
+    budget: str | None = None
+    attribute: bool = True
+    rank_layers: bool = False  # rank compressed layers by their cost even when the budget holds
+
+    def __post_init__(self):
+        if self.budget is not None:
+            from parity.budget import Budget
+
+            Budget.parse(self.budget)  # refuse a bad budget before any work
 
     @classmethod
     def from_keywords(cls, **keywords: Any) -> "CheckOptions":

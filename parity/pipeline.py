@@ -89,17 +89,26 @@ def check(
     _check_paths(options, [path for _, path in chain])
 
     with ExitStack() as stack:
-        backends, stages = _open_backends(chain, options, stack, say)
+        chain, roles, compression = _attribution(chain, options, stack, say)
+        budget = _budget(options, compression) if roles else None
+        backends, stages = _open_backends(chain, options, stack, say, roles=roles)
         specs = _input_specs(backends)
         feeds, input_infos = _make_feeds(backends, specs, options)
         if options.save_inputs is not None:
             inputs_mod.save_npz(options.save_inputs, feeds)
         results = _run_all(backends, feeds, say)
         links = stage_links(stages)
-        comparisons = [_compare_link(backends, results, link, options, say) for link in links]
+        comparisons = [_compare_link(backends, results, link, options, say, budget) for link in links]
         if options.layers.enabled:
             comparisons = _add_layers(comparisons, backends, links, feeds, options, say)
         verdict = verdict_for(comparisons, fail_on_layers=options.layers.fail_on_layers)
+        ranking = None
+        if budget is not None:
+            verdict = _compression_verdict(comparisons, backends, links, verdict, compression, budget)
+            if verdict.kind == "compression" or (options.rank_layers and compression is not None
+                                                 and compression.compressed):
+                ranking = _rank(backends, feeds, budget, options, say)
+                verdict = _with_ranking(verdict, ranking)
         if options.diagnose and verdict.kind == "mismatch":
             comparisons, verdict = _diagnose(comparisons, backends, links, feeds, options, verdict, say)
         notes = [n for r in results for n in r.notes]
@@ -117,6 +126,8 @@ def check(
         passed=passed, backends=infos, inputs=tuple(input_infos), comparisons=tuple(comparisons),
         verdict=verdict, tolerance=tolerance, notes=tuple(notes), parity_version=_version(),
         findings=findings, options=options.to_dict(),
+        compression=compression.to_dict() if compression is not None and compression.compressed else None,
+        ranking=ranking.to_dict() if ranking is not None else None,
     )
 
 
@@ -132,13 +143,67 @@ def _check_paths(options: CheckOptions, models) -> None:
         check_repro_dir(options.repro)
 
 
-def _open_backends(chain, options: CheckOptions, stack: ExitStack, say) -> list:
+def _attribution(chain, options: CheckOptions, stack: ExitStack, say):
+    """For an MNN model right after its ONNX model: read its compression from the file; when
+    it is compressed (or --float-mnn is given), the float conversion of the same ONNX (given,
+    or made here) joins the chain between them, so the loss splits into ONNX -> float MNN
+    (conversion and runtime) and float MNN -> compressed MNN (the cost of compression).
+    Returns the chain, the roles of the MNN entries by index, and the compression (or None)."""
+    if not options.attribute:
+        return chain, {}, None
+    index = next((i for i in range(len(chain) - 1, 0, -1)
+                  if chain[i][0] == "mnn" and chain[i - 1][0] == "onnxruntime"), None)
+    if index is None:
+        if options.float_mnn is not None:
+            raise UsageError("--float-mnn needs an ONNX model followed by its compressed .mnn")
+        return chain, {}, None
+    from parity import compression as compression_mod
+    from parity.errors import ParityError
+
+    onnx_path, mnn_path = chain[index - 1][1], chain[index][1]
+    say(f"reading the compression of {mnn_path.name}")
+    try:
+        found = compression_mod.of_model(mnn_path, timeout=options.timeout)
+    except ParityError:
+        return chain, {}, None  # an unreadable .mnn: loading it says why, as without attribution
+    if not found.compressed and options.float_mnn is None:
+        return chain, {}, None
+    if options.float_mnn is not None:
+        float_path = Path(options.float_mnn)
+    else:
+        import tempfile
+
+        from parity.converter import convert
+
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="parity-float-")))
+        float_path = workdir / f"{mnn_path.stem}.float.mnn"
+        say(f"converting {onnx_path.name} without compression: the float reference of {mnn_path.name}")
+        convert(onnx_path, float_path, options=[], timeout=options.timeout)
+    chain = [*chain[:index], ("mnn", float_path), *chain[index:]]
+    label = found.kind_label() if found.compressed else "as given"
+    return chain, {index: "float conversion", index + 1: label}, found
+
+
+def _budget(options: CheckOptions, compression):
+    from parity.budget import Budget
+
+    if options.budget is not None:
+        return Budget.parse(options.budget)
+    return Budget.default_for(compression.kind if compression is not None else None)
+
+
+def _open_backends(chain, options: CheckOptions, stack: ExitStack, say, roles=None) -> list:
     """Open every model; an MNN model opens once per precision asked for (--mnn-precision
-    high,low), each its own backend. Returns the backends and the stages (see stage_links)."""
+    high,low), each its own backend (the float conversion of a compressed model: once).
+    Returns the backends and the stages (see stage_links)."""
+    roles = roles or {}
     backends, stages = [], []
-    for framework, path in chain:
+    for position, (framework, path) in enumerate(chain):
         if framework == "mnn":
-            variants = [dict(options.mnn.backend_kwargs(p), timeout=options.timeout) for p in options.mnn.precisions()]
+            role = roles.get(position, "")
+            precisions = options.mnn.precisions()[:1] if role == "float conversion" else options.mnn.precisions()
+            variants = [dict(options.mnn.backend_kwargs(p), timeout=options.timeout, **({"role": role} if role else {}))
+                        for p in precisions]
         elif framework == "torch":
             variants = [{"input_names": list(options.torch_inputs) if options.torch_inputs else None}]
         else:
@@ -223,9 +288,16 @@ def link_tolerance(options: CheckOptions, candidate):
     return options.tolerance
 
 
-def _compare_link(backends, results, link, options: CheckOptions, say) -> Comparison:
+def _compressed(backend) -> bool:
+    role = getattr(backend, "role", "")
+    return bool(role) and role != "float conversion"
+
+
+def _compare_link(backends, results, link, options: CheckOptions, say, budget=None) -> Comparison:
     ref_i, cand_i = link
     candidate = backends[cand_i]
+    if budget is not None and _compressed(candidate):
+        return _compare_by_budget(backends, results, link, budget, say)
     run = getattr(candidate, "run_label", "")
     say(f"comparing {backends[ref_i].framework} -> {candidate.framework}{' (' + run + ')' if run else ''}")
     tolerance = link_tolerance(options, candidate)
@@ -239,6 +311,103 @@ def _compare_link(backends, results, link, options: CheckOptions, say) -> Compar
                          f"float16 here): {tolerance.describe()}; give --atol/--rtol to set your own")
     return dataclasses.replace(comparison, candidate_run=run, tolerance=tolerance.to_dict() if
                                tolerance is not options.tolerance else None, notes=comparison.notes + tuple(notes))
+
+
+def _compare_by_budget(backends, results, link, budget, say) -> Comparison:
+    """A link to the compressed model: measured as any link, judged by the budget (every
+    output meets every clause) instead of the element tolerance."""
+    from parity.metrics import Tolerance
+
+    ref_i, cand_i = link
+    candidate = backends[cand_i]
+    say(f"comparing {backends[ref_i].framework} -> {candidate.framework} ({candidate.run_label}) against "
+        f"the budget {budget.text}")
+    reference_outputs, candidate_outputs = results[ref_i].outputs, results[cand_i].outputs
+    comparison = compare_outputs(reference_outputs, candidate_outputs, Tolerance(),
+                                 reference_name=backends[ref_i].framework, candidate_name=candidate.framework,
+                                 candidate_steps=results[cand_i].steps)
+    judged = []
+    for output in comparison.outputs:
+        if output.error is not None or output.reference_name is None or output.candidate_name is None:
+            judged.append(output)
+            continue
+        ref = np.asarray(reference_outputs[output.reference_name])
+        cand = np.asarray(candidate_outputs[output.candidate_name])
+        if cand.size != ref.size:
+            judged.append(output)
+            continue
+        passed, figures, detail = budget.judge(ref, cand.reshape(ref.shape))
+        judged.append(dataclasses.replace(output, passed=passed, budget={"rule": budget.text, "passed": passed, **figures},
+                                          notes=(detail, *output.notes)))
+    return dataclasses.replace(comparison, outputs=tuple(judged), passed=all(o.passed for o in judged),
+                               candidate_run=candidate.run_label,
+                               notes=comparison.notes + (f"judged by the compression budget {budget.text} "
+                                                         f"(--budget), not the element tolerance",))
+
+
+def _compression_verdict(comparisons, backends, links, verdict, compression, budget):
+    """When the float conversion matches ONNX and the compressed model misses its budget: the
+    verdict is compression. A failing float link keeps its verdict (conversion or runtime,
+    decided by the diagnosis): compression cannot be blamed for a wrong conversion."""
+    from parity.report import Verdict
+
+    if verdict.kind != "mismatch":
+        return verdict
+    first = next((c, link) for c, link in zip(comparisons, links) if not c.passed)
+    comparison, (ref_i, cand_i) = first
+    if not _compressed(backends[cand_i]):
+        return verdict
+    worst = min((o for o in comparison.outputs if o.budget), key=lambda o: o.budget.get("cosine") or 0.0, default=None)
+    what = compression.summary() if compression is not None else "the given model"
+    evidence = [{"link": c.link, "passed": c.passed,
+                 **({"outputs": {o.name: o.budget for o in c.outputs if o.budget}} if any(o.budget for o in c.outputs) else
+                    {"max_abs_diff": max((o.max_abs_diff or 0.0 for o in c.outputs), default=None)})}
+                for c in comparisons]
+    detail = next((n for n in (worst.notes if worst else ()) if "budget" in n), "")
+    return Verdict(
+        "compression", f"output {worst.name!r} ({comparison.link})" if worst else comparison.link,
+        f"the compression costs more than its budget: {what}; the float conversion matches ONNX "
+        f"Runtime, and {comparison.link} is {detail}",
+        evidence=tuple(evidence),
+        next_steps=("rank the layers that cost it and keep the worst in float: see the ranking below "
+                    "(--rank-layers)",
+                    "or compress less: 8 bits instead of 4, a smaller --weightQuantBlock (e.g. 32), "
+                    "or a looser --budget if this loss is acceptable"),
+    )
+
+
+def _rank(backends, feeds, budget, options: CheckOptions, say):
+    """Rank the compressed model's layers (ranking.py), run as the compressed model runs."""
+    from parity import ranking as ranking_mod
+    from parity.backends.mnn import MnnBackend
+
+    float_backend = next(b for b in backends if getattr(b, "role", "") == "float conversion")
+    compressed = next(b for b in backends if _compressed(b))
+    settings = compressed.reopen_options()
+    return ranking_mod.rank(float_backend.path, compressed.path, feeds, budget,
+                            lambda path: MnnBackend(path, **settings), timeout=options.timeout, progress=say)
+
+
+def _with_ranking(verdict, ranking):
+    """The verdict, with the ranking's top layers and the fix as evidence and next step."""
+    if not ranking.layers:
+        return dataclasses.replace(verdict, evidence=verdict.evidence + tuple({"ranking": n} for n in ranking.notes))
+    top = [{"experiment": "one layer compressed at a time", "rank": x.rank, "layer": x.name,
+            "op_type": x.op_type, "compression": x.compression, "cosine": x.cosine, "error": x.error}
+           for x in ranking.layers[:5]]
+    steps = verdict.next_steps
+    if ranking.fix and verdict.kind == "compression":
+        fix = ranking.fix
+        kept = ", ".join(fix["kept"])
+        outcome = ("brings it within" if fix["within_budget"] else "is not enough for")
+        steps = (f"keep {kept} in float: measured here, that {outcome} the budget {ranking.budget} (cosine "
+                 f"{fix['before'].get('cosine'):.6g} -> {fix['after'].get('cosine'):.6g})", *steps[1:])
+        top.append({"experiment": "keep the worst layers in float", **fix})
+    where = verdict.where
+    if verdict.kind == "compression":
+        first = ranking.layers[0]
+        where = f"{first.name} ({first.op_type}, {first.compression}), the most costly compressed layer"
+    return dataclasses.replace(verdict, where=where, evidence=verdict.evidence + tuple(top), next_steps=steps)
 
 
 def _failing_outputs(comparison: Comparison) -> dict:
@@ -283,6 +452,11 @@ def _add_layers(comparisons, backends, links, feeds, options: CheckOptions, say)
             "per-layer comparison needs the ONNX model in the chain: its graph is the map",)) for c in comparisons]
     out = []
     for comparison, (ref_i, cand_i) in zip(comparisons, links):
+        if _compressed(backends[cand_i]):
+            out.append(dataclasses.replace(comparison, notes=comparison.notes + (
+                "no per-layer view on a compressed link: every compressed layer differs by design; "
+                "the layer ranking measures what each costs",)))
+            continue
         say(f"per-layer: {comparison.link}")
         out.append(_layer_view(comparison, graph, backends[ref_i], backends[cand_i], feeds, options, say))
     return out
@@ -295,7 +469,7 @@ def _diagnose(comparisons, backends, links, feeds, options: CheckOptions, verdic
     for i, (comparison, (ref_i, cand_i)) in enumerate(zip(comparisons, links)):
         if comparison.passed:
             continue
-        if (comparison.reference, comparison.candidate) != ("onnxruntime", "mnn"):
+        if (comparison.reference, comparison.candidate) != ("onnxruntime", "mnn") or _compressed(backends[cand_i]):
             return comparisons, verdict
         reference, candidate = backends[ref_i], backends[cand_i]
         graph = _onnx_graph(backends)

@@ -63,6 +63,8 @@ class OutputComparison:
     masked_matched: int = 0  # masked on both sides, same sign: left out of the figures
     class_mismatches: int = 0  # a mask, Inf or NaN on one side only, or opposite masks
     atol: float | None = None  # the absolute tolerance applied to this output
+    # on a compressed link: the budget's figures and verdict (budget.py), which decide `passed`
+    budget: dict | None = None
     notes: tuple = ()
     error: str | None = None  # why no figures could be computed (missing, unalignable)
 
@@ -183,6 +185,8 @@ class Report:
     schema: str = SCHEMA
     # findings that do not decide the exit code by themselves (layer-only differences)
     findings: tuple = ()
+    compression: dict | None = None  # what the compressed .mnn carries (compression.py), when it is compressed
+    ranking: dict | None = None  # the compressed layers by their cost, and the fix (ranking.py)
     options: dict = field(default_factory=dict)  # the check's options, as given
 
     @property
@@ -205,6 +209,8 @@ class Report:
             "verdict": _plain(dataclasses.asdict(self.verdict)),
             "notes": list(self.notes),
             "findings": list(self.findings),
+            **({"compression": _plain(self.compression)} if self.compression is not None else {}),
+            **({"ranking": _plain(self.ranking)} if self.ranking is not None else {}),
             "options": _plain(self.options),
         }
 
@@ -228,6 +234,8 @@ class Report:
             parity_version=data.get("parity_version", ""),
             schema=data["schema"],
             findings=tuple(data.get("findings", ())),
+            compression=data.get("compression"),
+            ranking=data.get("ranking"),
             options=data.get("options", {}),
         )
 

@@ -70,12 +70,14 @@ class MnnBackend(Backend):
         rearrange: bool = False,
         shape_mutable: bool = True,
         target: str = "local",
+        role: str = "",
         **options,
     ):
         super().__init__(path, **options)
         from parity.targets import parse_target
 
         self.target = parse_target(target)
+        self.role = role  # "float conversion" or what the model's compression is, when attributing
         self.timeout = timeout
         self.backend = backend
         self.threads = threads
@@ -172,7 +174,9 @@ class MnnBackend(Backend):
     @property
     def run_label(self) -> str:
         """Where and how this run differs from a plain local one: "arm64, precision low"."""
-        words = [] if self.target.local else [self.target.spec]
+        words = [self.role] if self.role else []
+        if not self.target.local:
+            words.append(self.target.spec)
         if self.precision != "normal":
             words.append(f"precision {self.precision}")
         return ", ".join(words)

@@ -100,7 +100,10 @@ def _side_by_side(comparisons):
                 cells.append("[bold red]FAIL[/] (see below)")
             else:
                 mark = "[green]pass[/]" if o.passed else "[bold red]FAIL[/]"
-                cells.append(f"{mark} {_num(o.max_abs_diff)}")
+                if o.budget and o.budget.get("cosine") is not None:  # a compressed link: its budget's figure
+                    cells.append(f"{mark} cos {o.budget['cosine']:.6f}")
+                else:
+                    cells.append(f"{mark} {_num(o.max_abs_diff)}")
         table.add_row(escape(name), *cells)
     return table
 
@@ -181,6 +184,11 @@ def render(report: Report, file: IO[str], *, color: bool | None = None, width: i
         out.print(f"note: {escape(note)}")
     for line in target_lines(report):
         out.print(escape(line), soft_wrap=True)  # one line each, however long, for grep
+    if report.compression:
+        out.print(escape(f"compression: {report.compression.get('summary')}"), soft_wrap=True)
+    if report.ranking:
+        for line in ranking_lines(report.ranking):
+            out.print(escape(line), soft_wrap=True)
     for comparison in report.comparisons:
         if comparison.tolerance:
             out.print(escape(f"tolerance of {comparison.link}: {comparison.tolerance.get('rule')}"))
@@ -192,6 +200,16 @@ def render(report: Report, file: IO[str], *, color: bool | None = None, width: i
     out.print(f"[{style}]{report.verdict.kind.upper()}[/]: {escape(report.verdict.summary)}")
     for step in report.verdict.next_steps:
         out.print(f"  next: {escape(step)}")
+
+
+def ranking_lines(ranking: dict, top: int = 10) -> list[str]:
+    """The compressed layers by their cost, and the fix (ranking.Ranking.lines, from the JSON)."""
+    from parity.ranking import LayerCost, Ranking
+
+    fields = {"name", "op_type", "compression", "cosine", "error", "rank"}
+    layers = tuple(LayerCost(**{k: v for k, v in x.items() if k in fields}) for x in ranking.get("layers", []))
+    return Ranking(layers, ranking.get("budget", ""), ranking.get("all_compressed", {}), ranking.get("fix"),
+                   tuple(ranking.get("notes", ()))).lines(top)
 
 
 def target_lines(report: Report) -> list[str]:
