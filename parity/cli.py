@@ -149,6 +149,9 @@ def _compression_options(f):
         click.option("--rank-layers", is_flag=True,
                      help="Rank the compressed layers by what each costs (one layer compressed at a "
                           "time), also when the budget holds; a compression verdict ranks them anyway."),
+        click.option("--write-fixed", type=click.Path(dir_okay=False, path_type=str), metavar="FILE.mnn",
+                     help="Write the compressed model with its most costly layers kept in float (the "
+                          "ranking's fix, built by MNN's converter from its JSON dump) to FILE.mnn."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -250,7 +253,7 @@ def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, allow_nonf
           json_path, html_path, junit_path, explorer_path, timeout, mnn_backend, mnn_threads, mnn_precision,
           mnn_target, mnn_static_shapes, torch_spec, torch_inputs,
           layers, layer_rtol, no_diagnose, repro_dir, isolate, max_memory, fail_on_layers, budget, float_mnn,
-          no_attribution, rank_layers, quiet, no_color):
+          no_attribution, rank_layers, write_fixed, quiet, no_color):
     """Run MODELS on the same inputs and compare them link by link.
 
     The framework comes from the suffix: .onnx runs in ONNX Runtime, .mnn in MNN, .pt2
@@ -264,8 +267,8 @@ def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, allow_nonf
         parity check --torch net.py:build model.onnx model.mnn
     """
     _check_report_paths({"--json": json_path, "--html": html_path, "--junit": junit_path,
-                         "--model-explorer": explorer_path}, inputs=[*models, inputs_path],
-                        others={"--save-inputs": save_inputs})
+                         "--model-explorer": explorer_path}, inputs=[*models, inputs_path, float_mnn],
+                        others={"--save-inputs": save_inputs, "--write-fixed": write_fixed})
     if mnn_target == "local" and any(str(m).lower().endswith(".mnn") for m in models):
         # MNN's child process starts importing MNN now, while parity imports the rest
         from parity.backends.worker import prestart
@@ -302,6 +305,7 @@ def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, allow_nonf
         float_mnn=float_mnn,
         attribute=not no_attribution,
         rank_layers=rank_layers,
+        write_fixed=write_fixed,
     )
     with _progress(quiet) as progress:
         report = pipeline.check(models, options, progress=progress)
@@ -357,7 +361,8 @@ def _emit(report, json_path, no_color, html_path=None, junit_path=None, explorer
               show_default=True, help="Seconds MNN may take to load the model.")
 @_traceback_option
 def inspect(model, timeout):
-    """Print MODEL's inputs and outputs (names, dtypes, shapes; symbolic dims by name)."""
+    """Print MODEL's inputs and outputs (names, dtypes, shapes; symbolic dims by name); for an
+    .mnn, also its compression per layer (weight bits, block, symmetry, float16, int8 ops)."""
     from parity.backends import open_backend
     from parity.pipeline import resolve_models
     from parity.render.text import render_inspect
@@ -365,8 +370,13 @@ def inspect(model, timeout):
     framework = resolve_models([model, model])[0][0]
     options = {"timeout": timeout} if framework == "mnn" else {}
     with open_backend(framework, model, **options) as backend:
+        found = None
+        if framework == "mnn":
+            from parity.compression import of_model
+
+            found = of_model(model, timeout=timeout)
         render_inspect(framework, model, backend.version, backend.input_specs,
-                       backend.output_specs, sys.stdout)
+                       backend.output_specs, sys.stdout, compression=found)
 
 
 @cli.command(context_settings=_CONTEXT)
@@ -439,7 +449,7 @@ def compare(reference, candidate, dtype, shape_text, model_input, atol, rtol, js
 @click.argument("converter_options", nargs=-1, type=click.UNPROCESSED)
 @_traceback_option
 def convert(model, output, atol, rtol, seed, shapes, inputs_path, layers, mnn_precision, mnn_target, budget,
-            float_mnn, no_attribution, rank_layers, json_path, html_path, junit_path, explorer_path, timeout, quiet,
+            float_mnn, no_attribution, rank_layers, write_fixed, json_path, html_path, junit_path, explorer_path, timeout, quiet,
             no_color, converter_options):
     """Convert MODEL (.onnx) to MNN, then check the pair: validation in one step.
 
@@ -470,14 +480,14 @@ def convert(model, output, atol, rtol, seed, shapes, inputs_path, layers, mnn_pr
         raise click.UsageError(f"the output should end in .mnn: {target}")
     _check_report_paths({"--json": json_path, "--html": html_path, "--junit": junit_path,
                          "--model-explorer": explorer_path}, inputs=[source, inputs_path],
-                        others={"-o": str(target)})
+                        others={"-o": str(target), **({"--write-fixed": write_fixed} if write_fixed else {})})
     with _progress(quiet) as progress:
         progress(f"converting {source.name} -> {target}")
         convert_model(source, target, options=list(converter_options), timeout=timeout)
         options = CheckOptions(tolerance=_tolerance(atol, rtol), seed=seed, shapes=_parse_shapes(shapes),
                                inputs=inputs_path, timeout=timeout, layers=LayerOptions(enabled=layers),
                                mnn=mnn_options, budget=budget, float_mnn=float_mnn, attribute=not no_attribution,
-                               rank_layers=rank_layers)
+                               rank_layers=rank_layers, write_fixed=write_fixed)
         report = pipeline.check([source, target], options, progress=progress)
     if converter_options:
         import dataclasses

@@ -15,6 +15,7 @@ A full-int8 model (MNN's offline quantization tool) holds int8 ops instead (``Co
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 
 _WEIGHT_OPS = ("Convolution", "ConvolutionDepthwise", "Deconvolution", "DeconvolutionDepthwise")
@@ -22,7 +23,7 @@ _WEIGHT_OPS = ("Convolution", "ConvolutionDepthwise", "Deconvolution", "Deconvol
 
 @dataclass(frozen=True)
 class LayerCompression:
-    name: str  # the op's output tensor name (as the per-layer view names layers)
+    name: str  # the op's name, as MNN takes it from the ONNX value it computes (layer_name)
     op_type: str
     kind: str  # "float", "fp16", "int" (weight-only integers), "int8-op" (full int8)
     bits: int | None = None
@@ -50,6 +51,25 @@ class Compression:
             if label not in kinds:
                 kinds.append(label)
         return "+".join(sorted(kinds)) or None
+
+    def converter_options(self) -> list[str] | None:
+        """The converter options that compress a float model this way, when every compressed
+        layer shares them (MNN -> MNN reconversion takes them); None for a mix or full int8.
+        MNN 3.6's --weightQuantAsymmetric, given at all, makes weights symmetric (measured)."""
+        if self.int8_ops or not self.compressed:
+            return None
+        settings = {(x.kind, x.bits, x.block, x.asymmetric) for x in self.compressed}
+        if len(settings) != 1:
+            return None
+        kind, bits, block, asymmetric = settings.pop()
+        if kind == "fp16":
+            return ["--fp16"]
+        options = ["--weightQuantBits", str(bits)]
+        if block:
+            options += ["--weightQuantBlock", str(block)]
+        if asymmetric is False:
+            options.append("--weightQuantAsymmetric")
+        return options
 
     def kind_label(self) -> str:
         """A few words for a link's label: "4-bit weights", "float16 weights", "full int8"."""
@@ -94,14 +114,27 @@ def _length(value) -> int:
         return 0
 
 
+# What MNN's converter appends to the name of an ONNX MatMul it turned into a Convolution.
+_MATMUL_SUFFIX = "__matmul_converted"
+
+
+def layer_name(op: dict, names: list) -> str:
+    """A weight op's name as a user knows it: the op's name, which MNN takes from the ONNX
+    value it computes ("hidden2__matmul_converted" -> "hidden2"), else its output tensor."""
+    name = op.get("name") or ""
+    if name:
+        return name[: -len(_MATMUL_SUFFIX)] if name.endswith(_MATMUL_SUFFIX) else name
+    outputs = op.get("outputIndexes") or []
+    return names[outputs[0]] if outputs and 0 <= outputs[0] < len(names) else ""
+
+
 def read(graph: dict) -> Compression:
     """The compression of a graph as mnn_graph.load_graph returns it."""
     names = graph.get("tensorName") or []
     layers, int8 = [], []
     for op in graph.get("oplists", []):
         op_type = op.get("type", "")
-        outputs = op.get("outputIndexes") or []
-        name = names[outputs[0]] if outputs and 0 <= outputs[0] < len(names) else op.get("name", "")
+        name = layer_name(op, names)
         if op_type.endswith("Int8") and op_type not in ("FloatToInt8", "Int8ToFloat"):
             layers.append(LayerCompression(name, op_type, "int8-op", bits=8))
             int8.append(name)
@@ -128,6 +161,29 @@ def read(graph: dict) -> Compression:
         block = int(per_channel // blocks) if blocks and blocks > 1 and per_channel else None
         layers.append(LayerCompression(name, op_type, "int", bits=bits, block=block, asymmetric=asymmetric))
     return Compression(tuple(layers), tuple(int8))
+
+
+def recompress(float_path, target, options: list[str], *, timeout: float = 300.0):
+    """Compress the float model at ``float_path`` into ``target`` with the converter's
+    ``options`` (MNN -> MNN reconversion), in a child process."""
+    from parity.backends.worker import Worker
+
+    with Worker("MNN converter", timeout=timeout) as worker:
+        worker.call("parity.compression:_recompress_in_child", step=f"compressing {os.path.basename(str(float_path))}",
+                    source=os.path.abspath(float_path), target=os.path.abspath(target), options=list(options))
+    return target
+
+
+def _recompress_in_child(source: str, target: str, options: list) -> bool:
+    import _tools
+
+    from parity.backends.worker import ChildFailure
+
+    ok = _tools.mnnconvert(["MNNConvert", "-f", "MNN", "--modelFile", source, "--MNNModel", target,
+                            "--bizCode", "parity", *options])
+    if not ok or not os.path.exists(target) or os.path.getsize(target) == 0:
+        raise ChildFailure("backend", f"MNN's converter could not compress {os.path.basename(source)}")
+    return True
 
 
 def of_model(path, *, timeout: float = 300.0) -> Compression:

@@ -100,6 +100,7 @@ class CheckOptions:
     budget: str | None = None
     attribute: bool = True
     rank_layers: bool = False  # rank compressed layers by their cost even when the budget holds
+    write_fixed: str | os.PathLike | None = None  # where the ranking's fix (worst layers in float) goes
 
     def __post_init__(self):
         if self.budget is not None:

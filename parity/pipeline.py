@@ -105,6 +105,8 @@ def check(
         ranking = None
         if budget is not None:
             verdict = _compression_verdict(comparisons, backends, links, verdict, compression, budget)
+            if verdict.kind == "compression" and options.diagnose:
+                verdict = _recompression_check(comparisons, backends, feeds, verdict, compression, budget, options, say)
             if verdict.kind == "compression" or (options.rank_layers and compression is not None
                                                  and compression.compressed):
                 ranking = _rank(backends, feeds, budget, options, say)
@@ -141,6 +143,10 @@ def _check_paths(options: CheckOptions, models) -> None:
         from parity.repro import check_repro_dir
 
         check_repro_dir(options.repro)
+    if options.write_fixed is not None:
+        from parity.paths import check_output
+
+        check_output(options.write_fixed, "--write-fixed", inputs=models)
 
 
 def _attribution(chain, options: CheckOptions, stack: ExitStack, say):
@@ -309,7 +315,8 @@ def _compare_link(backends, results, link, options: CheckOptions, say, budget=No
     if tolerance is not options.tolerance:
         notes = (*notes, f"tolerance of float16 arithmetic (precision {candidate.precision} ran in "
                          f"float16 here): {tolerance.describe()}; give --atol/--rtol to set your own")
-    return dataclasses.replace(comparison, candidate_run=run, tolerance=tolerance.to_dict() if
+    return dataclasses.replace(comparison, candidate_run=run, reference_run=getattr(backends[ref_i], "run_label", ""),
+                               tolerance=tolerance.to_dict() if
                                tolerance is not options.tolerance else None, notes=comparison.notes + tuple(notes))
 
 
@@ -341,6 +348,7 @@ def _compare_by_budget(backends, results, link, budget, say) -> Comparison:
                                           notes=(detail, *output.notes)))
     return dataclasses.replace(comparison, outputs=tuple(judged), passed=all(o.passed for o in judged),
                                candidate_run=candidate.run_label,
+                               reference_run=getattr(backends[ref_i], "run_label", ""),
                                notes=comparison.notes + (f"judged by the compression budget {budget.text} "
                                                          f"(--budget), not the element tolerance",))
 
@@ -351,6 +359,16 @@ def _compression_verdict(comparisons, backends, links, verdict, compression, bud
     decided by the diagnosis): compression cannot be blamed for a wrong conversion."""
     from parity.report import Verdict
 
+    if verdict.kind == "pass":
+        judged = [o for c in comparisons for o in c.outputs if o.budget]
+        if not judged:
+            return verdict
+        worst = min(judged, key=lambda o: o.budget.get("cosine") if o.budget.get("cosine") is not None else 1.0)
+        what = compression.summary() if compression is not None and compression.compressed else "the given model"
+        return dataclasses.replace(verdict, summary=(
+            f"{verdict.summary}; the float conversion matches ONNX Runtime within tolerance, and the "
+            f"compression ({what}) costs cosine {worst.budget.get('cosine'):.6g} at output {worst.name!r}, "
+            f"within its budget {budget.text}"))
     if verdict.kind != "mismatch":
         return verdict
     first = next((c, link) for c, link in zip(comparisons, links) if not c.passed)
@@ -376,6 +394,65 @@ def _compression_verdict(comparisons, backends, links, verdict, compression, bud
     )
 
 
+def _recompression_check(comparisons, backends, feeds, verdict, compression, budget, options: CheckOptions, say):
+    """Is the compressed file what MNN's compression of this ONNX makes? Compress the float
+    conversion again with the settings read from the file, measured the same way against the
+    float model: when that costs far less than the given file (within the budget, or ten times
+    less), the given file is wrong beyond its compression: conversion (another ONNX, a changed
+    file, a converter bug in that conversion), not compression."""
+    import tempfile
+
+    from parity.backends.mnn import MnnBackend
+    from parity.compression import recompress
+    from parity.report import Verdict
+
+    settings = compression.converter_options() if compression is not None else None
+    if settings is None:
+        return dataclasses.replace(verdict, evidence=verdict.evidence + (
+            {"experiment": "recompression", "detail": "not run: the layers are compressed in several ways"},))
+    float_backend = next(b for b in backends if getattr(b, "role", "") == "float conversion")
+    compressed = next(b for b in backends if _compressed(b))
+    given = next(c for c in comparisons if not c.passed and c.candidate_run == compressed.run_label)
+    given_cosine = min((o.budget or {}).get("cosine", 1.0) or 0.0 for o in given.outputs)
+    say(f"recompressing the float conversion with {' '.join(settings)} (is the given file what compression makes?)")
+    with tempfile.TemporaryDirectory(prefix="parity-recompress-") as workdir:
+        target = Path(workdir) / "recompressed.mnn"
+        try:
+            recompress(float_backend.path, target, settings, timeout=options.timeout)
+            with MnnBackend(target, **compressed.reopen_options()) as again:
+                outputs = again.run(feeds).outputs
+            reference = float_backend.run(feeds).outputs
+        except Exception as exc:  # evidence, not the end
+            from parity.errors import ParityError
+
+            if not isinstance(exc, ParityError):
+                raise
+            return dataclasses.replace(verdict, evidence=verdict.evidence + (
+                {"experiment": "recompression", "setting": " ".join(settings), "error": str(exc)},))
+    from parity.ranking import _within, _worst
+
+    figures = _worst(reference, outputs)
+    entry = {"experiment": "recompression of the float conversion", "setting": " ".join(settings),
+             "cosine": figures.get("cosine"), "error": figures.get("error"), "given_cosine": given_cosine,
+             "within_budget": _within(budget, figures)}
+    again_cost = 1 - (figures.get("cosine") or 0.0)
+    given_cost = 1 - given_cosine
+    if _within(budget, figures) or (again_cost > 0 and given_cost / again_cost >= 10):
+        return Verdict(
+            "conversion", verdict.where,
+            f"{compressed.path.name} is not what compressing this ONNX makes: MNN's converter compressing "
+            f"the float conversion with the file's own settings ({' '.join(settings)}) costs cosine "
+            f"{figures.get('cosine'):.6g}, the given file {given_cosine:.6g} against the same float model. "
+            f"The loss is not compression's: the file was converted from another ONNX or with other "
+            f"options, or changed after conversion",
+            evidence=verdict.evidence + (entry,),
+            next_steps=(f"reconvert and check in one step: parity convert "
+                        f"{next((b.path.name for b in backends if b.framework == 'onnxruntime'), 'MODEL.onnx')} "
+                        f"-o {compressed.path.name} {' '.join(settings)}",),
+        )
+    return dataclasses.replace(verdict, evidence=verdict.evidence + (entry,))
+
+
 def _rank(backends, feeds, budget, options: CheckOptions, say):
     """Rank the compressed model's layers (ranking.py), run as the compressed model runs."""
     from parity import ranking as ranking_mod
@@ -385,7 +462,8 @@ def _rank(backends, feeds, budget, options: CheckOptions, say):
     compressed = next(b for b in backends if _compressed(b))
     settings = compressed.reopen_options()
     return ranking_mod.rank(float_backend.path, compressed.path, feeds, budget,
-                            lambda path: MnnBackend(path, **settings), timeout=options.timeout, progress=say)
+                            lambda path: MnnBackend(path, **settings), timeout=options.timeout, progress=say,
+                            write_fixed=options.write_fixed, protected=[b.path for b in backends])
 
 
 def _with_ranking(verdict, ranking):

@@ -128,10 +128,12 @@ def _worst(reference: dict, outputs: dict) -> dict:
 
 
 def rank(float_path, compressed_path, feeds: dict, budget: Budget, open_mnn: Callable, *,
-         timeout: float = 300.0, progress: Callable[[str], None] | None = None) -> Ranking:
+         timeout: float = 300.0, progress: Callable[[str], None] | None = None, write_fixed=None,
+         protected=()) -> Ranking:
     """Rank the compressed layers of ``compressed_path`` by their own cost; then keep the worst
     in float until the budget holds (at most MAX_KEPT). ``open_mnn(path)`` opens a backend
-    the way the compressed model runs (target, precision)."""
+    the way the compressed model runs (target, precision). With ``write_fixed``, the model
+    with those layers kept in float is written there (never onto one of ``protected``)."""
     from parity import compression as compression_mod
     from parity import mnn_graph
 
@@ -151,10 +153,10 @@ def rank(float_path, compressed_path, feeds: dict, budget: Budget, open_mnn: Cal
         names = compressed_graph.get("tensorName") or []
 
         def layer_name(op):
-            outputs = op.get("outputIndexes") or []
-            return names[outputs[0]] if outputs and 0 <= outputs[0] < len(names) else op.get("name", "")
+            return compression_mod.layer_name(op, names)
 
-        compressed_at = [i for i, op in enumerate(compressed_ops) if layer_name(op) in info]
+        compressed_at = [i for i, op in enumerate(compressed_ops)
+                         if layer_name(op) in info and info[layer_name(op)].op_type == op.get("type")]
 
         def run(graph, stem) -> dict:
             path = _from_json(graph, workdir, stem, timeout)
@@ -185,9 +187,17 @@ def rank(float_path, compressed_path, feeds: dict, budget: Budget, open_mnn: Cal
             costs.append(LayerCost(name, op.get("type", ""), label, figures["cosine"], figures["error"]))
         ordered = sorted(costs, key=lambda x: -x.cost)
         ordered = tuple(LayerCost(**{**asdict(x), "rank": i}) for i, x in enumerate(ordered, 1))
-        fix = _fix(ordered, float_ops, compressed_graph, compressed_ops, compressed_at, layer_name, reference,
-                   whole, budget, run, say)
-        return Ranking(ordered, budget.text, whole, fix)
+        fix, fixed_graph = _fix(ordered, float_ops, compressed_graph, compressed_ops, compressed_at, layer_name,
+                                reference, whole, budget, run, say)
+        notes = ()
+        if write_fixed is not None and fixed_graph is not None:
+            from parity.paths import copy_atomic
+
+            built = _from_json(fixed_graph, workdir, "fixed", timeout)
+            copy_atomic(built, write_fixed, "--write-fixed", inputs=protected)
+            fix["written"] = str(write_fixed)
+            notes = (f"wrote the compressed model with {', '.join(fix['kept'])} kept in float to {write_fixed}",)
+        return Ranking(ordered, budget.text, whole, fix, notes)
     except ParityError as exc:
         return Ranking((), budget.text, {}, None, notes=(f"no layer ranking: {exc}",))
     finally:
@@ -208,21 +218,21 @@ def _within(budget: Budget, figures: dict) -> bool:
 
 def _fix(ordered, float_ops, compressed_graph, compressed_ops, compressed_at, layer_name, reference, whole,
          budget, run, say) -> dict | None:
-    """Keep the 1, 2, ... most costly layers in float until the budget holds (or MAX_KEPT)."""
+    """Keep the 1, 2, ... most costly layers in float until the budget holds (or MAX_KEPT).
+    Returns the figures and the graph of the last model tried."""
     if not ordered:
-        return None
+        return None, None
     index_of = {layer_name(compressed_ops[i]): i for i in compressed_at}
-    after = whole
+    after, graph = whole, None
     kept: list[str] = []
     for layer in ordered[:MAX_KEPT]:
-        if _within(budget, after) and kept:
-            break
         kept.append(layer.name)
         ops = list(compressed_ops)
         for name in kept:
             ops[index_of[name]] = float_ops[index_of[name]]
         say(f"ranking the compressed layers: keeping {len(kept)} in float")
-        after = _worst(reference, run(dict(compressed_graph, oplists=ops), f"keep-{len(kept)}"))
+        graph = dict(compressed_graph, oplists=ops)
+        after = _worst(reference, run(graph, f"keep-{len(kept)}"))
         if _within(budget, after):
             break
-    return {"kept": kept, "before": whole, "after": after, "within_budget": _within(budget, after)}
+    return {"kept": kept, "before": whole, "after": after, "within_budget": _within(budget, after)}, graph

@@ -150,13 +150,15 @@ class Comparison:
     unpaired: tuple = ()
     first_divergence: FirstDivergence | None = None
     candidate_run: str = ""  # where and how the candidate ran, when not plain: "arm64, precision low"
+    reference_run: str = ""  # the same of the reference (an MNN float conversion: "float conversion")
     tolerance: dict | None = None  # this link's own tolerance, when not the report's
 
     @property
     def link(self) -> str:
         """"onnxruntime -> mnn", or "onnxruntime -> mnn (arm64, precision low)"."""
         run = f" ({self.candidate_run})" if self.candidate_run else ""
-        return f"{self.reference} -> {self.candidate}{run}"
+        from_run = f" ({self.reference_run})" if self.reference_run else ""
+        return f"{self.reference}{from_run} -> {self.candidate}{run}"
 
     @property
     def failed_outputs(self) -> list[OutputComparison]:
@@ -250,6 +252,8 @@ def _comparison_dict(c: Comparison) -> dict:
     }
     if c.candidate_run:
         out["candidate_run"] = c.candidate_run
+    if c.reference_run:
+        out["reference_run"] = c.reference_run
     if c.tolerance is not None:
         out["tolerance"] = _plain(c.tolerance)
     if c.layers is not None:

@@ -237,7 +237,9 @@ def target_lines(report: Report) -> list[str]:
     return lines
 
 
-def render_inspect(framework: str, path: str, version: str, inputs, outputs, file: IO[str]) -> None:
+def render_inspect(framework: str, path: str, version: str, inputs, outputs, file: IO[str],
+                   compression=None) -> None:
+    """A model's inputs and outputs; for an .mnn, also what compression it carries, per layer."""
     from rich.table import Table
 
     out = console(file)
@@ -250,6 +252,13 @@ def render_inspect(framework: str, path: str, version: str, inputs, outputs, fil
         for spec in specs:
             table.add_row(kind, escape(spec.name), escape(spec.dtype), _shape(spec.shape))
     out.print(table)
+    if compression is not None:
+        out.print(escape(f"compression: {compression.summary()}"), soft_wrap=True)
+        for layer in compression.compressed:
+            detail = ("float16" if layer.kind == "fp16" else "int8 op" if layer.kind == "int8-op" else
+                      f"{layer.bits}-bit, {'asymmetric' if layer.asymmetric else 'symmetric'}, "
+                      f"{'block ' + str(layer.block) if layer.block else 'per channel'}")
+            out.print(escape(f"  {layer.name} ({layer.op_type}): {detail}"), soft_wrap=True)
 
 
 def render_sweep(report, file: IO[str]) -> None:

@@ -1,0 +1,146 @@
+"""Compressed .mnn models: the compression read from the file, the loss split between
+conversion (ONNX -> float MNN) and compression (float MNN -> compressed MNN), judged by a
+budget, the layers ranked by their own cost, and the fix measured. MNN's converter makes every
+model here for real."""
+
+from __future__ import annotations
+
+import pytest
+
+from compressed_models import OUTLIER_LAYER, outlier_mlp
+from helpers import MODELS, alter_initializer, assert_one_line_error, run_parity
+from parity.budget import Budget, measure
+from parity.errors import ExitCode, UsageError
+
+TRANSFORMER = MODELS / "transformer.onnx"
+
+
+def _convert(tmp_path, onnx_path, *options, name="model.mnn", extra=()):
+    out = tmp_path / name
+    result = run_parity("convert", onnx_path, "-o", out, "--json", "-", "-q", *extra, *options)
+    assert result.code in (0, 1), result.err
+    return result.code, result.json(), out
+
+
+def _links(report):
+    return {c.get("reference_run", c["reference"]) + " -> " + c.get("candidate_run", c["candidate"]): c
+            for c in report["comparisons"]}
+
+
+@pytest.mark.parametrize("options, kind, words", [
+    (["--weightQuantBits", "4"], "int4", "4-bit weights (asymmetric, per channel) on 10 of 10"),
+    (["--weightQuantBits", "8"], "int8", "8-bit weights (asymmetric, per channel) on 10 of 10"),
+    (["--fp16"], "fp16", "float16 weights on 10 of 10"),
+    (["--weightQuantBits", "4", "--weightQuantBlock", "16"], "int4", "4-bit weights (asymmetric, block 16)"),
+    (["--weightQuantBits", "8", "--weightQuantAsymmetric"], "int8", "8-bit weights (symmetric, per channel)"),
+])
+def test_convert_compressed_is_judged_by_its_budget_not_as_a_conversion(tmp_path, options, kind, words):
+    code, report, _ = _convert(tmp_path, TRANSFORMER, *options)
+    assert report["compression"]["kind"] == kind and words in report["compression"]["summary"]
+    links = _links(report)
+    assert set(links) == {"onnxruntime -> float conversion", f"float conversion -> {kind_label(kind)}",
+                          f"onnxruntime -> {kind_label(kind)}"}
+    assert links["onnxruntime -> float conversion"]["passed"]
+    budget = links[f"float conversion -> {kind_label(kind)}"]["outputs"][0]["budget"]
+    assert budget["rule"] == Budget.default_for(kind).text and budget["cosine"] > 0.98
+    # exit code by the budget: the defaults hold for these compressions of the shipped model
+    assert code == 0 and report["verdict"]["kind"] == "pass", report["verdict"]
+    assert "within its budget" in report["verdict"]["summary"]
+
+
+def kind_label(kind: str) -> str:
+    return {"int4": "4-bit weights", "int8": "8-bit weights", "fp16": "float16 weights"}[kind]
+
+
+def test_a_budget_the_compression_misses_is_the_compression_verdict_with_a_ranking(tmp_path):
+    code, report, _ = _convert(tmp_path, TRANSFORMER, "--weightQuantBits", "4", extra=("--budget", "cosine>=0.999"))
+    assert code == ExitCode.MISMATCH
+    verdict = report["verdict"]
+    assert verdict["kind"] == "compression", verdict
+    assert "the float conversion matches ONNX Runtime" in verdict["summary"]
+    ranking = report["ranking"]
+    assert len(ranking["layers"]) == 10 and [x["rank"] for x in ranking["layers"]] == list(range(1, 11))
+    costs = [x["cost"] for x in ranking["layers"]]
+    assert costs == sorted(costs, reverse=True)
+    recompressed = next(e for e in verdict["evidence"] if e.get("experiment") == "recompression of the float conversion")
+    assert recompressed["within_budget"] is False  # the loss is compression's own
+
+
+def test_outlier_layer_ranks_first_and_keeping_it_in_float_restores_the_budget(tmp_path):
+    onnx_path = outlier_mlp(tmp_path)
+    fixed = tmp_path / "fixed.mnn"
+    code, report, _ = _convert(tmp_path, onnx_path, "--weightQuantBits", "4", extra=("--write-fixed", fixed))
+    assert code == ExitCode.MISMATCH and report["verdict"]["kind"] == "compression"
+    ranking = report["ranking"]
+    first = ranking["layers"][0]
+    assert first["name"] == OUTLIER_LAYER and first["cost"] > 10 * ranking["layers"][1]["cost"]
+    assert report["verdict"]["where"].startswith(OUTLIER_LAYER)
+    fix = ranking["fix"]
+    assert fix["kept"] == [OUTLIER_LAYER] and fix["within_budget"] is True
+    assert fix["after"]["cosine"] >= 0.98 > fix["before"]["cosine"]
+    # the written model keeps that layer in float and passes the default budget on its own
+    result = run_parity("check", onnx_path, fixed, "--json", "-", "-q")
+    assert result.code == 0, result.err
+    summary = result.json()["compression"]["summary"]
+    assert "on 2 of 3" in summary
+
+
+def test_wrong_and_compressed_is_a_conversion_verdict(tmp_path):
+    bad_onnx = alter_initializer(TRANSFORMER, tmp_path / "bad.onnx", "blocks.0.fc1.bias", index=3, delta=1.5)
+    _, _, bad = _convert(tmp_path, bad_onnx, "--weightQuantBits", "8", name="bad8.mnn",
+                         extra=("--no-diagnose", "--budget", "cosine>=0"))
+    result = run_parity("check", TRANSFORMER, bad, "--json", "-", "-q")
+    assert result.code == ExitCode.MISMATCH, result.err
+    verdict = result.json()["verdict"]
+    assert verdict["kind"] == "conversion", verdict
+    assert "not what compressing this ONNX makes" in verdict["summary"]
+
+
+def test_inspect_shows_the_compression_per_layer(tmp_path):
+    _, _, model = _convert(tmp_path, TRANSFORMER, "--weightQuantBits", "4", "--weightQuantBlock", "16")
+    result = run_parity("inspect", model)
+    assert result.code == 0, result.err
+    assert "compression: 4-bit weights (asymmetric, block 16) on 10 of 10 Convolution layers" in result.out
+    assert "/blocks.0/fc1/Add_output_0 (Convolution): 4-bit, asymmetric, block 16" in result.out
+
+
+def test_float_model_has_no_attribution():
+    result = run_parity("check", TRANSFORMER, MODELS / "transformer.mnn", "--json", "-", "-q")
+    assert result.code == 0
+    report = result.json()
+    assert "compression" not in report and len(report["comparisons"]) == 1
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("cosine>0.9", "is not METRIC>=VALUE"),
+    ("cosine<=0.9", "bounded with >="),
+    ("error>=0.1", "bounded with <="),
+    ("loss>=1", "is not METRIC"),
+    ("cosine>=1e999", "finite"),
+    ("cosine>=nan", "is not METRIC"),
+    ("", "empty"),
+])
+def test_bad_budgets_are_refused(text, fragment):
+    with pytest.raises(UsageError) as info:
+        Budget.parse(text)
+    assert fragment in str(info.value)
+
+
+def test_bad_budget_on_the_command_line_is_exit_2_before_converting(tmp_path):
+    out = tmp_path / "never.mnn"
+    result = run_parity("convert", TRANSFORMER, "-o", out, "--budget", "cosine>0.9", "--weightQuantBits", "4")
+    assert_one_line_error(result, ExitCode.USAGE, "--budget")
+    assert not out.exists()
+
+
+def test_budget_measure_figures_are_right_on_known_vectors():
+    import numpy as np
+
+    r = np.array([[1.0, 0.0], [0.0, 1.0]])
+    same = measure(r, r)
+    assert abs(same["cosine"] - 1.0) < 1e-12 and same["error"] == 0.0 and same["top1"] == 1.0
+    flipped = measure(r, r[:, ::-1].copy())
+    assert flipped["cosine"] == 0.0 and flipped["top1"] == 0.0 and flipped["error"] == 1.0
+    noisy = measure(np.ones(100), np.ones(100) * 1.1)
+    assert abs(noisy["snr_db"] - 20.0) < 1e-9  # signal 100, noise 100 * 0.01: 10 log10(100)
+    assert measure(np.array([1.0, 2.0]), np.array([1.0, np.inf]))["cosine"] == 0.0
