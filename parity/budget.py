@@ -96,6 +96,19 @@ def _show(value: float) -> str:
     return f"{value:.6g}"
 
 
+def top1_rows(reference: np.ndarray, candidate: np.ndarray) -> tuple[int, int] | None:
+    """(rows whose largest entry is the same, rows) for a classifier-like output (floats, two
+    or more dims, last dim >= 2); None for others."""
+    shape = np.shape(reference)
+    if len(shape) < 2 or shape[-1] < 2 or not np.issubdtype(np.asarray(reference).dtype, np.floating):
+        return None
+    if np.size(candidate) != np.size(reference):
+        return None
+    rr = np.asarray(reference).reshape(-1, shape[-1])
+    cc = np.asarray(candidate).reshape(-1, shape[-1])
+    return int(np.count_nonzero(np.argmax(rr, axis=-1) == np.argmax(cc, axis=-1))), rr.shape[0]
+
+
 def measure(reference: np.ndarray, candidate: np.ndarray) -> dict:
     """cosine, snr_db, error and (for classifier-like outputs) top1, in float64, over the finite
     pairs; a non-finite value on one side only counts as a complete miss (cosine 0)."""

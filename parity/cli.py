@@ -193,9 +193,15 @@ def _check_report_paths(paths: dict, inputs=(), others: dict | None = None) -> N
               help="Concrete shape for an input with dynamic dims (repeatable). Dynamic dims "
                    "default to 1.")
 @click.option("--inputs", "inputs_path", type=click.Path(dir_okay=True, path_type=str),
-              help="Use the arrays in this .npz (one per input name) instead of generated inputs.")
+              help="Use the arrays in this .npz (one per input name) instead of generated inputs; "
+                   "a directory or a quoted glob ('data/*.npz') of .npz files runs each as a sample, "
+                   "with figures aggregated (worst sample, mean cosine, top-1 agreement).")
 @click.option("--save-inputs", type=click.Path(path_type=str), metavar="FILE.npz",
               help="Write the inputs used to this .npz, to rerun or share the exact case.")
+@click.option("--samples-axis", type=int, default=None, metavar="AXIS",
+              help="The --inputs .npz holds many samples along AXIS of every array: each is run "
+                   "and compared on its own, and the figures are aggregated (as for a directory "
+                   "of .npz files).")
 @click.option("--allow-nonfinite", is_flag=True,
               help="Accept NaN/Inf in --inputs instead of refusing them.")
 @_report_options
@@ -249,7 +255,7 @@ def _check_report_paths(paths: dict, inputs=(), others: dict | None = None) -> N
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")
 @click.option("--no-color", is_flag=True, help="Plain terminal output.")
 @_traceback_option
-def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, allow_nonfinite,
+def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, samples_axis, allow_nonfinite,
           json_path, html_path, junit_path, explorer_path, timeout, mnn_backend, mnn_threads, mnn_precision,
           mnn_target, mnn_static_shapes, torch_spec, torch_inputs,
           layers, layer_rtol, no_diagnose, repro_dir, isolate, max_memory, fail_on_layers, budget, float_mnn,
@@ -292,6 +298,7 @@ def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, allow_nonf
         shapes=_parse_shapes(shapes),
         inputs=inputs_path,
         save_inputs=save_inputs,
+        samples_axis=samples_axis,
         allow_nonfinite=allow_nonfinite,
         timeout=timeout,
         mnn=MnnOptions(backend=mnn_backend, threads=mnn_threads, precision=mnn_precision,
@@ -439,6 +446,13 @@ def compare(reference, candidate, dtype, shape_text, model_input, atol, rtol, js
 @click.option("--layers", is_flag=True, help="Also compare every intermediate tensor.")
 @click.option("--mnn-precision", default="normal", show_default=True, metavar="MODE[,MODE]",
               help="MNN precision mode(s) of the check, as in parity check.")
+@click.option("--int8-calibration", type=click.Path(dir_okay=True, path_type=str), metavar="DIR",
+              help="Make a full int8 model (int8 weights and activations) with MNN's quantization "
+                   "tool, calibrated on the .npz samples in DIR (or a quoted glob); the check runs "
+                   "on the same samples unless --inputs is given.")
+@click.option("--int8-method", type=click.Choice(["ADMM", "EMA", "KL"]), default="ADMM", show_default=True,
+              help="How the quantization tool calibrates activations. MNN 3.6.1 measured here: KL "
+                   "crashed, EMA ignores the layers to keep in float (no ranking or fix).")
 @_target_option
 @_compression_options
 @_report_options
@@ -448,7 +462,8 @@ def compare(reference, candidate, dtype, shape_text, model_input, atol, rtol, js
 @click.option("--no-color", is_flag=True, help="Plain terminal output.")
 @click.argument("converter_options", nargs=-1, type=click.UNPROCESSED)
 @_traceback_option
-def convert(model, output, atol, rtol, seed, shapes, inputs_path, layers, mnn_precision, mnn_target, budget,
+def convert(model, output, atol, rtol, seed, shapes, inputs_path, layers, mnn_precision, int8_calibration,
+            int8_method, mnn_target, budget,
             float_mnn, no_attribution, rank_layers, write_fixed, json_path, html_path, junit_path, explorer_path, timeout, quiet,
             no_color, converter_options):
     """Convert MODEL (.onnx) to MNN, then check the pair: validation in one step.
@@ -481,13 +496,20 @@ def convert(model, output, atol, rtol, seed, shapes, inputs_path, layers, mnn_pr
     _check_report_paths({"--json": json_path, "--html": html_path, "--junit": junit_path,
                          "--model-explorer": explorer_path}, inputs=[source, inputs_path],
                         others={"-o": str(target), **({"--write-fixed": write_fixed} if write_fixed else {})})
-    with _progress(quiet) as progress:
-        progress(f"converting {source.name} -> {target}")
-        convert_model(source, target, options=list(converter_options), timeout=timeout)
+    import tempfile
+
+    with _progress(quiet) as progress, tempfile.TemporaryDirectory(prefix="parity-convert-") as scratch:
+        if int8_calibration:
+            float_mnn, inputs_path = _full_int8(source, target, Path(scratch), int8_calibration, int8_method,
+                                                list(converter_options), inputs_path, timeout, progress)
+        else:
+            progress(f"converting {source.name} -> {target}")
+            convert_model(source, target, options=list(converter_options), timeout=timeout)
         options = CheckOptions(tolerance=_tolerance(atol, rtol), seed=seed, shapes=_parse_shapes(shapes),
                                inputs=inputs_path, timeout=timeout, layers=LayerOptions(enabled=layers),
                                mnn=mnn_options, budget=budget, float_mnn=float_mnn, attribute=not no_attribution,
-                               rank_layers=rank_layers, write_fixed=write_fixed)
+                               rank_layers=rank_layers, write_fixed=write_fixed, calibration=int8_calibration,
+                               calibration_method=int8_method)
         report = pipeline.check([source, target], options, progress=progress)
     if converter_options:
         import dataclasses
@@ -495,6 +517,47 @@ def convert(model, output, atol, rtol, seed, shapes, inputs_path, layers, mnn_pr
         report = dataclasses.replace(report, notes=report.notes + (
             f"converted with {' '.join(converter_options)}",))
     _emit(report, json_path, no_color, html_path, junit_path, explorer_path)
+
+
+def _onnx_input_names(source) -> list[str]:
+    """The ONNX model's real inputs (graph inputs that are not initializers)."""
+    import onnx
+
+    from parity.errors import ModelError
+
+    try:
+        graph = onnx.load(str(source), load_external_data=False).graph
+    except Exception as exc:
+        raise ModelError(f"{str(source)!r} is not a readable ONNX model ({type(exc).__name__})") from None
+    constants = {i.name for i in graph.initializer}
+    return [i.name for i in graph.input if i.name not in constants]
+
+
+def _full_int8(source, target, scratch, calibration, method, converter_options, inputs_path, timeout, progress):
+    """convert --int8-calibration: the float conversion (kept as the check's float reference),
+    quantized to full int8 by MNN's tool on the calibration samples, which the check then
+    runs on too unless --inputs says otherwise. Returns (float model, inputs)."""
+    from parity import inputs as inputs_mod
+    from parity.converter import convert as convert_model
+    from parity.paths import copy_atomic
+    from parity.quantize import full_int8
+
+    files = inputs_mod.sample_files(calibration)
+    samples = [inputs_mod.read_npz(f, "--int8-calibration file", not_a="an .npz file") for f in files]
+    expected = _onnx_input_names(source)
+    for file, sample in zip(files, samples):
+        if sorted(sample) != sorted(expected):
+            from parity.errors import InputError
+
+            raise InputError(f"--int8-calibration {file.name} does not fit the model's inputs {expected}: it holds "
+                             f"{sorted(sample)}")
+    float_path = scratch / f"{target.stem}.float.mnn"
+    progress(f"converting {source.name} to float (the model to quantize)")
+    convert_model(source, float_path, options=converter_options, timeout=timeout)
+    progress(f"quantizing to full int8 ({method}) on {len(samples)} calibration samples")
+    built = full_int8(float_path, scratch / "int8.mnn", samples, method=method, timeout=timeout)
+    copy_atomic(built, target, "-o", inputs=[source, *files])
+    return str(float_path), inputs_path or calibration
 
 
 @cli.command(context_settings=_CONTEXT)

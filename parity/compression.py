@@ -9,8 +9,9 @@ weights become 1x1 Convolutions) and records how in each op's ``quanParameter``:
   scale) pair (asymmetric, when the integer range starts at ``aMin`` < 0). Blocks
   (``--weightQuantBlock``) are ``inputCount * kernel / entries``.
 
-A full-int8 model (MNN's offline quantization tool) holds int8 ops instead (``ConvInt8``,
-``FloatToInt8``/``Int8ToFloat`` around them, ops whose type ends in ``Int8``).
+A full-int8 model (MNN's offline quantization tool, ``mnnquant``) computes in int8: its
+Convolutions carry ``symmetricQuan`` and the activation scales ``scaleIn``/``scaleOut`` (older
+models: op types ending in ``Int8``, with ``FloatToInt8``/``Int8ToFloat`` around them).
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ class Compression:
         """"4-bit weights (asymmetric, block 32) on 10 of 10 Convolution layers"."""
         weight_ops = [x for x in self.layers if x.kind != "int8-op"]
         if self.int8_ops:
-            return f"full int8: {len(self.int8_ops)} int8 ops ({', '.join(sorted({x.op_type for x in self.layers if x.kind == 'int8-op'}))})"
+            return (f"full int8 (int8 weights and activations) on {len(self.int8_ops)} of "
+                    f"{len(self.layers)} {'/'.join(sorted({x.op_type for x in self.layers}))} layers")
         if not self.compressed:
             return f"float weights ({len(weight_ops)} weight layers)"
         parts = []
@@ -143,6 +145,11 @@ def read(graph: dict) -> Compression:
             continue
         main = op.get("main") if isinstance(op.get("main"), dict) else {}
         quant = main.get("quanParameter")
+        if isinstance(main.get("symmetricQuan"), dict) or (isinstance(quant, dict) and (quant.get("scaleIn") or quant.get("scaleOut"))):
+            # MNN's offline quantization tool: int8 weights and int8 activations (scaleIn/Out)
+            layers.append(LayerCompression(name, op_type, "int8-op", bits=8))
+            int8.append(name)
+            continue
         if not isinstance(quant, dict):
             layers.append(LayerCompression(name, op_type, "float"))
             continue

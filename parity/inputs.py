@@ -222,6 +222,41 @@ def load_npz(path: str | os.PathLike, specs: Sequence[TensorSpec], *, allow_nonf
     return {s.name: feeds[s.name] for s in specs}, infos
 
 
+def sample_files(given: str | os.PathLike) -> list[Path]:
+    """The .npz files ``--inputs`` names: the file itself, every *.npz of a directory, or the
+    files a glob pattern matches (sorted, so samples keep their order from run to run)."""
+    import glob
+
+    text = os.fspath(given)
+    path = Path(text)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".npz" and p.is_file())
+        if not files:
+            raise InputError(f"--inputs {text!r} is a directory without .npz files")
+        return files
+    if any(c in text for c in "*?[") and not path.exists():
+        files = sorted(Path(p) for p in glob.glob(text) if Path(p).is_file())
+        if not files:
+            raise InputError(f"--inputs {text!r} matches no file")
+        return files
+    return [path]
+
+
+def split_samples(feeds: TensorMap, axis: int, source: str) -> list[TensorMap]:
+    """One .npz holding many samples along ``axis`` (--samples-axis): one feed dict per sample,
+    each keeping that axis with length 1 (a batch of one, as the model takes it)."""
+    counts = {name: np.shape(a)[axis] if -np.ndim(a) <= axis < np.ndim(a) else None for name, a in feeds.items()}
+    if any(c is None for c in counts.values()):
+        bad = next(n for n, c in counts.items() if c is None)
+        raise InputError(f"--samples-axis {axis}: input {bad!r} in {source} has only {np.ndim(feeds[bad])} dims")
+    if len(set(counts.values())) != 1:
+        raise InputError(f"--samples-axis {axis}: the inputs in {source} hold different numbers of samples {counts}")
+    count = next(iter(counts.values()))
+    if count == 0:
+        raise InputError(f"--samples-axis {axis}: {source} holds no samples")
+    return [{name: np.take(a, [i], axis=axis) for name, a in feeds.items()} for i in range(count)]
+
+
 # -- reading arrays: headers first, sizes checked, then the data -------------------------------
 _NPY_MAGIC = b"\x93NUMPY"
 

@@ -101,6 +101,11 @@ class CheckOptions:
     attribute: bool = True
     rank_layers: bool = False  # rank compressed layers by their cost even when the budget holds
     write_fixed: str | os.PathLike | None = None  # where the ranking's fix (worst layers in float) goes
+    samples_axis: int | None = None  # --inputs holds many samples along this axis of every array
+    # the calibration samples a full-int8 model was made with (convert --int8-calibration), and
+    # the tool's method: the ranking of its layers quantizes it again with them
+    calibration: str | os.PathLike | None = None
+    calibration_method: str = "ADMM"
 
     def __post_init__(self):
         if self.budget is not None:

@@ -93,12 +93,17 @@ def check(
         budget = _budget(options, compression) if roles else None
         backends, stages = _open_backends(chain, options, stack, say, roles=roles)
         specs = _input_specs(backends)
-        feeds, input_infos = _make_feeds(backends, specs, options)
+        samples = _samples(backends, specs, options)
+        _, feeds, input_infos = samples[0]
         if options.save_inputs is not None:
             inputs_mod.save_npz(options.save_inputs, feeds)
-        results = _run_all(backends, feeds, say)
         links = stage_links(stages)
-        comparisons = [_compare_link(backends, results, link, options, say, budget) for link in links]
+        if len(samples) == 1:
+            results = _run_all(backends, feeds, say)
+            comparisons = [_compare_link(backends, results, link, options, say, budget) for link in links]
+        else:  # the later steps (layers, diagnosis, ranking) look at the worst sample
+            comparisons, results, worst = _run_samples(samples, backends, links, options, say, budget)
+            _, feeds, input_infos = samples[worst]
         if options.layers.enabled:
             comparisons = _add_layers(comparisons, backends, links, feeds, options, say)
         verdict = verdict_for(comparisons, fail_on_layers=options.layers.fail_on_layers)
@@ -109,11 +114,15 @@ def check(
                 verdict = _recompression_check(comparisons, backends, feeds, verdict, compression, budget, options, say)
             if verdict.kind == "compression" or (options.rank_layers and compression is not None
                                                  and compression.compressed):
-                ranking = _rank(backends, feeds, budget, options, say)
+                ranking = _rank(backends, feeds, budget, options, say, compression)
                 verdict = _with_ranking(verdict, ranking)
         if options.diagnose and verdict.kind == "mismatch":
             comparisons, verdict = _diagnose(comparisons, backends, links, feeds, options, verdict, say)
         notes = [n for r in results for n in r.notes]
+        if len(samples) > 1:
+            notes.append(f"{len(samples)} input samples, each run and compared; every figure is the worst "
+                         f"sample's (per-sample figures in the JSON); the later steps used the worst, "
+                         f"{samples[worst][0]}")
         if options.repro is not None:
             notes.append(_write_repro(comparisons, backends, links, feeds, options, verdict, say))
         infos = tuple(BackendInfo(b.framework, getattr(b, "spec", str(b.path)), b.version, b.settings())
@@ -249,7 +258,109 @@ def _input_specs(backends) -> list:
     return first.input_specs if reference.framework == "torch" and described else reference.input_specs
 
 
-def _make_feeds(backends, specs, options: CheckOptions):
+def _samples(backends, specs, options: CheckOptions) -> list[tuple[str | None, dict, list]]:
+    """The samples to run: (label, feeds, input infos) each. One, unless --inputs names a
+    directory or a glob of .npz files, or --samples-axis splits one .npz."""
+    given = options.inputs
+    if given is None or isinstance(given, dict) or hasattr(given, "items"):
+        return [(None, *_make_feeds(backends, specs, options))]
+    files = inputs_mod.sample_files(given)
+    if options.samples_axis is not None:
+        if len(files) != 1:
+            raise UsageError("--samples-axis splits one .npz; give a single file with --inputs")
+        feeds, infos = _make_feeds(backends, specs, options, raw=True)
+        split = inputs_mod.split_samples(feeds, options.samples_axis, files[0].name)
+        return [(f"{files[0].name}[{i}]", *_conform(backends, specs, part)) for i, part in enumerate(split)]
+    if len(files) == 1:
+        return [(None, *_make_feeds(backends, specs, dataclasses.replace(options, inputs=files[0])))]
+    return [(file.name, *_make_feeds(backends, specs, dataclasses.replace(options, inputs=file))) for file in files]
+
+
+def _conform(backends, specs, feeds):
+    from parity.backends.base import conform_feeds
+
+    feeds, _ = conform_feeds(specs, feeds, backends[0].label)
+    return feeds, [InputInfo(n, tuple(a.shape), a.dtype.name, "given") for n, a in feeds.items()]
+
+
+def _run_samples(samples, backends, links, options: CheckOptions, say, budget):
+    """Every sample through every model; each link's outputs aggregated over the samples: the
+    worst sample's figures, whether all passed, per-sample figures and the top-1 agreement.
+    Returns the comparisons, the first sample's results (for their notes) and the index of the
+    worst sample."""
+    from parity.budget import top1_rows
+
+    per_sample, first_results = [], None
+    top1: dict[tuple[int, str], list[int]] = {}
+    for k, (label, feeds, _) in enumerate(samples):
+        say(f"sample {k + 1}/{len(samples)}: {label}")
+        results = _run_all(backends, feeds, lambda message: None)
+        first_results = first_results or results
+        comparisons = [_compare_link(backends, results, link, options, lambda message: None, budget) for link in links]
+        for j, (comparison, (ref_i, cand_i)) in enumerate(zip(comparisons, links)):
+            for o in comparison.outputs:
+                if o.reference_name is None or o.candidate_name is None:
+                    continue
+                counts = top1_rows(results[ref_i].outputs[o.reference_name], results[cand_i].outputs[o.candidate_name])
+                if counts is not None:
+                    total = top1.setdefault((j, o.name), [0, 0])
+                    total[0] += counts[0]
+                    total[1] += counts[1]
+        per_sample.append(comparisons)
+    labels = [label for label, _, _ in samples]
+    scores = [_sample_badness(comparisons) for comparisons in per_sample]
+    worst = max(range(len(samples)), key=lambda k: scores[k])
+    aggregated = [_aggregate([per_sample[k][j] for k in range(len(samples))], labels, top1, j)
+                  for j in range(len(links))]
+    return aggregated, first_results, worst
+
+
+def _badness(o) -> tuple:
+    from parity.judge import output_scaled_error
+
+    if o.budget and o.budget.get("cosine") is not None:
+        error = 1.0 - o.budget["cosine"]
+    else:
+        error = output_scaled_error(o) or 0.0
+    return (not o.passed, o.error is not None, error)
+
+
+def _sample_badness(comparisons) -> tuple:
+    outputs = [o for c in comparisons for o in c.outputs]
+    return (sum(not o.passed for o in outputs), max((_badness(o)[2] for o in outputs), default=0.0))
+
+
+def _aggregate(comparisons, labels, top1, index) -> Comparison:
+    """One link over all samples: per output, the worst sample's figures, passed only when
+    every sample passed, and the per-sample figures in ``samples``."""
+    base = comparisons[0]
+    outputs = []
+    for position, output in enumerate(base.outputs):
+        versions = [c.outputs[position] for c in comparisons if position < len(c.outputs)]
+        worst_k = max(range(len(versions)), key=lambda k: _badness(versions[k]))
+        worst = versions[worst_k]
+        cosines = [v.budget["cosine"] if v.budget and v.budget.get("cosine") is not None else v.cosine
+                   for v in versions]
+        cosines = [c for c in cosines if c is not None]
+        agreed = top1.get((index, output.name))
+        samples = {
+            "count": len(versions), "failed": sum(not v.passed for v in versions), "worst": labels[worst_k],
+            "mean_cosine": sum(cosines) / len(cosines) if cosines else None,
+            "top1": agreed[0] / agreed[1] if agreed and agreed[1] else None,
+            "top1_rows": agreed[1] if agreed else None,
+            "per_sample": [{"sample": labels[k], "passed": v.passed, "max_abs_diff": v.max_abs_diff,
+                            "cosine": v.cosine, "mismatch_fraction": v.mismatch_fraction,
+                            **({"budget": v.budget} if v.budget else {})} for k, v in enumerate(versions)],
+        }
+        note = (f"{samples['count']} samples, {samples['failed']} failing; figures of the worst, "
+                f"{labels[worst_k]}" + (f"; mean cosine {samples['mean_cosine']:.6f}" if samples['mean_cosine'] is not None else "")
+                + (f"; top-1 agreement {samples['top1']:.1%} of {agreed[1]} rows" if samples["top1"] is not None else ""))
+        outputs.append(dataclasses.replace(worst, passed=all(v.passed for v in versions), samples=samples,
+                                           notes=(note, *worst.notes)))
+    return dataclasses.replace(base, outputs=tuple(outputs), passed=all(o.passed for o in outputs))
+
+
+def _make_feeds(backends, specs, options: CheckOptions, raw: bool = False):
     if options.inputs is None:
         bounds = {}
         onnx_model = next((b.path for b in backends if b.framework == "onnxruntime"), None)
@@ -261,6 +372,9 @@ def _make_feeds(backends, specs, options: CheckOptions):
     if isinstance(options.inputs, dict) or hasattr(options.inputs, "items"):
         feeds = {k: np.asarray(v) for k, v in options.inputs.items()}
         infos = None
+    elif raw:  # --samples-axis: the arrays as stored, split into samples by the caller
+        return inputs_mod.read_npz(Path(inputs_mod.sample_files(options.inputs)[0]), "--inputs file",
+                                   not_a="an .npz file"), None
     else:
         feeds, infos = inputs_mod.load_npz(options.inputs, specs, allow_nonfinite=options.allow_nonfinite)
     # the reference's input spec is the contract: exact dtypes, fixed dims
@@ -453,7 +567,7 @@ def _recompression_check(comparisons, backends, feeds, verdict, compression, bud
     return dataclasses.replace(verdict, evidence=verdict.evidence + (entry,))
 
 
-def _rank(backends, feeds, budget, options: CheckOptions, say):
+def _rank(backends, feeds, budget, options: CheckOptions, say, compression=None):
     """Rank the compressed model's layers (ranking.py), run as the compressed model runs."""
     from parity import ranking as ranking_mod
     from parity.backends.mnn import MnnBackend
@@ -461,6 +575,19 @@ def _rank(backends, feeds, budget, options: CheckOptions, say):
     float_backend = next(b for b in backends if getattr(b, "role", "") == "float conversion")
     compressed = next(b for b in backends if _compressed(b))
     settings = compressed.reopen_options()
+    if compression is not None and compression.kind == "int8-full":
+        if options.calibration is None:
+            return ranking_mod.Ranking((), budget.text, {}, None, notes=(
+                "no layer ranking: a full-int8 model is ranked by quantizing it again layer by layer, "
+                "which needs its calibration samples (parity convert --int8-calibration DIR)",))
+        from parity import inputs as inputs_mod
+
+        samples = [inputs_mod.read_npz(f, "--int8-calibration file", not_a="an .npz file")
+                   for f in inputs_mod.sample_files(options.calibration)]
+        return ranking_mod.rank_int8(float_backend.path, samples, options.calibration_method, feeds, budget,
+                                     lambda path: MnnBackend(path, **settings), timeout=options.timeout,
+                                     progress=say, write_fixed=options.write_fixed,
+                                     protected=[b.path for b in backends])
     return ranking_mod.rank(float_backend.path, compressed.path, feeds, budget,
                             lambda path: MnnBackend(path, **settings), timeout=options.timeout, progress=say,
                             write_fixed=options.write_fixed, protected=[b.path for b in backends])

@@ -67,7 +67,9 @@ class Ranking:
                        f"{_fig(layer.cosine)}, error {_fig(layer.error)}")
         if len(self.layers) > top:
             out.append(f"  ... {len(self.layers) - top} more in the JSON report")
-        if self.fix:
+        if self.fix and not self.fix["kept"]:
+            out.append(f"with every layer compressed the model is within the budget {self.budget}: nothing to keep in float")
+        elif self.fix:
             kept = self.fix["kept"]
             out.append(f"keeping {len(kept)} layer{'s' * (len(kept) != 1)} in float ({', '.join(kept)}): cosine "
                        f"{_fig(self.fix['before'].get('cosine'))} -> {_fig(self.fix['after'].get('cosine'))}, "
@@ -222,6 +224,8 @@ def _fix(ordered, float_ops, compressed_graph, compressed_ops, compressed_at, la
     Returns the figures and the graph of the last model tried."""
     if not ordered:
         return None, None
+    if _within(budget, whole):
+        return {"kept": [], "before": whole, "after": whole, "within_budget": True}, None
     index_of = {layer_name(compressed_ops[i]): i for i in compressed_at}
     after, graph = whole, None
     kept: list[str] = []
@@ -236,3 +240,78 @@ def _fix(ordered, float_ops, compressed_graph, compressed_ops, compressed_at, la
         if _within(budget, after):
             break
     return {"kept": kept, "before": whole, "after": after, "within_budget": _within(budget, after)}, graph
+
+
+def rank_int8(float_path, samples, method: str, feeds: dict, budget: Budget, open_mnn: Callable, *,
+              timeout: float = 300.0, progress: Callable[[str], None] | None = None, write_fixed=None,
+              protected=()) -> Ranking:
+    """The same ranking for a full-int8 model, through MNN's quantization tool itself: layer L
+    alone in int8 is the float model quantized with every other layer skipped
+    (``skip_quant_op_names``), calibrated on ``samples`` as the model was; the fix skips the
+    most costly layers. One quantization and one run per layer."""
+    from parity import compression as compression_mod
+    from parity import mnn_graph
+    from parity.quantize import full_int8
+
+    say = progress or (lambda message: None)
+    if method == "EMA":
+        return Ranking((), budget.text, {}, None, notes=(
+            "no layer ranking: MNN's quantization tool ignores the layers to keep in float with the EMA "
+            "method (MNN 3.6.1, measured); quantize with --int8-method ADMM to rank them",))
+    workdir = Path(tempfile.mkdtemp(prefix="parity-rank-"))
+    try:
+        graph = mnn_graph.read_graph(float_path, timeout=timeout)
+        names = graph.get("tensorName") or []
+        weight_ops = [op for op in graph.get("oplists", []) if op.get("type") in compression_mod._WEIGHT_OPS]
+        all_ops = [op.get("name", "") for op in weight_ops]
+
+        def run_quantized(skip, stem) -> dict:
+            path = full_int8(float_path, workdir / f"{stem}.mnn", samples, method=method, skip=skip, timeout=timeout)
+            try:
+                with open_mnn(path) as mnn:
+                    return {k: np.asarray(v) for k, v in mnn.run(feeds).outputs.items()}
+            finally:
+                path.unlink(missing_ok=True)
+
+        with open_mnn(Path(float_path)) as mnn:
+            reference = {k: np.asarray(v) for k, v in mnn.run(feeds).outputs.items()}
+        say("ranking the int8 layers: the whole model")
+        whole = _worst(reference, run_quantized([], "all"))
+        costs = []
+        for count, op in enumerate(weight_ops, 1):
+            name = compression_mod.layer_name(op, names)
+            say(f"ranking the int8 layers: {count}/{len(weight_ops)} {name}")
+            try:
+                figures = _worst(reference, run_quantized([n for n in all_ops if n != op.get("name")], f"only-{count}"))
+            except BackendCrash:
+                raise
+            except BackendError as exc:
+                figures = {"cosine": None, "error": None}
+                say(f"  {name}: {exc}")
+            costs.append(LayerCost(name, op.get("type", ""), "int8", figures["cosine"], figures["error"]))
+        ordered = sorted(costs, key=lambda x: -x.cost)
+        ordered = tuple(LayerCost(**{**asdict(x), "rank": i}) for i, x in enumerate(ordered, 1))
+        raw = {compression_mod.layer_name(op, names): op.get("name", "") for op in weight_ops}
+        kept: list[str] = []
+        after = whole
+        for layer in ordered[:MAX_KEPT] if not _within(budget, whole) else ():
+            kept.append(layer.name)
+            say(f"ranking the int8 layers: keeping {len(kept)} in float")
+            after = _worst(reference, run_quantized([raw[n] for n in kept], f"keep-{len(kept)}"))
+            if _within(budget, after):
+                break
+        fix = {"kept": kept, "before": whole, "after": after, "within_budget": _within(budget, after)}
+        notes = ()
+        if write_fixed is not None and kept:
+            from parity.paths import copy_atomic
+
+            built = full_int8(float_path, workdir / "fixed.mnn", samples, method=method,
+                              skip=[raw[n] for n in kept], timeout=timeout)
+            copy_atomic(built, write_fixed, "--write-fixed", inputs=protected)
+            fix["written"] = str(write_fixed)
+            notes = (f"wrote the int8 model with {', '.join(kept)} kept in float to {write_fixed}",)
+        return Ranking(ordered, budget.text, whole, fix, notes)
+    except ParityError as exc:
+        return Ranking((), budget.text, {}, None, notes=(f"no layer ranking: {exc}",))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -65,6 +65,9 @@ class OutputComparison:
     atol: float | None = None  # the absolute tolerance applied to this output
     # on a compressed link: the budget's figures and verdict (budget.py), which decide `passed`
     budget: dict | None = None
+    # over several input samples (--inputs DIR): count, failures, the worst sample, mean cosine,
+    # top-1 agreement and per-sample figures; the figures above are the worst sample's
+    samples: dict | None = None
     notes: tuple = ()
     error: str | None = None  # why no figures could be computed (missing, unalignable)
 

@@ -144,3 +144,43 @@ def test_budget_measure_figures_are_right_on_known_vectors():
     noisy = measure(np.ones(100), np.ones(100) * 1.1)
     assert abs(noisy["snr_db"] - 20.0) < 1e-9  # signal 100, noise 100 * 0.01: 10 log10(100)
     assert measure(np.array([1.0, 2.0]), np.array([1.0, np.inf]))["cosine"] == 0.0
+
+
+@pytest.fixture()
+def calibration(tmp_path):
+    import numpy as np
+
+    directory = tmp_path / "calibration"
+    directory.mkdir()
+    rng = np.random.default_rng(11)
+    for i in range(10):
+        np.savez(directory / f"c{i:02d}.npz", x=rng.standard_normal((1, 3, 32, 32)).astype(np.float32))
+    return directory
+
+
+def test_full_int8_made_from_calibration_samples_is_checked_listed_and_ranked(tmp_path, calibration):
+    code, report, model = _convert(tmp_path, MODELS / "cnn.onnx", extra=("--int8-calibration", calibration,
+                                                                        "--rank-layers"))
+    assert code == 0, report["verdict"]
+    compression = report["compression"]
+    assert compression["kind"] == "int8-full"
+    assert [x["kind"] for x in compression["layers"]] == ["int8-op"] * 4
+    assert "full int8 (int8 weights and activations) on 4 of 4" in compression["summary"]
+    links = _links(report)
+    outputs = links["float conversion -> full int8"]["outputs"][0]
+    assert outputs["budget"]["cosine"] >= 0.99 and outputs["samples"]["count"] == 10  # checked on the same samples
+    assert len(report["ranking"]["layers"]) == 4
+    terminal = run_parity("check", MODELS / "cnn.onnx", model, "--inputs", calibration)
+    assert "compression: full int8" in terminal.out
+
+
+def test_int8_calibration_samples_that_do_not_fit_are_one_line(tmp_path):
+    import numpy as np
+
+    directory = tmp_path / "bad"
+    directory.mkdir()
+    np.savez(directory / "c.npz", wrong_name=np.zeros((1, 3, 32, 32), np.float32))
+    out = tmp_path / "never.mnn"
+    result = run_parity("convert", MODELS / "cnn.onnx", "-o", out, "--int8-calibration", directory)
+    assert_one_line_error(result, ExitCode.MODEL_OR_INPUT, "--int8-calibration c.npz does not fit", "['x']")
+    assert not out.exists()

@@ -144,13 +144,26 @@ def test_max_memory_caps_peak_rss(tmp_path):
     assert uncapped_peak > plain_peak + cap_mb, (plain_peak, uncapped_peak)
 
 
+def _first_difference(a, b, path="") -> str:
+    """Where two JSON values first differ, for the assertion message."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{path}.{key}")
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            if x != y:
+                return _first_difference(x, y, f"{path}[{i}]")
+    return f"{path}: {a!r} != {b!r}"
+
+
 def test_report_round_trips_through_json(altered_filter_cnn):
     from parity.report import Report
 
     result = run_parity("check", MODELS / "cnn.onnx", altered_filter_cnn, "--layers", "--json", "-")
     data = result.json()
     again = Report.from_dict(json.loads(json.dumps(data))).to_dict()
-    assert again == data
+    assert again == data, _first_difference(again, data)
     report = Report.from_dict(data)
     assert report.comparisons[0].first_divergence.name == data["comparisons"][0]["first_divergence"]["name"]
     assert report.exit_code == ExitCode.MISMATCH and not report.passed

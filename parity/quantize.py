@@ -1,0 +1,82 @@
+"""Full int8 models through MNN's offline quantization tool (``mnnquant``), calibrated on the
+user's samples: the same .npz files parity then checks the model on.
+
+The tool ships in the MNN wheel as ``_tools.mnnquant(argv)`` (a list, like a command line; the
+``mnnquant`` console script wraps it badly). It reads a JSON config and, for non-image models
+(``"input_type": "sequence"``), one directory per sample holding ``<input name>.txt`` (the
+values, whitespace-separated) and ``input.json`` (the shapes). It can abort or crash the
+process (std::length_error, SIGSEGV with the KL method here), so it runs in a child process.
+``skip_quant_op_names`` keeps the named ops in float: the fix for the layers that cost most.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from parity.errors import InputError
+
+METHODS = ("ADMM", "EMA", "KL")  # feature_quantize_method; MNN 3.6.1 here: KL crashed, EMA ignores skip_quant_op_names
+
+
+def write_calibration(samples: Sequence[dict], directory: Path) -> list[dict]:
+    """One sub-directory per sample, as the tool reads them; returns the input shapes."""
+    shapes = []
+    for k, feeds in enumerate(samples):
+        sample = directory / f"sample{k:05d}"
+        sample.mkdir(parents=True)
+        shapes = []
+        for name, array in feeds.items():
+            if not re.fullmatch(r"[A-Za-z0-9_.:\-]+", name) or name in (".", ".."):
+                raise InputError(f"input {name!r} cannot be given to MNN's quantization tool, which reads "
+                                 f"each input from a file named after it")
+            values = np.asarray(array, dtype=np.float64).reshape(-1)
+            np.savetxt(sample / f"{name}.txt", values, fmt="%.9g")
+            shapes.append({"name": name, "shape": [int(d) for d in np.shape(array)]})
+        (sample / "input.json").write_text(json.dumps({"inputs": shapes}))
+    return shapes
+
+
+def full_int8(float_mnn, target, samples: Sequence[dict], *, method: str = "ADMM", skip: Sequence[str] = (),
+              timeout: float = 300.0) -> Path:
+    """Quantize ``float_mnn`` into ``target`` (int8 weights and activations), calibrated on
+    ``samples`` (name -> array dicts), keeping the ops named in ``skip`` in float."""
+    from parity.backends.worker import Worker
+
+    if not samples:
+        raise InputError("full int8 needs calibration samples (.npz files with the model's inputs)")
+    workdir = Path(tempfile.mkdtemp(prefix="parity-quantize-"))
+    try:
+        shapes = write_calibration(samples, workdir / "calibration")
+        config = {"input_type": "sequence", "path": str(workdir / "calibration"), "inputs": shapes,
+                  "feature_quantize_method": method, "weight_quantize_method": "MAX_ABS",
+                  "used_sample_num": len(samples)}
+        if skip:
+            config["skip_quant_op_names"] = list(skip)
+        (workdir / "config.json").write_text(json.dumps(config))
+        scratch = workdir / "quantized.mnn"
+        with Worker("MNN quantization tool", timeout=timeout) as worker:
+            worker.call("parity.quantize:_quantize_in_child", step=f"quantizing {Path(float_mnn).name} to full int8",
+                        source=os.path.abspath(float_mnn), target=str(scratch), config=str(workdir / "config.json"))
+        shutil.copyfile(scratch, target)
+        return Path(target)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _quantize_in_child(source: str, target: str, config: str) -> bool:
+    import _tools
+
+    from parity.backends.worker import ChildFailure
+
+    ok = _tools.mnnquant(["mnnquant", source, target, config])
+    if not ok or not os.path.exists(target) or os.path.getsize(target) == 0:
+        raise ChildFailure("backend", f"MNN's quantization tool could not quantize {os.path.basename(source)}")
+    return True
