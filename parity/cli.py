@@ -219,6 +219,10 @@ def _check_report_paths(paths: dict, inputs=(), others: dict | None = None) -> N
                    "the MNN model once each, each its own link. Without --atol/--rtol, a link "
                    "that ran in float16 gets float16's default tolerance.")
 @_target_option
+@click.option("--mnn-memory", default=None, metavar="MODE[,MODE]",
+              help="MNN memory mode: normal, high or low; low runs weight-quantized models with "
+                   "dynamic int8 activations. Several, comma-separated (normal,low), run the MNN "
+                   "model once each, each its own link [default: MNN's own].")
 @click.option("--mnn-static-shapes", is_flag=True,
               help="Load the MNN model for fixed input shapes (shape_mutable=False), as apps with "
                    "fixed inputs do; MNN then plans the graph at load time.")
@@ -257,7 +261,7 @@ def _check_report_paths(paths: dict, inputs=(), others: dict | None = None) -> N
 @_traceback_option
 def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, samples_axis, allow_nonfinite,
           json_path, html_path, junit_path, explorer_path, timeout, mnn_backend, mnn_threads, mnn_precision,
-          mnn_target, mnn_static_shapes, torch_spec, torch_inputs,
+          mnn_target, mnn_memory, mnn_static_shapes, torch_spec, torch_inputs,
           layers, layer_rtol, no_diagnose, repro_dir, isolate, max_memory, fail_on_layers, budget, float_mnn,
           no_attribution, rank_layers, write_fixed, quiet, no_color):
     """Run MODELS on the same inputs and compare them link by link.
@@ -302,7 +306,7 @@ def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, samples_ax
         allow_nonfinite=allow_nonfinite,
         timeout=timeout,
         mnn=MnnOptions(backend=mnn_backend, threads=mnn_threads, precision=mnn_precision,
-                       shape_mutable=not mnn_static_shapes, target=mnn_target),
+                       shape_mutable=not mnn_static_shapes, target=mnn_target, memory=mnn_memory),
         torch_inputs=tuple(n.strip() for n in torch_inputs.split(",") if n.strip()) if torch_inputs else None,
         layers=LayerOptions(enabled=layers or fail_on_layers, layer_rtol=layer_rtol, isolate=isolate,
                             max_memory=cap, fail_on_layers=fail_on_layers),

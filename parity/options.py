@@ -17,6 +17,7 @@ from parity.metrics import Tolerance
 
 ISOLATE_CHOICES = ("first", "all", "none")
 PRECISION_CHOICES = ("normal", "high", "low", "low_bf16")
+MEMORY_MODES = {"normal": 0, "high": 1, "low": 2}
 
 
 @dataclass(frozen=True)
@@ -28,12 +29,13 @@ class MnnOptions:
     precision: str = "normal"  # normal, high, low, low_bf16; several, comma-separated: one link each
     shape_mutable: bool = True  # False: plan for fixed input shapes at load (--mnn-static-shapes)
     hints: tuple = ()
-    memory: int | None = None
+    memory: int | str | None = None  # MNN's memory mode: 0 normal, 1 high, 2 low; "normal,low" runs both
     rearrange: bool = False
     target: str = "local"  # where MNN runs: local, arm64, ssh://[user@]host[:port], exec:COMMAND
 
     def __post_init__(self):
-        self.precisions()  # refuse a bad precision when the options are made
+        self.precisions()  # refuse a bad precision or memory mode when the options are made
+        self.memories()
         from parity.targets import parse_target
 
         parse_target(self.target)
@@ -49,11 +51,31 @@ class MnnOptions:
             raise UsageError(f"MNN precision {self.precision!r} names a mode twice")
         return names
 
-    def backend_kwargs(self, precision: str | None = None) -> dict:
+    def memories(self) -> tuple:
+        """The memory modes to run, each its own link: None (MNN's default) or 0, 1, 2. Low (2)
+        makes MNN run weight-quantized models with dynamic int8 activations."""
+        if self.memory is None or isinstance(self.memory, int):
+            return (self.memory,)
+        modes = []
+        for word in str(self.memory).split(","):
+            word = word.strip().lower()
+            if word not in MEMORY_MODES:
+                raise UsageError(f"unknown MNN memory mode {word!r}: give normal, high or low, comma-separated")
+            modes.append(MEMORY_MODES[word])
+        if len(set(modes)) != len(modes) or not modes:
+            raise UsageError(f"MNN memory {self.memory!r} names a mode twice, or none")
+        return tuple(modes)
+
+    def runs(self) -> list[tuple[str, int | None]]:
+        """Every (precision, memory) pair to run, each its own link."""
+        return [(p, m) for p in self.precisions() for m in self.memories()]
+
+    def backend_kwargs(self, precision: str | None = None, memory=...) -> dict:
         return {"backend": self.backend, "threads": self.threads,
                 "precision": precision or self.precisions()[0],
                 "shape_mutable": self.shape_mutable, "hints": tuple(self.hints),
-                "memory": self.memory, "rearrange": self.rearrange, "target": self.target}
+                "memory": self.memories()[0] if memory is ... else memory,
+                "rearrange": self.rearrange, "target": self.target}
 
 
 @dataclass(frozen=True)

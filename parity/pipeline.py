@@ -119,6 +119,9 @@ def check(
         if options.diagnose and verdict.kind == "mismatch":
             comparisons, verdict = _diagnose(comparisons, backends, links, feeds, options, verdict, say)
         notes = [n for r in results for n in r.notes]
+        if options.write_fixed is not None and ranking is None:
+            notes.append(f"--write-fixed: nothing written to {options.write_fixed}: no layer ranking ran "
+                         f"(the model is not compressed, or its budget holds: add --rank-layers)")
         if len(samples) > 1:
             notes.append(f"{len(samples)} input samples, each run and compared; every figure is the worst "
                          f"sample's (per-sample figures in the JSON); the later steps used the worst, "
@@ -216,9 +219,9 @@ def _open_backends(chain, options: CheckOptions, stack: ExitStack, say, roles=No
     for position, (framework, path) in enumerate(chain):
         if framework == "mnn":
             role = roles.get(position, "")
-            precisions = options.mnn.precisions()[:1] if role == "float conversion" else options.mnn.precisions()
-            variants = [dict(options.mnn.backend_kwargs(p), timeout=options.timeout, **({"role": role} if role else {}))
-                        for p in precisions]
+            runs = options.mnn.runs()[:1] if role == "float conversion" else options.mnn.runs()
+            variants = [dict(options.mnn.backend_kwargs(p, m), timeout=options.timeout, **({"role": role} if role else {}))
+                        for p, m in runs]
         elif framework == "torch":
             variants = [{"input_names": list(options.torch_inputs) if options.torch_inputs else None}]
         else:

@@ -193,17 +193,23 @@ def rank(float_path, compressed_path, feeds: dict, budget: Budget, open_mnn: Cal
                                 reference, whole, budget, run, say)
         notes = ()
         if write_fixed is not None and fixed_graph is not None:
-            from parity.paths import copy_atomic
-
-            built = _from_json(fixed_graph, workdir, "fixed", timeout)
-            copy_atomic(built, write_fixed, "--write-fixed", inputs=protected)
-            fix["written"] = str(write_fixed)
-            notes = (f"wrote the compressed model with {', '.join(fix['kept'])} kept in float to {write_fixed}",)
+            notes = _write_fixed(_from_json(fixed_graph, workdir, "fixed", timeout), write_fixed, protected, fix)
+        elif write_fixed is not None:
+            notes = (f"--write-fixed: nothing written to {write_fixed}: no layer needs keeping in float",)
         return Ranking(ordered, budget.text, whole, fix, notes)
     except ParityError as exc:
         return Ranking((), budget.text, {}, None, notes=(f"no layer ranking: {exc}",))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _write_fixed(built: Path, target, protected, fix: dict) -> tuple[str, ...]:
+    """Publish the fixed model at ``target`` (never onto an input); the note that says so."""
+    from parity.paths import copy_atomic
+
+    copy_atomic(built, target, "--write-fixed", inputs=protected)
+    fix["written"] = str(target)
+    return (f"wrote the model with {', '.join(fix['kept'])} kept in float to {target}",)
 
 
 def _within(budget: Budget, figures: dict) -> bool:
@@ -303,13 +309,11 @@ def rank_int8(float_path, samples, method: str, feeds: dict, budget: Budget, ope
         fix = {"kept": kept, "before": whole, "after": after, "within_budget": _within(budget, after)}
         notes = ()
         if write_fixed is not None and kept:
-            from parity.paths import copy_atomic
-
             built = full_int8(float_path, workdir / "fixed.mnn", samples, method=method,
                               skip=[raw[n] for n in kept], timeout=timeout)
-            copy_atomic(built, write_fixed, "--write-fixed", inputs=protected)
-            fix["written"] = str(write_fixed)
-            notes = (f"wrote the int8 model with {', '.join(kept)} kept in float to {write_fixed}",)
+            notes = _write_fixed(built, write_fixed, protected, fix)
+        elif write_fixed is not None:
+            notes = (f"--write-fixed: nothing written to {write_fixed}: no layer needs keeping in float",)
         return Ranking(ordered, budget.text, whole, fix, notes)
     except ParityError as exc:
         return Ranking((), budget.text, {}, None, notes=(f"no layer ranking: {exc}",))

@@ -69,7 +69,11 @@ def test_a_budget_the_compression_misses_is_the_compression_verdict_with_a_ranki
 def test_outlier_layer_ranks_first_and_keeping_it_in_float_restores_the_budget(tmp_path):
     onnx_path = outlier_mlp(tmp_path)
     fixed = tmp_path / "fixed.mnn"
-    code, report, _ = _convert(tmp_path, onnx_path, "--weightQuantBits", "4", extra=("--write-fixed", fixed))
+    html = tmp_path / "report.html"
+    code, report, _ = _convert(tmp_path, onnx_path, "--weightQuantBits", "4",
+                               extra=("--write-fixed", fixed, "--html", html))
+    page = html.read_text()
+    assert "Compressed layers by cost" in page and f"1. {OUTLIER_LAYER}" in page
     assert code == ExitCode.MISMATCH and report["verdict"]["kind"] == "compression"
     ranking = report["ranking"]
     first = ranking["layers"][0]

@@ -141,13 +141,15 @@ def test_exec_target_crash_is_backend_crash(crash_models):
     assert_one_line_error(result, ExitCode.BACKEND, "SIGFPE", "running pool.mnn", EXEC)
 
 
-def _agents() -> list[int]:
-    """Target Pythons parity started (their command line holds the boot code)."""
+def _agents(mark: str) -> list[int]:
+    """Target Pythons started by the parity run whose environment holds ``mark`` (their
+    command line holds the boot code; other tests' targets, running alongside, do not count)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if b"parity-boot" in (entry / "cmdline").read_bytes():
+                if (b"parity-boot" in (entry / "cmdline").read_bytes()
+                        and f"PARITY_TEST_MARK={mark}".encode() in (entry / "environ").read_bytes()):
                     found.append(int(entry.name))
             except OSError:
                 continue
@@ -156,21 +158,24 @@ def _agents() -> list[int]:
 
 def test_exec_target_timeout_ends_the_target(tmp_path):
     _, mnn_path = slow_matmul_model(tmp_path)
-    before = set(_agents())
+    mark = tmp_path.name
     result = run_parity("check", mnn_path, mnn_path, "--mnn-target", EXEC, "--mnn-threads", "1",
-                        "--timeout", "0.05", "--no-diagnose")
+                        "--timeout", "0.05", "--no-diagnose", env={"PARITY_TEST_MARK": mark})
     assert_one_line_error(result, ExitCode.BACKEND, "within", EXEC)
-    time.sleep(0.5)
-    assert set(_agents()) - before == set()
+    deadline = time.monotonic() + 5
+    while _agents(mark) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _agents(mark) == []
 
 
 def test_sigterm_ends_the_target_python_too(tmp_path):
     onnx_path, mnn_path = slow_matmul_model(tmp_path, count=200)  # ~20 s of MNN on one thread
-    before = set(_agents())
+    mark = tmp_path.name
     proc = subprocess.Popen([PY, "-m", "parity", "check", onnx_path, mnn_path, "--mnn-target", EXEC,
-                             "--mnn-threads", "1"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "--mnn-threads", "1"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=dict(os.environ, PARITY_TEST_MARK=mark))
     deadline = time.monotonic() + 60
-    while not set(_agents()) - before:
+    while not _agents(mark):
         assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
         time.sleep(0.1)
     time.sleep(1.0)  # well into the run
@@ -178,9 +183,9 @@ def test_sigterm_ends_the_target_python_too(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == ExitCode.TERMINATED, err
     deadline = time.monotonic() + 10
-    while set(_agents()) - before and time.monotonic() < deadline:
+    while _agents(mark) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert set(_agents()) - before == set()
+    assert _agents(mark) == []
 
 
 def test_target_check_exec_prints_the_facts():

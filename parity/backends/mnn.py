@@ -52,6 +52,9 @@ class _PendingRun:
     notes: tuple[str, ...] = ()
 
 
+_MEMORY_WORDS = {0: "normal", 1: "high", 2: "low"}
+
+
 class MnnBackend(Backend):
     framework = "mnn"
     checks_dims = False
@@ -179,6 +182,8 @@ class MnnBackend(Backend):
             words.append(self.target.spec)
         if self.precision != "normal":
             words.append(f"precision {self.precision}")
+        if self.memory is not None:
+            words.append(f"memory {_MEMORY_WORDS.get(self.memory, self.memory)}")
         return ", ".join(words)
 
     @property

@@ -151,6 +151,40 @@ def _evidence(report: Report) -> str:
     return f"<h3>Evidence</h3><table><tr>{head}</tr>{body}</table>"
 
 
+def _ranking(report: Report) -> str:
+    """The compressed layers by their own cost (1 - cosine with only that layer compressed), as
+    bars, and the fix; empty without a ranking."""
+    ranking = report.ranking
+    if not ranking:
+        return ""
+    layers = ranking.get("layers") or []
+    notes = "".join(f"<li>{escape(n)}</li>" for n in ranking.get("notes") or [])
+    if not layers:
+        return f"<h2>Compressed layers by cost</h2><ul>{notes}</ul>"
+    worst = max((x.get("cost") or 0.0 for x in layers), default=0.0) or 1.0
+    rows, width, bar = [], 760, 420
+    for k, layer in enumerate(layers[:40]):
+        length = max(1.0, bar * (layer.get("cost") or 0.0) / worst)
+        y = 10 + 20 * k
+        cosine = layer.get("cosine")
+        rows.append(f'<text x="0" y="{y + 11}" font-size="11">{escape(str(layer.get("rank")))}. '
+                    f'{escape(str(layer.get("name")))[:48]}</text>'
+                    f'<rect x="300" y="{y}" width="{length:.1f}" height="14" fill="#c0392b"/>'
+                    f'<text x="{306 + length:.1f}" y="{y + 11}" font-size="11">cosine '
+                    f'{"n/a" if cosine is None else f"{cosine:.6f}"}</text>')
+    height = 20 + 20 * min(len(layers), 40)
+    fix = ranking.get("fix") or {}
+    fixed = ""
+    if fix.get("kept"):
+        fixed = (f"<p>Keeping {escape(', '.join(fix['kept']))} in float: cosine "
+                 f"{escape(str(fix.get('before', {}).get('cosine')))} &rarr; {escape(str(fix.get('after', {}).get('cosine')))}, "
+                 f"{'within' if fix.get('within_budget') else 'still over'} the budget {escape(str(ranking.get('budget')))}.</p>")
+    return (f"<h2>Compressed layers by cost</h2><p class=\"muted\">Each bar: 1 - cosine of the outputs with only "
+            f"that layer compressed (budget {escape(str(ranking.get('budget')))}).</p>"
+            f'<svg width="{width}" height="{height}" role="img" aria-label="layer ranking">{"".join(rows)}</svg>'
+            f"{fixed}{f'<ul>{notes}</ul>' if notes else ''}")
+
+
 def render(report: Report) -> str:
     v = report.verdict
     steps = "".join(f"<li>{escape(s)}</li>" for s in v.next_steps)
@@ -168,6 +202,8 @@ def render(report: Report) -> str:
 
     targets = "".join(f"<li>{escape(line.removeprefix('target: '))}</li>" for line in target_lines(report))
     targets = f"<h2>Where MNN ran</h2><ul>{targets}</ul>" if targets else ""
+    if report.compression:
+        targets += f"<p><b>Compression:</b> {escape(str(report.compression.get('summary')))}</p>"
     findings = "".join(f"<li>{escape(f)}</li>" for f in report.findings)
     findings = f"<p><b>Findings:</b></p><ul>{findings}</ul>" if findings else ""
     return f"""<!DOCTYPE html>
@@ -181,6 +217,7 @@ def render(report: Report) -> str:
 <p>{escape(v.summary)}</p>{where}{findings}{f"<p><b>Next steps:</b></p><ul>{steps}</ul>" if steps else ""}
 {_evidence(report)}</div>
 <h2>Outputs</h2>{_outputs(report)}
+{_ranking(report)}
 <h2>Per-layer error</h2>{_layer_chart(report)}
 <h2>Differences at the first divergence</h2>{_histogram(report)}
 <h2>Alignment</h2>{f"<ul>{alignment}</ul>" if alignment else '<p class="muted">No alignment was needed.</p>'}

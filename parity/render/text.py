@@ -85,8 +85,12 @@ def _side_by_side(comparisons):
 
     table = Table(title="links side by side", title_justify="left")
     table.add_column("output", overflow="fold")
-    for c in comparisons:
-        table.add_column(escape(c.link), justify="right", no_wrap=True)
+    numbered = sum(len(c.link) for c in comparisons) > 110  # long labels: numbered columns and a legend
+    for i, c in enumerate(comparisons, 1):
+        table.add_column(f"link {i}" if numbered else escape(c.link), justify="right", no_wrap=True)
+    if numbered:
+        table.caption = escape("; ".join(f"link {i}: {c.link}" for i, c in enumerate(comparisons, 1)))
+        table.caption_justify = "left"
     names: list[str] = []
     for c in comparisons:
         names.extend(o.name for o in c.outputs if o.name not in names)
