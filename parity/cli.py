@@ -298,6 +298,7 @@ def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, samples_ax
             raise click.BadParameter(str(exc), param_hint="--max-memory") from None
     options = CheckOptions(
         tolerance=_tolerance(atol, rtol),
+        tolerance_given=atol is not None or rtol is not None,
         seed=seed,
         shapes=_parse_shapes(shapes),
         inputs=inputs_path,
@@ -509,7 +510,8 @@ def convert(model, output, atol, rtol, seed, shapes, inputs_path, layers, mnn_pr
         else:
             progress(f"converting {source.name} -> {target}")
             convert_model(source, target, options=list(converter_options), timeout=timeout)
-        options = CheckOptions(tolerance=_tolerance(atol, rtol), seed=seed, shapes=_parse_shapes(shapes),
+        options = CheckOptions(tolerance=_tolerance(atol, rtol), tolerance_given=atol is not None or rtol is not None,
+                               seed=seed, shapes=_parse_shapes(shapes),
                                inputs=inputs_path, timeout=timeout, layers=LayerOptions(enabled=layers),
                                mnn=mnn_options, budget=budget, float_mnn=float_mnn, attribute=not no_attribution,
                                rank_layers=rank_layers, write_fixed=write_fixed, calibration=int8_calibration,

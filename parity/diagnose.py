@@ -417,11 +417,21 @@ def _local_experiment(ctx: Context, probe: Probe, base: Measurement, where: str,
     evidence.append({"experiment": "target", "setting": setting, **local.to_dict()})
     if not _decisive(base, local):
         return None
+    there_version = (candidate.target_facts or {}).get("mnn")
+    try:
+        import importlib.metadata
+
+        here_version = importlib.metadata.version("MNN")
+    except Exception:
+        here_version = None
+    cause = ("a kernel of the target's CPU differs" if not there_version or there_version == here_version else
+             f"the target runs MNN {there_version} and this machine MNN {here_version}: the version or the "
+             f"target's CPU kernels differ (install MNN {here_version} there to tell them apart)")
     return Verdict(
         "runtime", where,
         f"MNN on {candidate.target.spec} gives other numbers at {probe.where} than MNN on this machine "
         f"for the same file and settings: error {_fmt(base.scaled)} there, {_fmt(local.scaled)} here "
-        f"({local.how}). The converted graph is right; a kernel of the target's CPU differs",
+        f"({local.how}). The converted graph is right; {cause}",
         evidence=tuple(evidence),
         next_steps=("compare precision high and low on the target (--mnn-precision high,low) to see "
                     "whether float16 is involved",

@@ -104,6 +104,9 @@ class LayerOptions:
 @dataclass(frozen=True)
 class CheckOptions:
     tolerance: Tolerance = Tolerance()
+    # True when the tolerance was given (--atol/--rtol, tolerance=): then it applies to every
+    # link; otherwise a link that ran in float16 gets float16's default (pipeline.link_tolerance)
+    tolerance_given: bool = False
     seed: int = 0
     shapes: Mapping[str, Sequence[int]] = field(default_factory=dict)
     inputs: str | os.PathLike | Mapping | None = None  # .npz path, or name -> array
@@ -160,6 +163,8 @@ class CheckOptions:
             keywords["torch_inputs"] = tuple(keywords["torch_inputs"])
         if keywords.get("shapes") is None:
             keywords.pop("shapes", None)
+        if "tolerance" in keywords and "tolerance_given" not in keywords:
+            keywords["tolerance_given"] = True
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(keywords) - known)
         if unknown:

@@ -87,6 +87,11 @@ def check(
     say = progress or (lambda message: None)
     chain = resolve_models(models)
     _check_paths(options, [path for _, path in chain])
+    mnn = options.mnn
+    if not any(framework == "mnn" for framework, _ in chain) and (
+            mnn.target.strip() != "local" or mnn.precisions() != ("normal",) or mnn.memories() != (None,)):
+        raise UsageError("--mnn-target, --mnn-precision and --mnn-memory say how .mnn models run, and "
+                         "none is given: nothing would run there")
 
     with ExitStack() as stack:
         chain, roles, compression = _attribution(chain, options, stack, say)
@@ -404,9 +409,9 @@ def link_tolerance(options: CheckOptions, candidate):
     """The tolerance of a link: the one given, or, where none was given and the candidate ran
     in reduced precision (MNN precision low on a CPU with float16 arithmetic), the default of
     that precision (metrics.FP16_TOLERANCE)."""
-    from parity.metrics import FP16_TOLERANCE, Tolerance
+    from parity.metrics import FP16_TOLERANCE
 
-    if options.tolerance == Tolerance() and getattr(candidate, "reduced_precision", False):
+    if not options.tolerance_given and getattr(candidate, "reduced_precision", False):
         return FP16_TOLERANCE
     return options.tolerance
 

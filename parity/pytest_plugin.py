@@ -27,7 +27,8 @@ def check_parity(*models, atol: float | None = None, rtol: float | None = None,
     from parity.pipeline import check
     from parity.render.text import render
 
-    tolerance = Tolerance(atol, DEFAULT_RTOL if rtol is None else rtol)
+    if atol is not None or rtol is not None:
+        options["tolerance"] = Tolerance(atol, DEFAULT_RTOL if rtol is None else rtol)
     target = mnn_target or _DEFAULT_TARGET[0]
     if target or mnn_precision:
         mnn = dict(options.pop("mnn_options", None) or {})
@@ -36,7 +37,7 @@ def check_parity(*models, atol: float | None = None, rtol: float | None = None,
         if mnn_precision:
             mnn.setdefault("precision", mnn_precision)
         options["mnn_options"] = mnn
-    report = check(list(models), tolerance=tolerance, **options)
+    report = check(list(models), **options)
     if not report.passed:
         buffer = io.StringIO()
         render(report, buffer, color=False, width=150)

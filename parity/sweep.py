@@ -210,13 +210,16 @@ def _check_entry(entry, where: str) -> None:
     if "mnn_target" in entry or "mnn_precision" in entry:
         from parity.options import MnnOptions
 
-        if str(entry.get("mnn_target", "")).startswith("exec:"):
-            raise InputError(f"{where}: mnn_target exec:... is taken only from the command line "
-                             f"(--mnn-target), never from a manifest, which would run its command")
+        from parity.targets import runs_a_command
+
         try:
             MnnOptions(precision=entry.get("mnn_precision", "normal"), target=entry.get("mnn_target", "local"))
+            commands = runs_a_command(entry.get("mnn_target"))
         except UsageError as exc:
             raise InputError(f"{where}: {exc}") from None
+        if commands:
+            raise InputError(f"{where}: mnn_target exec:... or ssh://...?python= with a command is taken only "
+                             f"from the command line (--mnn-target), never from a manifest, which would run it")
     shape = entry.get("shape")
     if shape is not None:
         if not isinstance(shape, dict):
@@ -337,6 +340,8 @@ def _result(item: Item, code: int, report: dict | None, error: str | None, start
         "exit_code": int(code),
         "passed": code == ExitCode.PASS,
         "verdict": report["verdict"] if report else None,
+        "mnn_target": item.options.get("mnn_target", "local"),
+        "mnn_precision": item.options.get("mnn_precision", "normal"),
         "error": error,
         "seconds": round(time.monotonic() - started, 2),
     }

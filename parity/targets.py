@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import shlex
 import signal
 import subprocess
@@ -39,7 +40,8 @@ from parity.errors import BackendCrash, BackendError, BackendTimeout, UsageError
 _SHIPPED = ("parity", "parity.errors", "parity.backends", "parity.backends.worker",
             "parity.backends.mnn_child", "parity.backends.agent")
 
-_BOOT = ("import sys,struct,zlib;r=sys.stdin.buffer;"
+_BOOT = ("import sys;sys.version_info<(3,8) and sys.exit('parity needs Python 3.8 or newer on the target, "
+         "found '+sys.version.split()[0]);import struct,zlib;r=sys.stdin.buffer;"
          "n=struct.unpack('>Q',r.read(8))[0];"
          "exec(compile(zlib.decompress(r.read(n)),'<parity-boot>','exec'))")
 
@@ -99,10 +101,15 @@ class Target:
             prefix, env = arm64_python()
             return [*prefix, "-c", _BOOT], env
         if self.kind == "ssh":
-            client = shlex.split(os.environ.get("PARITY_SSH", "ssh"))
+            try:
+                client = shlex.split(os.environ.get("PARITY_SSH", "ssh"))
+            except ValueError as exc:
+                raise UsageError(f"$PARITY_SSH is not a command line ({exc})") from None
+            if not client:
+                raise UsageError("$PARITY_SSH is empty: unset it, or give the ssh command (e.g. 'ssh -F FILE')")
             where = f"{self.user}@{self.host}" if self.user else self.host
             options = ["-T", "-e", "none", "-o", "BatchMode=yes", "-o", "ConnectTimeout=20"]
-            if self.port:
+            if self.port is not None:
                 options += ["-p", str(self.port)]
             # ssh hands the remote shell one string: quote each word for it
             remote = " ".join(shlex.quote(w) for w in (*shlex.split(self.python), "-c", _BOOT))
@@ -112,9 +119,15 @@ class Target:
         raise UsageError(f"target {self.spec!r} runs in the local worker")
 
 
+_MAX_SPEC = 1000
+_SAFE_WORD = re.compile(r"^[A-Za-z0-9_./+=:,@%-]+$")
+
+
 def parse_target(text: str | None) -> Target:
     """``--mnn-target``'s value; one clear line for anything else."""
     text = (text or "local").strip()
+    if len(text) > _MAX_SPEC:
+        raise UsageError(f"--mnn-target is {len(text)} characters long; at most {_MAX_SPEC}")
     if text == "local":
         return Target("local", "local")
     if text == "arm64":
@@ -125,6 +138,8 @@ def parse_target(text: str | None) -> Target:
             raise UsageError("--mnn-target exec: needs a command that starts a Python, e.g. exec:python3")
         if any(c in command for c in "\n\r\0"):
             raise UsageError("--mnn-target exec: the command must be one line")
+        if command.startswith("-"):
+            raise UsageError(f"--mnn-target {text!r}: the command cannot start with '-'")
         return Target(text, "exec", command=command)
     if text.startswith("ssh://"):
         parts = urlsplit(text)
@@ -132,19 +147,37 @@ def parse_target(text: str | None) -> Target:
             port = parts.port
         except ValueError:
             raise UsageError(f"--mnn-target {text!r}: the port must be a number from 1 to 65535") from None
+        if port is not None and not 1 <= port <= 65535:
+            raise UsageError(f"--mnn-target {text!r}: the port must be a number from 1 to 65535")
         host = parts.hostname or ""
         if not host or parts.path not in ("", "/") or host.startswith("-"):
             raise UsageError(f"--mnn-target {text!r}: give ssh://[user@]host[:port], e.g. ssh://pi@192.168.1.20")
+        if parts.password is not None:
+            raise UsageError("--mnn-target: no password in the target: ssh never prompts; use a key or "
+                             "ssh's own config ($PARITY_SSH='ssh -F FILE')")
+        if parts.fragment:
+            raise UsageError(f"--mnn-target {text!r}: a target has no #fragment")
         user = parts.username or ""
         if user.startswith("-") or any(c.isspace() for c in user + host):
             raise UsageError(f"--mnn-target {text!r}: not a user and host name")
-        query = parse_qs(parts.query)
+        query = parse_qs(parts.query, keep_blank_values=True)
         unknown = sorted(set(query) - {"python"})
         if unknown:
             raise UsageError(f"--mnn-target {text!r}: unknown option {unknown[0]!r} (known: python)")
-        python = query.get("python", ["python3"])[-1]
+        python = query.get("python", ["python3"])[-1].strip()
+        if not python:
+            raise UsageError(f"--mnn-target {text!r}: ?python= needs the path of the target's Python")
         return Target(text, "ssh", host=host, user=user, port=port, python=python)
     raise UsageError(f"unknown --mnn-target {text!r}: give local, arm64, ssh://[user@]host[:port] or exec:COMMAND")
+
+
+def runs_a_command(text: str | None) -> bool:
+    """True when the target would run a command named in it: exec:, or an ssh ?python= that is
+    more than one plain word (a manifest may name neither; only the command line may)."""
+    target = parse_target(text)
+    if target.kind == "exec":
+        return True
+    return target.kind == "ssh" and not _SAFE_WORD.match(target.python)
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -176,6 +209,7 @@ class RemoteWorker:
         self._submitted: float | None = None
         self._lock = threading.Lock()
         self._sent: dict[str, str] = {}  # local model path -> its path on the target
+        self._protocol_error: str | None = None
 
     def __enter__(self) -> "RemoteWorker":
         return self.start()
@@ -185,6 +219,15 @@ class RemoteWorker:
 
     # -- start -----------------------------------------------------------------------------
     def start(self) -> "RemoteWorker":
+        """Start the target's Python and check it has what parity needs; on any failure or
+        interruption, nothing is left running and no scratch directory stays."""
+        try:
+            return self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self) -> "RemoteWorker":
         argv, extra = self.target.argv()
         self.dir = Path(tempfile.mkdtemp(prefix="parity-target-"))
         self._log = open(self.dir / "stderr.log", "wb")
@@ -197,7 +240,7 @@ class RemoteWorker:
         except OSError as exc:
             self.close()
             raise BackendError(f"could not start target {self.target.spec}: {exc}") from None
-        threading.Thread(target=self._read_replies, daemon=True).start()
+        threading.Thread(target=self._read_replies, args=(self._proc.stdout,), daemon=True).start()
         step = f"starting Python on target {self.target.spec}"
         try:
             self._proc.stdin.write(self._boot_frame())
@@ -229,13 +272,16 @@ class RemoteWorker:
         program = zlib.compress((_LOADER % (sources, packages)).encode())
         return len(program).to_bytes(8, "big") + program
 
-    def _read_replies(self) -> None:
-        from parity.backends.agent import read_message
+    def _read_replies(self, stream) -> None:
+        from parity.backends.agent import ProtocolError, read_message
 
-        stream = self._proc.stdout
         while True:
             try:
                 self._replies.put(read_message(stream))
+            except ProtocolError as exc:
+                self._protocol_error = str(exc)
+                self._replies.put(None)
+                return
             except Exception:  # EOF or a torn frame: the target is gone
                 self._replies.put(None)
                 return
@@ -273,15 +319,20 @@ class RemoteWorker:
                     raise BackendTimeout(self.framework, step, timeout) from None
         if reply is None:
             self._raise_dead(step)
-        if reply.get("log"):
+        if not (isinstance(reply, dict) and reply.get("status") in ("ok", "error") and "payload" in reply):
+            self.kill()
+            raise BackendError(f"target {self.target.spec} sent a reply parity cannot read while {step}")
+        if isinstance(reply.get("log"), str) and reply["log"]:
             self._log_text.append(reply["log"])
         status, payload = reply["status"], reply["payload"]
         if status == "ok":
             return payload
         from parity.backends.worker import _KINDS
 
-        kind, message = payload
-        raise _KINDS.get(kind, BackendError)(message)
+        kind, message = (payload if isinstance(payload, list) and len(payload) == 2 else ("backend", str(payload)))
+        # a target decides nothing about parity's usage or output paths: those kinds count as its own failure
+        cls = _KINDS.get(kind, BackendError) if kind in ("model", "input", "backend") else BackendError
+        raise cls(str(message))
 
     def model_path(self, path) -> str:
         """The model's path on the target: sent there once, in chunks."""
@@ -306,6 +357,12 @@ class RemoteWorker:
 
     # -- ends ------------------------------------------------------------------------------
     def _raise_dead(self, step: str):
+        if self._protocol_error is not None:
+            self.kill()
+            raise BackendError(
+                f"target {self.target.spec} wrote something that is not parity's protocol on its stdout "
+                f"while {step} ({self._protocol_error}): a login banner or a shell profile that prints? "
+                f"parity needs the target Python's stdout to itself")
         try:
             code = self._proc.wait(timeout=self.exit_grace)
         except subprocess.TimeoutExpired:
@@ -316,6 +373,11 @@ class RemoteWorker:
         if crash:
             raise BackendCrash(self.framework, step, crash)
         tail = _last_line(log)
+        if self.target.kind == "ssh" and code == 255:
+            raise BackendError(
+                f"the connection to target {self.target.spec} ended while {step} (ssh exit 255): the remote "
+                f"Python was killed (the out-of-memory killer?) or the network or ssh failed"
+                + (f"; last output: {tail}" if tail else ""))
         if code == 127 or "not found" in tail or "No such file" in tail:
             raise BackendError(f"target {self.target.spec} could not start its Python while {step}: "
                                f"{tail or f'exit code {code}'}")
@@ -334,24 +396,29 @@ class RemoteWorker:
         return _last_line(self.log_text())
 
     def kill(self) -> None:
+        """End the target: its stdin closed first, so its watcher (agent.py) kills the serving
+        Python and removes the scratch directory there; a second later, the whole process
+        group here (sh -c, ssh, qemu and what they started)."""
         if self._proc is not None and self._proc.poll() is None:
             try:
-                os.killpg(self._proc.pid, signal.SIGKILL)  # sh -c, ssh, qemu and what they started
+                self._proc.stdin.close()
+            except (OSError, ValueError):
+                pass
+            try:
+                self._proc.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)
             except OSError:
+                pass
+            if self._proc.poll() is None:
                 self._proc.kill()
             self._proc.wait()
 
     def close(self) -> None:
         if self._proc is not None:
-            try:
-                self._proc.stdin.close()  # the agent removes its scratch directory and exits
-            except OSError:
-                pass
-            try:
-                self._proc.wait(timeout=2.0)
-            except subprocess.TimeoutExpired:
-                pass
-            self.kill()
+            self.kill()  # stdin closed first: the agent removes its scratch directory and exits
             self._proc = None
         from parity.backends.worker import release_files
 
@@ -379,8 +446,10 @@ def crash_signal(code: int | None, log: str) -> str | None:
 
 
 def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[-1] if lines else ""
+    """The last line that says something: not MNN's own chatter (its CPU features line)."""
+    lines = [ln.strip() for ln in text.splitlines()
+             if ln.strip() and not ln.strip().startswith("The device supports:")]
+    return lines[-1][:500] if lines else ""
 
 
 def open_worker(target: Target | str | None, *, timeout: float = 300.0):

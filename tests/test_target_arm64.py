@@ -110,3 +110,20 @@ def test_layers_on_arm64_low_name_the_overflowing_layer(broken):
     assert divergence["name"] == "scores"
     scores = next(x for x in report["comparisons"][0]["layers"] if x["name"] == "scores")
     assert scores["fp16_range"] > 1
+
+
+def test_a_given_tolerance_is_kept_on_a_float16_link():
+    """--rtol 0.001 given is 0.001, even though it is the default value: only a tolerance nobody
+    gave becomes float16's."""
+    code, report = _check(MODELS / "transformer.onnx", MODELS / "transformer.mnn", "--mnn-target", "arm64",
+                          "--mnn-precision", "low", "--rtol", "0.001", "--no-diagnose")
+    link = report["comparisons"][0]
+    assert "tolerance" not in link and code == 1  # float16's 0.4% error is beyond the float32 rule
+
+
+def test_low_bf16_is_not_reported_as_float16():
+    code, report = _check(MODELS / "cnn.onnx", MODELS / "cnn.mnn", "--mnn-target", "arm64",
+                          "--mnn-precision", "low_bf16")
+    assert code == 0
+    settings = report["backends"][-1]["settings"]
+    assert settings["float16_arithmetic"] is False and "tolerance" not in report["comparisons"][0]

@@ -259,3 +259,95 @@ def test_ssh_target_unreachable_is_one_line_and_exit_4(ssh_server):
                         f"ssh://{ssh_server.user}@127.0.0.1:{port}", env={"PARITY_SSH": ssh_server.client})
     assert result.code == ExitCode.BACKEND, result.err
     assert "Traceback" not in result.err and "127.0.0.1" in result.err
+
+
+# -- what a review found: hostile targets and manifests ----------------------------------------
+@pytest.mark.parametrize("value", [" exec:touch {pwned}; python3", "\texec:touch {pwned}",
+                                   "ssh://device?python=sh%20-c%20'touch%20{pwned}'"])
+def test_manifest_cannot_run_a_command_through_its_target(tmp_path, value):
+    pwned = tmp_path / "pwned"
+    manifest = tmp_path / "zoo.toml"
+    manifest.write_text(f'[[model]]\nonnx = "{MODELS / "cnn.onnx"}"\nmnn = "{MODELS / "cnn.mnn"}"\n'
+                        f'mnn_target = "{value.format(pwned=pwned)}"\n')
+    result = run_parity("sweep", manifest)
+    assert result.code == ExitCode.MODEL_OR_INPUT, result.err
+    assert "command line" in result.err and not pwned.exists()
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("ssh://host:0", "port"),
+    ("ssh://root:hunter2@host", "no password"),
+    ("ssh://host?python=", "?python= needs"),
+    ("ssh://host#x", "fragment"),
+    ("exec:-python3", "cannot start with '-'"),
+    ("exec:" + "x" * 5000, "characters long"),
+])
+def test_more_bad_targets_are_refused(text, fragment):
+    with pytest.raises(UsageError) as info:
+        parse_target(text)
+    assert fragment in str(info.value)
+
+
+def test_a_banner_before_the_python_is_named(tmp_path):
+    target = f"exec:sh -c 'echo Welcome to my board; exec {PY} \"$@\"' --"
+    result = run_parity("check", *(MODELS / "cnn.onnx", MODELS / "cnn.mnn"), "--mnn-target", target)
+    assert_one_line_error(result, ExitCode.BACKEND, "not parity's protocol", "Welcome")
+
+
+@pytest.mark.parametrize("frame", ["{}", "[1, 2]", '{"status": "error", "payload": ["usage", "you lose"]}'])
+def test_a_malformed_reply_is_a_backend_error(tmp_path, frame):
+    fake = tmp_path / "fake.py"
+    fake.write_text(
+        "import json, struct, sys\n"
+        f"header = {frame!r}.encode()\n"
+        "sys.stdout.buffer.write(struct.pack('>4sQI', b'PRTY', len(header), 0) + header)\n"
+        "sys.stdout.buffer.flush()\n"
+        "sys.stdin.buffer.read()\n")
+    result = run_parity("check", MODELS / "cnn.onnx", MODELS / "cnn.mnn", "--mnn-target", f"exec:{PY} {fake}")
+    assert result.code == ExitCode.BACKEND, (result.code, result.err)
+    assert "Traceback" not in result.err and "Internal error" not in result.err
+
+
+def test_a_huge_announced_frame_is_refused_without_allocating_it(tmp_path):
+    fake = tmp_path / "huge.py"
+    fake.write_text("import struct, sys\n"
+                    "sys.stdout.buffer.write(struct.pack('>4sQI', b'PRTY', 3 << 30, 0))\n"
+                    "sys.stdout.buffer.flush()\nsys.stdin.buffer.read()\n")
+    result = run_parity("check", MODELS / "cnn.onnx", MODELS / "cnn.mnn", "--mnn-target", f"exec:{PY} {fake}")
+    assert_one_line_error(result, ExitCode.BACKEND, "not parity's protocol")
+
+
+def test_sigterm_while_the_target_starts_leaves_nothing(tmp_path):
+    mark = tmp_path.name
+    marker = f"sleep 97.{len(mark)}"  # a command line no other test runs
+    proc = subprocess.Popen([PY, "-m", "parity", "check", MODELS / "cnn.onnx", MODELS / "cnn.mnn",
+                             "--mnn-target", f"exec:sh -c '{marker}' --"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == ExitCode.TERMINATED, err
+    time.sleep(0.5)
+    left = [e for e in Path("/proc").iterdir() if e.name.isdigit() and _cmdline(e).startswith(marker)]
+    assert left == []
+
+
+def _cmdline(entry: Path) -> str:
+    try:
+        return (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_target_options_without_an_mnn_model_are_refused():
+    result = run_parity("check", MODELS / "cnn.onnx", MODELS / "cnn.onnx", "--mnn-target", "arm64")
+    assert_one_line_error(result, ExitCode.USAGE, "none is given")
+
+
+def test_a_crash_on_a_target_leaves_no_file_there(tmp_path, crash_models):
+    onnx_path, mnn_path = crash_models
+    there = tmp_path / "target-tmp"
+    there.mkdir()
+    result = run_parity("check", onnx_path, mnn_path, "--mnn-target", f"exec:env TMPDIR={there} {PY}")
+    assert_one_line_error(result, ExitCode.BACKEND, "SIGFPE")
+    assert list(there.iterdir()) == []

@@ -28,8 +28,16 @@ import os
 import struct
 import sys
 
-_HEADER = struct.Struct(">QI")  # JSON length, number of buffers
+_MAGIC = b"PRTY"  # every frame starts with it: anything else on the channel is not parity's
+_HEADER = struct.Struct(">4sQI")  # magic, JSON length, number of buffers
 _LENGTH = struct.Struct(">Q")
+_MAX_HEADER = 64 << 20  # a frame's JSON part; arrays travel as buffers
+_MAX_BUFFERS = 1 << 16
+_CHUNK = 64 << 20  # buffers are read in pieces: a length is never allocated before its bytes arrive
+
+
+class ProtocolError(Exception):
+    """The other end sent something that is not a parity frame."""
 
 
 # -- frames (both sides) ---------------------------------------------------------------------
@@ -70,7 +78,7 @@ def write_message(stream, obj) -> None:
     their own memory, never copied into one big message."""
     buffers: list = []
     header = json.dumps(_encode(obj, buffers)).encode()
-    stream.write(_HEADER.pack(len(header), len(buffers)))
+    stream.write(_HEADER.pack(_MAGIC, len(header), len(buffers)))
     stream.write(header)
     for buffer in buffers:
         view = memoryview(buffer)
@@ -80,23 +88,34 @@ def write_message(stream, obj) -> None:
 
 
 def _read_exactly(stream, size: int) -> bytearray:
-    data = bytearray(size)
-    view, got = memoryview(data), 0
-    while got < size:
-        n = stream.readinto(view[got:])
-        if not n:
+    data = bytearray()
+    while len(data) < size:
+        piece = stream.read(min(_CHUNK, size - len(data)))
+        if not piece:
             raise EOFError("the other end closed the channel")
-        got += n
+        data += piece
     return data
 
 
 def read_message(stream):
-    """The next frame's object (EOFError when the other end is gone)."""
-    length, count = _HEADER.unpack(bytes(_read_exactly(stream, _HEADER.size)))
-    header = json.loads(bytes(_read_exactly(stream, length)))
+    """The next frame's object (EOFError when the other end is gone, ProtocolError when what
+    arrives is not a parity frame: a login banner, a .bashrc's echo, a corrupt stream)."""
+    head = bytes(_read_exactly(stream, _HEADER.size))
+    magic, length, count = _HEADER.unpack(head)
+    if magic != _MAGIC:
+        raise ProtocolError(f"not a parity frame: it starts {head[:24]!r}")
+    if length > _MAX_HEADER or count > _MAX_BUFFERS:
+        raise ProtocolError(f"a frame announces {length} bytes of header and {count} buffers")
+    try:
+        header = json.loads(bytes(_read_exactly(stream, length)))
+    except ValueError as exc:
+        raise ProtocolError(f"a frame's header is not JSON ({exc})") from None
     buffers = [_read_exactly(stream, _LENGTH.unpack(bytes(_read_exactly(stream, _LENGTH.size)))[0])
                for _ in range(count)]
-    return _decode(header, buffers)
+    try:
+        return _decode(header, buffers)
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise ProtocolError(f"a frame's arrays do not fit its header ({type(exc).__name__})") from None
 
 
 # -- the target side -------------------------------------------------------------------------
@@ -185,6 +204,49 @@ def _quit(code: int = 0) -> None:
     os._exit(code)
 
 
+def _watch(workdir: str) -> None:
+    """Fork: the child returns and serves; this process stays behind as its watcher. When the
+    child ends (a crash included) the watcher removes the scratch directory (the model sent
+    here, MNN's files) and ends the same way (the same signal, so a crash is still named);
+    when parity goes away (its end of our stdin closes, even while MNN computes in the child
+    without letting go of Python's lock) it kills the child first. Without fork (or where it
+    fails) the child cleans up itself on a clean exit only."""
+    import select
+    import shutil
+    import signal
+
+    try:
+        pid = os.fork()
+    except (OSError, AttributeError):
+        return
+    if pid == 0:
+        return
+    poller = select.poll()
+    poller.register(0, 0)  # no events asked: poll reports only a hang-up or an error on stdin
+    status = 0
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if poller.poll(200):
+            os.kill(pid, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)
+            break
+    shutil.rmtree(workdir, ignore_errors=True)
+    if os.WIFSIGNALED(status) and os.WTERMSIG(status) != signal.SIGKILL:
+        signum = os.WTERMSIG(status)
+        faulthandler_off()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+    os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1)
+
+
+def faulthandler_off() -> None:
+    import faulthandler
+
+    faulthandler.disable()
+
+
 def main() -> None:
     """Serve requests until parity closes the channel."""
     global _WORKDIR, _LOG
@@ -196,9 +258,10 @@ def main() -> None:
 
     faulthandler.enable(file=sys.stderr)  # a crash names its signal on stderr
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # parity handles Ctrl-C and closes us
+    _WORKDIR = tempfile.mkdtemp(prefix="parity-target-")
+    _watch(_WORKDIR)  # from here on, in the serving child; the watcher cleans up after it
     channel_out = os.fdopen(os.dup(1), "wb")
     channel_in = sys.stdin.buffer
-    _WORKDIR = tempfile.mkdtemp(prefix="parity-target-")
     os.chdir(_WORKDIR)  # MNN's converter and runtime write scratch files into the cwd
     log_path = os.path.join(_WORKDIR, "stdout.log")
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -136,8 +136,11 @@ class MnnBackend(Backend):
         self.begin_open()
         try:
             info = self._worker.result(step=f"loading {self.path.name}")
-        except ModelError:
+        except ModelError as exc:
+            remote = getattr(self._worker, "_sent", {}).get(os.path.abspath(self.path)) if self._worker else None
             self._close()
+            if remote and remote in str(exc):  # the target's copy: name the user's file instead
+                raise ModelError(str(exc).replace(remote, str(self.path))) from None
             if _looks_like_onnx(self.path):
                 raise ModelError(
                     f"{str(self.path)!r} is an ONNX model with an .mnn name; convert it first "
@@ -157,7 +160,8 @@ class MnnBackend(Backend):
         log = self._worker.log_text()
         self.backend_ran, note = backend_that_ran(self.backend, log)
         self.cpu_features = cpu_features(log)
-        self._load_notes = (note,) if note else ()
+        version_note = self._version_note()
+        self._load_notes = tuple(n for n in (note, version_note) if n)
 
     def close(self) -> None:
         super().close()
@@ -173,6 +177,22 @@ class MnnBackend(Backend):
     def _inline(self) -> bool:
         """True on a target: the model is sent there and arrays travel in the messages."""
         return getattr(self._worker, "inline", False)
+
+    def _version_note(self) -> str | None:
+        """A target whose MNN is not the one here (which converted or checks the model): said
+        in the report, since a verdict may then be about versions, not the target's CPU."""
+        if self.target.local:
+            return None
+        try:
+            import importlib.metadata
+
+            here = importlib.metadata.version("MNN")
+        except Exception:
+            return None
+        if self._version and self._version != here:
+            return (f"target {self.target.spec} runs MNN {self._version}, this machine MNN {here}: a difference "
+                    f"between them may be the versions', not the target's CPU")
+        return None
 
     @property
     def run_label(self) -> str:
@@ -195,11 +215,12 @@ class MnnBackend(Backend):
     def reduced_precision(self) -> bool:
         """True when precision low really ran in float16: MNN takes it only where the CPU has
         float16 arithmetic (ARMv8.2 and later; on x86 "low" runs float32 kernels)."""
-        return self.precision in ("low", "low_bf16") and self.cpu_features.get("fp16") == 1
+        # low_bf16 is not float16 (and measured identical to high on emulated arm64): not reduced here
+        return self.precision == "low" and self.cpu_features.get("fp16") == 1
 
     @property
     def precision_notes(self) -> tuple[str, ...]:
-        if self.precision in ("low", "low_bf16") and self.cpu_features and not self.reduced_precision:
+        if self.precision == "low" and self.cpu_features and not self.reduced_precision:
             return (f"precision {self.precision} ran in float32 on {self.target.spec}: MNN reports no "
                     f"float16 arithmetic on this CPU (fp16:0); check on the device, or with "
                     f"--mnn-target arm64, to see float16's numbers",)

@@ -24,7 +24,9 @@ def render(report: Report) -> bytes:
     total = failures = 0
     for comparison in report.comparisons:
         link = esc(comparison.link)
-        classname = esc(f"parity.{comparison.reference}.{comparison.candidate}")
+        runs = "".join(f"[{run}]" for run in (comparison.reference_run, comparison.candidate_run) if run)
+        # each run of a model (target, precision, float or compressed) is its own class of tests
+        classname = esc(f"parity.{comparison.reference}.{comparison.candidate}{runs}")
         suite = ET.SubElement(suites, "testsuite", name=f"parity {link}")
         cases = fails = 0
         for output in comparison.outputs:
