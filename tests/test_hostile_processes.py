@@ -240,9 +240,10 @@ def test_interrupt_after_the_conversion_names_the_model_it_wrote(tmp_path, slow_
         time.sleep(0.05)
     assert (work / "out.mnn").exists(), "the conversion did not finish"
     time.sleep(0.3)  # now checking the pair
+    finished_before = proc.poll() is not None
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 130, (finished_before, err, out[-800:])
     lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("converting", "loading", "running"))]
     assert lines[-1].startswith("Interrupted") and "out.mnn" in lines[-1] and "nothing was written" not in lines[-1], err
     assert "Traceback" not in err
