@@ -330,8 +330,33 @@ def _tolerance(atol, rtol):
     return Tolerance(atol, DEFAULT_RTOL if rtol is None else rtol)
 
 
+def rerun_info(report) -> dict:
+    """What a later ``parity rerun REPORT.json`` needs: this command line (as parity received
+    it), where it ran, and the versions that ran it."""
+    import platform
+
+    versions = {"parity": report.parity_version, "python": platform.python_version(),
+                "platform": platform.platform()}
+    for backend in report.backends:
+        versions.setdefault(backend.name, backend.version)
+    for module in ("numpy",):
+        mod = sys.modules.get(module)
+        if mod is not None:
+            versions[module] = getattr(mod, "__version__", "?")
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        cwd = None
+    return {"command": ["parity", *sys.argv[1:]], "cwd": cwd, "versions": versions}
+
+
 def _emit(report, json_path, no_color, html_path=None, junit_path=None, explorer_path=None) -> None:
+    import dataclasses
+
     from parity.paths import STDOUT, write_atomic
+
+    if report.rerun is None:
+        report = dataclasses.replace(report, rerun=rerun_info(report))
 
     reports = []  # (flag, path, bytes); the paths were checked before the run
     if html_path:
@@ -362,7 +387,8 @@ def _emit(report, json_path, no_color, html_path=None, junit_path=None, explorer
     else:
         from parity.render import text
 
-        text.render(report, sys.stdout, color=False if no_color else None)
+        text.render(report, sys.stdout, color=False if no_color else None,
+                    reports=[str(path) for _, path, _ in reports if path != STDOUT])
     sys.stdout.flush()
     raise SystemExit(int(report.exit_code))
 
@@ -382,13 +408,33 @@ def inspect(model, timeout):
     framework = resolve_models([model, model])[0][0]
     options = {"timeout": timeout} if framework == "mnn" else {}
     with open_backend(framework, model, **options) as backend:
-        found = None
+        found, outputs, note = None, backend.output_specs, None
         if framework == "mnn":
             from parity.compression import of_model
 
             found = of_model(model, timeout=timeout)
+            outputs, note = _outputs_by_running(backend)
         render_inspect(framework, model, backend.version, backend.input_specs,
-                       backend.output_specs, sys.stdout, compression=found)
+                       outputs, sys.stdout, compression=found)
+        if note:
+            click.echo(terminal(note))
+
+
+def _outputs_by_running(backend):
+    """An .mnn declares no output dtypes or shapes: run it once on generated inputs (dynamic
+    dims at 1) and report what comes out, saying so; a model that cannot run keeps "?"."""
+    from parity import inputs as inputs_mod
+    from parity.errors import ParityError
+    from parity.specs import TensorSpec
+
+    try:
+        feeds, _ = inputs_mod.generate(backend.input_specs, seed=0)
+        produced = backend.run(feeds).outputs
+    except ParityError as exc:
+        return backend.output_specs, f"outputs not run: {exc}"
+    specs = [TensorSpec(s.name, tuple(produced[s.name].shape), produced[s.name].dtype.name)
+             if s.name in produced else s for s in backend.output_specs]
+    return specs, "output dtypes and shapes: from one run on generated inputs (dynamic dims at 1)"
 
 
 @cli.command(context_settings=_CONTEXT)
@@ -577,12 +623,16 @@ def _full_int8(source, target, scratch, calibration, method, converter_options, 
                    "then counts as a backend failure (exit 4).")
 @click.option("--json", "json_path", type=click.Path(path_type=str), metavar="PATH",
               help="Write the results (schema parity.sweep/1) to PATH; '-' for stdout.")
+@click.option("--junit", "junit_path", type=click.Path(path_type=str), metavar="PATH",
+              help="Write JUnit XML (one testcase per model pair) to PATH.")
+@click.option("--html", "html_path", type=click.Path(path_type=str), metavar="PATH",
+              help="Write a one-page HTML summary (one row per model pair) to PATH.")
 @click.option("--mnn-precision", default=None, metavar="MODE[,MODE]",
               help="MNN precision mode(s) for every pair (a manifest's mnn_precision wins).")
 @_target_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 @_traceback_option
-def sweep(target, jobs, shard, pair_timeout, json_path, mnn_precision, mnn_target, quiet):
+def sweep(target, jobs, shard, pair_timeout, json_path, junit_path, html_path, mnn_precision, mnn_target, quiet):
     """Check every model pair in TARGET: a directory (*.onnx with matching *.mnn) or a TOML/JSON
     manifest with per-model options. Exit code: the worst of the pairs.
 
@@ -591,7 +641,7 @@ def sweep(target, jobs, shard, pair_timeout, json_path, mnn_precision, mnn_targe
         parity sweep zoo.toml --shard 1/4 --json shard1.json
     """
     from parity import sweep as sweep_mod
-    from parity.paths import check_output, write_atomic
+    from parity.paths import write_atomic
     from parity.render.progress import Progress
 
     from parity.options import MnnOptions
@@ -600,10 +650,10 @@ def sweep(target, jobs, shard, pair_timeout, json_path, mnn_precision, mnn_targe
     chosen = sweep_mod.parse_shard(shard)
     discovered = sweep_mod.with_defaults(sweep_mod.discover(target), mnn_precision=mnn_precision,
                                          mnn_target=None if mnn_target == "local" else mnn_target)
-    if json_path and json_path != "-":  # never onto the manifest or any model it names
-        check_output(json_path, "--json", inputs=[target, *(m for item in discovered for m in item.models),
-                                                   *(item.options["inputs"] for item in discovered
-                                                     if item.options.get("inputs"))])
+    named = [target, *(m for item in discovered for m in item.models),
+             *(item.options["inputs"] for item in discovered if item.options.get("inputs"))]
+    # never onto the manifest or any model it names; one stdout at most
+    _check_report_paths({"--json": json_path, "--junit": junit_path, "--html": html_path}, inputs=named)
     items = sweep_mod.select_shard(discovered, chosen)
     with Progress(enabled=False if quiet else None, total=len(items), label="sweep") as progress:
         results = sweep_mod.run(items, jobs=jobs, progress=progress, pair_timeout=pair_timeout)
@@ -611,12 +661,84 @@ def sweep(target, jobs, shard, pair_timeout, json_path, mnn_precision, mnn_targe
     data = report.to_dict()
     from parity.render.text import render_sweep
 
-    render_sweep(report, sys.stderr if json_path == "-" else sys.stdout)
-    if json_path == "-":
-        click.echo(json.dumps(data, indent=2))
-    elif json_path:
-        write_atomic(json_path, json.dumps(data, indent=2).encode(), "--json")
+    render_sweep(report, sys.stderr if "-" in (json_path, junit_path, html_path) else sys.stdout)
+    written = []
+    if junit_path:
+        from parity.render import junit
+
+        written.append(("--junit", junit_path, junit.render_sweep(report)))
+    if html_path:
+        from parity.render import html
+
+        written.append(("--html", html_path, html.render_sweep(report).encode()))
+    if json_path:
+        written.append(("--json", json_path, json.dumps(data, indent=2).encode()))
+    for flag, path, content in written:
+        if path == "-":
+            sys.stdout.buffer.write(content if content.endswith(b"\n") else content + b"\n")
+            sys.stdout.flush()
+        else:
+            write_atomic(path, content, flag)
     raise SystemExit(report.exit_code)
+
+
+# the flags of a recorded command that write files: a rerun drops them (nothing is overwritten);
+# give new ones to the rerun itself
+_WRITING_FLAGS = {"--json", "--html", "--junit", "--model-explorer", "--save-inputs", "--repro", "--write-fixed",
+                  "-o", "--output"}
+
+
+@cli.command(context_settings=dict(_CONTEXT, ignore_unknown_options=True))
+@click.argument("report_path", metavar="REPORT.json", type=click.Path(dir_okay=False, path_type=str))
+@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
+@_traceback_option
+def rerun(report_path, extra):
+    """Run the check a JSON report records again: its command line, in its directory, without
+    the flags that wrote files (give new ones after REPORT.json, e.g. --json again.json). The
+    inputs are generated from the recorded seed, or read from the recorded --inputs file.
+
+    \b
+        parity rerun report.json
+        parity rerun report.json --json again.json --html again.html
+    """
+    from parity.errors import InputError
+    from parity.paths import check_input
+
+    check_input(report_path, "the report")
+    from pathlib import Path
+
+    if os.path.getsize(report_path) > (256 << 20):
+        raise InputError(f"{report_path!r} is too large to be a parity report")
+    try:
+        data = json.loads(Path(report_path).read_text())
+        recorded = data["rerun"]
+        command = [str(word) for word in recorded["command"]]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise InputError(f"{report_path!r} is not a parity JSON report with a recorded command "
+                         f"(reports from parity check or convert on the command line have one)") from None
+    if len(command) < 2 or command[1] not in ("check", "compare"):
+        raise InputError(f"{report_path!r} records {' '.join(command[:2])!r}: only check and compare runs can be rerun "
+                         f"(a convert would convert again)")
+    args, skip = [], False
+    for word in command[1:]:
+        if skip:
+            skip = False
+            continue
+        flag = word.split("=", 1)[0]
+        if flag in _WRITING_FLAGS:
+            skip = "=" not in word
+            continue
+        args.append(word)
+    cwd = recorded.get("cwd")
+    if cwd and os.path.isdir(cwd):
+        os.chdir(cwd)
+    ran = recorded.get("versions") or {}
+    click.echo(terminal(f"rerunning: parity {' '.join(args + list(extra))}" + (f" (in {cwd})" if cwd else "")),
+               err=True)
+    if ran:
+        click.echo(terminal("recorded with " + ", ".join(f"{k} {v}" for k, v in ran.items() if k != "platform")), err=True)
+    code = cli.main(args=[*args, *extra], prog_name="parity", standalone_mode=False)
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 @cli.group(context_settings=_CONTEXT)

@@ -448,4 +448,11 @@ def _float_notes(tally: _FloatTally, tol: Tolerance, absmax: float, n: int) -> t
     loose = tol.looseness(absmax)
     if loose:
         notes.append(loose)
+    max_rel = _clean(tally.max_rel) if tally.pairs else None
+    if tally.mismatches == 0 and max_rel is not None and max_rel > max(10 * tol.rtol, 0.01):
+        # every element met |c - r| <= atol + rtol |r|, so where |c - r| / |r| = max_rel, |r| is
+        # at most atol / (max_rel - rtol): a large relative error can only sit on tiny references
+        bound = tol.atol_for(absmax) / (max_rel - tol.rtol)
+        notes.append(f"max_rel {max_rel:.3g} comes from elements whose reference is near zero (|r| <= "
+                     f"{bound:.2g}, within the absolute tolerance): relative error means little there")
     return tuple(notes)

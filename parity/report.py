@@ -192,6 +192,8 @@ class Report:
     findings: tuple = ()
     compression: dict | None = None  # what the compressed .mnn carries (compression.py), when it is compressed
     ranking: dict | None = None  # the compressed layers by their cost, and the fix (ranking.py)
+    # how to run it again: the command line, its working directory, the versions (CLI runs)
+    rerun: dict | None = None
     options: dict = field(default_factory=dict)  # the check's options, as given
 
     @property
@@ -216,6 +218,7 @@ class Report:
             "findings": list(self.findings),
             **({"compression": _plain(self.compression)} if self.compression is not None else {}),
             **({"ranking": _plain(self.ranking)} if self.ranking is not None else {}),
+            **({"rerun": _plain(self.rerun)} if self.rerun is not None else {}),
             "options": _plain(self.options),
         }
 
@@ -241,6 +244,7 @@ class Report:
             findings=tuple(data.get("findings", ())),
             compression=data.get("compression"),
             ranking=data.get("ranking"),
+            rerun=data.get("rerun"),
             options=data.get("options", {}),
         )
 

@@ -131,9 +131,13 @@ def discover(target: str | os.PathLike) -> list[Item]:
         for onnx_path in sorted(path.glob("*.onnx")):
             mnn_path = onnx_path.with_suffix(".mnn")
             if mnn_path.exists():
-                items.append(Item(onnx_path.stem, [str(onnx_path), str(mnn_path)]))
+                # a torch.export program of the same name leads the chain: torch -> ONNX -> MNN
+                exported = onnx_path.with_suffix(".pt2")
+                chain = ([str(exported)] if exported.is_file() else []) + [str(onnx_path), str(mnn_path)]
+                items.append(Item(onnx_path.stem, chain))
         if not items:
-            raise InputError(f"no model pairs in {str(path)!r}: it needs *.onnx files with *.mnn of the same name")
+            raise InputError(f"no model pairs in {str(path)!r}: it needs *.onnx files with *.mnn of the same name "
+                             f"(and, optionally, a .pt2 of the same name to check the export too)")
         return items
     return _manifest(path)
 

@@ -227,3 +227,33 @@ def render(report: Report) -> str:
 {f"<h2>Notes</h2><ul>{notes}</ul>" if notes else ""}
 </body></html>
 """
+
+
+def render_sweep(report) -> str:
+    """A one-page HTML summary of a ``parity sweep``: pass/FAIL header, one row per pair with its
+    exit code, verdict, where or error, and time."""
+    results = report.results
+    passed = sum(1 for r in results if r["passed"])
+    rows = []
+    for r in results:
+        verdict = r["verdict"] or {}
+        kind = verdict.get("kind", "error")
+        rows.append(f"<tr class=\"{'pass' if r['passed'] else 'fail'}\"><td>{escape(r['name'])}</td>"
+                    f"<td>{int(r['exit_code'])}</td><td>{escape(kind)}</td>"
+                    f"<td>{escape(r.get('error') or verdict.get('summary') or '')}</td>"
+                    f"<td>{escape(verdict.get('where') or '')}</td>"
+                    f"<td>{escape(str(r.get('mnn_target', 'local')))}, {escape(str(r.get('mnn_precision', 'normal')))}</td>"
+                    f"<td>{r['seconds']:.1f}</td></tr>")
+    state = "PASS" if report.passed else "FAIL"
+    title = f"parity sweep {report.target}" + (f" (shard {report.shard})" if report.shard else "")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}: {state}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}
+tr.fail td {{ color: #b00020; }}</style></head>
+<body>
+<h1>{escape(title)}: {state}</h1>
+<p>{passed} of {len(results)} pairs pass; exit code {int(report.exit_code)}; parity {escape(report.parity_version)}</p>
+<table><tr><th>model</th><th>exit</th><th>verdict</th><th>summary or error</th><th>where</th><th>MNN run</th><th>s</th></tr>
+{''.join(rows)}</table>
+</body></html>
+"""

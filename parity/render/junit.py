@@ -64,3 +64,27 @@ def render(report: Report) -> bytes:
     suites.set("failures", str(failures))
     ET.indent(suites)
     return ET.tostring(suites, encoding="utf-8", xml_declaration=True)
+
+
+def render_sweep(report) -> bytes:
+    """JUnit XML of a ``parity sweep`` (a ``sweep.SweepReport``): one testcase per model pair,
+    failed with its verdict, or errored with its one-line error."""
+    results = report.results
+    failures = sum(1 for r in results if not r["passed"] and r["verdict"])
+    errors = sum(1 for r in results if not r["passed"] and not r["verdict"])
+    suite = ET.Element("testsuite", name=esc(f"parity sweep {report.target}"), tests=str(len(results)),
+                       failures=str(failures), errors=str(errors),
+                       time=f"{sum(r['seconds'] for r in results):.2f}")
+    for r in results:
+        case = ET.SubElement(suite, "testcase", classname="parity.sweep", name=esc(r["name"]),
+                             time=f"{r['seconds']:.2f}")
+        if r["passed"]:
+            continue
+        verdict = r["verdict"] or {}
+        if verdict:
+            node = ET.SubElement(case, "failure", message=esc(f"{verdict.get('kind')}: {verdict.get('summary', '')}"[:2000]))
+            node.text = esc("\n".join([f"exit {r['exit_code']}", f"where: {verdict.get('where') or '-'}",
+                                       *[f"next: {step}" for step in verdict.get("next_steps", [])]]))
+        else:
+            node = ET.SubElement(case, "error", message=esc(str(r.get("error") or f"exit {r['exit_code']}")[:2000]))
+    return ET.tostring(ET.ElementTree(suite).getroot(), encoding="utf-8", xml_declaration=True)

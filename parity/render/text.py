@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import IO
+from typing import IO, Sequence
 
 from parity.escape import markup as escape
 from parity.escape import terminal
@@ -164,10 +164,95 @@ def _layers(comparison: Comparison, out, around: int = 5) -> None:
     out.print(f"  {escape(divergence.summary)}")
 
 
-def render(report: Report, file: IO[str], *, color: bool | None = None, width: int | None = None) -> None:
-    if width is None and not getattr(file, "isatty", lambda: False)():
-        width = 160  # logs and CI: wide enough that figures never wrap
-    out = console(file, force_terminal=color, no_color=color is False, width=width, soft_wrap=False)
+def render(report: Report, file: IO[str], *, color: bool | None = None, width: int | None = None,
+           reports: Sequence[str] = ()) -> None:
+    """The report for a person: first what they need (``first_screen``: pass or FAIL, the
+    verdict, where, the evidence, what to do next, where the full report is), then the tables,
+    the per-layer view and the notes, then the verdict again as the last line (for logs read
+    from the end). Lines carry no trailing spaces."""
+    import io
+    import shutil
+
+    tty = getattr(file, "isatty", lambda: False)()
+    if width is None:
+        columns = os.environ.get("COLUMNS", "")
+        if tty or columns.isdigit():
+            width = shutil.get_terminal_size((100, 24)).columns
+        else:
+            width = 160  # logs and CI: wide enough that figures never wrap
+    buffer = io.StringIO()
+    out = console(buffer, force_terminal=tty if color is None else color, no_color=color is False, width=width,
+                  soft_wrap=False)
+    _render(report, out, reports)
+    file.write("".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines()))
+    file.flush()
+
+
+def first_screen(report: Report, reports: Sequence[str] = ()) -> list[str]:
+    """What a person reads first: PASS or FAIL with the verdict, where, the evidence, the next
+    steps, unpaired values, and where the full report is (markup-free lines, escaped later)."""
+    verdict = report.verdict
+    links = len(report.comparisons)
+    if report.passed:
+        lines = [f"parity: PASS ({links} link{'s' * (links != 1)}; exit 0)"]
+    else:
+        lines = [f"parity: FAIL, {verdict.kind} (exit {int(report.exit_code)})"]
+    lines.append(f"verdict: {verdict.kind}: {verdict.summary}")
+    if verdict.where:
+        lines.append(f"where: {verdict.where}")
+    evidence = [_evidence_line(e) for e in verdict.evidence]
+    evidence = [e for e in evidence if e]
+    if evidence:
+        lines.append("evidence:")
+        lines += [f"  - {e}" for e in evidence[:8]]
+        if len(evidence) > 8:
+            lines.append(f"  - ... {len(evidence) - 8} more in the JSON or HTML report")
+    if verdict.next_steps:
+        lines.append("next:")
+        lines += [f"  - {step}" for step in verdict.next_steps]
+    unpaired = sum(len(c.unpaired) for c in report.comparisons if c.layers is not None)
+    if unpaired:
+        lines.append(f"unpaired: {unpaired} values of one graph have no counterpart in the other (listed "
+                     f"with their reasons in the JSON report)")
+    for finding in report.findings:
+        lines.append(f"finding: {finding}")
+    if reports:
+        lines.append(f"full report: {', '.join(reports)}")
+    return lines
+
+
+_EVIDENCE_KEYS = (("setting", "{}"), ("scaled_error", "error {:.3g}"), ("max_abs_diff", "max_abs_diff {:.3g}"),
+                  ("cosine", "cosine {:.6g}"), ("measured", "measured {}"), ("layer", "{}"),
+                  ("detail", "{}"), ("summary", "{}"), ("error", "error: {}"))
+
+
+def _evidence_line(entry) -> str:
+    """One evidence entry (a dict of the verdict's experiments) as one short line."""
+    if not isinstance(entry, dict):
+        return str(entry)
+    head = entry.get("experiment") or entry.get("link") or entry.get("ranking") or ""
+    parts = []
+    for key, template in _EVIDENCE_KEYS:
+        value = entry.get(key)
+        if value is None or value == "" or (key == "error" and not isinstance(value, str)):
+            continue
+        try:
+            parts.append(template.format(value))
+        except (ValueError, TypeError):
+            parts.append(f"{key} {value}")
+    if "passed" in entry and isinstance(entry["passed"], bool):
+        parts.append("passes" if entry["passed"] else "fails")
+    text = f"{head}: {', '.join(parts)}" if head and parts else head or ", ".join(parts)
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _render(report: Report, out, reports: Sequence[str]) -> None:
+    style = "green" if report.passed else "bold red"
+    lines = first_screen(report, reports)
+    out.print(f"[{style}]{escape(lines[0])}[/]", soft_wrap=True)
+    for line in lines[1:]:
+        out.print(escape(line))
+    out.print("")
     several = len(report.comparisons) > 1
     if several:
         out.print(_side_by_side(report.comparisons))
@@ -247,7 +332,8 @@ def render_inspect(framework: str, path: str, version: str, inputs, outputs, fil
     from rich.table import Table
 
     out = console(file)
-    table = Table(title=escape(f"{path} ({framework} {version})"), title_justify="left")
+    out.print(escape(f"{path} ({framework} {version})"), soft_wrap=True)
+    table = Table()
     table.add_column("kind")
     table.add_column("name", overflow="fold")
     table.add_column("dtype")
@@ -283,5 +369,15 @@ def render_sweep(report, file: IO[str]) -> None:
         table.add_row(escape(r["name"]), str(r["exit_code"]), kind,
                       escape(r["error"] or verdict.get("where") or ""), f"{r['seconds']:.1f}")
     out.print(table)
-    out.print(f"{sum(r['passed'] for r in report.results)} of {len(report.results)} pairs pass; "
-              f"exit {report.exit_code}")
+    for r in report.results:  # as pytest's short summary: every failure, one line each
+        if not r["passed"]:
+            verdict = r["verdict"] or {}
+            reason = r["error"] or f"{verdict.get('kind')}: {verdict.get('summary', '')}"
+            out.print(escape(f"FAILED {r['name']} (exit {r['exit_code']}) - {reason}"[:400]), soft_wrap=True)
+    passed = sum(r["passed"] for r in report.results)
+    failed = len(report.results) - passed
+    seconds = sum(r["seconds"] for r in report.results)
+    words = ", ".join(w for w in (f"{failed} failed" if failed else "", f"{passed} passed" if passed else "") if w)
+    style = "bold red" if failed else "green"
+    summary = f"=== {words or 'nothing run'} in {seconds:.1f}s (exit {report.exit_code}) ==="
+    out.print(f"[{style}]{escape(summary)}[/]")
