@@ -198,6 +198,23 @@ def _check_report_paths(paths: dict, inputs=(), others: dict | None = None) -> N
                    "with figures aggregated (worst sample, mean cosine, top-1 agreement).")
 @click.option("--save-inputs", type=click.Path(path_type=str), metavar="FILE.npz",
               help="Write the inputs used to this .npz, to rerun or share the exact case.")
+@click.option("--val-range", "val_ranges", multiple=True, metavar="[NAME:]LOW,HIGH",
+              help="Generated inputs in [LOW, HIGH]: floats uniform, integers LOW..HIGH (repeatable; "
+                   "without NAME, every input), e.g. input_ids:0,30521.")
+@click.option("--data-loader", metavar="FILE.py:FUNCTION",
+              help="Inputs from your code: FUNCTION yields (or returns) dicts of input name -> array, "
+                   "each a sample (runs FILE.py, as --torch does).")
+@click.option("--tol", "output_tols", multiple=True, metavar="NAME=ATOL,RTOL",
+              help="The tolerance of one output (repeatable), e.g. logits=1e-3,1e-2.")
+@click.option("--check-stat", type=click.Choice(["elementwise", "max", "mean", "median", "cosine"]),
+              default="elementwise", show_default=True,
+              help="What decides a float output: every element within atol + rtol |r| (elementwise), "
+                   "or max/mean/median |c - r| within atol + rtol * the same of |r|, or cosine >= 1 - rtol.")
+@click.option("--save-outputs", type=click.Path(path_type=str), metavar="FILE.npz",
+              help="Write the reference model's outputs to this .npz, to compare later runs with them.")
+@click.option("--load-outputs", type=click.Path(dir_okay=False, path_type=str), metavar="FILE.npz",
+              help="Use the outputs saved in this .npz (--save-outputs, or a device's dumps named as "
+                   "the model's outputs) as the reference: then give one model, e.g. model.mnn.")
 @click.option("--samples-axis", type=int, default=None, metavar="AXIS",
               help="The --inputs .npz holds many samples along AXIS of every array: each is run "
                    "and compared on its own, and the figures are aggregated (as for a directory "
@@ -259,7 +276,8 @@ def _check_report_paths(paths: dict, inputs=(), others: dict | None = None) -> N
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")
 @click.option("--no-color", is_flag=True, help="Plain terminal output.")
 @_traceback_option
-def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, samples_axis, allow_nonfinite,
+def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, val_ranges, data_loader, output_tols,
+          check_stat, save_outputs, load_outputs, samples_axis, allow_nonfinite,
           json_path, html_path, junit_path, explorer_path, timeout, mnn_backend, mnn_threads, mnn_precision,
           mnn_target, mnn_memory, mnn_static_shapes, torch_spec, torch_inputs,
           layers, layer_rtol, no_diagnose, repro_dir, isolate, max_memory, fail_on_layers, budget, float_mnn,
@@ -277,8 +295,9 @@ def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, samples_ax
         parity check --torch net.py:build model.onnx model.mnn
     """
     _check_report_paths({"--json": json_path, "--html": html_path, "--junit": junit_path,
-                         "--model-explorer": explorer_path}, inputs=[*models, inputs_path, float_mnn],
-                        others={"--save-inputs": save_inputs, "--write-fixed": write_fixed})
+                         "--model-explorer": explorer_path}, inputs=[*models, inputs_path, float_mnn, load_outputs],
+                        others={"--save-inputs": save_inputs, "--write-fixed": write_fixed,
+                                "--save-outputs": save_outputs})
     if mnn_target == "local" and any(str(m).lower().endswith(".mnn") for m in models):
         # MNN's child process starts importing MNN now, while parity imports the rest
         from parity.backends.worker import prestart
@@ -303,6 +322,12 @@ def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, samples_ax
         shapes=_parse_shapes(shapes),
         inputs=inputs_path,
         save_inputs=save_inputs,
+        save_outputs=save_outputs,
+        load_outputs=load_outputs,
+        val_ranges=tuple(_parse_val_range(v) for v in val_ranges),
+        data_loader=data_loader,
+        tolerances=_parse_output_tols(output_tols),
+        check_stat=check_stat,
         samples_axis=samples_axis,
         allow_nonfinite=allow_nonfinite,
         timeout=timeout,
@@ -322,6 +347,30 @@ def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, samples_ax
     with _progress(quiet) as progress:
         report = pipeline.check(models, options, progress=progress)
     _emit(report, json_path, no_color, html_path, junit_path, explorer_path)
+
+
+def _parse_val_range(text):
+    from parity.inputs import parse_val_range
+
+    return parse_val_range(text)
+
+
+def _parse_output_tols(values) -> dict:
+    """``--tol NAME=ATOL,RTOL`` (repeatable) -> name -> Tolerance."""
+    from parity.metrics import Tolerance
+
+    tolerances = {}
+    for value in values:
+        name, sep, numbers = value.rpartition("=")
+        try:
+            atol, rtol = (float(x) for x in numbers.split(","))
+            if not sep or not name:
+                raise ValueError
+            tolerances[name] = Tolerance(atol, rtol)
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is not NAME=ATOL,RTOL with numbers >= 0 (e.g. logits=1e-3,1e-2)",
+                                     param_hint="--tol") from None
+    return tolerances
 
 
 def _tolerance(atol, rtol):

@@ -107,8 +107,17 @@ def generate(
     seed: int = 0,
     shapes: Mapping[str, Sequence[int]] | None = None,
     int_bounds: Mapping[str, int] | None = None,
+    ranges: Mapping[str | None, tuple[float, float]] | None = None,
 ) -> tuple[TensorMap, list[InputInfo]]:
+    """Random inputs for ``specs``: floats standard normal, integers in [0, 64) (or a Gather
+    table's rows), masks as padding masks. ``ranges`` (--val-range) maps an input name, or
+    None for every input, to [low, high]: floats uniform there, integers from low to high."""
     shapes = dict(shapes or {})
+    ranges = dict(ranges or {})
+    unknown_ranges = [n for n in ranges if n is not None and n not in {s.name for s in specs}]
+    if unknown_ranges:
+        raise InputError(f"--val-range names unknown input {unknown_ranges[0]!r}; the model has "
+                         f"{[s.name for s in specs]}")
     unknown = [n for n in shapes if n not in {s.name for s in specs}]
     if unknown:
         raise InputError(
@@ -125,7 +134,12 @@ def generate(
         rng = np.random.default_rng([seed, index])  # one stream per input: stable under edits
         notes = [note] if note else []
         dtype = spec.dtype
-        if dtype in ("float32", "float64", "float16"):
+        bounds = ranges.get(spec.name, ranges.get(None))
+        if bounds is not None and (dtype in ("float32", "float64", "float16") or dtype == "bool" or
+                                   _is_numpy_dtype(dtype) and np.dtype(dtype).kind in "iu"):
+            array = _in_range(rng, shape, dtype, bounds, spec.name)
+            notes.append(f"values in [{bounds[0]:g}, {bounds[1]:g}] (--val-range)")
+        elif dtype in ("float32", "float64", "float16"):
             array = rng.standard_normal(shape).astype(dtype)
         elif _looks_like_mask(spec.name) and (dtype == "bool" or _is_numpy_dtype(dtype)
                                               and np.dtype(dtype).kind in "iu"):
@@ -147,6 +161,32 @@ def generate(
         feeds[spec.name] = array
         infos.append(InputInfo(spec.name, tuple(shape), dtype, "random", tuple(notes)))
     return feeds, infos
+
+
+def _in_range(rng, shape, dtype: str, bounds: tuple[float, float], name: str) -> np.ndarray:
+    low, high = bounds
+    if dtype in ("float32", "float64", "float16"):
+        return rng.uniform(low, high, size=shape).astype(dtype)
+    if dtype == "bool":
+        return rng.integers(int(low), int(high) + 1, size=shape).astype(bool)
+    info = np.iinfo(np.dtype(dtype))
+    lo, hi = int(np.ceil(low)), int(np.floor(high))
+    if lo > hi or lo < info.min or hi > info.max:
+        raise InputError(f"--val-range {name}:{low:g},{high:g} holds no {dtype} value, or leaves its range")
+    return rng.integers(lo, hi + 1, size=shape, dtype=np.int64).astype(dtype)
+
+
+def parse_val_range(text: str) -> tuple[str | None, tuple[float, float]]:
+    """``NAME:LOW,HIGH`` or ``LOW,HIGH`` (every input) -> (name or None, (low, high))."""
+    name, sep, numbers = text.rpartition(":")
+    parts = numbers.split(",")
+    try:
+        low, high = (float(p) for p in parts)
+    except ValueError:
+        raise UsageError(f"--val-range {text!r} is not NAME:LOW,HIGH (e.g. input_ids:0,30521 or x:-1,1)") from None
+    if not (np.isfinite(low) and np.isfinite(high)) or low > high:
+        raise UsageError(f"--val-range {text!r}: LOW and HIGH must be finite, LOW <= HIGH")
+    return (name if sep else None), (low, high)
 
 
 def _check_sizes(specs: Sequence[TensorSpec], shapes: Sequence[Sequence[int]]) -> None:
@@ -220,6 +260,49 @@ def load_npz(path: str | os.PathLike, specs: Sequence[TensorSpec], *, allow_nonf
             )
         infos.append(InputInfo(spec.name, tuple(array.shape), array.dtype.name, "file", ()))
     return {s.name: feeds[s.name] for s in specs}, infos
+
+
+MAX_LOADER_SAMPLES = 10_000
+
+
+def load_data_loader(spec: str) -> list[TensorMap]:
+    """``--data-loader file.py:function``: import the file (this runs its code, as --torch does),
+    call the function, and take what it yields or returns, each a dict of input name -> array,
+    as the samples (at most MAX_LOADER_SAMPLES)."""
+    import importlib.util
+
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not target.endswith(".py") or not attr.isidentifier():
+        raise UsageError(f"--data-loader {spec!r} is not FILE.py:FUNCTION")
+    path = Path(target)
+    if not path.is_file():
+        raise InputError(f"--data-loader file {target!r} does not exist")
+    module_spec = importlib.util.spec_from_file_location(f"parity_data_loader_{abs(hash(str(path.resolve())))}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+        function = getattr(module, attr)
+    except AttributeError:
+        raise InputError(f"--data-loader {target} has no function {attr!r}") from None
+    except Exception as exc:
+        raise InputError(f"--data-loader {target} failed to import: {type(exc).__name__}: {exc}") from None
+    samples: list[TensorMap] = []
+    try:
+        produced = function()
+        for item in produced if not isinstance(produced, dict) else [produced]:
+            if not isinstance(item, dict) or not all(isinstance(k, str) for k in item):
+                raise InputError(f"--data-loader {spec} yielded a {type(item).__name__}, not a dict of input "
+                                 f"name -> array")
+            samples.append({name: np.asarray(value) for name, value in item.items()})
+            if len(samples) > MAX_LOADER_SAMPLES:
+                raise InputError(f"--data-loader {spec} yields more than {MAX_LOADER_SAMPLES} samples")
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"--data-loader {spec} failed: {type(exc).__name__}: {exc}") from None
+    if not samples:
+        raise InputError(f"--data-loader {spec} yielded no samples")
+    return samples
 
 
 def sample_files(given: str | os.PathLike) -> list[Path]:

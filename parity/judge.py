@@ -13,6 +13,8 @@ Two rules (README "Tolerances" and "Per-layer"):
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -71,9 +73,14 @@ def compare_outputs(
     reference_name: str,
     candidate_name: str,
     candidate_steps: Mapping[str, tuple[str, ...]] | None = None,
+    tolerances: Mapping[str, Tolerance] | None = None,
+    check_stat: str = "elementwise",
 ) -> Comparison:
-    """Pair, align and measure every output of one link."""
+    """Pair, align and measure every output of one link. ``tolerances`` (--tol) overrides
+    ``tol`` per output name; ``check_stat`` (--check-stat) says which statistic decides a
+    float output (see ``stat_passes``); integers always match exactly."""
     candidate_steps = candidate_steps or {}
+    tolerances = tolerances or {}
     pairing = pair_outputs(list(reference), list(candidate))
     results: list[OutputComparison] = []
     for pair in pairing.pairs:
@@ -91,13 +98,22 @@ def compare_outputs(
             reference_shape=tuple(ref.shape), candidate_shape=tuple(cand.shape),
             reference_dtype=ref.dtype.name, candidate_dtype=cand.dtype.name,
         )
+        own = next((tolerances[n] for n in (row_name, pair.reference_name, pair.candidate_name) if n in tolerances), None)
+        used = own or tol
         try:
-            judged, diff = diff_tensors(row_name, ref, cand, tol)
+            judged, diff = diff_tensors(row_name, ref, cand, used)
         except AlignmentError as exc:
             results.append(OutputComparison(passed=False, alignment=tuple(steps), error=str(exc), **common))
             continue
-        results.append(OutputComparison.from_diff(diff, alignment=tuple(steps) + judged.alignment.steps,
-                                                  **common))
+        output = OutputComparison.from_diff(diff, alignment=tuple(steps) + judged.alignment.steps, **common)
+        notes = list(output.notes)
+        if own is not None:
+            notes.append(f"tolerance of this output (--tol): {own.describe()}")
+        if check_stat != "elementwise" and diff.kind == "float":
+            passed, detail = stat_passes(check_stat, ref, judged.alignment.array, used)
+            output = dataclasses.replace(output, passed=passed)
+            notes.append(detail)
+        results.append(dataclasses.replace(output, notes=tuple(notes)))
     for name in pairing.missing_in_candidate:
         results.append(OutputComparison(
             name=name, reference_name=name, candidate_name=None, passed=False,
@@ -109,6 +125,38 @@ def compare_outputs(
         for n in pairing.extra_in_candidate
     )
     return Comparison(reference_name, candidate_name, all(r.passed for r in results), tuple(results), notes)
+
+
+CHECK_STATS = ("elementwise", "max", "mean", "median", "cosine")
+
+
+def stat_passes(stat: str, reference: np.ndarray, candidate: np.ndarray, tol: Tolerance) -> tuple[bool, str]:
+    """Whether one statistic of the error meets the tolerance (--check-stat), over the finite
+    pairs, in float64: max |c - r| <= atol + rtol max|r| ("max"), the same with means
+    ("mean") or medians ("median"), or cosine >= 1 - rtol ("cosine"). "elementwise" (every
+    element within atol + rtol |r|) is the default and is judged by the metrics themselves."""
+    r = np.asarray(reference, dtype=np.float64).reshape(-1)
+    c = np.asarray(candidate, dtype=np.float64).reshape(-1)
+    finite = np.isfinite(r) & np.isfinite(c)
+    if not np.all(np.isfinite(r) == np.isfinite(c)):
+        return False, f"--check-stat {stat}: NaN or inf on one side only"
+    r, c = r[finite], c[finite]
+    if r.size == 0:
+        return True, f"--check-stat {stat}: no finite pairs"
+    atol = tol.atol_for(float(np.max(np.abs(r))))
+    error, scale = np.abs(c - r), np.abs(r)
+    if stat == "cosine":
+        peak = max(float(np.max(scale)), float(np.max(np.abs(c))), 1e-300)
+        rs, cs = r / peak, c / peak
+        norm = float(np.sqrt(np.dot(rs, rs)) * np.sqrt(np.dot(cs, cs)))
+        cosine = float(np.dot(rs, cs)) / norm if norm else 1.0
+        ok = cosine >= 1 - tol.rtol
+        return ok, f"--check-stat cosine: {cosine:.6g} {'>=' if ok else '<'} 1 - rtol = {1 - tol.rtol:g}"
+    reduce = {"max": np.max, "mean": np.mean, "median": np.median}[stat]
+    got, allowed = float(reduce(error)), atol + tol.rtol * float(reduce(scale))
+    ok = got <= allowed
+    return ok, (f"--check-stat {stat}: {stat} |c - r| {got:.3g} {'<=' if ok else '>'} atol + rtol * "
+                f"{stat} |r| = {allowed:.3g}")
 
 
 def worst_output(comparison: Comparison) -> OutputComparison | None:

@@ -127,12 +127,27 @@ class CheckOptions:
     rank_layers: bool = False  # rank compressed layers by their cost even when the budget holds
     write_fixed: str | os.PathLike | None = None  # where the ranking's fix (worst layers in float) goes
     samples_axis: int | None = None  # --inputs holds many samples along this axis of every array
+    # the reference's outputs written to an .npz (--save-outputs), or read from one as the
+    # reference of this check (--load-outputs), in place of running a reference model
+    save_outputs: str | os.PathLike | None = None
+    load_outputs: str | os.PathLike | None = None
+    # input data: value ranges of generated inputs ((name or None for all, (low, high)), ...),
+    # or a Python data loader "file.py:function" yielding dicts of arrays (each a sample)
+    val_ranges: tuple = ()
+    data_loader: str | None = None
+    # per-output tolerances (name -> Tolerance, --tol) and the statistic that decides (--check-stat)
+    tolerances: Mapping[str, Tolerance] = field(default_factory=dict)
+    check_stat: str = "elementwise"
     # the calibration samples a full-int8 model was made with (convert --int8-calibration), and
     # the tool's method: the ranking of its layers quantizes it again with them
     calibration: str | os.PathLike | None = None
     calibration_method: str = "ADMM"
 
     def __post_init__(self):
+        from parity.judge import CHECK_STATS
+
+        if self.check_stat not in CHECK_STATS:
+            raise UsageError(f"--check-stat must be one of {', '.join(CHECK_STATS)}, not {self.check_stat!r}")
         if self.budget is not None:
             from parity.budget import Budget
 
@@ -174,6 +189,8 @@ class CheckOptions:
     def to_dict(self) -> dict:
         """As given, for the report (paths as strings, arrays named but not included)."""
         def plain(value):
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                return plain(dataclasses.asdict(value))
             if isinstance(value, Mapping):
                 if value and all(hasattr(v, "shape") for v in value.values()):
                     return f"{len(value)} arrays given"

@@ -34,8 +34,10 @@ def _version() -> str:
     return __version__
 
 
-def resolve_models(models: Sequence[str | os.PathLike]) -> list[tuple[str, Path]]:
-    if len(models) < 2:
+def resolve_models(models: Sequence[str | os.PathLike], minimum: int = 2) -> list[tuple[str, Path]]:
+    if len(models) < minimum:
+        if minimum == 1:
+            raise UsageError("give the model to check against the saved outputs (e.g. model.mnn)")
         raise UsageError("give at least two models, the reference first (e.g. model.onnx model.mnn)")
     resolved = []
     for model in models:
@@ -85,7 +87,12 @@ def check(
         raise UsageError(f"give check options either as an options object or as keywords, not both "
                          f"({sorted(keywords)[0]!r})")
     say = progress or (lambda message: None)
-    chain = resolve_models(models)
+    if options.load_outputs is not None:  # saved outputs lead the chain as its reference
+        chain = [("saved", Path(options.load_outputs)), *resolve_models(models, minimum=1)]
+        if len(chain) > 3:
+            raise UsageError("with --load-outputs, give one or two models (the saved outputs are the reference)")
+    else:
+        chain = resolve_models(models)
     _check_paths(options, [path for _, path in chain])
     mnn = options.mnn
     if not any(framework == "mnn" for framework, _ in chain) and (
@@ -102,6 +109,8 @@ def check(
         _, feeds, input_infos = samples[0]
         if options.save_inputs is not None:
             inputs_mod.save_npz(options.save_inputs, feeds)
+        if options.load_outputs is not None and len(samples) > 1:
+            raise UsageError("--load-outputs holds the outputs of one run: give one input sample")
         links = stage_links(stages)
         if len(samples) == 1:
             results = _run_all(backends, feeds, say)
@@ -123,6 +132,8 @@ def check(
                 verdict = _with_ranking(verdict, ranking)
         if options.diagnose and verdict.kind == "mismatch":
             comparisons, verdict = _diagnose(comparisons, backends, links, feeds, options, verdict, say)
+        if options.save_outputs is not None:
+            inputs_mod.save_npz(options.save_outputs, results[0].outputs)
         notes = [n for r in results for n in r.notes]
         if options.write_fixed is not None and ranking is None:
             notes.append(f"--write-fixed: nothing written to {options.write_fixed}: no layer ranking ran "
@@ -153,6 +164,9 @@ def check(
 # -- steps -----------------------------------------------------------------------------------
 def _check_paths(options: CheckOptions, models) -> None:
     """Refuse output paths before any model runs: unwritable, devices, or one of the inputs."""
+    if options.save_outputs is not None:
+        inputs_mod.check_writable(options.save_outputs, "--save-outputs",
+                                  inputs=[*models, *[p for p in (options.load_outputs,) if p]])
     if options.save_inputs is not None:
         given = options.inputs if isinstance(options.inputs, (str, os.PathLike)) else None
         inputs_mod.check_writable(options.save_inputs, "--save-inputs", inputs=[*models, *([given] if given else [])])
@@ -250,10 +264,10 @@ def _run_name(backend) -> str:
 
 def _input_specs(backends) -> list:
     """The reference's input specs, after checking every model takes the same inputs. torch
-    models have no specs of their own: they borrow the chain's."""
-    described = [b for b in backends if b.framework != "torch"]
+    models and saved outputs have no specs of their own: they borrow the chain's."""
+    described = [b for b in backends if b.framework not in ("torch", "saved")]
     for backend in backends:
-        if backend.framework == "torch":
+        if backend.framework in ("torch", "saved"):
             backend.bind_inputs(described[0].input_specs if described else [])
     first = described[0] if described else backends[0]
     first_names = [s.name for s in first.input_specs]
@@ -263,13 +277,20 @@ def _input_specs(backends) -> list:
             raise ModelError(f"the models' inputs differ: {first.path.name} has {first_names}, "
                              f"{other.path.name} has {names}")
     reference = backends[0]
-    return first.input_specs if reference.framework == "torch" and described else reference.input_specs
+    return first.input_specs if reference.framework in ("torch", "saved") and described else reference.input_specs
 
 
 def _samples(backends, specs, options: CheckOptions) -> list[tuple[str | None, dict, list]]:
     """The samples to run: (label, feeds, input infos) each. One, unless --inputs names a
     directory or a glob of .npz files, or --samples-axis splits one .npz."""
     given = options.inputs
+    if options.data_loader is not None:
+        if given is not None or options.val_ranges or options.shapes:
+            raise UsageError("--data-loader gives the inputs: leave out --inputs, --val-range and --shape")
+        samples = inputs_mod.load_data_loader(options.data_loader)
+        return [(f"{options.data_loader}[{i}]", *_conform(backends, specs, feeds)) for i, feeds in enumerate(samples)]
+    if given is not None and options.val_ranges:
+        raise UsageError("--val-range applies to generated inputs; it cannot be used with --inputs")
     if given is None or isinstance(given, dict) or hasattr(given, "items"):
         return [(None, *_make_feeds(backends, specs, options))]
     files = inputs_mod.sample_files(given)
@@ -374,7 +395,8 @@ def _make_feeds(backends, specs, options: CheckOptions, raw: bool = False):
         onnx_model = next((b.path for b in backends if b.framework == "onnxruntime"), None)
         if onnx_model is not None and any(s.dtype.startswith(("int", "uint")) for s in specs):
             bounds = inputs_mod.integer_input_bounds(onnx_model)  # parsing the graph costs: ints only
-        return inputs_mod.generate(specs, seed=options.seed, shapes=options.shapes, int_bounds=bounds)
+        return inputs_mod.generate(specs, seed=options.seed, shapes=options.shapes, int_bounds=bounds,
+                                   ranges=dict(options.val_ranges))
     if options.shapes:
         raise UsageError("--shape applies to generated inputs; it cannot be used with --inputs")
     if isinstance(options.inputs, dict) or hasattr(options.inputs, "items"):
@@ -432,7 +454,8 @@ def _compare_link(backends, results, link, options: CheckOptions, say, budget=No
     comparison = compare_outputs(results[ref_i].outputs, results[cand_i].outputs, tolerance,
                                  reference_name=backends[ref_i].framework,
                                  candidate_name=candidate.framework,
-                                 candidate_steps=results[cand_i].steps)
+                                 candidate_steps=results[cand_i].steps,
+                                 tolerances=options.tolerances, check_stat=options.check_stat)
     notes = getattr(candidate, "precision_notes", ())
     if tolerance is not options.tolerance:
         notes = (*notes, f"tolerance of float16 arithmetic (precision {candidate.precision} ran in "

@@ -36,4 +36,8 @@ def open_backend(framework: str, path: str | Path, **options):
         from parity.backends.torch import TorchBackend
 
         return TorchBackend(path, **options)
+    if framework == "saved":
+        from parity.backends.saved import SavedOutputs
+
+        return SavedOutputs(path, **options)
     raise ValueError(f"unknown framework {framework!r}")

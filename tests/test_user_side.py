@@ -1,0 +1,188 @@
+"""The user's side (issue 15): the first screen, reruns from the JSON, saved outputs, input
+data control, per-output tolerances and the gating statistic. Each option's test fails if the
+option were ignored."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from helpers import MODELS, assert_one_line_error, run_parity
+from parity.errors import ExitCode
+
+CNN = (MODELS / "cnn.onnx", MODELS / "cnn.mnn")
+TRANSFORMER = (MODELS / "transformer.onnx", MODELS / "transformer.mnn")
+
+
+def _json(*args):
+    result = run_parity(*args, "--json", "-", "-q")
+    assert result.code in (0, 1), result.err
+    return result.code, result.json()
+
+
+def test_first_screen_of_a_failure_says_what_to_do(tmp_path):
+    from helpers import alter_filter
+
+    altered = alter_filter(MODELS / "cnn.onnx", tmp_path / "altered.onnx", "conv3.weight", 0)
+    from helpers import to_mnn
+
+    bad = to_mnn(altered, tmp_path / "altered.mnn")
+    report = tmp_path / "r.json"
+    result = run_parity("check", MODELS / "cnn.onnx", bad, "--json", report, env={"COLUMNS": "100"})
+    assert result.code == ExitCode.MISMATCH
+    head = result.out.splitlines()[:25]
+    assert head[0].startswith("parity: FAIL, conversion")
+    assert any(line.startswith("verdict: conversion") for line in head)
+    assert any(line.startswith("where: ") for line in head)
+    assert "evidence:" in head and "next:" in head
+    assert any(line.startswith("full report: ") and str(report) in line for line in head)
+    assert all(line == line.rstrip() for line in result.out.splitlines())  # no trailing spaces
+    assert all(len(line) <= 100 for line in head if not line.startswith("full report"))
+
+
+def test_rerun_from_the_json_alone_gives_the_same_figures(tmp_path):
+    first = tmp_path / "first.json"
+    again = tmp_path / "again.json"
+    result = run_parity("check", *CNN, "--seed", "7", "--json", first, "-q")
+    assert result.code == 0
+    recorded = json.loads(first.read_text())["rerun"]
+    assert recorded["command"][:2] == ["parity", "check"] and "--seed" in recorded["command"]
+    assert recorded["versions"]["onnxruntime"] and recorded["versions"]["mnn"]
+    result = run_parity("rerun", first, "--json", again, "-q", cwd=tmp_path)
+    assert result.code == 0, result.err
+    a, b = (json.loads(p.read_text()) for p in (first, again))
+    assert a["comparisons"] == b["comparisons"] and b["options"]["seed"] == 7
+    assert json.loads(first.read_text()) == a  # the rerun never wrote over the report it read
+
+
+def test_saved_outputs_are_a_reference_for_a_later_mnn_only_check(tmp_path):
+    ref, inputs = tmp_path / "ref.npz", tmp_path / "in.npz"
+    code, both = _json("check", *TRANSFORMER, "--save-outputs", ref, "--save-inputs", inputs)
+    assert code == 0 and ref.exists()
+    code, later = _json("check", TRANSFORMER[1], "--load-outputs", ref, "--inputs", inputs)
+    assert code == 0 and later["comparisons"][0]["reference"] == "saved"
+    a, b = both["comparisons"][0]["outputs"][0], later["comparisons"][0]["outputs"][0]
+    for key in ("max_abs_diff", "max_rel_diff", "mean_abs_diff", "cosine", "mismatch_count"):
+        assert a[key] == b[key], key
+
+
+def test_load_outputs_needs_its_model(tmp_path):
+    result = run_parity("check", "--load-outputs", tmp_path / "none.npz")
+    assert result.code == ExitCode.USAGE
+
+
+def test_val_range_shapes_the_generated_inputs(tmp_path):
+    saved = tmp_path / "in.npz"
+    code, report = _json("check", *CNN, "--val-range", "x:5,6", "--save-inputs", saved)
+    x = np.load(saved)["x"]
+    assert 5 <= x.min() and x.max() <= 6
+    assert any("--val-range" in n for n in report["inputs"]["x"]["notes"])
+
+
+def test_val_range_integers_and_bad_values(tmp_path):
+    result = run_parity("check", *CNN, "--val-range", "x:6,5")
+    assert_one_line_error(result, ExitCode.USAGE, "LOW <= HIGH")
+    result = run_parity("check", *CNN, "--val-range", "nope:0,1")
+    assert_one_line_error(result, ExitCode.MODEL_OR_INPUT, "unknown input 'nope'")
+
+
+def test_data_loader_samples_are_all_checked(tmp_path):
+    loader = tmp_path / "loader.py"
+    loader.write_text("import numpy as np\n"
+                      "def samples():\n"
+                      "    for i in range(3):\n"
+                      "        yield {'x': np.full((1, 3, 32, 32), 0.1 * i, np.float32)}\n")
+    code, report = _json("check", *CNN, "--data-loader", f"{loader}:samples")
+    samples = report["comparisons"][0]["outputs"][0]["samples"]
+    assert code == 0 and samples["count"] == 3
+
+
+def test_data_loader_errors_are_one_line(tmp_path):
+    loader = tmp_path / "bad.py"
+    loader.write_text("def samples():\n    yield [1, 2]\n")
+    result = run_parity("check", *CNN, "--data-loader", f"{loader}:samples")
+    assert_one_line_error(result, ExitCode.MODEL_OR_INPUT, "not a dict")
+
+
+def test_per_output_tolerance_is_applied():
+    assert run_parity("check", *CNN, "-q").code == 0
+    code, report = _json("check", *CNN, "--tol", "logits=0,0", "--no-diagnose")
+    assert code == 1
+    assert any("--tol" in n for n in report["comparisons"][0]["outputs"][0]["notes"])
+
+
+def test_bad_per_output_tolerance_is_a_usage_error():
+    result = run_parity("check", *CNN, "--tol", "logits=abc")
+    assert_one_line_error(result, ExitCode.USAGE, "--tol")
+
+
+def test_check_stat_mean_passes_where_elementwise_fails():
+    args = ("check", *TRANSFORMER, "--atol", "1e-4", "--rtol", "0", "--no-diagnose")
+    code, _ = _json(*args)
+    assert code == 1  # the largest difference (3.6e-4) is beyond 1e-4
+    code, report = _json(*args, "--check-stat", "mean")
+    assert code == 0
+    assert any("--check-stat mean" in n for n in report["comparisons"][0]["outputs"][0]["notes"])
+
+
+def test_check_stat_cosine_gates_on_cosine():
+    code, _ = _json("check", *CNN, "--check-stat", "cosine", "--rtol", "0", "--no-diagnose")
+    assert code == 1  # cosine is not exactly 1 on float noise
+
+
+def test_inspect_shows_the_mnn_outputs_dtype_and_shape():
+    result = run_parity("inspect", MODELS / "transformer.mnn")
+    assert result.code == 0
+    row = next(line for line in result.out.splitlines() if "output" in line and "out" in line)
+    assert "float32" in row and "1x64x512" in row and "?" not in row
+
+
+def test_a_passing_output_explains_a_large_max_rel(tmp_path):
+    reference, candidate = tmp_path / "r.npy", tmp_path / "c.npy"
+    np.save(reference, np.array([1.0, 2.0, 1e-4], np.float32))
+    np.save(candidate, np.array([1.0, 2.0, 2.4e-4], np.float32))
+    result = run_parity("compare", reference, candidate, "--json", "-")
+    assert result.code == 0
+    notes = result.json()["comparisons"][0]["outputs"][0]["notes"]
+    assert any("near zero" in n and "max_rel" in n for n in notes)
+
+
+def test_sweep_writes_junit_and_html(tmp_path):
+    junit, html = tmp_path / "s.xml", tmp_path / "s.html"
+    result = run_parity("sweep", MODELS, "--junit", junit, "--html", html, "-q")
+    assert result.code == 0, result.err
+    import xml.etree.ElementTree as ET
+
+    suite = ET.parse(junit).getroot()
+    assert suite.get("tests") == "2" and {c.get("name") for c in suite.iter("testcase")} == {"cnn", "transformer"}
+    assert "parity sweep" in html.read_text() and "transformer" in html.read_text()
+    assert "=== 2 passed" in result.out
+
+
+@pytest.mark.torch
+def test_sweep_takes_a_pt2_of_the_same_name(tmp_path):
+    pytest.importorskip("torch")
+    import shutil
+
+    import torch
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            return torch.relu(x) * 2
+
+    directory = tmp_path / "zoo"
+    directory.mkdir()
+    x = torch.randn(1, 8)
+    torch.export.save(torch.export.export(Net(), (x,)), directory / "net.pt2")
+    torch.onnx.export(Net(), (x,), directory / "net.onnx", input_names=["x"], output_names=["y"], dynamo=False)
+    from helpers import to_mnn
+
+    to_mnn(directory / "net.onnx", directory / "net.mnn")
+    shutil.copy(MODELS / "cnn.onnx", directory / "cnn.onnx")
+    shutil.copy(MODELS / "cnn.mnn", directory / "cnn.mnn")
+    result = run_parity("sweep", directory, "--json", "-", "-q")
+    assert result.code == 0, result.err
+    net = next(r for r in result.json()["results"] if r["name"] == "net")
+    assert [m.rsplit(".", 1)[1] for m in net["models"]] == ["pt2", "onnx", "mnn"]
