@@ -19,6 +19,7 @@ function.)
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -85,9 +86,9 @@ def convert(
         except BackendCrash:
             raise
         except BackendError as exc:
-            tail = worker.log_tail()
-            if tail and tail not in str(exc):
-                raise BackendError(f"{exc}; converter said: {tail}") from None
+            said = failure_reason(worker.log_text())
+            if said and said not in str(exc):
+                raise BackendError(f"{exc}; converter said: {said}") from None
             raise
         log = worker.log_text()
         files = [(scratch, target)]
@@ -97,6 +98,24 @@ def convert(
         publish(files, "the converted model", inputs=protected)
     return ConvertResult(str(source), str(target), tuple(options), log,
                          str(weights_path(target)) if len(files) == 2 else None)
+
+
+# "[20:58:27] :220: " before a converter log line: the time and the source line that logged it
+_STAMP = re.compile(r"^\[\d{2}:\d{2}:\d{2}\]\s*[^:\s]*:\d+:\s*")
+# The line that names what MNN's converter cannot convert, e.g. "These Op Not Support: ONNX::IsNaN"
+_UNSUPPORTED = re.compile(r"not support", re.IGNORECASE)
+
+
+def failure_reason(log: str) -> str:
+    """Why the converter failed, from its log, in one line: the line naming the operators it
+    does not support (printed before its last line, "Converted Failed!"), else its last line."""
+    lines = [_STAMP.sub("", ln.strip()).strip() for ln in log.splitlines()]
+    lines = [ln for ln in lines if ln]
+    unsupported = list(dict.fromkeys(ln for ln in lines if _UNSUPPORTED.search(ln)))
+    if unsupported:
+        return ("; ".join(unsupported) + " (MNN has no conversion for these operators: export the model "
+                "without them, e.g. another opset or another implementation of the layer)")
+    return lines[-1] if lines else ""
 
 
 def _convert_in_child(source: str, target: str, options: list) -> bool:

@@ -10,6 +10,12 @@ Usage mistakes are checked before any figure is trusted: a buffer that is all ze
 constant or NaN, that equals the model's input (read before the run: the session shares
 memory), or whose length is wrong in a recognisable way (float16 read as float32, an NC4HW4
 buffer, a batch). Each gives verdict ``usage`` with the fix in one sentence.
+
+A wrong length is explained by the evidence first: the bytes reread as another dtype match the
+reference, the values match a part of the reference (a truncated copy, one item of a batch), or
+the length is a model input's (a host tensor made with the input's shape). A dtype misread is
+suggested only when the candidate's dtype can be wrong: a raw dump (its dtype is --dtype's
+guess) or a declared dtype other than the reference's. A .npy that says float32 holds float32.
 """
 
 from __future__ import annotations
@@ -26,9 +32,10 @@ from parity.align import AlignmentError, explain_size, fits, pair_outputs
 from parity.errors import InputError, UsageError
 from parity.inputs import read_npy, read_npz, read_raw
 from parity.judge import diff_tensors, output_detail
-from parity.metrics import Tolerance
+from parity.metrics import TensorDiff, Tolerance
 from parity.paths import check_input
 from parity.report import BackendInfo, Comparison, OutputComparison, Report, Verdict
+from parity.specs import format_shape
 
 RAW_DTYPES = ("float32", "float16", "float64", "int32", "int64", "int8", "uint8", "bool")
 
@@ -86,6 +93,116 @@ def _usage_problem(reference: np.ndarray, candidate: np.ndarray, model_inputs: M
     return None
 
 
+def _explain_length(reference: np.ndarray, candidate: np.ndarray, *, tolerance: Tolerance,
+                    model_inputs: Mapping[str, np.ndarray], raw: bool) -> str:
+    """Why the candidate's element count does not fit the reference, in one sentence, from the
+    evidence (see the module docstring). ``raw``: the candidate's dtype is --dtype's guess."""
+    n, ref = candidate.size, reference.size
+    dtype_known = not raw and candidate.dtype == reference.dtype  # then a misread is ruled out
+    reread = _reread_match(reference, candidate, tolerance)
+    if reread is not None:  # proven by the values, whatever the file declares
+        fix = f"use --dtype {reread}" if raw else f"read the output as {reread} when dumping it"
+        return (f"the candidate's bytes are {reread} values read as {candidate.dtype.name}: read as "
+                f"{reread} they match the reference ({fix})")
+    sized = next(((name, np.asarray(a)) for name, a in model_inputs.items() if np.asarray(a).size == n), None)
+    as_input = (f", as many as the model's input {sized[0]!r} {format_shape(sized[1].shape)}"
+                if sized is not None else "")
+    part = _matching_part(reference, candidate, tolerance)
+    if part is not None:
+        whole = format_shape(reference.shape)
+        if part > 0:
+            return (f"the candidate is elements {part * n}..{(part + 1) * n - 1} of the reference's {ref} "
+                    f"(the values match there): one item of a batch; copy the whole output {whole}")
+        if sized is not None:
+            return (f"the candidate is the first {n} of the reference's {ref} elements{as_input}: a "
+                    f"truncated copy into a host tensor made with the input's shape; make it with the "
+                    f"output's shape {whole}")
+        return (f"the candidate is the first {n} of the reference's {ref} elements (the values match "
+                f"there): one item of a batch, or a truncated copy (copyFrom / copyToHostTensor into a "
+                f"smaller host tensor); copy the whole output {whole}")
+    if sized is not None:
+        return (f"the candidate has {n} elements{as_input}, not the reference's {ref}: it was read "
+                f"through a host tensor of the input's shape, or it is another tensor; read the output "
+                f"into a host tensor of its own shape {format_shape(reference.shape)}")
+    if not dtype_known and _plausible_reread(reference, candidate):
+        return explain_size(reference, candidate)
+    return _size_phrase(reference, candidate, dtype_known)
+
+
+def _rereads(reference: np.ndarray, candidate: np.ndarray):
+    """(dtype name, the candidate's bytes read as it) for float16, float32 and the reference's
+    dtype, when that reading has the reference's element count."""
+    nbytes = candidate.size * candidate.dtype.itemsize
+    for name in dict.fromkeys([reference.dtype.name, "float16", "float32"]):
+        dtype = np.dtype(name)
+        if dtype != candidate.dtype and dtype.kind in "biuf" and nbytes == reference.size * dtype.itemsize:
+            yield name, np.ascontiguousarray(candidate).reshape(-1).view(dtype)
+
+
+def _reread_match(reference, candidate, tolerance) -> str | None:
+    """The dtype whose reading of the candidate's bytes matches the reference, or None."""
+    if candidate.dtype.kind not in "biuf" or reference.dtype.kind not in "biuf":
+        return None
+    for name, values in _rereads(reference, candidate):
+        if _matches(reference.reshape(-1), values, tolerance):
+            return name
+    return None
+
+
+def _plausible_reread(reference, candidate) -> bool:
+    """Whether some dtype reads the candidate's bytes as numbers like the reference's (finite,
+    of its magnitude): then a misread is possible though those numbers differ (a wrong output
+    dumped with the wrong dtype). With no such reading the dtype is not the problem."""
+    if candidate.dtype.kind not in "biuf" or reference.dtype.kind not in "biuf":
+        return False
+    scale = max(float(np.max(np.abs(reference.astype(np.float64)), initial=0.0)), 1.0)
+    for _, values in _rereads(reference, candidate):
+        if values.dtype.kind != "f":
+            return True
+        with np.errstate(all="ignore"):
+            wide = values.astype(np.float64)
+            if np.isfinite(wide).all() and float(np.max(np.abs(wide), initial=0.0)) <= 1e3 * scale:
+                return True
+    return False
+
+
+def _matching_part(reference, candidate, tolerance) -> int | None:
+    """i when the candidate matches the reference's i-th flat part of its size, else None."""
+    n, ref = candidate.size, reference.size
+    if not n or n >= ref or ref % n or candidate.dtype.kind not in "biuf" or reference.dtype.kind not in "biuf":
+        return None
+    count = ref // n
+    parts = reference.reshape(count, n)
+    for index in range(min(count, 64)):  # a batch item or a copy cut short: the first parts say it
+        if _matches(parts[index], candidate.reshape(-1), tolerance):
+            return index
+    return None
+
+
+def _matches(reference: np.ndarray, values: np.ndarray, tolerance: Tolerance) -> bool:
+    """Same values within tolerance, or the same direction (cosine): evidence, not a verdict."""
+    if values.size != reference.size or values.size < 2:
+        return False
+    with np.errstate(all="ignore"):
+        diff = TensorDiff.from_arrays("evidence", reference, values.reshape(reference.shape), tolerance)
+    return diff.passed or (diff.cosine is not None and diff.cosine > 0.999)
+
+
+def _size_phrase(reference: np.ndarray, candidate: np.ndarray, dtype_known: bool) -> str:
+    """explain_size's reasons other than a dtype misread, which ``dtype_known`` rules out."""
+    n, ref = candidate.size, reference.size
+    declared = (f" (it declares {candidate.dtype.name}, the reference's dtype, so this is not a dtype "
+                f"misread)" if dtype_known and (n * 2 == ref or n == ref * 2) else "")
+    if reference.ndim >= 2 and ref and n % ref == 0 and n > ref:
+        return (f"the candidate has {n // ref}x the reference's {ref} elements{declared}: a larger "
+                f"batch, or several outputs in one buffer")
+    if reference.ndim >= 2 and n and ref % n == 0 and n < ref:
+        return (f"the candidate has 1/{ref // n} of the reference's {ref} elements{declared}: one item "
+                f"of a batch, or a truncated copy (copyFrom from a smaller host tensor)")
+    return (f"element count differs: reference {tuple(reference.shape)} has {ref}, "
+            f"candidate {tuple(candidate.shape)} has {n}{declared}")
+
+
 def _usage_row(r, c, problem, steps, tolerance, common) -> OutputComparison:
     """A usage mistake, with the figures as read when the buffer aligns at all."""
     try:
@@ -113,6 +230,8 @@ def compare(
 
     refs, ref_label = load(reference)
     cands, cand_label = load(candidate)
+    # a raw file's dtype is --dtype's guess; a .npy/.npz header or an array declares its own
+    cand_raw = not isinstance(candidate, Mapping) and Path(candidate).suffix.lower() not in (".npy", ".npz")
     if isinstance(model_inputs, (str, os.PathLike)):
         model_inputs = load_dump(model_inputs, dtype=dtype)
     model_inputs = dict(model_inputs or {})
@@ -134,7 +253,7 @@ def compare(
                       reference_dtype=r.dtype.name, candidate_dtype=c.dtype.name)
         problem = _usage_problem(r, c, model_inputs)
         if problem is None and not fits(r, c):
-            problem = explain_size(r, c)
+            problem = _explain_length(r, c, tolerance=tolerance, model_inputs=model_inputs, raw=cand_raw)
         if problem is not None:
             usage.append((rname, problem))
             outputs.append(_usage_row(r, c, problem, steps, tolerance, common))

@@ -19,12 +19,13 @@ import importlib.util
 import logging
 import sys
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from parity.backends.base import Backend, RunResult, check_model_file
-from parity.errors import BackendError, FrameworkMissing, ModelError, UsageError
+from parity.errors import BackendError, FrameworkMissing, InputError, ModelError, UsageError
 
 OUTPUT_PREFIX = "::output::"  # capture name for a returned output (matches parity.layers)
 from parity.specs import TensorMap, TensorSpec
@@ -106,6 +107,7 @@ class TorchBackend(Backend):
         self._inputs: list[TensorSpec] | None = None
         self._module = None
         self._output_names: list[str] | None = None
+        self._exported_shapes: ExportedShapes | None = None  # a .pt2's input shapes
 
     @property
     def label(self) -> str:
@@ -137,12 +139,14 @@ class TorchBackend(Backend):
             level = quiet.level
             quiet.setLevel(logging.CRITICAL)  # torch logs a traceback before raising
             try:
-                module = torch.export.load(str(self.path)).module()
+                program = torch.export.load(str(self.path))
+                module = program.module()
             except Exception as exc:
                 raise ModelError(f"{str(self.path)!r} is not a loadable ExportedProgram (.pt2): "
                                  f"{_first_line(exc)}") from None
             finally:
                 quiet.setLevel(level)
+            self._exported_shapes = exported_shapes(program)
         else:
             try:
                 module = torch.jit.load(str(self.path), map_location="cpu")
@@ -248,11 +252,21 @@ class TorchBackend(Backend):
 
     def _run(self, feeds: TensorMap, outputs: list[str] | None = None) -> RunResult:
         torch = import_torch()
-        args = [torch.from_numpy(np.ascontiguousarray(feeds[s.name])) for s in self.input_specs]
+        names = [s.name for s in self.input_specs]
+        shapes = [tuple(np.shape(feeds[n])) for n in names]
+        exported = self._exported_shapes
+        if exported is not None and not exported.accepts(shapes):
+            raise self._shape_error(names, shapes)
+        args = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in names]
         try:
             with torch.inference_mode():
                 result = self._module(*args)
         except Exception as exc:
+            # torch.export's guards (AssertionError "Guard failed: ...", RuntimeError "Expected
+            # input at *args[0].shape[0] to be equal to 1" in older torch) check more than
+            # ExportedShapes does (relations between dims): the same hint for them
+            if exported is not None and _is_guard_failure(exc):
+                raise self._shape_error(names, shapes, _first_line(exc)) from None
             raise BackendError(f"torch failed running {self.label}: {type(exc).__name__}: {_first_line(exc)}") from None
         arrays: TensorMap = {}
         notes: list[str] = []
@@ -267,6 +281,115 @@ class TorchBackend(Backend):
                 arrays[name] = np.asarray(value)
         self._output_names = list(arrays)
         return RunResult(arrays, {}, tuple(notes))
+
+    def _shape_error(self, names: list[str], shapes: list[tuple[int, ...]], guard: str = "") -> InputError:
+        """One line: the shapes the .pt2 was exported for, the shapes given, the --shape to pass."""
+        exported = self._exported_shapes
+        given = " ".join(f"{n}={_dims(s)}" for n, s in zip(names, shapes))
+        if len(exported.dims) != len(names):  # kwargs or non-tensor inputs: its own names
+            names = exported.names
+        accepts = " ".join(f"{n}={exported.describe(i)}" for i, n in enumerate(names))
+        example = exported.example
+        if example and len(example) == len(names):
+            fix = " ".join(f"--shape {n}={_dims(e)}" for n, e in zip(names, example)) + " (as exported)"
+        else:
+            fix = " ".join(f"--shape {n}={exported.describe(i)}" for i, n in enumerate(names))
+        why = f" ({guard})" if guard else ""
+        dynamic = any(not isinstance(d, int) for dims in exported.dims for d in dims)
+        return InputError(
+            f"{self.path.name} was exported by torch.export for inputs {accepts} and cannot run on "
+            f"{given}{why}: pass {fix}, or export it with {'wider ' if dynamic else ''}dynamic_shapes")
+
+
+def _dims(shape) -> str:
+    return "x".join(str(d) for d in shape) if len(shape) else "scalar"
+
+
+def _is_guard_failure(exc: BaseException) -> bool:
+    text = str(exc)
+    return "Guard failed" in text or (isinstance(exc, RuntimeError) and "Expected input at" in text)
+
+
+@dataclass(frozen=True)
+class ExportedShapes:
+    """The user inputs of an ExportedProgram: per input its dims, an int for a static dim or
+    (symbol, lowest, highest or None) for a dynamic one; the shapes it was exported at."""
+
+    names: list[str]
+    dims: list[tuple]
+    example: list[tuple[int, ...]] | None
+
+    def describe(self, index: int) -> str:
+        parts = []
+        for d in self.dims[index]:
+            if isinstance(d, int):
+                parts.append(str(d))
+            else:
+                _, low, high = d
+                parts.append(f"[{low}..{'' if high is None else high}]")
+        return "x".join(parts) if parts else "scalar"
+
+    def accepts(self, shapes: list[tuple[int, ...]]) -> bool:
+        """Whether the shapes fit the dims: ranks, static dims, ranges, one value per symbol.
+        Inputs that do not map one to one (kwargs, non-tensors) are left to torch."""
+        if len(shapes) != len(self.dims):
+            return True
+        bound: dict[str, int] = {}
+        for dims, shape in zip(self.dims, shapes):
+            if len(dims) != len(shape):
+                return False
+            for d, n in zip(dims, shape):
+                if isinstance(d, int):
+                    if d != n:
+                        return False
+                    continue
+                symbol, low, high = d
+                if n < low or (high is not None and n > high) or bound.setdefault(symbol, n) != n:
+                    return False
+        return True
+
+
+def exported_shapes(program) -> ExportedShapes | None:
+    """The input shapes of an ExportedProgram from its placeholders' fake tensors and range
+    constraints, with the example inputs it was exported at; None when they cannot be read."""
+    torch = sys.modules["torch"]
+    try:
+        placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+        names = list(program.graph_signature.user_inputs)
+        ranges = program.range_constraints
+        dims = []
+        for name in names:
+            value = placeholders[name].meta.get("val")
+            if not isinstance(value, torch.Tensor):
+                return None
+            shape = []
+            for d in value.shape:
+                if isinstance(d, int):
+                    shape.append(d)
+                    continue
+                expr = d.node.expr
+                bounds = ranges.get(expr)
+                low = _bound(bounds.lower) if bounds is not None else None
+                high = _bound(bounds.upper) if bounds is not None else None
+                shape.append((str(expr), low or 0, high))
+            dims.append(tuple(shape))
+        example = None
+        given = getattr(program, "example_inputs", None)
+        if given is not None:
+            leaves = torch.utils._pytree.tree_leaves(given)
+            if all(isinstance(t, torch.Tensor) for t in leaves) and len(leaves) == len(names):
+                example = [tuple(t.shape) for t in leaves]
+    except Exception:  # another torch's ExportedProgram: torch's own guards still apply
+        return None
+    return ExportedShapes(names, dims, example)
+
+
+def _bound(value) -> int | None:
+    """A range bound as an int, or None for torch's and sympy's infinities."""
+    try:
+        return int(value)
+    except Exception:  # int_oo raises AttributeError, sympy's oo OverflowError or TypeError
+        return None
 
 
 def _first_line(exc: BaseException) -> str:
