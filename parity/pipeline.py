@@ -610,7 +610,7 @@ def _rank(backends, feeds, budget, options: CheckOptions, say, compression=None)
         if options.calibration is None:
             return ranking_mod.Ranking((), budget.text, {}, None, notes=(
                 "no layer ranking: a full-int8 model is ranked by quantizing it again layer by layer, "
-                "which needs its calibration samples (parity convert --int8-calibration DIR)",))
+                "which needs its calibration samples (parity convert MODEL.onnx --int8-calibration DIR)",))
         from parity import inputs as inputs_mod
 
         samples = [inputs_mod.read_npz(f, "--int8-calibration file", not_a="an .npz file")

@@ -77,8 +77,6 @@ def test_raw_dump_with_float16_like_bytes_keeps_the_dtype_hint(half_case):
 
 
 # -- 2. every "parity convert" hint is a command parity accepts ----------------------------------
-@pytest.mark.xfail(strict=True, reason="the hint is made in parity/backends/mnn.py (MnnBackend._open); "
-                                       "remove this mark with its fix")
 def test_onnx_named_mnn_hint_is_a_command_parity_accepts(tmp_path):
     onnx_path = save_model([helper.make_node("Relu", ["x"], ["y"])], [tensor("x", shape=[1, 4])],
                            [tensor("y", shape=[1, 4])], tmp_path / "m.onnx")

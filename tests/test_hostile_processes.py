@@ -125,7 +125,7 @@ def test_sweep_of_a_directory_holding_click_and_numpy(tmp_path):
         _shadow(work, module)
     outcome = run_hostile("sweep", ".", "-j", "2", cwd=work)
     outcome.assert_clean(ExitCode.PASS, error_line=False, limit=60)
-    assert "1 of 1 pairs pass" in outcome.out
+    assert "=== 1 passed" in outcome.out
 
 
 # -- PYTHON* variables -------------------------------------------------------------------------

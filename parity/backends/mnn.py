@@ -144,7 +144,8 @@ class MnnBackend(Backend):
             if _looks_like_onnx(self.path):
                 raise ModelError(
                     f"{str(self.path)!r} is an ONNX model with an .mnn name; convert it first "
-                    f"(parity convert {self.path.name})"
+                    f"(rename it to {self.path.stem}.onnx, then parity convert {self.path.stem}.onnx "
+                    f"-o {self.path.name})"
                 ) from None
             raise
         except BaseException:
