@@ -186,3 +186,16 @@ def test_sweep_takes_a_pt2_of_the_same_name(tmp_path):
     assert result.code == 0, result.err
     net = next(r for r in result.json()["results"] if r["name"] == "net")
     assert [m.rsplit(".", 1)[1] for m in net["models"]] == ["pt2", "onnx", "mnn"]
+
+
+def test_html_settings_are_readable_and_the_legend_is_under_the_chart(tmp_path):
+    import re
+
+    page = tmp_path / "r.html"
+    assert run_parity("check", *CNN, "--layers", "--html", page, "-q").code == 0
+    text = page.read_text()
+    assert "{'backend'" not in text and "threads: 4" in text
+    chart = text[text.index('<svg id="layer-chart"'):]
+    plot_bottom = 20 + float(re.search(r'<rect x="60" y="20" width="\d+" height="([\d.]+)"', chart).group(1))
+    legend_y = float(re.search(r'<rect x="70" y="([\d.]+)" width="12" height="3"', chart).group(1))
+    assert legend_y > plot_bottom

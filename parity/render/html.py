@@ -41,7 +41,8 @@ def _layer_chart(report: Report) -> str:
     linked = [c for c in report.comparisons if c.layers]
     if not linked:
         return '<p class="muted">No per-layer data (run with <code>--layers</code>).</p>'
-    width, height, left, right, top, bottom = 900, 340, 60, 20, 20, 45
+    legend = 16 * len(linked) + 8  # the legend sits under the plot, never over the data
+    width, height, left, right, top, bottom = 900, 340 + legend, 60, 20, 20, 45 + legend
     plot_w, plot_h = width - left - right, height - top - bottom
     values = [layer.scaled_error for c in linked for layer in c.layers if layer.scaled_error]
     layer_rtol = report.tolerance.get("layer_rtol")
@@ -67,7 +68,7 @@ def _layer_chart(report: Report) -> str:
     step = max(1, n // 10)
     for i in range(0, n, step):
         parts.append(f'<text x="{x(i):.1f}" y="{top + plot_h + 16}" text-anchor="middle">{i}</text>')
-    parts.append(f'<text x="{left + plot_w / 2}" y="{height - 6}" text-anchor="middle">layer (ONNX topological order)</text>')
+    parts.append(f'<text x="{left + plot_w / 2}" y="{top + plot_h + 34}" text-anchor="middle">layer (ONNX topological order)</text>')
     parts.append(f'<text transform="translate(14,{top + plot_h / 2}) rotate(-90)" text-anchor="middle">'
                  f'max|c - r| / max|r|</text>')
     if layer_rtol:
@@ -90,8 +91,9 @@ def _layer_chart(report: Report) -> str:
                          f'stroke="#c62828" stroke-width="2.5"/>')
             parts.append(f'<text x="{cx + 9:.1f}" y="{cy - 8:.1f}" fill="#c62828">first divergence: '
                          f'{escape(divergence.name)}</text>')
-        parts.append(f'<rect x="{left + 10}" y="{top + 8 + 16 * k}" width="12" height="3" fill="{color}"/>'
-                     f'<text x="{left + 28}" y="{top + 13 + 16 * k}">{escape(comparison.link)}</text>')
+        below = top + plot_h + 48 + 16 * k
+        parts.append(f'<rect x="{left + 10}" y="{below - 5}" width="12" height="3" fill="{color}"/>'
+                     f'<text x="{left + 28}" y="{below}">{escape(comparison.link)}</text>')
     parts.append("</svg>")
     return "\n".join(parts)
 
@@ -185,11 +187,25 @@ def _ranking(report: Report) -> str:
             f"{fixed}{f'<ul>{notes}</ul>' if notes else ''}")
 
 
+def _settings(settings) -> str:
+    """A backend's settings as "key: value" lines (not a Python dict's repr)."""
+    if not settings:
+        return ""
+    lines = []
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items()) or "-"
+        elif isinstance(value, (list, tuple)):
+            value = ", ".join(map(str, value)) or "-"
+        lines.append(f"{escape(str(key))}: {escape(str(value))}")
+    return "<br>".join(lines)
+
+
 def render(report: Report) -> str:
     v = report.verdict
     steps = "".join(f"<li>{escape(s)}</li>" for s in v.next_steps)
     backends = "".join(f"<tr><td>{escape(b.name)}</td><td>{escape(b.model)}</td><td>{escape(b.version)}</td>"
-                       f"<td>{escape(str(b.settings))}</td></tr>" for b in report.backends)
+                       f"<td>{_settings(b.settings)}</td></tr>" for b in report.backends)
     inputs = "".join(f"<tr><td>{escape(i.name)}</td><td>{escape(str(list(i.shape)))}</td><td>{escape(i.dtype)}</td>"
                      f"<td>{escape(i.source)}</td><td>{escape('; '.join(i.notes))}</td></tr>" for i in report.inputs)
     alignment = "".join(f"<li>{escape(c.link)}, {escape(o.name)}: "
