@@ -199,3 +199,12 @@ def test_html_settings_are_readable_and_the_legend_is_under_the_chart(tmp_path):
     plot_bottom = 20 + float(re.search(r'<rect x="60" y="20" width="\d+" height="([\d.]+)"', chart).group(1))
     legend_y = float(re.search(r'<rect x="70" y="([\d.]+)" width="12" height="3"', chart).group(1))
     assert legend_y > plot_bottom
+
+
+def test_shape_of_the_wrong_rank_is_the_documented_input_error():
+    """The README's table: a well-formed --shape that does not fit the model is 3; a malformed one 2."""
+    result = run_parity("check", *CNN, "--shape", "x=1x3x32")
+    assert_one_line_error(result, ExitCode.MODEL_OR_INPUT, "has rank 3")
+    readme = (MODELS.parent / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| 3 |"))
+    assert "`--shape` that do not fit the model (unknown input, rank, fixed dims)" in row
