@@ -25,6 +25,18 @@ def _want_traceback(ctx: click.Context) -> bool:
 
 
 class ParityGroup(click.Group):
+    @staticmethod
+    def _interrupted(ctx: click.Context, exc: KeyboardInterrupt):
+        from parity.backends.worker import interruption
+        from parity.paths import published
+
+        cause, code = interruption(exc)
+        written = published()
+        done = (f"written before it: {', '.join(map(repr, written))}" if written
+                else "nothing was written")
+        click.echo(f"{cause}; child processes stopped, {terminal(done)}.", err=True)
+        ctx.exit(code)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
@@ -36,26 +48,26 @@ class ParityGroup(click.Group):
         except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
             raise
         except ParityError as exc:
+            from parity.backends.worker import signalled
+
+            interrupted = signalled()
+            if interrupted is not None:  # an error caused by the signal: report the signal
+                return self._interrupted(ctx, interrupted)
             if _want_traceback(ctx):
                 traceback.print_exc()
             click.echo(f"Error: {terminal(exc)}", err=True)
             ctx.exit(int(exc.exit_code))
         except KeyboardInterrupt as exc:  # Ctrl-C, and SIGTERM or SIGHUP (worker.Terminated)
-            from parity.backends.worker import interruption
-
-            from parity.paths import published
-
-            cause, code = interruption(exc)
-            written = published()
-            done = (f"written before it: {', '.join(map(repr, written))}" if written
-                    else "nothing was written")
-            click.echo(f"{cause}; child processes stopped, {terminal(done)}.", err=True)
-            ctx.exit(code)
+            return self._interrupted(ctx, exc)
         except BrokenPipeError:  # stdout's reader went away (`parity check ... | head`)
             from parity.backends.worker import silence_stdout
 
             ctx.exit(silence_stdout())
         except Exception as exc:  # the one catch-all: one line, not a traceback
+            from parity.backends.worker import signalled
+
+            if signalled() is not None:  # a consequence of the signal being handled
+                return self._interrupted(ctx, signalled())
             if _want_traceback(ctx):
                 traceback.print_exc()
                 ctx.exit(int(ExitCode.INTERNAL))

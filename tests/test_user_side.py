@@ -30,7 +30,7 @@ def test_first_screen_of_a_failure_says_what_to_do(tmp_path):
 
     bad = to_mnn(altered, tmp_path / "altered.mnn")
     report = tmp_path / "r.json"
-    result = run_parity("check", MODELS / "cnn.onnx", bad, "--json", report, env={"COLUMNS": "100"})
+    result = run_parity("check", MODELS / "cnn.onnx", bad, "--json", report, env={"PARITY_WIDTH": "100"})
     assert result.code == ExitCode.MISMATCH
     head = result.out.splitlines()[:25]
     assert head[0].startswith("parity: FAIL, conversion")

@@ -406,9 +406,21 @@ def install_process_guards() -> None:
             pass
 
 
+_SIGNALLED: list = []  # the interruption raised by _terminate, once one was
+
+
 def _terminate(signum, _frame) -> None:
     _ignore_signals()  # let the cleanup finish
-    raise Terminated(signum)
+    interrupted = Terminated(signum)
+    _SIGNALLED.append(interrupted)
+    raise interrupted
+
+
+def signalled() -> KeyboardInterrupt | None:
+    """The interruption already signalled, if any. An error raised while it unwinds (a module
+    half-imported when SIGTERM arrived reads as "not installed") is its consequence: the CLI
+    reports the signal, not the error."""
+    return _SIGNALLED[0] if _SIGNALLED else None
 
 
 def _ignore_signals() -> None:

@@ -175,8 +175,10 @@ def render(report: Report, file: IO[str], *, color: bool | None = None, width: i
 
     tty = getattr(file, "isatty", lambda: False)()
     if width is None:
-        columns = os.environ.get("COLUMNS", "")
-        if tty or columns.isdigit():
+        given = os.environ.get("PARITY_WIDTH", "")
+        if given.isdigit() and int(given) >= 40:
+            width = int(given)
+        elif tty:
             width = shutil.get_terminal_size((100, 24)).columns
         else:
             width = 160  # logs and CI: wide enough that figures never wrap
