@@ -21,3 +21,26 @@ def test_the_readme_table_lists_every_exit_code_and_no_other():
 def test_signal_codes_follow_the_shell_convention():
     assert ExitCode.HANGUP == 128 + 1 and ExitCode.INTERRUPTED == 128 + 2
     assert ExitCode.BROKEN_PIPE == 128 + 13 and ExitCode.TERMINATED == 128 + 15
+
+
+def test_an_unexpected_exception_is_exit_123_in_one_line(monkeypatch):
+    """The catch-all for parity's own bugs: one line naming the exception, exit 123, and the
+    traceback only with --traceback. (The failure is injected into parity's pipeline; the
+    frameworks are not involved.)"""
+    from click.testing import CliRunner
+
+    from helpers import MODELS
+    from parity import pipeline
+    from parity.cli import cli
+
+    def broken(*args, **kwargs):
+        raise ValueError("an internal bug")
+
+    monkeypatch.setattr(pipeline, "check", broken)
+    runner = CliRunner()
+    result = runner.invoke(cli, ["check", str(MODELS / "cnn.onnx"), str(MODELS / "cnn.mnn"), "-q"])
+    assert result.exit_code == ExitCode.INTERNAL == 123
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert lines == ["Internal error: ValueError: an internal bug (rerun with --traceback for details)"]
+    result = runner.invoke(cli, ["check", str(MODELS / "cnn.onnx"), str(MODELS / "cnn.mnn"), "-q", "--traceback"])
+    assert result.exit_code == 123 and "Traceback" in result.output
