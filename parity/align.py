@@ -150,7 +150,7 @@ class Judged:
 
 def best_alignment(reference: np.ndarray, candidate: np.ndarray,
                    judge: Callable[[np.ndarray], tuple[bool, float, J]], *,
-                   reread_same_shape: bool = False) -> Judged:
+                   reread_same_shape: bool = False, dtype_known: bool = False) -> Judged:
     """The first layout the judge passes, else the one it scores lowest (``judge`` returns
     (passed, score, judgement)). Raises AlignmentError when no layout fits."""
     dsteps = dtype_steps(reference, candidate)
@@ -164,22 +164,26 @@ def best_alignment(reference: np.ndarray, candidate: np.ndarray,
         if best is None or score < best[0]:
             best = (score, judged)
     if best is None:
-        raise AlignmentError(explain_size(reference, candidate))
+        raise AlignmentError(explain_size(reference, candidate, dtype_known=dtype_known))
     return best[1]
 
 
-def explain_size(reference: np.ndarray, candidate: np.ndarray) -> str:
-    """Why a candidate's element count does not fit the reference, in one phrase."""
+def explain_size(reference: np.ndarray, candidate: np.ndarray, *, dtype_known: bool = False) -> str:
+    """Why a candidate's element count does not fit the reference, in one phrase. With
+    ``dtype_known`` (arrays a framework returned, whose dtypes are real) a dtype misread is
+    never the reason; it is one only for dumps read from bytes."""
     ref, n = reference.size, candidate.size
     ref_bytes = ref * reference.dtype.itemsize
     cand_bytes = n * candidate.dtype.itemsize
-    if n * 2 == ref and candidate.dtype == np.float32 and reference.dtype.kind == "f":
+    if dtype_known:
+        pass
+    elif n * 2 == ref and candidate.dtype == np.float32 and reference.dtype.kind == "f":
         return (f"the candidate has half the reference's {ref} elements: float16 data read as "
                 f"float32 (use --dtype float16)")
     if n == ref * 2 and candidate.dtype == np.float16:
         return (f"the candidate has twice the reference's {ref} elements: float32 data read as "
                 f"float16 (use --dtype float32)")
-    if cand_bytes == ref_bytes and candidate.dtype != reference.dtype:
+    if not dtype_known and cand_bytes == ref_bytes and candidate.dtype != reference.dtype:
         return (f"the candidate has {n} {candidate.dtype.name} values, the same bytes as the "
                 f"reference's {ref} {reference.dtype.name}: read it as {reference.dtype.name} "
                 f"(--dtype {reference.dtype.name})")

@@ -47,7 +47,7 @@ def scaled_error(diff: TensorDiff) -> float | None:
 
 
 def diff_tensors(name: str, reference: np.ndarray, candidate: np.ndarray, tol: Tolerance,
-                 layer_rtol: float | None = None, *, reread_same_shape: bool = False):
+                 layer_rtol: float | None = None, *, reread_same_shape: bool = False, dtype_known: bool = False):
     """Align ``candidate`` to ``reference`` (align.best_alignment) and measure it: returns
     ``(Judged, TensorDiff)``. With ``layer_rtol`` a layout passes by the layer rule, else by
     the element rule. ``reread_same_shape``: see align.layouts. Raises AlignmentError when no
@@ -60,7 +60,8 @@ def diff_tensors(name: str, reference: np.ndarray, candidate: np.ndarray, tol: T
         score = scaled_error(diff)
         return passed, float("inf") if score is None else score, diff
 
-    judged = best_alignment(reference, np.asarray(candidate), judge, reread_same_shape=reread_same_shape)
+    judged = best_alignment(reference, np.asarray(candidate), judge, reread_same_shape=reread_same_shape,
+                            dtype_known=dtype_known)
     return judged, judged.judgement
 
 
@@ -101,7 +102,8 @@ def compare_outputs(
         own = next((tolerances[n] for n in (row_name, pair.reference_name, pair.candidate_name) if n in tolerances), None)
         used = own or tol
         try:
-            judged, diff = diff_tensors(row_name, ref, cand, used)
+            # outputs of frameworks: their dtypes are real, so no "float16 read as float32" hint
+            judged, diff = diff_tensors(row_name, ref, cand, used, dtype_known=True)
         except AlignmentError as exc:
             results.append(OutputComparison(passed=False, alignment=tuple(steps), error=str(exc), **common))
             continue

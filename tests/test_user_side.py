@@ -208,3 +208,22 @@ def test_shape_of_the_wrong_rank_is_the_documented_input_error():
     readme = (MODELS.parent / "README.md").read_text()
     row = next(line for line in readme.splitlines() if line.startswith("| 3 |"))
     assert "`--shape` that do not fit the model (unknown input, rank, fixed dims)" in row
+
+
+def test_check_never_calls_a_framework_output_float16_read_as_float32(tmp_path):
+    """Arrays a framework returned have real dtypes: a half-length output is a truncation or one
+    item of a batch, not a dtype misread (that hint is for dumps read from bytes)."""
+    from onnx import helper, numpy_helper
+
+    from helpers import save_model, tensor
+
+    full = save_model([helper.make_node("Identity", ["x"], ["y"])], [tensor("x", shape=[1, 12])],
+                      [tensor("y", shape=[1, 12])], tmp_path / "full.onnx")
+    starts = numpy_helper.from_array(np.array([0], np.int64), "s")
+    ends = numpy_helper.from_array(np.array([6], np.int64), "e")
+    axes = numpy_helper.from_array(np.array([1], np.int64), "a")
+    half = save_model([helper.make_node("Slice", ["x", "s", "e", "a"], ["y"])], [tensor("x", shape=[1, 12])],
+                      [tensor("y", shape=[1, 6])], tmp_path / "half.onnx", initializers=[starts, ends, axes])
+    code, report = _json("check", full, half)
+    error = report["comparisons"][0]["outputs"][0]["error"]
+    assert code == 1 and "float16" not in error and "truncated copy" in error
