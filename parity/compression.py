@@ -17,6 +17,7 @@ models: op types ending in ``Int8``, with ``FloatToInt8``/``Int8ToFloat`` around
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import asdict, dataclass, field
 
 _WEIGHT_OPS = ("Convolution", "ConvolutionDepthwise", "Deconvolution", "DeconvolutionDepthwise")
@@ -194,7 +195,14 @@ def _recompress_in_child(source: str, target: str, options: list) -> bool:
 
 
 def of_model(path, *, timeout: float = 300.0) -> Compression:
-    """Read ``path``'s compression (MNN's converter dumps it in a child process)."""
-    from parity import mnn_graph
+    """Read ``path``'s compression: from the flatbuffer's few fields (mnn_flatbuffer.py, in
+    milliseconds), or, should that fail, from MNN's JSON dump (a child process; slow on big
+    models)."""
+    from parity import mnn_flatbuffer, mnn_graph
+    from parity.backends.base import check_model_file
 
-    return read(mnn_graph.read_graph(path, timeout=timeout))
+    check_model_file(path, "MNN")
+    try:
+        return read({"oplists": mnn_flatbuffer.read_ops(path), "tensorName": []})
+    except (ValueError, OSError, struct.error, IndexError):
+        return read(mnn_graph.read_graph(path, timeout=timeout))

@@ -188,3 +188,27 @@ def test_int8_calibration_samples_that_do_not_fit_are_one_line(tmp_path):
     result = run_parity("convert", MODELS / "cnn.onnx", "-o", out, "--int8-calibration", directory)
     assert_one_line_error(result, ExitCode.MODEL_OR_INPUT, "--int8-calibration c.npz does not fit", "['x']")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("options", [["--weightQuantBits", "4", "--weightQuantBlock", "16"], ["--fp16"],
+                                     ["--weightQuantBits", "8", "--weightQuantAsymmetric"], []])
+def test_the_flatbuffer_read_matches_the_json_dump(tmp_path, options):
+    """compression.of_model reads a few flatbuffer fields (fast); the JSON dump is the slow,
+    complete reading: both must say the same."""
+    from parity import compression, mnn_flatbuffer, mnn_graph
+
+    _, _, model = _convert(tmp_path, TRANSFORMER, *options, extra=("--no-attribution", "--no-diagnose"))
+    fast = compression.read({"oplists": mnn_flatbuffer.read_ops(model), "tensorName": []})
+    slow = compression.read(mnn_graph.read_graph(model))
+    assert fast.to_dict() == slow.to_dict() and len(fast.layers) == 10
+
+
+def test_a_truncated_model_is_refused_by_the_flatbuffer_reader(tmp_path):
+    from parity import mnn_flatbuffer
+
+    cut = tmp_path / "cut.mnn"
+    cut.write_bytes((MODELS / "transformer.mnn").read_bytes()[:4000])
+    with pytest.raises(ValueError):
+        mnn_flatbuffer.read_ops(cut)
+    result = run_parity("check", TRANSFORMER, cut)
+    assert result.code == ExitCode.MODEL_OR_INPUT and "Traceback" not in result.err
