@@ -316,7 +316,22 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--tier", choices=["small", "realistic"], default="small",
+                        help="small: the shipped and built-in models (default); realistic: a BERT-base-sized "
+                             "encoder and a ResNet-50, built and converted once (needs torch)")
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "parity" / "bench",
+                        help="where the realistic tier keeps its built models")
     args = parser.parse_args(argv)
+    if args.tier == "realistic":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import bench_realistic
+
+        figures = bench_realistic.figures(args.repeat, args.cache)
+        for f in figures:
+            bench_realistic.print_figure(f)
+        if args.json:
+            args.json.write_text(json.dumps({"figures": figures}, indent=2))
+        return 0
     import tempfile
 
     figures = []
