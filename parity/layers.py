@@ -763,7 +763,10 @@ def _capture_robust(candidate, feeds, names, cache) -> tuple[dict, dict]:
     if not names:
         return {}, {}
     try:
-        return dict(candidate.capture(feeds, names, cache=cache).outputs), {}
+        result = candidate.capture(feeds, names, cache=cache)
+        # tensors the framework could not return come back named, the others with them
+        return dict(result.outputs), {name: f"{candidate.framework} could not return this tensor: {why}"
+                                       for name, why in result.failed.items()}
     except BackendCrash:
         raise
     except BackendError as exc:

@@ -40,6 +40,8 @@ class RunResult:
     steps: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # What it did to the feeds, e.g. "input 'ids' fed as int32 (MNN has no int64 inputs)".
     notes: tuple[str, ...] = ()
+    # A capture's tensors the framework could not return, with why (the others still came).
+    failed: dict[str, str] = field(default_factory=dict)
 
 
 # Casts a backend may apply to a feed when no value changes (checked per array). MNN's

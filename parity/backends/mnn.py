@@ -10,7 +10,7 @@ import numpy as np
 from parity.backends.base import Backend, RunResult, check_model_file, conform_feeds
 from parity.backends.mnn_log import backend_that_ran, cpu_features  # noqa: F401 (backend_that_ran: API)
 from parity.backends.worker import Worker
-from parity.errors import FrameworkMissing, ModelError
+from parity.errors import BackendError, FrameworkMissing, ModelError
 from parity.specs import TensorMap, TensorSpec
 
 _CHILD = "parity.backends.mnn_child"
@@ -50,6 +50,7 @@ class _PendingRun:
     result_paths: dict[str, str]
     step: str
     notes: tuple[str, ...] = ()
+    partial: bool = False  # a capture: a tensor MNN cannot return is reported, not fatal
 
 
 _MEMORY_WORDS = {0: "normal", 1: "high", 2: "low"}
@@ -282,7 +283,7 @@ class MnnBackend(Backend):
     def capture(self, feeds: TensorMap, names: list[str], *, cache: bool = True) -> RunResult:
         """Run once, returning the named intermediate tensors (converted to NCHW)."""
         prepared, _ = conform_feeds(self.input_specs, feeds, self.label, allow_casts=True, check_dims=False)
-        return self._call_run(prepared, list(names), cut=False, cache=cache, step="capturing tensors of")
+        return self._call_run(prepared, list(names), cut=False, cache=cache, step="capturing tensors of", partial=True)
 
     def run_cut(self, tensors: TensorMap, outputs: list[str]) -> RunResult:
         """Feed ``tensors`` (intermediate names) into the graph cut there; return ``outputs``."""
@@ -292,10 +293,10 @@ class MnnBackend(Backend):
     def _run(self, feeds: TensorMap, outputs: list[str] | None = None) -> RunResult:
         return self._call_run(feeds, outputs, cut=False, cache=True, step="running")
 
-    def _call_run(self, feeds, outputs, *, cut, cache, step) -> RunResult:
-        return self._collect_run(self._submit_run(feeds, outputs, cut=cut, cache=cache, step=step))
+    def _call_run(self, feeds, outputs, *, cut, cache, step, partial=False) -> RunResult:
+        return self._collect_run(self._submit_run(feeds, outputs, cut=cut, cache=cache, step=step, partial=partial))
 
-    def _submit_run(self, feeds, outputs, *, cut, cache, step, notes=()) -> _PendingRun:
+    def _submit_run(self, feeds, outputs, *, cut, cache, step, notes=(), partial=False) -> _PendingRun:
         if self._pending is not None:
             # the child answers in order: a second request would take the first one's reply
             raise RuntimeError(f"{self.label} already has a run outstanding: finish_run it first")
@@ -310,7 +311,7 @@ class MnnBackend(Backend):
                 np.save(feed_paths[name], array)
             result_paths = {name: str(worker.path("out")) for name in names}
             sent = feed_paths
-        pending = _PendingRun(names, feed_paths, result_paths, f"{step} {self.path.name}", tuple(notes))
+        pending = _PendingRun(names, feed_paths, result_paths, f"{step} {self.path.name}", tuple(notes), partial)
         self._pending = pending
         try:
             worker.submit(f"{_CHILD}:run", step=pending.step, feeds=sent,
@@ -335,14 +336,19 @@ class MnnBackend(Backend):
             raise RuntimeError(f"{self.label} has no such run outstanding (finished already, or closed)")
         try:
             reply = self._worker.result(step=pending.step)
-            arrays, steps = {}, {}
+            arrays, steps, failed = {}, {}, {}
             for name in pending.names:
                 entry = reply[name]
+                if "error" in entry:
+                    if not pending.partial:
+                        raise BackendError(f"MNN could not return {name!r} while {pending.step}: {entry['error']}")
+                    failed[name] = entry["error"]
+                    continue
                 arrays[name] = entry["array"] if "array" in entry else np.load(entry["path"])
                 steps[name] = tuple(entry["steps"])
         finally:
             self._collect_files(pending)
-        return RunResult(arrays, steps, pending.notes)
+        return RunResult(arrays, steps, pending.notes, failed)
 
     def begin_run(self, feeds: TensorMap) -> _PendingRun:
         """Send a run of the declared outputs and return at once, so MNN computes while the

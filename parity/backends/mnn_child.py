@@ -208,14 +208,19 @@ def run(feeds: dict, results: dict | None, outputs: list | None = None, cut: boo
         raise ChildFailure("backend", f"MNN returned {len(produced)} outputs for {len(names)} requested")
     reply = {}
     for name, var in zip(names, produced):
-        layout = str(var.data_format).split(".")[-1]
-        steps = []
-        # NC4HW4 is a packed memory layout; the NCHW/NHWC tags MNN gives tensors of ONNX
-        # graphs describe the ONNX order already, so only NC4HW4 needs converting
-        if layout == "NC4HW4":
-            var = F.convert(var, F.NCHW)
-            steps.append("nc4hw4 -> nchw (MNN's declared data format)")
-        array = np.array(var.read())
+        try:
+            layout = str(var.data_format).split(".")[-1]
+            steps = []
+            # NC4HW4 is a packed memory layout; the NCHW/NHWC tags MNN gives tensors of ONNX
+            # graphs describe the ONNX order already, so only NC4HW4 needs converting
+            if layout == "NC4HW4":
+                var = F.convert(var, F.NCHW)
+                steps.append("nc4hw4 -> nchw (MNN's declared data format)")
+            array = np.array(var.read())
+        except Exception as exc:  # one tensor MNN cannot return fails alone, not the whole run
+            text = str(exc).strip().splitlines()
+            reply[name] = {"error": f"{type(exc).__name__}: {text[0] if text else ''}"}
+            continue
         reply[name] = {"steps": steps, "layout": layout, "op_type": var.op_type if hasattr(var, "op_type") else ""}
         if results is None:  # a target's agent: the array travels inline in the reply
             reply[name]["array"] = array
