@@ -168,10 +168,12 @@ def best_alignment(reference: np.ndarray, candidate: np.ndarray,
     return best[1]
 
 
-def explain_size(reference: np.ndarray, candidate: np.ndarray, *, dtype_known: bool = False) -> str:
+def explain_size(reference: np.ndarray, candidate: np.ndarray, *, dtype_known: bool = False,
+                 aside: str = "") -> str:
     """Why a candidate's element count does not fit the reference, in one phrase. With
-    ``dtype_known`` (arrays a framework returned, whose dtypes are real) a dtype misread is
-    never the reason; it is one only for dumps read from bytes."""
+    ``dtype_known`` (arrays a framework returned, or a dump whose declared dtype is trusted) a
+    dtype misread is never the reason; it is one only for dumps read from bytes. ``aside``
+    follows the element count (" (it declares float32, ...)")."""
     ref, n = reference.size, candidate.size
     ref_bytes = ref * reference.dtype.itemsize
     cand_bytes = n * candidate.dtype.itemsize
@@ -188,13 +190,13 @@ def explain_size(reference: np.ndarray, candidate: np.ndarray, *, dtype_known: b
                 f"reference's {ref} {reference.dtype.name}: read it as {reference.dtype.name} "
                 f"(--dtype {reference.dtype.name})")
     if reference.ndim >= 2 and ref and n % ref == 0 and n > ref:
-        return (f"the candidate has {n // ref}x the reference's {ref} elements: a larger batch, or "
+        return (f"the candidate has {n // ref}x the reference's {ref} elements{aside}: a larger batch, or "
                 f"several outputs in one buffer")
     if reference.ndim >= 2 and n and ref % n == 0 and n < ref:
-        return (f"the candidate has 1/{ref // n} of the reference's {ref} elements: one item of a "
+        return (f"the candidate has 1/{ref // n} of the reference's {ref} elements{aside}: one item of a "
                 f"batch, or a truncated copy (copyFrom from a smaller host tensor)")
     return (f"element count differs: reference {tuple(reference.shape)} has {ref}, "
-            f"candidate {tuple(candidate.shape)} has {n}")
+            f"candidate {tuple(candidate.shape)} has {n}{aside}")
 
 
 def fits(reference: np.ndarray, candidate: np.ndarray) -> bool:

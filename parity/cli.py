@@ -127,6 +127,13 @@ def _progress(quiet: bool):
     return Progress(enabled=False if quiet else None)
 
 
+def _stacked(f, options):
+    """Apply click options so they show in ``--help`` in the order listed."""
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 def _report_options(f):
     """--json, --html, --junit, --model-explorer: where the report goes."""
     options = [
@@ -140,9 +147,7 @@ def _report_options(f):
                      help="Write a Google Model Explorer node-data overlay of the per-layer error, "
                           "keyed by ONNX tensor names."),
     ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+    return _stacked(f, options)
 
 
 def _compression_options(f):
@@ -165,9 +170,7 @@ def _compression_options(f):
                      help="Write the compressed model with its most costly layers kept in float (the "
                           "ranking's fix, built by MNN's converter from its JSON dump) to FILE.mnn."),
     ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+    return _stacked(f, options)
 
 
 def _target_option(f):

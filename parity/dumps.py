@@ -193,14 +193,7 @@ def _size_phrase(reference: np.ndarray, candidate: np.ndarray, dtype_known: bool
     n, ref = candidate.size, reference.size
     declared = (f" (it declares {candidate.dtype.name}, the reference's dtype, so this is not a dtype "
                 f"misread)" if dtype_known and (n * 2 == ref or n == ref * 2) else "")
-    if reference.ndim >= 2 and ref and n % ref == 0 and n > ref:
-        return (f"the candidate has {n // ref}x the reference's {ref} elements{declared}: a larger "
-                f"batch, or several outputs in one buffer")
-    if reference.ndim >= 2 and n and ref % n == 0 and n < ref:
-        return (f"the candidate has 1/{ref // n} of the reference's {ref} elements{declared}: one item "
-                f"of a batch, or a truncated copy (copyFrom from a smaller host tensor)")
-    return (f"element count differs: reference {tuple(reference.shape)} has {ref}, "
-            f"candidate {tuple(candidate.shape)} has {n}{declared}")
+    return explain_size(reference, candidate, dtype_known=True, aside=declared)
 
 
 def _usage_row(r, c, problem, steps, tolerance, common) -> OutputComparison:

@@ -715,10 +715,11 @@ def _diagnose(comparisons, backends, links, feeds, options: CheckOptions, verdic
             comparison = _layer_view(comparison, graph, reference, candidate, feeds, options, say, isolate=isolate)
             comparisons = list(comparisons)
             comparisons[i] = comparison
+        tolerance = link_tolerance(options, candidate)
         context = diagnose_mod.Context(
             onnx_path=reference.path, mnn_path=candidate.path, reference=reference, candidate=candidate,
-            graph=graph, comparison=comparison, feeds=feeds, tolerance=link_tolerance(options, candidate),
-            layer_rtol=options.layers.rtol(link_tolerance(options, candidate)), timeout=options.timeout, progress=say,
+            graph=graph, comparison=comparison, feeds=feeds, tolerance=tolerance,
+            layer_rtol=options.layers.rtol(tolerance), timeout=options.timeout, progress=say,
             siblings=[backends[c] for r, c in links if r == ref_i and c != cand_i and backends[c].framework == "mnn"],
         )
         return list(comparisons), diagnose_mod.diagnose(context)

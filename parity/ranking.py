@@ -191,11 +191,8 @@ def rank(float_path, compressed_path, feeds: dict, budget: Budget, open_mnn: Cal
         ordered = tuple(LayerCost(**{**asdict(x), "rank": i}) for i, x in enumerate(ordered, 1))
         fix, fixed_graph = _fix(ordered, float_ops, compressed_graph, compressed_ops, compressed_at, layer_name,
                                 reference, whole, budget, run, say)
-        notes = ()
-        if write_fixed is not None and fixed_graph is not None:
-            notes = _write_fixed(_from_json(fixed_graph, workdir, "fixed", timeout), write_fixed, protected, fix)
-        elif write_fixed is not None:
-            notes = (f"--write-fixed: nothing written to {write_fixed}: no layer needs keeping in float",)
+        notes = _write_fixed(lambda: _from_json(fixed_graph, workdir, "fixed", timeout),
+                             write_fixed if fixed_graph is not None else None, write_fixed, protected, fix)
         return Ranking(ordered, budget.text, whole, fix, notes)
     except ParityError as exc:
         return Ranking((), budget.text, {}, None, notes=(f"no layer ranking: {exc}",))
@@ -203,11 +200,17 @@ def rank(float_path, compressed_path, feeds: dict, budget: Budget, open_mnn: Cal
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _write_fixed(built: Path, target, protected, fix: dict) -> tuple[str, ...]:
-    """Publish the fixed model at ``target`` (never onto an input); the note that says so."""
+def _write_fixed(build: Callable[[], Path], target, asked, protected, fix) -> tuple[str, ...]:
+    """--write-fixed: build the fixed model and publish it at ``target`` (never onto an input),
+    or, with nothing to keep in float (``target`` None), say that nothing was written to
+    ``asked``. Returns the note."""
+    if asked is None:
+        return ()
+    if target is None:
+        return (f"--write-fixed: nothing written to {asked}: no layer needs keeping in float",)
     from parity.paths import copy_atomic
 
-    copy_atomic(built, target, "--write-fixed", inputs=protected)
+    copy_atomic(build(), target, "--write-fixed", inputs=protected)
     fix["written"] = str(target)
     return (f"wrote the model with {', '.join(fix['kept'])} kept in float to {target}",)
 
@@ -307,13 +310,9 @@ def rank_int8(float_path, samples, method: str, feeds: dict, budget: Budget, ope
             if _within(budget, after):
                 break
         fix = {"kept": kept, "before": whole, "after": after, "within_budget": _within(budget, after)}
-        notes = ()
-        if write_fixed is not None and kept:
-            built = full_int8(float_path, workdir / "fixed.mnn", samples, method=method,
-                              skip=[raw[n] for n in kept], timeout=timeout)
-            notes = _write_fixed(built, write_fixed, protected, fix)
-        elif write_fixed is not None:
-            notes = (f"--write-fixed: nothing written to {write_fixed}: no layer needs keeping in float",)
+        notes = _write_fixed(lambda: full_int8(float_path, workdir / "fixed.mnn", samples, method=method,
+                                               skip=[raw[n] for n in kept], timeout=timeout),
+                             write_fixed if kept else None, write_fixed, protected, fix)
         return Ranking(ordered, budget.text, whole, fix, notes)
     except ParityError as exc:
         return Ranking((), budget.text, {}, None, notes=(f"no layer ranking: {exc}",))
