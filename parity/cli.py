@@ -637,12 +637,12 @@ def convert(model, output, atol, rtol, seed, shapes, inputs_path, layers, mnn_pr
 
 def _onnx_input_names(source) -> list[str]:
     """The ONNX model's real inputs (graph inputs that are not initializers)."""
-    import onnx
+    from parity import onnx_skeleton
 
     from parity.errors import ModelError
 
     try:
-        graph = onnx.load(str(source), load_external_data=False).graph
+        graph = onnx_skeleton.load(source).graph
     except Exception as exc:
         raise ModelError(f"{str(source)!r} is not a readable ONNX model ({type(exc).__name__})") from None
     constants = {i.name for i in graph.initializer}

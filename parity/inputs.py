@@ -64,10 +64,10 @@ def resolve_shape(spec: TensorSpec, shapes: Mapping[str, Sequence[int]]) -> tupl
 
 def integer_input_bounds(onnx_path: str | os.PathLike) -> dict[str, int]:
     """Upper bounds for integer inputs that reach a constant Gather table's indices."""
-    import onnx
+    from parity import onnx_skeleton
 
     try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
+        model = onnx_skeleton.load(onnx_path)
     except Exception:
         return {}
     graph = model.graph

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import errno
 import math
-import mmap
 import os
 import secrets
 import shutil
@@ -405,15 +404,14 @@ def external_data(model) -> list[tuple[str, Path]]:
     directory (by ``..`` or through a symlink), is missing or is not a regular file: nothing
     outside the model's directory is read on a model's behalf.
 
-    Cheap for models without external data: the file is searched for the field name first
-    and only parsed when it holds it."""
+    Cheap for any model: only the graph is parsed, never the weights (onnx_skeleton)."""
     text = os.fspath(model)
-    if not _mentions(text, b"location"):
-        return []
     import onnx
 
+    from parity import onnx_skeleton
+
     try:
-        proto = onnx.load(text, load_external_data=False)
+        proto = onnx_skeleton.load(text)
     except Exception:
         return []  # not a model: the framework that opens it says so
     base = os.path.dirname(os.path.abspath(text))  # where ONNX Runtime and MNN look
@@ -452,17 +450,6 @@ def external_data(model) -> list[tuple[str, Path]]:
 def external_data_files(model) -> list[Path]:
     """The resolved files of ``external_data``."""
     return [path for _, path in external_data(model)]
-
-
-def _mentions(path: str, token: bytes) -> bool:
-    try:
-        with open(path, "rb") as f:
-            if os.fstat(f.fileno()).st_size == 0:
-                return False
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                return mapped.find(token) >= 0
-    except (OSError, ValueError):
-        return False
 
 
 def _tensors(proto):

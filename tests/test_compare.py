@@ -167,6 +167,15 @@ def test_integer_extremes_give_the_exact_difference(tmp_path, reference, candida
     assert str(expected) in result.json()["verdict"]["summary"]
 
 
+def test_integer_rows_show_the_unequal_share_and_the_exact_rule(tmp_path):
+    np.save(tmp_path / "ref.npy", np.array([2**64 - 1, 5, 6, 7], np.uint64))
+    np.save(tmp_path / "cand.npy", np.array([0, 5, 6, 7], np.uint64))
+    result = run_parity("compare", tmp_path / "ref.npy", tmp_path / "cand.npy")
+    assert result.code == ExitCode.MISMATCH
+    assert "25.00% unequal" in result.out  # the column is the share out of tolerance
+    assert "integers are compared exactly" in result.out
+
+
 def test_small_reference_carries_a_looseness_note(tmp_path):
     reference = np.linspace(-0.05, 0.05, 100).astype(np.float32)
     result, output = _compare_npy(tmp_path, reference, reference + np.float32(1e-3))

@@ -18,9 +18,9 @@ _CHILD = "parity.backends.mnn_child"
 
 def _looks_like_onnx(path) -> bool:
     try:
-        import onnx
+        from parity import onnx_skeleton
 
-        model = onnx.load(str(path), load_external_data=False)
+        model = onnx_skeleton.load(path)
         return len(model.graph.node) > 0
     except Exception:
         return False

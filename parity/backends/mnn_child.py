@@ -63,13 +63,20 @@ def _placeholder(name: str, array: np.ndarray, data_format: str):
     return var
 
 
+def _graph() -> dict:
+    """The model as MNN expressions by tensor name, read on first need (--layers, cuts)."""
+    if _state.get("graph") is None:
+        _state["graph"] = _mnn().expr.load_as_dict(_state["path"])
+    return _state["graph"]
+
+
 def _declared_format(name: str) -> str:
     """How a plain array fed as ``name`` is laid out: the graph's NHWC or NCHW tag. NC4HW4 is a
     packed memory layout, never how a fed array (a capture's output, read as NCHW) is ordered;
     a tag MNN cannot tell is taken as NCHW, the order ONNX-converted graphs use."""
     formats = _state["formats"]
     if name not in formats:
-        var = _state["graph"].get(name)
+        var = _graph().get(name)
         try:  # an intermediate var's tag needs MNN's shape inference, which can fail
             formats[name] = str(var.data_format).split(".")[-1] if var is not None else "NCHW"
         except Exception:
@@ -80,10 +87,6 @@ def _declared_format(name: str) -> str:
 def load(path: str, backend: str, threads: int, precision: str, hints: list, memory: int | None = None,
          rearrange: bool = False, shape_mutable: bool = True) -> dict:
     MNN = _mnn()
-    F = MNN.expr
-    graph = F.load_as_dict(path)
-    if not graph:
-        raise ChildFailure("model", f"{path!r} is not a readable MNN model (MNN could not parse it)")
     config = {"backend": backend, "numThread": int(threads)}
     precision_value = _PRECISIONS.get(precision, precision)
     if precision_value != 0:
@@ -93,12 +96,23 @@ def load(path: str, backend: str, threads: int, precision: str, hints: list, mem
     runtime = MNN.nn.create_runtime_manager((config,))
     for mode, value in hints:
         runtime.set_hint(int(mode), int(value))
-    module = MNN.nn.load_module_from_file(path, [], [], runtime_manager=runtime, rearrange=rearrange,
-                                          shape_mutable=shape_mutable)
+    try:  # MNN verifies the flatbuffer: a file that is not a model raises (SystemError) here
+        module = MNN.nn.load_module_from_file(path, [], [], runtime_manager=runtime, rearrange=rearrange,
+                                              shape_mutable=shape_mutable)
+    except Exception:
+        module = None
+    if module is None:
+        raise ChildFailure("model", f"{path!r} is not a readable MNN model (MNN could not parse it)")
+    _state.update(path=path, graph=None)
     info = module.get_info()
+    described = info.get("inputs") or []
+    # the module describes its inputs; reading the whole graph as expressions (load_as_dict,
+    # a second copy of every weight: 1.4 s on a BERT-base) is left to what needs the graph
+    declared = (dict(zip(info["inputNames"], described)) if len(described) == len(info["inputNames"])
+                else _graph())
     inputs = []
     for name in info["inputNames"]:
-        var = graph.get(name)
+        var = declared.get(name)
         if var is None:
             inputs.append({"name": name, "shape": None, "dtype": "float32", "format": "NCHW"})
             continue
@@ -112,7 +126,7 @@ def load(path: str, backend: str, threads: int, precision: str, hints: list, mem
             "format": str(var.data_format).split(".")[-1],
         })
     _flush_c_stdio()  # MNN says which backend it fell back to on C's stdout: the parent reads it
-    _state.update(path=path, graph=graph, runtime=runtime, modules={(): module}, rearrange=rearrange,
+    _state.update(runtime=runtime, modules={(): module}, rearrange=rearrange,
                   inputs=inputs, outputs=list(info["outputNames"]),
                   formats={i["name"]: i["format"] for i in inputs})
     return {
@@ -145,7 +159,7 @@ def dump_json(path: str, target: str) -> bool:
 def graph() -> list:
     """Every tensor of the MNN graph: name, op type and input names (no shapes: see load)."""
     out = []
-    for name, var in _state["graph"].items():
+    for name, var in _graph().items():
         try:
             inputs = [i.name for i in (var.inputs or [])]
         except Exception:

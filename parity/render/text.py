@@ -47,8 +47,8 @@ def _row(o: OutputComparison) -> list[str]:
     if o.candidate_shape is not None and tuple(o.candidate_shape) != tuple(o.reference_shape or ()):
         shapes += f" <- {_shape(o.candidate_shape)}"
     if o.kind in ("integer", "bool"):
-        figures = [_num(o.max_abs_diff), "-", "-", "-",
-                   f"{_num(o.exact_match_fraction, '.2%')} exact"]
+        unequal = "-" if o.mismatch_fraction is None else f"{o.mismatch_fraction:.2%}"
+        figures = [_num(o.max_abs_diff), "-", _num(o.mean_abs_diff), "-", f"{unequal} unequal"]
     else:
         figures = [
             _num(o.max_abs_diff),
@@ -284,6 +284,9 @@ def _render(report: Report, out, reports: Sequence[str]) -> None:
         if comparison.tolerance:
             out.print(escape(f"tolerance of {comparison.link}: {comparison.tolerance.get('rule')}"))
     rule = report.tolerance.get("rule") or f"|c - r| <= {report.tolerance.get('atol')} + {report.tolerance.get('rtol')} * |r|"
+    exact = sorted({o.kind for c in report.comparisons for o in c.outputs if o.kind in ("integer", "bool")})
+    if exact:
+        rule += f" (floats); {' and '.join(k + 's' for k in exact)} are compared exactly"
     out.print(f"tolerance: {escape(rule)}")
     for finding in report.findings:
         out.print(f"[bold yellow]FINDING[/]: {escape(finding)}")
