@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from parity.errors import UsageError
+from parity.metrics import dot
 
 _CLAUSE = re.compile(r"^\s*(cosine|top1|snr_db|error)\s*(>=|<=)\s*([-+0-9.eE]+)\s*$")
 _DIRECTION = {"cosine": ">=", "top1": ">=", "snr_db": ">=", "error": "<="}
@@ -119,10 +120,10 @@ def measure(reference: np.ndarray, candidate: np.ndarray) -> dict:
     rf, cf = r[finite], c[finite]
     scale = max(float(np.max(np.abs(rf))) if rf.size else 0.0, float(np.max(np.abs(cf))) if cf.size else 0.0, 1e-300)
     rs, cs = rf / scale, cf / scale
-    norm = math.sqrt(float(np.dot(rs, rs))) * math.sqrt(float(np.dot(cs, cs)))
-    cosine = float(np.dot(rs, cs)) / norm if norm > 0 else (1.0 if np.array_equal(rs, cs) else 0.0)
-    noise = float(np.dot(rs - cs, rs - cs))
-    signal = float(np.dot(rs, rs))
+    norm = math.sqrt(dot(rs, rs)) * math.sqrt(dot(cs, cs))
+    cosine = dot(rs, cs) / norm if norm > 0 else (1.0 if np.array_equal(rs, cs) else 0.0)
+    noise = dot(rs - cs, rs - cs)
+    signal = dot(rs, rs)
     snr = math.inf if noise == 0 else (10 * math.log10(signal / noise) if signal > 0 else -math.inf)
     error = float(np.max(np.abs(rf - cf))) / max(1.0, float(np.max(np.abs(rf))) if rf.size else 1.0) if rf.size else 0.0
     figures = {"cosine": 0.0 if broken else cosine, "snr_db": -math.inf if broken else snr,

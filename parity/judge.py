@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from parity.align import AlignmentError, best_alignment, pair_outputs
-from parity.metrics import TensorDiff, Tolerance, fmt
+from parity.metrics import TensorDiff, Tolerance, dot, fmt
 from parity.report import Comparison, OutputComparison, Verdict
 
 
@@ -150,8 +150,8 @@ def stat_passes(stat: str, reference: np.ndarray, candidate: np.ndarray, tol: To
     if stat == "cosine":
         peak = max(float(np.max(scale)), float(np.max(np.abs(c))), 1e-300)
         rs, cs = r / peak, c / peak
-        norm = float(np.sqrt(np.dot(rs, rs)) * np.sqrt(np.dot(cs, cs)))
-        cosine = float(np.dot(rs, cs)) / norm if norm else 1.0
+        norm = float(np.sqrt(dot(rs, rs)) * np.sqrt(dot(cs, cs)))
+        cosine = dot(rs, cs) / norm if norm else 1.0
         ok = cosine >= 1 - tol.rtol
         return ok, f"--check-stat cosine: {cosine:.6g} {'>=' if ok else '<'} 1 - rtol = {1 - tol.rtol:g}"
     reduce = {"max": np.max, "mean": np.mean, "median": np.median}[stat]

@@ -456,10 +456,19 @@ def _plan_chunks(graph, feeds, entries, max_memory, report) -> list[list[_Entry]
 def _capture_chunk(graph, reference, candidate, feeds, tol, layer_rtol, chunk, plan, state, report, *, cache):
     """Capture one chunk on both sides, compare each entry, keep figures and small samples."""
     ref_names = list(dict.fromkeys(e.reference_name for e in chunk))
-    ref_run = reference.capture(feeds, ref_names, cache=cache)
-    skipped = dict(n.split(": ", 1) for n in ref_run.notes if ": " in n)
     cand_names = list(dict.fromkeys(n for e in chunk for n in e.candidate_names))
-    cand_arrays, cand_errors = _capture_robust(candidate, feeds, cand_names, cache)
+    pending = _begin_capture(candidate, feeds, cand_names, cache)  # MNN's child works meanwhile
+    try:
+        ref_run = reference.capture(feeds, ref_names, cache=cache)
+    except Exception:
+        if pending is not None and not isinstance(pending, BackendError):
+            try:  # the child answers in order: collect its reply before anything else is asked
+                candidate.finish_capture(pending)
+            except Exception:
+                pass
+        raise
+    cand_arrays, cand_errors = _finish_capture(candidate, pending, feeds, cand_names, cache)
+    skipped = dict(n.split(": ", 1) for n in ref_run.notes if ": " in n)
     for entry in chunk:
         v = entry.value
         ref = ref_run.outputs.get(entry.reference_name)
@@ -755,6 +764,35 @@ def _release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def _begin_capture(candidate, feeds, names, cache):
+    """The candidate's capture, started; a refusal to start is kept for ``_finish_capture``."""
+    if not names:
+        return None
+    try:
+        return candidate.begin_capture(feeds, names, cache=cache)
+    except BackendCrash:
+        raise
+    except BackendError as exc:
+        return exc
+
+
+def _finish_capture(candidate, pending, feeds, names, cache) -> tuple[dict, dict]:
+    """(arrays, reasons for the names the candidate could not return) of a started capture;
+    a refused request is split to find the names it cannot return (``_capture_robust``)."""
+    if pending is None:
+        return {}, {}
+    try:
+        if isinstance(pending, BackendError):
+            raise pending
+        result = candidate.finish_capture(pending)
+    except BackendCrash:
+        raise
+    except BackendError:
+        return _capture_robust(candidate, feeds, names, False)
+    return dict(result.outputs), {name: f"{candidate.framework} could not return this tensor: {why}"
+                                  for name, why in result.failed.items()}
 
 
 def _capture_robust(candidate, feeds, names, cache) -> tuple[dict, dict]:

@@ -25,6 +25,61 @@ WEIGHT_OP_TYPES = {12: "Convolution", 13: "ConvolutionDepthwise", 17: "Deconvolu
                    18: "DeconvolutionDepthwise"}
 
 
+# MNN.fbs enum OpType, value -> name (the names MNN's Python API gives as op_type); values
+# are never reused, new ones are appended: an unknown value makes read_graph refuse.
+OP_TYPE_NAMES = {
+    0: "AbsVal", 1: "QuantizedAdd", 2: "ArgMax", 3: "AsString", 4: "InstanceNorm",
+    5: "BatchToSpaceND", 6: "Bias", 7: "BinaryOp", 8: "Bnll", 9: "Cast", 10: "Concat", 11: "Const",
+    12: "Convolution", 13: "ConvolutionDepthwise", 14: "Crop", 15: "CropAndResize", 16: "Cubic",
+    17: "Deconvolution", 18: "DeconvolutionDepthwise", 19: "Dequantize", 20: "DetectionOutput",
+    21: "Dropout", 22: "Eltwise", 23: "ELU", 24: "Unique", 25: "Exp", 26: "ExpandDims", 27: "Fill",
+    28: "Flatten", 29: "FloorMod", 30: "Gather", 31: "GatherV2", 32: "Im2Seq", 33: "InnerProduct",
+    34: "Input", 35: "Interp", 36: "Log", 37: "LRN", 38: "LSTM", 39: "MatMul", 40: "MVN",
+    41: "NonMaxSuppression", 42: "NonMaxSuppressionV2", 43: "Normalize", 44: "Pack", 45: "Padding",
+    46: "Permute", 47: "Pooling", 48: "Power", 49: "PReLU", 50: "PriorBox", 51: "Proposal",
+    52: "QuantizedAvgPool", 53: "QuantizedBiasAdd", 54: "QuantizedConcat",
+    55: "QuantizedDepthwiseConv2D", 56: "QuantizedLogistic", 57: "QuantizedMatMul",
+    58: "QuantizedMaxPool", 59: "QuantizedRelu", 60: "QuantizedRelu6", 61: "QuantizedReshape",
+    62: "QuantizedSoftmax", 63: "QuantizeMaxMin", 64: "QuantizeV2", 65: "Range", 66: "Rank",
+    67: "ReduceJoin", 68: "Reduction", 69: "ReLU", 70: "ReLU6", 71: "RequantizationRange",
+    72: "Requantize", 73: "Reshape", 74: "Resize", 75: "RNN", 76: "ROIPooling", 77: "Scale",
+    78: "Selu", 79: "Seq2Out", 80: "Shape", 81: "Sigmoid", 82: "Size", 83: "Slice", 84: "SliceTf",
+    85: "Softmax", 86: "SpaceToBatchND", 87: "SpatialProduct", 88: "Split", 89: "Segment",
+    90: "Squeeze", 91: "StridedSlice", 92: "StringJoin", 93: "StringSplit", 94: "StringToNumber",
+    95: "TanH", 96: "TfQuantizedConv2D", 97: "Threshold", 98: "Tile", 99: "TopKV2",
+    100: "Transpose", 101: "UnaryOp", 102: "Unpack", 103: "Where", 104: "Moments",
+    105: "RNNSequenceGRU", 106: "BatchMatMul", 107: "Unsqueeze", 108: "CosineSimilarity",
+    109: "DepthToSpace", 110: "SpaceToDepth", 111: "ReverseSequence", 112: "Pooling3D",
+    113: "Convolution3D", 114: "MatrixBandPart", 115: "GatherND", 116: "DetectionPostProcess",
+    117: "UnravelIndex", 118: "ScatterNd", 119: "OneHot", 120: "BroadcastTo", 121: "Dilation2D",
+    128: "Raster", 129: "ConvertTensor", 130: "ArgMin", 131: "LinSpace", 132: "RandomUniform",
+    133: "TensorArray", 134: "TensorArraySize", 135: "TensorArrayRead", 136: "TensorArrayWrite",
+    137: "TensorArrayGather", 138: "TensorArrayScatter", 139: "TensorArraySplit",
+    140: "TensorArrayConcat", 141: "LSTMBlockCell", 142: "Reverse", 256: "Plugin", 257: "Select",
+    258: "ZerosLike", 259: "Broastcast", 260: "SetDiff1D", 261: "ReluGrad", 262: "Relu6Grad",
+    263: "PoolGrad", 264: "SoftmaxGrad", 265: "Conv2DBackPropFilter", 266: "TrainableParam",
+    267: "BatchNorm", 268: "ZeroGrad", 512: "Extra", 513: "ConvInt8", 514: "Int8ToFloat",
+    515: "DepthwiseConvInt8", 516: "PoolInt8", 517: "FloatToInt8", 518: "EltwiseInt8", 600: "While",
+    601: "If", 603: "LayerNorm", 604: "GridSample",
+}
+
+# What MNN's Python API calls a BinaryOp or UnaryOp (TensorflowOp.fbs): its operation's name
+BINARY_OPERATIONS = {
+    0: "ADD", 1: "SUB", 2: "MUL", 3: "DIV", 4: "MAX_TEMP", 5: "MIN_TEMP", 6: "POW", 7: "REALDIV",
+    8: "MINIMUM", 9: "MAXIMUM", 10: "GREATER", 11: "GREATER_EQUAL", 12: "LESS", 13: "FLOORDIV",
+    14: "SquaredDifference", 15: "EQUAL", 16: "LESS_EQUAL", 17: "FLOORMOD", 19: "MOD", 20: "ATAN2",
+    21: "LOGICALOR", 22: "NOTEQUAL",
+}
+UNARY_OPERATIONS = {
+    0: "ABS", 1: "NEG", 2: "FLOOR", 3: "CEIL", 4: "SQUARE", 5: "SQRT", 6: "RSQRT", 7: "EXP", 8: "LOG",
+    9: "SIN", 10: "COS", 11: "TAN", 12: "ASIN", 13: "ACOS", 14: "ATAN", 15: "RECIPROCAL", 16: "LOG1P",
+    17: "BNLL", 18: "ACOSH", 19: "SINH", 20: "ASINH", 21: "ATANH", 22: "SIGN", 23: "ROUND", 24: "COSH",
+    25: "ERF", 26: "ERFC", 27: "ERFINV", 28: "EXPM1", 29: "SIGMOID", 30: "TANH", 31: "HARDSWISH",
+    32: "GELU", 33: "GELU_STANDARD",
+}
+_OPERATIONS = {7: BINARY_OPERATIONS, 101: UNARY_OPERATIONS}
+
+
 class _Buffer:
     def __init__(self, data):
         self.data = data
@@ -127,6 +182,81 @@ def read_ops(path) -> list[dict]:
                 if main is not None:
                     entry["main"] = _convolution(main)
                 found.append(entry)
+            return found
+
+
+def _ints(buf: _Buffer, vec: tuple[int, int] | None) -> list[int]:
+    if vec is None:
+        return []
+    start, count = vec
+    buf._check(start, 4 * count)
+    return list(struct.unpack_from(f"<{count}i", buf.data, start))
+
+
+def _strings(buf: _Buffer, vec: tuple[int, int] | None) -> list[str]:
+    if vec is None:
+        return []
+    start, count = vec
+    buf._check(start, 4 * count)
+    out = []
+    for i in range(count):
+        at = start + 4 * i
+        at += buf.u32(at)
+        length = buf.u32(at)
+        buf._check(at + 4, length)
+        out.append(bytes(buf.data[at + 4:at + 4 + length]).decode("utf-8", errors="replace"))
+    return out
+
+
+def _python_op_type(op: _Table) -> str:
+    """The op type as MNN's Python API names it (pymnn's Var.op_type): a BinaryOp or UnaryOp
+    by its operation (ADD, TANH...), anything else by its OpType."""
+    op_type = op.i32(5)
+    if op_type not in OP_TYPE_NAMES or OP_TYPE_NAMES[op_type] == "TrainableParam":
+        raise ValueError(f"op type {op_type} is not in this table")
+    operations = _OPERATIONS.get(op_type)
+    if operations is None:
+        return OP_TYPE_NAMES[op_type]
+    main = op.table(2)
+    operation = main.i32(0) if main is not None else 0
+    if operation not in operations:
+        raise ValueError(f"{OP_TYPE_NAMES[op_type]} operation {operation} is not in this table")
+    return operations[operation]
+
+
+def read_graph(path) -> list[dict]:
+    """Every tensor of an .mnn file as MNN's expressions name it: ``{"name", "op_type",
+    "inputs"}`` per op output (what ``MNN.expr.load_as_dict`` gives, without loading a weight).
+    Net: oplists 3, tensorName 7, subgraphs 10; Op: inputIndexes 0, outputIndexes 4, type 5.
+    Raises ValueError for what does not parse, control flow (subgraphs), or an op type this
+    table does not know: MNN then reads the graph itself."""
+    with open(os.fspath(path), "rb") as handle:
+        if os.fstat(handle.fileno()).st_size < 8:
+            raise ValueError("too small to be an MNN model")
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            buf = _Buffer(data)
+            net = _Table(buf, buf.u32(0))
+            subgraphs = net.vector(10)
+            if subgraphs is not None and subgraphs[1]:
+                raise ValueError("subgraphs (control flow) are read by MNN itself")
+            tensors = _strings(buf, net.vector(7))
+            ops = net.vector(3)
+            if ops is None:
+                raise ValueError("no op list")
+            start, count = ops
+            buf._check(start, 4 * count)
+            found = []
+            for i in range(count):
+                at = start + 4 * i
+                op = _Table(buf, at + buf.u32(at))
+                name = _python_op_type(op)
+                try:
+                    inputs = [tensors[k] for k in _ints(buf, op.vector(0))]
+                    outputs = [tensors[k] for k in _ints(buf, op.vector(4))]
+                except IndexError:
+                    raise ValueError("a tensor index outside the tensor names") from None
+                for tensor in outputs:
+                    found.append({"name": tensor, "op_type": name, "inputs": inputs})
             return found
 
 

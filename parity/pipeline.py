@@ -677,7 +677,7 @@ def _onnx_graph(backends):
     from parity import layers as layers_mod
 
     onnx_backend = next((b for b in backends if b.framework == "onnxruntime"), None)
-    return None if onnx_backend is None else layers_mod.OnnxGraph(onnx_backend.model_proto())
+    return None if onnx_backend is None else layers_mod.OnnxGraph(onnx_backend.graph_proto())
 
 
 def _add_layers(comparisons, backends, links, feeds, options: CheckOptions, say) -> list:

@@ -9,6 +9,7 @@ import pytest
 
 from compressed_models import OUTLIER_LAYER, outlier_mlp
 from helpers import MODELS, alter_initializer, assert_one_line_error, run_parity
+from parity import mnn_flatbuffer
 from parity.budget import Budget, measure
 from parity.errors import ExitCode, UsageError
 
@@ -212,3 +213,50 @@ def test_a_truncated_model_is_refused_by_the_flatbuffer_reader(tmp_path):
         mnn_flatbuffer.read_ops(cut)
     result = run_parity("check", TRANSFORMER, cut)
     assert result.code == ExitCode.MODEL_OR_INPUT and "Traceback" not in result.err
+
+
+# -- the graph read from the flatbuffer (--layers pairs MNN tensors with it) -------------------
+def _graph_by_mnn(model):
+    """MNN's own reading of the graph (load_as_dict in the worker child), as --layers had it."""
+    from parity.backends.worker import Worker
+
+    with Worker("mnn", timeout=120) as worker:
+        worker.call("parity.backends.mnn_child:load", step="loading", path=str(model), backend="CPU",
+                    threads=1, precision="normal", hints=[])
+        return worker.call("parity.backends.mnn_child:graph", step="reading the graph")
+
+
+def _by_name(graph):
+    return {entry["name"]: (entry["op_type"], entry["inputs"]) for entry in graph}
+
+
+@pytest.mark.parametrize("name", ["cnn", "transformer"])
+def test_the_flatbuffer_graph_is_mnns_own(name):
+    model = MODELS / f"{name}.mnn"
+    fast = mnn_flatbuffer.read_graph(model)
+    assert _by_name(fast) == _by_name(_graph_by_mnn(model))
+    types = {entry["op_type"] for entry in fast}
+    assert {"Input", "Const"} <= types and types & set(mnn_flatbuffer.BINARY_OPERATIONS.values())
+
+
+def test_an_unknown_operation_is_left_to_mnn(tmp_path):
+    model = tmp_path / "cnn.mnn"
+    data = bytearray((MODELS / "cnn.mnn").read_bytes())
+    graph = mnn_flatbuffer.read_graph(MODELS / "cnn.mnn")
+    assert graph
+    # an op type past the table (a newer MNN): patch the first op's type field
+    import struct
+
+    net = struct.unpack_from("<I", data, 0)[0]
+    vtable = net - struct.unpack_from("<i", data, net)[0]
+    ops_at = net + struct.unpack_from("<H", data, vtable + 4 + 2 * 3)[0]
+    first = ops_at + struct.unpack_from("<I", data, ops_at)[0] + 4
+    op = first + struct.unpack_from("<I", data, first)[0]
+    op_vtable = op - struct.unpack_from("<i", data, op)[0]
+    type_offset = struct.unpack_from("<H", data, op_vtable + 4 + 2 * 5)[0]
+    if not type_offset:
+        pytest.skip("the first op stores the default type")
+    struct.pack_into("<i", data, op + type_offset, 9999)
+    model.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="not in this table"):
+        mnn_flatbuffer.read_graph(model)

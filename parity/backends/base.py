@@ -141,6 +141,14 @@ class Backend:
         """The result of the run ``begin_run`` started."""
         return handle
 
+    def begin_capture(self, feeds: TensorMap, names: list[str], *, cache: bool = True) -> object:
+        """Start capturing the intermediate tensors ``names`` (backends with a ``capture``);
+        pass what it returns to ``finish_capture``. In-process the capture happens there."""
+        return lambda: self.capture(feeds, names, cache=cache)
+
+    def finish_capture(self, handle) -> RunResult:
+        return handle()
+
 
 def check_model_file(path: Path, framework: str) -> None:
     """Fail with one line before any framework sees a path that cannot be a model: missing,

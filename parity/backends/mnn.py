@@ -277,13 +277,26 @@ class MnnBackend(Backend):
     def graph(self) -> list[dict]:
         """Every tensor in the MNN file: ``{"name", "op_type", "inputs"}``."""
         if self._graph is None:
-            self._graph = self._worker.call(f"{_CHILD}:graph", step=f"reading the graph of {self.path.name}")
+            from parity import mnn_flatbuffer
+
+            try:  # read from the file here, in milliseconds, without MNN loading every weight again
+                self._graph = mnn_flatbuffer.read_graph(self.path)
+            except (OSError, ValueError):  # control flow, an op type the table does not know
+                self._graph = self._worker.call(f"{_CHILD}:graph", step=f"reading the graph of {self.path.name}")
         return self._graph
 
     def capture(self, feeds: TensorMap, names: list[str], *, cache: bool = True) -> RunResult:
         """Run once, returning the named intermediate tensors (converted to NCHW)."""
+        return self.finish_capture(self.begin_capture(feeds, names, cache=cache))
+
+    def begin_capture(self, feeds: TensorMap, names: list[str], *, cache: bool = True) -> _PendingRun:
+        """Send a capture and return at once: MNN captures while the reference does."""
         prepared, _ = conform_feeds(self.input_specs, feeds, self.label, allow_casts=True, check_dims=False)
-        return self._call_run(prepared, list(names), cut=False, cache=cache, step="capturing tensors of", partial=True)
+        return self._submit_run(prepared, list(names), cut=False, cache=cache, step="capturing tensors of",
+                                partial=True)
+
+    def finish_capture(self, handle: _PendingRun) -> RunResult:
+        return self._collect_run(handle)
 
     def run_cut(self, tensors: TensorMap, outputs: list[str]) -> RunResult:
         """Feed ``tensors`` (intermediate names) into the graph cut there; return ``outputs``."""

@@ -39,6 +39,14 @@ _ORT_TYPES = {
 # While a session is built, ``Fail`` is the model too (measured, ORT 1.32: an initializer
 # whose data does not match its shape, one over the 2 GiB embedded limit, external data
 # escaping the model's directory).
+def _no_spinning(so) -> None:
+    """ONNX Runtime's idle threads wait for work by spinning: while MNN's child computes beside
+    them (runs overlap), they take its cores."""
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+
+
+_SMALL_CONSTANT = 1 << 16  # bytes: constants up to this size keep their values in graph_proto
+
 _MODEL_FAILURES = {"InvalidProtobuf", "InvalidGraph", "NoSuchFile", "InvalidArgument", "Fail"}
 
 
@@ -98,6 +106,7 @@ class OnnxRuntimeBackend(Backend):
         # no arena: memory a run frees goes back, so per-layer capture and diagnosis runs that
         # follow do not sit on top of the first run's high-water mark
         so.enable_cpu_mem_arena = False
+        _no_spinning(so)
         if self.threads:
             so.intra_op_num_threads = self.threads
         so.graph_optimization_level = {
@@ -136,6 +145,7 @@ class OnnxRuntimeBackend(Backend):
     def _close(self) -> None:
         self._session = None
         self._proto = None
+        self._graph_proto = None
         self._sessions = {}
 
     def model_proto(self):
@@ -146,6 +156,15 @@ class OnnxRuntimeBackend(Backend):
             self._proto = onnx.load(str(self.path))
         return self._proto
 
+    def graph_proto(self):
+        """The model's graph with only its small constants' values (onnx_skeleton): what graph
+        walks and shape inference need, without parsing the weights."""
+        if getattr(self, "_graph_proto", None) is None:
+            from parity import onnx_skeleton
+
+            self._graph_proto = onnx_skeleton.load(self.path, keep_below=_SMALL_CONSTANT)
+        return self._graph_proto
+
     def _session_for(self, model_bytes: bytes, key):
         cache = getattr(self, "_sessions", None)
         if cache is None:
@@ -155,6 +174,10 @@ class OnnxRuntimeBackend(Backend):
             so = ort.SessionOptions()
             so.log_severity_level = 3
             so.enable_cpu_mem_arena = False  # freed capture memory goes back to the OS
+            _no_spinning(so)
+            # models given as bytes find their external data (checked by paths.external_data) here
+            so.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                        str(self.path.resolve().parent))
             if self.threads:
                 so.intra_op_num_threads = self.threads
             cache.clear()  # one capture session at a time bounds memory
@@ -163,16 +186,11 @@ class OnnxRuntimeBackend(Backend):
 
     def capture(self, feeds: TensorMap, names: list[str], *, cache: bool = True) -> RunResult:
         """Run an in-memory copy of the model whose outputs are ``names`` (intermediate values)."""
-        import onnx
+        from parity import onnx_skeleton
 
         key = ("capture", tuple(names))
         if key not in getattr(self, "_sessions", {}):
-            model = onnx.ModelProto()
-            model.CopyFrom(self.model_proto())
-            del model.graph.output[:]
-            for name in names:
-                model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-            session = self._session_for(model.SerializeToString(), key)
+            session = self._session_for(onnx_skeleton.with_outputs(self.path, names), key)
         else:
             session = self._sessions[key]
         try:
