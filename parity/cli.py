@@ -14,7 +14,7 @@ import traceback
 
 import click
 
-from parity.errors import ExitCode, ParityError
+from parity.errors import BackendError, ExitCode, ParityError
 from parity.escape import terminal
 
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -190,7 +190,20 @@ def _check_report_paths(paths: dict, inputs=(), others: dict | None = None) -> N
     (stdout), one at most; ``others`` (-o, --save-inputs) may not."""
     from parity.paths import check_outputs
 
-    check_outputs({**(others or {}), **paths}, inputs=[i for i in inputs if i], stdout=tuple(paths))
+    inputs = [i for i in inputs if i] + _READ_BY_THE_COMMAND
+    check_outputs({**(others or {}), **paths}, inputs=inputs, stdout=tuple(paths))
+
+
+# files a command reads besides its arguments (the report `parity rerun` runs): outputs refuse them too
+_READ_BY_THE_COMMAND: list[str] = []
+
+
+def _spec_file(spec: str | None) -> str | None:
+    """The Python file of a FILE.py:NAME spec (--torch, --data-loader), which no output may replace."""
+    if not spec:
+        return None
+    path, sep, _ = spec.rpartition(":")
+    return path if sep and path.endswith(".py") else spec
 
 
 @cli.command(context_settings=_CONTEXT)
@@ -310,7 +323,8 @@ def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, val_ranges
         parity check --torch net.py:build model.onnx model.mnn
     """
     _check_report_paths({"--json": json_path, "--html": html_path, "--junit": junit_path,
-                         "--model-explorer": explorer_path}, inputs=[*models, inputs_path, float_mnn, load_outputs],
+                         "--model-explorer": explorer_path}, inputs=[*models, inputs_path, float_mnn, load_outputs,
+                                                                  _spec_file(data_loader), _spec_file(torch_spec)],
                         others={"--save-inputs": save_inputs, "--write-fixed": write_fixed,
                                 "--save-outputs": save_outputs})
     if mnn_target == "local" and any(str(m).lower().endswith(".mnn") for m in models):
@@ -618,8 +632,13 @@ def convert(model, output, atol, rtol, seed, shapes, inputs_path, layers, mnn_pr
             float_mnn, inputs_path = _full_int8(source, target, Path(scratch), int8_calibration, int8_method,
                                                 list(converter_options), inputs_path, timeout, progress)
         else:
+            _before_converting(source, target)
             progress(f"converting {source.name} -> {target}")
-            convert_model(source, target, options=list(converter_options), timeout=timeout)
+            try:
+                convert_model(source, target, options=list(converter_options), timeout=timeout)
+            except BackendError:
+                _refused_by_onnxruntime(source)  # the converter failed on a model that is not valid
+                raise
         options = CheckOptions(tolerance=_tolerance(atol, rtol), tolerance_given=atol is not None or rtol is not None,
                                seed=seed, shapes=_parse_shapes(shapes),
                                inputs=inputs_path, timeout=timeout, layers=LayerOptions(enabled=layers),
@@ -633,6 +652,42 @@ def convert(model, output, atol, rtol, seed, shapes, inputs_path, layers, mnn_pr
         report = dataclasses.replace(report, notes=report.notes + (
             f"converted with {' '.join(converter_options)}",))
     _emit(report, json_path, no_color, html_path, junit_path, explorer_path)
+
+
+def _before_converting(source, target) -> None:
+    """What makes a conversion useless, refused before it writes anything: an output name MNN
+    cannot open, an ONNX graph without outputs (nothing to check)."""
+    from parity import onnx_skeleton
+    from parity.backends.base import check_model_file
+    from parity.errors import ModelError
+    from parity.paths import is_utf8, show
+
+    from pathlib import Path
+
+    check_model_file(Path(source), "onnx")  # a FIFO would block the read below for ever
+    if not is_utf8(str(target)):
+        raise ModelError(f"-o {show(target)} has a name that is not valid UTF-8, which MNN cannot open; "
+                         f"choose another name")
+    try:
+        outputs = onnx_skeleton.load(source).graph.output
+    except Exception:
+        return  # not readable as ONNX: the converter and ONNX Runtime say so
+    if not outputs:
+        raise ModelError(f"{show(source)} declares no graph outputs: there is nothing to convert and compare")
+
+
+def _refused_by_onnxruntime(source) -> None:
+    """Raise ONNX Runtime's refusal of ``source`` (exit 3: the model is not valid) if it has one."""
+    from parity.backends import open_backend
+    from parity.errors import ModelError
+
+    try:
+        with open_backend("onnxruntime", source):
+            pass
+    except ModelError:
+        raise
+    except Exception:
+        pass
 
 
 def _onnx_input_names(source) -> list[str]:
@@ -748,6 +803,8 @@ def sweep(target, jobs, shard, pair_timeout, json_path, junit_path, html_path, m
 
 # the flags of a recorded command that write files: a rerun drops them (nothing is overwritten);
 # give new ones to the rerun itself
+_REPORT_FLAGS = ("--json", "--html", "--junit", "--model-explorer")
+_FILE_FLAGS = ("--save-inputs", "--save-outputs", "--write-fixed")
 _WRITING_FLAGS = {"--json", "--html", "--junit", "--model-explorer", "--save-inputs", "--repro", "--write-fixed",
                   "-o", "--output"}
 
@@ -793,6 +850,15 @@ def rerun(report_path, extra):
             skip = "=" not in word
             continue
         args.append(word)
+    _READ_BY_THE_COMMAND.append(os.path.abspath(report_path))  # --json REPORT.json must not replace it
+    given = {}  # refused before saying anything: the error is then the one line on stderr
+    for i, word in enumerate(extra):
+        flag, eq, value = word.partition("=")
+        if flag in _REPORT_FLAGS + _FILE_FLAGS and (eq or i + 1 < len(extra)):
+            given[flag] = value if eq else extra[i + 1]
+    if given:
+        _check_report_paths({k: v for k, v in given.items() if k in _REPORT_FLAGS},
+                            others={k: v for k, v in given.items() if k in _FILE_FLAGS})
     cwd = recorded.get("cwd")
     if cwd and os.path.isdir(cwd):
         os.chdir(cwd)

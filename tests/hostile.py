@@ -75,6 +75,8 @@ class Outcome:
             assert lines[0].startswith(("Error: ", "Interrupted")), where
             for fragment in fragments:
                 assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+        else:  # a run that succeeds says nothing a user would read as a problem
+            assert "Warning" not in self.err and "Error" not in self.err, where
         assert not self.changed_inputs, f"input files changed: {self.changed_inputs}: {where}"
         assert not self.new_files, f"files written outside the named outputs: {self.new_files}: {where}"
         assert not self.temp_left, f"left in TMPDIR: {self.temp_left}: {where}"

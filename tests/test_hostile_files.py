@@ -14,6 +14,7 @@ import io
 import os
 import socket
 import stat
+import subprocess
 import sys
 import zipfile
 from dataclasses import dataclass, field
@@ -192,6 +193,33 @@ def output_cases(d: Path, built: Path) -> dict[str, Case]:
     add("json onto the onnx model", onto_input("--json", "cnn.onnx"))
     add("html onto the mnn model", onto_input("--html", "cnn.mnn"))
     add("save-inputs onto the onnx model", onto_input("--save-inputs", "cnn.onnx"))
+
+    # -- onto files a command reads that are not model arguments
+    def onto_data_loader():
+        onnx_, mnn = _cnn(d)
+        (d / "dl.py").write_text("import numpy as np\n\ndef f():\n"
+                                 "    return [{'input': np.zeros((1, 3, 32, 32), np.float32)}]\n")
+        return Case(["check", onnx_, mnn, "--data-loader", "dl.py:f", "--json", "dl.py"], BAD, ("input",))
+    add("json onto the --data-loader script", onto_data_loader)
+
+    def onto_torch_script():
+        onnx_, mnn = _cnn(d)
+        (d / "tm.py").write_text("def make():\n    raise SystemExit('never imported')\n")
+        return Case(["check", "--torch", "tm.py:make", onnx_, mnn, "--json", "tm.py"], BAD, ("input",))
+    add("json onto the --torch script", onto_torch_script)
+
+    def onto_rerun_report():
+        onnx_, mnn = _cnn(d)
+        subprocess.run([sys.executable, "-m", "parity", "check", onnx_, mnn, "--json", "rep.json", "-q"],
+                       cwd=d, check=True, stdout=subprocess.DEVNULL)
+        return Case(["rerun", "rep.json", "--json", "rep.json"], BAD, ("input",))
+    add("rerun: json onto the report it reruns", onto_rerun_report)
+
+    def convert_onto_non_utf8():
+        onnx_, _ = _cnn(d)
+        return Case(["convert", onnx_, "-o", os.fsdecode(b"out\xff.mnn")], BAD, ("not valid UTF-8",),
+                    after=_no(os.fsdecode(b"out\xff.mnn")))
+    add("convert: a non-UTF-8 output name is refused before converting", convert_onto_non_utf8)
 
     def junit_via_symlink():
         onnx_, mnn = _cnn(d)
@@ -591,17 +619,31 @@ def model_cases(d: Path, built: Path) -> dict[str, Case]:
         return Case(["check", "noout.onnx", "relu.mnn"], BAD, ("no graph outputs",))
     add("onnx graph without outputs", no_outputs)
 
+    # shapes that broadcast with x [1, 4]: ONNX Runtime's size validation is what refuses them
     def bad_initializer():
         _copy(d, built, "relu.mnn")
-        _raw_initializer(d / "w.onnx", [1000000], bytes(16))
-        return Case(["check", "w.onnx", "relu.mnn"], BAD, ("not a valid ONNX model",))
+        _raw_initializer(d / "w.onnx", [1000000, 4], bytes(16))
+        return Case(["check", "w.onnx", "relu.mnn"], BAD, ("not a valid ONNX model", "raw_data size"))
     add("initializer smaller than its shape", bad_initializer)
 
     def over_limit():
         _copy(d, built, "relu.mnn")
-        _raw_initializer(d / "w.onnx", [10**12, 10**6], bytes(16))
-        return Case(["check", "w.onnx", "relu.mnn"], BAD, ("not a valid ONNX model",))
+        _raw_initializer(d / "w.onnx", [2**28, 4], bytes(16))
+        return Case(["check", "w.onnx", "relu.mnn"], BAD, ("not a valid ONNX model", "byte limit"))
     add("initializer over the 2 GiB embedded limit", over_limit)
+
+    # convert: the same refusals as check (exit 3), and no .mnn left
+    def convert_refused(build_model, *fragments):
+        def build():
+            build_model(d / "w.onnx")
+            return Case(["convert", "w.onnx", "-o", "w.mnn"], BAD, fragments, after=_no("w.mnn"))
+        return build
+    add("convert: initializer smaller than its shape",
+        convert_refused(lambda p: _raw_initializer(p, [1000000, 4], bytes(16)), "raw_data size"))
+    add("convert: initializer over the 2 GiB embedded limit",
+        convert_refused(lambda p: _raw_initializer(p, [2**28, 4], bytes(16)), "byte limit"))
+    add("convert: onnx graph without outputs",
+        convert_refused(lambda p: _relu(p, outputs=False), "no graph outputs"))
 
     # -- names
     def non_utf8_onnx():
