@@ -363,17 +363,24 @@ def compare_layers(
     outputs' element rule as layers too, so a failing output always has a location: when no
     paired layer fails before it, the first divergence is the stretch of ONNX ops between
     the last matching layers and that output."""
-    say = progress or (lambda message: None)
+    say = progress or (lambda message, done=None, total=None: None)
     report = LayerReport()
     plan = _plan_entries(graph, reference, candidate, report)
     if plan is None or not plan.entries:
         return None if plan is None else report
     chunks = _plan_chunks(graph, feeds, plan.entries, max_memory, report)
     state = _State()
+    total, done = len(plan.entries), 0
     for number, chunk in enumerate(chunks, 1):
-        say(f"capturing layers: chunk {number}/{len(chunks)} ({len(chunk)} tensors)")
+        step = f"layers: capturing chunk {number}/{len(chunks)} ({len(chunk)} tensors)"
+        say(step, done, total)
+
+        def judged(count, step=step):
+            say(step.replace("capturing", "comparing"), done + count, total)
+
         _capture_chunk(graph, reference, candidate, feeds, tol, layer_rtol, chunk, plan, state, report,
-                       cache=len(chunks) == 1)
+                       cache=len(chunks) == 1, judged=judged)
+        done += len(chunk)
         if len(chunks) > 1:
             _release_memory()
     if plan.link[1] == "mnn":
@@ -453,7 +460,8 @@ def _plan_chunks(graph, feeds, entries, max_memory, report) -> list[list[_Entry]
     return chunks
 
 
-def _capture_chunk(graph, reference, candidate, feeds, tol, layer_rtol, chunk, plan, state, report, *, cache):
+def _capture_chunk(graph, reference, candidate, feeds, tol, layer_rtol, chunk, plan, state, report, *, cache,
+                   judged=lambda count: None):
     """Capture one chunk on both sides, compare each entry, keep figures and small samples."""
     ref_names = list(dict.fromkeys(e.reference_name for e in chunk))
     cand_names = list(dict.fromkeys(n for e in chunk for n in e.candidate_names))
@@ -469,7 +477,8 @@ def _capture_chunk(graph, reference, candidate, feeds, tol, layer_rtol, chunk, p
         raise
     cand_arrays, cand_errors = _finish_capture(candidate, pending, feeds, cand_names, cache)
     skipped = dict(n.split(": ", 1) for n in ref_run.notes if ": " in n)
-    for entry in chunk:
+    for count, entry in enumerate(chunk):
+        judged(count)
         v = entry.value
         ref = ref_run.outputs.get(entry.reference_name)
         if ref is None:

@@ -86,7 +86,7 @@ def check(
     elif keywords:
         raise UsageError(f"give check options either as an options object or as keywords, not both "
                          f"({sorted(keywords)[0]!r})")
-    say = progress or (lambda message: None)
+    say = progress or (lambda message, *counts: None)
     if options.load_outputs is not None:  # saved outputs lead the chain as its reference
         chain = [("saved", Path(options.load_outputs)), *resolve_models(models, minimum=1)]
         if len(chain) > 3:

@@ -7,9 +7,13 @@ converted with MNN's converter once, cached between runs.
 Per model, measured side by side in one run (min and median of the repetitions):
   R1  parity check against a minimal hand-written ORT + MNN script doing the same work
   R2  --layers against plain check
+  R3  time to a located verdict on a planted conversion bug (BERT-base) against the bisection
+      MNN's testMNNFromOnnx.py DEBUG mode does (cut, convert, run, compare, halve)
   R4  peak RSS of parity and its children (sampled over the process tree) against the model's
       size on disk
-This file measures; making the ratios hold is the work of issue 16.
+  R5  a 1.2e9-parameter stack (written with onnx.helper, weights as external data) checked
+      with --layers --max-memory 4G: finishes; peak RSS against 2 x weights + 4 GB + 1 GB
+Every model is built once and cached (--cache; about 7 GB with the 1B stack).
 """
 
 from __future__ import annotations
@@ -94,6 +98,93 @@ def resnet50():
                 module.running_mean.normal_(0, 0.1)
                 module.running_var.uniform_(0.5, 1.5)
     return model, (torch.randn(1, 3, 224, 224),), ["x"]
+
+
+def write_llm_1b(directory: Path, blocks: int = 24, width: int = 2048, heads: int = 16, seq: int = 32,
+                 vocab: int = 4096) -> Path:
+    """A decoder-like stack of a billion parameters (24 pre-LN blocks of width 2048, MLP 8192:
+    1.2e9 weights, 4.8 GB in float32), written as ONNX with onnx.helper, its weights generated
+    block by block into one external-data file (torch would hold the model and its export in
+    memory at once). No mask: every block is attention + MLP with residuals."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    directory.mkdir(parents=True, exist_ok=True)
+    onnx_path, data_name = directory / "llm-1b.onnx", "llm-1b.weights"
+    rng = np.random.default_rng(0)
+    initializers, nodes, offset = [], [], 0
+    hd = width // heads
+    with open(directory / data_name, "wb") as data:
+        def weight(name, shape, scale=0.02, value=None):
+            nonlocal offset
+            array = (value if value is not None else rng.standard_normal(shape, dtype=np.float32) * scale)
+            raw = np.ascontiguousarray(array, np.float32).tobytes()
+            tensor = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=list(shape))
+            tensor.data_location = TensorProto.EXTERNAL
+            for key, val in (("location", data_name), ("offset", str(offset)), ("length", str(len(raw)))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, val
+            data.write(raw)
+            offset += len(raw)
+            initializers.append(tensor)
+            return name
+
+        def const(name, values):
+            initializers.append(helper.make_tensor(name, TensorProto.INT64, [len(values)], values))
+            return name
+
+        split_heads = const("split_heads", [1, seq, heads, hd])
+        merge_heads = const("merge_heads", [1, seq, width])
+        nodes.append(helper.make_node("Gather", [weight("embed", (vocab, width)), "input_ids"], ["h0"]))
+        h = "h0"
+        ones, zeros = np.ones(width, np.float32), np.zeros(width, np.float32)
+        for b in range(blocks):
+            p = f"b{b}"
+            nodes.append(helper.make_node("LayerNormalization", [h, weight(f"{p}.ln1.w", (width,), value=ones),
+                                                                 weight(f"{p}.ln1.b", (width,), value=zeros)],
+                                          [f"{p}.ln1"], axis=-1, epsilon=1e-5, name=f"/{p}/ln1"))
+            for proj in "qkv":
+                nodes += [
+                    helper.make_node("MatMul", [f"{p}.ln1", weight(f"{p}.{proj}.w", (width, width))],
+                                     [f"{p}.{proj}"], name=f"/{p}/attn/{proj}_proj/MatMul"),
+                    helper.make_node("Reshape", [f"{p}.{proj}", split_heads], [f"{p}.{proj}.r"]),
+                    helper.make_node("Transpose", [f"{p}.{proj}.r"], [f"{p}.{proj}.t"],
+                                     perm=[0, 2, 3, 1] if proj == "k" else [0, 2, 1, 3]),
+                ]
+            nodes += [
+                helper.make_node("MatMul", [f"{p}.q.t", f"{p}.k.t"], [f"{p}.scores"], name=f"/{p}/attn/scores"),
+                helper.make_node("Mul", [f"{p}.scores", weight(f"{p}.scale", (1,), value=np.array([hd ** -0.5]))],
+                                 [f"{p}.scaled"]),
+                helper.make_node("Softmax", [f"{p}.scaled"], [f"{p}.probs"], axis=-1),
+                helper.make_node("MatMul", [f"{p}.probs", f"{p}.v.t"], [f"{p}.ctx"]),
+                helper.make_node("Transpose", [f"{p}.ctx"], [f"{p}.ctx.t"], perm=[0, 2, 1, 3]),
+                helper.make_node("Reshape", [f"{p}.ctx.t", merge_heads], [f"{p}.ctx.m"]),
+                helper.make_node("MatMul", [f"{p}.ctx.m", weight(f"{p}.o.w", (width, width))], [f"{p}.attn"],
+                                 name=f"/{p}/attn/o_proj/MatMul"),
+                helper.make_node("Add", [h, f"{p}.attn"], [f"{p}.res1"]),
+                helper.make_node("LayerNormalization", [f"{p}.res1", weight(f"{p}.ln2.w", (width,), value=ones),
+                                                        weight(f"{p}.ln2.b", (width,), value=zeros)],
+                                 [f"{p}.ln2"], axis=-1, epsilon=1e-5),
+                helper.make_node("MatMul", [f"{p}.ln2", weight(f"{p}.up.w", (width, 4 * width))], [f"{p}.up"],
+                                 name=f"/{p}/mlp/up_proj/MatMul"),
+                helper.make_node("Sigmoid", [f"{p}.up"], [f"{p}.gate"]),
+                helper.make_node("Mul", [f"{p}.up", f"{p}.gate"], [f"{p}.act"]),
+                helper.make_node("MatMul", [f"{p}.act", weight(f"{p}.down.w", (4 * width, width))], [f"{p}.down"],
+                                 name=f"/{p}/mlp/down_proj/MatMul"),
+                helper.make_node("Add", [f"{p}.res1", f"{p}.down"], [f"{p}.out"]),
+            ]
+            h = f"{p}.out"
+        nodes.append(helper.make_node("LayerNormalization", [h, weight("lnf.w", (width,), value=ones),
+                                                             weight("lnf.b", (width,), value=zeros)],
+                                      ["out"], axis=-1, epsilon=1e-5))
+    graph = helper.make_graph(nodes, "llm_1b", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, seq])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, seq, width])],
+                              initializer=initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, onnx_path)  # the weights are already in llm-1b.weights
+    return onnx_path
 
 
 MODELS = {"bert-base": bert_base, "resnet50": resnet50}
@@ -201,11 +292,137 @@ def figures(repeat: int, cache: Path) -> list[dict]:
              "value": peaks["layers"] / 2**20, "unit": "MiB", "plain_mib": peaks["plain"] / 2**20,
              "model_mib": size / 2**20, "target": "reported", "ok": None},
         ]
+    results.append(figure_verdict_vs_bisection(cache))
+    results.append(figure_billion(cache))
     return results
 
 
+def figure_billion(cache: Path) -> dict:
+    """R5: the 1B-parameter stack checked with --layers --max-memory 4G: it finishes, and the
+    peak RSS of parity and its children against 2 x the weights + 4 GB + 1 GB."""
+    directory = cache / "llm-1b"
+    onnx_path, mnn_path = directory / "llm-1b.onnx", directory / "llm-1b.mnn"
+    if not (directory / "version").exists() or (directory / "version").read_text() != "1\n":
+        for old in directory.glob("llm-1b*"):
+            old.unlink()
+    if not onnx_path.exists():
+        print("  building llm-1b: writing 1.2e9 weights", flush=True)
+        write_llm_1b(directory)
+        (directory / "version").write_text("1\n")
+    if not mnn_path.exists():
+        from parity.converter import convert
+
+        print("  building llm-1b: converting to MNN", flush=True)
+        convert(onnx_path, mnn_path, timeout=3600)
+    weights = sum(f.stat().st_size for f in directory.glob("llm-1b.onnx*")) + (directory / "llm-1b.weights").stat().st_size
+    report = directory / "check.json"
+    seconds, peak = run_measured([sys.executable, "-m", "parity", "check", str(onnx_path), str(mnn_path), "--layers",
+                                  "--max-memory", "4G", "--json", str(report), "-q"])
+    import json
+
+    data = json.loads(report.read_text())
+    layers = len(data["comparisons"][0]["layers"] or [])
+    limit = 2 * weights + 5 * 2**30
+    return {"id": "R5 llm-1b", "name": f"1.2e9-parameter stack, --layers --max-memory 4G ({weights / 2**30:.2f} GiB of "
+            f"weights; {layers} layers compared, verdict {data['verdict']['kind']}, {seconds:.0f} s)",
+            "value": peak / 2**30, "limit": limit / 2**30, "ok": peak <= limit}
+
+
+def _planted(cache: Path, name: str, node_part: str, factor: float) -> tuple[Path, Path, str]:
+    """A conversion bug planted for R3: the .mnn converted from a copy of the ONNX whose weight
+    feeding the MatMul named like ``node_part`` is scaled by ``factor`` (the reference stays the
+    unchanged ONNX). Returns (the bad ONNX, its .mnn, the MatMul's output)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from parity.converter import convert
+
+    bad_onnx, bad_mnn = cache / f"{name}-planted.onnx", cache / f"{name}-planted.mnn"
+    model = onnx.load(str(cache / f"{name}.onnx"))
+    node = next(n for n in model.graph.node if n.op_type == "MatMul" and node_part in n.name)
+    for i, init in enumerate(model.graph.initializer):
+        if init.name in node.input:
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * factor, init.name))
+    if not bad_mnn.exists():
+        onnx.save(model, str(bad_onnx))
+        convert(bad_onnx, bad_mnn, timeout=1800)
+    return bad_onnx, bad_mnn, node.output[0]
+
+
+def figure_verdict_vs_bisection(cache: Path, name: str = "bert-base",
+                                node_part: str = "layers.6/linear1", factor: float = 1.1) -> dict:
+    """R3: parity check --layers (with its verdict experiments) on a planted conversion bug,
+    against the bisection MNN's testMNNFromOnnx.py DEBUG mode does: cut the ONNX at a tensor,
+    convert the cut, run it in MNN and ONNX Runtime, compare, halve the range, repeat."""
+    import tempfile
+
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from parity import onnx_skeleton
+    from parity.backends.mnn import MnnBackend
+    from parity.converter import convert
+    from parity.inputs import integer_input_bounds
+    from parity.layers import extract_subgraph
+
+    good = cache / f"{name}.onnx"
+    bad_onnx, bad_mnn, planted = _planted(cache, name, node_part, factor)
+    graph = onnx_skeleton.load(good).graph
+    values = [o for n in graph.node if n.op_type not in ("Constant",) for o in n.output if o]
+    session = ort.InferenceSession(str(good), providers=["CPUExecutionProvider"])
+    feeds = {}
+    for i in session.get_inputs():
+        shape = [d if isinstance(d, int) else 1 for d in i.shape]
+        bound = integer_input_bounds(good).get(i.name, 64)
+        feeds[i.name] = (np.random.default_rng(0).integers(0, bound, shape) if "int" in i.type
+                         else np.random.default_rng(0).standard_normal(shape).astype(np.float32))
+
+    def bisect():
+        probes, lo, hi = 0, 0, len(values) - 1
+        model = onnx.load(str(bad_onnx))
+        with tempfile.TemporaryDirectory(prefix="parity-bisect-") as tmp:
+            while lo < hi:
+                mid = (lo + hi) // 2
+                probes += 1
+                cut, cut_mnn = Path(tmp) / "cut.onnx", Path(tmp) / "cut.mnn"
+                onnx.save(extract_subgraph(model, list(feeds), [values[mid]]), str(cut))
+                convert(cut, cut_mnn, timeout=1800)
+                probe = ort.InferenceSession(onnx_skeleton.with_outputs(good, [values[mid]]),
+                                             providers=["CPUExecutionProvider"])
+                ref = probe.run(None, feeds)[0]
+                with MnnBackend(cut_mnn) as mnn:
+                    got = next(iter(mnn.run(feeds).outputs.values()))
+                ok = got.size == ref.size and np.allclose(got.reshape(ref.shape), ref, atol=1e-3, rtol=1e-3)
+                lo, hi = (mid + 1, hi) if ok else (lo, mid)
+        return values[lo], probes
+
+    start = time.perf_counter()
+    found, probes = bisect()
+    base = time.perf_counter() - start
+    report_path = cache / "r3.json"
+    seconds, _ = run_measured([sys.executable, "-m", "parity", "check", str(good), str(bad_mnn), "--layers",
+                               "--json", str(report_path), "-q"])
+    import json
+
+    report = json.loads(report_path.read_text())
+    where, kind = report["verdict"].get("where") or "", report["verdict"]["kind"]
+    return {"id": f"R3 {name}", "name": f"located verdict vs MNN-style bisection ({name}, bug planted in "
+            f"{planted}; bisection: {probes} cuts converted and run, found {found}; parity: {kind} at {where})",
+            "measured_s": seconds, "baseline_s": base, "ratio": base / seconds, "median_ratio": base / seconds,
+            "target": ">= 20 (times faster)", "ok": base / seconds >= 20 and planted in where}
+
+
 def print_figure(f: dict) -> None:
-    if "ratio" in f:
+    if f["id"].startswith("R5"):
+        mark = "ok" if f["ok"] else "MISSED"
+        print(f"({f['id']}) {f['name']}: peak RSS {f['value']:.2f} GiB, limit 2 x weights + 4 GB + 1 GB = "
+              f"{f['limit']:.2f} GiB: {mark}", flush=True)
+    elif f["id"].startswith("R3"):
+        mark = "ok" if f["ok"] else "MISSED"
+        print(f"({f['id']}) {f['name']}: {f['measured_s']:.1f} s vs {f['baseline_s']:.1f} s = "
+              f"{f['ratio']:.1f}x faster; target {f['target']}: {mark}", flush=True)
+    elif "ratio" in f:
         mark = "ok" if f["ok"] else "MISSED"
         print(f"({f['id']}) {f['name']}: {f['measured_s']:.2f} s vs {f['baseline_s']:.2f} s = {f['ratio']:.2f}x "
               f"(median {f['median_ratio']:.2f}x); target {f['target']}: {mark}", flush=True)

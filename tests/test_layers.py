@@ -61,6 +61,21 @@ def test_altered_conv_filter_is_the_first_divergence(altered_filter_cnn):
         "check", MODELS / "cnn.onnx", altered_filter_cnn, "--layers").out
 
 
+def test_a_large_model_keeps_one_copy_of_its_weights_with_the_same_findings(altered_filter_cnn):
+    """Above PARITY_LARGE_MODEL_BYTES (1 GiB; lowered here) the capture session and module
+    replace the model's own, which are loaded again for the diagnosis' runs: same figures."""
+    args = ("check", MODELS / "cnn.onnx", altered_filter_cnn, "--layers", "--json", "-")
+    normal = run_parity(*args)
+    large = run_parity(*args, env={"PARITY_LARGE_MODEL_BYTES": "1"})
+    assert normal.code == large.code == ExitCode.MISMATCH, large.err
+    a, b = normal.json(), large.json()
+    assert a["verdict"]["kind"] == b["verdict"]["kind"] and a["verdict"]["where"] == b["verdict"]["where"]
+    figures = ("name", "max_abs_diff", "cosine", "passed")
+    assert ([[layer[k] for k in figures] for layer in a["comparisons"][0]["layers"]]
+            == [[layer[k] for k in figures] for layer in b["comparisons"][0]["layers"]])
+    assert a["verdict"]["evidence"] == b["verdict"]["evidence"]  # the runs after the capture agree
+
+
 def test_transformer_layers_pair_and_pass():
     result = run_parity("check", MODELS / "transformer.onnx", MODELS / "transformer.mnn", "--layers", "--json", "-")
     assert result.code == ExitCode.PASS, result.err

@@ -5,6 +5,8 @@ State lives in module globals because the child serves one model for its whole l
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from parity.backends.worker import ChildFailure
@@ -20,6 +22,9 @@ _DTYPES = {
 _PRECISIONS = {"normal": 0, "high": "high", "low": "low", "low_bf16": "Low_BF16"}
 
 _state: dict = {}
+# bytes: a model this large keeps one module (and one copy of its weights) loaded at a time; a
+# per-layer capture module replaces the model's own until it is needed again
+_LARGE_MODEL = int(os.environ.get("PARITY_LARGE_MODEL_BYTES", 1 << 30))  # tests lower it
 
 try:  # imported ahead of the first request when the worker is prestarted (worker.prestart)
     import MNN  # noqa: F401
@@ -126,7 +131,10 @@ def load(path: str, backend: str, threads: int, precision: str, hints: list, mem
             "format": str(var.data_format).split(".")[-1],
         })
     _flush_c_stdio()  # MNN says which backend it fell back to on C's stdout: the parent reads it
-    _state.update(runtime=runtime, modules={(): module}, rearrange=rearrange,
+    weights = path + ".weight"  # --saveExternalData keeps the weights beside the model
+    size = os.path.getsize(path) + (os.path.getsize(weights) if os.path.isfile(weights) else 0)
+    _state.update(large=size > _LARGE_MODEL, shape_mutable=shape_mutable, runtime=runtime,
+                  modules={(): module}, rearrange=rearrange,
                   inputs=inputs, outputs=list(info["outputNames"]),
                   formats={i["name"]: i["format"] for i in inputs})
     return {
@@ -173,16 +181,27 @@ def _module_for(inputs: tuple, outputs: tuple, cache: bool):
     modules = _state["modules"]
     if key in modules:
         return modules[key]
-    MNN = _mnn()
-    if not cache:  # capture in chunks: keep one extra module (and its tensors) at a time
+    if _state.get("large"):  # one copy of the weights at a time
+        modules.clear()
+    elif not cache:  # capture in chunks: keep one extra module (and its tensors) at a time
         for old in [k for k in modules if k != ()]:
             del modules[old]
-    module = MNN.nn.load_module_from_file(
+    modules[key] = _mnn().nn.load_module_from_file(
         _state["path"], list(inputs), list(outputs), runtime_manager=_state["runtime"],
         rearrange=_state["rearrange"],
     )
-    modules[key] = module
-    return module
+    return modules[key]
+
+
+def _main_module():
+    """The model as loaded; loaded again where a large model's capture module replaced it."""
+    modules = _state["modules"]
+    if () not in modules:
+        modules.clear()
+        modules[()] = _mnn().nn.load_module_from_file(
+            _state["path"], [], [], runtime_manager=_state["runtime"], rearrange=_state["rearrange"],
+            shape_mutable=_state["shape_mutable"])
+    return modules[()]
 
 
 def _array(feed, mmap_mode=None) -> np.ndarray:
@@ -207,7 +226,7 @@ def run(feeds: dict, results: dict | None, outputs: list | None = None, cut: boo
     if requested or cut:
         module = _module_for(input_names, requested, cache)
     else:
-        module = _state["modules"][()]
+        module = _main_module()
     variables = [_placeholder(name, _array(feeds[name]), _declared_format(name)) for name in input_names]
     produced = module.onForward(variables)
     names = list(requested or _state["outputs"])

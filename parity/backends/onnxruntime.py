@@ -45,7 +45,9 @@ def _no_spinning(so) -> None:
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
 
 
-_SMALL_CONSTANT = 1 << 16  # bytes: constants up to this size keep their values in graph_proto
+_SMALL_CONSTANT = 1 << 16
+_LARGE_MODEL = int(os.environ.get("PARITY_LARGE_MODEL_BYTES", 1 << 30))  # bytes of weights from which
+# one session at a time is kept (tests lower it)  # bytes: constants up to this size keep their values in graph_proto
 
 _MODEL_FAILURES = {"InvalidProtobuf", "InvalidGraph", "NoSuchFile", "InvalidArgument", "Fail"}
 
@@ -115,6 +117,8 @@ class OnnxRuntimeBackend(Backend):
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[self.optimization]
         externals = external_data(self.path)  # refused here when it points outside
+        size = self.path.stat().st_size + sum(path.stat().st_size for _, path in externals)
+        self._large = size > _LARGE_MODEL
         model = str(self.path)
         if not is_utf8(model):  # the binding takes UTF-8 paths only; bytes it takes
             if externals:
@@ -190,6 +194,8 @@ class OnnxRuntimeBackend(Backend):
 
         key = ("capture", tuple(names))
         if key not in getattr(self, "_sessions", {}):
+            if getattr(self, "_large", False):
+                self._session = None  # one copy of a large model's weights: the capture's
             session = self._session_for(onnx_skeleton.with_outputs(self.path, names), key)
         else:
             session = self._sessions[key]
@@ -226,6 +232,9 @@ class OnnxRuntimeBackend(Backend):
     def _run(self, feeds: TensorMap, outputs: list[str] | None = None) -> RunResult:
         names = list(outputs) if outputs else [s.name for s in self._outputs]
         try:
+            if self._session is None:  # a large model's capture session replaced it
+                self._sessions = {}
+                self._open()
             arrays = self._session.run(names, feeds)
         except Exception as exc:
             raise BackendError(f"onnxruntime failed running {self.path.name}: {_first_line(exc)}") from None

@@ -24,9 +24,11 @@ class Progress:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress,
                                        SpinnerColumn, TextColumn, TimeElapsedColumn)
 
-            columns = [SpinnerColumn(), TextColumn("{task.description}")]
+            # the bar pulses while a step's amount of work is unknown (a conversion, a run) and
+            # fills when it is known (sweep pairs, layers compared)
+            columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn()]
             if self.total is not None:
-                columns += [BarColumn(), MofNCompleteColumn()]
+                columns.append(MofNCompleteColumn())
             columns.append(TimeElapsedColumn())
             console = Console(stderr=True, emoji=False, highlight=False)
             self._progress = RichProgress(*columns, console=console, transient=True)
@@ -39,9 +41,16 @@ class Progress:
             self._progress.stop()
             self._progress = None
 
-    def __call__(self, message: str) -> None:
-        if self._progress is not None:
+    def __call__(self, message: str, done: int | None = None, total: int | None = None) -> None:
+        """Show the current step; with ``done`` of ``total`` its bar fills, without it pulses
+        (a sweep's bar keeps counting pairs)."""
+        if self._progress is None:
+            return
+        if self.total is not None:
             self._progress.update(self._task, description=markup(f"{self.label}: {message}"))
+        else:
+            self._progress.update(self._task, description=markup(f"{self.label}: {message}"),
+                                  total=total, completed=done or 0)
 
     def advance(self, amount: int = 1) -> None:
         if self._progress is not None:
