@@ -20,6 +20,8 @@ import mmap
 import os
 import struct
 
+import numpy as np
+
 # OpType values (MNN.fbs, enum OpType) of the ops whose weights MNN's converter compresses
 WEIGHT_OP_TYPES = {12: "Convolution", 13: "ConvolutionDepthwise", 17: "Deconvolution",
                    18: "DeconvolutionDepthwise"}
@@ -277,3 +279,57 @@ def _convolution(conv: _Table) -> dict:
     if conv.has(4):
         main["symmetricQuan"] = {}
     return main
+
+
+# -- the values an .mnn holds, by where they lie in the file ------------------------------------
+# Blob (Const ops): dims 0, dataType 2, uint8s 3, int8s 4, int32s 5, int64s 6, float32s 7
+_BLOB_VECTORS = {3: "uint8", 4: "int8", 5: "int32", 6: "int64", 7: "float32"}
+_DT_UINT8 = 4  # Type.fbs DataType: uint8s hold uint8 values only for this type (else float16 bits...)
+_CONST = 11
+
+
+def data_vectors(data) -> tuple[list[dict], tuple[int, int] | None]:
+    """The value vectors of an .mnn in ``data`` (bytes or a memory map): Const ops' blobs and
+    convolutions' weight and bias, each ``{"start", "end", "dtype", "tensor", "op_type",
+    "field", "dims"}`` (bytes [start, end) of the file), and the span of the model's uuid string
+    (Net field 11, different in every conversion). Raises ValueError for what it cannot read:
+    an op whose values it does not know how to find is simply not listed."""
+    buf = _Buffer(data)
+    net = _Table(buf, buf.u32(0))
+    tensors = _strings(buf, net.vector(7))
+    ops = net.vector(3)
+    if ops is None:
+        raise ValueError("no op list")
+    start, count = ops
+    buf._check(start, 4 * count)
+    found = []
+    for i in range(count):
+        at = start + 4 * i
+        op = _Table(buf, at + buf.u32(at))
+        op_type = op.i32(5)
+        outputs = _ints(buf, op.vector(4))
+        if not outputs or not 0 <= outputs[0] < len(tensors):
+            continue
+        tensor = tensors[outputs[0]]
+        main = op.table(2)
+        if main is None:
+            continue
+        if op_type == _CONST:
+            for slot, dtype in _BLOB_VECTORS.items():
+                vec = main.vector(slot)
+                if vec is None or not vec[1]:
+                    continue
+                if dtype == "uint8" and main.i32(2) != _DT_UINT8:
+                    raise ValueError("a blob of packed bytes (float16, bfloat16...)")
+                size = int(np.dtype(dtype).itemsize)
+                found.append({"start": vec[0], "end": vec[0] + size * vec[1], "dtype": dtype, "tensor": tensor,
+                              "op_type": "Const", "field": None, "dims": tuple(_ints(buf, main.vector(0)))})
+        elif op_type in WEIGHT_OP_TYPES:
+            for slot, field in ((1, "main.weight"), (2, "main.bias")):
+                vec = main.vector(slot)
+                if vec is not None and vec[1]:
+                    found.append({"start": vec[0], "end": vec[0] + 4 * vec[1], "dtype": "float32",
+                                  "tensor": tensor, "op_type": WEIGHT_OP_TYPES[op_type], "field": field,
+                                  "dims": (vec[1],)})
+    uuid = net.vector(11)
+    return found, ((uuid[0], uuid[0] + uuid[1]) if uuid is not None else None)

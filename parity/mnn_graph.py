@@ -24,6 +24,7 @@ converter segfaults on some files.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import re
 import shutil
@@ -620,3 +621,66 @@ def _json_float(x: float | None):
     if x in (float("inf"), float("-inf")):
         return "inf" if x > 0 else "-inf"
     return x
+
+
+# -- the fast path: two files of one layout whose bytes differ only in values --------------------
+_DIFF_CHUNK = 1 << 26
+
+
+def fast_structural_diff(a, b, *, labels: tuple[str, str] = ("a", "b")) -> GraphDiff | None:
+    """``structural_diff`` of two .mnn files without MNN's JSON dump (which prints every weight:
+    a minute per 400 MB), when it can be read from the bytes: both files have one layout (same
+    size, the same value vectors at the same places) and every differing byte lies in the uuid
+    or in a known value vector (a Const op's blob, a convolution's weight or bias). Then the
+    differing vectors are the differing constants. None when that does not hold (ops,
+    parameters or the layout differ, weights in a side file): the dump is needed."""
+    from parity import mnn_flatbuffer
+
+    paths = [Path(a), Path(b)]
+    if any(Path(f"{p}.weight").exists() for p in paths) or paths[0].stat().st_size != paths[1].stat().st_size:
+        return None
+    with open(paths[0], "rb") as fa, open(paths[1], "rb") as fb:
+        if paths[0].stat().st_size < 8:
+            return None
+        with mmap.mmap(fa.fileno(), 0, access=mmap.ACCESS_READ) as ma, \
+                mmap.mmap(fb.fileno(), 0, access=mmap.ACCESS_READ) as mb:
+            try:
+                vectors, uuid = mnn_flatbuffer.data_vectors(ma)
+                vectors_b, uuid_b = mnn_flatbuffer.data_vectors(mb)
+            except (ValueError, IndexError, struct.error):
+                return None
+            if uuid != uuid_b or [(v["start"], v["end"]) for v in vectors] != [(v["start"], v["end"]) for v in vectors_b]:
+                return None
+            va, vb = np.frombuffer(ma, np.uint8), np.frombuffer(mb, np.uint8)
+            try:
+                return _diff_by_bytes(va, vb, vectors, uuid, labels)
+            finally:
+                del va, vb
+
+
+def _diff_by_bytes(va, vb, vectors, uuid, labels) -> GraphDiff | None:
+    starts = np.array([v["start"] for v in vectors], np.int64)
+    ends = np.array([v["end"] for v in vectors], np.int64)
+    order = np.argsort(starts)
+    starts, ends = starts[order], ends[order]
+    touched: set[int] = set()
+    for at in range(0, va.size, _DIFF_CHUNK):
+        where = np.flatnonzero(va[at:at + _DIFF_CHUNK] != vb[at:at + _DIFF_CHUNK]) + at
+        if uuid is not None:
+            where = where[(where < uuid[0]) | (where >= uuid[1])]
+        if not where.size:
+            continue
+        index = np.searchsorted(starts, where, side="right") - 1
+        if (index < 0).any() or (where >= ends[np.maximum(index, 0)]).any():
+            return None  # a byte outside every value vector: an op or a parameter differs
+        touched.update(int(order[i]) for i in np.unique(index))
+    constants = []
+    for i in sorted(touched, key=lambda k: vectors[k]["start"]):
+        v = vectors[i]
+        dtype = np.dtype(v["dtype"])
+        a = _Data(va[v["start"]:v["end"]].view(dtype).astype(np.float64), v["dtype"], v["dims"] or None)
+        b = _Data(vb[v["start"]:v["end"]].view(dtype).astype(np.float64), v["dtype"], v["dims"] or None)
+        found = _compare_arrays(v["tensor"], v["op_type"], v["field"], a, b)
+        if found is not None:
+            constants.append(found)
+    return GraphDiff(labels=tuple(labels), constants=tuple(constants))

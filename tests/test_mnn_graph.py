@@ -14,7 +14,8 @@ import helpers
 from mnn_edit import alter_mnn_constant
 from parity.converter import convert
 from parity.errors import BackendCrash, ModelError
-from parity.mnn_graph import GraphDiff, dump_json, load_graph, read_graph, read_graphs, structural_diff
+from parity.mnn_graph import (GraphDiff, dump_json, fast_structural_diff, load_graph, read_graph, read_graphs,
+                               structural_diff)
 
 
 def _one_line(text: str) -> str:
@@ -80,6 +81,40 @@ def test_altered_const_is_named_with_count_and_max_abs_diff(const_model, tmp_pat
     assert gap.flat[5] == pytest.approx(0.5, abs=1e-5)
     assert np.delete(gap.ravel(), 5).max() < 1e-6
     np.testing.assert_allclose(outputs[0], x + c, atol=1e-6)
+
+
+def _figures(diff):
+    return [(c.tensor, c.field, c.op_type, c.shape_a, c.shape_b, c.dtype_a, c.dtype_b, c.size, c.differing)
+            for c in diff.constants]
+
+
+@pytest.mark.parametrize("model", ["const", "conv"])
+def test_the_fast_diff_reads_altered_values_as_the_dump_does(const_model, tmp_path, model):
+    """Values changed in place: the bytes give the same constants as MNN's JSON dump, exactly
+    (the dump prints six decimals), in milliseconds."""
+    from parity.mnn_flatbuffer import data_vectors
+
+    given = const_model[0] if model == "const" else helpers.MODELS / "cnn.mnn"
+    data = bytearray(given.read_bytes())
+    vector = next(v for v in data_vectors(bytes(data))[0] if v["dtype"] == "float32")
+    at = vector["start"] + 4 * 5  # the sixth value, changed in place as a stray write would
+    value = np.frombuffer(bytes(data[at:at + 4]), np.float32)[0]
+    data[at:at + 4] = np.float32(value + 0.5).tobytes()
+    altered = tmp_path / "altered.mnn"
+    altered.write_bytes(bytes(data))
+    fast = fast_structural_diff(given, altered, labels=("given", "fresh"))
+    dumped = structural_diff(*read_graphs(given, altered), labels=("given", "fresh"))
+    assert fast is not None and _figures(fast) == _figures(dumped) and len(fast.constants) == 1
+    assert fast.constants[0].max_abs_diff == pytest.approx(0.5, abs=1e-6)
+    assert fast.summary() == dumped.summary()
+
+
+def test_the_fast_diff_leaves_structure_to_the_dump(tmp_path):
+    assert fast_structural_diff(helpers.MODELS / "cnn.mnn", helpers.MODELS / "transformer.mnn") is None
+    same = tmp_path / "same.mnn"
+    helpers.to_mnn(helpers.MODELS / "cnn.onnx", same)  # a second conversion: only the uuid differs
+    fast = fast_structural_diff(helpers.MODELS / "cnn.mnn", same)
+    assert fast is not None and fast.empty
 
 
 def test_altered_conv_weight_is_a_constant_of_its_op(tmp_path):
