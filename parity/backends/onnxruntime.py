@@ -211,7 +211,8 @@ class OnnxRuntimeBackend(Backend):
         if key not in getattr(self, "_sessions", {}):
             from parity.layers import extract_subgraph
 
-            extracted = extract_subgraph(self.model_proto(), list(tensors), list(outputs))
+            extracted = extract_subgraph(self.model_proto(), list(tensors), list(outputs),
+                                         shapes_from=self.graph_proto())
             session = self._session_for(extracted.SerializeToString(), key)
         else:
             session = self._sessions[key]
