@@ -14,7 +14,7 @@ import traceback
 
 import click
 
-from parity.errors import BackendError, ExitCode, ParityError
+from parity.errors import BackendCrash, ExitCode, ParityError
 from parity.escape import terminal
 
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -636,8 +636,8 @@ def convert(model, output, atol, rtol, seed, shapes, inputs_path, layers, mnn_pr
             progress(f"converting {source.name} -> {target}")
             try:
                 convert_model(source, target, options=list(converter_options), timeout=timeout)
-            except BackendError:
-                _refused_by_onnxruntime(source)  # the converter failed on a model that is not valid
+            except BackendCrash:  # the converter crashed: on a model that is not valid, say so
+                _refused_by_onnxruntime(source)
                 raise
         options = CheckOptions(tolerance=_tolerance(atol, rtol), tolerance_given=atol is not None or rtol is not None,
                                seed=seed, shapes=_parse_shapes(shapes),
