@@ -850,7 +850,18 @@ def rerun(report_path, extra):
             skip = "=" not in word
             continue
         args.append(word)
-    _READ_BY_THE_COMMAND.append(os.path.abspath(report_path))  # --json REPORT.json must not replace it
+    report_file = os.path.abspath(report_path)
+    cwd = recorded.get("cwd")
+    if cwd and os.path.isdir(cwd):
+        os.chdir(cwd)  # where the recorded command ran: its relative paths, and the new ones
+    _READ_BY_THE_COMMAND.append(report_file)  # --json REPORT.json must not replace it
+    try:
+        _rerun(args, extra, cwd, recorded)
+    finally:
+        _READ_BY_THE_COMMAND.remove(report_file)
+
+
+def _rerun(args, extra, cwd, recorded):
     given = {}  # refused before saying anything: the error is then the one line on stderr
     for i, word in enumerate(extra):
         flag, eq, value = word.partition("=")
@@ -859,9 +870,6 @@ def rerun(report_path, extra):
     if given:
         _check_report_paths({k: v for k, v in given.items() if k in _REPORT_FLAGS},
                             others={k: v for k, v in given.items() if k in _FILE_FLAGS})
-    cwd = recorded.get("cwd")
-    if cwd and os.path.isdir(cwd):
-        os.chdir(cwd)
     ran = recorded.get("versions") or {}
     click.echo(terminal(f"rerunning: parity {' '.join(args + list(extra))}" + (f" (in {cwd})" if cwd else "")),
                err=True)

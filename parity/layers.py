@@ -807,8 +807,13 @@ def _finish_capture(candidate, pending, feeds, names, cache) -> tuple[dict, dict
         result = candidate.finish_capture(pending)
     except BackendCrash:
         raise
-    except BackendError:
-        return _capture_robust(candidate, feeds, names, False)
+    except BackendError as exc:  # split the request at once (asking for all of it again would repeat the refusal)
+        if len(names) == 1:
+            return {}, {names[0]: f"{candidate.framework} could not return this tensor: {_first_line(exc)}"}
+        half = len(names) // 2
+        a, ea = _capture_robust(candidate, feeds, names[:half], False)
+        b, eb = _capture_robust(candidate, feeds, names[half:], False)
+        return {**a, **b}, {**ea, **eb}
     return dict(result.outputs), {name: f"{candidate.framework} could not return this tensor: {why}"
                                   for name, why in result.failed.items()}
 

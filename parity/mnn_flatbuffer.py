@@ -27,57 +27,66 @@ WEIGHT_OP_TYPES = {12: "Convolution", 13: "ConvolutionDepthwise", 17: "Deconvolu
                    18: "DeconvolutionDepthwise"}
 
 
-# MNN.fbs enum OpType, value -> name (the names MNN's Python API gives as op_type); values
-# are never reused, new ones are appended: an unknown value makes read_graph refuse.
+# MNN 3.6.1's schema/default/MNN.fbs enum OpType, value -> name (the names MNN's Python API
+# gives as op_type). Values were renamed between MNN versions: read_graph is used only with the
+# MNN these tables come from (SCHEMA_MNN); an unknown value makes it refuse.
+SCHEMA_MNN = "3.6"
 OP_TYPE_NAMES = {
     0: "AbsVal", 1: "QuantizedAdd", 2: "ArgMax", 3: "AsString", 4: "InstanceNorm",
-    5: "BatchToSpaceND", 6: "Bias", 7: "BinaryOp", 8: "Bnll", 9: "Cast", 10: "Concat", 11: "Const",
-    12: "Convolution", 13: "ConvolutionDepthwise", 14: "Crop", 15: "CropAndResize", 16: "Cubic",
-    17: "Deconvolution", 18: "DeconvolutionDepthwise", 19: "Dequantize", 20: "DetectionOutput",
-    21: "Dropout", 22: "Eltwise", 23: "ELU", 24: "Unique", 25: "Exp", 26: "ExpandDims", 27: "Fill",
-    28: "Flatten", 29: "FloorMod", 30: "Gather", 31: "GatherV2", 32: "Im2Seq", 33: "InnerProduct",
-    34: "Input", 35: "Interp", 36: "Log", 37: "LRN", 38: "LSTM", 39: "MatMul", 40: "MVN",
-    41: "NonMaxSuppression", 42: "NonMaxSuppressionV2", 43: "Normalize", 44: "Pack", 45: "Padding",
-    46: "Permute", 47: "Pooling", 48: "Power", 49: "PReLU", 50: "PriorBox", 51: "Proposal",
-    52: "QuantizedAvgPool", 53: "QuantizedBiasAdd", 54: "QuantizedConcat",
-    55: "QuantizedDepthwiseConv2D", 56: "QuantizedLogistic", 57: "QuantizedMatMul",
-    58: "QuantizedMaxPool", 59: "QuantizedRelu", 60: "QuantizedRelu6", 61: "QuantizedReshape",
-    62: "QuantizedSoftmax", 63: "QuantizeMaxMin", 64: "QuantizeV2", 65: "Range", 66: "Rank",
-    67: "ReduceJoin", 68: "Reduction", 69: "ReLU", 70: "ReLU6", 71: "RequantizationRange",
-    72: "Requantize", 73: "Reshape", 74: "Resize", 75: "RNN", 76: "ROIPooling", 77: "Scale",
-    78: "Selu", 79: "Seq2Out", 80: "Shape", 81: "Sigmoid", 82: "Size", 83: "Slice", 84: "SliceTf",
-    85: "Softmax", 86: "SpaceToBatchND", 87: "SpatialProduct", 88: "Split", 89: "Segment",
-    90: "Squeeze", 91: "StridedSlice", 92: "StringJoin", 93: "StringSplit", 94: "StringToNumber",
-    95: "TanH", 96: "TfQuantizedConv2D", 97: "Threshold", 98: "Tile", 99: "TopKV2",
-    100: "Transpose", 101: "UnaryOp", 102: "Unpack", 103: "Where", 104: "Moments",
-    105: "RNNSequenceGRU", 106: "BatchMatMul", 107: "Unsqueeze", 108: "CosineSimilarity",
-    109: "DepthToSpace", 110: "SpaceToDepth", 111: "ReverseSequence", 112: "Pooling3D",
-    113: "Convolution3D", 114: "MatrixBandPart", 115: "GatherND", 116: "DetectionPostProcess",
-    117: "UnravelIndex", 118: "ScatterNd", 119: "OneHot", 120: "BroadcastTo", 121: "Dilation2D",
-    128: "Raster", 129: "ConvertTensor", 130: "ArgMin", 131: "LinSpace", 132: "RandomUniform",
-    133: "TensorArray", 134: "TensorArraySize", 135: "TensorArrayRead", 136: "TensorArrayWrite",
+    5: "BatchToSpaceND", 6: "Copy", 7: "BinaryOp", 8: "Bnll", 9: "Cast", 10: "Concat", 11: "Const",
+    12: "Convolution", 13: "ConvolutionDepthwise", 14: "Crop", 15: "CropAndResize",
+    16: "ImageProcess", 17: "Deconvolution", 18: "DeconvolutionDepthwise", 19: "Dequantize",
+    20: "DetectionOutput", 21: "Dropout", 22: "Eltwise", 23: "ELU", 24: "Unique", 25: "Exp",
+    26: "ExpandDims", 27: "Fill", 28: "Flatten", 29: "Im2Col", 30: "Gather", 31: "GatherV2",
+    32: "Im2Seq", 33: "InnerProduct", 34: "Input", 35: "Interp", 36: "Log", 37: "LRN", 38: "LSTM",
+    39: "MatMul", 40: "MoE", 41: "NonMaxSuppression", 42: "NonMaxSuppressionV2", 43: "Normalize",
+    44: "Pack", 45: "Padding", 46: "Permute", 47: "Pooling", 48: "Power", 49: "PReLU",
+    50: "PriorBox", 51: "Proposal", 52: "QuantizedAvgPool", 53: "QuantizedBiasAdd",
+    54: "QuantizedConcat", 55: "QuantizedDepthwiseConv2D", 56: "QuantizedLogistic",
+    57: "RasterAndInterpolate", 58: "QuantizedMaxPool", 59: "Texture", 60: "RasterDiff",
+    61: "QuantizedReshape", 62: "QuantizedSoftmax", 63: "QuantizeMaxMin", 64: "QuantizeV2",
+    65: "Range", 66: "Rank", 67: "ReduceJoin", 68: "Reduction", 69: "ReLU", 70: "ReLU6",
+    71: "RequantizationRange", 72: "Requantize", 73: "Reshape", 74: "Resize", 75: "RNN",
+    76: "ROIPooling", 77: "Scale", 78: "Selu", 79: "Seq2Out", 80: "Shape", 81: "Sigmoid",
+    82: "Size", 83: "Slice", 84: "SliceTf", 85: "Softmax", 86: "SpaceToBatchND",
+    87: "SpatialProduct", 88: "Col2Im", 89: "Segment", 90: "Squeeze", 91: "StridedSlice",
+    92: "CastLike", 93: "StringSplit", 94: "StringToNumber", 95: "TanH", 96: "TfQuantizedConv2D",
+    97: "Threshold", 98: "Tile", 99: "TopKV2", 100: "Transpose", 101: "UnaryOp", 102: "Unpack",
+    103: "Where", 104: "Moments", 105: "RNNSequenceGRU", 106: "BatchMatMul", 107: "Unsqueeze",
+    108: "CosineSimilarity", 109: "DepthToSpace", 110: "SpaceToDepth", 111: "ReverseSequence",
+    112: "Pooling3D", 113: "Convolution3D", 114: "MatrixBandPart", 115: "GatherND",
+    116: "DetectionPostProcess", 117: "UnravelIndex", 118: "ScatterNd", 119: "OneHot",
+    120: "BroadcastTo", 121: "Dilation2D", 122: "Interp3D", 128: "Raster", 129: "ConvertTensor",
+    130: "ArgMin", 131: "LinSpace", 132: "RandomUniform", 133: "TensorArray",
+    134: "TensorArraySize", 135: "TensorArrayRead", 136: "TensorArrayWrite",
     137: "TensorArrayGather", 138: "TensorArrayScatter", 139: "TensorArraySplit",
-    140: "TensorArrayConcat", 141: "LSTMBlockCell", 142: "Reverse", 256: "Plugin", 257: "Select",
-    258: "ZerosLike", 259: "Broastcast", 260: "SetDiff1D", 261: "ReluGrad", 262: "Relu6Grad",
+    140: "TensorArrayConcat", 141: "LSTMBlockCell", 142: "Reverse", 143: "ROIAlign",
+    144: "RandomNormal", 145: "TensorArrayInsert", 146: "TensorArrayErase", 147: "EyeLike",
+    148: "CumSum", 149: "Det", 150: "CumProd", 151: "ScatterElements", 152: "GatherElements",
+    153: "Svd", 154: "Histogram", 155: "DynamicQuant", 156: "Stft", 256: "Plugin", 257: "Select",
+    258: "ZerosLike", 259: "Broastcast", 260: "SetDiff1D", 261: "ReluGrad", 262: "Identity",
     263: "PoolGrad", 264: "SoftmaxGrad", 265: "Conv2DBackPropFilter", 266: "TrainableParam",
-    267: "BatchNorm", 268: "ZeroGrad", 512: "Extra", 513: "ConvInt8", 514: "Int8ToFloat",
-    515: "DepthwiseConvInt8", 516: "PoolInt8", 517: "FloatToInt8", 518: "EltwiseInt8", 600: "While",
-    601: "If", 603: "LayerNorm", 604: "GridSample",
+    267: "BatchNorm", 268: "ConvTranspose3D", 269: "ZeroGrad", 299: "Attention", 300: "FmhaV2",
+    301: "Fmhca", 302: "SeqLen2Spatial", 303: "SplitGeLU", 304: "GroupNorm", 305: "LinearAttention",
+    306: "RoPE", 512: "Extra", 513: "ConvInt8", 514: "Int8ToFloat", 515: "DepthwiseConvInt8",
+    517: "FloatToInt8", 518: "EltwiseInt8", 600: "While", 601: "If", 603: "LayerNorm",
+    604: "GridSample",
 }
 
-# What MNN's Python API calls a BinaryOp or UnaryOp (TensorflowOp.fbs): its operation's name
+# What MNN's Python API calls a BinaryOp or UnaryOp (3.6.1's TensorflowOp.fbs): its operation's name
 BINARY_OPERATIONS = {
     0: "ADD", 1: "SUB", 2: "MUL", 3: "DIV", 4: "MAX_TEMP", 5: "MIN_TEMP", 6: "POW", 7: "REALDIV",
     8: "MINIMUM", 9: "MAXIMUM", 10: "GREATER", 11: "GREATER_EQUAL", 12: "LESS", 13: "FLOORDIV",
     14: "SquaredDifference", 15: "EQUAL", 16: "LESS_EQUAL", 17: "FLOORMOD", 19: "MOD", 20: "ATAN2",
-    21: "LOGICALOR", 22: "NOTEQUAL",
+    21: "LOGICALOR", 22: "NOTEQUAL", 23: "BITWISE_AND", 24: "BITWISE_OR", 25: "BITWISE_XOR",
+    26: "LOGICALXOR", 27: "LEFTSHIFT", 28: "RIGHTSHIFT", 29: "MUL_SILU",
 }
 UNARY_OPERATIONS = {
-    0: "ABS", 1: "NEG", 2: "FLOOR", 3: "CEIL", 4: "SQUARE", 5: "SQRT", 6: "RSQRT", 7: "EXP", 8: "LOG",
-    9: "SIN", 10: "COS", 11: "TAN", 12: "ASIN", 13: "ACOS", 14: "ATAN", 15: "RECIPROCAL", 16: "LOG1P",
-    17: "BNLL", 18: "ACOSH", 19: "SINH", 20: "ASINH", 21: "ATANH", 22: "SIGN", 23: "ROUND", 24: "COSH",
-    25: "ERF", 26: "ERFC", 27: "ERFINV", 28: "EXPM1", 29: "SIGMOID", 30: "TANH", 31: "HARDSWISH",
-    32: "GELU", 33: "GELU_STANDARD",
+    0: "ABS", 1: "NEG", 2: "FLOOR", 3: "CEIL", 4: "SQUARE", 5: "SQRT", 6: "RSQRT", 7: "EXP",
+    8: "LOG", 9: "SIN", 10: "COS", 11: "TAN", 12: "ASIN", 13: "ACOS", 14: "ATAN", 15: "RECIPROCAL",
+    16: "LOG1P", 17: "BNLL", 18: "ACOSH", 19: "SINH", 20: "ASINH", 21: "ATANH", 22: "SIGN",
+    23: "ROUND", 24: "COSH", 25: "ERF", 26: "ERFC", 27: "ERFINV", 28: "EXPM1", 29: "SIGMOID",
+    30: "TANH", 31: "HARDSWISH", 32: "GELU", 33: "GELU_STANDARD", 34: "SILU",
 }
 _OPERATIONS = {7: BINARY_OPERATIONS, 101: UNARY_OPERATIONS}
 
@@ -252,11 +261,10 @@ def read_graph(path) -> list[dict]:
                 at = start + 4 * i
                 op = _Table(buf, at + buf.u32(at))
                 name = _python_op_type(op)
-                try:
-                    inputs = [tensors[k] for k in _ints(buf, op.vector(0))]
-                    outputs = [tensors[k] for k in _ints(buf, op.vector(4))]
-                except IndexError:
-                    raise ValueError("a tensor index outside the tensor names") from None
+                inputs, outputs = _ints(buf, op.vector(0)), _ints(buf, op.vector(4))
+                if any(not 0 <= k < len(tensors) for k in inputs + outputs):
+                    raise ValueError("a tensor index outside the tensor names")
+                inputs, outputs = [tensors[k] for k in inputs], [tensors[k] for k in outputs]
                 for tensor in outputs:
                     found.append({"name": tensor, "op_type": name, "inputs": inputs})
             return found
@@ -311,9 +319,15 @@ def data_vectors(data) -> tuple[list[dict], tuple[int, int] | None]:
         if not outputs or not 0 <= outputs[0] < len(tensors):
             continue
         tensor = tensors[outputs[0]]
+        if op.has(7):
+            raise ValueError("an op keeps its data in an external file")
         main = op.table(2)
         if main is None:
             continue
+        if op_type in WEIGHT_OP_TYPES or op_type == _CONST:
+            external = main.vector(6 if op_type in WEIGHT_OP_TYPES else 9)
+            if external is not None and external[1]:
+                raise ValueError("values kept in an external file")
         if op_type == _CONST:
             for slot, dtype in _BLOB_VECTORS.items():
                 vec = main.vector(slot)

@@ -653,9 +653,11 @@ def fast_structural_diff(a, b, *, labels: tuple[str, str] = ("a", "b")) -> Graph
                 return None
             va, vb = np.frombuffer(ma, np.uint8), np.frombuffer(mb, np.uint8)
             try:
-                return _diff_by_bytes(va, vb, vectors, uuid, labels)
-            finally:
-                del va, vb
+                found = _diff_by_bytes(va, vb, vectors, uuid, labels)
+            except (MemoryError, ValueError):  # views into the maps must be gone before they close
+                found = None
+            del va, vb
+            return found
 
 
 def _diff_by_bytes(va, vb, vectors, uuid, labels) -> GraphDiff | None:
@@ -681,6 +683,7 @@ def _diff_by_bytes(va, vb, vectors, uuid, labels) -> GraphDiff | None:
         a = _Data(va[v["start"]:v["end"]].view(dtype).astype(np.float64), v["dtype"], v["dims"] or None)
         b = _Data(vb[v["start"]:v["end"]].view(dtype).astype(np.float64), v["dtype"], v["dims"] or None)
         found = _compare_arrays(v["tensor"], v["op_type"], v["field"], a, b)
-        if found is not None:
-            constants.append(found)
+        if found is None:  # bytes differ, values compare equal (-0.0, NaN payloads, int64 past 2**53)
+            return None
+        constants.append(found)
     return GraphDiff(labels=tuple(labels), constants=tuple(constants))

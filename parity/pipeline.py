@@ -86,7 +86,7 @@ def check(
     elif keywords:
         raise UsageError(f"give check options either as an options object or as keywords, not both "
                          f"({sorted(keywords)[0]!r})")
-    say = progress or (lambda message, *counts: None)
+    say = _with_counts(progress)
     if options.load_outputs is not None:  # saved outputs lead the chain as its reference
         chain = [("saved", Path(options.load_outputs)), *resolve_models(models, minimum=1)]
         if len(chain) > 3:
@@ -227,6 +227,22 @@ def _budget(options: CheckOptions, compression):
     if options.budget is not None:
         return Budget.parse(options.budget)
     return Budget.default_for(compression.kind if compression is not None else None)
+
+
+def _with_counts(progress):
+    """``progress`` called as say(message, done, total): a callback of one argument (what
+    parity.check documents) gets the message only."""
+    if progress is None:
+        return lambda message, *counts: None
+    import inspect
+
+    try:
+        inspect.signature(progress).bind("message", 0, 0)
+        return progress
+    except TypeError:
+        return lambda message, *counts: progress(message)
+    except ValueError:  # no signature to read (a builtin): the message only
+        return lambda message, *counts: progress(message)
 
 
 def _open_backends(chain, options: CheckOptions, stack: ExitStack, say, roles=None) -> list:

@@ -206,3 +206,32 @@ def test_float16_headroom_names_layers_that_overflow_or_underflow(tmp_path):
     notes = " ".join(comparison["notes"])
     assert "beyond float16's 65504" in notes and "scaled (Mul)" in notes
     assert "below float16's smallest normal" in notes
+
+
+def test_a_progress_callback_of_one_argument_still_works_with_layers():
+    """parity.check(progress=...) takes a callable of the message; --layers also passes counts
+    to callbacks that take them."""
+    import parity
+
+    seen, counted = [], []
+    report = parity.check([MODELS / "transformer.onnx", MODELS / "transformer.mnn"], layers=True,
+                          progress=seen.append)
+    assert report.passed and any("layers" in message for message in seen)
+    parity.check([MODELS / "transformer.onnx", MODELS / "transformer.mnn"], layers=True,
+                  progress=lambda message, done=None, total=None: counted.append((done, total)))
+    assert any(total for _, total in counted)
+
+
+def test_layers_of_a_model_with_external_data_run_from_elsewhere(tmp_path):
+    """The capture model is spliced from the .onnx's bytes; ONNX Runtime finds the external
+    weights in the model's directory whatever the working directory."""
+    model = onnx.load(str(MODELS / "transformer.onnx"))
+    (tmp_path / "m").mkdir()
+    onnx.save(model, str(tmp_path / "m" / "t.onnx"), save_as_external_data=True, location="t.weights",
+              size_threshold=0)
+    mnn = to_mnn(tmp_path / "m" / "t.onnx", tmp_path / "m" / "t.mnn")
+    (tmp_path / "elsewhere").mkdir()
+    result = run_parity("check", tmp_path / "m" / "t.onnx", mnn, "--layers", "--json", "-",
+                        cwd=tmp_path / "elsewhere")
+    assert result.code == ExitCode.PASS, result.err
+    assert len(result.json()["comparisons"][0]["layers"]) > 20

@@ -280,6 +280,8 @@ class MnnBackend(Backend):
             from parity import mnn_flatbuffer
 
             try:  # read from the file here, in milliseconds, without MNN loading every weight again
+                if not str(self.version).startswith(mnn_flatbuffer.SCHEMA_MNN + "."):
+                    raise ValueError("op type names are those of another MNN")
                 self._graph = mnn_flatbuffer.read_graph(self.path)
             except (OSError, ValueError):  # control flow, an op type the table does not know
                 self._graph = self._worker.call(f"{_CHILD}:graph", step=f"reading the graph of {self.path.name}")

@@ -119,6 +119,7 @@ class OnnxRuntimeBackend(Backend):
         externals = external_data(self.path)  # refused here when it points outside
         size = self.path.stat().st_size + sum(path.stat().st_size for _, path in externals)
         self._large = size > _LARGE_MODEL
+        self._externals = bool(externals)
         model = str(self.path)
         if not is_utf8(model):  # the binding takes UTF-8 paths only; bytes it takes
             if externals:
@@ -169,7 +170,7 @@ class OnnxRuntimeBackend(Backend):
             self._graph_proto = onnx_skeleton.load(self.path, keep_below=_SMALL_CONSTANT)
         return self._graph_proto
 
-    def _session_for(self, model_bytes: bytes, key):
+    def _session_for(self, model_bytes: bytes, key, folder: str | None = None):
         cache = getattr(self, "_sessions", None)
         if cache is None:
             cache = self._sessions = {}
@@ -179,24 +180,45 @@ class OnnxRuntimeBackend(Backend):
             so.log_severity_level = 3
             so.enable_cpu_mem_arena = False  # freed capture memory goes back to the OS
             _no_spinning(so)
-            # models given as bytes find their external data (checked by paths.external_data) here
-            so.add_session_config_entry("session.model_external_initializers_file_folder_path",
-                                        str(self.path.resolve().parent))
+            if folder is not None:  # a model given as bytes finds its external data there
+                so.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
             if self.threads:
                 so.intra_op_num_threads = self.threads
             cache.clear()  # one capture session at a time bounds memory
-            cache[key] = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+            try:
+                cache[key] = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+            except Exception as exc:
+                raise BackendError(f"onnxruntime could not load a capture of {self.path.name}: "
+                                   f"{_first_line(exc)}") from None
         return cache[key]
+
+    def _capture_bytes(self, names: list[str]) -> tuple[bytes, str | None]:
+        """The model with ``names`` as its outputs, and the directory its external data is in:
+        spliced from the file's bytes; through the parsed model (weights loaded) when that
+        directory's name is one ONNX Runtime cannot take (not UTF-8)."""
+        from parity import onnx_skeleton
+
+        if not getattr(self, "_externals", False):
+            return onnx_skeleton.with_outputs(self.path, names), None
+        folder = os.path.dirname(os.path.abspath(self.path))  # where _open and external_data look
+        if is_utf8(folder):
+            return onnx_skeleton.with_outputs(self.path, names), folder
+        import onnx
+
+        model = onnx.ModelProto()
+        model.CopyFrom(self.model_proto())
+        del model.graph.output[:]
+        model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in names)
+        return model.SerializeToString(), None
 
     def capture(self, feeds: TensorMap, names: list[str], *, cache: bool = True) -> RunResult:
         """Run an in-memory copy of the model whose outputs are ``names`` (intermediate values)."""
-        from parity import onnx_skeleton
-
         key = ("capture", tuple(names))
         if key not in getattr(self, "_sessions", {}):
             if getattr(self, "_large", False):
                 self._session = None  # one copy of a large model's weights: the capture's
-            session = self._session_for(onnx_skeleton.with_outputs(self.path, names), key)
+            model_bytes, folder = self._capture_bytes(names)
+            session = self._session_for(model_bytes, key, folder)
         else:
             session = self._sessions[key]
         try:

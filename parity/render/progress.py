@@ -48,6 +48,10 @@ class Progress:
             return
         if self.total is not None:
             self._progress.update(self._task, description=markup(f"{self.label}: {message}"))
+        elif total is None and self._progress.tasks[-1].total is not None:
+            # rich keeps a task's total once set: a new task pulses again
+            self._progress.remove_task(self._task)
+            self._task = self._progress.add_task(markup(f"{self.label}: {message}"), total=None)
         else:
             self._progress.update(self._task, description=markup(f"{self.label}: {message}"),
                                   total=total, completed=done or 0)
