@@ -798,7 +798,8 @@ def _begin_capture(candidate, feeds, names, cache):
 
 def _finish_capture(candidate, pending, feeds, names, cache) -> tuple[dict, dict]:
     """(arrays, reasons for the names the candidate could not return) of a started capture;
-    a refused request is split to find the names it cannot return (``_capture_robust``)."""
+    a refused request is split at once to find the names it cannot return (asking for all of
+    it again would repeat the refusal)."""
     if pending is None:
         return {}, {}
     try:
@@ -807,13 +808,14 @@ def _finish_capture(candidate, pending, feeds, names, cache) -> tuple[dict, dict
         result = candidate.finish_capture(pending)
     except BackendCrash:
         raise
-    except BackendError as exc:  # split the request at once (asking for all of it again would repeat the refusal)
+    except BackendError as exc:
         if len(names) == 1:
             return {}, {names[0]: f"{candidate.framework} could not return this tensor: {_first_line(exc)}"}
         half = len(names) // 2
         a, ea = _capture_robust(candidate, feeds, names[:half], False)
         b, eb = _capture_robust(candidate, feeds, names[half:], False)
         return {**a, **b}, {**ea, **eb}
+    # tensors the framework could not return come back named, the others with them
     return dict(result.outputs), {name: f"{candidate.framework} could not return this tensor: {why}"
                                   for name, why in result.failed.items()}
 
@@ -821,22 +823,7 @@ def _finish_capture(candidate, pending, feeds, names, cache) -> tuple[dict, dict
 def _capture_robust(candidate, feeds, names, cache) -> tuple[dict, dict]:
     """Capture ``names``; when the framework refuses the request, split it to find the names
     it cannot return (each then gets its own reason) instead of losing the whole chunk."""
-    if not names:
-        return {}, {}
-    try:
-        result = candidate.capture(feeds, names, cache=cache)
-        # tensors the framework could not return come back named, the others with them
-        return dict(result.outputs), {name: f"{candidate.framework} could not return this tensor: {why}"
-                                       for name, why in result.failed.items()}
-    except BackendCrash:
-        raise
-    except BackendError as exc:
-        if len(names) == 1:
-            return {}, {names[0]: f"{candidate.framework} could not return this tensor: {_first_line(exc)}"}
-    half = len(names) // 2
-    a, ea = _capture_robust(candidate, feeds, names[:half], False)
-    b, eb = _capture_robust(candidate, feeds, names[half:], False)
-    return {**a, **b}, {**ea, **eb}
+    return _finish_capture(candidate, _begin_capture(candidate, feeds, names, cache), feeds, names, cache)
 
 
 def cut_feeds(graph, feeds, frontier, chosen, values) -> dict:

@@ -166,34 +166,45 @@ class _Table:
         return bytes(self.buf.data[start:start + length]).decode("utf-8", errors="replace")
 
 
+def _mapped(path, read):
+    """``read(the file's bytes, memory-mapped)``; ValueError for a file too small to be a model."""
+    with open(os.fspath(path), "rb") as handle:
+        if os.fstat(handle.fileno()).st_size < 8:
+            raise ValueError("too small to be an MNN model")
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            return read(data)
+
+
+def _ops(buf: _Buffer, net: _Table):
+    """The Net's op tables (oplists, field 3), in order."""
+    ops = net.vector(3)
+    if ops is None:
+        raise ValueError("no op list")
+    start, count = ops
+    buf._check(start, 4 * count)  # a corrupt count cannot make this loop run for ever
+    for i in range(count):
+        at = start + 4 * i
+        yield _Table(buf, at + buf.u32(at))
+
+
 def read_ops(path) -> list[dict]:
     """The weight ops of an .mnn file: name, op type, and what compression.read looks at, in
     the JSON dump's shape ({"type", "name", "main": {"common", "quanParameter", ...}})."""
-    with open(os.fspath(path), "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        if size < 8:
-            raise ValueError("too small to be an MNN model")
-        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            buf = _Buffer(data)
-            net = _Table(buf, buf.u32(0))
-            ops = net.vector(3)
-            if ops is None:
-                raise ValueError("no op list")
-            start, count = ops
-            buf._check(start, 4 * count)  # a corrupt count cannot make this loop run for ever
-            found = []
-            for i in range(count):
-                at = start + 4 * i
-                op = _Table(buf, at + buf.u32(at))
-                op_type = op.i32(5)
-                if op_type not in WEIGHT_OP_TYPES:
-                    continue
-                main = op.table(2)
-                entry = {"type": WEIGHT_OP_TYPES[op_type], "name": op.string(3), "main": {}}
-                if main is not None:
-                    entry["main"] = _convolution(main)
-                found.append(entry)
-            return found
+    def read(data):
+        buf = _Buffer(data)
+        found = []
+        for op in _ops(buf, _Table(buf, buf.u32(0))):
+            op_type = op.i32(5)
+            if op_type not in WEIGHT_OP_TYPES:
+                continue
+            main = op.table(2)
+            entry = {"type": WEIGHT_OP_TYPES[op_type], "name": op.string(3), "main": {}}
+            if main is not None:
+                entry["main"] = _convolution(main)
+            found.append(entry)
+        return found
+
+    return _mapped(path, read)
 
 
 def _ints(buf: _Buffer, vec: tuple[int, int] | None) -> list[int]:
@@ -241,33 +252,24 @@ def read_graph(path) -> list[dict]:
     Net: oplists 3, tensorName 7, subgraphs 10; Op: inputIndexes 0, outputIndexes 4, type 5.
     Raises ValueError for what does not parse, control flow (subgraphs), or an op type this
     table does not know: MNN then reads the graph itself."""
-    with open(os.fspath(path), "rb") as handle:
-        if os.fstat(handle.fileno()).st_size < 8:
-            raise ValueError("too small to be an MNN model")
-        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            buf = _Buffer(data)
-            net = _Table(buf, buf.u32(0))
-            subgraphs = net.vector(10)
-            if subgraphs is not None and subgraphs[1]:
-                raise ValueError("subgraphs (control flow) are read by MNN itself")
-            tensors = _strings(buf, net.vector(7))
-            ops = net.vector(3)
-            if ops is None:
-                raise ValueError("no op list")
-            start, count = ops
-            buf._check(start, 4 * count)
-            found = []
-            for i in range(count):
-                at = start + 4 * i
-                op = _Table(buf, at + buf.u32(at))
-                name = _python_op_type(op)
-                inputs, outputs = _ints(buf, op.vector(0)), _ints(buf, op.vector(4))
-                if any(not 0 <= k < len(tensors) for k in inputs + outputs):
-                    raise ValueError("a tensor index outside the tensor names")
-                inputs, outputs = [tensors[k] for k in inputs], [tensors[k] for k in outputs]
-                for tensor in outputs:
-                    found.append({"name": tensor, "op_type": name, "inputs": inputs})
-            return found
+    def read(data):
+        buf = _Buffer(data)
+        net = _Table(buf, buf.u32(0))
+        subgraphs = net.vector(10)
+        if subgraphs is not None and subgraphs[1]:
+            raise ValueError("subgraphs (control flow) are read by MNN itself")
+        tensors = _strings(buf, net.vector(7))
+        found = []
+        for op in _ops(buf, net):
+            name = _python_op_type(op)
+            inputs, outputs = _ints(buf, op.vector(0)), _ints(buf, op.vector(4))
+            if any(not 0 <= k < len(tensors) for k in inputs + outputs):
+                raise ValueError("a tensor index outside the tensor names")
+            inputs = [tensors[k] for k in inputs]
+            found += [{"name": tensors[k], "op_type": name, "inputs": inputs} for k in outputs]
+        return found
+
+    return _mapped(path, read)
 
 
 def _convolution(conv: _Table) -> dict:
@@ -305,15 +307,8 @@ def data_vectors(data) -> tuple[list[dict], tuple[int, int] | None]:
     buf = _Buffer(data)
     net = _Table(buf, buf.u32(0))
     tensors = _strings(buf, net.vector(7))
-    ops = net.vector(3)
-    if ops is None:
-        raise ValueError("no op list")
-    start, count = ops
-    buf._check(start, 4 * count)
     found = []
-    for i in range(count):
-        at = start + 4 * i
-        op = _Table(buf, at + buf.u32(at))
+    for op in _ops(buf, net):
         op_type = op.i32(5)
         outputs = _ints(buf, op.vector(4))
         if not outputs or not 0 <= outputs[0] < len(tensors):
