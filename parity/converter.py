@@ -59,6 +59,81 @@ def convert(
 ) -> ConvertResult:
     """Convert ``onnx_path`` to ``mnn_path`` with MNN's converter; raise on any failure, and
     leave nothing at ``mnn_path`` then. ``inputs``: more files the output must not replace."""
+    return start_conversion(onnx_path, mnn_path, options=options, timeout=timeout, inputs=inputs).result()
+
+
+class Conversion:
+    """A conversion under way in its own child process (``start_conversion``): ``result()``
+    waits for it and publishes the model, ``cancel()`` stops it and leaves nothing. Either
+    ends it; a conversion neither collected nor cancelled is stopped when closed."""
+
+    def __init__(self, source: Path, target: Path, options: tuple, timeout: float, protected: list,
+                 externals: Sequence = ()):
+        self.source, self.target, self.options = source, target, options
+        self._protected = protected
+        self._worker = Worker("MNN converter", timeout=timeout).start()
+        self._scratch = self._worker.dir / "converted.mnn"
+        self._step = f"converting {source.name}"
+        given = os.path.abspath(source)
+        try:
+            if not is_utf8(given):  # the converter's C++ argv takes UTF-8 only
+                given = str(stage_model(source, self._worker.dir, externals))
+            self._worker.submit("parity.converter:_convert_in_child", step=self._step, source=given,
+                                target=str(self._scratch), options=list(options))
+        except BaseException:
+            self.cancel()
+            raise
+
+    def result(self) -> ConvertResult:
+        worker = self._worker
+        if worker is None:
+            raise RuntimeError(f"the conversion of {self.source.name} was collected or cancelled already")
+        try:
+            try:
+                worker.result(step=self._step)
+            except BackendCrash:
+                raise
+            except BackendError as exc:
+                said = failure_reason(worker.log_text())
+                if said and said not in str(exc):
+                    raise BackendError(f"{exc}; converter said: {said}") from None
+                raise
+            log = worker.log_text()
+            files = [(self._scratch, self.target)]
+            weights = weights_path(self._scratch)
+            if weights.exists():  # published first: the model that needs it appears last
+                files.insert(0, (weights, weights_path(self.target)))
+            publish(files, "the converted model", inputs=self._protected)
+        finally:
+            self.cancel()
+        return ConvertResult(str(self.source), str(self.target), self.options, log,
+                             str(weights_path(self.target)) if len(files) == 2 else None)
+
+    def cancel(self) -> None:
+        """Stop the converter (if still at work) and remove its private directory."""
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
+
+    close = cancel
+
+    def __enter__(self) -> "Conversion":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cancel()
+
+
+def start_conversion(
+    onnx_path: str | os.PathLike,
+    mnn_path: str | os.PathLike,
+    *,
+    options: Sequence[str] = (),
+    timeout: float = 300.0,
+    inputs: Iterable = (),
+) -> Conversion:
+    """Check the paths and start converting ``onnx_path`` to ``mnn_path`` in a child process;
+    return at once. The model appears at ``mnn_path`` only when ``result()`` collects it."""
     source = Path(onnx_path)
     check_model_file(source, "onnx")
     target = Path(mnn_path)
@@ -70,34 +145,7 @@ def convert(
     check_output(target, "-o", inputs=protected)
     if any(o.split("=")[0] == "--saveExternalData" for o in options):
         check_output(weights_path(target), "-o (its weights file)", inputs=protected)
-    with Worker("MNN converter", timeout=timeout) as worker:
-        scratch = worker.dir / "converted.mnn"
-        given = os.path.abspath(source)
-        if not is_utf8(given):  # the converter's C++ argv takes UTF-8 only
-            given = str(stage_model(source, worker.dir, externals))
-        try:
-            worker.call(
-                "parity.converter:_convert_in_child",
-                step=f"converting {source.name}",
-                source=given,
-                target=str(scratch),
-                options=list(options),
-            )
-        except BackendCrash:
-            raise
-        except BackendError as exc:
-            said = failure_reason(worker.log_text())
-            if said and said not in str(exc):
-                raise BackendError(f"{exc}; converter said: {said}") from None
-            raise
-        log = worker.log_text()
-        files = [(scratch, target)]
-        weights = weights_path(scratch)
-        if weights.exists():  # published first: the model that needs it appears last
-            files.insert(0, (weights, weights_path(target)))
-        publish(files, "the converted model", inputs=protected)
-    return ConvertResult(str(source), str(target), tuple(options), log,
-                         str(weights_path(target)) if len(files) == 2 else None)
+    return Conversion(source, target, tuple(options), timeout, protected, externals)
 
 
 # "[20:58:27] :220: " before a converter log line: the time and the source line that logged it

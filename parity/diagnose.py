@@ -22,6 +22,7 @@ A variant is decisive when it brings the error within tolerance, or lowers it te
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -52,6 +53,9 @@ CONVERTER_VARIANTS = (
     ("--useGeluApproximation 0 --optimizeLevel 0", ["--useGeluApproximation", "0", "--optimizeLevel", "0"]),
 )
 _MATERIAL = 10.0
+# models whose weights (bytes on disk) are at most this convert twice side by side; larger
+# ones convert one at a time (each conversion holds the weights again)
+_PARALLEL_BELOW = int(os.environ.get("PARITY_LARGE_MODEL_BYTES", 1 << 30))
 
 
 @dataclass
@@ -254,27 +258,110 @@ def _open_variant(ctx: Context, path, **changes):
     return MnnBackend(path, **options)
 
 
+class Reconversions:
+    """The two fresh conversions of the ONNX model that experiment d needs (the second, under
+    other paths, tells whether the converter is deterministic), each in its own child process.
+
+    They start with the diagnosis (``eager``), so they convert while its first experiments
+    run (not earlier: beside the layer capture they slow MNN's threads more than they gain),
+    and, for a model of at most ``PARITY_LARGE_MODEL_BYTES`` of weights, side by side; a
+    larger model converts one at a time, each when asked for, as each conversion holds the
+    weights again. ``close`` stops what is still running and removes every file."""
+
+    def __init__(self, onnx_path, timeout: float, *, eager: bool = True):
+        from parity.paths import model_bytes
+
+        self.onnx_path = Path(onnx_path)
+        self.timeout = timeout
+        self.workdir = Path(tempfile.mkdtemp(prefix="parity-diagnose-"))
+        self._targets = {"fresh": self.workdir / "fresh" / "fresh.mnn",
+                         "again": self.workdir / "second-conversion-elsewhere" / "model_converted_again.mnn"}
+        self._running: dict = {}
+        self._done: dict = {}  # which -> Path, or the ParityError it failed with
+        try:
+            self._parallel = model_bytes(self.onnx_path) <= _PARALLEL_BELOW
+        except (OSError, ParityError):
+            self._parallel = False  # the conversion says what is wrong with the model
+        try:
+            if eager:
+                self._start("fresh")
+                if self._parallel:
+                    self._start("again")
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, which: str) -> None:
+        from parity.converter import start_conversion
+
+        if which in self._running or which in self._done:
+            return
+        target = self._targets[which]
+        target.parent.mkdir(exist_ok=True)
+        try:
+            self._running[which] = start_conversion(self.onnx_path, target, timeout=self.timeout)
+        except ParityError as exc:
+            self._done[which] = exc
+
+    def _get(self, which: str) -> Path:
+        if which == "fresh" and self._parallel:
+            self._start("again")  # side by side from here on, if not already
+        self._start(which)
+        conversion = self._running.pop(which, None)
+        if conversion is not None:
+            try:
+                conversion.result()
+                self._done[which] = self._targets[which]
+            except ParityError as exc:
+                self._done[which] = exc
+        outcome = self._done[which]
+        if isinstance(outcome, ParityError):
+            raise outcome
+        return outcome
+
+    def fresh(self) -> Path:
+        """The first conversion's .mnn (waiting for it); raises the ParityError it failed with."""
+        return self._get("fresh")
+
+    def again(self) -> Path:
+        """The second conversion's .mnn, converted under another directory and file name."""
+        return self._get("again")
+
+    def close(self) -> None:
+        for conversion in self._running.values():
+            conversion.cancel()
+        self._running.clear()
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+
 def diagnose(ctx: Context) -> Verdict:
     """Run the experiments, cheapest first; return the first decisive verdict (or
     undetermined) with every measurement as evidence."""
     probe = Probe(ctx)
     evidence: list[dict] = []
     where = f"{probe.where} on onnxruntime -> mnn"
-    base = _baseline(ctx, probe, evidence)
-    verdict = _repeat(ctx, probe, where, evidence) or _target_experiments(ctx, probe, base, where, evidence)
-    if verdict is not None:
-        return verdict
-    workdir = Path(tempfile.mkdtemp(prefix="parity-diagnose-"))
+    candidate = ctx.candidate
+    # the fresh conversions convert while the first experiments run, unless those are the
+    # float16 and target experiments, which often decide alone
+    eager = candidate.target.local and candidate.precision not in ("low", "low_bf16")
+    reconversions = Reconversions(ctx.onnx_path, ctx.timeout, eager=eager)
     try:
+        base = _baseline(ctx, probe, evidence)
+        verdict = _repeat(ctx, probe, where, evidence) or _target_experiments(ctx, probe, base, where, evidence)
+        if verdict is not None:
+            return verdict
         # a fresh conversion that matches ONNX Runtime, under the same runtime, decides it: no
         # runtime variant can change that verdict, so they run after it (on a BERT-base they
-        # cost 20 s; the conversion 10 s)
-        verdict = (_fresh_conversion(ctx, probe, base, where, workdir, evidence)
+        # cost 20 s; the two conversions 8 s side by side)
+        workdir = reconversions.workdir
+        verdict = (_fresh_conversion(ctx, probe, base, where, reconversions, evidence)
                    or _runtime_variants(ctx, probe, base, where, evidence)
                    or _converter_variants(ctx, probe, where, workdir, evidence)
                    or _numpy_reference(ctx, probe, where, workdir, evidence))
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        reconversions.close()
     if verdict is not None:
         return verdict
     return Verdict(
@@ -514,19 +601,15 @@ def _numpy_reference(ctx: Context, probe: Probe, where: str, workdir: Path, evid
     return None
 
 
-def _fresh_conversion(ctx: Context, probe: Probe, base: Measurement, where: str, workdir: Path,
+def _fresh_conversion(ctx: Context, probe: Probe, base: Measurement, where: str, reconversions: Reconversions,
                       evidence: list) -> Verdict | None:
     """Experiment d: convert the ONNX afresh. When that fixes the numbers, show how the given
     file differs from it (a structural diff of the two graphs), and convert once more under
     another path to tell a file converted differently from a converter that is not
     deterministic (MNN can fold a constant from uninitialised memory)."""
-    from parity.converter import convert
-
     ctx.progress("diagnosing: fresh conversion of the ONNX model")
-    fresh = workdir / "fresh" / "fresh.mnn"
-    fresh.parent.mkdir()
     try:
-        convert(ctx.onnx_path, fresh, timeout=ctx.timeout)
+        fresh = reconversions.fresh()
         with _open_variant(ctx, fresh) as mnn:
             given, m = probe.measure_pair(mnn)
             outputs_ok = probe.outputs(mnn).passed
@@ -546,23 +629,19 @@ def _fresh_conversion(ctx: Context, probe: Probe, base: Measurement, where: str,
                          "differences": given_diff.to_dict()})
     if given_diff is not None and given_diff.empty:
         return None  # the same graph gives other numbers: not the file; the runtime variants look further
-    again = _second_conversion(ctx, probe, fresh, workdir, evidence)
+    again = _second_conversion(ctx, probe, fresh, reconversions, evidence)
     if again is not None and not again[0].empty:
         return _nondeterministic_verdict(ctx, probe, where, figures, given_diff, again, evidence)
     return _different_file_verdict(ctx, probe, where, figures, given_diff, deterministic=again is not None,
                                    evidence=evidence)
 
 
-def _second_conversion(ctx: Context, probe: Probe, fresh: Path, workdir: Path, evidence: list):
+def _second_conversion(ctx: Context, probe: Probe, fresh: Path, reconversions: Reconversions, evidence: list):
     """Convert again under another directory and file name; return (diff against the first
     conversion, its measurement or None, whether its outputs pass), or None on failure."""
-    from parity.converter import convert
-
     ctx.progress("diagnosing: a second conversion under another path (is the converter deterministic?)")
-    again = workdir / "second-conversion-elsewhere" / "model_converted_again.mnn"
-    again.parent.mkdir()
     try:
-        convert(ctx.onnx_path, again, timeout=ctx.timeout)
+        again = reconversions.again()
         diff = _graph_diff(ctx, fresh, again, ("first conversion", "second conversion"))
         if diff is None:
             return None

@@ -379,7 +379,7 @@ def compare_layers(
         return None if plan is None else report
     chunks = _plan_chunks(graph, feeds, plan.entries, max_memory, report)
     state = _State()
-    total, done = len(plan.entries), 0
+    total, done, captured = len(plan.entries), 0, None
     for number, chunk in enumerate(chunks, 1):
         step = f"layers: capturing chunk {number}/{len(chunks)} ({len(chunk)} tensors)"
         say(step, done, total)
@@ -387,10 +387,13 @@ def compare_layers(
         def judged(count, step=step):
             say(step.replace("capturing", "comparing"), done + count, total)
 
-        _capture_chunk(graph, reference, candidate, feeds, tol, layer_rtol, chunk, plan, state, report,
-                       cache=len(chunks) == 1, judged=judged)
+        # one chunk: its tensors stay until the first divergence is known, which keeps its
+        # own and its inputs' (isolation and the diagnosis need them: no second capture)
+        captured = _capture_chunk(graph, reference, candidate, feeds, tol, layer_rtol, chunk, plan, state,
+                                  report, cache=len(chunks) == 1, judged=judged)
         done += len(chunk)
         if len(chunks) > 1:
+            captured = None
             _release_memory()
     if plan.link[1] == "mnn":
         _drop_fused(graph, state, tol, layer_rtol, report)
@@ -398,6 +401,9 @@ def compare_layers(
 
     ordered = sorted(state.results.values(), key=lambda r: r.index)
     first = _first_divergence(graph, ordered)
+    if first and captured is not None:
+        _keep_divergence_values(graph, reference, candidate, feeds, first, state.results, captured)
+    captured = None
     isolated = _isolate_targets(graph, reference, candidate, feeds, tol, layer_rtol, ordered, first,
                                 isolate, plan, state, report, say)
     report.layers = [_with_isolation(layer, isolated.get(layer.name)) for layer in ordered]
@@ -504,6 +510,20 @@ def _capture_chunk(graph, reference, candidate, feeds, tol, layer_rtol, chunk, p
             report.unpaired.append(Unpaired(v.name, errors[0] if errors else "the candidate returned no tensor"))
             continue
         _judge_entry(graph, entry, ref, cands, tol, layer_rtol, plan, state, report)
+    return ref_run.outputs, cand_arrays
+
+
+def _keep_divergence_values(graph, reference, candidate, feeds, first, results, captured) -> None:
+    """Hand the backends the captured tensors the first divergence's isolation, histogram and
+    diagnosis ask for again: its inputs' and its own reference values, its candidate value."""
+    layer, frontier = first
+    ref_arrays, cand_arrays = captured
+    inputs = set(graph.inputs)
+    ref_names = [results[f].reference_name for f in frontier if f not in inputs and f in results]
+    ref_names.append(layer.reference_name)
+    reference.keep_values(feeds, {n: ref_arrays[n] for n in ref_names if n in ref_arrays})
+    if layer.candidate_name in cand_arrays:
+        candidate.keep_values(feeds, {layer.candidate_name: cand_arrays[layer.candidate_name]})
 
 
 def _candidate_op(plan: _Plan, name: str, value: Value) -> str | None:

@@ -342,3 +342,62 @@ def data_vectors(data) -> tuple[list[dict], tuple[int, int] | None]:
                                   "dims": (vec[1],)})
     uuid = net.vector(11)
     return found, ((uuid[0], uuid[0] + uuid[1]) if uuid is not None else None)
+
+
+# MNN_DATA_FORMAT (Tensor.fbs): NCHW 0, NHWC 1, NC4HW4 2, NHWC4 3, UNKNOWN 4
+_PLAIN_FORMATS = {0, 2}
+# OpParameter union members (MNN.fbs) that declare a layout: member -> (slot, default) fields
+_LAYOUT_FIELDS = {
+    7: ((1, 0),),  # Blob.dataFormat (Const)
+    21: ((2, 2),),  # Input.dformat
+    55: ((1, 0),),  # Reshape.dimType
+    66: ((0, 0), (1, 0)),  # TensorConvertInfo.source, .dest (ConvertTensor)
+}
+
+
+def _u8(table: _Table, slot: int, default: int) -> int:
+    off = table._offset(slot)
+    if not off:
+        return default
+    table.buf._check(table.pos + off, 1)
+    return table.buf.u8(table.pos + off)
+
+
+def plain_layout(path) -> bool:
+    """True when nothing in the .mnn file declares a layout other than NCHW or NC4HW4: no
+    NHWC input, constant, reshape or layout conversion (Op.defaultDimentionFormat, NHWC in
+    nearly every file, is not a declaration). Then MNN holds every tensor of rank 2 and up
+    as NCHW or NC4HW4 (checked against MNN's own reading of 692 converted models: only
+    scalars and vectors, where layout means nothing, came out NHWC), so a cut can be fed
+    without asking MNN for each tensor's layout, which loads every weight again. False for
+    anything unread: subgraphs, an unknown encoding, a file that is not a model."""
+    def read(data):
+        buf = _Buffer(data)
+        net = _Table(buf, buf.u32(0))
+        subgraphs = net.vector(10)
+        if subgraphs is not None and subgraphs[1]:
+            return False
+        for op in _ops(buf, net):
+            fields = _LAYOUT_FIELDS.get(_u8(op, 1, 0))
+            if fields is None:
+                continue
+            main = op.table(2)
+            if main is None:
+                continue
+            if any(_u8(main, slot, default) not in _PLAIN_FORMATS for slot, default in fields):
+                return False
+        described = net.vector(1)  # extraTensorDescribe: each one's blob (field 0) has a layout
+        if described is not None:
+            start, count = described
+            buf._check(start, 4 * count)
+            for i in range(count):
+                at = start + 4 * i
+                blob = _Table(buf, at + buf.u32(at)).table(0)
+                if blob is not None and _u8(blob, 1, 0) not in _PLAIN_FORMATS:
+                    return False
+        return True
+
+    try:
+        return _mapped(path, read)
+    except (OSError, ValueError, struct.error):
+        return False

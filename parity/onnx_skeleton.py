@@ -86,10 +86,13 @@ def _strip_tensor(buffer, start: int, end: int) -> bytes:
 
 
 def _graph_parts(buffer, edit_graph):
-    """The model's fields as byte strings, the graph's payload rebuilt by ``edit_graph``."""
+    """The model's fields as byte strings or views of ``buffer``, the graph's payload rebuilt
+    by ``edit_graph``: joined once by the caller, so the weights are copied once."""
     for number, wire, key, payload, stop in _fields(buffer, 0, len(buffer)):
         if number == _MODEL_GRAPH and wire == 2:
-            yield _length_delimited(number, b"".join(edit_graph(buffer, payload, stop)))
+            parts = list(edit_graph(buffer, payload, stop))
+            yield _encode_varint(number << 3 | 2) + _encode_varint(sum(len(part) for part in parts))
+            yield from parts
         else:
             yield buffer[key:stop]
 

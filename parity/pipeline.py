@@ -714,32 +714,42 @@ def _add_layers(comparisons, backends, links, feeds, options: CheckOptions, say)
     return out
 
 
-def _diagnose(comparisons, backends, links, feeds, options: CheckOptions, verdict, say):
-    """Run the verdict experiments on the first failing onnxruntime -> mnn link."""
-    from parity import diagnose as diagnose_mod
-
+def _diagnosed_link(comparisons, backends, links):
+    """(index, comparison, (reference index, candidate index)) of the link a diagnosis
+    looks at: the first failing one, when it is an uncompressed onnxruntime -> mnn link."""
     for i, (comparison, (ref_i, cand_i)) in enumerate(zip(comparisons, links)):
         if comparison.passed:
             continue
         if (comparison.reference, comparison.candidate) != ("onnxruntime", "mnn") or _compressed(backends[cand_i]):
-            return comparisons, verdict
-        reference, candidate = backends[ref_i], backends[cand_i]
-        graph = _onnx_graph(backends)
-        if comparison.layers is None:
-            say("per-layer capture for the diagnosis")
-            isolate = options.layers.isolate if options.layers.isolate != "none" else "first"
-            comparison = _layer_view(comparison, graph, reference, candidate, feeds, options, say, isolate=isolate)
-            comparisons = list(comparisons)
-            comparisons[i] = comparison
-        tolerance = link_tolerance(options, candidate)
-        context = diagnose_mod.Context(
-            onnx_path=reference.path, mnn_path=candidate.path, reference=reference, candidate=candidate,
-            graph=graph, comparison=comparison, feeds=feeds, tolerance=tolerance,
-            layer_rtol=options.layers.rtol(tolerance), timeout=options.timeout, progress=say,
-            siblings=[backends[c] for r, c in links if r == ref_i and c != cand_i and backends[c].framework == "mnn"],
-        )
-        return list(comparisons), diagnose_mod.diagnose(context)
-    return comparisons, verdict
+            return None
+        return i, comparison, (ref_i, cand_i)
+    return None
+
+
+def _diagnose(comparisons, backends, links, feeds, options: CheckOptions, verdict, say):
+    """Run the verdict experiments on the first failing onnxruntime -> mnn link."""
+    from parity import diagnose as diagnose_mod
+
+    found = _diagnosed_link(comparisons, backends, links)
+    if found is None:
+        return comparisons, verdict
+    i, comparison, (ref_i, cand_i) = found
+    reference, candidate = backends[ref_i], backends[cand_i]
+    graph = _onnx_graph(backends)
+    if comparison.layers is None:
+        say("per-layer capture for the diagnosis")
+        isolate = options.layers.isolate if options.layers.isolate != "none" else "first"
+        comparison = _layer_view(comparison, graph, reference, candidate, feeds, options, say, isolate=isolate)
+        comparisons = list(comparisons)
+        comparisons[i] = comparison
+    tolerance = link_tolerance(options, candidate)
+    context = diagnose_mod.Context(
+        onnx_path=reference.path, mnn_path=candidate.path, reference=reference, candidate=candidate,
+        graph=graph, comparison=comparison, feeds=feeds, tolerance=tolerance,
+        layer_rtol=options.layers.rtol(tolerance), timeout=options.timeout, progress=say,
+        siblings=[backends[c] for r, c in links if r == ref_i and c != cand_i and backends[c].framework == "mnn"],
+    )
+    return list(comparisons), diagnose_mod.diagnose(context)
 
 
 def _write_repro(comparisons, backends, links, feeds, options: CheckOptions, verdict: Verdict, say) -> str:

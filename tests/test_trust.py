@@ -49,6 +49,30 @@ def test_planted_two_percent_change_is_found_in_its_projection(encoders):
     assert divergence["introduced_here"] is True
 
 
+def test_the_first_divergence_is_isolated_from_the_tensors_the_layer_capture_kept(encoders, monkeypatch):
+    """Isolating the first divergence and its histogram take its inputs' and its own values from
+    the layer capture: neither framework captures the model again for them."""
+    from parity import pipeline
+    from parity.backends.mnn import MnnBackend
+    from parity.backends.onnxruntime import OnnxRuntimeBackend
+
+    captures = []
+    session_for, begin_capture = OnnxRuntimeBackend._session_for, MnnBackend.begin_capture
+    monkeypatch.setattr(OnnxRuntimeBackend, "_session_for",
+                        lambda self, data, key, folder=None: captures.append(("onnxruntime", key[0]))
+                        or session_for(self, data, key, folder))
+    monkeypatch.setattr(MnnBackend, "begin_capture",
+                        lambda self, feeds, names, cache=True: captures.append(("mnn", len(names)))
+                        or begin_capture(self, feeds, names, cache=cache))
+    _, planted = encoders
+    report = pipeline.check([planted.onnx_path, planted.mnn_path], inputs=planted.inputs, layers=True,
+                            diagnose=False)
+    divergence = report.comparisons[0].first_divergence
+    assert divergence.introduced_here is True and divergence.local_max_abs_diff is not None
+    assert divergence.histogram is not None
+    assert [side for side, _ in captures] == ["mnn", "onnxruntime"], captures  # the layer capture alone
+
+
 def test_output_failing_with_every_paired_layer_passing_gets_a_location(tmp_path):
     built = tm.build_llama_like(tmp_path, scale_weight=tm.OUTPUT_ONLY_WEIGHT)
     result = run_parity("check", built.onnx_path, built.mnn_path, "--inputs", built.inputs,

@@ -122,6 +122,65 @@ def test_convert_failure_is_a_clean_error(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.onnx"]
 
 
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_conversion_cancelled_midway_leaves_no_file_and_no_process(tmp_path):
+    from parity.converter import start_conversion
+
+    target = tmp_path / "out.mnn"
+    conversion = start_conversion(MODELS / "transformer.onnx", target)
+    private, pid = conversion._worker.dir, conversion._worker._proc.pid
+    conversion.cancel()
+    assert not target.exists() and not private.exists() and not _alive(pid)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    with pytest.raises(RuntimeError, match="cancelled"):
+        conversion.result()
+    again = start_conversion(MODELS / "transformer.onnx", target)
+    assert again.result().output == str(target) and target.stat().st_size > 0
+
+
+@pytest.mark.parametrize("side_by_side", [True, False])
+def test_the_diagnosis_fresh_conversions_are_two_files_and_closing_removes_them(tmp_path, monkeypatch,
+                                                                                side_by_side):
+    """Experiment d converts twice under other paths; both start with the diagnosis, side by side
+    for a model under the large-model size, one at a time (each when asked for) above it."""
+    from parity import diagnose
+
+    if not side_by_side:
+        monkeypatch.setattr(diagnose, "_PARALLEL_BELOW", 0)
+    reconversions = diagnose.Reconversions(MODELS / "cnn.onnx", 120.0)
+    started = sorted(reconversions._running)
+    assert started == (["again", "fresh"] if side_by_side else ["fresh"])
+    fresh = reconversions.fresh()
+    again = reconversions.again()
+    assert fresh.stat().st_size > 0 and again.stat().st_size > 0
+    assert fresh.name != again.name and fresh.parent != again.parent
+    workdir = reconversions.workdir
+    reconversions.close()
+    assert not workdir.exists()
+    idle = diagnose.Reconversions(MODELS / "cnn.onnx", 120.0, eager=False)
+    assert not idle._running
+    idle.close()
+
+
+def test_the_diagnosis_fresh_conversions_stop_when_closed_unfinished(tmp_path):
+    from parity import diagnose
+
+    reconversions = diagnose.Reconversions(MODELS / "transformer.onnx", 120.0)
+    pids = [c._worker._proc.pid for c in reconversions._running.values()]
+    workdir = reconversions.workdir
+    reconversions.close()
+    assert pids and not any(_alive(pid) for pid in pids) and not workdir.exists()
+
+
 def test_real_mnn_kernel_bug_is_runtime_at_that_op(tmp_path):
     """MNN 3.6's CPU Less kernel is wrong on ~20% of float elements (found by the ONNX node test
     test_less through scripts/onnx_node_sweep.py); here it sits inside a small model."""

@@ -333,6 +333,42 @@ def test_nhwc_input_is_fed_in_its_declared_layout(nhwc_model):
     np.testing.assert_allclose(cut_inside, data["y"], rtol=1e-6, atol=1e-6)
 
 
+CHECK_LAYOUTS = r"""
+import sys
+import MNN
+for path in sys.argv[1:]:
+    for name, var in MNN.expr.load_as_dict(path).items():
+        try:
+            layout, rank = str(var.data_format).split(".")[-1], len(var.shape)
+        except Exception:
+            continue
+        if rank >= 2 and layout not in ("NCHW", "NC4HW4"):
+            print("FOUND", path, name, layout, rank)
+"""
+
+
+def test_files_declaring_no_nhwc_hold_every_tensor_as_nchw(nhwc_model, tmp_path):
+    """A cut of a file plain_layout accepts is fed as NCHW without asking MNN: check, with MNN's
+    own reading of every tensor, that such files hold no tensor of rank >= 2 in another layout,
+    and that the file declaring NHWC, which does, is refused."""
+    from helpers import MODELS
+    from parity import mnn_flatbuffer
+
+    path, _ = nhwc_model
+    plain = [MODELS / "cnn.mnn", MODELS / "transformer.mnn"]
+    assert all(mnn_flatbuffer.plain_layout(p) for p in plain)
+    assert mnn_flatbuffer.plain_layout(path) is False
+    junk = tmp_path / "junk.mnn"
+    junk.write_bytes(bytes(range(256)) * 4)
+    assert mnn_flatbuffer.plain_layout(junk) is False
+    script = tmp_path / "layouts.py"
+    script.write_text(CHECK_LAYOUTS)
+    found = subprocess.run([sys.executable, str(script), *map(str, plain + [path])], capture_output=True,
+                           text=True, timeout=120, check=True).stdout.splitlines()
+    found = [line for line in found if line.startswith("FOUND ")]  # MNN prints its CPU features too
+    assert found and all(line.startswith(f"FOUND {path} ") for line in found), found
+
+
 # -- 4. dtypes MNN has no tensors for ---------------------------------------------------------
 def _x(dtype):
     return (np.arange(6).reshape(2, 3) - 2).astype(dtype)

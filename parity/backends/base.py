@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import ClassVar, Mapping, Sequence
 
 import numpy as np
 
@@ -148,6 +148,20 @@ class Backend:
 
     def finish_capture(self, handle) -> RunResult:
         return handle()
+
+    # -- tensors kept from an earlier capture ---------------------------------------------
+    def keep_values(self, feeds: TensorMap, values: Mapping[str, np.ndarray]) -> None:
+        """Keep a few tensors a capture on ``feeds`` returned (e.g. the first divergence and
+        its inputs), so a later capture of them on the same feeds (the same mapping) takes
+        them from here instead of running the model again. Replaces what was kept."""
+        self._kept = (feeds, dict(values))
+
+    def kept_values(self, feeds: TensorMap, names) -> RunResult | None:
+        """The kept tensors ``names`` when every one was kept from a capture on ``feeds``."""
+        kept = getattr(self, "_kept", None)
+        if kept is None or kept[0] is not feeds or any(n not in kept[1] for n in names):
+            return None
+        return RunResult({n: kept[1][n] for n in names})
 
 
 def check_model_file(path: Path, framework: str) -> None:

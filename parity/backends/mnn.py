@@ -94,6 +94,7 @@ class MnnBackend(Backend):
         self.backend_ran: str | None = None  # known once loaded: a missing backend falls back
         self._load_notes: tuple[str, ...] = ()
         self._graph: list[dict] | None = None
+        self._plain_layout: bool | None = None  # read from the file on the first cut
         self._pending: _PendingRun | None = None
         self._facts: dict = {}
         self.cpu_features: dict[str, int] = {}  # as MNN reports them when its runtime starts
@@ -289,6 +290,9 @@ class MnnBackend(Backend):
 
     def capture(self, feeds: TensorMap, names: list[str], *, cache: bool = True) -> RunResult:
         """Run once, returning the named intermediate tensors (converted to NCHW)."""
+        kept = self.kept_values(feeds, names)
+        if kept is not None:
+            return kept
         return self.finish_capture(self.begin_capture(feeds, names, cache=cache))
 
     def begin_capture(self, feeds: TensorMap, names: list[str], *, cache: bool = True) -> _PendingRun:
@@ -303,7 +307,15 @@ class MnnBackend(Backend):
     def run_cut(self, tensors: TensorMap, outputs: list[str]) -> RunResult:
         """Feed ``tensors`` (intermediate names) into the graph cut there; return ``outputs``."""
         tensors = {name: _mnn_array(array) for name, array in tensors.items()}
-        return self._call_run(tensors, list(outputs), cut=True, cache=False, step="running a cut of")
+        if self._plain_layout is None:
+            from parity import mnn_flatbuffer
+
+            self._plain_layout = mnn_flatbuffer.plain_layout(self.path)
+        # a file that declares no NHWC layout: each fed tensor is NCHW, and the child need not
+        # ask MNN (which loads every weight again to say so)
+        formats = dict.fromkeys(tensors, "NCHW") if self._plain_layout else None
+        return self._collect_run(self._submit_run(tensors, list(outputs), cut=True, cache=False,
+                                                  step="running a cut of", formats=formats))
 
     def _run(self, feeds: TensorMap, outputs: list[str] | None = None) -> RunResult:
         return self._call_run(feeds, outputs, cut=False, cache=True, step="running")
@@ -311,7 +323,8 @@ class MnnBackend(Backend):
     def _call_run(self, feeds, outputs, *, cut, cache, step, partial=False) -> RunResult:
         return self._collect_run(self._submit_run(feeds, outputs, cut=cut, cache=cache, step=step, partial=partial))
 
-    def _submit_run(self, feeds, outputs, *, cut, cache, step, notes=(), partial=False) -> _PendingRun:
+    def _submit_run(self, feeds, outputs, *, cut, cache, step, notes=(), partial=False,
+                    formats=None) -> _PendingRun:
         if self._pending is not None:
             # the child answers in order: a second request would take the first one's reply
             raise RuntimeError(f"{self.label} already has a run outstanding: finish_run it first")
@@ -331,7 +344,7 @@ class MnnBackend(Backend):
         try:
             worker.submit(f"{_CHILD}:run", step=pending.step, feeds=sent,
                           results=result_paths if not self._inline else None,
-                          outputs=outputs, cut=cut, cache=cache)
+                          outputs=outputs, cut=cut, cache=cache, **({"formats": formats} if formats else {}))
         except BaseException:
             self._collect_files(pending)
             raise

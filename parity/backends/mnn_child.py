@@ -210,13 +210,17 @@ def _array(feed, mmap_mode=None) -> np.ndarray:
 
 
 def run(feeds: dict, results: dict | None, outputs: list | None = None, cut: bool = False,
-        cache: bool = True) -> dict:
+        cache: bool = True, formats: dict | None = None) -> dict:
     """Run on the feeds (.npy paths or arrays); write each output to the path ``results`` maps
     it to, or with ``results`` None return it inline.
 
     With ``cut`` the feeds name intermediate tensors: the module is cut there, so reference
-    values can be fed into the middle of the graph.
+    values can be fed into the middle of the graph. ``formats`` (name -> NCHW or NHWC) gives
+    the layout of fed tensors the parent knows from the file, where MNN's own answer needs
+    the whole graph read as expressions; the graph's inputs keep the layout they declare.
     """
+    for name, layout in (formats or {}).items():
+        _state["formats"].setdefault(name, layout)
     F = _mnn().expr
     requested = tuple(outputs) if outputs else ()
     if cut:

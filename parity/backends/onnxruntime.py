@@ -213,6 +213,9 @@ class OnnxRuntimeBackend(Backend):
 
     def capture(self, feeds: TensorMap, names: list[str], *, cache: bool = True) -> RunResult:
         """Run an in-memory copy of the model whose outputs are ``names`` (intermediate values)."""
+        kept = self.kept_values(feeds, names)
+        if kept is not None:
+            return kept
         key = ("capture", tuple(names))
         if key not in getattr(self, "_sessions", {}):
             if getattr(self, "_large", False):

@@ -205,6 +205,9 @@ class TorchBackend(Backend):
         A module that runs more than once, or returns no single tensor, is left out, with the
         reason in ``RunResult.notes`` as ``name: reason``.
         """
+        kept = self.kept_values(feeds, names)
+        if kept is not None:
+            return kept
         torch = import_torch()
         modules = dict(self._module.named_modules())
         handles = []
