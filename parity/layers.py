@@ -415,6 +415,17 @@ def compare_layers(
     return report
 
 
+def prepare_capture(graph: OnnxGraph, reference, candidate, feeds: TensorMap, max_memory: int | None) -> None:
+    """Tell ``candidate`` (MNN) which tensors ``compare_layers`` will capture first, so its
+    child loads that capture module while the parent still compares the outputs."""
+    plan = _plan_entries(graph, reference, candidate, LayerReport())
+    if plan is None or not plan.entries or plan.link != ("onnxruntime", "mnn"):
+        return
+    chunks = _plan_chunks(graph, feeds, plan.entries, max_memory, LayerReport())
+    names = list(dict.fromkeys(n for e in chunks[0] for n in e.candidate_names))
+    candidate.prepare_capture(names, cache=len(chunks) == 1)
+
+
 def _plan_entries(graph, reference, candidate, report) -> _Plan | None:
     link = (reference.framework, candidate.framework)
     if link == ("onnxruntime", "mnn"):

@@ -333,6 +333,37 @@ def test_nhwc_input_is_fed_in_its_declared_layout(nhwc_model):
     np.testing.assert_allclose(cut_inside, data["y"], rtol=1e-6, atol=1e-6)
 
 
+def test_a_capture_prepared_ahead_returns_what_a_plain_capture_does():
+    """--layers has MNN load the capture module while the outputs are compared: the child then
+    answers in order (the prepare, the run, the capture), and what it returns does not change."""
+    from helpers import MODELS
+
+    with MnnBackend(MODELS / "cnn.mnn") as ahead, MnnBackend(MODELS / "cnn.mnn") as plain:
+        spec = ahead.input_specs[0]
+        feeds = {spec.name: np.random.default_rng(0).standard_normal(spec.shape).astype(np.float32)}
+        names = list(dict.fromkeys(e["name"] for e in ahead.graph() if e["op_type"] not in ("Input", "Const")))
+        ahead.prepare_capture(names)
+        ahead.prepare_capture(names[:1])  # one out already: nothing more is sent
+        run = ahead.run(feeds).outputs
+        got = ahead.capture(feeds, names).outputs
+        want = plain.capture(feeds, names).outputs
+        for name, array in plain.run(feeds).outputs.items():
+            np.testing.assert_array_equal(run[name], array)
+        assert sorted(got) == sorted(want) and len(want) > len(names) // 2  # (MNN cannot read every one)
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name])
+        ahead.prepare_capture(["no such tensor"])  # MNN cannot build it: not this call's to report
+        again = ahead.capture(feeds, names[:2]).outputs
+        np.testing.assert_array_equal(again[names[0]], want[names[0]])
+    left = MnnBackend(MODELS / "cnn.mnn")
+    left.open()
+    left.prepare_capture(names)
+    pid = left._worker._proc.pid
+    left.close()  # with the prepare still out: no wait, no process left
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
 CHECK_LAYOUTS = r"""
 import sys
 import MNN

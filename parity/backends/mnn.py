@@ -10,7 +10,7 @@ import numpy as np
 from parity.backends.base import Backend, RunResult, check_model_file, conform_feeds
 from parity.backends.mnn_log import backend_that_ran, cpu_features  # noqa: F401 (backend_that_ran: API)
 from parity.backends.worker import Worker
-from parity.errors import BackendError, FrameworkMissing, ModelError
+from parity.errors import BackendCrash, BackendError, FrameworkMissing, ModelError, ParityError
 from parity.specs import TensorMap, TensorSpec
 
 _CHILD = "parity.backends.mnn_child"
@@ -96,6 +96,7 @@ class MnnBackend(Backend):
         self._graph: list[dict] | None = None
         self._plain_layout: bool | None = None  # read from the file on the first cut
         self._pending: _PendingRun | None = None
+        self._preparing: str | None = None  # the step of a prepare_capture not collected yet
         self._facts: dict = {}
         self.cpu_features: dict[str, int] = {}  # as MNN reports them when its runtime starts
 
@@ -172,6 +173,7 @@ class MnnBackend(Backend):
 
     def _close(self) -> None:
         self._pending = None  # its files go with the worker's directory
+        self._preparing = None
         if self._worker is not None:
             self._worker.close()
             self._worker = None
@@ -268,6 +270,7 @@ class MnnBackend(Backend):
         wherever it runs, and a target needs no converter."""
         step = f"dumping {self.path.name} as JSON"
         if not self._inline:
+            self._settle()
             self._worker.call(f"{_CHILD}:dump_json", step=step, path=os.path.abspath(self.path), target=str(target))
             return
         from parity.backends.worker import Worker
@@ -285,6 +288,7 @@ class MnnBackend(Backend):
                     raise ValueError("op type names are those of another MNN")
                 self._graph = mnn_flatbuffer.read_graph(self.path)
             except (OSError, ValueError):  # control flow, an op type the table does not know
+                self._settle()
                 self._graph = self._worker.call(f"{_CHILD}:graph", step=f"reading the graph of {self.path.name}")
         return self._graph
 
@@ -323,8 +327,33 @@ class MnnBackend(Backend):
     def _call_run(self, feeds, outputs, *, cut, cache, step, partial=False) -> RunResult:
         return self._collect_run(self._submit_run(feeds, outputs, cut=cut, cache=cache, step=step, partial=partial))
 
+    def prepare_capture(self, names: list[str], *, cache: bool = True) -> None:
+        """Have the child load the module a capture of ``names`` runs, now, without waiting:
+        it loads while the parent works (compares the outputs, builds ONNX Runtime's capture),
+        and the capture that follows finds it loaded. Nothing is sent while a run is out."""
+        if self._pending is not None or self._preparing is not None or self._worker is None:
+            return
+        self._preparing = f"loading the capture module of {self.path.name}"
+        self._worker.submit(f"{_CHILD}:prepare", step=self._preparing, outputs=list(names), cache=cache)
+
+    def _settle(self) -> None:
+        """Collect the reply to a prepare_capture: before the reply of a run sent after it, or
+        before a call (the child answers in order). A failure there is the capture's to
+        report, when it comes; a crash is reported now."""
+        step, self._preparing = self._preparing, None
+        if step is None:
+            return
+        try:
+            self._worker.result(step=step)
+        except BackendCrash:
+            raise
+        except ParityError:
+            pass
+
     def _submit_run(self, feeds, outputs, *, cut, cache, step, notes=(), partial=False,
                     formats=None) -> _PendingRun:
+        # a prepare_capture still out stays out: the child answers in order, and its reply is
+        # collected before this run's (_collect_run), so ONNX Runtime captures meanwhile
         if self._pending is not None:
             # the child answers in order: a second request would take the first one's reply
             raise RuntimeError(f"{self.label} already has a run outstanding: finish_run it first")
@@ -363,6 +392,7 @@ class MnnBackend(Backend):
         if self._pending is not pending:
             raise RuntimeError(f"{self.label} has no such run outstanding (finished already, or closed)")
         try:
+            self._settle()
             reply = self._worker.result(step=pending.step)
             arrays, steps, failed = {}, {}, {}
             for name in pending.names:

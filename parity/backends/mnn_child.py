@@ -193,6 +193,16 @@ def _module_for(inputs: tuple, outputs: tuple, cache: bool):
     return modules[key]
 
 
+def prepare(outputs: list, cache: bool = True) -> bool:
+    """Load the module a capture of ``outputs`` will run, so the capture finds it ready: the
+    parent sends this while it compares the outputs. Not for a large model (one copy of the
+    weights at a time: its capture module replaces the model's own only when it captures)."""
+    if _state.get("large"):
+        return False
+    _module_for(tuple(i["name"] for i in _state["inputs"]), tuple(outputs), cache)
+    return True
+
+
 def _main_module():
     """The model as loaded; loaded again where a large model's capture module replaced it."""
     modules = _state["modules"]
