@@ -54,8 +54,9 @@ CONVERTER_VARIANTS = (
 )
 _MATERIAL = 10.0
 # models whose weights (bytes on disk) are at most this convert twice side by side; larger
-# ones convert one at a time (each conversion holds the weights again)
-_PARALLEL_BELOW = int(os.environ.get("PARITY_LARGE_MODEL_BYTES", 1 << 30))
+# ones convert one at a time (a conversion holds about four times the weights: 1.8 GB for
+# BERT-base's 434 MB)
+_PARALLEL_BELOW = min(int(os.environ.get("PARITY_LARGE_MODEL_BYTES", 1 << 30)), 512 << 20)
 
 
 @dataclass
@@ -264,9 +265,8 @@ class Reconversions:
 
     They start with the diagnosis (``eager``), so they convert while its first experiments
     run (not earlier: beside the layer capture they slow MNN's threads more than they gain),
-    and, for a model of at most ``PARITY_LARGE_MODEL_BYTES`` of weights, side by side; a
-    larger model converts one at a time, each when asked for, as each conversion holds the
-    weights again. ``close`` stops what is still running and removes every file."""
+    and, for a model of at most 512 MiB of weights, side by side; a larger model converts one
+    at a time, each when asked for, as each conversion holds the weights several times. ``close`` stops what is still running and removes every file."""
 
     def __init__(self, onnx_path, timeout: float, *, eager: bool = True):
         from parity.paths import model_bytes
