@@ -22,7 +22,6 @@ A variant is decisive when it brings the error within tolerance, or lowers it te
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -53,10 +52,6 @@ CONVERTER_VARIANTS = (
     ("--useGeluApproximation 0 --optimizeLevel 0", ["--useGeluApproximation", "0", "--optimizeLevel", "0"]),
 )
 _MATERIAL = 10.0
-# models whose weights (bytes on disk) are at most this convert twice side by side; larger
-# ones convert one at a time (a conversion holds about four times the weights: 1.8 GB for
-# BERT-base's 434 MB)
-_PARALLEL_BELOW = min(int(os.environ.get("PARITY_LARGE_MODEL_BYTES", 1 << 30)), 512 << 20)
 
 
 @dataclass
@@ -263,14 +258,13 @@ class Reconversions:
     """The two fresh conversions of the ONNX model that experiment d needs (the second, under
     other paths, tells whether the converter is deterministic), each in its own child process.
 
-    They start with the diagnosis (``eager``), so they convert while its first experiments
-    run (not earlier: beside the layer capture they slow MNN's threads more than they gain),
-    and, for a model of at most 512 MiB of weights, side by side; a larger model converts one
-    at a time, each when asked for, as each conversion holds the weights several times. ``close`` stops what is still running and removes every file."""
+    The first starts with the diagnosis (``eager``) and converts while its first experiments
+    run; the second starts when the first is done, and converts while the first is measured.
+    One after the other, not side by side: on 2 cores (BERT-base) two conversions at once took
+    9 s, one 5 s, and each holds about four times the model's weights. ``close`` stops what is
+    still running and removes every file."""
 
     def __init__(self, onnx_path, timeout: float, *, eager: bool = True):
-        from parity.paths import model_bytes
-
         self.onnx_path = Path(onnx_path)
         self.timeout = timeout
         self.workdir = Path(tempfile.mkdtemp(prefix="parity-diagnose-"))
@@ -279,14 +273,8 @@ class Reconversions:
         self._running: dict = {}
         self._done: dict = {}  # which -> Path, or the ParityError it failed with
         try:
-            self._parallel = model_bytes(self.onnx_path) <= _PARALLEL_BELOW
-        except (OSError, ParityError):
-            self._parallel = False  # the conversion says what is wrong with the model
-        try:
             if eager:
                 self._start("fresh")
-                if self._parallel:
-                    self._start("again")
         except BaseException:
             self.close()
             raise
@@ -304,8 +292,6 @@ class Reconversions:
             self._done[which] = exc
 
     def _get(self, which: str) -> Path:
-        if which == "fresh" and self._parallel:
-            self._start("again")  # side by side from here on, if not already
         self._start(which)
         conversion = self._running.pop(which, None)
         if conversion is not None:
@@ -314,6 +300,8 @@ class Reconversions:
                 self._done[which] = self._targets[which]
             except ParityError as exc:
                 self._done[which] = exc
+        if which == "fresh":
+            self._start("again")  # converts while the first is measured
         outcome = self._done[which]
         if isinstance(outcome, ParityError):
             raise outcome
@@ -354,7 +342,7 @@ def diagnose(ctx: Context) -> Verdict:
             return verdict
         # a fresh conversion that matches ONNX Runtime, under the same runtime, decides it: no
         # runtime variant can change that verdict, so they run after it (on a BERT-base they
-        # cost 20 s; the two conversions 8 s side by side)
+        # cost 20 s; the two conversions 5 s each)
         workdir = reconversions.workdir
         verdict = (_fresh_conversion(ctx, probe, base, where, reconversions, evidence)
                    or _runtime_variants(ctx, probe, base, where, evidence)
