@@ -326,13 +326,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
-    parser.add_argument("--tier", choices=["small", "realistic"], default="small",
-                        help="small: the shipped and built-in models (default); realistic: a BERT-base-sized "
-                             "encoder and a ResNet-50, built and converted once (needs torch)")
+    parser.add_argument("--tier", choices=["small", "realistic", "real"], default="small",
+                        help="small: the shipped and built-in models (default); realistic (or real): a "
+                             "BERT-base-sized encoder, a ResNet-50 and a 1.2e9-parameter stack, built and "
+                             "converted once (needs torch)")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "parity" / "bench",
                         help="where the realistic tier keeps its built models")
     args = parser.parse_args(argv)
-    if args.tier == "realistic":
+    if args.tier in ("realistic", "real"):
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         import bench_realistic
 
