@@ -296,7 +296,7 @@ def figures(repeat: int, cache: Path) -> list[dict]:
              "value": peaks["layers"] / 2**20, "unit": "MiB", "plain_mib": peaks["plain"] / 2**20,
              "model_mib": size / 2**20, "target": "reported", "ok": None},
         ]
-    results.extend(figure_verdict_vs_bisection(cache))
+    results.extend(figure_verdict_vs_bisection(cache, repeat=repeat))
     results.append(figure_billion(cache))
     return results
 
@@ -353,8 +353,8 @@ def _planted(cache: Path, name: str, node_part: str, factor: float) -> tuple[Pat
     return bad_onnx, bad_mnn, node.output[0]
 
 
-def figure_verdict_vs_bisection(cache: Path, name: str = "bert-base",
-                                node_part: str = "layers.6/linear1", factor: float = 1.1) -> dict:
+def figure_verdict_vs_bisection(cache: Path, name: str = "bert-base", node_part: str = "layers.6/linear1",
+                                factor: float = 1.1, repeat: int = 1) -> list[dict]:
     """R3: parity check --layers (with its verdict experiments) on a planted conversion bug,
     against the bisection MNN's testMNNFromOnnx.py DEBUG mode does: cut the ONNX at a tensor,
     convert the cut, run it in MNN and ONNX Runtime, compare, halve the range, repeat."""
@@ -407,24 +407,27 @@ def figure_verdict_vs_bisection(cache: Path, name: str = "bert-base",
     import json
 
     report_path = cache / "r3.json"
-    seconds, _ = run_measured([sys.executable, "-m", "parity", "check", str(good), str(bad_mnn), "--layers",
-                               "--json", str(report_path), "-q"])
+    check = [sys.executable, "-m", "parity", "check", str(good), str(bad_mnn), "--layers", "--json",
+             str(report_path), "-q"]
+    runs = [run_measured(check)[0] for _ in range(max(1, repeat))]
+    seconds, median = _stats(runs)
     report = json.loads(report_path.read_text())
     where, kind = report["verdict"].get("where") or "", report["verdict"]["kind"]
     # like for like: the bisection locates and says nothing of the cause; so does --no-diagnose
-    located_s, _ = run_measured([sys.executable, "-m", "parity", "check", str(good), str(bad_mnn), "--layers",
-                                 "--no-diagnose", "--json", str(report_path), "-q"])
+    located = [run_measured(check + ["--no-diagnose"])[0] for _ in range(max(1, repeat))]
+    located_s, located_median = _stats(located)
     divergence = json.loads(report_path.read_text())["comparisons"][0].get("first_divergence") or {}
     found_here = divergence.get("name") or ""
     bisection = f"bisection: {probes} cuts converted and run, found {found}"
     return [
         {"id": f"R3 {name}", "name": f"located verdict vs MNN-style bisection ({name}, bug planted in "
          f"{planted}; {bisection}; parity: {kind} at {where})",
-         "measured_s": seconds, "baseline_s": base, "ratio": base / seconds, "median_ratio": base / seconds,
+         "measured_s": seconds, "baseline_s": base, "ratio": base / seconds, "median_ratio": base / median,
          "target": ">= 20 (times faster)", "ok": base / seconds >= 20 and node_part in where},
         {"id": f"R3 {name}, location only", "name": f"--layers --no-diagnose (the location, no cause, as the "
          f"bisection gives) vs the same bisection ({bisection}; parity: first divergence {found_here})",
-         "measured_s": located_s, "baseline_s": base, "ratio": base / located_s, "median_ratio": base / located_s,
+         "measured_s": located_s, "baseline_s": base, "ratio": base / located_s,
+         "median_ratio": base / located_median,
          "target": "reported", "ok": None if node_part in found_here else False},
     ]
 
@@ -437,7 +440,8 @@ def print_figure(f: dict) -> None:
     elif f["id"].startswith("R3"):
         mark = {True: "ok", False: "MISSED", None: "reported"}[f["ok"]]
         print(f"({f['id']}) {f['name']}: {f['measured_s']:.1f} s vs {f['baseline_s']:.1f} s = "
-              f"{f['ratio']:.1f}x faster; target {f['target']}: {mark}", flush=True)
+              f"{f['ratio']:.1f}x faster (median {f['median_ratio']:.1f}x); target {f['target']}: {mark}",
+              flush=True)
     elif "ratio" in f:
         mark = "ok" if f["ok"] else "MISSED"
         print(f"({f['id']}) {f['name']}: {f['measured_s']:.2f} s vs {f['baseline_s']:.2f} s = {f['ratio']:.2f}x "
