@@ -300,9 +300,9 @@ class Reconversions:
                 self._done[which] = self._targets[which]
             except ParityError as exc:
                 self._done[which] = exc
-        if which == "fresh":
-            self._start("again")  # converts while the first is measured
         outcome = self._done[which]
+        if which == "fresh" and not isinstance(outcome, ParityError):
+            self._start("again")  # converts while the first is measured
         if isinstance(outcome, ParityError):
             raise outcome
         return outcome
@@ -314,6 +314,13 @@ class Reconversions:
     def again(self) -> Path:
         """The second conversion's .mnn, converted under another directory and file name."""
         return self._get("again")
+
+    def drop_again(self) -> None:
+        """The second conversion is not needed (the first decided nothing): stop it, so it
+        does not convert beside the experiments that follow."""
+        conversion = self._running.pop("again", None)
+        if conversion is not None:
+            conversion.cancel()
 
     def close(self) -> None:
         for conversion in self._running.values():
@@ -344,7 +351,10 @@ def diagnose(ctx: Context) -> Verdict:
         # runtime variant can change that verdict, so they run after it (on a BERT-base they
         # cost 20 s; the two conversions 5 s each)
         workdir = reconversions.workdir
-        verdict = (_fresh_conversion(ctx, probe, base, where, reconversions, evidence)
+        verdict = _fresh_conversion(ctx, probe, base, where, reconversions, evidence)
+        if verdict is None:
+            reconversions.drop_again()  # not needed: nothing converts beside what follows
+        verdict = (verdict
                    or _runtime_variants(ctx, probe, base, where, evidence)
                    or _converter_variants(ctx, probe, where, workdir, evidence)
                    or _numpy_reference(ctx, probe, where, workdir, evidence))

@@ -409,6 +409,9 @@ def compare_layers(
     report.layers = [_with_isolation(layer, isolated.get(layer.name)) for layer in ordered]
     if first:
         report.first_divergence = _describe_divergence(graph, reference, candidate, feeds, report, first)
+        # the candidate's value served the histogram; the diagnosis captures the given file as
+        # it captures the other conversions it compares with it (a few outputs requested)
+        candidate.keep_values(feeds, {})
     if plan.link == ("torch", "onnxruntime"):
         report.notes.extend(_torch_notes(reference, plan))
     report.notes.extend(fp16_notes(report.layers))
@@ -526,7 +529,8 @@ def _capture_chunk(graph, reference, candidate, feeds, tol, layer_rtol, chunk, p
 
 def _keep_divergence_values(graph, reference, candidate, feeds, first, results, captured) -> None:
     """Hand the backends the captured tensors the first divergence's isolation, histogram and
-    diagnosis ask for again: its inputs' and its own reference values, its candidate value."""
+    diagnosis ask for again: its inputs' and its own reference values, its candidate value
+    (for the histogram alone)."""
     layer, frontier = first
     ref_arrays, cand_arrays = captured
     inputs = set(graph.inputs)

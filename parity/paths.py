@@ -447,11 +447,6 @@ def external_data(model) -> list[tuple[str, Path]]:
     return list(found.items())
 
 
-def model_bytes(model) -> int:
-    """Bytes of an ONNX model on disk, its external data files included."""
-    return Path(model).stat().st_size + sum(path.stat().st_size for _, path in external_data(model))
-
-
 def external_data_files(model) -> list[Path]:
     """The resolved files of ``external_data``."""
     return [path for _, path in external_data(model)]

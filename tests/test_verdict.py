@@ -168,6 +168,25 @@ def test_the_diagnosis_fresh_conversions_are_two_files_and_closing_removes_them(
     idle.close()
 
 
+def test_the_second_conversion_starts_only_after_a_first_that_converted(tmp_path):
+    from parity import diagnose
+    from parity.errors import ParityError
+
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x08\x07garbage")
+    failing = diagnose.Reconversions(junk, 60.0)
+    with pytest.raises(ParityError):
+        failing.fresh()
+    assert not failing._running  # no second conversion of a model that does not convert
+    failing.close()
+    needless = diagnose.Reconversions(MODELS / "transformer.onnx", 60.0)
+    needless.fresh()
+    pid = needless._running["again"]._worker._proc.pid
+    needless.drop_again()  # the first decided nothing: the second stops at once
+    assert not needless._running and not _alive(pid)
+    needless.close()
+
+
 def test_the_diagnosis_fresh_conversions_stop_when_closed_unfinished(tmp_path):
     from parity import diagnose
 

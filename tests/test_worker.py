@@ -364,6 +364,23 @@ def test_a_capture_prepared_ahead_returns_what_a_plain_capture_does():
         os.kill(pid, 0)
 
 
+def test_a_prepared_capture_that_hangs_is_a_timeout_naming_it():
+    from helpers import MODELS
+
+    backend = MnnBackend(MODELS / "transformer.mnn", timeout=60)
+    backend.open()
+    try:
+        feeds = {s.name: np.zeros(s.shape, dtype=np.float32) for s in backend.input_specs}
+        names = [e["name"] for e in backend.graph()][5:40]
+        os.kill(backend._worker._proc.pid, signal.SIGSTOP)  # hung while loading the capture module
+        backend.prepare_capture(names)
+        backend._worker.timeout = 0.5
+        with pytest.raises(BackendTimeout, match="capture module"):
+            backend.run(feeds)
+    finally:
+        backend.close()
+
+
 CHECK_LAYOUTS = r"""
 import sys
 import MNN

@@ -10,7 +10,7 @@ import numpy as np
 from parity.backends.base import Backend, RunResult, check_model_file, conform_feeds
 from parity.backends.mnn_log import backend_that_ran, cpu_features  # noqa: F401 (backend_that_ran: API)
 from parity.backends.worker import Worker
-from parity.errors import BackendCrash, BackendError, FrameworkMissing, ModelError, ParityError
+from parity.errors import BackendCrash, BackendError, BackendTimeout, FrameworkMissing, ModelError, ParityError
 from parity.specs import TensorMap, TensorSpec
 
 _CHILD = "parity.backends.mnn_child"
@@ -338,17 +338,19 @@ class MnnBackend(Backend):
 
     def _settle(self) -> None:
         """Collect the reply to a prepare_capture: before the reply of a run sent after it, or
-        before a call (the child answers in order). A failure there is the capture's to
-        report, when it comes; a crash is reported now."""
+        before a call (the child answers in order). A failure MNN answers with is the
+        capture's to report, when it comes; a crash, a timeout or a child gone, now."""
         step, self._preparing = self._preparing, None
         if step is None:
             return
         try:
             self._worker.result(step=step)
-        except BackendCrash:
-            raise
+        except (BackendCrash, BackendTimeout):
+            raise  # the child is gone: what follows would only report that less well
         except ParityError:
-            pass
+            process = getattr(self._worker, "_proc", None)
+            if process is not None and process.poll() is not None:
+                raise
 
     def _submit_run(self, feeds, outputs, *, cut, cache, step, notes=(), partial=False,
                     formats=None) -> _PendingRun:

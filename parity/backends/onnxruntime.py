@@ -180,9 +180,6 @@ class OnnxRuntimeBackend(Backend):
             so.log_severity_level = 3
             so.enable_cpu_mem_arena = False  # freed capture memory goes back to the OS
             _no_spinning(so)
-            # no prepacked copies of the weights for faster GEMMs: a capture runs once, and
-            # building them is a third of the session's start (0.35 s on a BERT-base)
-            so.add_session_config_entry("session.disable_prepacking", "1")
             if folder is not None:  # a model given as bytes finds its external data there
                 so.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
             if self.threads:
