@@ -103,8 +103,6 @@ def _close(actual, expected) -> bool:
 
 def run_one(test: Path, workdir: Path, strict: bool = False) -> dict:
     """Everything about one node test; runs inside a child process."""
-    import numpy as np
-
     from parity import ParityError
     from parity.backends.mnn import MnnBackend
     from parity.backends.onnxruntime import OnnxRuntimeBackend

@@ -1,7 +1,5 @@
 """Output pairing and alignment, on real ORT/MNN outputs and on hand-packed buffers."""
 
-import json
-
 import numpy as np
 import onnx
 import pytest

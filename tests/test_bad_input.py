@@ -1,11 +1,10 @@
 """Every bad input gets one clear line, a distinct exit code and no traceback."""
 
-import os
 import shutil
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
+from onnx import helper
 
 from helpers import MODELS, assert_one_line_error, run_parity, save_model, tensor, to_mnn
 from parity.errors import ExitCode

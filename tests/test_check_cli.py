@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from helpers import MODELS, assert_one_line_error, run_parity
+from helpers import MODELS, run_parity
 from parity.errors import ExitCode
 
 CONTRACT_OUTPUT_KEYS = {

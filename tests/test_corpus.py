@@ -15,15 +15,15 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pytest
-from onnx import helper, numpy_helper
+from onnx import helper
 
-from helpers import MODELS, ROOT, save_model, slow_matmul_model, tensor, to_mnn
+from helpers import MODELS, save_model, slow_matmul_model, tensor, to_mnn
 from parity.errors import ExitCode
 
 BAD, BACKEND, USAGE, PASS, MISMATCH = (ExitCode.MODEL_OR_INPUT, ExitCode.BACKEND, ExitCode.USAGE,

@@ -1,7 +1,6 @@
 """--layers: per-layer capture, pairing, first divergence, isolation and the memory cap."""
 
 import json
-import os
 import subprocess
 import sys
 

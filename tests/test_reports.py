@@ -1,12 +1,10 @@
 """Reports people look at (HTML, JUnit, Model Explorer), the pytest plugin, and parity sweep."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
 
