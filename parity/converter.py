@@ -64,8 +64,7 @@ def convert(
 
 class Conversion:
     """A conversion under way in its own child process (``start_conversion``): ``result()``
-    waits for it and publishes the model, ``cancel()`` stops it and leaves nothing. Either
-    ends it; a conversion neither collected nor cancelled is stopped when closed."""
+    waits for it and publishes the model, ``cancel()`` stops it and leaves nothing."""
 
     def __init__(self, source: Path, target: Path, options: tuple, timeout: float, protected: list,
                  externals: Sequence = ()):
@@ -114,14 +113,6 @@ class Conversion:
         if self._worker is not None:
             self._worker.close()
             self._worker = None
-
-    close = cancel
-
-    def __enter__(self) -> "Conversion":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.cancel()
 
 
 def start_conversion(

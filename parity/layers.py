@@ -422,7 +422,7 @@ def prepare_capture(graph: OnnxGraph, reference, candidate, feeds: TensorMap, ma
     """Tell ``candidate`` (MNN) which tensors ``compare_layers`` will capture first, so its
     child loads that capture module while the parent still compares the outputs."""
     plan = _plan_entries(graph, reference, candidate, LayerReport())
-    if plan is None or not plan.entries or plan.link != ("onnxruntime", "mnn"):
+    if plan is None or not plan.entries:
         return
     chunks = _plan_chunks(graph, feeds, plan.entries, max_memory, LayerReport())
     names = list(dict.fromkeys(n for e in chunks[0] for n in e.candidate_names))

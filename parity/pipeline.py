@@ -705,16 +705,14 @@ def _prepare_layers(backends, links, feeds, options: CheckOptions) -> None:
     from parity import layers as layers_mod
 
     graph = _onnx_graph(backends)
-    for ref_i, cand_i in links:
-        reference, candidate = backends[ref_i], backends[cand_i]
-        if graph is None or (reference.framework, candidate.framework) != ("onnxruntime", "mnn") \
-                or _compressed(candidate):
-            continue
-        try:
-            layers_mod.prepare_capture(graph, reference, candidate, feeds, options.layers.max_memory)
-        except (ParityError, ValueError, KeyError, OSError):
-            pass
+    link = next(((r, c) for r, c in links if (backends[r].framework, backends[c].framework)
+                 == ("onnxruntime", "mnn") and not _compressed(backends[c])), None)
+    if graph is None or link is None:
         return
+    try:
+        layers_mod.prepare_capture(graph, backends[link[0]], backends[link[1]], feeds, options.layers.max_memory)
+    except (ParityError, ValueError, KeyError, OSError):
+        pass
 
 
 def _add_layers(comparisons, backends, links, feeds, options: CheckOptions, say) -> list:
@@ -735,42 +733,32 @@ def _add_layers(comparisons, backends, links, feeds, options: CheckOptions, say)
     return out
 
 
-def _diagnosed_link(comparisons, backends, links):
-    """(index, comparison, (reference index, candidate index)) of the link a diagnosis
-    looks at: the first failing one, when it is an uncompressed onnxruntime -> mnn link."""
-    for i, (comparison, (ref_i, cand_i)) in enumerate(zip(comparisons, links)):
-        if comparison.passed:
-            continue
-        if (comparison.reference, comparison.candidate) != ("onnxruntime", "mnn") or _compressed(backends[cand_i]):
-            return None
-        return i, comparison, (ref_i, cand_i)
-    return None
-
-
 def _diagnose(comparisons, backends, links, feeds, options: CheckOptions, verdict, say):
     """Run the verdict experiments on the first failing onnxruntime -> mnn link."""
     from parity import diagnose as diagnose_mod
 
-    found = _diagnosed_link(comparisons, backends, links)
-    if found is None:
-        return comparisons, verdict
-    i, comparison, (ref_i, cand_i) = found
-    reference, candidate = backends[ref_i], backends[cand_i]
-    graph = _onnx_graph(backends)
-    if comparison.layers is None:
-        say("per-layer capture for the diagnosis")
-        isolate = options.layers.isolate if options.layers.isolate != "none" else "first"
-        comparison = _layer_view(comparison, graph, reference, candidate, feeds, options, say, isolate=isolate)
-        comparisons = list(comparisons)
-        comparisons[i] = comparison
-    tolerance = link_tolerance(options, candidate)
-    context = diagnose_mod.Context(
-        onnx_path=reference.path, mnn_path=candidate.path, reference=reference, candidate=candidate,
-        graph=graph, comparison=comparison, feeds=feeds, tolerance=tolerance,
-        layer_rtol=options.layers.rtol(tolerance), timeout=options.timeout, progress=say,
-        siblings=[backends[c] for r, c in links if r == ref_i and c != cand_i and backends[c].framework == "mnn"],
-    )
-    return list(comparisons), diagnose_mod.diagnose(context)
+    for i, (comparison, (ref_i, cand_i)) in enumerate(zip(comparisons, links)):
+        if comparison.passed:
+            continue
+        if (comparison.reference, comparison.candidate) != ("onnxruntime", "mnn") or _compressed(backends[cand_i]):
+            return comparisons, verdict
+        reference, candidate = backends[ref_i], backends[cand_i]
+        graph = _onnx_graph(backends)
+        if comparison.layers is None:
+            say("per-layer capture for the diagnosis")
+            isolate = options.layers.isolate if options.layers.isolate != "none" else "first"
+            comparison = _layer_view(comparison, graph, reference, candidate, feeds, options, say, isolate=isolate)
+            comparisons = list(comparisons)
+            comparisons[i] = comparison
+        tolerance = link_tolerance(options, candidate)
+        context = diagnose_mod.Context(
+            onnx_path=reference.path, mnn_path=candidate.path, reference=reference, candidate=candidate,
+            graph=graph, comparison=comparison, feeds=feeds, tolerance=tolerance,
+            layer_rtol=options.layers.rtol(tolerance), timeout=options.timeout, progress=say,
+            siblings=[backends[c] for r, c in links if r == ref_i and c != cand_i and backends[c].framework == "mnn"],
+        )
+        return list(comparisons), diagnose_mod.diagnose(context)
+    return comparisons, verdict
 
 
 def _write_repro(comparisons, backends, links, feeds, options: CheckOptions, verdict: Verdict, say) -> str:

@@ -318,14 +318,15 @@ class MnnBackend(Backend):
         # a file that declares no NHWC layout: each fed tensor is NCHW, and the child need not
         # ask MNN (which loads every weight again to say so)
         formats = dict.fromkeys(tensors, "NCHW") if self._plain_layout else None
-        return self._collect_run(self._submit_run(tensors, list(outputs), cut=True, cache=False,
-                                                  step="running a cut of", formats=formats))
+        return self._call_run(tensors, list(outputs), cut=True, cache=False, step="running a cut of",
+                              formats=formats)
 
     def _run(self, feeds: TensorMap, outputs: list[str] | None = None) -> RunResult:
         return self._call_run(feeds, outputs, cut=False, cache=True, step="running")
 
-    def _call_run(self, feeds, outputs, *, cut, cache, step, partial=False) -> RunResult:
-        return self._collect_run(self._submit_run(feeds, outputs, cut=cut, cache=cache, step=step, partial=partial))
+    def _call_run(self, feeds, outputs, *, cut, cache, step, partial=False, formats=None) -> RunResult:
+        return self._collect_run(self._submit_run(feeds, outputs, cut=cut, cache=cache, step=step, partial=partial,
+                                                  formats=formats))
 
     def prepare_capture(self, names: list[str], *, cache: bool = True) -> None:
         """Have the child load the module a capture of ``names`` runs, now, without waiting:
