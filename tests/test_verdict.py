@@ -26,7 +26,11 @@ def test_mnn_from_an_altered_onnx_is_conversion_at_the_altered_op(tmp_path):
     assert fresh["passed"] is True
     # the fresh conversion, under the same runtime, decided it: no runtime variant was needed
     kinds = [kind for kind, _ in _experiments(verdict)]
-    assert kinds[:3] == ["baseline", "repeat", "fresh conversion"] and "runtime variant" not in kinds
+    assert kinds[:4] == ["baseline", "repeat", "amplified rounding", "fresh conversion"]
+    assert "runtime variant" not in kinds
+    # the altered filter is wrong on its own inputs: not amplified rounding
+    rounding = next(e for e in verdict["evidence"] if e["experiment"] == "amplified rounding")
+    assert rounding["result"] == "not amplified rounding" and "wrong on its own inputs" in rounding["reason"]
     assert verdict["next_steps"]
 
 
@@ -224,7 +228,8 @@ def test_real_mnn_kernel_bug_is_runtime_at_that_op(tmp_path):
     # every cheaper experiment was run first and changed nothing
     kinds = [e["experiment"] for e in verdict["evidence"]]
     # the fresh conversion reproduces the error (it is not the file), then the runtime variants
-    assert kinds[:4] == ["baseline", "repeat", "fresh conversion", "runtime variant"]
+    assert [k for k in kinds if k != "amplified rounding"][:4] == ["baseline", "repeat", "fresh conversion",
+                                                                   "runtime variant"]
 
 
 def test_real_converter_bug_is_conversion_at_that_op(tmp_path):
