@@ -258,13 +258,14 @@ def sample_path(path, limit: int = SAMPLE) -> list:
         a, b = before.scaled_error or 0.0, after.scaled_error or 0.0
         jumps.append((b / a if a > 0 else math.inf if b > 0 else 0.0, after.index, after))
     order = [path[-1]] + [x for _, _, x in sorted(jumps, key=lambda j: (j[0], j[1]), reverse=True)[: limit // 3]]
-    if len(path) <= limit:
-        order += list(path)
-    else:
-        step = len(path) / max(1, limit - len(order))
-        order += [path[int(i * step)] for i in range(limit) if int(i * step) < len(path)]
-    chosen = list({x.name: x for x in reversed(order)}.values())[::-1]  # first mention wins
-    return chosen[:limit]
+    if len(path) > limit:
+        step = len(path) / limit
+        order += [path[int(i * step)] for i in range(limit)]
+    order += list(path)  # fills what the spread left when it met the jumps
+    chosen: dict = {}
+    for x in order:  # the first mention decides the place
+        chosen.setdefault(x.name, x)
+    return list(chosen.values())[:limit]
 
 
 @dataclass

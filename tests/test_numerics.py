@@ -1,0 +1,197 @@
+"""The numerics verdict: amplified float32 rounding is nobody's bug, and real bugs stay bugs.
+
+The models (numerics_models.py) are correct in both frameworks; their layers' gains amplify
+last-bit differences. Ground truth is independent of parity: each test checks with plain numpy
+that ONNX Runtime and MNN really are both correct layer by layer (float64 on their own inputs)
+before asserting the verdict, and the planted bugs are weight changes made in the ONNX before
+conversion.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import numerics_models as nm
+from helpers import run_parity, save_model, tensor, to_mnn
+from parity import numerics
+from parity.errors import ExitCode
+
+AMPLIFIERS = [
+    ("tanh_chain", {"depth": 40, "width": 64, "gain": 3.0, "seed": 4}),
+    ("tanh_chain", {"depth": 30, "width": 128, "gain": 3.0, "seed": 0}),
+    ("tanh_chain", {"depth": 40, "width": 32, "gain": 4.0, "seed": 0}),
+    ("residual_mlp", {"depth": 32, "gain": 3.0, "act": "Tanh"}),
+    ("recurrent", {"steps": 48, "radius": 4.0}),
+    ("recurrent", {"steps": 64, "radius": 6.0}),
+]
+
+
+def _ids(params):
+    name, kw = params
+    return name + "-" + "-".join(f"{k}{v}" for k, v in kw.items())
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """name -> (onnx, mnn), converted once per module."""
+    cache = {}
+
+    def make(name, kw, change=None):
+        key = (name, tuple(sorted(kw.items())), change)
+        if key not in cache:
+            d = tmp_path_factory.mktemp("numerics")
+            onnx_path = nm.BUILDERS[name](d / f"{name}.onnx", **kw)
+            if change is None:
+                cache[key] = onnx_path, to_mnn(onnx_path)
+            else:  # the bug: the MNN file converted from the ONNX with one weight changed
+                changed = nm.BUILDERS[name](d / f"{name}_changed.onnx", change=change, **kw)
+                cache[key] = onnx_path, to_mnn(changed, d / f"{name}.mnn")
+        return cache[key]
+
+    return make
+
+
+@pytest.mark.parametrize("params", AMPLIFIERS, ids=_ids)
+def test_amplified_rounding_is_numerics_with_the_growth_figures(made, params):
+    name, kw = params
+    onnx_path, mnn_path = made(name, kw)
+    result = run_parity("check", onnx_path, mnn_path, "--json", "-")
+    assert result.code == ExitCode.MISMATCH, result.err
+    verdict = result.json()["verdict"]
+    assert verdict["kind"] == "numerics", verdict["summary"]
+    summary = verdict["summary"]
+    assert "per layer" in summary and "crosses the tolerance at" in summary and "float64" in summary
+    finding = next(e for e in verdict["evidence"] if e["experiment"] == "amplified rounding")
+    assert finding["growth_per_layer"] > 1
+    # the growth is real: the error at the end of the path is far above its start
+    errors = [p["error_in_model"] for p in finding["path"]]
+    assert errors[-1] > 100 * min(errors)
+    # every sampled layer was evaluated on both sides, within float32 rounding
+    assert len(finding["sampled_layers"]) >= 5
+    for layer in finding["sampled_layers"]:
+        assert layer["local_error_mnn"] <= 1e-5 and layer["local_error_onnxruntime"] <= 1e-5, layer
+    # both frameworks are far from float64 where the outputs fail: nobody computes it exactly
+    for row in finding["distance_from_float64"]:
+        assert row["onnxruntime"] > 1e-5 and row["mnn"] > 1e-5
+    assert "not a bug" in summary and not any("--repro" in step for step in verdict["next_steps"])
+
+
+@pytest.mark.parametrize("name, kw, layer", [
+    ("tanh_chain", {"depth": 40}, 12),
+    ("tanh_chain", {"depth": 40}, 2),
+    ("residual_mlp", {"depth": 32, "gain": 3.0, "act": "Tanh"}, 3),
+], ids=["chain-layer12", "chain-layer2", "residual-block3"])
+def test_a_half_percent_weight_change_stays_conversion(made, name, kw, layer):
+    onnx_path, mnn_path = made(name, kw, change=(layer, 0.005))
+    result = run_parity("check", onnx_path, mnn_path, "--json", "-")
+    assert result.code == ExitCode.MISMATCH, result.err
+    verdict = result.json()["verdict"]
+    assert verdict["kind"] == "conversion", verdict["summary"]
+    finding = next(e for e in verdict["evidence"] if e["experiment"] == "amplified rounding")
+    assert finding["result"] == "not amplified rounding"
+    assert "wrong on its own inputs" in finding["reason"]
+    assert f"{'m' if name == 'tanh_chain' else '/block'}{layer}" in finding["reason"]
+
+
+def test_self_multiplying_chain_under_convert_is_numerics(tmp_path):
+    """The suite's own 24-layer chain (x @ x, then Tanh): was called a converter bug."""
+    nodes, previous = [], "x"
+    for i in range(24):
+        nodes.append(helper.make_node("MatMul", [previous, previous], [f"m{i}"]))
+        nodes.append(helper.make_node("Tanh", [f"m{i}"], [f"t{i}"]))
+        previous = f"t{i}"
+    onnx_path = save_model(nodes, [tensor("x", shape=[1, 256, 256])], [tensor(previous, shape=[1, 256, 256])],
+                           tmp_path / "chain.onnx")
+    result = run_parity("convert", onnx_path, "-o", tmp_path / "chain.mnn", "--json", "-")
+    assert result.code == ExitCode.MISMATCH, result.err
+    assert result.json()["verdict"]["kind"] == "numerics", result.json()["verdict"]["summary"]
+
+
+def test_without_a_float64_figure_the_verdict_is_undetermined(made, monkeypatch):
+    """Growth and right layers, but the model is over the float64 size limit: nobody is blamed."""
+    import parity
+
+    monkeypatch.setattr(numerics, "MAX_FLOAT64_WEIGHT_BYTES", 0)
+    onnx_path, mnn_path = made(*AMPLIFIERS[0])
+    report = parity.check([onnx_path, mnn_path])
+    assert report.exit_code == ExitCode.MISMATCH
+    assert report.verdict.kind == "undetermined", report.verdict.summary
+    finding = next(e for e in report.verdict.evidence if e["experiment"] == "amplified rounding")
+    assert finding["result"] == "not run" and "MiB" in finding["reason"]
+
+
+def test_numpy_op_reference_compares_on_the_same_inputs(made, monkeypatch):
+    """With the numerics test out of the way, the op-level numpy check must not call a correct
+    Tanh a converter bug: its evaluation on ONNX Runtime's inputs matches ONNX Runtime."""
+    import parity
+
+    monkeypatch.setattr(numerics, "GROWTH", float("inf"))  # the growth test never holds
+    onnx_path, mnn_path = made(*AMPLIFIERS[0])
+    report = parity.check([onnx_path, mnn_path])
+    assert report.verdict.kind not in ("conversion", "runtime"), report.verdict.summary
+    op_check = next(e for e in report.verdict.evidence if e["experiment"] == "numpy reference of the MNN op")
+    assert op_check["kind"] is None
+    assert op_check["numpy_op_vs_onnxruntime"] < 1e-5 and op_check["kernel_vs_numpy_op"] < 1e-5
+    assert op_check["numpy_op_vs_onnxruntime_inputs"] == "ONNX Runtime's"
+
+
+# -- the pure parts -------------------------------------------------------------------------------
+def test_float64_model_widens_floats_only(tmp_path):
+    """Casts to float, float constants and weights become float64; integers stay; the float64
+    evaluation agrees with ONNX Runtime to float32 rounding on a model mixing them."""
+    import onnxruntime as ort
+
+    w = numpy_helper.from_array(np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4), "w")
+    shape = numpy_helper.from_array(np.array([4, 2], np.int64), "shape")
+    nodes = [helper.make_node("Cast", ["i"], ["fi"], to=TensorProto.FLOAT),
+             helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(np.float32(0.5), "c")),
+             helper.make_node("MatMul", ["x", "w"], ["xw"]),
+             helper.make_node("Add", ["xw", "fi"], ["s"]),
+             helper.make_node("Mul", ["s", "c"], ["m"]),
+             helper.make_node("Reshape", ["m", "shape"], ["y"])]
+    path = save_model(nodes, [tensor("x", shape=[2, 3]), tensor("i", TensorProto.INT32, [2, 4])],
+                      [tensor("y", shape=[4, 2])], tmp_path / "mixed.onnx", initializers=[w, shape])
+    model = onnx.load(str(path))
+    wide = numerics.float64_model(model)
+    assert {t.name: t.data_type for t in wide.graph.initializer} == {"w": TensorProto.DOUBLE,
+                                                                    "shape": TensorProto.INT64}
+    cast = next(n for n in wide.graph.node if n.op_type == "Cast")
+    assert cast.attribute[0].i == TensorProto.DOUBLE
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32),
+             "i": np.arange(8, dtype=np.int32).reshape(2, 4)}
+    exact = numerics.evaluate(model, feeds, ["y"])["y"]
+    assert exact.dtype == np.float64
+    weights = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4).astype(np.float64)  # as stored
+    expected = (feeds["x"].astype(np.float64) @ weights + feeds["i"]) * 0.5
+    np.testing.assert_allclose(exact, expected.reshape(4, 2), rtol=1e-12)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["y"], feeds)[0]
+    assert numerics.scaled(got, exact) < 1e-6
+
+
+def test_sample_path_puts_the_target_and_the_jumps_first():
+    from parity.report import LayerResult
+
+    def layer(i, error):
+        return LayerResult(f"v{i}", f"v{i}", f"v{i}", "Op", None, None, True, error, None, None, None,
+                           error, 1.0, (1,), (1,), index=i)
+
+    errors = [1e-7 * 1.2 ** i for i in range(40)]
+    errors[17] = 5e-3  # a bug: its error appears at once
+    errors[18:] = [5e-3 * 1.2 ** i for i in range(22)]
+    path = [layer(i, e) for i, e in enumerate(errors)]
+    sample = numerics.sample_path(path, limit=12)
+    assert len(sample) == 12 and len({x.name for x in sample}) == 12
+    assert sample[0].name == "v39" and sample[1].name == "v17"
+    short = numerics.sample_path(path[:5], limit=12)
+    assert {x.name for x in short} == {f"v{i}" for i in range(5)}
+
+
+def test_distances_are_relative_and_shape_checked():
+    exact = np.array([3.0, 4.0])
+    assert numerics.relative_l2(exact * 1.01, exact) == pytest.approx(0.01)
+    assert numerics.scaled(np.array([3.0, 4.04]), exact) == pytest.approx(0.01)
+    assert numerics.relative_l2(np.zeros(3), exact) is None
+    assert numerics.relative_l2(np.array([np.nan, 4.0]), exact) == 0.0
