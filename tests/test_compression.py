@@ -43,10 +43,40 @@ def test_convert_compressed_is_judged_by_its_budget_not_as_a_conversion(tmp_path
                           f"onnxruntime -> {kind_label(kind)}"}
     assert links["onnxruntime -> float conversion"]["passed"]
     budget = links[f"float conversion -> {kind_label(kind)}"]["outputs"][0]["budget"]
-    assert budget["rule"] == Budget.default_for(kind).text and budget["cosine"] > 0.98
+    assert budget["rule"] == README_BUDGETS[kind] and budget["cosine"] > 0.98
     # exit code by the budget: the defaults hold for these compressions of the shipped model
     assert code == 0 and report["verdict"]["kind"] == "pass", report["verdict"]
     assert "within its budget" in report["verdict"]["summary"]
+
+
+# The README's default budgets ("Budgets"), written out: the code under test must not supply them
+README_BUDGETS = {"fp16": "cosine>=0.9999", "int8": "cosine>=0.999", "int4": "cosine>=0.98", "int8-full": "cosine>=0.99"}
+
+
+def test_the_default_budgets_are_the_readmes():
+    assert {kind: Budget.default_for(kind).text for kind in README_BUDGETS} == README_BUDGETS
+    # a compression the table does not name, and a mix (the loosest of its kinds)
+    assert Budget.default_for(None).text == Budget.default_for("unknown").text == "cosine>=0.98"
+    assert Budget.default_for("int8+fp16").text == "cosine>=0.999"
+    assert Budget.default_for("int4+int8").text == "cosine>=0.98"
+    row = next(line for line in (MODELS.parent / "README.md").read_text().splitlines() if "**default budget**" in line)
+    assert [cell.strip(" *`") for cell in row.strip("|").split("|")[1:]] == [
+        "cosine>=0.9999", "cosine>=0.999", "cosine>=0.98", "cosine>=0.98"]
+
+
+def test_the_default_budget_judges_by_its_value():
+    """cosine 0.995 (an int4 compression's typical figure) passes int4's default and fails int8's."""
+    import numpy as np
+
+    reference = np.sin(np.arange(64, dtype=np.float64))
+    candidate = reference + 0.1 * np.cos(3 * np.arange(64))
+    from parity.budget import measure
+
+    cosine = measure(reference, candidate)["cosine"]
+    assert 0.98 < cosine < 0.999
+    assert Budget.default_for("int4").judge(reference, candidate)[0] is True
+    assert Budget.default_for("int8").judge(reference, candidate)[0] is False
+    assert Budget.default_for("fp16").judge(reference, candidate)[0] is False
 
 
 def kind_label(kind: str) -> str:
