@@ -299,3 +299,29 @@ def test_an_unknown_operation_is_left_to_mnn(tmp_path):
     model.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="not in this table"):
         mnn_flatbuffer.read_graph(model)
+
+
+def test_a_graph_the_flatbuffer_reader_leaves_to_mnn_is_read_by_mnn(tmp_path):
+    """An ONNX If converts to MNN control flow (subgraphs), which the flatbuffer reader refuses:
+    --layers then pairs the layers from MNN's own reading of the graph."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    import parity
+    from helpers import save_model, tensor, to_mnn
+
+    branch = lambda op, out: helper.make_graph([helper.make_node(op, ["x", "two"], [out])], out, [],  # noqa: E731
+                                               [tensor(out, shape=[1, 4])])
+    nodes = [helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0), helper.make_node("Greater", ["s", "zero"], ["c"]),
+             helper.make_node("If", ["c"], ["i"], then_branch=branch("Add", "t"), else_branch=branch("Mul", "e")),
+             helper.make_node("Relu", ["i"], ["y"])]
+    onnx_path = save_model(nodes, [tensor("x", shape=[1, 4])], [tensor("y", shape=[1, 4])], tmp_path / "if.onnx",
+                           initializers=[numpy_helper.from_array(np.array(2, np.float32), "two"),
+                                         numpy_helper.from_array(np.array(0, np.float32), "zero")])
+    model = to_mnn(onnx_path, tmp_path / "if.mnn")
+    with pytest.raises(ValueError, match="control flow"):
+        mnn_flatbuffer.read_graph(model)
+    report = parity.check([onnx_path, model], layers=True, diagnose=False).to_dict()
+    layers = report["comparisons"][0]["layers"]
+    assert report["passed"] and [layer["name"] for layer in layers] == ["s", "c", "i", "y"]
+    assert all(layer["passed"] for layer in layers)
