@@ -264,8 +264,7 @@ def _cases() -> list[Case]:
         else:
             consts["sizes"] = np.array(sizes, np.int64)
             names = ["roi", "", "sizes"]
-        add(id_, nodes=[("Resize", ["x0", *names], ["y"], attrs)], inputs={"x0": small}, consts={
-            k: v for k, v in consts.items()}, mnn="Interp")
+        add(id_, nodes=[("Resize", ["x0", *names], ["y"], attrs)], inputs={"x0": small}, consts=consts, mnn="Interp")
     grid = uniform(-1.1, 1.1, 1, 3, 4, 2, seed=62)
     for id_, attrs in [("gridsample_linear_zeros", {"mode": "linear"}),
                        ("gridsample_nearest_border", {"mode": "nearest", "padding_mode": "border"}),
