@@ -148,8 +148,9 @@ def _pooling(main, inputs, _):
             if is_max:
                 out[:, :, i, j] = window.max(axis=(2, 3))
             else:
-                count_type = main.get("countType", "DEFAULT")
-                if count_type == "EXCLUDE_PADDING":
+                # MNN's DEFAULT counts only the input, as ONNX's count_include_pad=0 (which
+                # converts to DEFAULT; measured against MNN 3.6.1's kernel and ONNX Runtime)
+                if main.get("countType", "DEFAULT") != "INCLUDE_PADDING":
                     count = window.shape[2] * window.shape[3]
                 else:  # padded area inside the input plus explicit pads counts
                     count = (min(y1, h + bottom) - y0) * (min(x1, w + right) - x0)
@@ -449,14 +450,57 @@ def _interp(main, inputs, _):
 @op("GridSample")
 def _grid_sample(main, inputs, _):
     mode = {"BILINEAR": "linear", "NEAREST": "nearest", "BICUBIC": "cubic"}.get(main.get("mode", "BILINEAR"), "linear")
-    padding = {"ZEROS": "zeros", "BORDER": "border", "REFLECTION": "reflection"}.get(main.get("paddingMode", "ZEROS"), "zeros")
+    # MNN's BorderMode calls ONNX's "border" CLAMP (its dump of padding_mode="border")
+    padding = {"ZEROS": "zeros", "CLAMP": "border", "BORDER": "border", "REFLECTION": "reflection"}.get(
+        main.get("paddingMode", "ZEROS"))
+    if padding is None:
+        raise NotImplementedError(f"GridSample paddingMode {main.get('paddingMode')}")
     return _onnx_reference("GridSample", [inputs[0].astype(np.float32), inputs[1].astype(np.float32)],
                            {"mode": mode, "padding_mode": padding, "align_corners": int(bool(main.get("alignCorners")))}, 20)
 
 
-@op("Squeeze", "Unsqueeze", "Flatten", "ConvertTensor")
+def _axes(main, inputs) -> list[int] | None:
+    """Squeeze/Unsqueeze axes: the op's squeezeDims, or its second input (ONNX opset 13+)."""
+    if main.get("squeezeDims"):
+        return [int(d) for d in main["squeezeDims"]]
+    if len(inputs) > 1 and inputs[1] is not None:
+        return [int(d) for d in np.asarray(inputs[1]).reshape(-1)]
+    return None
+
+
+@op("Squeeze")
+def _squeeze(main, inputs, _):
+    x = inputs[0]
+    axes = _axes(main, inputs)
+    if not axes:
+        return x.reshape([d for d in x.shape if d != 1])
+    return np.squeeze(x, axis=tuple(a % x.ndim for a in axes))
+
+
+@op("Unsqueeze")
+def _unsqueeze(main, inputs, _):
+    x = inputs[0]
+    axes = _axes(main, inputs) or []
+    rank = x.ndim + len(axes)
+    return np.expand_dims(x, tuple(sorted(a % rank for a in axes)))
+
+
+@op("Flatten")
+def _flatten(main, inputs, _):
+    """ONNX's Flatten converts to axis=A, endAxis=0: (prod(dims[:A]), prod(dims[A:])); any other
+    endAxis collapses dims axis..endAxis (Caffe's Flatten)."""
+    x = inputs[0]
+    axis, end = main.get("axis", 1), main.get("endAxis", 0)
+    axis += x.ndim if axis < 0 else 0
+    if end == 0:
+        return x.reshape(int(np.prod(x.shape[:axis])), -1)
+    end %= x.ndim
+    return x.reshape(*x.shape[:axis], -1, *x.shape[end + 1:])
+
+
+@op("ConvertTensor")
 def _same_values(main, inputs, _):
-    return inputs[0]
+    return inputs[0]  # a layout change only: parity reads every tensor as NCHW
 
 
 _VALUE_PRESERVING = {"ConvertTensor", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Copy"}

@@ -127,9 +127,12 @@ def test_wrong_length_cannot_be_aligned():
 
 def test_pairing_rules():
     p = pair_outputs(["a", "b", "c"], ["c", "x", "y"])
+    # in the reference's order, wherever the name match stands on the candidate's side
     assert [(q.reference_name, q.candidate_name, q.how) for q in p.pairs] == [
-        ("a", "x", "order"), ("b", "y", "order"), ("c", "c", "name")][:0] or True
-    by = {q.reference_name: (q.candidate_name, q.how) for q in p.pairs}
-    assert by == {"a": ("x", "order"), "b": ("y", "order"), "c": ("c", "name")}
+        ("a", "x", "order"), ("b", "y", "order"), ("c", "c", "name")]
+    p = pair_outputs(["c", "a", "b"], ["x", "y", "c"])
+    assert [(q.reference_name, q.candidate_name, q.how) for q in p.pairs] == [
+        ("c", "c", "name"), ("a", "x", "order"), ("b", "y", "order")]
+    assert p.missing_in_candidate == () and p.extra_in_candidate == ()
     q = pair_outputs(["a", "b"], ["a"])
     assert q.missing_in_candidate == ("b",) and len(q.pairs) == 1

@@ -137,8 +137,12 @@ def test_unwritable_json_path(tmp_path, where):
 
 
 def test_unwritable_save_inputs_fails_before_running(tmp_path):
-    result = run_parity("check", CNN_ONNX, CNN_MNN, "--save-inputs", tmp_path / "x" / "in.npz")
+    from helpers import crashing_model
+
+    crashing = crashing_model(tmp_path)  # MNN dies (SIGFPE) when it runs this one: exit 4 if it ran
+    result = run_parity("check", *crashing, "--save-inputs", tmp_path / "x" / "in.npz")
     assert_one_line_error(result, BAD, "--save-inputs")
+    assert run_parity("check", *crashing).code == ExitCode.BACKEND  # what running it gives
 
 
 def test_mnn_returning_nothing_is_an_input_error():

@@ -1,5 +1,7 @@
 """Metrics against numpy's own definitions (isclose, norms), including NaN/Inf and integers."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -74,3 +76,25 @@ def test_a_float32_mask_written_as_minus_1e38_is_a_mask():
     d = TensorDiff.from_arrays("t", r, c)
     assert d.masked_reference == 1 and d.reference_absmax == 1.0
     assert not d.passed and d.atol == 2e-3
+
+
+def test_the_default_tolerances_are_the_readmes():
+    """README, "Tolerances" and "Tolerance of float16 runs", written out: the element rule and
+    where its edge lies (values from the README, not from the code under test)."""
+    from parity.metrics import FP16_TOLERANCE, Tolerance
+
+    default = Tolerance()
+    assert (default.atol, default.rtol, default.atol_scale) == (None, 1e-3, 2e-3)
+    assert default.describe() == "|c - r| <= 0.002 * max(1, max|r|) + 0.001 * |r|"
+    assert (FP16_TOLERANCE.atol, FP16_TOLERANCE.rtol, FP16_TOLERANCE.atol_scale) == (None, 1e-2, 1e-2)
+    assert FP16_TOLERANCE.describe() == "|c - r| <= 0.01 * max(1, max|r|) + 0.01 * |r|"
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "`|c - r| <= 0.01 * max(1, max|r|) + 0.01 * |r|`" in readme
+    assert "`--rtol 1e-3`" in readme and "`atol = 2e-3 * max(1, max|r|)`" in readme
+    # the edge: reference 4 (scale 4) allows 0.002 * 4 + 0.001 * 4 = 0.012 by default, 0.08 in float16
+    reference = np.array([4.0, -1.0], np.float32)
+    for tolerance, allowed in ((default, 0.012), (FP16_TOLERANCE, 0.08)):
+        inside = reference + np.array([allowed * 0.98, 0], np.float32)
+        outside = reference + np.array([allowed * 1.02, 0], np.float32)
+        assert TensorDiff.from_arrays("y", reference, inside, tolerance).mismatch_count == 0
+        assert TensorDiff.from_arrays("y", reference, outside, tolerance).mismatch_count == 1

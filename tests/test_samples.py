@@ -58,7 +58,20 @@ def test_a_directory_without_samples_is_one_line(tmp_path):
 
 
 def test_samples_of_different_counts_are_refused(tmp_path):
+    from onnx import helper
+
+    from helpers import save_model, tensor, to_mnn
+
+    model = save_model([helper.make_node("Add", ["a", "b"], ["y"])], [tensor("a", shape=[1, 3]), tensor("b", shape=[1, 3])],
+                       [tensor("y", shape=[1, 3])], tmp_path / "add.onnx")
     path = tmp_path / "odd.npz"
+    np.savez(path, a=np.zeros((3, 1, 3), np.float32), b=np.zeros((2, 1, 3), np.float32))
+    result = run_parity("check", model, to_mnn(model), "--inputs", path, "--samples-axis", "0")
+    assert_one_line_error(result, ExitCode.MODEL_OR_INPUT, "different numbers of samples", "'a': 3", "'b': 2")
+
+
+def test_an_npz_without_samples_is_refused(tmp_path):
+    path = tmp_path / "none.npz"
     np.savez(path, x=np.zeros((0, 3, 32, 32), np.float32))
     result = run_parity("check", *CNN, "--inputs", path, "--samples-axis", "0")
     assert_one_line_error(result, ExitCode.MODEL_OR_INPUT, "holds no samples")

@@ -81,7 +81,30 @@ def test_val_range_shapes_the_generated_inputs(tmp_path):
     assert any("--val-range" in n for n in report["inputs"]["x"]["notes"])
 
 
+def _gather_model(directory):
+    """An embedding lookup: int64 ``ids`` index a 10-row table."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from helpers import save_model, tensor, to_mnn
+
+    table = numpy_helper.from_array(np.arange(40, dtype=np.float32).reshape(10, 4), "table")
+    onnx_path = save_model([helper.make_node("Gather", ["table", "ids"], ["y"], axis=0)],
+                           [tensor("ids", TensorProto.INT64, [1, 16])], [tensor("y", shape=[1, 16, 4])],
+                           directory / "gather.onnx", initializers=[table])
+    return onnx_path, to_mnn(onnx_path, directory / "gather.mnn")
+
+
 def test_val_range_integers_and_bad_values(tmp_path):
+    model = _gather_model(tmp_path)
+    saved = tmp_path / "ids.npz"
+    code, report = _json("check", *model, "--val-range", "ids:2,5", "--save-inputs", saved)
+    ids = np.load(saved)["ids"]
+    assert code == 0 and ids.dtype == np.int64
+    assert set(np.unique(ids)) <= {2, 3, 4, 5} and len(np.unique(ids)) > 1, ids  # every integer of [2, 5] may come
+    assert any("--val-range" in n for n in report["inputs"]["ids"]["notes"])
+    # a range holding no integer, for an integer input
+    result = run_parity("check", *model, "--val-range", "ids:2.2,2.8")
+    assert_one_line_error(result, ExitCode.MODEL_OR_INPUT, "ids:2.2,2.8", "int64")
     result = run_parity("check", *CNN, "--val-range", "x:6,5")
     assert_one_line_error(result, ExitCode.USAGE, "LOW <= HIGH")
     result = run_parity("check", *CNN, "--val-range", "nope:0,1")
