@@ -590,12 +590,14 @@ def _float16_choice(ctx: Context, probe: Probe, where: str, figures: str, high: 
     on = ctx.candidate.target.spec
     errors = emulation["emulated_scaled_error"]
     listed = "; ".join(f"{name} {_fmt(err)}" for name, err in errors.items())
+    ways = (f"the ways a float16 kernel computes it give {listed}" if len(errors) > 1 else
+            f"no op here adds long sums, and {listed}")
     nearest = (f"MNN's output is identical to {emulation['nearest_to_mnn']}"
                if emulation["nearest_max_abs_distance"] == 0 else
                f"nearest to MNN's output: {emulation['nearest_to_mnn']} (max abs distance "
                f"{_fmt(emulation['nearest_max_abs_distance'])})")
     measured = (f"on {emulation['inputs']}, MNN's error is {_fmt(emulation['mnn_scaled_error'])} against "
-                f"the exact op; the ways a float16 kernel computes it give {listed}; {nearest}")
+                f"the exact op; {ways}; {nearest}")
     keep = ("run the model with --mnn-precision high (or normal): float32 arithmetic on ARM; MNN 3.6.1 "
             "sets precision per runtime, not per op")
     if probe.mode == "isolated" and high.passed:
@@ -622,8 +624,7 @@ def _float16_choice(ctx: Context, probe: Probe, where: str, figures: str, high: 
     else:
         limits = emulation["thresholds"]
         why = ("" if emulation["complete"] else
-               "; part of the op could only be emulated as float16 rounding (see the evidence), so a "
-               "defect cannot be claimed")
+               f"; {'; '.join(emulation.get('notes', ()))}, so a defect cannot be claimed")
         summary = (f"float16 arithmetic on {on} gives other numbers at {probe.where}, between what float16 "
                    f"arithmetic explains and a clear kernel defect: {figures}; {measured}. MNN's error is "
                    f"{ratio} (as designed up to {limits['as_designed_at_most']:g}x, a defect beyond {limits['defect_beyond']:g}x){why}")
