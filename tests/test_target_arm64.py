@@ -169,10 +169,9 @@ def test_squeeze_excitation_pool_on_112x112_is_runtime_float16_and_high_passes(t
     names float16 and the GlobalAveragePool layer (not undetermined, even where the isolated
     measurement at MNN's Pooling3D is not trustworthy)."""
     onnx_path, mnn_path = fp16_models.squeeze_excitation(tmp_path)
-    result = run_parity("check", onnx_path, mnn_path, "--mnn-target", "arm64", "--mnn-precision", "high",
-                        "--layers")
+    result = run_parity("check", onnx_path, mnn_path, "--mnn-target", "arm64", "--mnn-precision", "high")
     assert result.code == 0, result.out + result.err
-    code, low = _check(onnx_path, mnn_path, "--mnn-target", "arm64", "--mnn-precision", "low", "--layers")
+    code, low = _check(onnx_path, mnn_path, "--mnn-target", "arm64", "--mnn-precision", "low")
     assert code == 1
     verdict = low["verdict"]
     assert verdict["kind"] == "runtime", verdict["summary"]
