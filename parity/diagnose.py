@@ -530,10 +530,11 @@ def _float16_emulation(ctx: Context, probe: Probe, evidence: list) -> dict | Non
     outputs = {scheme: values[d.name] for scheme, values in result["outputs"].items()}
     exact = outputs.pop("exact")
     produced = np.asarray(produced, np.float64).reshape(exact.shape)
-    errors = fp16_emulation.scaled_errors(exact, outputs)
-    mnn_error = fp16_emulation.scaled_errors(exact, {"mnn": produced})["mnn"]
+    where = fp16_emulation.emulated_positions(outputs)  # all, unless a big op was sampled
+    errors = fp16_emulation.scaled_errors(exact, outputs, where)
+    mnn_error = fp16_emulation.scaled_errors(exact, {"mnn": produced}, where)["mnn"]
     choice = fp16_emulation.judge_kernel(mnn_error, errors, complete=result["complete"])
-    nearest, distance = fp16_emulation.nearest_scheme(produced, outputs)
+    nearest, distance = fp16_emulation.nearest_scheme(produced, outputs, where)
     figures = {
         **entry, "ops": [n.op_type for n in subgraph.graph.node], "inputs": inputs_are,
         "mnn_scaled_error": mnn_error,
@@ -542,6 +543,8 @@ def _float16_emulation(ctx: Context, probe: Probe, evidence: list) -> dict | Non
         "ratio": choice["ratio"], "finding": choice["finding"],
         "nearest_to_mnn": fp16_emulation.SCHEMES[nearest], "nearest_max_abs_distance": distance,
         "accumulating_ops_emulated": result["accumulating"], "complete": result["complete"],
+        "positions_compared": int(exact.size if where is None else np.count_nonzero(where)),
+        "positions": int(exact.size),
         "thresholds": {"as_designed_at_most": fp16_emulation.AS_DESIGNED,
                        "defect_beyond": fp16_emulation.DEFECT},
     }
@@ -591,7 +594,11 @@ def _float16_choice(ctx: Context, probe: Probe, where: str, figures: str, high: 
     errors = emulation["emulated_scaled_error"]
     listed = "; ".join(f"{name} {_fmt(err)}" for name, err in errors.items())
     ways = (f"the ways a float16 kernel computes it give {listed}" if len(errors) > 1 else
-            f"no op here adds long sums, and {listed}")
+            f"no op here adds long sums, and {listed}" if emulation["complete"] else
+            f"it could be emulated as {listed} only")
+    if emulation["positions_compared"] < emulation["positions"]:
+        ways += (f" (on {emulation['positions_compared']} of its {emulation['positions']} values, evenly "
+                 f"spaced: a large op)")
     nearest = (f"MNN's output is identical to {emulation['nearest_to_mnn']}"
                if emulation["nearest_max_abs_distance"] == 0 else
                f"nearest to MNN's output: {emulation['nearest_to_mnn']} (max abs distance "

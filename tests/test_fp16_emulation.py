@@ -167,13 +167,25 @@ def test_an_op_without_sums_gets_the_rounding_scheme_only_and_unknown_ops_are_in
         assert bool(result["notes"]) is (not complete)
 
 
-def test_an_op_beyond_the_work_bound_is_left_to_rounding_with_a_note(monkeypatch):
-    model, _ = _gemm_model(256, 32)
-    monkeypatch.setattr(fe, "MAX_TERMS", 1000)
-    result = fe.evaluate(model, {"p": np.ones((1, 256, 1, 1), np.float32)})
-    assert set(result["outputs"]) == {"exact", "rounding"}
-    assert result["complete"] is False
-    assert "8,192 products" in result["notes"][0] and "1,000" in result["notes"][0]
+def test_an_op_beyond_the_work_bound_is_emulated_on_evenly_spaced_outputs(monkeypatch):
+    k, n = 256, 32
+    model, w = _gemm_model(k, n)
+    p = np.random.default_rng(3).uniform(0, 3, (1, k, 1, 1)).astype(np.float32)
+    full = fe.evaluate(model, {"p": p})["outputs"]
+    monkeypatch.setattr(fe, "MAX_TERMS", k * n // 4)  # a quarter of the op's products
+    result = fe.evaluate(model, {"p": p})
+    assert set(result["outputs"]) == set(fe.SCHEMES) and result["complete"] is True
+    assert "emulated on 25.0% of its outputs" in result["notes"][0]
+    outputs = {s: v["y"] for s, v in result["outputs"].items()}
+    where = fe.emulated_positions(outputs)
+    assert where is not None and np.count_nonzero(where) == n // 4
+    for scheme, value in outputs.items():  # the emulated positions hold the full run's values
+        np.testing.assert_array_equal(value[where], full[scheme]["y"][where])
+        if scheme not in ("exact", "rounding"):
+            assert np.all(np.isnan(value[~where]))
+    errors = fe.scaled_errors(outputs["exact"], {"sequential": outputs["sequential"]}, where)
+    assert np.isfinite(errors["sequential"]) and errors["sequential"] > 0
+    assert fe.emulated_positions({s: v["y"] for s, v in full.items()}) is None
 
 
 # -- the judgement ---------------------------------------------------------------------------------
