@@ -446,7 +446,7 @@ def _float16_experiment(ctx: Context, probe: Probe, base: Measurement, where: st
         evidence.append({"experiment": "precision", "setting": setting, "error": error})
         return None
     evidence.append({"experiment": "precision", "setting": setting, **high.to_dict()})
-    if not high.passed and probe.mode == "isolated":
+    if not high.passed and probe.mode == "isolated" and candidate.reduced_precision:
         retried = _float16_in_model(ctx, probe, high, setting, evidence)
         if retried is not None:
             base, high = retried
@@ -605,8 +605,8 @@ def _float16_choice(ctx: Context, probe: Probe, where: str, figures: str, high: 
                f"{_fmt(emulation['nearest_max_abs_distance'])})")
     measured = (f"on {emulation['inputs']}, MNN's error is {_fmt(emulation['mnn_scaled_error'])} against "
                 f"the exact op; {ways}; {nearest}")
-    keep = ("run the model with --mnn-precision high (or normal): float32 arithmetic on ARM; MNN 3.6.1 "
-            "sets precision per runtime, not per op")
+    keep = ("run the model with --mnn-precision high (or normal): float32 arithmetic on ARM (MNN 3.6.1 "
+            "sets precision per runtime or session; parity knows no per-op setting)")
     if probe.mode == "isolated" and high.passed:
         keep += (f"; to keep only {probe.where} in float32, run the part from "
                  f"{', '.join(probe.divergence.inputs)} to {probe.divergence.name} as its own MNN Module "
