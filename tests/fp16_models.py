@@ -70,3 +70,60 @@ def cancellation(directory) -> tuple[Path, Path]:
     onnx_path = save_model(nodes, [tensor("x", shape=[1, TOKENS, DIM])], [tensor("out", shape=[1, TOKENS, DIM])],
                            directory / "cancellation.onnx", initializers=inits)
     return onnx_path, to_mnn(onnx_path)
+
+
+def pooled_classifier(directory, *, seed: int = 6) -> tuple[Path, Path]:
+    """The head of MobileNetV2-like classifiers: ReLU6 features (1x1280x7x7), a global average
+    pool, Flatten and a Gemm 1280 -> 1000. Pooled features share a large common mean (about
+    2.3, spread 0.3) and each class's weights sum to zero (a softmax is shift-invariant): the
+    logits (about 1) are small differences of 1280-term sums several times larger, where
+    float16 sums lose a few percent of the logits' scale while every value fits float16."""
+    directory = Path(directory)
+    rng = np.random.default_rng(seed)
+    k, n = 1280, 1000
+    w = rng.standard_normal((n, k)) * 0.03  # a trained classifier's scale
+    w -= w.mean(axis=1, keepdims=True)
+    inits = [numpy_helper.from_array(np.array(3.0, np.float32), "three"),
+             numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+             numpy_helper.from_array(np.array(6.0, np.float32), "six"),
+             numpy_helper.from_array(w.astype(np.float32), "fc_w"),
+             numpy_helper.from_array((rng.standard_normal(n) * 0.1).astype(np.float32), "fc_b")]
+    nodes = [helper.make_node("Mul", ["x", "three"], ["scaled"], name="scale"),
+             helper.make_node("Add", ["scaled", "two"], ["shifted"], name="shift"),
+             helper.make_node("Clip", ["shifted", "zero", "six"], ["features"], name="relu6"),
+             helper.make_node("GlobalAveragePool", ["features"], ["pooled"], name="pool"),
+             helper.make_node("Flatten", ["pooled"], ["flat"], axis=1, name="flatten"),
+             helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], transB=1, name="classifier")]
+    onnx_path = save_model(nodes, [tensor("x", shape=[1, k, 7, 7])], [tensor("logits", shape=[1, n])],
+                           directory / "pooled_classifier.onnx", initializers=inits)
+    return onnx_path, to_mnn(onnx_path)
+
+
+def squeeze_excitation(directory, *, size: int = 112, channels: int = 16) -> tuple[Path, Path]:
+    """A squeeze-excitation block on a 112x112 feature map: Conv+Relu, GlobalAveragePool over
+    112x112 (MNN converts it to Pooling3D), Conv+Relu, Conv, Sigmoid, Mul with the features.
+    The pool adds 12544 positive values per channel (sums near 8000): a sequential float16
+    sum stops growing at 4096, where float16's spacing (4) exceeds twice the values added."""
+    directory = Path(directory)
+    rng = np.random.default_rng(7)
+
+    def weight(name, shape, scale):
+        return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+    squeezed = channels // 4
+    inits = [weight("w0", (channels, 3, 3, 3), 0.3), weight("b0", (channels,), 0.1),
+             weight("w1", (squeezed, channels, 1, 1), 0.3), weight("b1", (squeezed,), 0.1),
+             weight("w2", (channels, squeezed, 1, 1), 0.3), weight("b2", (channels,), 0.1)]
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["conv"], pads=[1, 1, 1, 1], name="stem"),
+             helper.make_node("Relu", ["conv"], ["features"], name="stem_relu"),
+             helper.make_node("GlobalAveragePool", ["features"], ["squeezed"], name="squeeze"),
+             helper.make_node("Conv", ["squeezed", "w1", "b1"], ["reduced"], name="reduce"),
+             helper.make_node("Relu", ["reduced"], ["reduced_relu"], name="reduce_relu"),
+             helper.make_node("Conv", ["reduced_relu", "w2", "b2"], ["expanded"], name="expand"),
+             helper.make_node("Sigmoid", ["expanded"], ["gate"], name="gate"),
+             helper.make_node("Mul", ["features", "gate"], ["out"], name="excite")]
+    onnx_path = save_model(nodes, [tensor("x", shape=[1, 3, size, size])],
+                           [tensor("out", shape=[1, channels, size, size])],
+                           directory / "squeeze_excitation.onnx", initializers=inits)
+    return onnx_path, to_mnn(onnx_path)
