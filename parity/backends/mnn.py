@@ -94,7 +94,7 @@ class MnnBackend(Backend):
         self.backend_ran: str | None = None  # known once loaded: a missing backend falls back
         self._load_notes: tuple[str, ...] = ()
         self._graph: list[dict] | None = None
-        self._plain_layout: bool | None = None  # read from the file on the first cut
+        self._layouts: dict | None = None  # tensor -> NCHW/NC4HW4, read from the file on the first cut
         self._pending: _PendingRun | None = None
         self._preparing: str | None = None  # the step of a prepare_capture not collected yet
         self._facts: dict = {}
@@ -311,13 +311,13 @@ class MnnBackend(Backend):
     def run_cut(self, tensors: TensorMap, outputs: list[str]) -> RunResult:
         """Feed ``tensors`` (intermediate names) into the graph cut there; return ``outputs``."""
         tensors = {name: _mnn_array(array) for name, array in tensors.items()}
-        if self._plain_layout is None:
+        if self._layouts is None:
             from parity import mnn_flatbuffer
 
-            self._plain_layout = mnn_flatbuffer.plain_layout(self.path)
-        # a file that declares no NHWC layout: each fed tensor is NCHW, and the child need not
-        # ask MNN (which loads every weight again to say so)
-        formats = dict.fromkeys(tensors, "NCHW") if self._plain_layout else None
+            self._layouts = mnn_flatbuffer.tensor_layouts(self.path) or {}
+        # a file that declares no NHWC layout: each fed tensor is NCHW or NC4HW4 as read from
+        # the file, and the child need not ask MNN (which loads every weight again to say so)
+        formats = {name: self._layouts.get(name, "NCHW") for name in tensors} if self._layouts else None
         return self._call_run(tensors, list(outputs), cut=True, cache=False, step="running a cut of",
                               formats=formats)
 
