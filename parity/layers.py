@@ -886,7 +886,7 @@ def _isolate(link, graph, reference, candidate, feeds, layer, frontier, chosen, 
     if link == ("onnxruntime", "mnn"):
         ref_values = reference.capture(feeds, needed + [layer.reference_name], cache=False).outputs
         tensors = cut_feeds(graph, feeds, frontier, chosen, ref_values)
-        out = candidate.run_cut(tensors, [layer.candidate_name]).outputs[layer.candidate_name]
+        out = candidate.run_cut(tensors, [layer.candidate_name], inputs=feeds).outputs[layer.candidate_name]
         expected = ref_values[layer.reference_name]
     else:  # torch -> onnxruntime: torch's module outputs feed the ONNX subgraph
         modules = {f: layers[f].reference_name for f in needed}

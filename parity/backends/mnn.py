@@ -308,8 +308,17 @@ class MnnBackend(Backend):
     def finish_capture(self, handle: _PendingRun) -> RunResult:
         return self._collect_run(handle)
 
-    def run_cut(self, tensors: TensorMap, outputs: list[str]) -> RunResult:
-        """Feed ``tensors`` (intermediate names) into the graph cut there; return ``outputs``."""
+    def run_cut(self, tensors: TensorMap, outputs: list[str], *, inputs: TensorMap | None = None) -> RunResult:
+        """Feed ``tensors`` (intermediate names) into the graph cut there; return ``outputs``.
+
+        ``inputs`` are the model's inputs as fed to the whole model: those the cut still
+        reaches are fed too. The converter computes shapes from the graph's inputs (a Gemm or
+        MatMul becomes Reshape -> Convolution -> Reshape, the last one's shape taken from
+        Shape(x)): a cut after such a reshape depends on ``x`` beyond the cut tensors, and MNN
+        refuses to load it without ``x`` (an opaque SystemError)."""
+        extra = self._inputs_reached(set(tensors), outputs) if inputs else set()
+        tensors = {**{name: inputs[name] for name in extra if name in inputs and name not in tensors},
+                   **tensors}
         tensors = {name: _mnn_array(array) for name, array in tensors.items()}
         if self._layouts is None:
             from parity import mnn_flatbuffer
@@ -320,6 +329,21 @@ class MnnBackend(Backend):
         formats = {name: self._layouts.get(name, "NCHW") for name in tensors} if self._layouts else None
         return self._call_run(tensors, list(outputs), cut=True, cache=False, step="running a cut of",
                               formats=formats)
+
+    def _inputs_reached(self, cut: set, outputs: list[str]) -> set[str]:
+        """The graph inputs that ``outputs`` depend on through paths not crossing ``cut``."""
+        producer = {entry["name"]: entry for entry in self.graph()}
+        reached, seen, stack = set(), set(), list(outputs)
+        while stack:
+            name = stack.pop()
+            if name in seen or name in cut or name not in producer:
+                continue
+            seen.add(name)
+            entry = producer[name]
+            if entry["op_type"] == "Input":
+                reached.add(name)
+            stack.extend(entry["inputs"])
+        return reached
 
     def _run(self, feeds: TensorMap, outputs: list[str] | None = None) -> RunResult:
         return self._call_run(feeds, outputs, cut=False, cache=True, step="running")
