@@ -429,6 +429,75 @@ def residual_cnn():
     return net.done(net.op("Gemm", [net.op("Flatten", [y]), net.weight(8 * 64, 10)]))
 
 
+# -- what transformer and LLM exports hold (tests/transformer_models.py, without torch) ------
+def rmsnorm_swiglu():
+    """RMSNorm then a SwiGLU MLP, as LLaMA-like exports write them (SiLU as x * sigmoid(x))."""
+    net = _Net(46)
+    x = net.input("x", [1, 6, 16])
+    ms = net.op("ReduceMean", [net.op("Pow", [x, net.const(np.float32(2))])], axes=[-1])
+    inv = net.op("Reciprocal", [net.op("Sqrt", [net.op("Add", [ms, net.const(np.float32(1e-6))])])])
+    h = net.op("Mul", [net.op("Mul", [x, inv]), net.weight(16, scale=1.0)])
+    gate = net.op("MatMul", [h, net.weight(16, 32)])
+    silu = net.op("Mul", [gate, net.op("Sigmoid", [gate])])
+    up = net.op("MatMul", [h, net.weight(16, 32)])
+    return net.done(net.op("Add", [x, net.op("MatMul", [net.op("Mul", [silu, up]), net.weight(32, 16)])]))
+
+
+def rotary():
+    """Rotary position embedding: halves swapped with a sign, times cos and sin tables."""
+    net = _Net(47)
+    x = net.input("x", [1, 2, 6, 8])
+    angles = np.arange(6)[:, None] * (1.0 / 100 ** (np.arange(4) / 4))[None, :]
+    cos = net.const(np.cos(np.concatenate([angles, angles], -1)).astype(np.float32))
+    sin = net.const(np.sin(np.concatenate([angles, angles], -1)).astype(np.float32))
+    axis = net.const(np.array([-1], np.int64))
+    first = net.op("Slice", [x, net.const(np.array([0], np.int64)), net.const(np.array([4], np.int64)), axis])
+    second = net.op("Slice", [x, net.const(np.array([4], np.int64)), net.const(np.array([8], np.int64)), axis])
+    rotated = net.op("Concat", [net.op("Neg", [second]), first], axis=-1)
+    return net.done(net.op("Add", [net.op("Mul", [x, cos]), net.op("Mul", [rotated, sin])]))
+
+
+def masked_softmax():
+    """An attention mask given as int64 0/1: Cast, Equal, Where, Expand, as exporters write it."""
+    net = _Net(48)
+    scores = net.input("scores", [2, 2, 5, 5])
+    mask = net.input("mask", [2, 5], np.int64, values=np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], np.int64))
+    m = net.op("Unsqueeze", [net.op("Unsqueeze", [mask, net.const(np.array([1], np.int64))]),
+                             net.const(np.array([1], np.int64))])
+    m = net.op("Expand", [m, net.const(np.array([2, 2, 5, 5], np.int64))])
+    hidden = net.op("Equal", [m, net.const(np.int64(0))])
+    masked = net.op("Where", [hidden, net.const(np.float32(-1e4)), scores])
+    additive = net.op("Mul", [net.op("Sub", [net.const(np.float32(1)), net.op("Cast", [m], to=F)]),
+                              net.const(np.float32(-1e4))])
+    return net.done(net.op("Softmax", [net.op("Add", [masked, additive])], axis=-1))
+
+
+def argmax_compare():
+    net = _Net(49)
+    x = net.input("x", [3, 10])
+    h = net.op("MatMul", [x, net.weight(10, 7)])
+    best = net.op("ArgMax", [h], axis=-1, keepdims=1)
+    below = net.op("Cast", [net.op("Less", [h, net.const(np.float32(0))])], to=F)
+    picked = net.op("GatherElements", [h, best], axis=-1)
+    return net.done(net.op("Add", [net.op("Mul", [below, h]), picked]))
+
+
+def expand_tile():
+    net = _Net(50)
+    x = net.input("x", [1, 3, 1, 4])
+    e = net.op("Expand", [x, net.const(np.array([2, 3, 5, 4], np.int64))])
+    t = net.op("Tile", [net.op("Tanh", [e]), net.const(np.array([1, 2, 1, 1], np.int64))])
+    return net.done(net.op("ReduceSum", [t, net.const(np.array([1], np.int64))], keepdims=0))
+
+
+def prelu_deconv_depthwise():
+    net, x = _image(51, c=8, h=8)
+    y = net.op("PRelu", [net.conv(x, 8, 8), net.const(np.full((8, 1, 1), 0.2, np.float32))])
+    w = net.weight(8, 1, 4, 4)
+    return net.done(net.op("ConvTranspose", [y, w], kernel_shape=[4, 4], strides=[2, 2], pads=[1, 1, 1, 1],
+                           group=8))
+
+
 MODELS = {f.__name__: f for f in (
     conv_plain, conv_grouped, conv_depthwise, conv_dilated, conv_strided_padded, conv_1x1_chain,
     conv_transpose, conv1d, conv_bn_relu, batchnorm_alone, maxpool, avgpool, gap_7, gap_64, gap_112,
@@ -436,7 +505,8 @@ MODELS = {f.__name__: f for f in (
     softmax_axes, layernorm_decomposed, layernorm_op, instance_norm, matmul_chain, gemm, batched_matmul,
     attention, broadcast_arith, unary_math, clip_pow, concat_split, slice_transpose, reshape_flatten,
     squeeze_unsqueeze, resize_nearest_linear, pad_modes, reductions, reduce_large, gather_embedding,
-    gather_axis1, depth_to_space, mobile_block, residual_cnn,
+    gather_axis1, depth_to_space, mobile_block, residual_cnn, rmsnorm_swiglu, rotary, masked_softmax,
+    argmax_compare, expand_tile, prelu_deconv_depthwise,
 )}
 
 

@@ -271,3 +271,18 @@ def test_the_issue_command_isolates_the_pooling_within_rounding(converted, tmp_p
     assert gap["candidate_op_type"] == "Pooling3D"
     assert gap["local_max_abs_diff"] is not None
     assert gap["local_max_abs_diff"] <= FACTOR * gap["max_abs_diff"] + 1e-6, gap
+
+
+def test_a_cut_that_does_not_lead_to_the_output_is_refused(converted):
+    """Fed the model's inputs too, a cut whose tensors the output does not depend on would be
+    computed from the start instead of from the values fed: refused, saying where."""
+    from parity.backends.mnn import MnnBackend
+    from parity.errors import BackendError
+
+    onnx_path, mnn_path, feeds = converted["gemm"]
+    tanh = _node_output(onnx_path, "Tanh")
+    with MnnBackend(mnn_path, threads=1) as mnn:
+        first = next(e["name"] for e in mnn.graph() if e["op_type"] == "Convolution")
+        later = mnn.capture(feeds, [tanh]).outputs[tanh]
+        with pytest.raises(BackendError, match=f"at '{tanh}' does not lead to '{first}'"):
+            mnn.run_cut({tanh: later}, [first], inputs=feeds)

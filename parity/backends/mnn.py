@@ -316,7 +316,12 @@ class MnnBackend(Backend):
         MatMul becomes Reshape -> Convolution -> Reshape, the last one's shape taken from
         Shape(x)): a cut after such a reshape depends on ``x`` beyond the cut tensors, and MNN
         refuses to load it without ``x`` (an opaque SystemError)."""
-        extra = self._inputs_reached(set(tensors), outputs) if inputs else set()
+        extra, unused = self._inputs_reached(set(tensors), outputs) if inputs else (set(), [])
+        if unused and extra:
+            # the outputs reach the model's inputs but not these cut tensors: fed the inputs,
+            # MNN would compute the outputs from the start, not from the values fed here
+            raise BackendError(f"a cut of {self.path.name} at {', '.join(map(repr, unused))} does not lead to "
+                               f"{', '.join(map(repr, outputs))} in MNN's graph: the layer cannot be run alone there")
         tensors = {**{name: inputs[name] for name in extra if name in inputs and name not in tensors},
                    **tensors}
         tensors = {name: _mnn_array(array) for name, array in tensors.items()}
@@ -330,12 +335,15 @@ class MnnBackend(Backend):
         return self._call_run(tensors, list(outputs), cut=True, cache=False, step="running a cut of",
                               formats=formats)
 
-    def _inputs_reached(self, cut: set, outputs: list[str]) -> set[str]:
-        """The graph inputs that ``outputs`` depend on through paths not crossing ``cut``."""
+    def _inputs_reached(self, cut: set, outputs: list[str]) -> tuple[set[str], list[str]]:
+        """(the graph inputs that ``outputs`` depend on through paths not crossing ``cut``,
+        the tensors of ``cut`` that are not graph inputs and that ``outputs`` do not depend on)."""
         producer = {entry["name"]: entry for entry in self.graph()}
-        reached, seen, stack = set(), set(), list(outputs)
+        reached, used, seen, stack = set(), set(), set(), list(outputs)
         while stack:
             name = stack.pop()
+            if name in cut:
+                used.add(name)
             if name in seen or name in cut or name not in producer:
                 continue
             seen.add(name)
@@ -343,7 +351,8 @@ class MnnBackend(Backend):
             if entry["op_type"] == "Input":
                 reached.add(name)
             stack.extend(entry["inputs"])
-        return reached
+        inputs = {entry["name"] for entry in producer.values() if entry["op_type"] == "Input"}
+        return reached, sorted(n for n in cut if n not in used and n not in inputs)
 
     def _run(self, feeds: TensorMap, outputs: list[str] | None = None) -> RunResult:
         return self._call_run(feeds, outputs, cut=False, cache=True, step="running")
