@@ -647,12 +647,14 @@ def _first_divergence(graph, ordered) -> tuple[LayerResult, list[str]] | None:
 
 def _isolate_targets(graph, reference, candidate, feeds, tol, layer_rtol, ordered, first, isolate,
                      plan, state, report, say) -> dict:
-    """Re-run the chosen failing layers alone on the reference's inputs: name -> (local max
-    abs diff, local scaled error, whether it passes alone)."""
+    """Re-run the chosen layers alone on the reference's inputs: name -> (local max abs diff,
+    local scaled error, whether it passes alone). ``first``: the first divergence; ``all``:
+    every failing layer; ``every``: every paired layer, passing or not (the Python API's
+    check that isolation itself is right: test_isolation_property.py)."""
     paired = {r.name for r in ordered}
     targets = [first] if first else []
-    if isolate == "all":
-        targets = [(x, graph.frontier(x.name, paired)) for x in ordered if not x.passed]
+    if isolate in ("all", "every"):
+        targets = [(x, graph.frontier(x.name, paired)) for x in ordered if isolate == "every" or not x.passed]
     elif isolate == "none":
         targets = []
     isolated = {}
@@ -672,8 +674,8 @@ def _with_isolation(layer: LayerResult, isolated: tuple | None) -> LayerResult:
     if isolated is None:
         return layer
     local, local_scaled, local_passed = isolated
-    return dataclasses.replace(layer, local_max_abs_diff=local, local_scaled_error=local_scaled,
-                               status="carried" if local_passed else "introduced")
+    status = layer.status if layer.passed else "carried" if local_passed else "introduced"
+    return dataclasses.replace(layer, local_max_abs_diff=local, local_scaled_error=local_scaled, status=status)
 
 
 def ops_label(ops: Sequence[str], limit: int = 6) -> str:
@@ -884,7 +886,7 @@ def _isolate(link, graph, reference, candidate, feeds, layer, frontier, chosen, 
     if link == ("onnxruntime", "mnn"):
         ref_values = reference.capture(feeds, needed + [layer.reference_name], cache=False).outputs
         tensors = cut_feeds(graph, feeds, frontier, chosen, ref_values)
-        out = candidate.run_cut(tensors, [layer.candidate_name]).outputs[layer.candidate_name]
+        out = candidate.run_cut(tensors, [layer.candidate_name], inputs=feeds).outputs[layer.candidate_name]
         expected = ref_values[layer.reference_name]
     else:  # torch -> onnxruntime: torch's module outputs feed the ONNX subgraph
         modules = {f: layers[f].reference_name for f in needed}

@@ -401,3 +401,51 @@ def plain_layout(path) -> bool:
         return _mapped(path, read)
     except (OSError, ValueError, struct.error):
         return False
+
+
+_LAYOUT_NAMES = {0: "NCHW", 2: "NC4HW4"}
+# ops whose output MNN lays out by their own rule (a shape or a count), never by their input's
+_OWN_LAYOUT_OPS = {"Shape", "Rank", "Size"}
+
+
+def tensor_layouts(path) -> dict[str, str] | None:
+    """Each tensor's layout as MNN holds it in the graph, NCHW or NC4HW4 (channels packed by
+    4), for a file of plain layout (plain_layout); None otherwise (MNN must be asked).
+
+    MNN's shape inference gives an Input its ``dformat``, a Const its blob's ``dataFormat``, a
+    ConvertTensor its ``dest``, Shape, Rank and Size a plain layout, and every other op its
+    first input's layout. A cut must feed a tensor in that layout: ``Pooling3D`` (MNN's
+    GlobalAveragePool) reads its input as NC4HW4 whatever the fed var says, and gave errors of
+    the order of its values when fed NCHW. Checked against MNN's own reading
+    (test_isolation_property.py) on every tensor of rank 2 and up."""
+    if not plain_layout(path):
+        return None
+
+    def read(data):
+        buf = _Buffer(data)
+        net = _Table(buf, buf.u32(0))
+        tensors = _strings(buf, net.vector(7))
+        layout: dict[int, int] = {}
+        for op in _ops(buf, net):
+            inputs, outputs = _ints(buf, op.vector(0)), _ints(buf, op.vector(4))
+            member, main = _u8(op, 1, 0), op.table(2)
+            if member == 21:  # Input.dformat
+                value = _u8(main, 2, 2) if main is not None else 2
+            elif member == 7:  # Blob.dataFormat (Const)
+                value = _u8(main, 1, 0) if main is not None else 0
+            elif member == 66:  # TensorConvertInfo.dest (ConvertTensor)
+                value = _u8(main, 1, 0) if main is not None else 0
+            elif _python_op_type(op) in _OWN_LAYOUT_OPS:
+                value = 0
+            else:
+                value = layout.get(inputs[0], 0) if inputs else 0
+            for k in outputs:
+                if not 0 <= k < len(tensors):
+                    raise ValueError("a tensor index outside the tensor names")
+                layout[k] = value
+        return {tensors[k]: _LAYOUT_NAMES.get(v, "NCHW") for k, v in layout.items()}
+
+    try:
+        return _mapped(path, read)
+    except (OSError, ValueError, struct.error):
+        return None

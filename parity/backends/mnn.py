@@ -94,7 +94,7 @@ class MnnBackend(Backend):
         self.backend_ran: str | None = None  # known once loaded: a missing backend falls back
         self._load_notes: tuple[str, ...] = ()
         self._graph: list[dict] | None = None
-        self._plain_layout: bool | None = None  # read from the file on the first cut
+        self._layouts: dict | None = None  # tensor -> NCHW/NC4HW4, read from the file on the first cut
         self._pending: _PendingRun | None = None
         self._preparing: str | None = None  # the step of a prepare_capture not collected yet
         self._facts: dict = {}
@@ -308,18 +308,51 @@ class MnnBackend(Backend):
     def finish_capture(self, handle: _PendingRun) -> RunResult:
         return self._collect_run(handle)
 
-    def run_cut(self, tensors: TensorMap, outputs: list[str]) -> RunResult:
-        """Feed ``tensors`` (intermediate names) into the graph cut there; return ``outputs``."""
+    def run_cut(self, tensors: TensorMap, outputs: list[str], *, inputs: TensorMap | None = None) -> RunResult:
+        """Feed ``tensors`` (intermediate names) into the graph cut there; return ``outputs``.
+
+        ``inputs`` are the model's inputs as fed to the whole model: those the cut still
+        reaches are fed too. The converter computes shapes from the graph's inputs (a Gemm or
+        MatMul becomes Reshape -> Convolution -> Reshape, the last one's shape taken from
+        Shape(x)): a cut after such a reshape depends on ``x`` beyond the cut tensors, and MNN
+        refuses to load it without ``x`` (an opaque SystemError)."""
+        extra, unused = self._inputs_reached(set(tensors), outputs) if inputs else (set(), [])
+        if unused and extra:
+            # the outputs reach the model's inputs but not these cut tensors: fed the inputs,
+            # MNN would compute the outputs from the start, not from the values fed here
+            raise BackendError(f"a cut of {self.path.name} at {', '.join(map(repr, unused))} does not lead to "
+                               f"{', '.join(map(repr, outputs))} in MNN's graph: the layer cannot be run alone there")
+        tensors = {**{name: inputs[name] for name in extra if name in inputs and name not in tensors},
+                   **tensors}
         tensors = {name: _mnn_array(array) for name, array in tensors.items()}
-        if self._plain_layout is None:
+        if self._layouts is None:
             from parity import mnn_flatbuffer
 
-            self._plain_layout = mnn_flatbuffer.plain_layout(self.path)
-        # a file that declares no NHWC layout: each fed tensor is NCHW, and the child need not
-        # ask MNN (which loads every weight again to say so)
-        formats = dict.fromkeys(tensors, "NCHW") if self._plain_layout else None
+            self._layouts = mnn_flatbuffer.tensor_layouts(self.path) or {}
+        # a file that declares no NHWC layout: each fed tensor is NCHW or NC4HW4 as read from
+        # the file, and the child need not ask MNN (which loads every weight again to say so)
+        formats = {name: self._layouts.get(name, "NCHW") for name in tensors} if self._layouts else None
         return self._call_run(tensors, list(outputs), cut=True, cache=False, step="running a cut of",
                               formats=formats)
+
+    def _inputs_reached(self, cut: set, outputs: list[str]) -> tuple[set[str], list[str]]:
+        """(the graph inputs that ``outputs`` depend on through paths not crossing ``cut``,
+        the tensors of ``cut`` that are not graph inputs and that ``outputs`` do not depend on)."""
+        producer = {entry["name"]: entry for entry in self.graph()}
+        reached, used, seen, stack = set(), set(), set(), list(outputs)
+        while stack:
+            name = stack.pop()
+            if name in cut:
+                used.add(name)
+            if name in seen or name in cut or name not in producer:
+                continue
+            seen.add(name)
+            entry = producer[name]
+            if entry["op_type"] == "Input":
+                reached.add(name)
+            stack.extend(entry["inputs"])
+        inputs = {entry["name"] for entry in producer.values() if entry["op_type"] == "Input"}
+        return reached, sorted(n for n in cut if n not in used and n not in inputs)
 
     def _run(self, feeds: TensorMap, outputs: list[str] | None = None) -> RunResult:
         return self._call_run(feeds, outputs, cut=False, cache=True, step="running")

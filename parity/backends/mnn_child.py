@@ -49,8 +49,15 @@ _WRITABLE = {"float32": "float", "float64": "double", "int32": "int", "int64": "
 
 
 def _placeholder(name: str, array: np.ndarray, data_format: str):
-    """An input var holding ``array``, tagged with the layout the graph declares for ``name``."""
+    """An input var holding ``array``, tagged with the layout the graph declares for ``name``.
+
+    ``array`` is always in the ONNX order (NCHW); for an NC4HW4 tensor of the graph (a cut
+    fed in the middle of a CNN) it is written as NCHW and then packed, so the op after the
+    cut reads its input as it does in the uncut graph: ``Pooling3D`` (GlobalAveragePool)
+    reads its input as NC4HW4 whatever layout the var is tagged with."""
     F = _mnn().expr
+    if data_format == "NC4HW4":
+        return F.convert(_placeholder(name, array, "NCHW"), F.NC4HW4)
     layout = F.NHWC if data_format == "NHWC" else F.NCHW
     dtype = array.dtype.name
     if dtype == "int8":  # written as int32, narrowed inside MNN: the values are the same
@@ -75,10 +82,10 @@ def _graph() -> dict:
     return _state["graph"]
 
 
-def _declared_format(name: str) -> str:
-    """How a plain array fed as ``name`` is laid out: the graph's NHWC or NCHW tag. NC4HW4 is a
-    packed memory layout, never how a fed array (a capture's output, read as NCHW) is ordered;
-    a tag MNN cannot tell is taken as NCHW, the order ONNX-converted graphs use."""
+def _declared_format(name: str, packed: bool = False) -> str:
+    """The layout the graph holds ``name`` in: NHWC, NCHW, or (with ``packed``, for a cut)
+    NC4HW4, which _placeholder packs a fed NCHW array into. A tag MNN cannot tell is taken as
+    NCHW, the order ONNX-converted graphs use. Whole-model inputs keep their NCHW/NHWC tag."""
     formats = _state["formats"]
     if name not in formats:
         var = _graph().get(name)
@@ -86,6 +93,8 @@ def _declared_format(name: str) -> str:
             formats[name] = str(var.data_format).split(".")[-1] if var is not None else "NCHW"
         except Exception:
             formats[name] = "NCHW"
+    if formats[name] == "NC4HW4" and packed:
+        return "NC4HW4"
     return "NHWC" if formats[name] == "NHWC" else "NCHW"
 
 
@@ -225,9 +234,10 @@ def run(feeds: dict, results: dict | None, outputs: list | None = None, cut: boo
     it to, or with ``results`` None return it inline.
 
     With ``cut`` the feeds name intermediate tensors: the module is cut there, so reference
-    values can be fed into the middle of the graph. ``formats`` (name -> NCHW or NHWC) gives
-    the layout of fed tensors the parent knows from the file, where MNN's own answer needs
-    the whole graph read as expressions; the graph's inputs keep the layout they declare.
+    values can be fed into the middle of the graph, each in the layout the graph holds it in.
+    ``formats`` (name -> NCHW, NC4HW4 or NHWC) gives the layout of fed tensors the parent
+    knows from the file, where MNN's own answer needs the whole graph read as expressions;
+    the graph's inputs keep the layout they declare.
     """
     for name, layout in (formats or {}).items():
         _state["formats"].setdefault(name, layout)
@@ -241,7 +251,9 @@ def run(feeds: dict, results: dict | None, outputs: list | None = None, cut: boo
         module = _module_for(input_names, requested, cache)
     else:
         module = _main_module()
-    variables = [_placeholder(name, _array(feeds[name]), _declared_format(name)) for name in input_names]
+    model_inputs = {i["name"] for i in _state["inputs"]}
+    variables = [_placeholder(name, _array(feeds[name]), _declared_format(name, packed=cut and name not in model_inputs))
+                 for name in input_names]
     produced = module.onForward(variables)
     names = list(requested or _state["outputs"])
     if not produced:
