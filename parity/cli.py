@@ -831,7 +831,7 @@ def rerun(report_path, extra):
     if os.path.getsize(report_path) > (256 << 20):
         raise InputError(f"{report_path!r} is too large to be a parity report")
     try:
-        data = json.loads(Path(report_path).read_text())
+        data = json.loads(Path(report_path).read_text(encoding="utf-8"))
         recorded = data["rerun"]
         command = [str(word) for word in recorded["command"]]
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):

@@ -23,6 +23,7 @@ from parity.backends import SUFFIXES, framework_for, open_backend
 from parity.errors import ModelError, ParityError, UsageError
 from parity.judge import compare_outputs, layer_only_findings, verdict_for
 from parity.options import CheckOptions
+from parity.paths import argument
 from parity.report import BackendInfo, Comparison, InputInfo, Report, Verdict
 
 Progress = Callable[[str], None]
@@ -610,8 +611,8 @@ def _recompression_check(comparisons, backends, feeds, verdict, compression, bud
             f"options, or changed after conversion",
             evidence=verdict.evidence + (entry,),
             next_steps=(f"reconvert and check in one step: parity convert "
-                        f"{next((b.path.name for b in backends if b.framework == 'onnxruntime'), 'MODEL.onnx')} "
-                        f"-o {compressed.path.name} {' '.join(settings)}",),
+                        f"{next((argument(b.path) for b in backends if b.framework == 'onnxruntime'), 'MODEL.onnx')} "
+                        f"-o {argument(compressed.path)} {' '.join(settings)}",),
         )
     return dataclasses.replace(verdict, evidence=verdict.evidence + (entry,))
 

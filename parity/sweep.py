@@ -295,7 +295,9 @@ class _Children:
                 return None
             proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                    start_new_session=True)
+                                    # not the locale's codec: an ASCII one (LC_ALL=C) would fail
+                                    # on the first name a child prints in UTF-8
+                                    encoding="utf-8", errors="replace", start_new_session=True)
             self._running.add(proc)
             return proc
 
@@ -367,7 +369,7 @@ def _run_one(item: Item, *, pair_timeout: float = PAIR_TIMEOUT, children: _Child
             code, err = _wait(proc, pair_timeout)
         finally:
             children.finished(proc)
-        report = json.loads(report_path.read_text()) if code is not None and report_path.exists() else None
+        report = json.loads(report_path.read_text(encoding="utf-8")) if code is not None and report_path.exists() else None
     if code is None:
         return _result(item, ExitCode.BACKEND, None, f"timed out after {pair_timeout:g} s", started)
     if code < 0:  # the check process itself died: a framework it runs in-process crashed

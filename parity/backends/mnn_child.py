@@ -10,6 +10,7 @@ import os
 import numpy as np
 
 from parity.backends.worker import ChildFailure
+from parity.paths import utf8_name
 
 _DTYPES = {
     "dtype.float": "float32",
@@ -71,7 +72,7 @@ def _placeholder(name: str, array: np.ndarray, data_format: str):
 def _graph() -> dict:
     """The model as MNN expressions by tensor name, read on first need (--layers, cuts)."""
     if _state.get("graph") is None:
-        _state["graph"] = _mnn().expr.load_as_dict(_state["path"])
+        _state["graph"] = _mnn().expr.load_as_dict(_state["native"])
     return _state["graph"]
 
 
@@ -99,16 +100,17 @@ def load(path: str, backend: str, threads: int, precision: str, hints: list, mem
     if memory is not None:
         config["memory"] = int(memory)
     runtime = MNN.nn.create_runtime_manager((config,))
+    native = utf8_name(path) or path  # MNN's binding takes UTF-8; Python's calls below take ``path``
     for mode, value in hints:
         runtime.set_hint(int(mode), int(value))
     try:  # MNN verifies the flatbuffer: a file that is not a model raises (SystemError) here
-        module = MNN.nn.load_module_from_file(path, [], [], runtime_manager=runtime, rearrange=rearrange,
+        module = MNN.nn.load_module_from_file(native, [], [], runtime_manager=runtime, rearrange=rearrange,
                                               shape_mutable=shape_mutable)
     except Exception:
         module = None
     if module is None:
         raise ChildFailure("model", f"{path!r} is not a readable MNN model (MNN could not parse it)")
-    _state.update(path=path, graph=None)
+    _state.update(path=path, native=native, graph=None)
     info = module.get_info()
     described = info.get("inputs") or []
     # the module describes its inputs; reading the whole graph as expressions (load_as_dict,
@@ -158,7 +160,8 @@ def dump_json(path: str, target: str) -> bool:
     """The MNN graph as JSON (op types, parameters, tensor names), written by MNN's converter."""
     import _tools  # MNN's converter binding
 
-    ok = _tools.mnnconvert(["MNNConvert", "-f", "MNN", "--modelFile", path, "--JsonFile", target])
+    ok = _tools.mnnconvert(["MNNConvert", "-f", "MNN", "--modelFile", utf8_name(path) or path,
+                            "--JsonFile", utf8_name(target) or target])
     if not ok:
         raise ChildFailure("backend", f"MNN's converter could not dump {path} as JSON")
     return True
@@ -187,7 +190,7 @@ def _module_for(inputs: tuple, outputs: tuple, cache: bool):
         for old in [k for k in modules if k != ()]:
             del modules[old]
     modules[key] = _mnn().nn.load_module_from_file(
-        _state["path"], list(inputs), list(outputs), runtime_manager=_state["runtime"],
+        _state["native"], list(inputs), list(outputs), runtime_manager=_state["runtime"],
         rearrange=_state["rearrange"],
     )
     return modules[key]
@@ -209,7 +212,7 @@ def _main_module():
     if () not in modules:
         modules.clear()
         modules[()] = _mnn().nn.load_module_from_file(
-            _state["path"], [], [], runtime_manager=_state["runtime"], rearrange=_state["rearrange"],
+            _state["native"], [], [], runtime_manager=_state["runtime"], rearrange=_state["rearrange"],
             shape_mutable=_state["shape_mutable"])
     return modules[()]
 

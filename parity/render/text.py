@@ -18,12 +18,19 @@ from parity.report import Comparison, OutputComparison, Report
 from parity.specs import format_shape
 
 
-def console(file: IO[str] | None, **options):
+def console(file: IO[str] | None, *, encoding: str | None = None, **options):
     """A rich Console for parity's output: ``emoji=False`` (a name holding ``:smile:`` stays
-    text), ``highlight=False``, and a reader that went away raises BrokenPipeError."""
+    text), ``highlight=False``, and a reader that went away raises BrokenPipeError. ``encoding``:
+    that of the stream the text finally goes to, when ``file`` is a buffer in between; on a
+    stream that is not UTF-8 (``PYTHONIOENCODING=ascii``, ``LC_ALL=C``) rich draws tables with
+    ASCII characters, not box-drawing ones that would come out as escapes."""
     from rich.console import Console
 
     class _Console(Console):
+        @property
+        def encoding(self) -> str:
+            return (encoding or getattr(self.file, "encoding", None) or "utf-8").lower()
+
         def on_broken_pipe(self) -> None:
             self.quiet = True  # drop what is still buffered; the CLI decides the exit
             raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
@@ -183,8 +190,8 @@ def render(report: Report, file: IO[str], *, color: bool | None = None, width: i
         else:
             width = 160  # logs and CI: wide enough that figures never wrap
     buffer = io.StringIO()
-    out = console(buffer, force_terminal=tty if color is None else color, no_color=color is False, width=width,
-                  soft_wrap=False)
+    out = console(buffer, encoding=getattr(file, "encoding", None), force_terminal=tty if color is None else color,
+                  no_color=color is False, width=width, soft_wrap=False)
     _render(report, out, reports)
     file.write("".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines()))
     file.flush()
