@@ -479,7 +479,7 @@ def _emit(report, json_path, no_color, html_path=None, junit_path=None, explorer
 def inspect(model, timeout):
     """Print MODEL's inputs and outputs (names, dtypes, shapes; symbolic dims by name); for an
     .mnn, also its compression per layer (weight bits, block, symmetry, float16, int8 ops)."""
-    from parity.backends import open_backend
+    from parity.backends.registry import open_backend
     from parity.pipeline import resolve_models
     from parity.render.text import render_inspect
 
@@ -678,7 +678,7 @@ def _before_converting(source, target) -> None:
 
 def _refused_by_onnxruntime(source) -> None:
     """Raise ONNX Runtime's refusal of ``source`` (exit 3: the model is not valid) if it has one."""
-    from parity.backends import open_backend
+    from parity.backends.registry import open_backend
     from parity.errors import ModelError
 
     try:

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from parity import inputs as inputs_mod
-from parity.backends import SUFFIXES, framework_for, open_backend
+from parity.backends.registry import SUFFIXES, framework_for, open_backend
 from parity.errors import ModelError, ParityError, UsageError
 from parity.judge import compare_outputs, layer_only_findings, verdict_for
 from parity.options import CheckOptions

@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from parity.backends import SUFFIXES
+from parity.backends.registry import SUFFIXES
 from parity.backends.worker import python_command, python_env, signal_description
 from parity.errors import ExitCode, InputError, UsageError
 

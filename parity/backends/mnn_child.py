@@ -10,7 +10,6 @@ import os
 import numpy as np
 
 from parity.backends.worker import ChildFailure
-from parity.paths import utf8_name
 
 _DTYPES = {
     "dtype.float": "float32",
@@ -69,6 +68,17 @@ def _placeholder(name: str, array: np.ndarray, data_format: str):
     return var
 
 
+def _native(path: str) -> str:
+    """A path as MNN's binding takes it (pybind11 encodes a str as UTF-8): the bytes the file
+    system holds, as UTF-8 text; under LC_ALL=C Python's own str holds them as surrogates.
+    parity.paths.utf8_name does the same; this module runs on targets too, where parity.paths
+    is not shipped."""
+    try:
+        return os.fsencode(path).decode("utf-8")
+    except UnicodeError:  # not UTF-8 (the parent refuses such a model before it gets here)
+        return path
+
+
 def _graph() -> dict:
     """The model as MNN expressions by tensor name, read on first need (--layers, cuts)."""
     if _state.get("graph") is None:
@@ -100,7 +110,7 @@ def load(path: str, backend: str, threads: int, precision: str, hints: list, mem
     if memory is not None:
         config["memory"] = int(memory)
     runtime = MNN.nn.create_runtime_manager((config,))
-    native = utf8_name(path) or path  # MNN's binding takes UTF-8; Python's calls below take ``path``
+    native = _native(path)  # MNN's binding takes UTF-8; Python's calls below take ``path``
     for mode, value in hints:
         runtime.set_hint(int(mode), int(value))
     try:  # MNN verifies the flatbuffer: a file that is not a model raises (SystemError) here
@@ -160,8 +170,8 @@ def dump_json(path: str, target: str) -> bool:
     """The MNN graph as JSON (op types, parameters, tensor names), written by MNN's converter."""
     import _tools  # MNN's converter binding
 
-    ok = _tools.mnnconvert(["MNNConvert", "-f", "MNN", "--modelFile", utf8_name(path) or path,
-                            "--JsonFile", utf8_name(target) or target])
+    ok = _tools.mnnconvert(["MNNConvert", "-f", "MNN", "--modelFile", _native(path),
+                            "--JsonFile", _native(target)])
     if not ok:
         raise ChildFailure("backend", f"MNN's converter could not dump {path} as JSON")
     return True
