@@ -786,5 +786,6 @@ def _write_repro(comparisons, backends, links, feeds, options: CheckOptions, ver
                                  feeds=feeds, tolerance=options.tolerance, timeout=options.timeout,
                                  check_pair=check_pair)
             state = {True: "reproduces", False: "does not reproduce in isolation", None: "could not be checked"}
-            return f"reproduction written to {directory} ({state[result['reproduces']]}): {result['command']}"
+            what = "reproduction (the given .mnn and the ONNX, whole)" if result["given_file"] else "reproduction"
+            return f"{what} written to {directory} ({state[result['reproduces']]}): {result['command']}"
     return f"no reproduction written to {directory}: no failing onnxruntime -> mnn link"

@@ -65,6 +65,8 @@ class SweepReport:
     shard: str | None
     results: tuple[dict, ...]
     parity_version: str = field(default_factory=_parity_version)
+    # wall-clock seconds of the whole sweep; with -j N the pairs' own times add up to more
+    elapsed: float | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "target", os.fspath(self.target))
@@ -87,6 +89,7 @@ class SweepReport:
             "shard": self.shard,
             "passed": self.passed,
             "exit_code": self.exit_code,
+            "elapsed_seconds": None if self.elapsed is None else round(self.elapsed, 2),
             "results": list(self.results),
         }
 
