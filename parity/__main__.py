@@ -18,9 +18,26 @@ def _forget_working_directory() -> None:
         del sys.path[0]
 
 
+def _degrade_unencodable_output() -> None:
+    """A stdout or stderr whose encoding cannot hold every character parity prints (ASCII under
+    ``PYTHONIOENCODING=ascii``, which some CI runners set, or under ``LC_ALL=C``; latin-1) shows
+    such a character as an escape (``\\xe8``, ``\\u2192``) instead of raising UnicodeEncodeError
+    in the middle of a report (under ``LC_ALL=C`` Python's stdout has ``surrogateescape``, which
+    fails on any character that is not a file name's byte too). Streams that escape or replace
+    already, and streams that are not text files, are left alone."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) not in ("strict", "surrogateescape"):
+            continue
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):  # replaced by a non-TextIOWrapper, or closed
+            pass
+
+
 def main() -> None:
     from parity.backends.worker import install_process_guards, interruption
 
+    _degrade_unencodable_output()
     install_process_guards()
     try:
         from parity.cli import cli

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import traceback
 
 import click
@@ -98,7 +99,7 @@ def cli():
     """parity: does the converted model compute the same thing?
 
     Runs one model in PyTorch, ONNX Runtime and MNN on the same inputs, aligns the outputs and
-    reports per-output differences. Exit codes: 0 pass, 1 mismatch, 2 usage error, 3 model or
+    reports per-output differences. Exit codes: 0 pass, 1 mismatch, 2 command-line error, 3 model or
     input error, 4 backend failure (crash, timeout, framework missing), 123 internal error.
     """
     from parity.backends.worker import install_process_guards
@@ -466,7 +467,8 @@ def _emit(report, json_path, no_color, html_path=None, junit_path=None, explorer
         from parity.render import text
 
         text.render(report, sys.stdout, color=False if no_color else None,
-                    reports=[str(path) for _, path, _ in reports if path != STDOUT])
+                    reports=[str(path) for _, path, _ in reports if path != STDOUT],
+                    listing=[str(path) for flag, path, _ in reports if flag in ("--json", "--html")])
     sys.stdout.flush()
     raise SystemExit(int(report.exit_code))
 
@@ -479,7 +481,7 @@ def _emit(report, json_path, no_color, html_path=None, junit_path=None, explorer
 def inspect(model, timeout):
     """Print MODEL's inputs and outputs (names, dtypes, shapes; symbolic dims by name); for an
     .mnn, also its compression per layer (weight bits, block, symmetry, float16, int8 ops)."""
-    from parity.backends import open_backend
+    from parity.backends.registry import open_backend
     from parity.pipeline import resolve_models
     from parity.render.text import render_inspect
 
@@ -678,7 +680,7 @@ def _before_converting(source, target) -> None:
 
 def _refused_by_onnxruntime(source) -> None:
     """Raise ONNX Runtime's refusal of ``source`` (exit 3: the model is not valid) if it has one."""
-    from parity.backends import open_backend
+    from parity.backends.registry import open_backend
     from parity.errors import ModelError
 
     try:
@@ -774,9 +776,10 @@ def sweep(target, jobs, shard, pair_timeout, json_path, junit_path, html_path, m
     # never onto the manifest or any model it names; one stdout at most
     _check_report_paths({"--json": json_path, "--junit": junit_path, "--html": html_path}, inputs=named)
     items = sweep_mod.select_shard(discovered, chosen)
+    started = time.monotonic()
     with Progress(enabled=False if quiet else None, total=len(items), label="sweep") as progress:
         results = sweep_mod.run(items, jobs=jobs, progress=progress, pair_timeout=pair_timeout)
-    report = sweep_mod.SweepReport(target, shard, results)
+    report = sweep_mod.SweepReport(target, shard, results, elapsed=time.monotonic() - started)
     data = report.to_dict()
     from parity.render.text import render_sweep
 
@@ -831,7 +834,7 @@ def rerun(report_path, extra):
     if os.path.getsize(report_path) > (256 << 20):
         raise InputError(f"{report_path!r} is too large to be a parity report")
     try:
-        data = json.loads(Path(report_path).read_text())
+        data = json.loads(Path(report_path).read_text(encoding="utf-8"))
         recorded = data["rerun"]
         command = [str(word) for word in recorded["command"]]
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):

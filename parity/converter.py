@@ -27,7 +27,7 @@ from typing import Iterable, Sequence
 from parity.backends.base import check_model_file
 from parity.backends.worker import ChildFailure, Worker
 from parity.errors import BackendCrash, BackendError, UsageError
-from parity.paths import check_output, external_data, is_utf8, publish, stage_model
+from parity.paths import check_output, external_data, is_utf8, publish, stage_model, utf8_name
 
 # Converter options that are parity's business, not the user's.
 _RESERVED = {"-f", "--framework", "--modelFile", "--MNNModel", "--bizCode"}
@@ -160,7 +160,9 @@ def failure_reason(log: str) -> str:
 def _convert_in_child(source: str, target: str, options: list) -> bool:
     import _tools  # MNN's converter binding, shipped in the MNN wheel
 
-    argv = ["MNNConvert", "-f", "ONNX", "--modelFile", source, "--MNNModel", target,
+    # the converter's C++ argv takes UTF-8 (the parent staged a source whose name is not UTF-8)
+    argv = ["MNNConvert", "-f", "ONNX", "--modelFile", utf8_name(source) or source,
+            "--MNNModel", utf8_name(target) or target,
             "--bizCode", "parity", *options]
     ok = _tools.mnnconvert(argv)
     if not ok or not os.path.exists(target) or os.path.getsize(target) == 0:

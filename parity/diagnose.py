@@ -33,6 +33,7 @@ import numpy as np
 from parity import judge
 from parity.errors import BackendCrash, BackendError, ParityError
 from parity.metrics import TensorDiff, Tolerance
+from parity.paths import argument
 from parity.report import Verdict
 
 Progress = Callable[[str], None]
@@ -852,8 +853,8 @@ def _converter_variants(ctx: Context, probe: Probe, where: str, workdir: Path, e
                 f"changes the numbers at {probe.where}: error {_fmt(given.scaled)} as converted, "
                 f"{_fmt(m.scaled)} converted with {' '.join(options)} (both measured {m.how})",
                 evidence=tuple(evidence),
-                next_steps=(f"convert with {' '.join(options)}: parity convert {ctx.onnx_path.name} "
-                            f"-o {ctx.mnn_path.name} {' '.join(options)}",),
+                next_steps=(f"convert with {' '.join(options)}: parity convert {argument(ctx.onnx_path)} "
+                            f"-o {argument(ctx.mnn_path)} {' '.join(options)}",),
             )
     return None
 
@@ -971,8 +972,8 @@ def _different_file_verdict(ctx, probe, where, figures, given_diff, *, determini
         f"file was converted from another ONNX, with other options or another MNN version, or "
         f"changed after conversion",
         evidence=tuple(evidence),
-        next_steps=(f"reconvert and check in one step: parity convert {ctx.onnx_path.name} -o "
-                    f"{ctx.mnn_path.name}",),
+        next_steps=(f"reconvert and check in one step: parity convert {argument(ctx.onnx_path)} -o "
+                    f"{argument(ctx.mnn_path)}",),
     )
 
 

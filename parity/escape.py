@@ -48,11 +48,21 @@ def _escape_char(ch: str) -> str:
     return f"\\U{code:08x}"
 
 
+def _utf8_text(text: str) -> str:
+    """Surrogates that stand for the bytes of UTF-8 characters (a UTF-8 file name decoded where
+    the file system encoding is ASCII, ``LC_ALL=C``) as those characters; others stay."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "surrogateescape")
+    except UnicodeError:  # a lone surrogate that stands for no byte (from JSON, say)
+        return text
+
+
 def terminal(text: object) -> str:
     """``text`` with every control, format, invisible or unassigned character escaped."""
     text = str(text)
     if _PLAIN.match(text):
         return text
+    text = _utf8_text(text)
     return "".join(_escape_char(ch) if unicodedata.category(ch) in _HIDDEN else ch for ch in text)
 
 

@@ -51,17 +51,41 @@ _PUBLISHED: list[str] = []
 # -- naming things in messages --------------------------------------------------------------
 def show(path) -> str:
     """A path as messages quote it: repr of its text, so control characters and bytes that
-    are not UTF-8 (shown as \\udcXX) never reach the terminal raw."""
-    return repr(os.fspath(path) if not isinstance(path, bytes) else os.fsdecode(path))
+    are not UTF-8 (shown as \\udcXX) never reach the terminal raw. A UTF-8 name is shown as
+    its text even where Python's file system encoding is ASCII (``LC_ALL=C``)."""
+    text = os.fspath(path) if not isinstance(path, bytes) else os.fsdecode(path)
+    return repr(utf8_name(text) or text)
+
+
+def argument(path) -> str:
+    """A path for a command line parity suggests (``parity convert A.onnx -o B.mnn``): as the
+    user gave it, so the command runs from where they ran parity (a bare file name would not,
+    for a model in another directory), quoted for a POSIX shell where it holds spaces or
+    quotes. Escaping for the terminal is the renderer's job."""
+    import shlex
+
+    return shlex.quote(os.fspath(path))
+
+
+def utf8_name(path) -> str | None:
+    """The path as the C++ libraries' Python bindings take it (pybind11 encodes a str as UTF-8):
+    the bytes the file system holds, decoded as UTF-8; None when they are not UTF-8. It differs
+    from Python's own str where the file system encoding is not UTF-8 (``LC_ALL=C`` without
+    UTF-8 mode: ASCII, each byte of ``modèles`` a surrogate), so a binding gets this one and
+    Python's own file calls the path as it was."""
+    try:
+        data = os.fsencode(path)
+    except UnicodeEncodeError:  # a str the file system encoding cannot hold: take it as text
+        data = os.fspath(path).encode("utf-8", "surrogatepass")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def is_utf8(path) -> bool:
     """True when the path's name can be handed to C++ libraries that take UTF-8 strings."""
-    try:
-        os.fspath(path).encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
+    return utf8_name(path) is not None
 
 
 def kind_of(mode: int) -> str:

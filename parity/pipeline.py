@@ -19,10 +19,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from parity import inputs as inputs_mod
-from parity.backends import SUFFIXES, framework_for, open_backend
+from parity.backends.registry import SUFFIXES, framework_for, open_backend
 from parity.errors import ModelError, ParityError, UsageError
 from parity.judge import compare_outputs, layer_only_findings, verdict_for
 from parity.options import CheckOptions
+from parity.paths import argument
 from parity.report import BackendInfo, Comparison, InputInfo, Report, Verdict
 
 Progress = Callable[[str], None]
@@ -610,8 +611,8 @@ def _recompression_check(comparisons, backends, feeds, verdict, compression, bud
             f"options, or changed after conversion",
             evidence=verdict.evidence + (entry,),
             next_steps=(f"reconvert and check in one step: parity convert "
-                        f"{next((b.path.name for b in backends if b.framework == 'onnxruntime'), 'MODEL.onnx')} "
-                        f"-o {compressed.path.name} {' '.join(settings)}",),
+                        f"{next((argument(b.path) for b in backends if b.framework == 'onnxruntime'), 'MODEL.onnx')} "
+                        f"-o {argument(compressed.path)} {' '.join(settings)}",),
         )
     return dataclasses.replace(verdict, evidence=verdict.evidence + (entry,))
 
@@ -785,5 +786,6 @@ def _write_repro(comparisons, backends, links, feeds, options: CheckOptions, ver
                                  feeds=feeds, tolerance=options.tolerance, timeout=options.timeout,
                                  check_pair=check_pair)
             state = {True: "reproduces", False: "does not reproduce in isolation", None: "could not be checked"}
-            return f"reproduction written to {directory} ({state[result['reproduces']]}): {result['command']}"
+            what = "reproduction (the given .mnn and the ONNX, whole)" if result["given_file"] else "reproduction"
+            return f"{what} written to {directory} ({state[result['reproduces']]}): {result['command']}"
     return f"no reproduction written to {directory}: no failing onnxruntime -> mnn link"

@@ -85,7 +85,7 @@ def _fig(value) -> str:
 def _read_json(path: Path) -> dict:
     from parity.mnn_graph import parse_dump_text
 
-    return parse_dump_text(path.read_text())
+    return parse_dump_text(path.read_text(encoding="utf-8"))  # MNN writes UTF-8, whatever the locale
 
 
 def _from_json(graph: dict, workdir: Path, stem: str, timeout: float) -> Path:
@@ -94,7 +94,7 @@ def _from_json(graph: dict, workdir: Path, stem: str, timeout: float) -> Path:
 
     source = workdir / f"{stem}.json"
     target = workdir / f"{stem}.mnn"
-    source.write_text(json.dumps(graph))
+    source.write_text(json.dumps(graph), encoding="utf-8")
     with Worker("MNN converter", timeout=timeout) as worker:
         worker.call("parity.ranking:_json_to_mnn_in_child", step=f"building {stem}.mnn from JSON",
                     source=str(source), target=str(target))

@@ -3,6 +3,11 @@ an MNN issue: the ONNX subgraph from the first divergence's paired inputs to its
 MNN conversion, the inputs (the reference's values there) and a README.txt with the numbers
 and the command that shows the bug. parity checks the reproduction itself and says whether it
 reproduces.
+
+When the diagnosis found the given .mnn file itself wrong (a fresh conversion of the same ONNX
+matches ONNX Runtime where the given file does not), a conversion made here cannot show the
+difference: the reproduction then carries the given file and the ONNX model, whole, with the
+check's inputs, and says so.
 """
 
 from __future__ import annotations
@@ -47,6 +52,37 @@ def write_repro(directory, *, reference, candidate, graph, comparison, verdict, 
         raise
 
 
+def given_file_is_wrong(verdict) -> bool:
+    """True when the verdict's evidence holds a fresh conversion of the same ONNX that passes
+    where the given .mnn fails (diagnose's "fresh conversion" experiment): the file is wrong,
+    not what the converter makes today."""
+    return any(isinstance(e, dict) and e.get("experiment") == "fresh conversion" and e.get("passed") is True
+               and isinstance(e.get("given_file"), dict) and e["given_file"].get("passed") is False
+               for e in verdict.evidence)
+
+
+def _copy_given(directory: Path, reference, candidate, feeds) -> tuple[Path, Path, Path, list[str]]:
+    """The ONNX model (and its external data) and the given .mnn (and its weights file) copied
+    whole into ``directory``, the check's inputs beside them."""
+    import shutil
+
+    from parity.converter import weights_path
+    from parity.paths import external_data, write_atomic
+
+    onnx_path, mnn_path, npz_path = directory / "model.onnx", directory / "given.mnn", directory / "inputs.npz"
+    shutil.copyfile(reference.path, onnx_path)
+    for location, file in external_data(reference.path):  # checked to stay in the model's directory
+        (directory / location).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(file, directory / location)
+    shutil.copyfile(candidate.path, mnn_path)
+    if weights_path(candidate.path).is_file():  # MNN loads MODEL.mnn.weight from beside the model
+        shutil.copyfile(weights_path(candidate.path), weights_path(mnn_path))
+    buffer = io.BytesIO()
+    np.savez(buffer, **feeds)
+    write_atomic(npz_path, buffer.getvalue(), "--repro inputs")
+    return onnx_path, mnn_path, npz_path, list(feeds)
+
+
 def _write(directory, *, reference, candidate, graph, comparison, verdict, feeds, tolerance,
            timeout, check_pair, converter_options) -> dict:
     from parity.converter import convert
@@ -55,7 +91,12 @@ def _write(directory, *, reference, candidate, graph, comparison, verdict, feeds
     directory = check_repro_dir(directory)
     directory.mkdir(exist_ok=True)
     divergence = comparison.first_divergence
-    if divergence is not None:
+    given = given_file_is_wrong(verdict)
+    if given:
+        onnx_path, mnn_path, npz_path, inputs = _copy_given(directory, reference, candidate, feeds)
+        scope = (f"the given file {candidate.path.name} (as given.mnn) and the ONNX model it was checked "
+                 f"against, {reference.path.name} (as model.onnx), whole")
+    elif divergence is not None:
         inputs = list(divergence.inputs)
         outputs = [divergence.name]
         from parity.layers import extract_subgraph
@@ -67,18 +108,19 @@ def _write(directory, *, reference, candidate, graph, comparison, verdict, feeds
         outputs = list(graph.outputs)
         model = reference.model_proto()
         scope = "the whole model (no single layer diverges first)"
-    graph_inputs = set(graph.inputs)
-    captured = [n for n in inputs if n not in graph_inputs]
-    values = dict(reference.capture(feeds, captured, cache=False).outputs) if captured else {}
-    values.update({n: feeds[n] for n in inputs if n in graph_inputs})
-    onnx_path = directory / "repro.onnx"
-    mnn_path = directory / "repro.mnn"
-    npz_path = directory / "inputs.npz"
-    write_atomic(onnx_path, model.SerializeToString(), "--repro model")
-    buffer = io.BytesIO()
-    np.savez(buffer, **{n: values[n] for n in inputs})
-    write_atomic(npz_path, buffer.getvalue(), "--repro inputs")
-    convert(onnx_path, mnn_path, options=list(converter_options), timeout=timeout)
+    if not given:
+        graph_inputs = set(graph.inputs)
+        captured = [n for n in inputs if n not in graph_inputs]
+        values = dict(reference.capture(feeds, captured, cache=False).outputs) if captured else {}
+        values.update({n: feeds[n] for n in inputs if n in graph_inputs})
+        onnx_path = directory / "repro.onnx"
+        mnn_path = directory / "repro.mnn"
+        npz_path = directory / "inputs.npz"
+        write_atomic(onnx_path, model.SerializeToString(), "--repro model")
+        buffer = io.BytesIO()
+        np.savez(buffer, **{n: values[n] for n in inputs})
+        write_atomic(npz_path, buffer.getvalue(), "--repro inputs")
+        convert(onnx_path, mnn_path, options=list(converter_options), timeout=timeout)
     tol_args = []
     if tolerance.atol is not None:
         tol_args += ["--atol", f"{tolerance.atol:g}"]
@@ -89,26 +131,43 @@ def _write(directory, *, reference, candidate, graph, comparison, verdict, feeds
         import shlex
 
         mnn_args.append(f"--mnn-target {shlex.quote(settings['target'])}")
-    command = (f"parity check repro.onnx repro.mnn --inputs inputs.npz {' '.join(tol_args)} "
+    command = (f"parity check {onnx_path.name} {mnn_path.name} --inputs inputs.npz {' '.join(tol_args)} "
                f"{' '.join(mnn_args)}")
     try:
         report = check_pair(onnx_path, mnn_path, npz_path)
-        output = report.comparisons[0].outputs[0]
+        outputs = report.comparisons[0].outputs
+        output = next((o for o in outputs if not o.passed), outputs[0])  # the whole model may have several
         reproduces = not report.passed
         figures = (f"max_abs_diff {fmt(output.max_abs_diff)}, max_rel_diff {fmt(output.max_rel_diff)}, "
                    f"{output.mismatch_fraction:.2%} of elements out of tolerance")
     except ParityError as exc:
         reproduces, figures = None, f"the reproduction could not be checked: {exc}"
+    from parity.render.text import readable_lines
+
+    if given:
+        what = [
+            f"What is here: {scope}, with the inputs of the check (inputs.npz: {', '.join(inputs)}).",
+            "The given file is what is wrong: a fresh conversion of this ONNX model matches ONNX Runtime",
+            "where the given file does not (see the evidence below), so a model converted here would not",
+            "show the difference. Attach both files; say how the given file was made (converter version",
+            "and options, the ONNX it came from) if you know.",
+        ]
+    else:
+        what = [
+            f"What is here: {scope}, cut from {reference.path.name} and converted with MNN's converter",
+            f"(options: {' '.join(converter_options) or 'defaults'}); inputs.npz holds ONNX Runtime's values",
+            f"of its inputs ({', '.join(inputs)}) on the original model's inputs.",
+        ]
     lines = [
         f"parity reproduction: {verdict.kind}",
         "",
         verdict.summary,
         "",
-        f"What is here: {scope}, cut from {reference.path.name} and converted with MNN's converter",
-        f"(options: {' '.join(converter_options) or 'defaults'}); inputs.npz holds ONNX Runtime's values",
-        f"of its inputs {inputs} on the original model's inputs.",
+        *what,
         "",
-        f"Versions: MNN {candidate.version}, onnxruntime {reference.version}; MNN settings {settings}.",
+        f"Versions: MNN {candidate.version}, onnxruntime {reference.version}.",
+        "MNN settings:",
+        *readable_lines(settings, indent="  "),
         "",
         "Command:",
         f"  {command}",
@@ -116,9 +175,13 @@ def _write(directory, *, reference, candidate, graph, comparison, verdict, feeds
         "Result here: " + ("it reproduces: " if reproduces else
                            "it does NOT reproduce in isolation: " if reproduces is False else "") + figures,
     ]
-    if reproduces is False:
+    if reproduces is False and not given:
         lines.append("(the difference needs the rest of the model, or the original .mnn file; "
                      "attach both models instead)")
-    lines += ["", "Evidence:"] + [f"  {e}" for e in verdict.evidence]
+    lines += ["", "Evidence:"]
+    for entry in verdict.evidence:
+        shown = readable_lines(entry, indent="    ")
+        lines += ["  - " + shown[0][4:], *shown[1:]] if shown else []
     write_atomic(directory / "README.txt", ("\n".join(lines) + "\n").encode(), "--repro README")
-    return {"directory": str(directory), "reproduces": reproduces, "figures": figures, "command": command}
+    return {"directory": str(directory), "reproduces": reproduces, "figures": figures, "command": command,
+            "given_file": given}

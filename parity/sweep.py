@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from parity.backends import SUFFIXES
+from parity.backends.registry import SUFFIXES
 from parity.backends.worker import python_command, python_env, signal_description
 from parity.errors import ExitCode, InputError, UsageError
 
@@ -65,6 +65,8 @@ class SweepReport:
     shard: str | None
     results: tuple[dict, ...]
     parity_version: str = field(default_factory=_parity_version)
+    # wall-clock seconds of the whole sweep; with -j N the pairs' own times add up to more
+    elapsed: float | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "target", os.fspath(self.target))
@@ -87,6 +89,7 @@ class SweepReport:
             "shard": self.shard,
             "passed": self.passed,
             "exit_code": self.exit_code,
+            "elapsed_seconds": None if self.elapsed is None else round(self.elapsed, 2),
             "results": list(self.results),
         }
 
@@ -295,7 +298,9 @@ class _Children:
                 return None
             proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                    start_new_session=True)
+                                    # not the locale's codec: an ASCII one (LC_ALL=C) would fail
+                                    # on the first name a child prints in UTF-8
+                                    encoding="utf-8", errors="replace", start_new_session=True)
             self._running.add(proc)
             return proc
 
@@ -367,7 +372,7 @@ def _run_one(item: Item, *, pair_timeout: float = PAIR_TIMEOUT, children: _Child
             code, err = _wait(proc, pair_timeout)
         finally:
             children.finished(proc)
-        report = json.loads(report_path.read_text()) if code is not None and report_path.exists() else None
+        report = json.loads(report_path.read_text(encoding="utf-8")) if code is not None and report_path.exists() else None
     if code is None:
         return _result(item, ExitCode.BACKEND, None, f"timed out after {pair_timeout:g} s", started)
     if code < 0:  # the check process itself died: a framework it runs in-process crashed

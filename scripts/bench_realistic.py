@@ -30,6 +30,8 @@ import threading
 import time
 from pathlib import Path
 
+from bench_common import HAND_WRITTEN  # the minimal script of bench.py's figure (a)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -268,7 +270,6 @@ def _stats(values: list[float]) -> tuple[float, float]:
 
 
 def figures(repeat: int, cache: Path) -> list[dict]:
-    from bench import HAND_WRITTEN  # the minimal script of figure (a)
     results = []
     for name in MODELS:
         onnx_path, mnn_path = build(name, cache)

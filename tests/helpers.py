@@ -27,6 +27,39 @@ class Result:
         return json.loads(self.out)
 
 
+# Signals the tests send to parity, or that a terminal would: a test's child starts with these at
+# their default disposition whatever the test runner inherited (under `nohup` SIGHUP is ignored,
+# in a background job of a non-interactive shell SIGINT is; an ignored disposition survives exec,
+# and parity rightly keeps a signal ignored at its start ignored).
+SENT_SIGNALS = ("SIGHUP", "SIGINT", "SIGTERM", "SIGQUIT")
+
+
+def default_signals() -> None:
+    """``preexec_fn`` for a child that will be sent signals: their default dispositions."""
+    import signal
+
+    for name in SENT_SIGNALS:
+        signal.signal(getattr(signal, name), signal.SIG_DFL)
+
+
+def wait_until(ready, proc, what: str, timeout: float = 120.0, poll: float = 0.01):
+    """Poll ``ready()`` until it returns something true, and return that; fail the test when
+    ``proc`` ends first or ``timeout`` passes. A readiness marker instead of a fixed sleep: a
+    loaded machine makes a process slower, never the wait wrong."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        found = ready()
+        if found:
+            return found
+        if proc.poll() is not None:
+            raise AssertionError(f"the process ended (exit {proc.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not {what} within {timeout} s")
+        time.sleep(poll)
+
+
 def run_parity(*args, cwd=None, env=None, timeout=600) -> Result:
     """Run ``python -m parity`` as a user would, in a real child process."""
     full_env = dict(os.environ)

@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from helpers import ROOT
+from helpers import ROOT, default_signals, wait_until
 
 
 def _digest(path: Path) -> str | None:
@@ -84,14 +84,27 @@ class Outcome:
         assert self.seconds <= limit, f"took {self.seconds:.1f} s > {limit} s: {where}"
 
 
+# Where a parity run is, read from its private temporary directory (TMPDIR/parity-run-*): what
+# run_hostile's ``signal_when`` waits for. A worker's directory exists once the CLI has installed
+# its signal handlers and started a child (MNN or its converter); in-1.npy is the first feed of
+# the MNN run; in-3.npy the feed of the layer capture that follows it (in-1 feeds, out-2 output).
+STARTED = "parity-run-*/parity-*/worker.log"
+RUNNING = "parity-run-*/parity-*/in-1.npy"
+CAPTURING = "parity-run-*/parity-*/in-3.npy"
+PAIR_RUNNING = "parity-run-*/parity-sweep-*/parity-*/in-1.npy"  # a sweep's pair check, running MNN
+
+
 def run_hostile(*args, cwd: Path, inputs=(), outputs=(), timeout: float = 120.0, env=None,
-                stdin=subprocess.DEVNULL, signal_after: tuple[float, int] | None = None,
+                stdin=subprocess.DEVNULL, signal_when: tuple[str, int] | None = None,
                 watch=()) -> Outcome:
-    """Run ``python -m parity *args`` in ``cwd``.
+    """Run ``python -m parity *args`` in ``cwd``, with SIGHUP, SIGINT and SIGTERM at their
+    default dispositions whatever this process inherited (``helpers.default_signals``).
 
     ``inputs``: files whose bytes must not change (every existing path among ``args`` is
     added). ``outputs``: paths parity may create. ``watch``: more directories in which nothing
-    may appear. ``signal_after``: (seconds, signal) to send to parity while it runs."""
+    may appear. ``signal_when``: (glob, signal): send the signal once a file matching the glob
+    appears under parity's TMPDIR (``STARTED``, ``RUNNING``, ``CAPTURING``: a readiness marker,
+    never a fixed delay); the test fails if parity ends first."""
     cwd = Path(cwd)
     tmp = cwd.parent / f"{cwd.name}-tmpdir"
     tmp.mkdir(exist_ok=True)
@@ -108,15 +121,21 @@ def run_hostile(*args, cwd: Path, inputs=(), outputs=(), timeout: float = 120.0,
     start = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "parity", *map(str, args)], cwd=cwd, env=full_env,
                             stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            errors="replace", start_new_session=True)
+                            errors="replace", start_new_session=True, preexec_fn=default_signals)
     timed_out = False
     try:
-        if signal_after is not None:
-            delay, signum = signal_after
+        if signal_when is not None:
+            pattern, signum = signal_when
             try:
-                proc.wait(timeout=delay)
-            except subprocess.TimeoutExpired:
-                proc.send_signal(signum)
+                # stdout and stderr are pipes: a run that fills one before the marker would block,
+                # but parity prints its report only at the end and nothing on stderr before
+                wait_until(lambda: next(tmp.glob(pattern), None), proc, f"{pattern} appeared",
+                           timeout=timeout)
+            except AssertionError:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+                raise
+            proc.send_signal(signum)
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         timed_out = True

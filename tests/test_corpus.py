@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from helpers import MODELS, save_model, slow_matmul_model, tensor, to_mnn
+from helpers import MODELS, default_signals, save_model, slow_matmul_model, tensor, to_mnn, wait_until
+from hostile import RUNNING
 from parity.errors import ExitCode
 
 BAD, BACKEND, USAGE, PASS, MISMATCH = (ExitCode.MODEL_OR_INPUT, ExitCode.BACKEND, ExitCode.USAGE,
@@ -322,11 +323,9 @@ def test_sigint_during_a_run_stops_cleanly(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "parity", "check", "big.onnx", "big.mnn", "--layers",
                              "--isolate", "all", "--max-memory", "64M", "--json", "report.json"],
                             cwd=case_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(_tagged_processes(tag)) < 2:
-        time.sleep(0.05)  # wait until the MNN child is up
-    time.sleep(0.5)
+                            start_new_session=True, preexec_fn=default_signals)
+    # the MNN run has its first feed: parity's handlers are in place and the work is under way
+    wait_until(lambda: next(private_tmp.glob(RUNNING), None), proc, "MNN was running", timeout=60)
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == ExitCode.INTERRUPTED, (proc.returncode, err)

@@ -2,6 +2,7 @@
 converter failure without the converter's reason, a .pt2's shape guard as a torch error."""
 
 import re
+import shlex
 import warnings
 
 import numpy as np
@@ -76,16 +77,43 @@ def test_raw_dump_with_float16_like_bytes_keeps_the_dtype_hint(half_case):
     assert "float16 data read as float32 (use --dtype float16)" in summary
 
 
-# -- 2. every "parity convert" hint is a command parity accepts ----------------------------------
+# -- 2. every "parity convert" hint is a command that runs where the user ran parity ------------
 def test_onnx_named_mnn_hint_is_a_command_parity_accepts(tmp_path):
+    """The paths given are relative and in a subdirectory with a space: the hint names them as
+    given, quoted for the shell, and the command it prints runs from the user's directory."""
+    (tmp_path / "my models").mkdir()
     onnx_path = save_model([helper.make_node("Relu", ["x"], ["y"])], [tensor("x", shape=[1, 4])],
-                           [tensor("y", shape=[1, 4])], tmp_path / "m.onnx")
-    (tmp_path / "fake.mnn").write_bytes(onnx_path.read_bytes())
-    line = assert_one_line_error(run_parity("check", onnx_path, tmp_path / "fake.mnn", cwd=tmp_path),
+                           [tensor("y", shape=[1, 4])], tmp_path / "my models" / "m.onnx")
+    (tmp_path / "my models" / "fake.mnn").write_bytes(onnx_path.read_bytes())
+    line = assert_one_line_error(run_parity("check", "my models/m.onnx", "my models/fake.mnn", cwd=tmp_path),
                                  ExitCode.MODEL_OR_INPUT, "parity convert")
-    command = re.search(r"parity convert ([^)]*)", line).group(1).split()
-    assert command[0].endswith(".onnx") and command[command.index("-o") + 1] == "fake.mnn", line
-    assert run_parity("convert", *command, cwd=tmp_path).code != ExitCode.USAGE
+    assert "(mv 'my models/fake.mnn' 'my models/fake.onnx', then parity convert" in line, line
+    command = shlex.split(re.search(r"parity convert ([^)]*)", line).group(1))
+    assert command == ["my models/fake.onnx", "-o", "my models/fake.mnn"], line
+    (tmp_path / "my models" / "fake.mnn").rename(tmp_path / "my models" / "fake.onnx")
+    assert run_parity("convert", *command, cwd=tmp_path).code == ExitCode.PASS
+    assert (tmp_path / "my models" / "fake.mnn").stat().st_size > 0
+
+
+def test_verdict_next_step_names_the_paths_as_given(tmp_path):
+    """A "given file differs from a fresh conversion" verdict, checked from another directory
+    with relative paths: the next step's command names them as given, runs from there, and
+    passes (before, it printed bare file names that exist nowhere in the user's directory)."""
+    from helpers import MODELS, alter_initializer, to_mnn
+
+    here = tmp_path / "work"
+    (here / "a dir").mkdir(parents=True)
+    (here / "a dir" / "cnn.onnx").write_bytes((MODELS / "cnn.onnx").read_bytes())
+    altered = alter_initializer(MODELS / "cnn.onnx", tmp_path / "altered.onnx", "conv3.weight", index=4, delta=3.0)
+    to_mnn(altered, here / "a dir" / "cnn_changed.mnn")
+    result = run_parity("check", "a dir/cnn.onnx", "a dir/cnn_changed.mnn", "--json", "-", cwd=here)
+    assert result.code == ExitCode.MISMATCH, result.err
+    verdict = result.json()["verdict"]
+    assert verdict["kind"] == "conversion", verdict
+    step = next(s for s in verdict["next_steps"] if "parity convert" in s)
+    command = shlex.split(step.split(": ", 1)[1])
+    assert command == ["parity", "convert", "a dir/cnn.onnx", "-o", "a dir/cnn_changed.mnn"], step
+    assert run_parity(*command[1:], cwd=here).code == ExitCode.PASS
 
 
 # -- 3. the converter's own line naming the operators it cannot convert --------------------------

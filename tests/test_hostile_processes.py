@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from onnx import helper
 
-from helpers import MODELS, save_model, tensor, to_mnn
-from hostile import _marked_processes, run_hostile
+from helpers import MODELS, default_signals, save_model, tensor, to_mnn, wait_until
+from hostile import CAPTURING, PAIR_RUNNING, RUNNING, STARTED, _marked_processes, run_hostile
 from parity.errors import ExitCode
 
 INTERRUPTED_BY = {signal.SIGTERM: "Interrupted by SIGTERM", signal.SIGHUP: "Interrupted by SIGHUP",
@@ -60,18 +60,20 @@ def _signalled(outcome, signum) -> None:
 
 
 # -- signals -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("signum, delay", [
-    (signal.SIGTERM, 0.5),  # starting: imports, MNN's child just started
-    (signal.SIGTERM, 1.2),  # running both frameworks
-    (signal.SIGTERM, 2.5),  # capturing layers
-    (signal.SIGHUP, 1.2),
-    (signal.SIGINT, 1.2),  # to parity alone: its MNN child is in a process group of its own
-    (signal.SIGKILL, 1.2),
+# Each signal is sent when parity is in the phase named (a file in its private TMPDIR says so,
+# see hostile.py), never after a fixed delay: on a loaded machine a delay lands elsewhere.
+@pytest.mark.parametrize("signum, phase", [
+    (signal.SIGTERM, STARTED),  # starting: MNN's child just started
+    (signal.SIGTERM, RUNNING),  # running both frameworks
+    (signal.SIGTERM, CAPTURING),  # capturing layers
+    (signal.SIGHUP, RUNNING),
+    (signal.SIGINT, RUNNING),  # to parity alone: its MNN child is in a process group of its own
+    (signal.SIGKILL, RUNNING),
 ], ids=["term-start", "term-run", "term-layers", "hup", "int", "kill"])
-def test_signal_during_check_layers(tmp_path, slow_pair, signum, delay):
+def test_signal_during_check_layers(tmp_path, slow_pair, signum, phase):
     work = _work(tmp_path, *slow_pair)
     outcome = run_hostile("check", "slow.onnx", "slow.mnn", "--layers", "--json", "r.json", cwd=work,
-                          signal_after=(delay, signum))
+                          signal_when=(phase, signum))
     _signalled(outcome, signum)
     assert not (work / "r.json").exists()
 
@@ -80,7 +82,7 @@ def test_signal_during_check_layers(tmp_path, slow_pair, signum, delay):
 def test_signal_during_convert(tmp_path, slow_pair, signum):
     work = _work(tmp_path, slow_pair[0])
     outcome = run_hostile("convert", "slow.onnx", "-o", "out.mnn", cwd=work, outputs=["out.mnn"],
-                          signal_after=(1.0, signum))
+                          signal_when=(STARTED, signum))  # the converter's child has started
     _signalled(outcome, signum)
 
 
@@ -95,7 +97,7 @@ def test_signal_during_sweep_with_two_jobs(tmp_path, slow_pair, signum):
         for model in slow_pair:
             shutil.copy(model, work / "zoo" / f"{stem}{model.suffix}")
     outcome = run_hostile("sweep", "zoo", "-j", "2", "--json", "s.json", cwd=work,
-                          signal_after=(1.5, signum))
+                          signal_when=(PAIR_RUNNING, signum))
     _signalled(outcome, signum)
     assert not (work / "s.json").exists()
 
@@ -227,19 +229,16 @@ def test_stdout_that_cannot_be_written(tmp_path, setup, extra, code):
 def test_interrupt_after_the_conversion_names_the_model_it_wrote(tmp_path, slow_pair):
     """Ctrl-C during convert's check step: the converted model is a finished output and stays;
     the line must say it was written (it used to say "nothing was written")."""
-    import subprocess
-    import sys
-    import time
-
     work = _work(tmp_path, slow_pair[0])
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "parity", "convert", "slow.onnx", "-o", "out.mnn"],
                             cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    deadline = time.monotonic() + 60
-    while not (work / "out.mnn").exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+                            env=dict(os.environ, TMPDIR=str(tmp)), start_new_session=True,
+                            preexec_fn=default_signals)
+    # the check of the converted pair runs MNN: its first feed is written after out.mnn exists
+    wait_until(lambda: next(tmp.glob(RUNNING), None), proc, "the converted pair was being checked", timeout=60)
     assert (work / "out.mnn").exists(), "the conversion did not finish"
-    time.sleep(0.3)  # now checking the pair
     finished_before = proc.poll() is not None
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)

@@ -70,7 +70,7 @@ def test_altered_const_is_named_with_count_and_max_abs_diff(const_model, tmp_pat
     assert _one_line(diff.summary()) == (
         "fresh differs from given: 1 constant differs: 'C' (1 of 64 values, max abs diff 0.5).")
     # The altered file loads and computes the change, at that element only
-    from parity.backends import open_backend
+    from parity.backends.registry import open_backend
 
     x = helpers.randn(4, 16)
     outputs = []

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import MODELS, ROOT, assert_one_line_error, crashing_model, run_parity, slow_matmul_model
+from helpers import (MODELS, ROOT, assert_one_line_error, crashing_model, default_signals, run_parity,
+                     slow_matmul_model, wait_until)
 from parity.errors import ExitCode, UsageError
 from parity.targets import crash_signal, parse_target
 
@@ -173,13 +174,9 @@ def test_sigterm_ends_the_target_python_too(tmp_path):
     mark = tmp_path.name
     proc = subprocess.Popen([PY, "-m", "parity", "check", onnx_path, mnn_path, "--mnn-target", EXEC,
                              "--mnn-threads", "1"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=dict(os.environ, PARITY_TEST_MARK=mark))
-    deadline = time.monotonic() + 60
-    while not _agents(mark):
-        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
-        time.sleep(0.1)
-    time.sleep(1.0)  # well into the run
-    proc.send_signal(signal.SIGTERM)
+                            env=dict(os.environ, PARITY_TEST_MARK=mark), preexec_fn=default_signals)
+    wait_until(lambda: _agents(mark), proc, "the target's agent ran", timeout=60)
+    proc.send_signal(signal.SIGTERM)  # the agent loads and runs ~20 s of MNN: the signal lands in it
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == ExitCode.TERMINATED, err
     deadline = time.monotonic() + 10
@@ -322,14 +319,19 @@ def test_sigterm_while_the_target_starts_leaves_nothing(tmp_path):
     marker = f"sleep 97.{len(mark)}"  # a command line no other test runs
     proc = subprocess.Popen([PY, "-m", "parity", "check", MODELS / "cnn.onnx", MODELS / "cnn.mnn",
                              "--mnn-target", f"exec:sh -c '{marker}' --"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(2.0)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_signals)
+
+    def starting():  # the target's command runs (it never answers): parity waits for it
+        return [e for e in Path("/proc").iterdir() if e.name.isdigit() and _cmdline(e).startswith(marker)]
+
+    wait_until(starting, proc, "the target's command started", timeout=60)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == ExitCode.TERMINATED, err
-    time.sleep(0.5)
-    left = [e for e in Path("/proc").iterdir() if e.name.isdigit() and _cmdline(e).startswith(marker)]
-    assert left == []
+    deadline = time.monotonic() + 5  # the kernel may take a moment to reap what was killed
+    while starting() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert starting() == []
 
 
 def _cmdline(entry: Path) -> str:

@@ -11,6 +11,7 @@ from parity.backends.base import Backend, RunResult, check_model_file, conform_f
 from parity.backends.mnn_log import backend_that_ran, cpu_features  # noqa: F401 (backend_that_ran: API)
 from parity.backends.worker import Worker
 from parity.errors import BackendCrash, BackendError, BackendTimeout, FrameworkMissing, ModelError, ParityError
+from parity.paths import argument
 from parity.specs import TensorMap, TensorSpec
 
 _CHILD = "parity.backends.mnn_child"
@@ -145,10 +146,11 @@ class MnnBackend(Backend):
             if remote and remote in str(exc):  # the target's copy: name the user's file instead
                 raise ModelError(str(exc).replace(remote, str(self.path))) from None
             if _looks_like_onnx(self.path):
+                renamed = self.path.with_suffix(".onnx")
                 raise ModelError(
                     f"{str(self.path)!r} is an ONNX model with an .mnn name; convert it first "
-                    f"(rename it to {self.path.stem}.onnx, then parity convert {self.path.stem}.onnx "
-                    f"-o {self.path.name})"
+                    f"(mv {argument(self.path)} {argument(renamed)}, then parity convert "
+                    f"{argument(renamed)} -o {argument(self.path)})"
                 ) from None
             raise
         except BaseException:

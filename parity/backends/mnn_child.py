@@ -75,10 +75,21 @@ def _placeholder(name: str, array: np.ndarray, data_format: str):
     return var
 
 
+def _native(path: str) -> str:
+    """A path as MNN's binding takes it (pybind11 encodes a str as UTF-8): the bytes the file
+    system holds, as UTF-8 text; under LC_ALL=C Python's own str holds them as surrogates.
+    parity.paths.utf8_name does the same; this module runs on targets too, where parity.paths
+    is not shipped."""
+    try:
+        return os.fsencode(path).decode("utf-8")
+    except UnicodeError:  # not UTF-8 (the parent refuses such a model before it gets here)
+        return path
+
+
 def _graph() -> dict:
     """The model as MNN expressions by tensor name, read on first need (--layers, cuts)."""
     if _state.get("graph") is None:
-        _state["graph"] = _mnn().expr.load_as_dict(_state["path"])
+        _state["graph"] = _mnn().expr.load_as_dict(_state["native"])
     return _state["graph"]
 
 
@@ -108,16 +119,17 @@ def load(path: str, backend: str, threads: int, precision: str, hints: list, mem
     if memory is not None:
         config["memory"] = int(memory)
     runtime = MNN.nn.create_runtime_manager((config,))
+    native = _native(path)  # MNN's binding takes UTF-8; Python's calls below take ``path``
     for mode, value in hints:
         runtime.set_hint(int(mode), int(value))
     try:  # MNN verifies the flatbuffer: a file that is not a model raises (SystemError) here
-        module = MNN.nn.load_module_from_file(path, [], [], runtime_manager=runtime, rearrange=rearrange,
+        module = MNN.nn.load_module_from_file(native, [], [], runtime_manager=runtime, rearrange=rearrange,
                                               shape_mutable=shape_mutable)
     except Exception:
         module = None
     if module is None:
         raise ChildFailure("model", f"{path!r} is not a readable MNN model (MNN could not parse it)")
-    _state.update(path=path, graph=None)
+    _state.update(path=path, native=native, graph=None)
     info = module.get_info()
     described = info.get("inputs") or []
     # the module describes its inputs; reading the whole graph as expressions (load_as_dict,
@@ -167,7 +179,8 @@ def dump_json(path: str, target: str) -> bool:
     """The MNN graph as JSON (op types, parameters, tensor names), written by MNN's converter."""
     import _tools  # MNN's converter binding
 
-    ok = _tools.mnnconvert(["MNNConvert", "-f", "MNN", "--modelFile", path, "--JsonFile", target])
+    ok = _tools.mnnconvert(["MNNConvert", "-f", "MNN", "--modelFile", _native(path),
+                            "--JsonFile", _native(target)])
     if not ok:
         raise ChildFailure("backend", f"MNN's converter could not dump {path} as JSON")
     return True
@@ -196,7 +209,7 @@ def _module_for(inputs: tuple, outputs: tuple, cache: bool):
         for old in [k for k in modules if k != ()]:
             del modules[old]
     modules[key] = _mnn().nn.load_module_from_file(
-        _state["path"], list(inputs), list(outputs), runtime_manager=_state["runtime"],
+        _state["native"], list(inputs), list(outputs), runtime_manager=_state["runtime"],
         rearrange=_state["rearrange"],
     )
     return modules[key]
@@ -218,7 +231,7 @@ def _main_module():
     if () not in modules:
         modules.clear()
         modules[()] = _mnn().nn.load_module_from_file(
-            _state["path"], [], [], runtime_manager=_state["runtime"], rearrange=_state["rearrange"],
+            _state["native"], [], [], runtime_manager=_state["runtime"], rearrange=_state["rearrange"],
             shape_mutable=_state["shape_mutable"])
     return modules[()]
 

@@ -13,7 +13,7 @@ import sys
 
 from parity.backends.base import Backend, RunResult
 from parity.errors import BackendError, FrameworkMissing, ModelError
-from parity.paths import external_data, is_utf8, show
+from parity.paths import external_data, is_utf8, show, utf8_name
 from parity.specs import TensorMap, TensorSpec
 
 _ORT_TYPES = {
@@ -120,11 +120,11 @@ class OnnxRuntimeBackend(Backend):
         size = self.path.stat().st_size + sum(path.stat().st_size for _, path in externals)
         self._large = size > _LARGE_MODEL
         self._externals = bool(externals)
-        model = str(self.path)
-        if not is_utf8(model):  # the binding takes UTF-8 paths only; bytes it takes
+        model = utf8_name(self.path) or str(self.path)  # the binding takes UTF-8 text
+        if not is_utf8(model):  # a name that is not UTF-8: the binding takes the model's bytes
             if externals:
-                folder = os.path.dirname(os.path.abspath(model))
-                if not is_utf8(folder):
+                folder = utf8_name(os.path.dirname(os.path.abspath(model)))
+                if folder is None:
                     raise ModelError(f"{show(model)} keeps its weights in external data in a directory "
                                      f"whose name is not valid UTF-8, which onnxruntime cannot open; "
                                      f"rename it")
@@ -200,8 +200,8 @@ class OnnxRuntimeBackend(Backend):
 
         if not getattr(self, "_externals", False):
             return onnx_skeleton.with_outputs(self.path, names), None
-        folder = os.path.dirname(os.path.abspath(self.path))  # where _open and external_data look
-        if is_utf8(folder):
+        folder = utf8_name(os.path.dirname(os.path.abspath(self.path)))  # where _open looks
+        if folder is not None:
             return onnx_skeleton.with_outputs(self.path, names), folder
         import onnx
 

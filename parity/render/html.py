@@ -26,6 +26,8 @@ th{background:#f4f4f4} td.num{text-align:right;font-variant-numeric:tabular-nums
 .verdict.kind-pass{border-color:#8bc34a;background:#f1f8e9} .verdict:not(.kind-pass){border-color:#e57373;background:#fff5f5}
 code{font-size:.85rem;background:#f4f4f4;padding:0 .2rem} .muted{color:#666;font-size:.85rem}
 svg text{font-family:system-ui,sans-serif;font-size:11px}
+td .kv{white-space:pre-wrap;font-family:ui-monospace,monospace;font-size:.8rem;max-height:14em;overflow:auto;max-width:60rem;overflow-wrap:anywhere}
+td.text{max-width:40rem;overflow-wrap:anywhere}
 """
 
 
@@ -49,10 +51,13 @@ def _layer_chart(report: Report) -> str:
     lo = math.floor(math.log10(max(min([v for v in values if v > 0] + [1e-9]), 1e-12)))
     hi = math.ceil(math.log10(max(values + [layer_rtol or 1e-3, 1e-6])))
     lo, hi = min(lo, -8), max(hi, lo + 1)
-    n = max(len(c.layers) for c in linked)
+    # layers are placed and numbered by their index, the terminal's "#" column (the ONNX
+    # topological position of the value's node), so both name a layer by the same number
+    first = min(layer.index for c in linked for layer in c.layers)
+    last = max(layer.index for c in linked for layer in c.layers)
 
     def x(i):
-        return left + (plot_w * i / max(n - 1, 1))
+        return left + (plot_w * (i - first) / max(last - first, 1))
 
     def y(v):
         v = max(v or 10.0 ** lo, 10.0 ** lo)
@@ -65,10 +70,12 @@ def _layer_chart(report: Report) -> str:
         yy = y(10.0 ** decade)
         parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{yy:.1f}" y2="{yy:.1f}" stroke="#eee"/>')
         parts.append(f'<text x="{left - 6}" y="{yy + 4:.1f}" text-anchor="end">1e{decade}</text>')
-    step = max(1, n // 10)
-    for i in range(0, n, step):
-        parts.append(f'<text x="{x(i):.1f}" y="{top + plot_h + 16}" text-anchor="middle">{i}</text>')
-    parts.append(f'<text x="{left + plot_w / 2}" y="{top + plot_h + 34}" text-anchor="middle">layer (ONNX topological order)</text>')
+    indices = sorted({layer.index for c in linked for layer in c.layers})
+    step = max(1, len(indices) // 10)
+    for i in indices[::step]:
+        parts.append(f'<text class="tick" x="{x(i):.1f}" y="{top + plot_h + 16}" text-anchor="middle">{i}</text>')
+    parts.append(f'<text x="{left + plot_w / 2}" y="{top + plot_h + 34}" text-anchor="middle">layer # (as in the '
+                 f'terminal: the ONNX node\'s topological position)</text>')
     parts.append(f'<text transform="translate(14,{top + plot_h / 2}) rotate(-90)" text-anchor="middle">'
                  f'max|c - r| / max|r|</text>')
     if layer_rtol:
@@ -78,19 +85,20 @@ def _layer_chart(report: Report) -> str:
         parts.append(f'<text x="{left + plot_w - 4}" y="{yy - 4:.1f}" text-anchor="end">layer tolerance {layer_rtol:g}</text>')
     for k, comparison in enumerate(linked):
         color = _COLORS[k % len(_COLORS)]
-        points = " ".join(f"{x(i):.1f},{y(layer.scaled_error):.1f}" for i, layer in enumerate(comparison.layers))
+        points = " ".join(f"{x(layer.index):.1f},{y(layer.scaled_error):.1f}" for layer in comparison.layers)
         parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{points}"/>')
-        for i, layer in enumerate(comparison.layers):
-            parts.append(f'<circle cx="{x(i):.1f}" cy="{y(layer.scaled_error):.1f}" r="2.5" fill="{color}">'
-                         f'<title>{escape(layer.name)} ({escape(layer.op_type)}): {_num(layer.scaled_error)}</title></circle>')
+        for layer in comparison.layers:
+            parts.append(f'<circle cx="{x(layer.index):.1f}" cy="{y(layer.scaled_error):.1f}" r="2.5" fill="{color}">'
+                         f'<title>#{layer.index} {escape(layer.name)} ({escape(layer.op_type)}): '
+                         f'{_num(layer.scaled_error)}</title></circle>')
         divergence = comparison.first_divergence
         if divergence is not None:
-            i = next(i for i, layer in enumerate(comparison.layers) if layer.name == divergence.name)
-            cx, cy = x(i), y(comparison.layers[i].scaled_error)
+            at = next(layer for layer in comparison.layers if layer.name == divergence.name)
+            cx, cy = x(at.index), y(at.scaled_error)
             parts.append(f'<circle class="first-divergence" cx="{cx:.1f}" cy="{cy:.1f}" r="7" fill="none" '
                          f'stroke="#c62828" stroke-width="2.5"/>')
             parts.append(f'<text x="{cx + 9:.1f}" y="{cy - 8:.1f}" fill="#c62828">first divergence: '
-                         f'{escape(divergence.name)}</text>')
+                         f'#{at.index} {escape(divergence.name)}</text>')
         below = top + plot_h + 48 + 16 * k
         parts.append(f'<rect x="{left + 10}" y="{below - 5}" width="12" height="3" fill="{color}"/>'
                      f'<text x="{left + 28}" y="{below}">{escape(comparison.link)}</text>')
@@ -134,23 +142,49 @@ def _outputs(report: Report) -> str:
                 f"<td class=num>{_num(o.max_rel_diff)}</td><td class=num>{_num(o.mean_abs_diff)}</td>"
                 f"<td class=num>{_num(o.cosine, '.6f')}</td>"
                 f"<td class=num>{'-' if o.mismatch_fraction is None else f'{o.mismatch_fraction:.2%}'}</td>"
-                f"<td>{_status(o.passed)}</td><td>{escape('; '.join(list(o.alignment) + ([o.error] if o.error else [])))}</td></tr>")
+                f"<td>{_status(o.passed)}</td><td class=text>"
+                f"{escape('; '.join(list(o.alignment) + ([o.error] if o.error else []) + list(o.notes)))}</td></tr>")
     return ("<table><tr><th>link</th><th>output</th><th>shape</th><th>max_abs</th><th>max_rel</th>"
-            "<th>mean_abs</th><th>cosine</th><th>out of tol</th><th></th><th>alignment / error</th></tr>"
+            "<th>mean_abs</th><th>cosine</th><th>out of tol</th><th></th><th>alignment / notes</th></tr>"
             + "".join(rows) + "</table>")
 
 
 def _evidence(report: Report) -> str:
+    """One row per experiment: its name, then its figures as "key: value" lines (nested ones
+    indented, yes/no for booleans) in a cell of bounded height, never a Python repr."""
+    from parity.render.text import readable_lines
+
     if not report.verdict.evidence:
         return ""
-    keys = []
-    for e in report.verdict.evidence:
-        keys.extend(k for k in e if k not in keys)
-    head = "".join(f"<th>{escape(k)}</th>" for k in keys)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{escape(_num(e.get(k)) if isinstance(e.get(k), float) else str(e.get(k, '')))}</td>"
-                         for k in keys) + "</tr>" for e in report.verdict.evidence)
-    return f"<h3>Evidence</h3><table><tr>{head}</tr>{body}</table>"
+    rows = []
+    for entry in report.verdict.evidence:
+        if isinstance(entry, dict):
+            head_key = next((k for k in ("experiment", "link", "ranking") if k in entry), None)
+            head = str(entry[head_key]) if head_key else ""
+            rest = {k: v for k, v in entry.items() if k != head_key}
+        else:
+            head, rest = "", entry
+        lines = "\n".join(escape(line) for line in readable_lines(rest))
+        rows.append(f'<tr><td class=text>{escape(head)}</td><td><div class="kv">{lines}</div></td></tr>')
+    return f"<h3>Evidence</h3><table><tr><th>experiment</th><th>what it measured</th></tr>{''.join(rows)}</table>"
+
+
+def _unpaired(report: Report, limit: int = 500) -> str:
+    """Each link's values with no counterpart in the other graph, with the reason."""
+    parts = []
+    for c in report.comparisons:
+        if not c.unpaired:
+            continue
+        rows = "".join(f"<tr><td>{escape(u.name)}</td><td class=text>{escape(u.reason)}</td></tr>"
+                       for u in c.unpaired[:limit])
+        more = (f'<p class="muted">... and {len(c.unpaired) - limit} more in the JSON report</p>'
+                if len(c.unpaired) > limit else "")
+        parts.append(f"<h3>{escape(c.link)}: {len(c.unpaired)} unpaired</h3>"
+                     f"<table><tr><th>value</th><th>why it has no counterpart</th></tr>{rows}</table>{more}")
+    if not parts:
+        return ""
+    return ('<h2>Unpaired values</h2><p class="muted">Values of one graph with no counterpart in the other '
+            "(fused, folded or renamed by the converter): not compared.</p>" + "".join(parts))
 
 
 def _ranking(report: Report) -> str:
@@ -189,16 +223,11 @@ def _ranking(report: Report) -> str:
 
 def _settings(settings) -> str:
     """A backend's settings as "key: value" lines (not a Python dict's repr)."""
+    from parity.render.text import readable_lines
+
     if not settings:
         return ""
-    lines = []
-    for key, value in settings.items():
-        if isinstance(value, dict):
-            value = ", ".join(f"{k} {v}" for k, v in value.items()) or "-"
-        elif isinstance(value, (list, tuple)):
-            value = ", ".join(map(str, value)) or "-"
-        lines.append(f"{escape(str(key))}: {escape(str(value))}")
-    return "<br>".join(lines)
+    return '<div class="kv">' + "\n".join(escape(line) for line in readable_lines(settings)) + "</div>"
 
 
 def render(report: Report) -> str:
@@ -235,6 +264,7 @@ def render(report: Report) -> str:
 <h2>Outputs</h2>{_outputs(report)}
 {_ranking(report)}
 <h2>Per-layer error</h2>{_layer_chart(report)}
+{_unpaired(report)}
 <h2>Differences at the first divergence</h2>{_histogram(report)}
 <h2>Alignment</h2>{f"<ul>{alignment}</ul>" if alignment else '<p class="muted">No alignment was needed.</p>'}
 <h2>Inputs</h2><table><tr><th>name</th><th>shape</th><th>dtype</th><th>source</th><th>notes</th></tr>{inputs}</table>
@@ -261,6 +291,7 @@ def render_sweep(report) -> str:
                     f"<td>{escape(str(r.get('mnn_target', 'local')))}, {escape(str(r.get('mnn_precision', 'normal')))}</td>"
                     f"<td>{r['seconds']:.1f}</td></tr>")
     state = "PASS" if report.passed else "FAIL"
+    elapsed = "" if getattr(report, "elapsed", None) is None else f"; {report.elapsed:.1f} s (wall clock)"
     title = f"parity sweep {report.target}" + (f" (shard {report.shard})" if report.shard else "")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{escape(title)}: {state}</title>
@@ -268,7 +299,7 @@ def render_sweep(report) -> str:
 tr.fail td {{ color: #b00020; }}</style></head>
 <body>
 <h1>{escape(title)}: {state}</h1>
-<p>{passed} of {len(results)} pairs pass; exit code {int(report.exit_code)}; parity {escape(report.parity_version)}</p>
+<p>{passed} of {len(results)} pairs pass; exit code {int(report.exit_code)}{elapsed}; parity {escape(report.parity_version)}</p>
 <table><tr><th>model</th><th>exit</th><th>verdict</th><th>summary or error</th><th>where</th><th>MNN run</th><th>s</th></tr>
 {''.join(rows)}</table>
 </body></html>

@@ -18,12 +18,19 @@ from parity.report import Comparison, OutputComparison, Report
 from parity.specs import format_shape
 
 
-def console(file: IO[str] | None, **options):
+def console(file: IO[str] | None, *, encoding: str | None = None, **options):
     """A rich Console for parity's output: ``emoji=False`` (a name holding ``:smile:`` stays
-    text), ``highlight=False``, and a reader that went away raises BrokenPipeError."""
+    text), ``highlight=False``, and a reader that went away raises BrokenPipeError. ``encoding``:
+    that of the stream the text finally goes to, when ``file`` is a buffer in between; on a
+    stream that is not UTF-8 (``PYTHONIOENCODING=ascii``, ``LC_ALL=C``) rich draws tables with
+    ASCII characters, not box-drawing ones that would come out as escapes."""
     from rich.console import Console
 
     class _Console(Console):
+        @property
+        def encoding(self) -> str:
+            return (encoding or getattr(self.file, "encoding", None) or "utf-8").lower()
+
         def on_broken_pipe(self) -> None:
             self.quiet = True  # drop what is still buffered; the CLI decides the exit
             raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
@@ -35,6 +42,61 @@ def _num(value, spec: str = ".3g") -> str:
     from parity.metrics import fmt
 
     return "-" if value is None else fmt(value, spec)
+
+
+def readable_value(value) -> str:
+    """One scalar for a person: yes/no for booleans, - for None, figures to 4 digits."""
+    from parity.metrics import fmt
+
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return fmt(value, ".4g")
+    return str(value)
+
+
+def readable_lines(value, indent: str = "", limit: int = 60) -> list[str]:
+    """A nested value (a verdict's evidence entry, a backend's settings: dicts, lists, scalars)
+    as "key: value" lines, nested ones indented, instead of a Python repr; a list of scalars on
+    one line. At most ``limit`` lines, the rest counted."""
+    lines: list[str] = []
+
+    def scalar_list(items) -> bool:
+        return all(not isinstance(x, (dict, list, tuple)) for x in items)
+
+    def walk(v, pad: str, head: str) -> None:
+        if isinstance(v, dict) and v:
+            if head:
+                lines.append(f"{pad}{head}:")
+                pad += "  "
+            for key, item in v.items():
+                if isinstance(item, (dict, list, tuple)) and not item:
+                    continue  # an empty list or table says nothing
+                walk(item, pad, str(key))
+        elif isinstance(v, (list, tuple)) and v and not scalar_list(v):
+            if head:
+                lines.append(f"{pad}{head}:")
+                pad += "  "
+            for item in v:
+                start = len(lines)
+                walk(item, pad + "  ", "")
+                if len(lines) > start:  # the item's first line carries the bullet
+                    lines[start] = pad + "- " + lines[start][len(pad) + 2:]
+        else:
+            if isinstance(v, (list, tuple)):
+                text = ", ".join(readable_value(x) for x in v) or "none"
+            elif isinstance(v, dict):
+                text = "none"
+            else:
+                text = readable_value(v)
+            lines.append(f"{pad}{head}: {text}" if head else f"{pad}{text}")
+
+    walk(value, indent, "")
+    if len(lines) > limit:
+        lines = lines[:limit - 1] + [f"{indent}... {len(lines) - limit + 1} more lines in the JSON report"]
+    return lines
 
 
 def _shape(shape) -> str:
@@ -120,18 +182,44 @@ _STATUS = {
 }
 
 
-def _layers(comparison: Comparison, out, around: int = 5) -> None:
-    """The layers around the first divergence (never thousands of rows), or a summary."""
+def unpaired_lines(comparison: Comparison, names: int = 5, reasons: int = 5) -> list[str]:
+    """The values of one graph with no counterpart in the other, grouped by reason: at most
+    ``names`` names for each of at most ``reasons`` reasons, and how to get them all."""
+    by_reason: dict[str, list[str]] = {}
+    for entry in comparison.unpaired:
+        by_reason.setdefault(entry.reason, []).append(entry.name)
+    lines, cut = [], False
+    for reason, group in list(by_reason.items())[:reasons]:
+        more = f" and {len(group) - names} more" if len(group) > names else ""
+        cut = cut or bool(more)
+        lines.append(f"  unpaired ({len(group)}), {reason}: {', '.join(group[:names])}{more}")
+    if len(by_reason) > reasons:
+        rest = sum(len(g) for g in list(by_reason.values())[reasons:])
+        lines.append(f"  unpaired: {rest} more for {len(by_reason) - reasons} other reasons")
+        cut = True
+    if cut:
+        lines.append("  (--json FILE or --html FILE lists every unpaired value with its reason)")
+    return lines
+
+
+def _layers(comparison: Comparison, out, around: int = 5, listing: Sequence[str] = ()) -> None:
+    """The layers around the first divergence (never thousands of rows), or a summary; the
+    unpaired values, when no report written lists them (``listing``)."""
     from rich.table import Table
     from rich.text import Text
 
     layers = list(comparison.layers or ())
     failing = sum(not layer.passed for layer in layers)
     link = comparison.link
-    out.print(
-        f"{escape(link)}: {len(layers)} layers paired, {len(layers) - failing} pass, {failing} fail; "
-        f"{len(comparison.unpaired)} unpaired (reasons in the JSON report)"
-    )
+    unpaired = len(comparison.unpaired)
+    out.print(escape(
+        f"{link}: {len(layers)} layers paired, {len(layers) - failing} pass, {failing} fail"
+        + (f"; {unpaired} unpaired" if unpaired else "")
+        + (f" (listed with their reasons in {', '.join(listing)})" if unpaired and listing else "")
+    ))
+    if unpaired and not listing:
+        for line in unpaired_lines(comparison):
+            out.print(escape(line), soft_wrap=True)
     divergence = comparison.first_divergence
     if not layers:
         return
@@ -165,11 +253,13 @@ def _layers(comparison: Comparison, out, around: int = 5) -> None:
 
 
 def render(report: Report, file: IO[str], *, color: bool | None = None, width: int | None = None,
-           reports: Sequence[str] = ()) -> None:
+           reports: Sequence[str] = (), listing: Sequence[str] = ()) -> None:
     """The report for a person: first what they need (``first_screen``: pass or FAIL, the
     verdict, where, the evidence, what to do next, where the full report is), then the tables,
     the per-layer view and the notes, then the verdict again as the last line (for logs read
-    from the end). Lines carry no trailing spaces."""
+    from the end). Lines carry no trailing spaces. ``reports``: the files written beside;
+    ``listing``: those of them that list the unpaired values with their reasons (JSON, HTML):
+    without one, the unpaired values are listed here, a few per reason."""
     import io
     import shutil
 
@@ -183,14 +273,14 @@ def render(report: Report, file: IO[str], *, color: bool | None = None, width: i
         else:
             width = 160  # logs and CI: wide enough that figures never wrap
     buffer = io.StringIO()
-    out = console(buffer, force_terminal=tty if color is None else color, no_color=color is False, width=width,
-                  soft_wrap=False)
-    _render(report, out, reports)
+    out = console(buffer, encoding=getattr(file, "encoding", None), force_terminal=tty if color is None else color,
+                  no_color=color is False, width=width, soft_wrap=False)
+    _render(report, out, reports, listing)
     file.write("".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines()))
     file.flush()
 
 
-def first_screen(report: Report, reports: Sequence[str] = ()) -> list[str]:
+def first_screen(report: Report, reports: Sequence[str] = (), listing: Sequence[str] = ()) -> list[str]:
     """What a person reads first: PASS or FAIL with the verdict, where, the evidence, the next
     steps, unpaired values, and where the full report is (markup-free lines, escaped later)."""
     verdict = report.verdict
@@ -214,8 +304,9 @@ def first_screen(report: Report, reports: Sequence[str] = ()) -> list[str]:
         lines += [f"  - {step}" for step in verdict.next_steps]
     unpaired = sum(len(c.unpaired) for c in report.comparisons if c.layers is not None)
     if unpaired:
-        lines.append(f"unpaired: {unpaired} values of one graph have no counterpart in the other (listed "
-                     f"with their reasons in the JSON report)")
+        where = (f"listed with their reasons in {', '.join(listing)}" if listing else
+                 "a few of each reason below, under the layers")
+        lines.append(f"unpaired: {unpaired} values of one graph have no counterpart in the other ({where})")
     for finding in report.findings:
         lines.append(f"finding: {finding}")
     if reports:
@@ -248,9 +339,9 @@ def _evidence_line(entry) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _render(report: Report, out, reports: Sequence[str]) -> None:
+def _render(report: Report, out, reports: Sequence[str], listing: Sequence[str] = ()) -> None:
     style = "green" if report.passed else "bold red"
-    lines = first_screen(report, reports)
+    lines = first_screen(report, reports, listing)
     out.print(f"[{style}]{escape(lines[0])}[/]", soft_wrap=True)
     for line in lines[1:]:
         out.print(escape(line))
@@ -270,7 +361,7 @@ def _render(report: Report, out, reports: Sequence[str]) -> None:
             out.print(f"  note: {escape(note)}")
     for comparison in report.comparisons:
         if comparison.layers is not None:
-            _layers(comparison, out)
+            _layers(comparison, out, listing=listing)
     for note in report.notes:
         out.print(f"note: {escape(note)}")
     for line in target_lines(report):
@@ -357,12 +448,18 @@ def render_inspect(framework: str, path: str, version: str, inputs, outputs, fil
 
 
 def render_sweep(report, file: IO[str]) -> None:
-    """The summary table of a ``parity sweep`` (a ``sweep.SweepReport``): one row per pair."""
+    """The summary table of a ``parity sweep`` (a ``sweep.SweepReport``): one row per pair, the
+    failures one line each, and the counts with the sweep's wall-clock time. Lines carry no
+    trailing spaces (rich pads a table's title to the table's width)."""
+    import io
+
     from rich.table import Table
     from rich.text import Text
 
-    width = None if getattr(file, "isatty", lambda: False)() else 160
-    out = console(file, width=width)
+    tty = getattr(file, "isatty", lambda: False)()
+    buffer = io.StringIO()
+    out = console(buffer, encoding=getattr(file, "encoding", None), force_terminal=tty,
+                  width=None if tty else 160)
     title = f"parity sweep {report.target}" + (f" (shard {report.shard})" if report.shard else "")
     table = Table(title=escape(title), title_justify="left")
     for header in ("model", "exit", "verdict", "where / error", "s"):
@@ -381,8 +478,13 @@ def render_sweep(report, file: IO[str]) -> None:
             out.print(escape(f"FAILED {r['name']} (exit {r['exit_code']}) - {reason}"[:400]), soft_wrap=True)
     passed = sum(r["passed"] for r in report.results)
     failed = len(report.results) - passed
-    seconds = sum(r["seconds"] for r in report.results)
+    pairs = sum(r["seconds"] for r in report.results)
+    elapsed = pairs if getattr(report, "elapsed", None) is None else report.elapsed
     words = ", ".join(w for w in (f"{failed} failed" if failed else "", f"{passed} passed" if passed else "") if w)
     style = "bold red" if failed else "green"
-    summary = f"=== {words or 'nothing run'} in {seconds:.1f}s (exit {report.exit_code}) ==="
+    # the time is the sweep's own (wall clock); with -j N the pairs' times add up to more
+    summed = f"; the pairs' own times add up to {pairs:.1f}s" if len(report.results) > 1 else ""
+    summary = f"=== {words or 'nothing run'} in {elapsed:.1f}s{summed} (exit {report.exit_code}) ==="
     out.print(f"[{style}]{escape(summary)}[/]")
+    file.write("".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines()))
+    file.flush()
