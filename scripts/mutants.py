@@ -6,7 +6,8 @@
 For each module, every site of a small set of mutation operators is listed (comparisons
 flipped or loosened, arithmetic swapped, and/or swapped, numeric constants scaled, booleans
 and verdict kinds exchanged, a returned value replaced by None); ``--per-module`` of them are
-drawn with ``--seed``. Each mutant is written into a copy of ``parity/`` in a temporary folder
+drawn with ``--seed``. Each mutant is written into a copy of the repository's tracked files in a
+temporary folder
 (the module re-generated with ``ast.unparse``) and the module's tests run against it with
 ``PYTHONPATH`` pointing there, stopping at the first failure. A mutant is killed when a test
 fails, survives when all pass, and times out otherwise. Nothing in the repository is changed.
@@ -145,17 +146,29 @@ def mutated_source(site: Site) -> str:
     return ast.unparse(ast.fix_missing_locations(tree))
 
 
+def _copy_tracked(dest: Path) -> None:
+    """The repository's tracked files (as they are in the work tree) copied to ``dest``."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    for name in filter(None, files.decode().split("\0")):
+        source = ROOT / name
+        if source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+
+
 def run_mutant(site: Site, timeout: float) -> tuple[str, float, str]:
     tests = [t for t in TESTS[site.module] if (ROOT / t).exists()]
     with tempfile.TemporaryDirectory(prefix="parity-mutant-") as tmp:
-        shutil.copytree(ROOT / "parity", Path(tmp) / "parity", ignore=shutil.ignore_patterns("__pycache__"))
+        _copy_tracked(Path(tmp))
         (Path(tmp) / site.module).write_text(mutated_source(site), encoding="utf-8")
+        # the copy is the current directory (first on sys.path, also for the CLI the tests start
+        # with `python -m parity` from the repository root, which is the copy's)
         env = dict(os.environ, PYTHONPATH=tmp, PYTHONDONTWRITEBYTECODE="1")
         start = time.monotonic()
         try:
             proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
                                    "-m", "not torch and not arm64 and not slow", *tests],
-                                  cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+                                  cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             return "timeout", time.monotonic() - start, ""
         elapsed = time.monotonic() - start
