@@ -158,6 +158,16 @@ def _pooling(main, inputs, _):
     return out
 
 
+@op("Pooling3D")
+def _pooling3d(main, inputs, _):
+    """What MNN 3.6's converter makes of ONNX GlobalAveragePool and GlobalMaxPool (any size)."""
+    if not main.get("isGlobal"):
+        raise NotImplementedError("Pooling3D with a window")
+    x = inputs[0].astype(np.float64)
+    reduce = np.max if main.get("type") == "MAXPOOL" else np.mean
+    return reduce(x, axis=tuple(range(2, x.ndim)), keepdims=True)
+
+
 _BINARY = {
     "ADD": np.add, "SUB": np.subtract, "MUL": np.multiply, "DIV": np.divide, "REALDIV": np.divide,
     "MAX_TEMP": np.maximum, "MIN_TEMP": np.minimum, "MAXIMUM": np.maximum, "MINIMUM": np.minimum,

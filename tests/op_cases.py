@@ -144,6 +144,11 @@ def _cases() -> list[Case]:
         ("avgpool_same_upper", "AveragePool", {"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": "SAME_UPPER"}),
     ]:
         add(id_, nodes=one(op_type, attrs), inputs={"x0": img}, mnn="Pooling")
+    # global pooling converts to Pooling3D, at every size
+    add("global_avgpool_7x7", nodes=one("GlobalAveragePool"), inputs={"x0": img}, mnn="Pooling3D")
+    add("global_avgpool_64x64", nodes=one("GlobalAveragePool"), inputs={"x0": randn(1, 3, 64, 64, seed=8) + 0.5},
+        mnn="Pooling3D")
+    add("global_maxpool", nodes=one("GlobalMaxPool"), inputs={"x0": img}, mnn="Pooling3D")
 
     # BinaryOp, broadcasting both ways
     a, b = randn(2, 3, 4, seed=20), randn(3, 1, seed=21)
@@ -325,8 +330,8 @@ def _hand_cases() -> list[HandCase]:
     add("gather_op", "Gather", {"axis": 1}, one("Gather", {"axis": 1}, n_inputs=2),
         {"x0": a, "x1": np.array([2, 0, 2], np.int64)})
     img = randn(1, 3, 5, 6, seed=78)
-    add("global_avgpool", "Pooling", {"isGlobal": True, "type": "AVEPOOL"}, one("GlobalAveragePool"), {"x0": img})
-    add("global_maxpool", "Pooling", {"isGlobal": True, "type": "MAXPOOL"}, one("GlobalMaxPool"), {"x0": img})
+    add("pooling_global_avg", "Pooling", {"isGlobal": True, "type": "AVEPOOL"}, one("GlobalAveragePool"), {"x0": img})
+    add("pooling_global_max", "Pooling", {"isGlobal": True, "type": "MAXPOOL"}, one("GlobalMaxPool"), {"x0": img})
     # UnaryOp / BinaryOp / Reduction operations ONNX models do not convert to
     pos = uniform(0.2, 3, 2, 3, 4, seed=79)
     for id_, name, nodes, x in [

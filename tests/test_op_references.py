@@ -8,7 +8,7 @@ The result must be ONNX Runtime's output of the same model on the same inputs, t
 arithmetic around the op) take MNN's own values; every case must evaluate the op it is about.
 
 MNN op types the converter never emits for these ONNX models (Eltwise, TanH, Sigmoid,
-InnerProduct, Transpose, Gather, PReLU, Pooling isGlobal), and operations of UnaryOp, BinaryOp
+InnerProduct, Transpose, Gather, PReLU, Pooling isGlobal: MNN 3.6 emits Pooling3D), and operations of UnaryOp, BinaryOp
 and Reduction it never chooses (EXPM1, FLOORDIV, ASUM...), are checked on op JSON written here
 in the dump's own format, against ONNX Runtime on an ONNX model computing the same.
 
