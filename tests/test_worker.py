@@ -495,9 +495,10 @@ def test_sweep_report_decides_the_exit_code_and_keeps_the_json():
     report = sweep.SweepReport("zoo.toml", "1/2", results, parity_version="9.9")
     assert report.exit_code == ExitCode.BACKEND and report.passed is False
     data = report.to_dict()
-    assert list(data) == ["schema", "parity_version", "target", "shard", "passed", "exit_code", "results"]
+    assert list(data) == ["schema", "parity_version", "target", "shard", "passed", "exit_code", "elapsed_seconds",
+                          "results"]
     assert data == {"schema": "parity.sweep/1", "parity_version": "9.9", "target": "zoo.toml", "shard": "1/2",
-                    "passed": False, "exit_code": 4, "results": results}
+                    "passed": False, "exit_code": 4, "elapsed_seconds": None, "results": results}
     assert json.loads(json.dumps(data)) == data
     empty = sweep.SweepReport(Path("models"), None, [])
     assert (empty.exit_code, empty.passed, empty.to_dict()["target"]) == (ExitCode.PASS, True, "models")
