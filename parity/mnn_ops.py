@@ -620,7 +620,7 @@ def load_dump(path) -> dict:
     """MNN's JSON dump as plain lists (mnn_graph.parse_dump_text reads its inf / nan)."""
     from parity.mnn_graph import parse_dump_text
 
-    return parse_dump_text(Path(path).read_text())
+    return parse_dump_text(Path(path).read_text(encoding="utf-8", errors="surrogateescape"))
 
 
 def _reference_inputs(ctx, probe, op_json, names, producers, inputs) -> tuple[list, list]:
