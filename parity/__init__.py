@@ -26,6 +26,7 @@ __all__ = [
     "convert",
     "Report",
     "Tolerance",
+    "VerdictKind",
     "ExitCode",
     "ParityError",
     "UsageError",
@@ -42,6 +43,7 @@ _LAZY = {
     "compare": ("parity.dumps", "compare"),
     "convert": ("parity.converter", "convert"),
     "Report": ("parity.report", "Report"),
+    "VerdictKind": ("parity.report", "VerdictKind"),
     "Tolerance": ("parity.metrics", "Tolerance"),
 }
 

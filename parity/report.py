@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from parity.errors import ExitCode
@@ -168,13 +169,38 @@ class Comparison:
         return [o for o in self.outputs if not o.passed]
 
 
+class VerdictKind(str, Enum):
+    """What a check concluded: the one list of verdict kinds. A member is its string (equal to
+    it, formatted and written to JSON as it), so reports and callers keep plain strings."""
+
+    PASS = "pass"
+    MISMATCH = "mismatch"  # a link fails and no diagnosis ran (--no-diagnose, or a link it cannot diagnose)
+    EXPORT = "export"  # torch -> onnxruntime differs
+    CONVERSION = "conversion"  # the .mnn is not what the ONNX means
+    RUNTIME = "runtime"  # MNN's kernels, precision, settings or target
+    NUMERICS = "numerics"  # amplified float32 rounding: nobody's bug
+    COMPRESSION = "compression"  # the compressed weights cost more than the budget
+    USAGE = "usage"  # the calling code that produced the outputs (parity compare)
+    UNDETERMINED = "undetermined"  # the experiments decided nothing
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+    @property
+    def failing(self) -> bool:
+        return self is not VerdictKind.PASS
+
+
 @dataclass(frozen=True)
 class Verdict:
-    kind: str  # "pass", "mismatch", later "export", "conversion", "runtime", "usage", ...
+    kind: VerdictKind  # given as a VerdictKind or its string; an unknown string is a ValueError
     where: str | None
     summary: str
     evidence: tuple = ()
     next_steps: tuple = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "kind", VerdictKind(self.kind))
 
 
 @dataclass(frozen=True)
