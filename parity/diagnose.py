@@ -166,7 +166,8 @@ class Probe:
             return None
         ref = self.reference_values(needed + [d.name])
         tensors = self.L.cut_feeds(self.ctx.graph, self.ctx.feeds, d.inputs, layers, ref)
-        out = mnn.run_cut(tensors, [self.layer.candidate_name], inputs=self.ctx.feeds).outputs[self.layer.candidate_name]
+        name = self.layer.candidate_name  # the model's inputs too: a cut may compute shapes from them
+        out = mnn.run_cut(tensors, [name], inputs=self.ctx.feeds).outputs[name]
         return self._judge(ref[d.name], np.asarray(out), "isolated")
 
     def in_model(self, mnn) -> Measurement:

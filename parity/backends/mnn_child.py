@@ -265,7 +265,7 @@ def run(feeds: dict, results: dict | None, outputs: list | None = None, cut: boo
     else:
         module = _main_module()
     model_inputs = {i["name"] for i in _state["inputs"]}
-    variables = [_placeholder(name, _array(feeds[name]), _declared_format(name, packed=cut and name not in model_inputs))
+    variables = [_placeholder(name, _array(feeds[name]), _declared_format(name, cut and name not in model_inputs))
                  for name in input_names]
     produced = module.onForward(variables)
     names = list(requested or _state["outputs"])
