@@ -37,6 +37,10 @@ def converted(tmp_path_factory) -> dict:
     converter in a private directory."""
     from parity.converter import convert
 
+    import onnx
+
+    import op_cases
+
     directory = tmp_path_factory.mktemp("isolation_models")
     built = {}
     for name in isolation_models.MODELS:
@@ -44,6 +48,18 @@ def converted(tmp_path_factory) -> dict:
         mnn_path = directory / f"{name}.mnn"
         convert(onnx_path, mnn_path)
         built[name] = (onnx_path, mnn_path, feeds)
+    # exact GELU: with --useGeluApproximation 0 MNN's converter emits GELU_STANDARD
+    onnx_path, feeds = built["gelu_erf"][0], built["gelu_erf"][2]
+    convert(onnx_path, directory / "gelu_exact.mnn", options=["--useGeluApproximation", "0"])
+    built["gelu_exact"] = (onnx_path, directory / "gelu_exact.mnn", feeds)
+    # the one-op cases of test_op_references.py side by side (trigonometry, rounding, ArgMin,
+    # GridSample, comparisons...): every op type the test suite's models hold is cut somewhere
+    for opset in sorted({case.opset for case in op_cases.CASES}):
+        cases = [case for case in op_cases.CASES if case.opset == opset]
+        onnx_path = directory / f"op_cases_{opset}.onnx"
+        onnx.save(op_cases.combined(cases, opset), str(onnx_path))
+        convert(onnx_path, directory / f"op_cases_{opset}.mnn")
+        built[f"op_cases_{opset}"] = (onnx_path, directory / f"op_cases_{opset}.mnn", op_cases.feeds(cases))
     return built
 
 
