@@ -93,10 +93,9 @@ class Finding:
         """One line for the terminal's evidence list."""
         text = f"{self.kind or 'not amplified rounding'}: {self.reason}"
         growth = self.growth_per_layer()
-        if growth:
-            text += f"; error grows {growth:.2g}x per compared layer"
-        if self.locals:
-            text += f"; {len(self.locals)} layers evaluated in float64 on each side's inputs"
+        if self.kind is not None and growth:
+            text += (f"; the error grows {growth:.2g}x per compared layer; {len(self.locals)} layers right "
+                     f"in float64 on each side's inputs")
         return text
 
     def to_dict(self) -> dict:
