@@ -315,8 +315,8 @@ def test_a_huge_announced_frame_is_refused_without_allocating_it(tmp_path):
 
 
 def test_sigterm_while_the_target_starts_leaves_nothing(tmp_path):
-    mark = tmp_path.name
-    marker = f"sleep 97.{len(mark)}"  # a command line no other test runs
+    # a command line no other test, and no other run of the suite on this machine, runs
+    marker = f"sleep 97.{os.getpid()}{time.monotonic_ns() % 100000}"
     proc = subprocess.Popen([PY, "-m", "parity", "check", MODELS / "cnn.onnx", MODELS / "cnn.mnn",
                              "--mnn-target", f"exec:sh -c '{marker}' --"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_signals)
