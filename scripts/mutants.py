@@ -3,7 +3,7 @@
     python scripts/mutants.py [--per-module 8] [--seed 0] [--module parity/diagnose.py ...]
                               [--list] [--timeout 600] [--json mutants.json]
 
-For each module, every site of a small set of mutation operators is listed (comparisons
+For each module of the verdict engine (TESTS below), every site of a small set of mutation operators is listed (comparisons
 flipped or loosened, arithmetic swapped, and/or swapped, numeric constants scaled, booleans
 and verdict kinds exchanged, a returned value replaced by None); ``--per-module`` of them are
 drawn with ``--seed``. Each mutant is written into a copy of the repository's tracked files in a
@@ -36,13 +36,16 @@ ROOT = Path(__file__).resolve().parents[1]
 # the tests that exercise each module (without torch: the mutants must be caught by the tests
 # every environment runs)
 TESTS = {
-    "parity/diagnose.py": ["tests/test_numerics.py", "tests/test_verdict.py", "tests/test_core_verdicts.py"],
-    "parity/mnn_ops.py": ["tests/test_mnn_ops.py", "tests/test_verdict.py", "tests/test_numerics.py"],
+    "parity/diagnose.py": ["tests/test_numerics.py", "tests/test_verdict.py", "tests/test_core_verdicts.py",
+                           "tests/test_options.py"],
+    "parity/numerics.py": ["tests/test_numerics.py", "tests/test_verdict.py"],
+    "parity/mnn_ops.py": ["tests/test_op_references.py", "tests/test_verdict.py", "tests/test_numerics.py"],
     "parity/judge.py": ["tests/test_core_properties.py", "tests/test_metrics.py", "tests/test_layers.py",
                         "tests/test_check_cli.py"],
     "parity/budget.py": ["tests/test_compression.py"],
-    "parity/layers.py": ["tests/test_layers.py", "tests/test_isolation.py", "tests/test_capture.py",
-                         "tests/test_numerics.py"],
+    "parity/layers.py": ["tests/test_layers.py", "tests/test_isolation.py", "tests/test_isolation_property.py",
+                         "tests/test_capture.py", "tests/test_numerics.py"],
+    "parity/fp16_emulation.py": ["tests/test_fp16_emulation.py"],
 }
 KINDS = ("conversion", "runtime", "undetermined", "numerics", "export", "compression", "usage")
 
@@ -157,7 +160,10 @@ def _copy_tracked(dest: Path) -> None:
 
 
 def run_mutant(site: Site, timeout: float) -> tuple[str, float, str]:
-    tests = [t for t in TESTS[site.module] if (ROOT / t).exists()]
+    tests = TESTS[site.module]
+    missing = [t for t in tests if not (ROOT / t).exists()]
+    if missing:
+        raise SystemExit(f"mutants: TESTS names {', '.join(missing)}, which do not exist")
     with tempfile.TemporaryDirectory(prefix="parity-mutant-") as tmp:
         _copy_tracked(Path(tmp))
         (Path(tmp) / site.module).write_text(mutated_source(site), encoding="utf-8")
@@ -175,13 +181,15 @@ def run_mutant(site: Site, timeout: float) -> tuple[str, float, str]:
         last = (proc.stdout.strip().splitlines() or [""])[-1]
         if proc.returncode == 0:
             return "survived", elapsed, last
+        if proc.returncode != 1:  # 2-5: interrupted, internal or usage error, nothing collected
+            return f"error {proc.returncode}", elapsed, last
         failed = next((ln for ln in proc.stdout.splitlines() if ln.startswith("FAILED")), last)
         return "killed", elapsed, failed
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--module", action="append", help="a module of TESTS (default: all five)")
+    parser.add_argument("--module", action="append", help="a module of TESTS (default: all of them)")
     parser.add_argument("--per-module", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=600)
@@ -209,7 +217,7 @@ def main(argv=None) -> int:
     survived = [r for r in results if r["outcome"] == "survived"]
     print(f"\nmutation score: {killed} killed of {killed + len(survived)} "
           f"({killed / max(1, killed + len(survived)):.0%}); {sum(r['outcome'] == 'timeout' for r in results)} "
-          f"timed out")
+          f"timed out, {sum(r['outcome'].startswith('error') for r in results)} stopped pytest itself")
     for module in modules:
         mine = [r for r in results if r["module"] == module]
         k = sum(r["outcome"] == "killed" for r in mine)
