@@ -9,24 +9,27 @@ inputs on both sides of every comparison:
 
 1. The error grows along the path from the inputs to the target (the first divergence, or the
    worst output): small at its start, out of tolerance at its end.
-2. Every sampled layer along that path is right on its own inputs: MNN's output against the
-   layer evaluated in float64 on MNN's own input values (the same inputs), and likewise for ONNX
-   Runtime. Each local error must be within float32 rounding: at most ``LOCAL_FACTOR`` times
-   ONNX Runtime's on the same layer, or ``ROUNDING`` on the tensor's scale. A weight off by
-   0.5% gives a local error of 5e-3 at its layer and fails here, so the test never swallows
-   a real conversion bug.
+2. Every layer along that path (a sample on long or large paths: the target, the largest jumps
+   in error, the layers just before the target, the rest spread evenly) is right on its own
+   inputs: MNN's output against the layer evaluated in float64 on MNN's own input values (the
+   same inputs), and likewise for ONNX Runtime. Each local error must be within float32
+   rounding: at most ``LOCAL_FACTOR`` times ONNX Runtime's on the same layer, or ``ROUNDING`` on
+   the tensor's scale. A weight off by 0.5% gives a local error of 5e-3 at its layer and fails
+   here; only a sample that misses the faulty layer could let one through, and then step 3
+   still stands between it and the verdict.
 3. A float64 evaluation of the whole ONNX graph (onnx.reference on a float64 copy) is no
    farther from MNN than ``DISTANCE_FACTOR`` times from the farthest of three correct float32
    evaluations (ONNX Runtime; onnx.reference in float32, on the inputs and on the inputs
    nudged by one ulp): MNN is no worse an approximation of the model's mathematics.
 
-All three hold: the verdict is ``numerics``. 1 and 2 hold but no float64 figure can be had (an
-op onnx.reference lacks, a model too large): ``undetermined``, since no party can be blamed.
+All three hold: the verdict is ``numerics``. 1 and 2 hold but no float64 figure of the whole
+graph can be had (an op onnx.reference lacks there, values too large to hold in float64):
+``undetermined``, since no party can be blamed. Above ``MAX_FLOAT64_WEIGHT_BYTES`` of float
+weights the test does not run (diagnose.py), and the other experiments decide.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,7 +45,14 @@ LOCAL_FACTOR = 4.0  # MNN's local error may be this many times ONNX Runtime's on
 # error at an unsampled layer puts MNN 100x or more away
 DISTANCE_FACTOR = 10.0
 GROWTH = 10.0  # the error at the target is at least this many times the smallest along the path
-SAMPLE = 12  # layers evaluated along the path (spread evenly, plus the largest jumps)
+# every layer of the path is evaluated when it has at most MAX_PATH layers whose values take at
+# most MAX_PATH_BYTES per side; else SAMPLE of them (the target, the largest jumps, the layers
+# just before the target, the rest spread evenly)
+MAX_PATH = 400
+MAX_PATH_BYTES = 128 << 20
+SAMPLE = 24
+# the float64 evaluation of the whole graph holds every value; above this it is not made
+MAX_FLOAT64_ACTIVATION_BYTES = 2 << 30
 # the float64 copy doubles the weights; above this many bytes of float weights it is not made
 MAX_FLOAT64_WEIGHT_BYTES = 512 << 20
 
@@ -81,6 +91,7 @@ class Finding:
     locals: list = field(default_factory=list)  # LocalError for the sampled layers
     distances: list = field(default_factory=list)  # per tensor: name, onnxruntime, mnn (from float64)
     crossing: str | None = None  # the first layer on the path out of tolerance
+    sampled: bool = False  # True when only some of the path's layers were evaluated
 
     def growth_per_layer(self) -> float | None:
         errors = [(n, e) for n, e in self.path if e]
@@ -101,6 +112,7 @@ class Finding:
     def to_dict(self) -> dict:
         return {"result": self.kind or "not amplified rounding", "reason": self.reason, "detail": self.detail(),
                 "growth_per_layer": self.growth_per_layer(), "crosses_tolerance_at": self.crossing,
+                "path_sampled": self.sampled,
                 "path": [{"layer": n, "error_in_model": e} for n, e in self.path],
                 "sampled_layers": [x.to_dict() for x in self.locals],
                 "distance_from_float64": self.distances}
@@ -160,16 +172,15 @@ def _widen(feeds: dict) -> dict:
             for k, v in feeds.items()}
 
 
-def evaluate(model, feeds: dict, names, *, float64: bool = True) -> dict:
-    """The values ``names`` of ``model`` evaluated by onnx.reference, in float64 (the
-    mathematics, up to float64 rounding) or as the model's own types (one more float32
-    implementation). Raises whatever the evaluator raises for an op it lacks."""
+def evaluate(model, feeds: dict, names) -> dict:
+    """The values ``names`` (any of the graph's values) of ``model`` evaluated in float64 by
+    onnx.reference: the mathematics, up to float64 rounding. Raises whatever the evaluator
+    raises for an op it lacks."""
     from onnx.reference import ReferenceEvaluator
 
-    evaluator = ReferenceEvaluator(float64_model(model) if float64 else model)
-    wanted = set(names)
-    values = evaluator.run(None, _widen(feeds) if float64 else feeds, intermediate=True)
-    return {k: np.asarray(v) for k, v in values.items() if k in wanted}
+    names = list(names)
+    values = ReferenceEvaluator(float64_model(model)).run(names, _widen(feeds))
+    return {n: np.asarray(v) for n, v in zip(names, values)}
 
 
 def nudged(feeds: dict) -> dict:
@@ -244,27 +255,46 @@ def growth_path(graph, layers, target: str) -> list:
         producer = graph.producer.get(v)
         if producer is not None:
             stack.extend(producer.inputs)
-    path = [x for x in layers if x.name in ancestors and x.scaled_error is not None]
-    return sorted(path, key=lambda x: graph.producer[x.name].index if x.name in graph.producer else -1)
+    path = [x for x in layers if x.name in ancestors and x.name in graph.producer and x.scaled_error is not None]
+    return sorted(path, key=lambda x: graph.producer[x.name].index)
 
 
-def sample_path(path, limit: int = SAMPLE) -> list:
-    """At most ``limit`` layers of ``path``, in the order to evaluate them: the last (the
-    target), then the largest jumps in error (where a real bug shows: its error appears at
-    once), then the rest spread evenly. A real bug is usually found by the first few."""
-    jumps = []
-    for before, after in zip(path, path[1:]):
-        a, b = before.scaled_error or 0.0, after.scaled_error or 0.0
-        jumps.append((b / a if a > 0 else math.inf if b > 0 else 0.0, after.index, after))
-    order = [path[-1]] + [x for _, _, x in sorted(jumps, key=lambda j: (j[0], j[1]), reverse=True)[: limit // 3]]
-    if len(path) > limit:
-        step = len(path) / limit
-        order += [path[int(i * step)] for i in range(limit)]
-    order += list(path)  # fills what the spread left when it met the jumps
+def _jumps(path, graph, paired) -> list:
+    """Each layer's error over its own inputs' (absolute errors: an activation that rescales
+    its values does not look like a jump): where a real bug shows, its error appearing at once.
+    Largest first."""
+    errors = {x.name: x.max_abs_diff or 0.0 for x in path}
+    found = []
+    for x in path:
+        inputs = [errors.get(f, 0.0) for f in graph.frontier(x.name, paired)]  # graph inputs: exact
+        # a float32 rounding of the layer's own values is no jump (the first layers' inputs are exact)
+        before = max(inputs + [1e-7 * max(1.0, x.reference_absmax or 0.0)])
+        found.append((errors[x.name] / before, x.index, x))
+    return [x for _, _, x in sorted(found, key=lambda j: (j[0], j[1]), reverse=True)]
+
+
+def sample_path(path, graph=None, paired=(), limit: int = SAMPLE) -> list:
+    """The layers of ``path`` to evaluate, in the order to evaluate them (a real bug is usually
+    found by the first few): the target, then the largest jumps in error, then the layers just
+    before the target, then the rest spread evenly over the whole path. All of them when the
+    path has at most ``limit`` layers."""
+    jumps = _jumps(path, graph, set(paired)) if graph is not None else []
+    order = [path[-1]] + jumps[: max(1, limit // 3)] + path[-5:-1][::-1]
     chosen: dict = {}
     for x in order:  # the first mention decides the place
         chosen.setdefault(x.name, x)
+    rest = [x for x in path if x.name not in chosen]
+    room = limit - len(chosen)
+    if len(rest) > room > 0:
+        step = len(rest) / room
+        rest = [rest[int(i * step)] for i in range(room)]
+    for x in rest:
+        chosen.setdefault(x.name, x)
     return list(chosen.values())[:limit]
+
+
+def _capture_bytes(path) -> int:
+    return sum(int(np.prod(x.reference_shape or (1,), dtype=np.int64)) * 4 for x in path)
 
 
 @dataclass
@@ -294,8 +324,12 @@ def measure(model, graph, comparison, target: str, feeds: dict, sides: Sides, to
                           f"(smallest {smallest:.3g}, at the target {largest:.3g})")
         return finding
     paired = {x.name for x in comparison.layers or ()}
-    sample = sample_path(path)
-    progress(f"diagnosing: is it amplified rounding? {len(sample)} layers evaluated in float64 on each side's inputs")
+    # every layer of the path when its values are cheap to hold, else a sample
+    limit = len(path) if len(path) <= MAX_PATH and _capture_bytes(path) <= MAX_PATH_BYTES else SAMPLE
+    sample = sample_path(path, graph, paired, limit=limit)
+    finding.sampled = len(sample) < len(path)
+    progress(f"diagnosing: is it amplified rounding? {len(sample)} of {len(path)} layers evaluated in float64 "
+             f"on each side's inputs")
     positions = {x.name: i for i, x in enumerate(path)}
     frontiers = {x.name: graph.frontier(x.name, paired) for x in sample}
     graph_inputs = set(graph.inputs)
@@ -309,46 +343,47 @@ def measure(model, graph, comparison, target: str, feeds: dict, sides: Sides, to
         cand_values.update(sides.candidate(needed))
 
     for i, x in enumerate(sample):
-        if i == 0:
-            read(sample[:1])  # the target alone first: a real bug usually shows there
-        elif i == 1:
-            read(sample[1:])
         frontier = frontiers[x.name]
         local = LocalError(x.name, x.op_type, None, None, x.scaled_error)
         finding.locals.append(local)
         try:
+            if i < 2:  # the target alone first (a real bug usually shows there), then the rest at once
+                read(sample[:1] if i == 0 else sample[1:])
             layer_model = span_model(model, graph, x.name, frontier)
             for side, values in (("reference", ref_values), ("candidate", cand_values)):
-                inputs = {f: (feeds[f] if f in graph_inputs else values[f]) for f in frontier}
+                inputs = {f: (feeds[f] if f in graph_inputs else _as(values[f], ref_values[f])) for f in frontier}
                 exact = evaluate_layer(layer_model, inputs, x.name)
                 setattr(local, side, scaled(values[x.name], exact))
-        except Exception as exc:  # an op onnx.reference lacks, a value not captured
-            finding.reason = f"layer {x.name} could not be evaluated in float64: {type(exc).__name__}: {exc}"
+        except Exception as exc:  # an op onnx.reference lacks, a value MNN cannot return
+            finding.reason = (f"layer {x.name} could not be evaluated in float64: {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:200] if str(exc) else ''}")
             return finding
         if not local.within_rounding:
             finding.reason = (f"layer {x.name} ({x.op_type}) is wrong on its own inputs in MNN: local error "
                               f"{_fmt(local.candidate)} against {_fmt(local.reference)} in ONNX Runtime")
             return finding
     finding.locals.sort(key=lambda local: positions[local.name])
-    # every sampled layer is right: is MNN as close to the mathematics as ONNX Runtime is?
+    # every evaluated layer is right: is MNN as close to the mathematics as float32 gets?
     failing = [o for o in comparison.outputs if not o.passed and o.error is None]
     names = list(dict.fromkeys([target] + [o.reference_name for o in failing]))
-    weights = float_weight_bytes(model)
-    if weights > MAX_FLOAT64_WEIGHT_BYTES:
+    activations = sum(graph.value_bytes(feeds).values()) * 2  # every value, held in float64
+    if activations > MAX_FLOAT64_ACTIVATION_BYTES:
         finding.kind = "undetermined"
-        finding.reason = (f"no float64 evaluation: the model has {weights / (1 << 20):.0f} MiB of float weights "
-                          f"(above {MAX_FLOAT64_WEIGHT_BYTES >> 20} MiB)")
+        finding.reason = (f"no float64 evaluation of the graph: its values would take {activations >> 20} MiB "
+                          f"in float64 (above {MAX_FLOAT64_ACTIVATION_BYTES >> 20} MiB)")
         return finding
     progress("diagnosing: the whole graph in float64 and float32 (onnx.reference)")
     try:
         exact = evaluate(model, feeds, names)
+        float32 = _Float32(model)
         draws = {"onnxruntime": sides.reference(names),
-                 "numpy float32": evaluate(model, feeds, names, float64=False),
-                 "numpy float32, inputs nudged by one ulp": evaluate(model, nudged(feeds), names, float64=False)}
+                 "numpy float32": float32(feeds, names),
+                 "numpy float32, inputs nudged by one ulp": float32(nudged(feeds), names)}
         cand_out = sides.candidate(names)
     except Exception as exc:
         finding.kind = "undetermined"
-        finding.reason = f"no float64 evaluation of the graph: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        finding.reason = (f"no float64 evaluation of the graph: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:200] if str(exc) else ''}")
         return finding
     worse = []
     for n in names:
@@ -369,8 +404,28 @@ def measure(model, graph, comparison, target: str, feeds: dict, sides: Sides, to
                           f"{', '.join(worse)} (more than {DISTANCE_FACTOR:g}x)")
         return finding
     finding.kind = "numerics"
-    finding.reason = "every sampled layer is right on its own inputs, and both are as far from float64"
+    finding.reason = ("every evaluated layer is right on its own inputs, and MNN is no farther from float64 "
+                      "than correct float32 evaluations")
     return finding
+
+
+def _as(value, like):
+    """``value`` in ``like``'s dtype when they differ in kind (MNN holds ONNX's int64 as int32)."""
+    value = np.asarray(value)
+    like = np.asarray(like)
+    return value.astype(like.dtype) if value.dtype != like.dtype else value
+
+
+class _Float32:
+    """One onnx.reference evaluator of the model as it is (float32), run on several feeds."""
+
+    def __init__(self, model):
+        from onnx.reference import ReferenceEvaluator
+
+        self.evaluator = ReferenceEvaluator(model)
+
+    def __call__(self, feeds: dict, names) -> dict:
+        return {n: np.asarray(v) for n, v in zip(names, self.evaluator.run(list(names), feeds))}
 
 
 def _fmt(x) -> str:

@@ -202,6 +202,17 @@ class Verdict:
     def __post_init__(self):
         object.__setattr__(self, "kind", VerdictKind(self.kind))
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "Verdict":
+        """A report's verdict; a kind this version does not know (a newer parity's) is read as
+        ``mismatch`` with the kind kept in the summary, so an old reader never fails on it."""
+        data = dict(data)
+        kind = data.get("kind")
+        if kind not in {k.value for k in VerdictKind}:
+            data["kind"] = VerdictKind.MISMATCH
+            data["summary"] = f"[verdict kind {kind!r}, unknown to this parity] {data.get('summary', '')}"
+        return _build(cls, data)
+
 
 @dataclass(frozen=True)
 class Report:
@@ -262,7 +273,7 @@ class Report:
                 _build(InputInfo, dict(v, name=k)) for k, v in data["inputs"].items()
             ),
             comparisons=tuple(_comparison_from(c) for c in data["comparisons"]),
-            verdict=_build(Verdict, data["verdict"]),
+            verdict=Verdict.from_dict(data["verdict"]),
             tolerance=data.get("tolerance", {}),
             notes=tuple(data.get("notes", ())),
             parity_version=data.get("parity_version", ""),

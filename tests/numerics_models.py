@@ -116,4 +116,25 @@ def recurrent(path, *, steps=32, width=48, features=8, radius=2.5, seed=2, chang
                  [helper.make_tensor_value_info("h", TensorProto.FLOAT, [steps, width])], inits, path)
 
 
-BUILDERS = {"tanh_chain": tanh_chain, "residual_mlp": residual_mlp, "recurrent": recurrent}
+def conv_chain(path, *, depth=24, channels=16, size=8, gain=3.0, seed=3, change=None) -> Path:
+    """3x3 convolutions (padded, with bias) and Tanh repeated: the chaotic chain as a CNN runs
+    it, where MNN may compute the convolutions by Winograd."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, previous = [], [], "x"
+    fan_in = channels * 9
+    for i in range(depth):
+        w = (rng.standard_normal((channels, channels, 3, 3)) * gain / np.sqrt(fan_in)).astype(np.float32)
+        if change is not None and change[0] == i:
+            w = (w * (1 + change[1])).astype(np.float32)
+        b = (rng.standard_normal(channels) * 0.1).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"conv{i}.weight"), numpy_helper.from_array(b, f"conv{i}.bias")]
+        nodes += [helper.make_node("Conv", [previous, f"conv{i}.weight", f"conv{i}.bias"], [f"/conv{i}/out"],
+                                   pads=[1, 1, 1, 1], name=f"/conv{i}/Conv"),
+                  helper.make_node("Tanh", [f"/conv{i}/out"], [f"/conv{i}/act"], name=f"/conv{i}/Tanh")]
+        previous = f"/conv{i}/act"
+    shape = [1, channels, size, size]
+    return _save(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                 [helper.make_tensor_value_info(previous, TensorProto.FLOAT, shape)], inits, path)
+
+
+BUILDERS = {"tanh_chain": tanh_chain, "residual_mlp": residual_mlp, "recurrent": recurrent, "conv_chain": conv_chain}

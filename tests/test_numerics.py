@@ -26,6 +26,7 @@ AMPLIFIERS = [
     ("residual_mlp", {"depth": 32, "gain": 3.0, "act": "Tanh"}),
     ("recurrent", {"steps": 48, "radius": 4.0}),
     ("recurrent", {"steps": 64, "radius": 6.0}),
+    ("conv_chain", {"depth": 24, "gain": 3.0}),
 ]
 
 
@@ -82,8 +83,11 @@ def test_amplified_rounding_is_numerics_with_the_growth_figures(made, params):
 @pytest.mark.parametrize("name, kw, layer", [
     ("tanh_chain", {"depth": 40}, 12),
     ("tanh_chain", {"depth": 40}, 2),
+    # late: the accumulated rounding is already large there, and the crossing comes right after
+    ("tanh_chain", {"depth": 40, "width": 64, "gain": 3.0, "seed": 4}, 35),
     ("residual_mlp", {"depth": 32, "gain": 3.0, "act": "Tanh"}, 3),
-], ids=["chain-layer12", "chain-layer2", "residual-block3"])
+    ("conv_chain", {"depth": 24, "gain": 3.0}, 10),
+], ids=["chain-layer12", "chain-layer2", "chain-layer35", "residual-block3", "conv-layer10"])
 def test_a_half_percent_weight_change_stays_conversion(made, name, kw, layer):
     onnx_path, mnn_path = made(name, kw, change=(layer, 0.005))
     result = run_parity("check", onnx_path, mnn_path, "--json", "-")
@@ -93,7 +97,8 @@ def test_a_half_percent_weight_change_stays_conversion(made, name, kw, layer):
     finding = next(e for e in verdict["evidence"] if e["experiment"] == "amplified rounding")
     assert finding["result"] == "not amplified rounding"
     assert "wrong on its own inputs" in finding["reason"]
-    assert f"{'m' if name == 'tanh_chain' else '/block'}{layer}" in finding["reason"]
+    prefix = {"tanh_chain": "m", "residual_mlp": "/block", "conv_chain": "/conv"}[name]
+    assert f"{prefix}{layer}" in finding["reason"]
 
 
 def test_self_multiplying_chain_under_convert_is_numerics(tmp_path):
@@ -121,6 +126,22 @@ def test_without_a_float64_figure_the_verdict_is_undetermined(made, monkeypatch)
     assert report.verdict.kind == "undetermined", report.verdict.summary
     finding = next(e for e in report.verdict.evidence if e["experiment"] == "amplified rounding")
     assert finding["result"] == "not run" and "MiB" in finding["reason"]
+
+
+def test_without_a_float64_evaluation_of_the_graph_numerics_says_undetermined(made, monkeypatch):
+    """Every layer is right and the error grows, but the whole graph cannot be evaluated in
+    float64 (its values would not fit): the numerics test itself says undetermined."""
+    import parity
+
+    monkeypatch.setattr(numerics, "MAX_FLOAT64_ACTIVATION_BYTES", 0)
+    onnx_path, mnn_path = made(*AMPLIFIERS[0])
+    report = parity.check([onnx_path, mnn_path])
+    assert report.verdict.kind == "undetermined", report.verdict.summary
+    finding = next(e for e in report.verdict.evidence if e["experiment"] == "amplified rounding")
+    assert finding["result"] == "undetermined" and "no float64 evaluation" in finding["reason"]
+    assert "neither the converter nor a kernel can be blamed" in report.verdict.summary
+    # it decided: the reconversions and runtime variants did not run
+    assert not any(e["experiment"] in ("fresh conversion", "runtime variant") for e in report.verdict.evidence)
 
 
 def test_numpy_op_reference_compares_on_the_same_inputs(made, monkeypatch):
@@ -182,11 +203,31 @@ def test_sample_path_puts_the_target_and_the_jumps_first():
     errors[17] = 5e-3  # a bug: its error appears at once
     errors[18:] = [5e-3 * 1.2 ** i for i in range(22)]
     path = [layer(i, e) for i, e in enumerate(errors)]
-    sample = numerics.sample_path(path, limit=12)
+    sample = numerics.sample_path(path, limit=12)  # without the graph: no jumps, the rest spread
     assert len(sample) == 12 and len({x.name for x in sample}) == 12
-    assert sample[0].name == "v39" and sample[1].name == "v17"
+    assert [x.name for x in sample[:5]] == ["v39", "v38", "v37", "v36", "v35"]
+    spread = sorted(x.index for x in sample[5:])
+    assert spread[0] <= 5 and spread[-1] >= 25  # over the whole path, not its first half
     short = numerics.sample_path(path[:5], limit=12)
     assert {x.name for x in short} == {f"v{i}" for i in range(5)}
+
+
+def test_sample_path_ranks_jumps_against_each_layers_own_inputs(tmp_path):
+    """A chain whose layer 17 jumps: with the graph, the jump comes right after the target."""
+    import onnx
+    from parity.layers import OnnxGraph
+    from parity.report import LayerResult
+
+    path_model = nm.tanh_chain(tmp_path / "c.onnx", depth=20, width=4)
+    graph = OnnxGraph(onnx.load(str(path_model)))
+    names = [v.name for v in graph.values]
+    errors = [1e-7 * 1.3 ** i for i in range(len(names))]
+    jump = names.index("m17")
+    errors[jump] = errors[jump - 1] * 1000
+    path = [LayerResult(n, n, n, "Op", None, None, True, e, None, None, None, e, 1.0, (1, 4), (1, 4), index=i)
+            for i, (n, e) in enumerate(zip(names, errors))]
+    sample = numerics.sample_path(path, graph, set(names), limit=10)
+    assert sample[0].name == names[-1] and sample[1].name == "m17"
 
 
 def test_distances_are_relative_and_shape_checked():

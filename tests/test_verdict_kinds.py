@@ -37,3 +37,11 @@ def test_an_unknown_kind_is_refused():
 def test_public_api_exports_the_kinds():
     assert parity.VerdictKind is VerdictKind
     assert [k for k in VerdictKind if not k.failing] == [VerdictKind.PASS]
+
+
+def test_a_report_with_a_kind_from_a_newer_parity_is_read():
+    verdict = Verdict("pass", None, "ok")
+    data = json.loads(Report(passed=False, backends=(), inputs=(), comparisons=(), verdict=verdict).to_json())
+    data["verdict"]["kind"] = "tokenizer"
+    read = Report.from_dict(data).verdict
+    assert read.kind is VerdictKind.MISMATCH and "'tokenizer'" in read.summary
