@@ -643,11 +643,17 @@ def _reference_inputs(ctx, probe, op_json, names, producers, inputs) -> tuple[li
             continue
         base = mnn_base_name(name)
         if base not in ctx.graph.producer:
-            missing.append(name)
+            missing.append(f"{name} (no ONNX value of that name)")
             continue
         ref = np.asarray(probe.reference_values([base])[base])
-        if ref.size != mnn_value.size or _scaled(mnn_value, ref.reshape(mnn_value.shape)) > 0.2:
-            missing.append(name)  # another layout, or not the same tensor
+        if ref.size != mnn_value.size:
+            missing.append(f"{name} (ONNX's {base} has {ref.size} values, MNN's {mnn_value.size})")
+            continue
+        if _scaled(mnn_value, ref.reshape(mnn_value.shape)) > 0.2:
+            # another layout of the same values, or a tensor that only shares the name: feeding it
+            # would evaluate the op on the wrong inputs
+            missing.append(f"{name} (ONNX's {base} in MNN's shape is not close to it: another layout, or "
+                           f"another tensor)")
             continue
         result.append(ref.reshape(mnn_value.shape).astype(mnn_value.dtype, copy=False))
     return result, missing
@@ -748,9 +754,9 @@ def check_op(ctx, probe, workdir: Path) -> dict:
     }
     if op_vs_onnx is None:
         record.update(kind=None, summary=(
-            f"numpy reference of MNN {op_type} is not decisive: ONNX Runtime has no values for the op's "
-            f"inputs {', '.join(missing)}, so the op cannot be compared with ONNX Runtime on the same inputs "
-            f"(kernel vs op on MNN's inputs {kernel_vs_op:.3g})"))
+            f"numpy reference of MNN {op_type} is not decisive: ONNX Runtime's values of the op's inputs "
+            f"cannot be had for {'; '.join(missing)}, so the op cannot be compared with ONNX Runtime on the "
+            f"same inputs (kernel vs op on MNN's inputs {kernel_vs_op:.3g})"))
         return record
     close, far = 1e-4, max(10 * 1e-4, 0.1 * kernel_vs_onnx)
     if kernel_vs_op <= close and op_vs_onnx > far:
