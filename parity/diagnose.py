@@ -954,6 +954,16 @@ def _second_conversion(ctx: Context, probe: Probe, fresh: Path, reconversions: R
     return diff, measured, passed
 
 
+def _given_file_is_wrong(evidence) -> tuple:
+    """The evidence of a verdict that the given file, not today's converter, shows the error:
+    its fresh-conversion entry flagged ``given_file_is_wrong``, the one fact --repro reads
+    (repro.given_file_is_wrong) to carry the given file whole. The flag is the verdict's own
+    decision (outputs passing, or the layer decisively better, in a fresh conversion), not
+    something --repro re-derives from the figures."""
+    return tuple({**e, "given_file_is_wrong": True} if isinstance(e, dict) and e.get("experiment") == "fresh conversion"
+                 else e for e in evidence)
+
+
 def _nondeterministic_verdict(ctx, probe, where, figures, given_diff, again, evidence) -> Verdict:
     diff, measured, passed = again
     outcome = ("" if measured is None else
@@ -967,7 +977,7 @@ def _nondeterministic_verdict(ctx, probe, where, figures, given_diff, again, evi
         f"same options under other paths differ ({'; '.join(diff.clauses())}){outcome}. Whether a "
         f"conversion comes out right depends on the command line, so reconverting fixes "
         f"{ctx.mnn_path.name} only by luck{given}",
-        evidence=tuple(evidence),
+        evidence=_given_file_is_wrong(evidence),
         next_steps=(
             "check every conversion of this model with parity check before shipping it, and keep "
             "the file that passes (reconverting elsewhere can bring the error back)",
@@ -990,7 +1000,7 @@ def _different_file_verdict(ctx, probe, where, figures, given_diff, *, determini
         f"conversion matches ONNX Runtime at {probe.where} ({figures}); {how}; {checked}. The given "
         f"file was converted from another ONNX, with other options or another MNN version, or "
         f"changed after conversion",
-        evidence=tuple(evidence),
+        evidence=_given_file_is_wrong(evidence),
         next_steps=(f"reconvert and check in one step: parity convert {argument(ctx.onnx_path)} -o "
                     f"{argument(ctx.mnn_path)}",),
     )

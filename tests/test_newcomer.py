@@ -115,6 +115,50 @@ def test_repro_of_a_wrong_given_file_carries_that_file(changed_pair, tmp_path):
     assert run_parity(*command[1:], cwd=out).code == ExitCode.MISMATCH
 
 
+
+def test_repro_carries_the_given_file_when_a_fresh_conversion_is_decisively_better_but_fails(tmp_path):
+    """The verdict "not what MNN's converter makes" also stands when the fresh conversion fails
+    at the layer yet is tenfold better (here a tolerance of 1e-12 that float32 rounding fails):
+    --repro follows the verdict's flag, not its own reading of the figures, and carries the
+    given file (a conversion made here would not show the error)."""
+    onnx_path = MODELS / "cnn.onnx"
+    # the first convolution (BatchNorm folded into it) changed: the first layer diverges in the given file
+    altered = alter_initializer(onnx_path, tmp_path / "altered.onnx", "onnx::Conv_31", index=4, delta=3.0)
+    mnn_path = to_mnn(altered, tmp_path / "cnn_changed.mnn")
+    out = tmp_path / "repro"
+    result = run_parity("check", onnx_path, mnn_path, "--atol", "1e-12", "--rtol", "0", "--layer-rtol", "0",
+                        "--repro", out, "--json", tmp_path / "r.json")
+    assert result.code == ExitCode.MISMATCH, result.err
+    verdict = json.loads((tmp_path / "r.json").read_text())["verdict"]
+    assert verdict["kind"] == "conversion" and "is not what MNN's converter makes" in verdict["summary"]
+    fresh = next(e for e in verdict["evidence"] if e.get("experiment") == "fresh conversion")
+    assert fresh["passed"] is False and fresh["given_file"]["passed"] is False  # decisive, not passing
+    assert fresh["given_file"]["scaled_error"] >= 10 * fresh["scaled_error"]
+    assert fresh["given_file_is_wrong"] is True
+    assert sorted(p.name for p in out.iterdir()) == ["README.txt", "given.mnn", "inputs.npz", "model.onnx"]
+    assert (out / "given.mnn").read_bytes() == mnn_path.read_bytes()
+    readme = (out / "README.txt").read_text()
+    assert "The given file is what is wrong" in readme and "Result here: it reproduces" in readme
+
+
+def test_a_passing_fresh_conversion_that_no_verdict_stood_on_is_no_reason_to_carry_the_given_file(
+        changed_pair, tmp_path):
+    """Only the verdict's flag sends --repro to the given file: the same fresh-conversion figures
+    without it (an experiment the diagnosis went past, e.g. two structurally identical graphs,
+    and decided on another) leave the reproduction to the first divergence."""
+    from types import SimpleNamespace
+
+    from parity.repro import given_file_is_wrong
+
+    result = run_parity("check", *changed_pair, "--json", tmp_path / "r.json")
+    assert result.code == ExitCode.MISMATCH, result.err
+    evidence = json.loads((tmp_path / "r.json").read_text())["verdict"]["evidence"]
+    assert given_file_is_wrong(SimpleNamespace(evidence=evidence))
+    unflagged = [{k: v for k, v in e.items() if k != "given_file_is_wrong"} for e in evidence]
+    fresh = next(e for e in unflagged if e.get("experiment") == "fresh conversion")
+    assert fresh["passed"] is True and fresh["given_file"]["passed"] is False  # what the old rule read
+    assert not given_file_is_wrong(SimpleNamespace(evidence=unflagged))
+
 # -- the HTML report: readable evidence, the terminal's notes and numbering --------------------
 @pytest.fixture(scope="module")
 def html_case(changed_pair, tmp_path_factory):

@@ -56,6 +56,11 @@ class _PendingRun:
 
 _MEMORY_WORDS = {0: "normal", 1: "high", 2: "low"}
 
+# MNN op types (as the .mnn file and MNN's expressions name them) whose output depends on
+# their input's shape, never on its values: a graph input reached only through them may be
+# fed to a cut without MNN computing anything of the layer from it
+_SHAPE_ONLY_OPS = frozenset({"Shape", "Rank", "Size", "ZerosLike"})
+
 
 class MnnBackend(Backend):
     framework = "mnn"
@@ -314,18 +319,30 @@ class MnnBackend(Backend):
         """Feed ``tensors`` (intermediate names) into the graph cut there; return ``outputs``.
 
         ``inputs`` are the model's inputs as fed to the whole model: those the cut still
-        reaches are fed too. The converter computes shapes from the graph's inputs (a Gemm or
-        MatMul becomes Reshape -> Convolution -> Reshape, the last one's shape taken from
-        Shape(x)): a cut after such a reshape depends on ``x`` beyond the cut tensors, and MNN
-        refuses to load it without ``x`` (an opaque SystemError)."""
-        extra, unused = self._inputs_reached(set(tensors), outputs) if inputs else (set(), [])
-        if unused and extra:
+        reaches only for their shape are fed too. The converter computes shapes from the
+        graph's inputs (a Gemm or MatMul becomes Reshape -> Convolution -> Reshape, the last
+        one's shape taken from Shape(x)): a cut after such a reshape depends on ``x`` beyond
+        the cut tensors, and MNN refuses to load it without ``x`` (an opaque SystemError).
+        A graph input the outputs reach through values, not only through its shape, is
+        refused unless it is one of ``tensors``: fed, MNN would compute part of the outputs
+        from the model's start, and the cut would not isolate anything."""
+        shaped, numeric, unused = self._inputs_reached(set(tensors), outputs)
+        where = f"a cut of {self.path.name} at {', '.join(map(repr, tensors))}"
+        if unused and (shaped or numeric):
             # the outputs reach the model's inputs but not these cut tensors: fed the inputs,
             # MNN would compute the outputs from the start, not from the values fed here
             raise BackendError(f"a cut of {self.path.name} at {', '.join(map(repr, unused))} does not lead to "
                                f"{', '.join(map(repr, outputs))} in MNN's graph: the layer cannot be run alone there")
-        tensors = {**{name: inputs[name] for name in extra if name in inputs and name not in tensors},
-                   **tensors}
+        if numeric:
+            raise BackendError(
+                f"{where}: {', '.join(map(repr, outputs))} also depends on the values of graph input(s) "
+                f"{', '.join(map(repr, numeric))} through MNN ops outside the cut, so MNN would compute part of it "
+                f"from the model's start: the layer cannot be run alone there (cut at those inputs too)")
+        missing = sorted(name for name in shaped if name not in (inputs or {}))
+        if missing:
+            raise BackendError(f"{where}: MNN's graph takes the shape of {', '.join(map(repr, missing))} after "
+                               f"the cut; pass the model's inputs (inputs=) so that they can be fed")
+        tensors = {**{name: inputs[name] for name in shaped}, **tensors}
         tensors = {name: _mnn_array(array) for name, array in tensors.items()}
         if self._layouts is None:
             from parity import mnn_flatbuffer
@@ -337,24 +354,32 @@ class MnnBackend(Backend):
         return self._call_run(tensors, list(outputs), cut=True, cache=False, step="running a cut of",
                               formats=formats)
 
-    def _inputs_reached(self, cut: set, outputs: list[str]) -> tuple[set[str], list[str]]:
-        """(the graph inputs that ``outputs`` depend on through paths not crossing ``cut``,
-        the tensors of ``cut`` that are not graph inputs and that ``outputs`` do not depend on)."""
+    def _inputs_reached(self, cut: set, outputs: list[str]) -> tuple[list[str], list[str], list[str]]:
+        """What ``outputs`` depend on through paths of MNN's graph that do not cross ``cut``:
+        (graph inputs reached only through shape-only ops, graph inputs reached through
+        values, tensors of ``cut`` that are not graph inputs and that ``outputs`` do not
+        depend on). A tensor reached only below a shape-only op contributes its shape, which
+        the model's own inputs give right, never its values."""
         producer = {entry["name"]: entry for entry in self.graph()}
-        reached, used, seen, stack = set(), set(), set(), list(outputs)
+        shaped, numeric, used = set(), set(), set()
+        seen: dict[str, bool] = {}  # name -> reached through values (True) or only for its shape
+        stack = [(name, True) for name in outputs]
         while stack:
-            name = stack.pop()
+            name, through_values = stack.pop()
             if name in cut:
                 used.add(name)
-            if name in seen or name in cut or name not in producer:
                 continue
-            seen.add(name)
+            if name not in producer or seen.get(name) is True or (name in seen and not through_values):
+                continue
+            seen[name] = through_values
             entry = producer[name]
             if entry["op_type"] == "Input":
-                reached.add(name)
-            stack.extend(entry["inputs"])
+                (numeric if through_values else shaped).add(name)
+            below = through_values and entry["op_type"] not in _SHAPE_ONLY_OPS
+            stack.extend((source, below) for source in entry["inputs"])
         inputs = {entry["name"] for entry in producer.values() if entry["op_type"] == "Input"}
-        return reached, sorted(n for n in cut if n not in used and n not in inputs)
+        return (sorted(shaped - numeric), sorted(numeric),
+                sorted(n for n in cut if n not in used and n not in inputs))
 
     def _run(self, feeds: TensorMap, outputs: list[str] | None = None) -> RunResult:
         return self._call_run(feeds, outputs, cut=False, cache=True, step="running")
