@@ -913,7 +913,9 @@ def _fresh_conversion(ctx: Context, probe: Probe, base: Measurement, where: str,
                      **m.to_dict(), "outputs_passed": outputs_ok, "given_file": given.to_dict()})
     if not (outputs_ok or _decisive(given, m)):
         return None
-    figures = f"error {_fmt(m.scaled)} vs {_fmt(given.scaled)} in the given file, both measured {m.how}"
+    agrees = "matches ONNX Runtime" if m.passed else "comes at least tenfold closer to ONNX Runtime"
+    figures = (f"{agrees} at {probe.where} (error {_fmt(m.scaled)} vs {_fmt(given.scaled)} in the given file, "
+               f"both measured {m.how})")
     ctx.progress("diagnosing: how the given file differs from the fresh conversion")
     given_diff = _graph_diff(ctx, ctx.mnn_path, fresh, ("given", "fresh"))
     if given_diff is not None:
@@ -967,7 +969,7 @@ def _given_file_is_wrong(evidence) -> tuple:
 def _nondeterministic_verdict(ctx, probe, where, figures, given_diff, again, evidence) -> Verdict:
     diff, measured, passed = again
     outcome = ("" if measured is None else
-               f"; the first matches ONNX Runtime ({figures}), the second gives error "
+               f"; the first {figures}, the second gives error "
                f"{_fmt(measured.scaled)}{'' if passed else ' and fails'}")
     given = (f"; the given file differs from a fresh conversion ({'; '.join(given_diff.clauses())})"
              if given_diff is not None and not given_diff.empty else "")
@@ -997,7 +999,7 @@ def _different_file_verdict(ctx, probe, where, figures, given_diff, *, determini
     return Verdict(
         "conversion", where,
         f"{ctx.mnn_path.name} is not what MNN's converter makes of {ctx.onnx_path.name} here: a fresh "
-        f"conversion matches ONNX Runtime at {probe.where} ({figures}); {how}; {checked}. The given "
+        f"conversion {figures}; {how}; {checked}. The given "
         f"file was converted from another ONNX, with other options or another MNN version, or "
         f"changed after conversion",
         evidence=_given_file_is_wrong(evidence),
