@@ -124,6 +124,9 @@ class Probe:
         self.base: Measurement | None = None
         self.mode: str | None = None
         self.notes: list[str] = []
+        # the given MNN's output at the divergence, cut and fed the reference's inputs: the
+        # float16 emulation compares it with the op run on the same inputs
+        self.given_isolated_output: np.ndarray | None = None
 
     @property
     def element_rule(self) -> bool:
@@ -176,8 +179,10 @@ class Probe:
         ref = self.reference_values(needed + [d.name])
         tensors = self.L.cut_feeds(self.ctx.graph, self.ctx.feeds, d.inputs, layers, ref)
         name = self.layer.candidate_name  # the model's inputs too: a cut may compute shapes from them
-        out = mnn.run_cut(tensors, [name], inputs=self.ctx.feeds).outputs[name]
-        return self._judge(ref[d.name], np.asarray(out), "isolated")
+        out = np.asarray(mnn.run_cut(tensors, [name], inputs=self.ctx.feeds).outputs[name])
+        if mnn is self.ctx.candidate:
+            self.given_isolated_output = out
+        return self._judge(ref[d.name], out, "isolated")
 
     def in_model(self, mnn) -> Measurement:
         """The target tensor in a whole run of ``mnn`` (which may be another conversion)."""
@@ -523,29 +528,37 @@ def _float16_emulation(ctx: Context, probe: Probe, evidence: list) -> dict | Non
     inputs MNN's own output came from: the reference's inputs when the probe measures the
     layer isolated, MNN's own inputs from the same whole run otherwise. Returns the figures
     (also added to the evidence), or None (with the reason in the evidence)."""
-    from parity import fp16_emulation
+    from parity import fp16_emulation, numerics
 
     d, layer = probe.divergence, probe.layer
     if d is None or layer is None:
         return None
-    ctx.progress(f"diagnosing: {probe.where} emulated in float16")
     entry: dict = {"experiment": "float16 emulation of the op"}
+    # the layer is cut from the loaded model (only its own nodes and weights are copied); a
+    # model beyond numerics' float64 bound is not loaded for it at all
+    weights = numerics.float_weight_bytes(ctx.graph.model)
+    if weights > numerics.MAX_FLOAT64_WEIGHT_BYTES:
+        evidence.append({**entry, "result": "not run",
+                         "reason": f"{weights / (1 << 20):.0f} MiB of float weights: no float16 emulation above "
+                                   f"{numerics.MAX_FLOAT64_WEIGHT_BYTES >> 20} MiB"})
+        return None
+    ctx.progress(f"diagnosing: {probe.where} emulated in float16")
     try:
         feeds, produced, inputs_are = _float16_operands(ctx, probe)
-        subgraph = probe.L.extract_subgraph(ctx.reference.model_proto(), list(d.inputs), [d.name],
-                                            shapes_from=ctx.reference.graph_proto())
+        subgraph = numerics.layer_model(ctx.reference.model_proto(), ctx.graph, d.name, list(d.inputs))
         result = fp16_emulation.evaluate(subgraph, feeds)
+        outputs = {scheme: values[d.name] for scheme, values in result["outputs"].items()}
+        exact = outputs.pop("exact")
+        produced = np.asarray(produced, np.float64).reshape(exact.shape)
+        where = fp16_emulation.emulated_positions(outputs)  # all, unless a big op was sampled; raises if none
     except Exception as exc:  # noqa: BLE001 (an op the emulation cannot run leaves the verdict undecided, with why)
         first = str(exc).splitlines()[0] if str(exc) else ""
         evidence.append({**entry, "error": f"{type(exc).__name__}: {first}"})
         return None
-    outputs = {scheme: values[d.name] for scheme, values in result["outputs"].items()}
-    exact = outputs.pop("exact")
-    produced = np.asarray(produced, np.float64).reshape(exact.shape)
-    where = fp16_emulation.emulated_positions(outputs)  # all, unless a big op was sampled
     errors = fp16_emulation.scaled_errors(exact, outputs, where)
     mnn_error = fp16_emulation.scaled_errors(exact, {"mnn": produced}, where)["mnn"]
-    choice = fp16_emulation.judge_kernel(mnn_error, errors, complete=result["complete"])
+    overflows = fp16_emulation.shared_overflow(exact, produced, outputs, where)
+    choice = fp16_emulation.judge_kernel(mnn_error, errors, complete=result["complete"], overflows_with_mnn=overflows)
     nearest, distance = fp16_emulation.nearest_scheme(produced, outputs, where)
     figures = {
         **entry, "ops": [n.op_type for n in subgraph.graph.node], "inputs": inputs_are,
@@ -577,8 +590,10 @@ def _float16_operands(ctx: Context, probe: Probe) -> tuple[dict, np.ndarray, str
     needed = [f for f in d.inputs if f not in graph_inputs]
     ref = probe.reference_values(needed + [d.name])
     if probe.mode == "isolated":
-        tensors = probe.L.cut_feeds(ctx.graph, ctx.feeds, d.inputs, layers, ref)
-        out = ctx.candidate.run_cut(tensors, [layer.candidate_name]).outputs[layer.candidate_name]
+        out = probe.given_isolated_output  # the baseline's own cut run, when it measured one
+        if out is None:  # the model's inputs too: MNN's Gemm/MatMul cut reads its shape from Shape(x)
+            tensors = probe.L.cut_feeds(ctx.graph, ctx.feeds, d.inputs, layers, ref)
+            out = ctx.candidate.run_cut(tensors, [layer.candidate_name], inputs=ctx.feeds).outputs[layer.candidate_name]
         feeds = {f: (ctx.feeds[f] if f in graph_inputs else ref[f]) for f in d.inputs}
         return feeds, _aligned(probe, ref[d.name], np.asarray(out)), "the reference's inputs (isolated)"
     names = [layers[f].candidate_name for f in needed] + [layer.candidate_name]
@@ -626,6 +641,9 @@ def _float16_choice(ctx: Context, probe: Probe, where: str, figures: str, high: 
                  f"parity measured it passing")
     finding = emulation["finding"]
     ratio = f"{emulation['ratio']:.2g}x the worst emulated ({emulation['worst_emulated']})"
+    if not np.isfinite(emulation["worst_emulated_error"]):  # judged by an overflow (fp16_emulation.judge_kernel)
+        ratio = (f"not finite where {emulation['worst_emulated']} overflows too" if finding == "as designed" else
+                 f"finite where every emulated way overflows ({emulation['worst_emulated']} among them)")
     if finding == "as designed":
         summary = (f"float16 precision as designed at {probe.where} on {on}: {figures}; {measured}. MNN's "
                    f"error is {ratio}, within float16 arithmetic's own: the converted graph and the kernel "

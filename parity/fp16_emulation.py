@@ -21,7 +21,8 @@ Ops that add no terms (Relu, Add, Sigmoid, Flatten ...) are onnx's own reference
 implementation (onnx.reference) on float16-rounded inputs, their output rounded: the same in
 every scheme but ``exact``. The work is bounded (``MAX_TERMS`` products per op and scheme):
 a bigger op is emulated on evenly spaced output positions only, the others NaN (which the ops
-after it carry along), and every figure is then measured on the emulated positions.
+after it carry along), and every figure is then measured on the emulated positions; when an op
+after it mixes positions and no output is left emulated, ``emulated_positions`` raises.
 
 Pure numpy and onnx; nothing here runs a framework.
 """
@@ -389,11 +390,16 @@ def _as_float64(x):
 def emulated_positions(outputs: dict) -> np.ndarray | None:
     """Where every sum scheme computed a value: positions left out by sampling are NaN in all
     of them (a NaN from float16 overflow in one scheme is kept, and counts as an error there).
-    None when all positions were emulated."""
+    None when all positions were emulated. Raises ValueError when none was: an op after a
+    sampled one that mixes positions (Softmax over a sampled Gemm's outputs) leaves every value
+    NaN, and figures over no position would be 0 for every scheme and for MNN alike."""
     sums = [np.isnan(np.asarray(v, np.float64)) for k, v in outputs.items() if k not in ("exact", "rounding")]
     if not sums:
         return None
     left_out = np.logical_and.reduce(sums)
+    if left_out.size and left_out.all():
+        raise ValueError("no output position could be emulated: an op after one sampled for its size "
+                         f"(more than {MAX_TERMS:,} products) mixes the sampled positions with the left-out ones")
     return None if not left_out.any() else ~left_out
 
 
@@ -402,6 +408,8 @@ def scaled_errors(exact: np.ndarray, others: dict, where: np.ndarray | None = No
     finite where exact is), over the positions ``where`` (all by default); the scale is the
     whole exact output's: the same figure parity's verdicts quote."""
     exact = np.asarray(exact, np.float64)
+    if where is not None and exact.size and not np.any(where):
+        raise ValueError("no position to compare: the error over none would be 0 for every output")
     scale = float(np.max(np.abs(exact))) if exact.size else 0.0
     scale = scale if scale > 0 else 1.0
     errors = {}
@@ -420,21 +428,34 @@ AS_DESIGNED = 2.0  # MNN within 2x the worst way a float16 kernel can compute th
 DEFECT = 10.0  # beyond 10x every way: no float16 arithmetic explains it
 
 
-def judge_kernel(mnn_error: float, emulated: dict, *, complete: bool = True) -> dict:
+def judge_kernel(mnn_error: float, emulated: dict, *, complete: bool = True, overflows_with_mnn=None) -> dict:
     """Where MNN's error (scaled, against the exact op on the same inputs) lies among the
     emulated schemes' errors (``exact`` left out). ``complete``: every accumulating op was
     emulated (when not, only float16 rounding was, and no defect can be claimed).
+
+    A scheme whose error is inf overflowed (a sequential float16 sum of 12544 values near 8
+    passes 65504). It explains MNN's error only when MNN's output is not finite either, at a
+    position where that scheme's is not: ``overflows_with_mnn`` names those schemes (from
+    ``shared_overflow``; None: any overflowing scheme counts). A finite MNN error is judged
+    against the worst finite scheme error: an overflow elsewhere explains no finite error.
 
     Returns {"finding": "as designed" | "defect" | "between", "ratio": MNN / worst emulated,
     "worst": scheme, "worst_error": its error}."""
     errors = {k: v for k, v in emulated.items() if k != "exact"}
     if not errors:
         raise ValueError("no emulated scheme to compare MNN with")
-    worst = max(errors, key=lambda k: errors[k])
-    worst_error = errors[worst]
-    if not np.isfinite(worst_error):  # a float16 sum overflows: any finite MNN error is within
-        ratio = 0.0 if np.isfinite(mnn_error) else 1.0
-    elif worst_error > 0:
+    finite = {k: v for k, v in errors.items() if np.isfinite(v)}
+    overflowed = [k for k in errors if k not in finite]
+    if overflows_with_mnn is not None:
+        overflowed = [k for k in overflowed if k in overflows_with_mnn]
+    if not np.isfinite(mnn_error) and overflowed:  # MNN overflows where a float16 sum does
+        return {"finding": "as designed", "ratio": 1.0, "worst": overflowed[0], "worst_error": errors[overflowed[0]]}
+    if not finite:  # every scheme overflows, MNN not (or elsewhere): nothing finite to measure it by
+        worst = next(iter(errors))
+        return {"finding": "between", "ratio": float("nan"), "worst": worst, "worst_error": errors[worst]}
+    worst = max(finite, key=lambda k: finite[k])
+    worst_error = finite[worst]
+    if worst_error > 0:
         ratio = mnn_error / worst_error
     else:
         ratio = 1.0 if mnn_error == 0 else float("inf")
@@ -445,6 +466,18 @@ def judge_kernel(mnn_error: float, emulated: dict, *, complete: bool = True) -> 
     else:
         finding = "between"
     return {"finding": finding, "ratio": ratio, "worst": worst, "worst_error": worst_error}
+
+
+def shared_overflow(exact: np.ndarray, candidate: np.ndarray, outputs: dict, where: np.ndarray | None = None) -> set:
+    """The schemes that are not finite at some compared position where ``candidate`` (MNN's
+    output) is not finite either, and ``exact`` is: the overflows that explain MNN's."""
+    exact = np.asarray(exact, np.float64)
+    candidate = np.asarray(candidate, np.float64).reshape(exact.shape)
+    mask = np.isfinite(exact) & ~np.isfinite(candidate)
+    if where is not None:
+        mask &= where
+    return {scheme for scheme, value in outputs.items() if scheme != "exact"
+            and np.any(mask & ~np.isfinite(np.asarray(value, np.float64).reshape(exact.shape)))}
 
 
 def nearest_scheme(candidate: np.ndarray, outputs: dict, where: np.ndarray | None = None) -> tuple[str, float]:

@@ -190,22 +190,29 @@ def nudged(feeds: dict) -> dict:
             for k, v in feeds.items()}
 
 
-def span_model(model, graph, name: str, frontier) -> object:
-    """The ONNX ops between ``frontier`` and ``name`` as a model of their own (float64), with
-    the constants and weights they read: the layer alone, to be fed any inputs."""
+def layer_model(model, graph, name: str, frontier) -> object:
+    """The ONNX ops between ``frontier`` and ``name`` as a model of their own, in the model's
+    own types, with only the constants and weights they read (no copy of the whole model: a
+    1B-parameter model's copy is 4 GB more): the layer alone, to be fed any inputs."""
     from onnx import helper
 
     span = set(graph.span(name, set(frontier)))
     nodes = [n for n in model.graph.node if any(o in span for o in n.output)]
     needed = {i for n in nodes for i in n.input if i}
-    constants = [n for n in model.graph.node if n.op_type == "Constant" and n.output[0] in needed]
+    constants = [n for n in model.graph.node if n.op_type == "Constant" and n.output[0] in needed
+                 and n.output[0] not in span]
     inits = [t for t in model.graph.initializer if t.name in needed]
     sub = helper.make_graph(constants + nodes, "layer",
                             [helper.make_empty_tensor_value_info(f) for f in frontier],
                             [helper.make_empty_tensor_value_info(name)], inits)
     layer = helper.make_model(sub, opset_imports=list(model.opset_import), ir_version=model.ir_version)
     layer.functions.extend(model.functions)
-    return float64_model(layer)
+    return layer
+
+
+def span_model(model, graph, name: str, frontier) -> object:
+    """``layer_model`` in float64."""
+    return float64_model(layer_model(model, graph, name, frontier))
 
 
 def evaluate_layer(layer_model, inputs: dict, name: str) -> np.ndarray:

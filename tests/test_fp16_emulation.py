@@ -198,11 +198,93 @@ def test_judge_kernel_thresholds():
                                               "worst": "sequential", "worst_error": 1e-2}
     # part of the op only rounded: the worst emulated figure may be too low to claim a defect
     assert fe.judge_kernel(0.2, emulated, complete=False)["finding"] == "between"
-    # a float16 sum that overflows explains any finite error
-    assert fe.judge_kernel(5.0, {"rounding": 1e-4, "sequential": float("inf")})["finding"] == "as designed"
     assert fe.judge_kernel(float("inf"), emulated)["finding"] == "defect"
     with pytest.raises(ValueError):
         fe.judge_kernel(1.0, {"exact": 0.0})
+
+
+def test_an_overflowing_scheme_explains_only_an_mnn_output_that_overflows_too():
+    """A scheme whose float16 sum overflows (error inf) says nothing about a finite error: that
+    is judged against the worst finite scheme, and an overflow explains only an MNN output
+    that is not finite either."""
+    inf = float("inf")
+    emulated = {"rounding": 1e-4, "pairwise": 1e-3, "sequential": inf}
+    choice = fe.judge_kernel(50.0, emulated)
+    assert choice == {"finding": "defect", "ratio": pytest.approx(5e4), "worst": "pairwise", "worst_error": 1e-3}
+    assert fe.judge_kernel(1.5e-3, emulated)["finding"] == "as designed"  # within 2x of pairwise
+    assert fe.judge_kernel(inf, emulated)["finding"] == "as designed"  # no positions given: any overflow
+    assert fe.judge_kernel(inf, emulated, overflows_with_mnn={"sequential"})["finding"] == "as designed"
+    # MNN not finite where no scheme overflows: no float16 arithmetic explains it
+    assert fe.judge_kernel(inf, emulated, overflows_with_mnn=set())["finding"] == "defect"
+    # every scheme overflows and MNN does not: nothing to measure it by, no claim either way
+    assert fe.judge_kernel(0.1, {"rounding": inf, "sequential": inf})["finding"] == "between"
+
+
+def _pool_model(shape):
+    graph = helper.make_graph([helper.make_node("GlobalAveragePool", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape[:2] + [1, 1])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_a_pool_whose_float16_sums_overflow_still_finds_a_kernel_off_by_10x():
+    """A 112x112 average pool of values near 8: the sum (about 100,000) passes float16's 65504
+    in the pairwise, lane and float32-then-float16 schemes, while a sequential float16 sum
+    stagnates at 32768 (adding 8 there is below half float16's spacing of 32) and stays
+    finite. A kernel 10x off is a defect; one that overflows where they do is as designed."""
+    x = np.random.default_rng(0).uniform(7, 9, (1, 2, 112, 112)).astype(np.float32)
+    x[0, 1] *= 0.01  # a channel far from overflow
+    result = fe.evaluate(_pool_model([1, 2, 112, 112]), {"x": x})
+    outputs = {s: v["y"] for s, v in result["outputs"].items()}
+    exact = outputs.pop("exact")
+    np.testing.assert_allclose(exact.ravel(), x.reshape(2, -1).astype(np.float64).mean(axis=1), rtol=1e-12)
+    where = fe.emulated_positions(outputs)
+    errors = fe.scaled_errors(exact, outputs, where)
+    assert errors["pairwise"] == errors["lanes8"] == errors["fp32_sum"] == float("inf")
+    assert 0.5 < errors["sequential"] < 1  # 32768 / 12544 = 2.6 where 8.0 is exact
+    wrong = exact * 10  # finite everywhere, 10x off
+    mnn_error = fe.scaled_errors(exact, {"mnn": wrong}, where)["mnn"]
+    shared = fe.shared_overflow(exact, wrong, outputs, where)
+    assert shared == set()
+    choice = fe.judge_kernel(mnn_error, errors, complete=result["complete"], overflows_with_mnn=shared)
+    assert choice["worst"] in ("sequential", "sequential_rounded") and choice["finding"] == "defect", choice
+    overflowing = outputs["pairwise"]  # inf at the large channel, as a pairwise float16 kernel gives
+    shared = fe.shared_overflow(exact, overflowing, outputs, where)
+    assert {"pairwise", "lanes8", "lanes4", "fp32_sum"} <= shared and "sequential" not in shared
+    mnn_error = fe.scaled_errors(exact, {"mnn": overflowing}, where)["mnn"]
+    assert fe.judge_kernel(mnn_error, errors, overflows_with_mnn=shared)["finding"] == "as designed"
+
+
+def test_a_sampled_op_followed_by_one_that_mixes_positions_is_not_judged(monkeypatch):
+    """A Gemm emulated on a quarter of its outputs, then Softmax over them: every emulated
+    output is NaN. Figures over no position would be 0 for every scheme and for any MNN
+    output (a kernel 3x off judged as designed); emulated_positions refuses instead."""
+    k, n = 256, 32
+    w = np.random.default_rng(0).standard_normal((n, k)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Gemm", ["p", "w"], ["g"], transB=1),
+                               helper.make_node("Softmax", ["g"], ["y"], axis=-1)], "g",
+                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, [1, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    p = np.random.default_rng(1).uniform(0, 3, (1, k)).astype(np.float32)
+    monkeypatch.setattr(fe, "MAX_TERMS", k * n // 4)
+    outputs = {s: v["y"] for s, v in fe.evaluate(model, {"p": p})["outputs"].items()}
+    exact = outputs.pop("exact")
+    assert all(np.isnan(v).all() for s, v in outputs.items() if s != "rounding")
+    with pytest.raises(ValueError, match="no output position could be emulated"):
+        fe.emulated_positions(outputs)
+    with pytest.raises(ValueError, match="no position to compare"):
+        fe.scaled_errors(exact, {"mnn": exact * 3}, np.zeros(exact.shape, bool))
+
+
+def test_the_readme_states_the_work_bound():
+    """README, "float16 verdicts": the products per op the emulation follows term by term."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert fe.MAX_TERMS == 20_000_000
+    assert "up to 20 million products per op" in readme
 
 
 def test_nearest_scheme_finds_the_identical_output():

@@ -192,6 +192,43 @@ def test_float64_model_widens_floats_only(tmp_path):
     assert numerics.scaled(got, exact) < 1e-6
 
 
+def test_layer_model_holds_only_the_layers_nodes_and_the_weights_they_read(tmp_path):
+    """The layer between its frontier and its output, cut without copying the whole model: its
+    nodes, the constants and initializers they read and nothing else (a large weight elsewhere
+    stays out), in the model's own types; span_model is the same layer widened to float64.
+    Evaluated alone on the whole model's values at the frontier it gives the whole model's."""
+    from onnx.reference import ReferenceEvaluator
+
+    from parity.layers import OnnxGraph
+
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.standard_normal((3, 4)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((4, 4)).astype(np.float32), "w2")
+    big = numpy_helper.from_array(rng.standard_normal((4, 256)).astype(np.float32), "big")
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(np.float32(0.5), "c")),
+             helper.make_node("MatMul", ["r", "w2"], ["m"]),
+             helper.make_node("Mul", ["m", "c"], ["y"]),
+             helper.make_node("MatMul", ["y", "big"], ["z"])]
+    path = save_model(nodes, [tensor("x", shape=[2, 3])], [tensor("z", shape=[2, 256])], tmp_path / "chain.onnx",
+                      initializers=[w1, w2, big])
+    model = onnx.load(str(path))
+    graph = OnnxGraph(model)
+    layer = numerics.layer_model(model, graph, "y", ["r"])
+    assert [n.op_type for n in layer.graph.node] == ["Constant", "MatMul", "Mul"]
+    assert [(t.name, t.data_type) for t in layer.graph.initializer] == [("w2", TensorProto.FLOAT)]
+    assert [i.name for i in layer.graph.input] == ["r"] and [o.name for o in layer.graph.output] == ["y"]
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    whole = ReferenceEvaluator(model).run(None, {"x": x}, intermediate=True)
+    alone = ReferenceEvaluator(layer).run(["y"], {"r": whole["r"]})[0]
+    assert alone.dtype == np.float32
+    np.testing.assert_array_equal(alone, whole["y"])
+    wide = numerics.span_model(model, graph, "y", ["r"])
+    assert [(t.name, t.data_type) for t in wide.graph.initializer] == [("w2", TensorProto.DOUBLE)]
+    assert [n.op_type for n in wide.graph.node] == ["Constant", "MatMul", "Mul"]
+
+
 def test_sample_path_puts_the_target_and_the_jumps_first():
     from parity.report import LayerResult
 

@@ -194,3 +194,54 @@ def test_squeeze_excitation_pool_on_112x112_is_runtime_float16_and_high_passes(t
     assert verdict["summary"].startswith({"as designed": "float16 precision as designed",
                                           "defect": "a float16 kernel defect worth a report",
                                           "between": "float16 arithmetic on"}[emulation["finding"]])
+
+
+def test_float16_emulation_reuses_the_baseline_cut_and_a_fresh_cut_agrees(tmp_path, monkeypatch):
+    """In isolation the emulation compares the output of the baseline's own cut run (MNN fed
+    the reference's inputs); cut again, fed the model's inputs too as every cut is (MNN's
+    Gemm/MatMul may read its shape from them), MNN gives the same values."""
+    import numpy as np
+
+    import parity
+    from parity import diagnose
+
+    onnx_path, mnn_path = fp16_models.pooled_classifier(tmp_path)
+    original, seen = diagnose._float16_operands, []
+
+    def both_ways(ctx, probe):
+        reused = original(ctx, probe)
+        cached, probe.given_isolated_output = probe.given_isolated_output, None
+        try:
+            fresh = original(ctx, probe)
+        finally:
+            probe.given_isolated_output = cached
+        seen.append((probe.mode, cached is not None, reused, fresh))
+        return reused
+
+    monkeypatch.setattr(diagnose, "_float16_operands", both_ways)
+    report = parity.check([onnx_path, mnn_path], layers=True, mnn_options={"target": "arm64", "precision": "low"})
+    emulation = _emulation(report.to_dict()["verdict"])
+    assert emulation["finding"] == "as designed"
+    [(mode, had_cache, reused, fresh)] = seen
+    assert mode == "isolated" and had_cache
+    assert reused[2] == fresh[2] == "the reference's inputs (isolated)"
+    assert reused[0].keys() == fresh[0].keys() == {"flat"}
+    np.testing.assert_array_equal(reused[1], fresh[1])
+
+
+def test_float16_emulation_is_not_run_above_the_weight_bound(tmp_path, monkeypatch):
+    """Above numerics.MAX_FLOAT64_WEIGHT_BYTES of float weights the layer is not cut out of the
+    loaded model: the evidence says the emulation did not run and why, and the verdict stays
+    the undecided float16 one."""
+    import parity
+    from parity import numerics
+
+    onnx_path, mnn_path = fp16_models.pooled_classifier(tmp_path)  # 1280 x 1000 float32 weights: 4.9 MiB
+    monkeypatch.setattr(numerics, "MAX_FLOAT64_WEIGHT_BYTES", 1 << 20)
+    verdict = parity.check([onnx_path, mnn_path], layers=True,
+                           mnn_options={"target": "arm64", "precision": "low"}).to_dict()["verdict"]
+    assert verdict["kind"] == "runtime" and verdict["where"].startswith("logits (Gemm)"), verdict["summary"]
+    emulation = _emulation(verdict)
+    assert emulation["result"] == "not run" and "5 MiB of float weights" in emulation["reason"]
+    assert "above 1 MiB" in emulation["reason"] and "finding" not in emulation
+    assert "could not be emulated in float16" in verdict["summary"]
