@@ -181,7 +181,10 @@ def run_mutant(site: Site, timeout: float) -> tuple[str, float, str]:
         last = (proc.stdout.strip().splitlines() or [""])[-1]
         if proc.returncode == 0:
             return "survived", elapsed, last
-        if proc.returncode != 1:  # 2-5: interrupted, internal or usage error, nothing collected
+        if proc.returncode != 1 and " failed" not in last:
+            # 2-5 with no test failed: interrupted, usage error, nothing collected. (A mutant in a
+            # module the parity pytest plugin uses can also break pytest's own reporting, exit 3,
+            # after a test failed: that test killed it.)
             return f"error {proc.returncode}", elapsed, last
         failed = next((ln for ln in proc.stdout.splitlines() if ln.startswith("FAILED")), last)
         return "killed", elapsed, failed
