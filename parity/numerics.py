@@ -314,22 +314,35 @@ class Sides:
 
 def measure(model, graph, comparison, target: str, feeds: dict, sides: Sides, tolerance_fails,
             progress=lambda _text: None) -> Finding:
-    """The numerics test at ``target`` (see the module docstring). ``tolerance_fails(layer)``
-    says whether a path layer is out of tolerance (the crossing)."""
+    """The numerics test at ``target`` (see the module docstring), its three steps in turn;
+    the first that refuses the rounding explanation ends it. ``tolerance_fails(layer)`` says
+    whether a path layer is out of tolerance (the crossing)."""
     layers = [x for x in comparison.layers or () if x.scaled_error is not None]
     path = growth_path(graph, layers, target)
-    figures = [(x.name, x.scaled_error) for x in path]
     crossing = next((x.name for x in path if tolerance_fails(x)), None)
-    finding = Finding(None, "", path=figures, crossing=crossing)
+    finding = Finding(None, "", path=[(x.name, x.scaled_error) for x in path], crossing=crossing)
+    if _grows(finding, path, target) and _layers_right(finding, model, graph, comparison, path, feeds, sides,
+                                                        progress):
+        _against_float64(finding, model, graph, comparison, target, feeds, sides, progress)
+    return finding
+
+
+def _grows(finding: Finding, path, target: str) -> bool:
+    """Step 1: small at the path's start, GROWTH times larger at the target."""
     if len(path) < 3:
         finding.reason = f"only {len(path)} compared layer(s) lead to {target}: no growth to measure"
-        return finding
-    smallest = min(e for _, e in figures)
+        return False
+    smallest = min(e for _, e in finding.path)
     largest = path[-1].scaled_error or 0.0
     if not largest > GROWTH * max(smallest, 1e-12) or smallest > ROUNDING * 10:
         finding.reason = (f"the error does not grow from rounding along the path to {target} "
                           f"(smallest {smallest:.3g}, at the target {largest:.3g})")
-        return finding
+        return False
+    return True
+
+
+def _layers_right(finding: Finding, model, graph, comparison, path, feeds, sides: Sides, progress) -> bool:
+    """Step 2: each layer of the path (or a sample) right in float64 on each side's own inputs."""
     paired = {x.name for x in comparison.layers or ()}
     # every layer of the path when its values are cheap to hold, else a sample
     limit = len(path) if len(path) <= MAX_PATH and _capture_bytes(path) <= MAX_PATH_BYTES else SAMPLE
@@ -337,7 +350,6 @@ def measure(model, graph, comparison, target: str, feeds: dict, sides: Sides, to
     finding.sampled = len(sample) < len(path)
     progress(f"diagnosing: is it amplified rounding? {len(sample)} of {len(path)} layers evaluated in float64 "
              f"on each side's inputs")
-    positions = {x.name: i for i, x in enumerate(path)}
     frontiers = {x.name: graph.frontier(x.name, paired) for x in sample}
     graph_inputs = set(graph.inputs)
     ref_values: dict = {}
@@ -359,26 +371,30 @@ def measure(model, graph, comparison, target: str, feeds: dict, sides: Sides, to
             layer_model = span_model(model, graph, x.name, frontier)
             for side, values in (("reference", ref_values), ("candidate", cand_values)):
                 inputs = {f: (feeds[f] if f in graph_inputs else _as(values[f], ref_values[f])) for f in frontier}
-                exact = evaluate_layer(layer_model, inputs, x.name)
-                setattr(local, side, scaled(values[x.name], exact))
+                setattr(local, side, scaled(values[x.name], evaluate_layer(layer_model, inputs, x.name)))
         except Exception as exc:  # an op onnx.reference lacks, a value MNN cannot return
-            finding.reason = (f"layer {x.name} could not be evaluated in float64: {type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0][:200] if str(exc) else ''}")
-            return finding
+            finding.reason = f"layer {x.name} could not be evaluated in float64: {_first_line(exc)}"
+            return False
         if not local.within_rounding:
             finding.reason = (f"layer {x.name} ({x.op_type}) is wrong on its own inputs in MNN: local error "
                               f"{_fmt(local.candidate)} against {_fmt(local.reference)} in ONNX Runtime")
-            return finding
+            return False
+    positions = {x.name: i for i, x in enumerate(path)}
     finding.locals.sort(key=lambda local: positions[local.name])
-    # every evaluated layer is right: is MNN as close to the mathematics as float32 gets?
+    return True
+
+
+def _against_float64(finding: Finding, model, graph, comparison, target, feeds, sides: Sides, progress) -> None:
+    """Step 3: MNN no farther from the whole graph in float64 than correct float32 evaluations
+    (decides numerics, or undetermined when no float64 figure can be had)."""
     failing = [o for o in comparison.outputs if not o.passed and o.error is None]
     names = list(dict.fromkeys([target] + [o.reference_name for o in failing]))
     activations = sum(graph.value_bytes(feeds).values()) * 2  # every value, held in float64
+    finding.kind = "undetermined"
     if activations > MAX_FLOAT64_ACTIVATION_BYTES:
-        finding.kind = "undetermined"
         finding.reason = (f"no float64 evaluation of the graph: its values would take {activations >> 20} MiB "
                           f"in float64 (above {MAX_FLOAT64_ACTIVATION_BYTES >> 20} MiB)")
-        return finding
+        return
     progress("diagnosing: the whole graph in float64 and float32 (onnx.reference)")
     try:
         exact = evaluate(model, feeds, names)
@@ -388,32 +404,29 @@ def measure(model, graph, comparison, target: str, feeds: dict, sides: Sides, to
                  "numpy float32, inputs nudged by one ulp": float32(nudged(feeds), names)}
         cand_out = sides.candidate(names)
     except Exception as exc:
-        finding.kind = "undetermined"
-        finding.reason = (f"no float64 evaluation of the graph: {type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0][:200] if str(exc) else ''}")
-        return finding
+        finding.reason = f"no float64 evaluation of the graph: {_first_line(exc)}"
+        return
     worse = []
     for n in names:
-        if n not in exact:
-            continue
         row = {"tensor": n, "mnn": relative_l2(cand_out[n], exact[n])}
-        row.update({label: relative_l2(values[n], exact[n]) for label, values in draws.items() if n in values})
+        row.update({label: relative_l2(values[n], exact[n]) for label, values in draws.items()})
         finding.distances.append(row)
         others = [d for label, d in row.items() if label not in ("tensor", "mnn") and d is not None]
         if row["mnn"] is None or not others or row["mnn"] > DISTANCE_FACTOR * max(others) + 1e-6:
             worse.append(n)
-    if not finding.distances:
-        finding.kind = "undetermined"
-        finding.reason = "no float64 value of the target or the failing outputs"
-        return finding
     if worse:
+        finding.kind = None
         finding.reason = (f"MNN is farther from the float64 evaluation than every float32 evaluation at "
                           f"{', '.join(worse)} (more than {DISTANCE_FACTOR:g}x)")
-        return finding
+        return
     finding.kind = "numerics"
     finding.reason = ("every evaluated layer is right on its own inputs, and MNN is no farther from float64 "
                       "than correct float32 evaluations")
-    return finding
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"
 
 
 def _as(value, like):
