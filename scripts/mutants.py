@@ -41,7 +41,7 @@ TESTS = {
     "parity/numerics.py": ["tests/test_numerics.py", "tests/test_verdict.py"],
     "parity/mnn_ops.py": ["tests/test_op_references.py", "tests/test_verdict.py", "tests/test_numerics.py"],
     "parity/judge.py": ["tests/test_core_properties.py", "tests/test_metrics.py", "tests/test_layers.py",
-                        "tests/test_check_cli.py"],
+                        "tests/test_check_cli.py", "tests/test_options.py", "tests/test_user_side.py"],
     "parity/budget.py": ["tests/test_compression.py"],
     "parity/layers.py": ["tests/test_layers.py", "tests/test_isolation.py", "tests/test_isolation_property.py",
                          "tests/test_capture.py", "tests/test_numerics.py"],
