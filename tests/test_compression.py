@@ -5,6 +5,7 @@ model here for real."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from compressed_models import OUTLIER_LAYER, outlier_mlp
@@ -325,3 +326,17 @@ def test_a_graph_the_flatbuffer_reader_leaves_to_mnn_is_read_by_mnn(tmp_path):
     layers = report["comparisons"][0]["layers"]
     assert report["passed"] and [layer["name"] for layer in layers] == ["s", "c", "i", "y"]
     assert all(layer["passed"] for layer in layers)
+
+
+def test_budget_figures_match_their_definitions_on_known_cases():
+    """snr_db and top-1 computed by hand: a candidate 10% too large has noise power 1% of
+    the signal's, 20 dB; a two-class output is a classifier too."""
+    from parity import budget
+
+    reference = np.tile(np.array([1.0, -1.0], np.float32), 500).reshape(10, 100)
+    figures = budget.measure(reference, reference * 1.1)
+    assert figures["snr_db"] == pytest.approx(20.0, abs=1e-5)  # 1.1 in float32: 20 dB to 2e-6
+    assert figures["cosine"] == pytest.approx(1.0)
+    assert figures["error"] == pytest.approx(0.1, rel=1e-6)
+    two_class = np.array([[2.0, 0.0], [0.0, 2.0]], np.float32)
+    assert budget.top1_rows(two_class, np.array([[2.0, 0.0], [2.0, 0.0]], np.float32)) == (1, 2)
