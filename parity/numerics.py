@@ -222,32 +222,34 @@ def evaluate_layer(layer_model, inputs: dict, name: str) -> np.ndarray:
 
 
 # -- distances -----------------------------------------------------------------------------------
-def scaled(candidate, exact) -> float | None:
-    """max|c - e| / max|e| over finite values; None when the shapes cannot be compared."""
+def _finite_pair(candidate, exact):
+    """Both as flat float64 over the positions finite in both; None when the sizes differ or
+    nothing is finite."""
     c = np.asarray(candidate, dtype=np.float64)
     e = np.asarray(exact, dtype=np.float64)
     if c.size != e.size:
         return None
-    c = c.reshape(e.shape)
+    c, e = c.reshape(-1), e.reshape(-1)
     finite = np.isfinite(c) & np.isfinite(e)
-    if not finite.any():
+    return (c[finite], e[finite]) if finite.any() else None
+
+
+def scaled(candidate, exact) -> float | None:
+    """max|c - e| / max|e| over finite values; None when the shapes cannot be compared."""
+    pair = _finite_pair(candidate, exact)
+    if pair is None:
         return None
-    scale = float(np.max(np.abs(e[finite])))
-    return float(np.max(np.abs(c[finite] - e[finite]))) / max(scale, 1e-30)
+    c, e = pair
+    return float(np.max(np.abs(c - e))) / max(float(np.max(np.abs(e))), 1e-30)
 
 
 def relative_l2(candidate, exact) -> float | None:
     """||c - e|| / ||e||: steadier than the maximum for comparing two approximations."""
-    c = np.asarray(candidate, dtype=np.float64)
-    e = np.asarray(exact, dtype=np.float64)
-    if c.size != e.size:
+    pair = _finite_pair(candidate, exact)
+    if pair is None:
         return None
-    c = c.reshape(e.shape)
-    finite = np.isfinite(c) & np.isfinite(e)
-    if not finite.any():
-        return None
-    norm = float(np.linalg.norm(e[finite]))
-    return float(np.linalg.norm(c[finite] - e[finite])) / max(norm, 1e-30)
+    c, e = pair
+    return float(np.linalg.norm(c - e)) / max(float(np.linalg.norm(e)), 1e-30)
 
 
 # -- the path -----------------------------------------------------------------------------------

@@ -170,3 +170,19 @@ def slow_matmul_model(directory, count: int = 12) -> tuple[Path, Path]:
     onnx_path = save_model(nodes, [tensor("x", shape=[1024, 1024])], [tensor(previous, shape=[1024, 1024])],
                            directory / "slow.onnx", initializers=[weight])
     return onnx_path, to_mnn(onnx_path, directory / "slow.mnn")
+
+
+def require_arm64() -> None:
+    """Skip (or, with PARITY_REQUIRE_ARM64=1 as tox's arm64 env sets, fail) when the emulated
+    arm64 target is not set up."""
+    import pytest
+
+    from parity.errors import ParityError
+    from parity.target_setup import arm64_python
+
+    try:
+        arm64_python()
+    except ParityError as exc:
+        if os.environ.get("PARITY_REQUIRE_ARM64") == "1":
+            pytest.fail(f"the arm64 target is required here: {exc}")
+        pytest.skip(str(exc))

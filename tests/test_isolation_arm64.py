@@ -7,28 +7,19 @@ undetermined. Skipped like test_target_arm64.py when the target is not set up.
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
 
 import isolation_models
-from helpers import run_parity
+from helpers import require_arm64, run_parity
 
 pytestmark = pytest.mark.arm64
 
 
 @pytest.fixture(scope="module", autouse=True)
 def arm64_ready():
-    from parity.errors import ParityError
-    from parity.target_setup import arm64_python
-
-    try:
-        arm64_python()
-    except ParityError as exc:
-        if os.environ.get("PARITY_REQUIRE_ARM64") == "1":
-            pytest.fail(f"the arm64 target is required here: {exc}")
-        pytest.skip(str(exc))
+    require_arm64()
 
 
 @pytest.fixture(scope="module")

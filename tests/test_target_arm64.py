@@ -7,27 +7,18 @@ Elsewhere these tests skip when the target is not set up, unless PARITY_REQUIRE_
 
 from __future__ import annotations
 
-import os
 
 import pytest
 
 import fp16_models
-from helpers import MODELS, run_parity
+from helpers import MODELS, require_arm64, run_parity
 
 pytestmark = pytest.mark.arm64
 
 
 @pytest.fixture(scope="module", autouse=True)
 def arm64_ready():
-    from parity.errors import ParityError
-    from parity.target_setup import arm64_python
-
-    try:
-        arm64_python()
-    except ParityError as exc:
-        if os.environ.get("PARITY_REQUIRE_ARM64") == "1":
-            pytest.fail(f"the arm64 target is required here: {exc}")
-        pytest.skip(str(exc))
+    require_arm64()
 
 
 @pytest.fixture(scope="module")
