@@ -20,7 +20,7 @@ import os
 import struct
 from dataclasses import asdict, dataclass, field
 
-_WEIGHT_OPS = ("Convolution", "ConvolutionDepthwise", "Deconvolution", "DeconvolutionDepthwise")
+WEIGHT_OPS = ("Convolution", "ConvolutionDepthwise", "Deconvolution", "DeconvolutionDepthwise")
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ def read(graph: dict) -> Compression:
             layers.append(LayerCompression(name, op_type, "int8-op", bits=8))
             int8.append(name)
             continue
-        if op_type not in _WEIGHT_OPS:
+        if op_type not in WEIGHT_OPS:
             continue
         main = op.get("main") if isinstance(op.get("main"), dict) else {}
         quant = main.get("quanParameter")

@@ -593,15 +593,15 @@ def _recompression_check(comparisons, backends, feeds, verdict, compression, bud
                 raise
             return dataclasses.replace(verdict, evidence=verdict.evidence + (
                 {"experiment": "recompression", "setting": " ".join(settings), "error": str(exc)},))
-    from parity.ranking import _within, _worst
+    from parity.ranking import within_budget, worst_figures
 
-    figures = _worst(reference, outputs)
+    figures = worst_figures(reference, outputs)
     entry = {"experiment": "recompression of the float conversion", "setting": " ".join(settings),
              "cosine": figures.get("cosine"), "error": figures.get("error"), "given_cosine": given_cosine,
-             "within_budget": _within(budget, figures)}
+             "within_budget": within_budget(budget, figures)}
     again_cost = 1 - (figures.get("cosine") or 0.0)
     given_cost = 1 - given_cosine
-    if _within(budget, figures) or (again_cost > 0 and given_cost / again_cost >= 10):
+    if within_budget(budget, figures) or (again_cost > 0 and given_cost / again_cost >= 10):
         return Verdict(
             "conversion", verdict.where,
             f"{compressed.path.name} is not what compressing this ONNX makes: MNN's converter compressing "

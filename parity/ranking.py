@@ -114,7 +114,7 @@ def _json_to_mnn_in_child(source: str, target: str) -> bool:
     return True
 
 
-def _worst(reference: dict, outputs: dict) -> dict:
+def worst_figures(reference: dict, outputs: dict) -> dict:
     """The worst cosine and error over the outputs (budget.measure on each)."""
     cosines, errors, figures = [], [], {}
     for name, ref in reference.items():
@@ -170,7 +170,7 @@ def rank(float_path, compressed_path, feeds: dict, budget: Budget, open_mnn: Cal
 
         say("ranking the compressed layers: the float model as MNN reads it back from JSON")
         reference = run(float_graph, "float-roundtrip")
-        whole = _worst(reference, run(compressed_graph, "compressed-roundtrip"))
+        whole = worst_figures(reference, run(compressed_graph, "compressed-roundtrip"))
         costs = []
         for count, index in enumerate(compressed_at, 1):
             op = compressed_ops[index]
@@ -178,7 +178,7 @@ def rank(float_path, compressed_path, feeds: dict, budget: Budget, open_mnn: Cal
             say(f"ranking the compressed layers: {count}/{len(compressed_at)} {name}")
             mixed = dict(float_graph, oplists=[*float_ops[:index], op, *float_ops[index + 1:]])
             try:
-                figures = _worst(reference, run(mixed, f"only-{count}"))
+                figures = worst_figures(reference, run(mixed, f"only-{count}"))
             except BackendCrash:
                 raise
             except BackendError as exc:
@@ -215,7 +215,7 @@ def _write_fixed(build: Callable[[], Path], target, asked, protected, fix) -> tu
     return (f"wrote the model with {', '.join(fix['kept'])} kept in float to {target}",)
 
 
-def _within(budget: Budget, figures: dict) -> bool:
+def within_budget(budget: Budget, figures: dict) -> bool:
     for metric, op, value in budget.clauses:
         got = figures.get(metric)
         if got is None:
@@ -233,7 +233,7 @@ def _fix(ordered, float_ops, compressed_graph, compressed_ops, compressed_at, la
     Returns the figures and the graph of the last model tried."""
     if not ordered:
         return None, None
-    if _within(budget, whole):
+    if within_budget(budget, whole):
         return {"kept": [], "before": whole, "after": whole, "within_budget": True}, None
     index_of = {layer_name(compressed_ops[i]): i for i in compressed_at}
     after, graph = whole, None
@@ -245,10 +245,10 @@ def _fix(ordered, float_ops, compressed_graph, compressed_ops, compressed_at, la
             ops[index_of[name]] = float_ops[index_of[name]]
         say(f"ranking the compressed layers: keeping {len(kept)} in float")
         graph = dict(compressed_graph, oplists=ops)
-        after = _worst(reference, run(graph, f"keep-{len(kept)}"))
-        if _within(budget, after):
+        after = worst_figures(reference, run(graph, f"keep-{len(kept)}"))
+        if within_budget(budget, after):
             break
-    return {"kept": kept, "before": whole, "after": after, "within_budget": _within(budget, after)}, graph
+    return {"kept": kept, "before": whole, "after": after, "within_budget": within_budget(budget, after)}, graph
 
 
 def rank_int8(float_path, samples, method: str, feeds: dict, budget: Budget, open_mnn: Callable, *,
@@ -271,7 +271,7 @@ def rank_int8(float_path, samples, method: str, feeds: dict, budget: Budget, ope
     try:
         graph = mnn_graph.read_graph(float_path, timeout=timeout)
         names = graph.get("tensorName") or []
-        weight_ops = [op for op in graph.get("oplists", []) if op.get("type") in compression_mod._WEIGHT_OPS]
+        weight_ops = [op for op in graph.get("oplists", []) if op.get("type") in compression_mod.WEIGHT_OPS]
         all_ops = [op.get("name", "") for op in weight_ops]
 
         def run_quantized(skip, stem) -> dict:
@@ -285,13 +285,13 @@ def rank_int8(float_path, samples, method: str, feeds: dict, budget: Budget, ope
         with open_mnn(Path(float_path)) as mnn:
             reference = {k: np.asarray(v) for k, v in mnn.run(feeds).outputs.items()}
         say("ranking the int8 layers: the whole model")
-        whole = _worst(reference, run_quantized([], "all"))
+        whole = worst_figures(reference, run_quantized([], "all"))
         costs = []
         for count, op in enumerate(weight_ops, 1):
             name = compression_mod.layer_name(op, names)
             say(f"ranking the int8 layers: {count}/{len(weight_ops)} {name}")
             try:
-                figures = _worst(reference, run_quantized([n for n in all_ops if n != op.get("name")], f"only-{count}"))
+                figures = worst_figures(reference, run_quantized([n for n in all_ops if n != op.get("name")], f"only-{count}"))
             except BackendCrash:
                 raise
             except BackendError as exc:
@@ -303,13 +303,13 @@ def rank_int8(float_path, samples, method: str, feeds: dict, budget: Budget, ope
         raw = {compression_mod.layer_name(op, names): op.get("name", "") for op in weight_ops}
         kept: list[str] = []
         after = whole
-        for layer in ordered[:MAX_KEPT] if not _within(budget, whole) else ():
+        for layer in ordered[:MAX_KEPT] if not within_budget(budget, whole) else ():
             kept.append(layer.name)
             say(f"ranking the int8 layers: keeping {len(kept)} in float")
-            after = _worst(reference, run_quantized([raw[n] for n in kept], f"keep-{len(kept)}"))
-            if _within(budget, after):
+            after = worst_figures(reference, run_quantized([raw[n] for n in kept], f"keep-{len(kept)}"))
+            if within_budget(budget, after):
                 break
-        fix = {"kept": kept, "before": whole, "after": after, "within_budget": _within(budget, after)}
+        fix = {"kept": kept, "before": whole, "after": after, "within_budget": within_budget(budget, after)}
         notes = _write_fixed(lambda: full_int8(float_path, workdir / "fixed.mnn", samples, method=method,
                                                skip=[raw[n] for n in kept], timeout=timeout),
                              write_fixed if kept else None, write_fixed, protected, fix)

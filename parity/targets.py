@@ -327,11 +327,11 @@ class RemoteWorker:
         status, payload = reply["status"], reply["payload"]
         if status == "ok":
             return payload
-        from parity.backends.worker import _KINDS
+        from parity.backends.worker import ERROR_KINDS
 
         kind, message = (payload if isinstance(payload, list) and len(payload) == 2 else ("backend", str(payload)))
         # a target decides nothing about parity's usage or output paths: those kinds count as its own failure
-        cls = _KINDS.get(kind, BackendError) if kind in ("model", "input", "backend") else BackendError
+        cls = ERROR_KINDS.get(kind, BackendError) if kind in ("model", "input", "backend") else BackendError
         raise cls(str(message))
 
     def model_path(self, path) -> str:

@@ -167,12 +167,12 @@ def _take_log() -> str:
 
 def _call(function: str, kwargs: dict):
     try:
-        from parity.backends.worker import ChildFailure, _resolve, error_kind
+        from parity.backends.worker import ChildFailure, error_kind, resolve
         from parity.errors import ParityError
     except Exception as exc:
         return ("error", ("backend", f"parity's target code did not load: {type(exc).__name__}: {exc}"))
     try:
-        return ("ok", _resolve(function)(**kwargs))
+        return ("ok", resolve(function)(**kwargs))
     except ChildFailure as exc:
         return ("error", (exc.kind, str(exc)))
     except ParityError as exc:

@@ -67,13 +67,13 @@ class ChildFailure(Exception):
 
     def __init__(self, kind: str, message: str):
         super().__init__(message)
-        self.kind = kind  # a key of _KINDS
+        self.kind = kind  # a key of ERROR_KINDS
 
 
 # How a ParityError travels from the child: as the first of these classes it is an instance
 # of, so a subclass (an InputError of some module's own) keeps its exit code; the parent
 # raises that class. Anything else is "backend".
-_KINDS = {
+ERROR_KINDS = {
     "usage": UsageError,
     "model": ModelError,
     "input": InputError,
@@ -83,7 +83,7 @@ _KINDS = {
 
 
 def error_kind(exc: ParityError) -> str:
-    for kind, cls in _KINDS.items():
+    for kind, cls in ERROR_KINDS.items():
         if isinstance(exc, cls):
             return kind
     return "backend"
@@ -245,7 +245,7 @@ class Worker:
         if status == "ok":
             return payload
         kind, message = payload
-        raise _KINDS.get(kind, BackendError)(message)
+        raise ERROR_KINDS.get(kind, BackendError)(message)
 
     def _raise_dead(self, step: str):
         try:
@@ -521,7 +521,7 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _resolve(function: str):
+def resolve(function: str):
     module_name, _, attr = function.partition(":")
     if not module_name.startswith("parity."):
         raise ChildFailure("backend", f"refusing to run {function!r} in the worker")
@@ -550,7 +550,7 @@ def serve(fd: int, preload: str | None = None) -> None:
             return
         function, kwargs = message
         try:
-            reply = ("ok", _resolve(function)(**kwargs))
+            reply = ("ok", resolve(function)(**kwargs))
         except ChildFailure as exc:
             reply = ("error", (exc.kind, str(exc)))
         except ParityError as exc:
