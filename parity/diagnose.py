@@ -347,8 +347,47 @@ class Reconversions:
             self.workdir = None
 
 
+@dataclass
+class Run:
+    """What every experiment of one diagnosis sees: the context, the probe at the target, the
+    baseline measurement, the evidence gathered so far (each experiment appends its own), and
+    the fresh conversions converting in the background."""
+    ctx: Context
+    probe: Probe
+    where: str
+    base: Measurement
+    evidence: list
+    reconversions: Reconversions
+    workdir: Path
+
+
+def _fresh_conversion_experiment(run: Run) -> Verdict | None:
+    # a fresh conversion that matches ONNX Runtime, under the same runtime, decides it: no
+    # runtime variant can change that verdict, so they run after it (on a BERT-base they cost
+    # 20 s; the two conversions 5 s each)
+    verdict = _fresh_conversion(run.ctx, run.probe, run.base, run.where, run.reconversions, run.evidence)
+    if verdict is None:
+        run.reconversions.drop_again()  # not needed: nothing converts beside what follows
+    return verdict
+
+
+# The experiments, in the order they run (the module docstring says why this order); the
+# first that returns a verdict decides. A new experiment is one entry: a function of a Run.
+EXPERIMENTS: tuple[tuple[str, Callable[[Run], Verdict | None]], ...] = (
+    ("repeat", lambda run: _repeat(run.ctx, run.probe, run.where, run.evidence)),
+    ("precision and target", lambda run: _target_experiments(run.ctx, run.probe, run.base, run.where,
+                                                             run.evidence)),
+    ("amplified rounding", lambda run: _numerics_experiment(run.ctx, run.probe, run.where, run.evidence)),
+    ("fresh conversion", _fresh_conversion_experiment),
+    ("runtime variants", lambda run: _runtime_variants(run.ctx, run.probe, run.base, run.where, run.evidence)),
+    ("converter variants", lambda run: _converter_variants(run.ctx, run.probe, run.where, run.workdir,
+                                                           run.evidence)),
+    ("numpy reference", lambda run: _numpy_reference(run.ctx, run.probe, run.where, run.workdir, run.evidence)),
+)
+
+
 def diagnose(ctx: Context) -> Verdict:
-    """Run the experiments, cheapest first; return the first decisive verdict (or
+    """Run the experiments (EXPERIMENTS) in turn; return the first decisive verdict (or
     undetermined) with every measurement as evidence."""
     probe = Probe(ctx)
     evidence: list[dict] = []
@@ -360,21 +399,8 @@ def diagnose(ctx: Context) -> Verdict:
     reconversions = Reconversions(ctx.onnx_path, ctx.timeout, eager=eager)
     try:
         base = _baseline(ctx, probe, evidence)
-        verdict = (_repeat(ctx, probe, where, evidence) or _target_experiments(ctx, probe, base, where, evidence)
-                   or _numerics_experiment(ctx, probe, where, evidence))
-        if verdict is not None:
-            return verdict
-        # a fresh conversion that matches ONNX Runtime, under the same runtime, decides it: no
-        # runtime variant can change that verdict, so they run after it (on a BERT-base they
-        # cost 20 s; the two conversions 5 s each)
-        workdir = reconversions.workdir
-        verdict = _fresh_conversion(ctx, probe, base, where, reconversions, evidence)
-        if verdict is None:
-            reconversions.drop_again()  # not needed: nothing converts beside what follows
-        verdict = (verdict
-                   or _runtime_variants(ctx, probe, base, where, evidence)
-                   or _converter_variants(ctx, probe, where, workdir, evidence)
-                   or _numpy_reference(ctx, probe, where, workdir, evidence))
+        run = Run(ctx, probe, where, base, evidence, reconversions, reconversions.workdir)
+        verdict = next((v for v in (experiment(run) for _, experiment in EXPERIMENTS) if v is not None), None)
     finally:
         reconversions.close()
     if verdict is not None:
