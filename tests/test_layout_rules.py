@@ -86,3 +86,22 @@ def test_modules_and_functions_stay_short():
     # the allowlist only shrinks: an entry that is short now must be taken off it
     assert set(LONG_MODULES) <= set(long_modules), set(LONG_MODULES) - set(long_modules)
     assert LONG_FUNCTIONS <= set(long_functions), LONG_FUNCTIONS - set(long_functions)
+
+
+def test_check_works_after_importing_every_module():
+    """No module changes shared state on import in a way that breaks a check (a registry
+    filled twice, a signal handler, a patched stream)."""
+    import importlib
+    import pkgutil
+
+    import parity
+    from helpers import MODELS
+
+    names = [m.name for m in pkgutil.walk_packages(parity.__path__, "parity.")]
+    assert len(names) > 40
+    for name in names:
+        if name == "parity.__main__":
+            continue  # python -m parity: runs the CLI
+        importlib.import_module(name)
+    report = parity.check([MODELS / "cnn.onnx", MODELS / "cnn.mnn"])
+    assert report.passed and report.verdict.kind == "pass"
