@@ -6,7 +6,7 @@ when a function that needs them is called, so the CLI and the pytest plugin star
 
 from __future__ import annotations
 
-from parity.errors import (
+from parity.core.errors import (
     BackendCrash,
     BackendError,
     BackendTimeout,
@@ -39,12 +39,12 @@ __all__ = [
 ]
 
 _LAZY = {
-    "check": ("parity.pipeline", "check"),
-    "compare": ("parity.dumps", "compare"),
-    "convert": ("parity.converter", "convert"),
-    "Report": ("parity.report", "Report"),
-    "VerdictKind": ("parity.report", "VerdictKind"),
-    "Tolerance": ("parity.metrics", "Tolerance"),
+    "check": ("parity.checking.pipeline", "check"),
+    "compare": ("parity.core.dumps", "compare"),
+    "convert": ("parity.mnn.converter", "convert"),
+    "Report": ("parity.core.report", "Report"),
+    "VerdictKind": ("parity.core.report", "VerdictKind"),
+    "Tolerance": ("parity.core.metrics", "Tolerance"),
 }
 
 

@@ -15,8 +15,8 @@ import traceback
 
 import click
 
-from parity.errors import BackendCrash, ExitCode, ParityError
-from parity.escape import terminal
+from parity.core.errors import BackendCrash, ExitCode, ParityError
+from parity.core.escape import terminal
 
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -28,8 +28,8 @@ def _want_traceback(ctx: click.Context) -> bool:
 class ParityGroup(click.Group):
     @staticmethod
     def _interrupted(ctx: click.Context, exc: KeyboardInterrupt):
-        from parity.backends.worker import interruption
-        from parity.paths import published
+        from parity.run.worker import interruption
+        from parity.core.paths import published
 
         cause, code = interruption(exc)
         written = published()
@@ -49,7 +49,7 @@ class ParityGroup(click.Group):
         except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
             raise
         except ParityError as exc:
-            from parity.backends.worker import signalled
+            from parity.run.worker import signalled
 
             interrupted = signalled()
             if interrupted is not None:  # an error caused by the signal: report the signal
@@ -61,11 +61,11 @@ class ParityGroup(click.Group):
         except KeyboardInterrupt as exc:  # Ctrl-C, and SIGTERM or SIGHUP (worker.Terminated)
             return self._interrupted(ctx, exc)
         except BrokenPipeError:  # stdout's reader went away (`parity check ... | head`)
-            from parity.backends.worker import silence_stdout
+            from parity.run.worker import silence_stdout
 
             ctx.exit(silence_stdout())
         except Exception as exc:  # the one catch-all: one line, not a traceback
-            from parity.backends.worker import signalled
+            from parity.run.worker import signalled
 
             if signalled() is not None:  # a consequence of the signal being handled
                 return self._interrupted(ctx, signalled())
@@ -102,13 +102,13 @@ def cli():
     reports per-output differences. Exit codes: 0 pass, 1 mismatch, 2 command-line error, 3 model or
     input error, 4 backend failure (crash, timeout, framework missing), 123 internal error.
     """
-    from parity.backends.worker import install_process_guards
+    from parity.run.worker import install_process_guards
 
     install_process_guards()  # SIGTERM/SIGHUP like Ctrl-C, one private temp dir, no ORT telemetry
 
 
 def _parse_shapes(values) -> dict:
-    from parity.specs import parse_shape
+    from parity.core.specs import parse_shape
 
     shapes = {}
     for value in values:
@@ -139,7 +139,7 @@ def _report_options(f):
     """--json, --html, --junit, --model-explorer: where the report goes."""
     options = [
         click.option("--json", "json_path", type=click.Path(path_type=str), metavar="PATH",
-                     help="Write the JSON report (schema parity.report/1) to PATH; '-' for stdout."),
+                     help="Write the JSON report (schema parity.core.report/1) to PATH; '-' for stdout."),
         click.option("--html", "html_path", type=click.Path(path_type=str), metavar="PATH",
                      help="Write a self-contained HTML report (verdict, tables, per-layer chart)."),
         click.option("--junit", "junit_path", type=click.Path(path_type=str), metavar="PATH",
@@ -189,7 +189,7 @@ def _check_report_paths(paths: dict, inputs=(), others: dict | None = None) -> N
     """Refuse, before any work, an output path that is one of the inputs, a device, FIFO or
     directory, too long, in a missing directory, or named by two flags. Reports may be '-'
     (stdout), one at most; ``others`` (-o, --save-inputs) may not."""
-    from parity.paths import check_outputs
+    from parity.core.paths import check_outputs
 
     inputs = [i for i in inputs if i] + _READ_BY_THE_COMMAND
     check_outputs({**(others or {}), **paths}, inputs=inputs, stdout=tuple(paths))
@@ -330,16 +330,16 @@ def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, val_ranges
                                 "--save-outputs": save_outputs})
     if mnn_target == "local" and any(str(m).lower().endswith(".mnn") for m in models):
         # MNN's child process starts importing MNN now, while parity imports the rest
-        from parity.backends.worker import prestart
+        from parity.run.worker import prestart
 
         prestart("mnn", "parity.backends.mnn_child")
     if torch_spec:
         models = (torch_spec, *models)
-    from parity import pipeline
+    from parity.checking import pipeline
     from parity.options import CheckOptions, LayerOptions, MnnOptions
     cap = None
     if max_memory is not None:
-        from parity.layers import parse_size
+        from parity.checking.layers import parse_size
 
         try:
             cap = parse_size(max_memory)
@@ -380,14 +380,14 @@ def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, val_ranges
 
 
 def _parse_val_range(text):
-    from parity.inputs import parse_val_range
+    from parity.core.inputs import parse_val_range
 
     return parse_val_range(text)
 
 
 def _parse_output_tols(values) -> dict:
     """``--tol NAME=ATOL,RTOL`` (repeatable) -> name -> Tolerance."""
-    from parity.metrics import Tolerance
+    from parity.core.metrics import Tolerance
 
     tolerances = {}
     for value in values:
@@ -404,7 +404,7 @@ def _parse_output_tols(values) -> dict:
 
 
 def _tolerance(atol, rtol):
-    from parity.metrics import DEFAULT_RTOL, Tolerance
+    from parity.core.metrics import DEFAULT_RTOL, Tolerance
 
     return Tolerance(atol, DEFAULT_RTOL if rtol is None else rtol)
 
@@ -432,7 +432,7 @@ def rerun_info(report) -> dict:
 def _emit(report, json_path, no_color, html_path=None, junit_path=None, explorer_path=None) -> None:
     import dataclasses
 
-    from parity.paths import STDOUT, write_atomic
+    from parity.core.paths import STDOUT, write_atomic
 
     if report.rerun is None:
         report = dataclasses.replace(report, rerun=rerun_info(report))
@@ -482,7 +482,7 @@ def inspect(model, timeout):
     """Print MODEL's inputs and outputs (names, dtypes, shapes; symbolic dims by name); for an
     .mnn, also its compression per layer (weight bits, block, symmetry, float16, int8 ops)."""
     from parity.backends.registry import open_backend
-    from parity.pipeline import resolve_models
+    from parity.checking.pipeline import resolve_models
     from parity.render.text import render_inspect
 
     framework = resolve_models([model, model])[0][0]
@@ -490,7 +490,7 @@ def inspect(model, timeout):
     with open_backend(framework, model, **options) as backend:
         found, outputs, note = None, backend.output_specs, None
         if framework == "mnn":
-            from parity.compression import of_model
+            from parity.mnn.compression import of_model
 
             found = of_model(model, timeout=timeout)
             outputs, note = _outputs_by_running(backend)
@@ -503,9 +503,9 @@ def inspect(model, timeout):
 def _outputs_by_running(backend):
     """An .mnn declares no output dtypes or shapes: run it once on generated inputs (dynamic
     dims at 1) and report what comes out, saying so; a model that cannot run keeps "?"."""
-    from parity import inputs as inputs_mod
-    from parity.errors import ParityError
-    from parity.specs import TensorSpec
+    from parity.core import inputs as inputs_mod
+    from parity.core.errors import ParityError
+    from parity.core.specs import TensorSpec
 
     try:
         feeds, _ = inputs_mod.generate(backend.input_specs, seed=0)
@@ -545,8 +545,8 @@ def compare(reference, candidate, dtype, shape_text, model_input, atol, rtol, js
     \b
         parity compare ort_out.npy device_out.bin --dtype float32
     """
-    from parity import dumps
-    from parity.specs import parse_shape
+    from parity.core import dumps
+    from parity.core.specs import parse_shape
 
     _check_report_paths({"--json": json_path, "--html": html_path, "--junit": junit_path,
                          "--model-explorer": explorer_path}, inputs=[reference, candidate, model_input])
@@ -609,13 +609,13 @@ def convert(model, output, atol, rtol, seed, shapes, inputs_path, layers, mnn_pr
     """
     from pathlib import Path
 
-    from parity import pipeline
-    from parity.converter import convert as convert_model
+    from parity.checking import pipeline
+    from parity.mnn.converter import convert as convert_model
     from parity.options import CheckOptions, LayerOptions, MnnOptions
 
     mnn_options = MnnOptions(precision=mnn_precision, target=mnn_target)  # refused before converting
     if budget is not None:
-        from parity.budget import Budget
+        from parity.checking.budget import Budget
 
         Budget.parse(budget)
     source = Path(model)
@@ -659,10 +659,10 @@ def convert(model, output, atol, rtol, seed, shapes, inputs_path, layers, mnn_pr
 def _before_converting(source, target) -> None:
     """What makes a conversion useless, refused before it writes anything: an output name MNN
     cannot open, an ONNX graph without outputs (nothing to check)."""
-    from parity import onnx_skeleton
+    from parity.core import onnx_skeleton
     from parity.backends.base import check_model_file
-    from parity.errors import ModelError
-    from parity.paths import is_utf8, show
+    from parity.core.errors import ModelError
+    from parity.core.paths import is_utf8, show
 
     from pathlib import Path
 
@@ -681,7 +681,7 @@ def _before_converting(source, target) -> None:
 def _refused_by_onnxruntime(source) -> None:
     """Raise ONNX Runtime's refusal of ``source`` (exit 3: the model is not valid) if it has one."""
     from parity.backends.registry import open_backend
-    from parity.errors import ModelError
+    from parity.core.errors import ModelError
 
     try:
         with open_backend("onnxruntime", source):
@@ -694,9 +694,9 @@ def _refused_by_onnxruntime(source) -> None:
 
 def _onnx_input_names(source) -> list[str]:
     """The ONNX model's real inputs (graph inputs that are not initializers)."""
-    from parity import onnx_skeleton
+    from parity.core import onnx_skeleton
 
-    from parity.errors import ModelError
+    from parity.core.errors import ModelError
 
     try:
         graph = onnx_skeleton.load(source).graph
@@ -710,17 +710,17 @@ def _full_int8(source, target, scratch, calibration, method, converter_options, 
     """convert --int8-calibration: the float conversion (kept as the check's float reference),
     quantized to full int8 by MNN's tool on the calibration samples, which the check then
     runs on too unless --inputs says otherwise. Returns (float model, inputs)."""
-    from parity import inputs as inputs_mod
-    from parity.converter import convert as convert_model
-    from parity.paths import copy_atomic
-    from parity.quantize import full_int8
+    from parity.core import inputs as inputs_mod
+    from parity.mnn.converter import convert as convert_model
+    from parity.core.paths import copy_atomic
+    from parity.mnn.quantize import full_int8
 
     files = inputs_mod.sample_files(calibration)
     samples = [inputs_mod.read_npz(f, "--int8-calibration file", not_a="an .npz file") for f in files]
     expected = _onnx_input_names(source)
     for file, sample in zip(files, samples):
         if sorted(sample) != sorted(expected):
-            from parity.errors import InputError
+            from parity.core.errors import InputError
 
             raise InputError(f"--int8-calibration {file.name} does not fit the model's inputs {expected}: it holds "
                              f"{sorted(sample)}")
@@ -743,7 +743,7 @@ def _full_int8(source, target, scratch, calibration, method, converter_options, 
               help="Kill a pair's check, and every process it started, after SECONDS; the pair "
                    "then counts as a backend failure (exit 4).")
 @click.option("--json", "json_path", type=click.Path(path_type=str), metavar="PATH",
-              help="Write the results (schema parity.sweep/1) to PATH; '-' for stdout.")
+              help="Write the results (schema parity.checking.sweep/1) to PATH; '-' for stdout.")
 @click.option("--junit", "junit_path", type=click.Path(path_type=str), metavar="PATH",
               help="Write JUnit XML (one testcase per model pair) to PATH.")
 @click.option("--html", "html_path", type=click.Path(path_type=str), metavar="PATH",
@@ -761,8 +761,8 @@ def sweep(target, jobs, shard, pair_timeout, json_path, junit_path, html_path, m
         parity sweep models/ -j 2
         parity sweep zoo.toml --shard 1/4 --json shard1.json
     """
-    from parity import sweep as sweep_mod
-    from parity.paths import write_atomic
+    from parity.checking import sweep as sweep_mod
+    from parity.core.paths import write_atomic
     from parity.render.progress import Progress
 
     from parity.options import MnnOptions
@@ -825,8 +825,8 @@ def rerun(report_path, extra):
         parity rerun report.json
         parity rerun report.json --json again.json --html again.html
     """
-    from parity.errors import InputError
-    from parity.paths import check_input
+    from parity.core.errors import InputError
+    from parity.core.paths import check_input
 
     check_input(report_path, "the report")
     from pathlib import Path
@@ -903,7 +903,7 @@ def target_setup(name, mnn_version, mirror):
     """Build the emulated arm64 Linux (Debian with python3, numpy and MNN's aarch64 wheel) in
     the cache ($PARITY_TARGETS_DIR, else ~/.cache/parity/targets). Idempotent: a ready
     target is kept. Needs root, qemu-user-static and debootstrap."""
-    from parity.target_setup import setup_arm64
+    from parity.run.target_setup import setup_arm64
 
     def say(message):
         click.echo(terminal(message), err=True)
@@ -916,7 +916,7 @@ def target_setup(name, mnn_version, mirror):
 @_traceback_option
 def target_list():
     """The targets set up on this machine, and the kinds that need no setup."""
-    from parity.target_setup import installed_targets, targets_home
+    from parity.run.target_setup import installed_targets, targets_home
 
     found = installed_targets()
     click.echo(f"targets in {terminal(str(targets_home()))}:")
@@ -939,7 +939,7 @@ def target_check(name, timeout, json_path):
     """What MNN has on TARGET: platform, Python, numpy and MNN versions, the CPU features MNN
     reports (fp16 means precision low runs float16 arithmetic) and its backends. Exit 4 when
     the target cannot run MNN, saying what is missing."""
-    from parity.targets import describe_target
+    from parity.run.targets import describe_target
 
     if json_path and json_path != "-":
         _check_report_paths({"--json": json_path})
@@ -949,7 +949,7 @@ def target_check(name, timeout, json_path):
         click.echo(data)
         return
     if json_path:
-        from parity.paths import write_atomic
+        from parity.core.paths import write_atomic
 
         write_atomic(json_path, data.encode() + b"\n", "--json")
     features = ", ".join(f"{k}:{v}" for k, v in facts["cpu_features"].items()) or "none reported"

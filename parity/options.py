@@ -12,8 +12,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from parity.errors import UsageError
-from parity.metrics import Tolerance
+from parity.core.errors import UsageError
+from parity.core.metrics import Tolerance
 
 ISOLATE_CHOICES = ("first", "all", "none")
 PRECISION_CHOICES = ("normal", "high", "low", "low_bf16")
@@ -36,7 +36,7 @@ class MnnOptions:
     def __post_init__(self):
         self.precisions()  # refuse a bad precision or memory mode when the options are made
         self.memories()
-        from parity.targets import parse_target
+        from parity.run.targets import parse_target
 
         parse_target(self.target)
 
@@ -144,12 +144,12 @@ class CheckOptions:
     calibration_method: str = "ADMM"
 
     def __post_init__(self):
-        from parity.judge import CHECK_STATS
+        from parity.core.judge import CHECK_STATS
 
         if self.check_stat not in CHECK_STATS:
             raise UsageError(f"--check-stat must be one of {', '.join(CHECK_STATS)}, not {self.check_stat!r}")
         if self.budget is not None:
-            from parity.budget import Budget
+            from parity.checking.budget import Budget
 
             Budget.parse(self.budget)  # refuse a bad budget before any work
 

@@ -23,8 +23,8 @@ def check_parity(*models, atol: float | None = None, rtol: float | None = None,
     """Run ``parity.check`` on ``models``; fail the current test with the rendered report."""
     import io
 
-    from parity.metrics import DEFAULT_RTOL, Tolerance
-    from parity.pipeline import check
+    from parity.core.metrics import DEFAULT_RTOL, Tolerance
+    from parity.checking.pipeline import check
     from parity.render.text import render
 
     if atol is not None or rtol is not None:

@@ -56,7 +56,7 @@ def figure_capture_vs_polygraphy(repeat: int) -> dict:
     import numpy as np
 
     from parity.backends.onnxruntime import OnnxRuntimeBackend
-    from parity.layers import OnnxGraph
+    from parity.checking.layers import OnnxGraph
 
     feeds = {"src": np.random.default_rng(0).standard_normal((1, 64, 32)).astype(np.float32),
              "src_mask": np.ones((1, 64), np.float32)}
@@ -112,7 +112,7 @@ def figure_check_vs_hand_written(repeat: int, onnx_path=TRANSFORMER, label="ship
 
 def figure_check_vs_hand_written_larger(repeat: int, workdir: Path) -> dict:
     """The same on a model whose compute outweighs start-up (120 nodes, 1x32x128x128)."""
-    from parity.converter import convert
+    from parity.mnn.converter import convert
 
     onnx_path = _chain_model(workdir / "larger.onnx", blocks=40, size=(1, 32, 128, 128))
     convert(onnx_path, onnx_path.with_suffix(".mnn"))
@@ -130,7 +130,7 @@ def figure_help_start(repeat: int) -> dict:
 def figure_metrics_throughput(repeat: int) -> dict:
     import numpy as np
 
-    from parity.metrics import TensorDiff
+    from parity.core.metrics import TensorDiff
 
     n = 100_000_000
     rng = np.random.default_rng(0)
@@ -154,7 +154,7 @@ def figure_target_transport(repeat: int) -> dict:
         import execnet
     except ImportError:
         return {"id": "i", "name": "target transport", "skipped": "execnet is not installed"}
-    from parity.targets import RemoteWorker, parse_target
+    from parity.run.targets import RemoteWorker, parse_target
 
     array = np.random.default_rng(0).standard_normal(16 << 20).astype(np.float32)
     gateway = execnet.makegateway(f"popen//python={sys.executable}")
@@ -206,7 +206,7 @@ def _chain_model(path, blocks=40, size=(1, 32, 256, 256)):
 
 
 def figure_peak_rss(repeat: int, workdir: Path) -> dict:
-    from parity.converter import convert
+    from parity.mnn.converter import convert
 
     onnx_path = _chain_model(workdir / "big.onnx", blocks=8)
     mnn_path = workdir / "big.mnn"
@@ -235,8 +235,8 @@ def figure_layers_vs_bisection(repeat: int, workdir: Path) -> dict:
     from onnx import numpy_helper
 
     from parity.backends.mnn import MnnBackend
-    from parity.converter import convert
-    from parity.layers import extract_subgraph
+    from parity.mnn.converter import convert
+    from parity.checking.layers import extract_subgraph
 
     size = (1, 16, 32, 32)
     good = _chain_model(workdir / "chain.onnx", blocks=40, size=size)

@@ -212,7 +212,7 @@ def build(name: str, cache: Path) -> tuple[Path, Path]:
                           opset_version=17, dynamo=False)
         (cache / f"{name}.version").write_text("2\n")
     if not mnn_path.exists():
-        from parity.converter import convert
+        from parity.mnn.converter import convert
 
         print(f"  building {name}: converting to MNN", flush=True)
         convert(onnx_path, mnn_path, timeout=1800)
@@ -315,7 +315,7 @@ def figure_billion(cache: Path) -> dict:
         write_llm_1b(directory)
         (directory / "version").write_text("1\n")
     if not mnn_path.exists():
-        from parity.converter import convert
+        from parity.mnn.converter import convert
 
         print("  building llm-1b: converting to MNN", flush=True)
         convert(onnx_path, mnn_path, timeout=3600)
@@ -340,7 +340,7 @@ def _planted(cache: Path, name: str, node_part: str, factor: float) -> tuple[Pat
     import onnx
     from onnx import numpy_helper
 
-    from parity.converter import convert
+    from parity.mnn.converter import convert
 
     bad_onnx, bad_mnn = cache / f"{name}-planted.onnx", cache / f"{name}-planted.mnn"
     model = onnx.load(str(cache / f"{name}.onnx"))
@@ -365,11 +365,11 @@ def figure_verdict_vs_bisection(cache: Path, name: str = "bert-base", node_part:
     import onnx
     import onnxruntime as ort
 
-    from parity import onnx_skeleton
+    from parity.core import onnx_skeleton
     from parity.backends.mnn import MnnBackend
-    from parity.converter import convert
-    from parity.inputs import integer_input_bounds
-    from parity.layers import extract_subgraph
+    from parity.mnn.converter import convert
+    from parity.core.inputs import integer_input_bounds
+    from parity.checking.layers import extract_subgraph
 
     good = cache / f"{name}.onnx"
     bad_onnx, bad_mnn, planted = _planted(cache, name, node_part, factor)

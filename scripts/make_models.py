@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from parity.converter import convert  # noqa: E402
+from parity.mnn.converter import convert  # noqa: E402
 
 OPSET = 17
 

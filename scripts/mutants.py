@@ -1,6 +1,6 @@
 """Planted mutants: does the test suite notice when the verdict engine is wrong?
 
-    python scripts/mutants.py [--per-module 8] [--seed 0] [--module parity/diagnose.py ...]
+    python scripts/mutants.py [--per-module 8] [--seed 0] [--module parity/checking/diagnose.py ...]
                               [--list] [--timeout 600] [--json mutants.json]
 
 For each module of the verdict engine (TESTS below), every site of a small set of mutation operators is listed (comparisons
@@ -36,16 +36,16 @@ ROOT = Path(__file__).resolve().parents[1]
 # the tests that exercise each module (without torch: the mutants must be caught by the tests
 # every environment runs)
 TESTS = {
-    "parity/diagnose.py": ["tests/test_numerics.py", "tests/test_verdict.py", "tests/test_core_verdicts.py",
+    "parity/checking/diagnose.py": ["tests/test_numerics.py", "tests/test_verdict.py", "tests/test_core_verdicts.py",
                            "tests/test_options.py"],
-    "parity/numerics.py": ["tests/test_numerics.py", "tests/test_verdict.py"],
-    "parity/mnn_ops.py": ["tests/test_op_references.py", "tests/test_verdict.py", "tests/test_numerics.py"],
-    "parity/judge.py": ["tests/test_core_properties.py", "tests/test_metrics.py", "tests/test_layers.py",
+    "parity/checking/numerics.py": ["tests/test_numerics.py", "tests/test_verdict.py"],
+    "parity/mnn/ops.py": ["tests/test_op_references.py", "tests/test_verdict.py", "tests/test_numerics.py"],
+    "parity/core/judge.py": ["tests/test_core_properties.py", "tests/test_metrics.py", "tests/test_layers.py",
                         "tests/test_check_cli.py", "tests/test_options.py", "tests/test_user_side.py"],
-    "parity/budget.py": ["tests/test_compression.py"],
-    "parity/layers.py": ["tests/test_layers.py", "tests/test_isolation.py", "tests/test_isolation_property.py",
+    "parity/checking/budget.py": ["tests/test_compression.py"],
+    "parity/checking/layers.py": ["tests/test_layers.py", "tests/test_isolation.py", "tests/test_isolation_property.py",
                          "tests/test_capture.py", "tests/test_numerics.py"],
-    "parity/fp16_emulation.py": ["tests/test_fp16_emulation.py"],
+    "parity/checking/fp16_emulation.py": ["tests/test_fp16_emulation.py"],
 }
 KINDS = ("conversion", "runtime", "undetermined", "numerics", "export", "compression", "usage")
 

@@ -106,8 +106,8 @@ def run_one(test: Path, workdir: Path, strict: bool = False) -> dict:
     from parity import ParityError
     from parity.backends.mnn import MnnBackend
     from parity.backends.onnxruntime import OnnxRuntimeBackend
-    from parity.converter import convert
-    from parity.pipeline import check
+    from parity.mnn.converter import convert
+    from parity.checking.pipeline import check
 
     record = {"test": test.name}
     feeds, expected = _read_set(test)
@@ -135,7 +135,7 @@ def run_one(test: Path, workdir: Path, strict: bool = False) -> dict:
     pairs = list(zip(names, mnn_names)) if len(names) == len(mnn_names) else []
     mnn_right = bool(pairs) and all(_close(mnn_out[m], expected[n]) for n, m in pairs)
     try:
-        from parity.metrics import Tolerance
+        from parity.core.metrics import Tolerance
 
         tolerance = Tolerance(atol=1e-7, rtol=1e-3) if strict else Tolerance()
         report = check([test / "model.onnx", mnn_path], inputs=feeds, timeout=60, allow_nonfinite=True,

@@ -8,7 +8,7 @@ private temporary directory, so a converter crash cannot take pytest down and th
 scratch files stay out of the way.
 
 A constant is a Const op's blob (float32s) or a float weight an op holds (a Convolution's
-``weight``), named by the first tensor its op produces, as parity.mnn_graph names them. With no
+``weight``), named by the first tensor its op produces, as parity.mnn.graph names them. With no
 ``tensor_name``, the first float constant of at least 16 values is changed.
 
 The JSON dump prints floats with six decimals, so every other float of the file is rounded
@@ -79,7 +79,7 @@ def _write_dump(graph: dict, path: str) -> None:
 def _main(src: str, dst: str, index: int, delta: float, tensor_name: str | None) -> None:
     import _tools  # MNN's converter binding (never the telemetry-sending mnnconvert wrapper)
 
-    from parity.mnn_ops import load_dump
+    from parity.mnn.ops import load_dump
 
     dumped = os.path.abspath("graph.json")
     if not _tools.mnnconvert(["MNNConvert", "-f", "MNN", "--modelFile", src, "--JsonFile", dumped]) \

@@ -1,4 +1,4 @@
-"""Small ONNX models of one op each, for checking parity.mnn_ops' numpy references against
+"""Small ONNX models of one op each, for checking parity.mnn.ops' numpy references against
 ONNX Runtime (tests/test_op_references.py).
 
 Every case is a few ONNX nodes whose tensors are named locally ("x", "w", "y"); ``combined``

@@ -7,7 +7,7 @@ import pytest
 from onnx import helper
 
 from helpers import MODELS, assert_one_line_error, run_parity, save_model, tensor, to_mnn
-from parity.errors import ExitCode
+from parity.core.errors import ExitCode
 
 CNN_ONNX = MODELS / "cnn.onnx"
 CNN_MNN = MODELS / "cnn.mnn"
@@ -148,7 +148,7 @@ def test_unwritable_save_inputs_fails_before_running(tmp_path):
 def test_mnn_returning_nothing_is_an_input_error():
     """MNN's onForward returns [] on shapes its graph cannot take; parity says so (exit 3)."""
     from parity.backends.mnn import MnnBackend
-    from parity.errors import InputError
+    from parity.core.errors import InputError
 
     with MnnBackend(MODELS / "transformer.mnn") as mnn:
         feeds = {"src": np.zeros((1, 64, 31), np.float32), "src_mask": np.ones((1, 64), np.float32)}

@@ -9,7 +9,7 @@ import pytest
 from onnx import helper
 
 from helpers import MODELS, ROOT, assert_one_line_error, ort_run, randn, run_parity
-from parity.errors import ExitCode
+from parity.core.errors import ExitCode
 
 
 def mnn_dump(model, feeds, tensor, mode, out, tmp_path):

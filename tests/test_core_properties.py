@@ -2,7 +2,7 @@
 
 Every figure of ``TensorDiff.from_arrays`` is checked against an independent exact reference
 written here with Python ints and ``fractions.Fraction`` over the elements, following the
-rules of ``parity/metrics.py``'s docstring, not its code. Wrong numbers these tests found are
+rules of ``parity/core/metrics.py``'s docstring, not its code. Wrong numbers these tests found are
 pinned as regression tests at the end of each section.
 """
 
@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes
 
-from parity import metrics
-from parity.align import (
+from parity.core import metrics
+from parity.core.align import (
     AlignmentError,
     best_alignment,
     channels_last_shape,
@@ -32,7 +32,7 @@ from parity.align import (
     pair_outputs,
     unpack_nc4hw4,
 )
-from parity.judge import (
+from parity.core.judge import (
     compare_outputs,
     diff_tensors,
     layer_only_findings,
@@ -40,8 +40,8 @@ from parity.judge import (
     scaled_error,
     verdict_for,
 )
-from parity.metrics import TensorDiff, Tolerance
-from parity.report import Comparison, FirstDivergence, LayerResult, OutputComparison
+from parity.core.metrics import TensorDiff, Tolerance
+from parity.core.report import Comparison, FirstDivergence, LayerResult, OutputComparison
 
 pytestmark = pytest.mark.filterwarnings("error")  # no numpy warning may escape parity
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
-from parity import diagnose
-from parity.mnn_graph import structural_diff
-from parity.diagnose import Measurement
+from parity.checking import diagnose
+from parity.mnn.graph import structural_diff
+from parity.checking.diagnose import Measurement
 
 
 def _graph(weights):

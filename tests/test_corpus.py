@@ -25,7 +25,7 @@ from onnx import helper
 
 from helpers import MODELS, default_signals, save_model, slow_matmul_model, tensor, to_mnn, wait_until
 from hostile import RUNNING
-from parity.errors import ExitCode
+from parity.core.errors import ExitCode
 
 BAD, BACKEND, USAGE, PASS, MISMATCH = (ExitCode.MODEL_OR_INPUT, ExitCode.BACKEND, ExitCode.USAGE,
                                        ExitCode.PASS, ExitCode.MISMATCH)

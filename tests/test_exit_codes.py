@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from helpers import ROOT
-from parity.errors import ExitCode
+from parity.core.errors import ExitCode
 
 
 def readme_exit_codes() -> dict[int, str]:
@@ -30,7 +30,7 @@ def test_an_unexpected_exception_is_exit_123_in_one_line(monkeypatch):
     from click.testing import CliRunner
 
     from helpers import MODELS
-    from parity import pipeline
+    from parity.checking import pipeline
     from parity.cli import cli
 
     def broken(*args, **kwargs):

@@ -1,4 +1,4 @@
-"""The float16 emulation (parity/fp16_emulation.py), pure numpy and onnx: its sums obey the
+"""The float16 emulation (parity/checking/fp16_emulation.py), pure numpy and onnx: its sums obey the
 textbook error bounds of floating-point summation, its lowering of each accumulating op is
 onnx's own reference when nothing is rounded, and its judgement follows the documented
 thresholds. No framework runs here; the arm64 tests use it against MNN's real kernels."""
@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from parity import fp16_emulation as fe
+from parity.checking import fp16_emulation as fe
 
 U16 = 2.0 ** -11  # float16 unit roundoff (11-bit significand, round to nearest)
 U32 = 2.0 ** -24

@@ -11,7 +11,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 from helpers import assert_one_line_error, randn, run_parity, save_model, tensor
-from parity.errors import ExitCode
+from parity.core.errors import ExitCode
 
 
 # -- 1. compare: a half-length candidate is not float16 unless its dtype can be wrong ------------

@@ -1,7 +1,7 @@
 """Hostile names (issue 12): tensor, node, input, file and sweep manifest names that hold ESC
 sequences, newlines, carriage returns, control characters, bidi overrides, noncharacters,
 surrogates, rich markup or thousands of characters. They reach the terminal, JUnit, HTML and
-progress only through ``parity.escape``: shown escaped (``\\x1b``, ``\\n``), never raw, on one
+progress only through ``parity.core.escape``: shown escaped (``\\x1b``, ``\\n``), never raw, on one
 line, and every file still parses. JSON and the Model Explorer overlay keep names exact."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from onnx import helper, numpy_helper
 
 from helpers import MODELS, alter_initializer, run_parity, save_model, tensor, to_mnn
 from hostile import run_hostile
-from parity import escape
-from parity.errors import ExitCode
+from parity.core import escape
+from parity.core.errors import ExitCode
 
 # Characters no medium may carry raw: C0 controls but newline, C1 controls, bidi overrides and
 # isolates, zero-width and format characters, line/paragraph separators, noncharacters and
@@ -105,7 +105,7 @@ def _replace(value, old: str, new: str):
                          ids=[*HOSTILE, *IN_PROCESS_ONLY])
 def test_renderers_escape_names_and_files_parse(marked_report, name):
     from parity.render import html, junit, model_explorer, text
-    from parity.report import Report
+    from parity.core.report import Report
 
     report = Report.from_dict(_replace(marked_report, "MARK", name))
     shown = escape.terminal(name)

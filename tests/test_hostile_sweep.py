@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from hostile import MODELS, run_hostile
-from parity.errors import ExitCode
+from parity.core.errors import ExitCode
 
 BAD = ExitCode.MODEL_OR_INPUT
 

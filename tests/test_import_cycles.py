@@ -4,7 +4,7 @@ The graph is read from the source with ``ast`` (nothing is imported). Its edges:
 
 - every ``import`` and ``from ... import`` statement, at module level and inside functions: a
   lazy import is still a dependency, and the cycles once found here (``parity.backends`` ->
-  ``parity.backends.mnn`` -> ``parity.targets`` -> ``parity.backends``; ``scripts/bench.py`` <->
+  ``parity.backends.mnn`` -> ``parity.run.targets`` -> ``parity.backends``; ``scripts/bench.py`` <->
   ``scripts/bench_realistic.py``) ran through function-level imports only. Imports under
   ``if TYPE_CHECKING:`` never run and are left out;
 - importing ``a.b.c`` depends on ``a.b`` and ``a`` too: Python runs their ``__init__`` first, so
@@ -144,13 +144,13 @@ def test_no_import_cycle_in_parity_or_scripts():
 
 def test_the_graph_is_read():
     graph = import_graph()
-    assert "parity.judge" in graph["parity.pipeline"]  # module level
-    assert "parity.diagnose" in graph["parity.pipeline"]  # inside a function: counted
-    assert "parity.backends.registry" in graph["parity.pipeline"]  # from pkg.mod import name
-    assert "parity.backends" in graph["parity.backends.mnn_child"]  # its package's __init__ runs
-    assert "parity.targets" in graph["parity.backends.mnn"]
+    assert "parity.core.judge" in graph["parity.checking.pipeline"]  # module level
+    assert "parity.checking.diagnose" in graph["parity.checking.pipeline"]  # inside a function: counted
+    assert "parity.backends.registry" in graph["parity.checking.pipeline"]  # from pkg.mod import name
+    assert "parity.run" in graph["parity.backends.mnn_child"]  # its package's __init__ runs
+    assert "parity.run.targets" in graph["parity.backends.mnn"]
     assert "bench_common" in graph["bench"] and "bench_realistic" in graph["bench"]  # scripts
-    assert "parity.converter" in graph["bench_realistic"]
+    assert "parity.mnn.converter" in graph["bench_realistic"]
 
 
 def _write(root: Path, files: dict[str, str]) -> None:

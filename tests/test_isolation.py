@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from helpers import MODELS, assert_one_line_error, crashing_model, run_parity
-from parity.errors import BackendCrash, ExitCode
+from parity.core.errors import BackendCrash, ExitCode
 
 
 @pytest.fixture(scope="module")

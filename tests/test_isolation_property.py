@@ -35,7 +35,7 @@ PROJECT_MODELS = ("cnn", "transformer")
 def converted(tmp_path_factory) -> dict:
     """Every model as (onnx path, mnn path, feeds), converted once per session by parity's
     converter in a private directory."""
-    from parity.converter import convert
+    from parity.mnn.converter import convert
 
     import onnx
 
@@ -77,10 +77,10 @@ def _project_feeds(onnx_path: Path) -> dict:
 
 def _isolate_every_layer(onnx_path, mnn_path, feeds):
     """The layer report with every paired layer isolated, and the MNN graph's op types."""
-    from parity import layers
+    from parity.checking import layers
     from parity.backends.mnn import MnnBackend
     from parity.backends.onnxruntime import OnnxRuntimeBackend
-    from parity.metrics import Tolerance
+    from parity.core.metrics import Tolerance
 
     tol = Tolerance(**TOLERANCE)
     with OnnxRuntimeBackend(onnx_path) as ort, MnnBackend(mnn_path, threads=1, hints=((3, 0),)) as mnn:
@@ -190,7 +190,7 @@ def test_layouts_read_from_the_file_are_mnns_own(converted, tmp_path):
     import subprocess
     import sys
 
-    from parity import mnn_flatbuffer
+    from parity.mnn import flatbuffer as mnn_flatbuffer
 
     paths = [str(mnn) for _, mnn, _ in converted.values()] + [str(MODELS / f"{m}.mnn") for m in PROJECT_MODELS]
     script = tmp_path / "layouts.py"
@@ -249,7 +249,7 @@ def test_a_cut_after_a_converted_reshape_is_fed_the_graph_inputs_it_needs(conver
     """MNN converts Gemm to Reshape -> Convolution -> Reshape, the last shape computed from
     Shape(x): a cut there needs ``x`` too, which MNN refuses to load without."""
     from parity.backends.mnn import MnnBackend
-    from parity.errors import BackendError
+    from parity.core.errors import BackendError
 
     onnx_path, mnn_path, feeds = converted["gemm"]
     tanh = _node_output(onnx_path, "Tanh")
@@ -298,7 +298,7 @@ def test_a_cut_that_does_not_lead_to_the_output_is_refused(converted):
     """Fed the model's inputs too, a cut whose tensors the output does not depend on would be
     computed from the start instead of from the values fed: refused, saying where."""
     from parity.backends.mnn import MnnBackend
-    from parity.errors import BackendError
+    from parity.core.errors import BackendError
 
     onnx_path, mnn_path, feeds = converted["gemm"]
     tanh = _node_output(onnx_path, "Tanh")
@@ -314,7 +314,7 @@ def _residual_conv(directory):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from parity.converter import convert
+    from parity.mnn.converter import convert
 
     rng = np.random.default_rng(41)
     weight = numpy_helper.from_array((0.2 * rng.standard_normal((4, 4, 3, 3))).astype(np.float32), "w")
@@ -336,7 +336,7 @@ def test_a_cut_whose_output_reads_a_graph_input_outside_the_cut_is_refused(tmp_p
     model's start. Refused; with ``x`` among the cut tensors (the Add's whole frontier) the
     cut runs, and ``z`` follows the values fed at ``y``."""
     from parity.backends.mnn import MnnBackend
-    from parity.errors import BackendError
+    from parity.core.errors import BackendError
 
     onnx_path, mnn_path, feeds = _residual_conv(tmp_path)
     ref = _reference(onnx_path, feeds, ["y", "z"])

@@ -10,7 +10,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 from helpers import MODELS, ROOT, alter_filter, run_parity, save_model, tensor, to_mnn
-from parity.errors import ExitCode
+from parity.core.errors import ExitCode
 
 
 def mnn_tensor_names(path) -> set:
@@ -172,7 +172,7 @@ def _first_difference(a, b, path="") -> str:
 
 
 def test_report_round_trips_through_json(altered_filter_cnn):
-    from parity.report import Report
+    from parity.core.report import Report
 
     result = run_parity("check", MODELS / "cnn.onnx", altered_filter_cnn, "--layers", "--json", "-")
     data = result.json()

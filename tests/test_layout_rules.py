@@ -17,20 +17,20 @@ MAX_FUNCTION_LINES = 60
 # modules that hold several jobs today; each is to be split into a subpackage
 LONG_MODULES = {
     "parity/cli.py": "option declarations for four commands; to move to shared option groups",
-    "parity/diagnose.py": "the experiments and their verdict texts; to become one module per experiment",
-    "parity/layers.py": "graph, pairing, capture, divergence and isolation in one file",
-    "parity/mnn_graph.py": "the .mnn graph reading and the structural diff",
-    "parity/mnn_ops.py": "the numpy references and the op check",
-    "parity/pipeline.py": "orchestration, compression policy and sample aggregation",
+    "parity/checking/diagnose.py": "the experiments and their verdict texts; to become one module per experiment",
+    "parity/checking/layers.py": "graph, pairing, capture, divergence and isolation in one file",
+    "parity/mnn/graph.py": "the .mnn graph reading and the structural diff",
+    "parity/mnn/ops.py": "the numpy references and the op check",
+    "parity/checking/pipeline.py": "orchestration, compression policy and sample aggregation",
 }
 # functions that read as one step each but are long; to be split with their modules
 LONG_FUNCTIONS = {
     ("parity/cli.py", "check"), ("parity/cli.py", "convert"),  # click signatures: one parameter a line
-    ("parity/diagnose.py", "_numerics_experiment"), ("parity/dumps.py", "compare"),
-    ("parity/judge.py", "compare_outputs"), ("parity/layers.py", "compare_layers"),
-    ("parity/mnn_ops.py", "check_op"), ("parity/pipeline.py", "check"),
-    ("parity/ranking.py", "rank"), ("parity/ranking.py", "rank_int8"),
-    ("parity/render/html.py", "_layer_chart"), ("parity/repro.py", "_write"),
+    ("parity/checking/diagnose.py", "_numerics_experiment"), ("parity/core/dumps.py", "compare"),
+    ("parity/core/judge.py", "compare_outputs"), ("parity/checking/layers.py", "compare_layers"),
+    ("parity/mnn/ops.py", "check_op"), ("parity/checking/pipeline.py", "check"),
+    ("parity/mnn/ranking.py", "rank"), ("parity/mnn/ranking.py", "rank_int8"),
+    ("parity/render/html.py", "_layer_chart"), ("parity/checking/repro.py", "_write"),
 }
 
 

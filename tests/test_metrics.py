@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from parity.metrics import TensorDiff, Tolerance
+from parity.core.metrics import TensorDiff, Tolerance
 
 
 @pytest.mark.parametrize("size", [10, 3_000_001])  # one chunk and several
@@ -81,7 +81,7 @@ def test_a_float32_mask_written_as_minus_1e38_is_a_mask():
 def test_the_default_tolerances_are_the_readmes():
     """README, "Tolerances" and "Tolerance of float16 runs", written out: the element rule and
     where its edge lies (values from the README, not from the code under test)."""
-    from parity.metrics import FP16_TOLERANCE, Tolerance
+    from parity.core.metrics import FP16_TOLERANCE, Tolerance
 
     default = Tolerance()
     assert (default.atol, default.rtol, default.atol_scale) == (None, 1e-3, 2e-3)

@@ -1,4 +1,4 @@
-"""Structural diff of MNN graphs (parity.mnn_graph), on real conversions by MNN's converter."""
+"""Structural diff of MNN graphs (parity.mnn.graph), on real conversions by MNN's converter."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 import helpers
 from mnn_edit import alter_mnn_constant
-from parity.converter import convert
-from parity.errors import BackendCrash, ModelError
-from parity.mnn_graph import (GraphDiff, dump_json, fast_structural_diff, load_graph, read_graph, read_graphs,
+from parity.mnn.converter import convert
+from parity.core.errors import BackendCrash, ModelError
+from parity.mnn.graph import (GraphDiff, dump_json, fast_structural_diff, load_graph, read_graph, read_graphs,
                                structural_diff)
 
 
@@ -92,7 +92,7 @@ def _figures(diff):
 def test_the_fast_diff_reads_altered_values_as_the_dump_does(const_model, tmp_path, model):
     """Values changed in place: the bytes give the same constants as MNN's JSON dump, exactly
     (the dump prints six decimals), in milliseconds."""
-    from parity.mnn_flatbuffer import data_vectors
+    from parity.mnn.flatbuffer import data_vectors
 
     given = const_model[0] if model == "const" else helpers.MODELS / "cnn.mnn"
     data = bytearray(given.read_bytes())

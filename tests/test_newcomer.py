@@ -20,7 +20,7 @@ import pytest
 from onnx import helper
 
 from helpers import MODELS, alter_initializer, run_parity, save_model, tensor, to_mnn
-from parity.errors import ExitCode
+from parity.core.errors import ExitCode
 
 UNPAIRED = ["/conv1/Conv_output_0", "/conv2/Conv_output_0", "/conv3/Conv_output_0"]  # fused into Relu
 
@@ -148,7 +148,7 @@ def test_a_passing_fresh_conversion_that_no_verdict_stood_on_is_no_reason_to_car
     and decided on another) leave the reproduction to the first divergence."""
     from types import SimpleNamespace
 
-    from parity.repro import given_file_is_wrong
+    from parity.checking.repro import given_file_is_wrong
 
     result = run_parity("check", *changed_pair, "--json", tmp_path / "r.json")
     assert result.code == ExitCode.MISMATCH, result.err
@@ -219,7 +219,7 @@ def test_sweep_summary_gives_the_elapsed_time(tmp_path):
 def test_sweep_summary_is_not_the_sum_of_the_pairs():
     """With -j 2 two pairs of 5 s each take about 5 s, not 10: the summary says the sweep's own time."""
     from parity.render.text import render_sweep
-    from parity.sweep import SweepReport
+    from parity.checking.sweep import SweepReport
 
     results = [{"name": n, "models": [], "exit_code": 0, "passed": True, "verdict": {"kind": "pass"},
                 "mnn_target": "local", "mnn_precision": "normal", "error": None, "seconds": 5.0} for n in "ab"]

@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from helpers import MODELS
-from parity import onnx_skeleton
+from parity.core import onnx_skeleton
 
 
 def _model(tmp_path, external: bool = False):
@@ -68,7 +68,7 @@ def test_shipped_models_read_the_same(tmp_path):
 
 
 def test_input_bounds_come_from_the_skeleton(tmp_path):
-    from parity.inputs import integer_input_bounds
+    from parity.core.inputs import integer_input_bounds
 
     assert integer_input_bounds(_model(tmp_path)) == {"ids": 10}  # rows of the Gather table
 

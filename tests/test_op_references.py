@@ -1,4 +1,4 @@
-"""Each numpy reference of an MNN op (parity.mnn_ops) against ONNX Runtime.
+"""Each numpy reference of an MNN op (parity.mnn.ops) against ONNX Runtime.
 
 The cases of tests/op_cases.py are converted to .mnn by parity's converter (once, all side by
 side in one model), the .mnn is dumped to JSON as check_op does, and each case's subgraph is
@@ -24,7 +24,7 @@ import pytest
 
 import op_cases
 from helpers import ort_run
-from parity import mnn_ops
+from parity.mnn import ops as mnn_ops
 
 TOLERANCE = 1e-5  # of max|ONNX Runtime output|
 
@@ -43,8 +43,8 @@ class Converted:
     covers) captured from MNN."""
 
     def __init__(self, directory):
-        from parity.converter import convert
-        from parity.mnn_graph import dump_json
+        from parity.mnn.converter import convert
+        from parity.mnn.graph import dump_json
 
         self.feeds, self.ort, self.producer, self.mnn_values, self.names = {}, {}, {}, {}, {}
         for opset in sorted({case.opset for case in op_cases.CASES}):

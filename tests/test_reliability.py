@@ -8,7 +8,7 @@ import sys
 import textwrap
 
 from helpers import MODELS, run_parity
-from parity.errors import ExitCode
+from parity.core.errors import ExitCode
 
 
 def _popen(args, cwd, env=None):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from helpers import MODELS, assert_one_line_error, run_parity
-from parity.errors import ExitCode
+from parity.core.errors import ExitCode
 
 CNN = (MODELS / "cnn.onnx", MODELS / "cnn.mnn")
 

@@ -8,7 +8,7 @@ import inspect
 
 def test_check_takes_an_options_object():
     from parity.options import CheckOptions
-    from parity.pipeline import check
+    from parity.checking.pipeline import check
 
     parameters = inspect.signature(check).parameters
     assert parameters["options"].annotation in ("CheckOptions | None", CheckOptions | None)

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from helpers import assert_one_line_error, run_parity
-from parity import target_setup
-from parity.errors import BackendError, ExitCode, UsageError
-from parity.target_setup import arm64_python, installed_targets, remove_arm64, setup_arm64, targets_home
+from parity.run import target_setup
+from parity.core.errors import BackendError, ExitCode, UsageError
+from parity.run.target_setup import arm64_python, installed_targets, remove_arm64, setup_arm64, targets_home
 
 FACTS = {"target": "arm64", "machine": "aarch64", "python": "3.11.2", "numpy": "1.24.2", "mnn": "3.6.1"}
 TOOLS = ("debootstrap", "qemu-aarch64-static", "dpkg-deb", "tar")

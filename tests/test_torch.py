@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="the torch extra is not installed")
 
 from helpers import ROOT, run_parity, to_mnn  # noqa: E402
-from parity.errors import ExitCode  # noqa: E402
+from parity.core.errors import ExitCode  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

@@ -8,7 +8,7 @@ import pytest
 
 import parity
 from helpers import ROOT
-from parity.report import Report, Verdict, VerdictKind
+from parity.core.report import Report, Verdict, VerdictKind
 
 
 def test_readme_lists_exactly_the_verdict_kinds():

@@ -1,7 +1,7 @@
 """torch is optional: without it, ONNX Runtime vs MNN works and a torch model gets the hint."""
 
 from helpers import MODELS, assert_one_line_error, run_parity
-from parity.errors import ExitCode
+from parity.core.errors import ExitCode
 
 
 def _no_torch_env(tmp_path):

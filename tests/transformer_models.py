@@ -39,7 +39,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from parity.converter import convert
+from parity.mnn.converter import convert
 
 OPSET = 17
 SEQ = 16

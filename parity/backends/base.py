@@ -28,9 +28,9 @@ from typing import ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from parity.errors import InputError, ModelError
-from parity.paths import check_input, is_utf8, show
-from parity.specs import TensorMap, TensorSpec, format_shape
+from parity.core.errors import InputError, ModelError
+from parity.core.paths import check_input, is_utf8, show
+from parity.core.specs import TensorMap, TensorSpec, format_shape
 
 
 @dataclass

@@ -9,17 +9,17 @@ import numpy as np
 
 from parity.backends.base import Backend, RunResult, check_model_file, conform_feeds
 from parity.backends.mnn_log import backend_that_ran, cpu_features  # noqa: F401 (backend_that_ran: API)
-from parity.backends.worker import Worker
-from parity.errors import BackendCrash, BackendError, BackendTimeout, FrameworkMissing, ModelError, ParityError
-from parity.paths import argument
-from parity.specs import TensorMap, TensorSpec
+from parity.run.worker import Worker
+from parity.core.errors import BackendCrash, BackendError, BackendTimeout, FrameworkMissing, ModelError, ParityError
+from parity.core.paths import argument
+from parity.core.specs import TensorMap, TensorSpec
 
 _CHILD = "parity.backends.mnn_child"
 
 
 def _looks_like_onnx(path) -> bool:
     try:
-        from parity import onnx_skeleton
+        from parity.core import onnx_skeleton
 
         model = onnx_skeleton.load(path)
         return len(model.graph.node) > 0
@@ -84,7 +84,7 @@ class MnnBackend(Backend):
         **options,
     ):
         super().__init__(path, **options)
-        from parity.targets import parse_target
+        from parity.run.targets import parse_target
 
         self.target = parse_target(target)
         self.role = role  # "float conversion" or what the model's compression is, when attributing
@@ -120,7 +120,7 @@ class MnnBackend(Backend):
                     raise ImportError
             except ImportError:
                 raise FrameworkMissing("MNN", "pip install MNN") from None
-        from parity.targets import open_worker
+        from parity.run.targets import open_worker
 
         self._worker = open_worker(self.target, timeout=self.timeout)
         try:
@@ -280,7 +280,7 @@ class MnnBackend(Backend):
             self._settle()
             self._worker.call(f"{_CHILD}:dump_json", step=step, path=os.path.abspath(self.path), target=str(target))
             return
-        from parity.backends.worker import Worker
+        from parity.run.worker import Worker
 
         with Worker("mnn", timeout=self.timeout) as local:
             local.call(f"{_CHILD}:dump_json", step=step, path=os.path.abspath(self.path), target=str(target))
@@ -288,7 +288,7 @@ class MnnBackend(Backend):
     def graph(self) -> list[dict]:
         """Every tensor in the MNN file: ``{"name", "op_type", "inputs"}``."""
         if self._graph is None:
-            from parity import mnn_flatbuffer
+            from parity.mnn import flatbuffer as mnn_flatbuffer
 
             try:  # read from the file here, in milliseconds, without MNN loading every weight again
                 if not str(self.version).startswith(mnn_flatbuffer.SCHEMA_MNN + "."):
@@ -345,7 +345,7 @@ class MnnBackend(Backend):
         tensors = {**{name: inputs[name] for name in shaped}, **tensors}
         tensors = {name: _mnn_array(array) for name, array in tensors.items()}
         if self._layouts is None:
-            from parity import mnn_flatbuffer
+            from parity.mnn import flatbuffer as mnn_flatbuffer
 
             self._layouts = mnn_flatbuffer.tensor_layouts(self.path) or {}
         # a file that declares no NHWC layout: each fed tensor is NCHW or NC4HW4 as read from

@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from parity.backends.worker import ChildFailure
+from parity.run.worker import ChildFailure
 
 _DTYPES = {
     "dtype.float": "float32",
@@ -78,7 +78,7 @@ def _placeholder(name: str, array: np.ndarray, data_format: str):
 def _native(path: str) -> str:
     """A path as MNN's binding takes it (pybind11 encodes a str as UTF-8): the bytes the file
     system holds, as UTF-8 text; under LC_ALL=C Python's own str holds them as surrogates.
-    parity.paths.utf8_name does the same; this module runs on targets too, where parity.paths
+    parity.core.paths.utf8_name does the same; this module runs on targets too, where parity.core.paths
     is not shipped."""
     try:
         return os.fsencode(path).decode("utf-8")

@@ -1,6 +1,6 @@
 """ONNX Runtime adapter (CPU execution provider), run in-process.
 
-Before ONNX Runtime reads a model, ``parity.paths.external_data`` checks where its external
+Before ONNX Runtime reads a model, ``parity.core.paths.external_data`` checks where its external
 data lives: a location outside the model's directory is refused, never read. A model whose
 name is not valid UTF-8 (which ONNX Runtime's Python binding cannot take) is given to it as
 bytes, with its directory named for the external data.
@@ -12,9 +12,9 @@ import os
 import sys
 
 from parity.backends.base import Backend, RunResult
-from parity.errors import BackendError, FrameworkMissing, ModelError
-from parity.paths import external_data, is_utf8, show, utf8_name
-from parity.specs import TensorMap, TensorSpec
+from parity.core.errors import BackendError, FrameworkMissing, ModelError
+from parity.core.paths import external_data, is_utf8, show, utf8_name
+from parity.core.specs import TensorMap, TensorSpec
 
 _ORT_TYPES = {
     "tensor(float)": "float32",
@@ -165,7 +165,7 @@ class OnnxRuntimeBackend(Backend):
         """The model's graph with only its small constants' values (onnx_skeleton): what graph
         walks and shape inference need, without parsing the weights."""
         if getattr(self, "_graph_proto", None) is None:
-            from parity import onnx_skeleton
+            from parity.core import onnx_skeleton
 
             self._graph_proto = onnx_skeleton.load(self.path, keep_below=_SMALL_CONSTANT)
         return self._graph_proto
@@ -196,7 +196,7 @@ class OnnxRuntimeBackend(Backend):
         """The model with ``names`` as its outputs, and the directory its external data is in:
         spliced from the file's bytes; through the parsed model (weights loaded) when that
         directory's name is one ONNX Runtime cannot take (not UTF-8)."""
-        from parity import onnx_skeleton
+        from parity.core import onnx_skeleton
 
         if not getattr(self, "_externals", False):
             return onnx_skeleton.with_outputs(self.path, names), None
@@ -234,7 +234,7 @@ class OnnxRuntimeBackend(Backend):
         """Run the subgraph from the values ``tensors`` names to ``outputs``, fed with them."""
         key = ("cut", tuple(tensors), tuple(outputs))
         if key not in getattr(self, "_sessions", {}):
-            from parity.layers import extract_subgraph
+            from parity.checking.layers import extract_subgraph
 
             extracted = extract_subgraph(self.model_proto(), list(tensors), list(outputs),
                                          shapes_from=self.graph_proto())

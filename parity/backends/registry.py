@@ -1,8 +1,8 @@
 """Which adapter serves which framework and file suffix, and the factory that makes one.
 
 Kept out of the package's __init__: an __init__ that imports its adapters would make every
-module the adapters import depend, through the package, on the adapters again (parity.targets
-imports parity.backends.agent; parity.backends.mnn imports parity.targets).
+module the adapters import depend, through the package, on the adapters again (parity.run.targets
+imports parity.run.agent; parity.backends.mnn imports parity.run.targets).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ device dumps checked against it. No framework runs: the arrays are the model's o
 from __future__ import annotations
 
 from parity.backends.base import Backend, RunResult
-from parity.specs import TensorMap, TensorSpec
+from parity.core.specs import TensorMap, TensorSpec
 
 
 class SavedOutputs(Backend):
@@ -17,7 +17,7 @@ class SavedOutputs(Backend):
         self._arrays: TensorMap = {}
 
     def _open(self) -> None:
-        from parity.inputs import read_npz
+        from parity.core.inputs import read_npz
 
         self._arrays = read_npz(self.path, "--load-outputs file", not_a="an .npz file of saved outputs")
         self._outputs = [TensorSpec(name, tuple(a.shape), a.dtype.name) for name, a in self._arrays.items()]

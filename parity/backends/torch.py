@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from parity.backends.base import Backend, RunResult, check_model_file
-from parity.errors import BackendError, FrameworkMissing, InputError, ModelError, UsageError
+from parity.core.errors import BackendError, FrameworkMissing, InputError, ModelError, UsageError
 
-OUTPUT_PREFIX = "::output::"  # capture name for a returned output (matches parity.layers)
-from parity.specs import TensorMap, TensorSpec
+OUTPUT_PREFIX = "::output::"  # capture name for a returned output (matches parity.checking.layers)
+from parity.core.specs import TensorMap, TensorSpec
 
 INSTALL_HINT = "pip install 'parity[torch]'"
 FILE_SUFFIXES = (".pt2", ".pt", ".ts", ".torchscript")

@@ -4,7 +4,7 @@ Sections: the verdict and its evidence, the per-output table of every link, the 
 error chart (scaled error against layer index, log scale, the layer tolerance, the first
 divergence marked, one line per link), the histogram of differences at the first divergence,
 the alignment steps, the inputs and the versions. Every name and message goes through
-``parity.escape.html``: HTML-escaped, with control characters, newlines and bidi overrides
+``parity.core.escape.html``: HTML-escaped, with control characters, newlines and bidi overrides
 shown as escapes (``\\x1b``) so a name reads the same as in the terminal.
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 
-from parity.escape import html as escape
-from parity.report import Report
+from parity.core.escape import html as escape
+from parity.core.report import Report
 
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e")
 _CSS = """

@@ -1,6 +1,6 @@
 """JUnit XML: one testcase per output per link, plus one per failing layer (with --layers).
 
-Every name and message goes through ``parity.escape.xml``, so the file parses whatever the
+Every name and message goes through ``parity.core.escape.xml``, so the file parses whatever the
 model's names hold (ESC, NUL-free control characters, U+FFFE, surrogates) and CI systems show
 each name on one line.
 """
@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from parity.escape import xml as esc
-from parity.report import Report
+from parity.core.escape import xml as esc
+from parity.core.report import Report
 
 
 def _fmt(x) -> str:
-    from parity.metrics import fmt
+    from parity.core.metrics import fmt
 
     return "-" if x is None else fmt(x)
 
@@ -76,7 +76,7 @@ def render_sweep(report) -> bytes:
                        failures=str(failures), errors=str(errors),
                        time=f"{sum(r['seconds'] for r in results):.2f}")
     for r in results:
-        case = ET.SubElement(suite, "testcase", classname="parity.sweep", name=esc(r["name"]),
+        case = ET.SubElement(suite, "testcase", classname="parity.checking.sweep", name=esc(r["name"]),
                              time=f"{r['seconds']:.2f}")
         if r["passed"]:
             continue

@@ -5,7 +5,7 @@ output tensor names, so the error is painted on the user's ONNX graph. The value
 layer's scaled error (max|c - r| / max|r|) on the first link that has per-layer data; the
 thresholds colour within tolerance green, up to ten times it amber, beyond red, and the first
 divergence is outlined in red whatever its value. Names stay exact, unlike in the other
-renderers (see parity.escape): they are keys Model Explorer matches against the graph, and JSON
+renderers (see parity.core.escape): they are keys Model Explorer matches against the graph, and JSON
 escapes them (the file is ASCII, control characters and all).
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 
-from parity.report import Report
+from parity.core.report import Report
 
 
 def render(report: Report) -> str:

@@ -1,13 +1,13 @@
 """Progress on stderr for long work: a spinner with the current step and the elapsed time, and a
 bar when the amount of work is known (sweeps). Silent when stderr is not a terminal or with
 --quiet, so logs and CI output stay clean. Messages carry file and model names: they are shown
-through ``parity.escape.markup`` (no raw ESC or newline, no rich markup applied)."""
+through ``parity.core.escape.markup`` (no raw ESC or newline, no rich markup applied)."""
 
 from __future__ import annotations
 
 import sys
 
-from parity.escape import markup
+from parity.core.escape import markup
 
 
 class Progress:

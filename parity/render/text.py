@@ -1,6 +1,6 @@
 """Terminal rendering with rich: one table per link, then the verdict.
 
-Every name and message goes through ``parity.escape.markup``: names come from models and
+Every name and message goes through ``parity.core.escape.markup``: names come from models and
 users and may hold ESC sequences, newlines or rich markup (see escape.py). Consoles come from
 ``console()``: no emoji codes, no highlighting, and a closed stdout raises BrokenPipeError for
 the CLI to turn into its exit code (rich's own handler would exit 1, the mismatch code).
@@ -12,10 +12,10 @@ import errno
 import os
 from typing import IO, Sequence
 
-from parity.escape import markup as escape
-from parity.escape import terminal
-from parity.report import Comparison, OutputComparison, Report
-from parity.specs import format_shape
+from parity.core.escape import markup as escape
+from parity.core.escape import terminal
+from parity.core.report import Comparison, OutputComparison, Report
+from parity.core.specs import format_shape
 
 
 def console(file: IO[str] | None, *, encoding: str | None = None, **options):
@@ -39,14 +39,14 @@ def console(file: IO[str] | None, *, encoding: str | None = None, **options):
 
 
 def _num(value, spec: str = ".3g") -> str:
-    from parity.metrics import fmt
+    from parity.core.metrics import fmt
 
     return "-" if value is None else fmt(value, spec)
 
 
 def readable_value(value) -> str:
     """One scalar for a person: yes/no for booleans, - for None, figures to 4 digits."""
-    from parity.metrics import fmt
+    from parity.core.metrics import fmt
 
     if isinstance(value, bool):
         return "yes" if value else "no"
@@ -389,7 +389,7 @@ def _render(report: Report, out, reports: Sequence[str], listing: Sequence[str] 
 
 def ranking_lines(ranking: dict, top: int = 10) -> list[str]:
     """The compressed layers by their cost, and the fix (ranking.Ranking.lines, from the JSON)."""
-    from parity.ranking import LayerCost, Ranking
+    from parity.mnn.ranking import LayerCost, Ranking
 
     fields = {"name", "op_type", "compression", "cosine", "error", "rank"}
     layers = tuple(LayerCost(**{k: v for k, v in x.items() if k in fields}) for x in ranking.get("layers", []))

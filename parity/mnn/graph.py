@@ -39,9 +39,9 @@ from typing import Any
 import numpy as np
 
 from parity.backends.base import check_model_file
-from parity.backends.worker import Worker
-from parity.errors import BackendCrash, BackendError, ModelError
-from parity.paths import check_output, copy_atomic
+from parity.run.worker import Worker
+from parity.core.errors import BackendCrash, BackendError, ModelError
+from parity.core.paths import check_output, copy_atomic
 
 # Differ between any two conversions of the same model (measured: a random UUID per file).
 IGNORED_FIELDS = ("mnn_uuid",)
@@ -350,7 +350,7 @@ class GraphDiff:
 
 # -- diffing ---------------------------------------------------------------------------------
 def structural_diff(a: dict, b: dict, *, labels: tuple[str, str] = ("a", "b")) -> GraphDiff:
-    """Compare two graphs as ``load_graph`` (or ``parity.mnn_ops.load_dump``) returns them."""
+    """Compare two graphs as ``load_graph`` (or ``parity.mnn.ops.load_dump``) returns them."""
     acc = _Acc()
     _diff_nets(a.get("oplists") or [], a.get("tensorName") or [],
                b.get("oplists") or [], b.get("tensorName") or [], "", acc)
@@ -634,7 +634,7 @@ def fast_structural_diff(a, b, *, labels: tuple[str, str] = ("a", "b")) -> Graph
     or in a known value vector (a Const op's blob, a convolution's weight or bias). Then the
     differing vectors are the differing constants. None when that does not hold (ops,
     parameters or the layout differ, weights in a side file): the dump is needed."""
-    from parity import mnn_flatbuffer
+    from parity.mnn import flatbuffer as mnn_flatbuffer
 
     paths = [Path(a), Path(b)]
     if any(Path(f"{p}.weight").exists() for p in paths) or paths[0].stat().st_size != paths[1].stat().st_size:

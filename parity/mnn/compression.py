@@ -174,10 +174,10 @@ def read(graph: dict) -> Compression:
 def recompress(float_path, target, options: list[str], *, timeout: float = 300.0):
     """Compress the float model at ``float_path`` into ``target`` with the converter's
     ``options`` (MNN -> MNN reconversion), in a child process."""
-    from parity.backends.worker import Worker
+    from parity.run.worker import Worker
 
     with Worker("MNN converter", timeout=timeout) as worker:
-        worker.call("parity.compression:_recompress_in_child", step=f"compressing {os.path.basename(str(float_path))}",
+        worker.call("parity.mnn.compression:_recompress_in_child", step=f"compressing {os.path.basename(str(float_path))}",
                     source=os.path.abspath(float_path), target=os.path.abspath(target), options=list(options))
     return target
 
@@ -185,7 +185,7 @@ def recompress(float_path, target, options: list[str], *, timeout: float = 300.0
 def _recompress_in_child(source: str, target: str, options: list) -> bool:
     import _tools
 
-    from parity.backends.worker import ChildFailure
+    from parity.run.worker import ChildFailure
 
     ok = _tools.mnnconvert(["MNNConvert", "-f", "MNN", "--modelFile", source, "--MNNModel", target,
                             "--bizCode", "parity", *options])
@@ -198,7 +198,8 @@ def of_model(path, *, timeout: float = 300.0) -> Compression:
     """Read ``path``'s compression: from the flatbuffer's few fields (mnn_flatbuffer.py, in
     milliseconds), or, should that fail, from MNN's JSON dump (a child process; slow on big
     models)."""
-    from parity import mnn_flatbuffer, mnn_graph
+    from parity.mnn import flatbuffer as mnn_flatbuffer
+    from parity.mnn import graph as mnn_graph
     from parity.backends.base import check_model_file
 
     check_model_file(path, "MNN")

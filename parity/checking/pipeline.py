@@ -18,13 +18,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from parity import inputs as inputs_mod
+from parity.core import inputs as inputs_mod
 from parity.backends.registry import SUFFIXES, framework_for, open_backend
-from parity.errors import ModelError, ParityError, UsageError
-from parity.judge import compare_outputs, layer_only_findings, verdict_for
+from parity.core.errors import ModelError, ParityError, UsageError
+from parity.core.judge import compare_outputs, layer_only_findings, verdict_for
 from parity.options import CheckOptions
-from parity.paths import argument
-from parity.report import BackendInfo, Comparison, InputInfo, Report, Verdict
+from parity.core.paths import argument
+from parity.core.report import BackendInfo, Comparison, InputInfo, Report, Verdict
 
 Progress = Callable[[str], None]
 
@@ -174,11 +174,11 @@ def _check_paths(options: CheckOptions, models) -> None:
         given = options.inputs if isinstance(options.inputs, (str, os.PathLike)) else None
         inputs_mod.check_writable(options.save_inputs, "--save-inputs", inputs=[*models, *([given] if given else [])])
     if options.repro is not None:
-        from parity.repro import check_repro_dir
+        from parity.checking.repro import check_repro_dir
 
         check_repro_dir(options.repro)
     if options.write_fixed is not None:
-        from parity.paths import check_output
+        from parity.core.paths import check_output
 
         check_output(options.write_fixed, "--write-fixed", inputs=models)
 
@@ -197,8 +197,8 @@ def _attribution(chain, options: CheckOptions, stack: ExitStack, say):
         if options.float_mnn is not None:
             raise UsageError("--float-mnn needs an ONNX model followed by its compressed .mnn")
         return chain, {}, None
-    from parity import compression as compression_mod
-    from parity.errors import ParityError
+    from parity.mnn import compression as compression_mod
+    from parity.core.errors import ParityError
 
     onnx_path, mnn_path = chain[index - 1][1], chain[index][1]
     say(f"reading the compression of {mnn_path.name}")
@@ -213,7 +213,7 @@ def _attribution(chain, options: CheckOptions, stack: ExitStack, say):
     else:
         import tempfile
 
-        from parity.converter import convert
+        from parity.mnn.converter import convert
 
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="parity-float-")))
         float_path = workdir / f"{mnn_path.stem}.float.mnn"
@@ -225,7 +225,7 @@ def _attribution(chain, options: CheckOptions, stack: ExitStack, say):
 
 
 def _budget(options: CheckOptions, compression):
-    from parity.budget import Budget
+    from parity.checking.budget import Budget
 
     if options.budget is not None:
         return Budget.parse(options.budget)
@@ -336,7 +336,7 @@ def _run_samples(samples, backends, links, options: CheckOptions, say, budget):
     worst sample's figures, whether all passed, per-sample figures and the top-1 agreement.
     Returns the comparisons, the first sample's results (for their notes) and the index of the
     worst sample."""
-    from parity.budget import top1_rows
+    from parity.checking.budget import top1_rows
 
     per_sample, first_results = [], None
     top1: dict[tuple[int, str], list[int]] = {}
@@ -364,7 +364,7 @@ def _run_samples(samples, backends, links, options: CheckOptions, say, budget):
 
 
 def _badness(o) -> tuple:
-    from parity.judge import output_scaled_error
+    from parity.core.judge import output_scaled_error
 
     if o.budget and o.budget.get("cosine") is not None:
         error = 1.0 - o.budget["cosine"]
@@ -450,7 +450,7 @@ def link_tolerance(options: CheckOptions, candidate):
     """The tolerance of a link: the one given, or, where none was given and the candidate ran
     in reduced precision (MNN precision low on a CPU with float16 arithmetic), the default of
     that precision (metrics.FP16_TOLERANCE)."""
-    from parity.metrics import FP16_TOLERANCE
+    from parity.core.metrics import FP16_TOLERANCE
 
     if not options.tolerance_given and getattr(candidate, "reduced_precision", False):
         return FP16_TOLERANCE
@@ -487,7 +487,7 @@ def _compare_link(backends, results, link, options: CheckOptions, say, budget=No
 def _compare_by_budget(backends, results, link, budget, say) -> Comparison:
     """A link to the compressed model: measured as any link, judged by the budget (every
     output meets every clause) instead of the element tolerance."""
-    from parity.metrics import Tolerance
+    from parity.core.metrics import Tolerance
 
     ref_i, cand_i = link
     candidate = backends[cand_i]
@@ -521,7 +521,7 @@ def _compression_verdict(comparisons, backends, links, verdict, compression, bud
     """When the float conversion matches ONNX and the compressed model misses its budget: the
     verdict is compression. A failing float link keeps its verdict (conversion or runtime,
     decided by the diagnosis): compression cannot be blamed for a wrong conversion."""
-    from parity.report import Verdict
+    from parity.core.report import Verdict
 
     if verdict.kind == "pass":
         judged = [o for c in comparisons for o in c.outputs if o.budget]
@@ -567,8 +567,8 @@ def _recompression_check(comparisons, backends, feeds, verdict, compression, bud
     import tempfile
 
     from parity.backends.mnn import MnnBackend
-    from parity.compression import recompress
-    from parity.report import Verdict
+    from parity.mnn.compression import recompress
+    from parity.core.report import Verdict
 
     settings = compression.converter_options() if compression is not None else None
     if settings is None:
@@ -587,13 +587,13 @@ def _recompression_check(comparisons, backends, feeds, verdict, compression, bud
                 outputs = again.run(feeds).outputs
             reference = float_backend.run(feeds).outputs
         except Exception as exc:  # evidence, not the end
-            from parity.errors import ParityError
+            from parity.core.errors import ParityError
 
             if not isinstance(exc, ParityError):
                 raise
             return dataclasses.replace(verdict, evidence=verdict.evidence + (
                 {"experiment": "recompression", "setting": " ".join(settings), "error": str(exc)},))
-    from parity.ranking import within_budget, worst_figures
+    from parity.mnn.ranking import within_budget, worst_figures
 
     figures = worst_figures(reference, outputs)
     entry = {"experiment": "recompression of the float conversion", "setting": " ".join(settings),
@@ -619,7 +619,7 @@ def _recompression_check(comparisons, backends, feeds, verdict, compression, bud
 
 def _rank(backends, feeds, budget, options: CheckOptions, say, compression=None):
     """Rank the compressed model's layers (ranking.py), run as the compressed model runs."""
-    from parity import ranking as ranking_mod
+    from parity.mnn import ranking as ranking_mod
     from parity.backends.mnn import MnnBackend
 
     float_backend = next(b for b in backends if getattr(b, "role", "") == "float conversion")
@@ -630,7 +630,7 @@ def _rank(backends, feeds, budget, options: CheckOptions, say, compression=None)
             return ranking_mod.Ranking((), budget.text, {}, None, notes=(
                 "no layer ranking: a full-int8 model is ranked by quantizing it again layer by layer, "
                 "which needs its calibration samples (parity convert MODEL.onnx --int8-calibration DIR)",))
-        from parity import inputs as inputs_mod
+        from parity.core import inputs as inputs_mod
 
         samples = [inputs_mod.read_npz(f, "--int8-calibration file", not_a="an .npz file")
                    for f in inputs_mod.sample_files(options.calibration)]
@@ -674,7 +674,7 @@ def _failing_outputs(comparison: Comparison) -> dict:
 
 
 def _layer_view(comparison, graph, reference, candidate, feeds, options: CheckOptions, say, *, isolate=None):
-    from parity import layers as layers_mod
+    from parity.checking import layers as layers_mod
 
     tolerance = link_tolerance(options, candidate)
     result = layers_mod.compare_layers(
@@ -693,7 +693,7 @@ def _layer_view(comparison, graph, reference, candidate, feeds, options: CheckOp
 
 
 def _onnx_graph(backends):
-    from parity import layers as layers_mod
+    from parity.checking import layers as layers_mod
 
     onnx_backend = next((b for b in backends if b.framework == "onnxruntime"), None)
     return None if onnx_backend is None else layers_mod.OnnxGraph(onnx_backend.graph_proto())
@@ -703,7 +703,7 @@ def _prepare_layers(backends, links, feeds, options: CheckOptions) -> None:
     """MNN loads the module of the first layer capture while the outputs are compared (on a
     BERT-base, 0.8 s of the layer step). What goes wrong here goes wrong again in the layer
     step, which says so."""
-    from parity import layers as layers_mod
+    from parity.checking import layers as layers_mod
 
     graph = _onnx_graph(backends)
     link = next(((r, c) for r, c in links if (backends[r].framework, backends[c].framework)
@@ -736,7 +736,7 @@ def _add_layers(comparisons, backends, links, feeds, options: CheckOptions, say)
 
 def _diagnose(comparisons, backends, links, feeds, options: CheckOptions, verdict, say):
     """Run the verdict experiments on the first failing onnxruntime -> mnn link."""
-    from parity import diagnose as diagnose_mod
+    from parity.checking import diagnose as diagnose_mod
 
     for i, (comparison, (ref_i, cand_i)) in enumerate(zip(comparisons, links)):
         if comparison.passed:
@@ -768,7 +768,7 @@ def _write_repro(comparisons, backends, links, feeds, options: CheckOptions, ver
         return f"no reproduction written to {directory}: the verdict is {verdict.kind}"
     for comparison, (ref_i, cand_i) in zip(comparisons, links):
         if (comparison.reference, comparison.candidate) == ("onnxruntime", "mnn") and not comparison.passed:
-            from parity.repro import write_repro
+            from parity.checking.repro import write_repro
 
             say(f"writing the reproduction to {directory}")
             candidate = backends[cand_i]

@@ -38,10 +38,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from parity.backends.registry import SUFFIXES
-from parity.backends.worker import python_command, python_env, signal_description
-from parity.errors import ExitCode, InputError, UsageError
+from parity.run.worker import python_command, python_env, signal_description
+from parity.core.errors import ExitCode, InputError, UsageError
 
-SCHEMA = "parity.sweep/1"
+SCHEMA = "parity.checking.sweep/1"
 # worst last when a sweep sums up its pairs
 _SEVERITY = [ExitCode.PASS, ExitCode.MISMATCH, ExitCode.USAGE, ExitCode.MODEL_OR_INPUT,
              ExitCode.BACKEND, ExitCode.INTERRUPTED, ExitCode.INTERNAL]
@@ -81,7 +81,7 @@ class SweepReport:
         return self.exit_code == ExitCode.PASS
 
     def to_dict(self) -> dict:
-        """The ``parity.sweep/1`` JSON document."""
+        """The ``parity.checking.sweep/1`` JSON document."""
         return {
             "schema": SCHEMA,
             "parity_version": self.parity_version,
@@ -151,7 +151,7 @@ _NUMBER_FIELDS = ("atol", "rtol", "timeout")
 
 
 def _manifest(path: Path) -> list[Item]:
-    from parity.paths import check_input, show
+    from parity.core.paths import check_input, show
 
     check_input(path, "sweep manifest")  # a regular file: a FIFO would block the read forever
     label = f"manifest {show(path.name)}"
@@ -217,7 +217,7 @@ def _check_entry(entry, where: str) -> None:
     if "mnn_target" in entry or "mnn_precision" in entry:
         from parity.options import MnnOptions
 
-        from parity.targets import runs_a_command
+        from parity.run.targets import runs_a_command
 
         try:
             MnnOptions(precision=entry.get("mnn_precision", "normal"), target=entry.get("mnn_target", "local"))

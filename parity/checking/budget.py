@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from parity.errors import UsageError
-from parity.metrics import dot
+from parity.core.errors import UsageError
+from parity.core.metrics import dot
 
 _CLAUSE = re.compile(r"^\s*(cosine|top1|snr_db|error)\s*(>=|<=)\s*([-+0-9.eE]+)\s*$")
 _DIRECTION = {"cosine": ">=", "top1": ">=", "snr_db": ">=", "error": "<="}

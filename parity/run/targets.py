@@ -34,11 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from parity.errors import BackendCrash, BackendError, BackendTimeout, UsageError
+from parity.core.errors import BackendCrash, BackendError, BackendTimeout, UsageError
 
 # The parity modules a target runs, sent as source at start (agent.py's loader).
-_SHIPPED = ("parity", "parity.errors", "parity.backends", "parity.backends.worker",
-            "parity.backends.mnn_child", "parity.backends.agent")
+_SHIPPED = ("parity", "parity.core", "parity.core.errors", "parity.backends", "parity.run",
+            "parity.run.worker", "parity.backends.mnn_child", "parity.run.agent")
 
 _BOOT = ("import sys;sys.version_info<(3,8) and sys.exit('parity needs Python 3.8 or newer on the target, "
          "found '+sys.version.split()[0]);import struct,zlib;r=sys.stdin.buffer;"
@@ -60,7 +60,7 @@ class _ParityModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         module.__file__ = "/parity-target/" + module.__name__.replace(".", "/") + ".py"
         exec(compile(SOURCES[module.__name__], "<parity>/" + module.__name__, "exec"), module.__dict__)
 sys.meta_path.insert(0, _ParityModules())
-from parity.backends.agent import main
+from parity.run.agent import main
 main()
 '''
 
@@ -96,7 +96,7 @@ class Target:
     def argv(self) -> tuple[list[str], dict[str, str]]:
         """The command that starts the target's Python running BOOT, and extra environment."""
         if self.kind == "arm64":
-            from parity.target_setup import arm64_python
+            from parity.run.target_setup import arm64_python
 
             prefix, env = arm64_python()
             return [*prefix, "-c", _BOOT], env
@@ -247,7 +247,7 @@ class RemoteWorker:
             self._proc.stdin.flush()
         except OSError:
             self._raise_dead(step)
-        self.facts = self.call("parity.backends.agent:hello", step=step)
+        self.facts = self.call("parity.run.agent:hello", step=step)
         missing = self.facts.get("missing") or []
         if missing:
             names = " and ".join(m.split(" ")[0] for m in missing)
@@ -273,7 +273,7 @@ class RemoteWorker:
         return len(program).to_bytes(8, "big") + program
 
     def _read_replies(self, stream) -> None:
-        from parity.backends.agent import ProtocolError, read_message
+        from parity.run.agent import ProtocolError, read_message
 
         while True:
             try:
@@ -288,7 +288,7 @@ class RemoteWorker:
 
     # -- requests --------------------------------------------------------------------------
     def _send(self, message, step: str) -> None:
-        from parity.backends.agent import write_message
+        from parity.run.agent import write_message
 
         try:
             with self._lock:
@@ -327,7 +327,7 @@ class RemoteWorker:
         status, payload = reply["status"], reply["payload"]
         if status == "ok":
             return payload
-        from parity.backends.worker import ERROR_KINDS
+        from parity.run.worker import ERROR_KINDS
 
         kind, message = (payload if isinstance(payload, list) and len(payload) == 2 else ("backend", str(payload)))
         # a target decides nothing about parity's usage or output paths: those kinds count as its own failure
@@ -420,7 +420,7 @@ class RemoteWorker:
         if self._proc is not None:
             self.kill()  # stdin closed first: the agent removes its scratch directory and exits
             self._proc = None
-        from parity.backends.worker import release_files
+        from parity.run.worker import release_files
 
         release_files(self)
 
@@ -428,7 +428,7 @@ class RemoteWorker:
 def crash_signal(code: int | None, log: str) -> str | None:
     """The crash a target's end shows: a signal in the exit status (qemu and a local shell pass
     the Python's on), else faulthandler's line in its stderr (ssh reports only 255)."""
-    from parity.backends.worker import signal_description
+    from parity.run.worker import signal_description
 
     if code is not None and code < 0:
         return signal_description(code)
@@ -456,7 +456,7 @@ def open_worker(target: Target | str | None, *, timeout: float = 300.0):
     """A started worker for MNN on ``target``: the local pool's, or a RemoteWorker."""
     target = target if isinstance(target, Target) else parse_target(target)
     if target.local:
-        from parity.backends import worker as worker_mod
+        from parity.run import worker as worker_mod
 
         return worker_mod.take("mnn", timeout=timeout)
     return RemoteWorker(target, timeout=timeout).start()
@@ -469,7 +469,7 @@ def describe_target(spec: str, *, timeout: float = 300.0) -> dict:
 
     target = parse_target(spec)
     if target.local:
-        from parity.backends.worker import Worker
+        from parity.run.worker import Worker
 
         worker = Worker("mnn", timeout=timeout).start()
     else:

@@ -25,8 +25,8 @@ from typing import Callable
 
 import numpy as np
 
-from parity.budget import Budget, measure
-from parity.errors import BackendCrash, BackendError, ParityError
+from parity.checking.budget import Budget, measure
+from parity.core.errors import BackendCrash, BackendError, ParityError
 
 MAX_KEPT = 5  # the fix keeps at most this many layers in float
 
@@ -83,20 +83,20 @@ def _fig(value) -> str:
 
 
 def _read_json(path: Path) -> dict:
-    from parity.mnn_graph import parse_dump_text
+    from parity.mnn.graph import parse_dump_text
 
     return parse_dump_text(path.read_text(encoding="utf-8"))  # MNN writes UTF-8, whatever the locale
 
 
 def _from_json(graph: dict, workdir: Path, stem: str, timeout: float) -> Path:
     """Write ``graph`` as MNN JSON and have MNN's converter build the .mnn from it (a child)."""
-    from parity.backends.worker import Worker
+    from parity.run.worker import Worker
 
     source = workdir / f"{stem}.json"
     target = workdir / f"{stem}.mnn"
     source.write_text(json.dumps(graph), encoding="utf-8")
     with Worker("MNN converter", timeout=timeout) as worker:
-        worker.call("parity.ranking:_json_to_mnn_in_child", step=f"building {stem}.mnn from JSON",
+        worker.call("parity.mnn.ranking:_json_to_mnn_in_child", step=f"building {stem}.mnn from JSON",
                     source=str(source), target=str(target))
     source.unlink()
     return target
@@ -105,7 +105,7 @@ def _from_json(graph: dict, workdir: Path, stem: str, timeout: float) -> Path:
 def _json_to_mnn_in_child(source: str, target: str) -> bool:
     import _tools
 
-    from parity.backends.worker import ChildFailure
+    from parity.run.worker import ChildFailure
 
     ok = _tools.mnnconvert(["MNNConvert", "-f", "JSON", "--modelFile", source, "--MNNModel", target,
                             "--bizCode", "parity"])
@@ -136,8 +136,8 @@ def rank(float_path, compressed_path, feeds: dict, budget: Budget, open_mnn: Cal
     in float until the budget holds (at most MAX_KEPT). ``open_mnn(path)`` opens a backend
     the way the compressed model runs (target, precision). With ``write_fixed``, the model
     with those layers kept in float is written there (never onto one of ``protected``)."""
-    from parity import compression as compression_mod
-    from parity import mnn_graph
+    from parity.mnn import compression as compression_mod
+    from parity.mnn import graph as mnn_graph
 
     say = progress or (lambda message: None)
     workdir = Path(tempfile.mkdtemp(prefix="parity-rank-"))
@@ -208,7 +208,7 @@ def _write_fixed(build: Callable[[], Path], target, asked, protected, fix) -> tu
         return ()
     if target is None:
         return (f"--write-fixed: nothing written to {asked}: no layer needs keeping in float",)
-    from parity.paths import copy_atomic
+    from parity.core.paths import copy_atomic
 
     copy_atomic(build(), target, "--write-fixed", inputs=protected)
     fix["written"] = str(target)
@@ -258,9 +258,9 @@ def rank_int8(float_path, samples, method: str, feeds: dict, budget: Budget, ope
     alone in int8 is the float model quantized with every other layer skipped
     (``skip_quant_op_names``), calibrated on ``samples`` as the model was; the fix skips the
     most costly layers. One quantization and one run per layer."""
-    from parity import compression as compression_mod
-    from parity import mnn_graph
-    from parity.quantize import full_int8
+    from parity.mnn import compression as compression_mod
+    from parity.mnn import graph as mnn_graph
+    from parity.mnn.quantize import full_int8
 
     say = progress or (lambda message: None)
     if method == "EMA":

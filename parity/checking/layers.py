@@ -32,12 +32,12 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from parity.align import AlignmentError, pair_outputs
-from parity.errors import BackendCrash, BackendError
-from parity.judge import diff_tensors, layer_passes, output_scaled_error, scaled_error
-from parity.metrics import TensorDiff, Tolerance, fmt
-from parity.report import FirstDivergence, LayerResult, OutputComparison, Unpaired
-from parity.specs import TensorMap
+from parity.core.align import AlignmentError, pair_outputs
+from parity.core.errors import BackendCrash, BackendError
+from parity.core.judge import diff_tensors, layer_passes, output_scaled_error, scaled_error
+from parity.core.metrics import TensorDiff, Tolerance, fmt
+from parity.core.report import FirstDivergence, LayerResult, OutputComparison, Unpaired
+from parity.core.specs import TensorMap
 
 OUTPUT_PREFIX = "::output::"  # a reference name meaning "the model's returned output <name>"
 _SAMPLE = 4096

@@ -41,7 +41,7 @@ import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from parity.errors import (
+from parity.core.errors import (
     BackendCrash,
     BackendError,
     BackendTimeout,
@@ -98,7 +98,7 @@ _CHILD_VARIABLE = "PARITY_CHILD_SETUP"
 # out of the child; what it needs instead comes from ``python_env``.
 _BOOT = ("import json, os, sys; setup = json.loads(os.environ.pop(%r, '{}')); "
          "sys.path[:] = setup.get('path') or sys.path; "
-         "from parity.backends.worker import bootstrap; bootstrap(setup)" % _CHILD_VARIABLE)
+         "from parity.run.worker import bootstrap; bootstrap(setup)" % _CHILD_VARIABLE)
 
 
 def python_command(entry: str, *args) -> list[str]:
@@ -187,7 +187,7 @@ class Worker:
         self._log = open(self.dir / "worker.log", "wb")
         try:
             self._proc = subprocess.Popen(
-                python_command("parity.backends.worker:serve_argv", child_end.fileno(),
+                python_command("parity.run.worker:serve_argv", child_end.fileno(),
                                *([preload] if preload else [])),
                 pass_fds=(child_end.fileno(),),
                 cwd=self.dir,
@@ -436,7 +436,7 @@ def _ignore_signals() -> None:
 def interruption(exc: KeyboardInterrupt) -> tuple[str, int]:
     """What stopped the run, for the CLI's one line ("Interrupted" for Ctrl-C, "Interrupted by
     SIGTERM" for ``Terminated``), and the exit code: 130, or 128 + the signal's number."""
-    from parity.errors import ExitCode
+    from parity.core.errors import ExitCode
 
     name = getattr(exc, "signal_name", None)
     return (f"Interrupted by {name}" if name and name != "SIGINT" else "Interrupted",

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
-from parity.errors import BackendError, UsageError
+from parity.core.errors import BackendError, UsageError
 
 Progress = Callable[[str], None]
 

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from parity.errors import InputError
+from parity.core.errors import InputError
 
 METHODS = ("ADMM", "EMA", "KL")  # feature_quantize_method; MNN 3.6.1 here: KL crashed, EMA ignores skip_quant_op_names
 
@@ -48,7 +48,7 @@ def full_int8(float_mnn, target, samples: Sequence[dict], *, method: str = "ADMM
               timeout: float = 300.0) -> Path:
     """Quantize ``float_mnn`` into ``target`` (int8 weights and activations), calibrated on
     ``samples`` (name -> array dicts), keeping the ops named in ``skip`` in float."""
-    from parity.backends.worker import Worker
+    from parity.run.worker import Worker
 
     if not samples:
         raise InputError("full int8 needs calibration samples (.npz files with the model's inputs)")
@@ -63,7 +63,7 @@ def full_int8(float_mnn, target, samples: Sequence[dict], *, method: str = "ADMM
         (workdir / "config.json").write_text(json.dumps(config))
         scratch = workdir / "quantized.mnn"
         with Worker("MNN quantization tool", timeout=timeout) as worker:
-            worker.call("parity.quantize:_quantize_in_child", step=f"quantizing {Path(float_mnn).name} to full int8",
+            worker.call("parity.mnn.quantize:_quantize_in_child", step=f"quantizing {Path(float_mnn).name} to full int8",
                         source=os.path.abspath(float_mnn), target=str(scratch), config=str(workdir / "config.json"))
         shutil.copyfile(scratch, target)
         return Path(target)
@@ -74,7 +74,7 @@ def full_int8(float_mnn, target, samples: Sequence[dict], *, method: str = "ADMM
 def _quantize_in_child(source: str, target: str, config: str) -> bool:
     import _tools
 
-    from parity.backends.worker import ChildFailure
+    from parity.run.worker import ChildFailure
 
     ok = _tools.mnnquant(["mnnquant", source, target, config])
     if not ok or not os.path.exists(target) or os.path.getsize(target) == 0:

@@ -5,7 +5,7 @@ imports a logger that pip-installs a package and uploads statistics. The convert
 scratch file into the current directory, so it runs in the worker's private directory and the
 result is moved into place only when conversion succeeded.
 
-Files in and out go through ``parity.paths``: the ONNX model's external data is checked to
+Files in and out go through ``parity.core.paths``: the ONNX model's external data is checked to
 stay inside the model's directory before the converter reads anything; the output is checked
 before converting (not an input, not a device or FIFO, its directory exists); the model, and
 the weights file ``--saveExternalData`` makes (``MODEL.mnn.weight``, which MNN loads from
@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from parity.backends.base import check_model_file
-from parity.backends.worker import ChildFailure, Worker
-from parity.errors import BackendCrash, BackendError, UsageError
-from parity.paths import check_output, external_data, is_utf8, publish, stage_model, utf8_name
+from parity.run.worker import ChildFailure, Worker
+from parity.core.errors import BackendCrash, BackendError, UsageError
+from parity.core.paths import check_output, external_data, is_utf8, publish, stage_model, utf8_name
 
 # Converter options that are parity's business, not the user's.
 _RESERVED = {"-f", "--framework", "--modelFile", "--MNNModel", "--bizCode"}
@@ -77,7 +77,7 @@ class Conversion:
         try:
             if not is_utf8(given):  # the converter's C++ argv takes UTF-8 only
                 given = str(stage_model(source, self._worker.dir, externals))
-            self._worker.submit("parity.converter:_convert_in_child", step=self._step, source=given,
+            self._worker.submit("parity.mnn.converter:_convert_in_child", step=self._step, source=given,
                                 target=str(self._scratch), options=list(options))
         except BaseException:
             self.cancel()

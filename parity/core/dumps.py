@@ -28,14 +28,14 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from parity.align import AlignmentError, explain_size, fits, pair_outputs
-from parity.errors import InputError, UsageError
-from parity.inputs import read_npy, read_npz, read_raw
-from parity.judge import diff_tensors, output_detail
-from parity.metrics import TensorDiff, Tolerance
-from parity.paths import check_input
-from parity.report import BackendInfo, Comparison, OutputComparison, Report, Verdict
-from parity.specs import format_shape
+from parity.core.align import AlignmentError, explain_size, fits, pair_outputs
+from parity.core.errors import InputError, UsageError
+from parity.core.inputs import read_npy, read_npz, read_raw
+from parity.core.judge import diff_tensors, output_detail
+from parity.core.metrics import TensorDiff, Tolerance
+from parity.core.paths import check_input
+from parity.core.report import BackendInfo, Comparison, OutputComparison, Report, Verdict
+from parity.core.specs import format_shape
 
 RAW_DTYPES = ("float32", "float16", "float64", "int32", "int64", "int8", "uint8", "bool")
 
@@ -43,7 +43,7 @@ RAW_DTYPES = ("float32", "float16", "float64", "int32", "int64", "int8", "uint8"
 def load_dump(path: str | os.PathLike, *, dtype: str | None = None,
               shape: Sequence[int] | None = None) -> dict[str, np.ndarray]:
     """name -> array for a .npy, .npz or raw file (raw needs ``dtype``). Only regular files are
-    read, and no array larger than memory is allocated (``parity.inputs.read_*``)."""
+    read, and no array larger than memory is allocated (``parity.core.inputs.read_*``)."""
     path = Path(path)
     check_input(path, "dump")
     suffix = path.suffix.lower()

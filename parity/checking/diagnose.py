@@ -39,11 +39,11 @@ from typing import Callable
 
 import numpy as np
 
-from parity import judge
-from parity.errors import BackendCrash, BackendError, ParityError
-from parity.metrics import TensorDiff, Tolerance
-from parity.paths import argument
-from parity.report import Verdict
+from parity.core import judge
+from parity.core.errors import BackendCrash, BackendError, ParityError
+from parity.core.metrics import TensorDiff, Tolerance
+from parity.core.paths import argument
+from parity.core.report import Verdict
 
 Progress = Callable[[str], None]
 
@@ -106,7 +106,7 @@ class Probe:
     run), and another conversion is measured against the given file in one way for both."""
 
     def __init__(self, ctx: "Context"):
-        from parity import layers as L
+        from parity.checking import layers as L
 
         self.ctx = ctx
         self.L = L
@@ -296,7 +296,7 @@ class Reconversions:
             raise
 
     def _start(self, which: str) -> None:
-        from parity.converter import start_conversion
+        from parity.mnn.converter import start_conversion
 
         if which in self._running or which in self._done:
             return
@@ -554,7 +554,8 @@ def _float16_emulation(ctx: Context, probe: Probe, evidence: list) -> dict | Non
     inputs MNN's own output came from: the reference's inputs when the probe measures the
     layer isolated, MNN's own inputs from the same whole run otherwise. Returns the figures
     (also added to the evidence), or None (with the reason in the evidence)."""
-    from parity import fp16_emulation, numerics
+    from parity.checking import fp16_emulation
+    from parity.checking import numerics
 
     d, layer = probe.divergence, probe.layer
     if d is None or layer is None:
@@ -701,7 +702,7 @@ def _float16_range(ctx: Context, probe: Probe) -> tuple[bool, str]:
     """Whether the reference values at the probe's tensor leave float16's range, and how:
     "reach max|r| 7.1e4, beyond float16's largest value 65504", "lie below float16's smallest
     normal ...", or "max|r| 12.3"."""
-    from parity.layers import FP16_MAX, fp16_fit
+    from parity.checking.layers import FP16_MAX, fp16_fit
 
     if probe.layer is not None:
         values = probe.reference_values([probe.layer.name])[probe.layer.name]
@@ -756,7 +757,7 @@ def _numerics_experiment(ctx: Context, probe: Probe, where: str, evidence: list)
     """Amplified rounding (numerics.py): the error grows along the graph while every layer is
     right on its own inputs, and MNN is as far from a float64 evaluation as ONNX Runtime is.
     Then neither party is wrong: verdict ``numerics`` (``undetermined`` without a float64 figure)."""
-    from parity import numerics
+    from parity.checking import numerics
 
     target = (probe.divergence.name if probe.divergence is not None else
               probe.output.reference_name if probe.output is not None else None)
@@ -843,7 +844,7 @@ def _candidate_values(ctx: Context, probe: Probe, names) -> dict:
     """MNN's values of ONNX tensors ``names`` in one run, aligned to the reference's layout as
     the layer comparison aligns them (layers by their paired MNN tensor, graph outputs by the
     compared output)."""
-    from parity import layers as L
+    from parity.checking import layers as L
 
     layers = {x.name: x for x in ctx.comparison.layers or ()}
     outputs = {o.reference_name: o.candidate_name for o in ctx.comparison.outputs}
@@ -895,7 +896,7 @@ def _runtime_variants(ctx: Context, probe: Probe, base: Measurement, where: str,
 def _converter_variants(ctx: Context, probe: Probe, where: str, workdir: Path, evidence: list) -> Verdict | None:
     """Experiment b: reconversions with the options that change numbers, each measured
     against the given file in one way."""
-    from parity.converter import convert
+    from parity.mnn.converter import convert
 
     for name, options in CONVERTER_VARIANTS:
         ctx.progress(f"diagnosing: conversion with {' '.join(options)}")
@@ -927,7 +928,7 @@ def _numpy_reference(ctx: Context, probe: Probe, where: str, workdir: Path, evid
     if probe.layer is None:
         return None
     ctx.progress("diagnosing: numpy reference of the MNN op")
-    from parity import mnn_ops
+    from parity.mnn import ops as mnn_ops
 
     result = mnn_ops.check_op(ctx, probe, workdir)
     evidence.append({"experiment": "numpy reference of the MNN op", **result})
@@ -1054,7 +1055,7 @@ def _different_file_verdict(ctx, probe, where, figures, given_diff, *, determini
 
 def _graph_diff(ctx: Context, a, b, labels: tuple[str, str]):
     """The structural diff of two MNN files (mnn_graph), or None when one cannot be dumped."""
-    from parity import mnn_graph
+    from parity.mnn import graph as mnn_graph
 
     try:  # values changed in place are read from the bytes; anything else needs MNN's dump
         fast = mnn_graph.fast_structural_diff(a, b, labels=labels)

@@ -618,7 +618,7 @@ def dropped_attributes(graph, value_name: str, op_json: dict) -> dict | None:
 
 def load_dump(path) -> dict:
     """MNN's JSON dump as plain lists (mnn_graph.parse_dump_text reads its inf / nan)."""
-    from parity.mnn_graph import parse_dump_text
+    from parity.mnn.graph import parse_dump_text
 
     return parse_dump_text(Path(path).read_text(encoding="utf-8", errors="surrogateescape"))
 
@@ -628,7 +628,7 @@ def _reference_inputs(ctx, probe, op_json, names, producers, inputs) -> tuple[li
     the ONNX value its name comes from (layers.mnn_base_name), in MNN's shape, and only when
     it is the same tensor (close to MNN's own value in that shape). Returns (inputs, names of
     the inputs ONNX Runtime has no value for)."""
-    from parity.layers import mnn_base_name
+    from parity.checking.layers import mnn_base_name
 
     graph_inputs = set(ctx.graph.inputs)
     result, missing = [], []

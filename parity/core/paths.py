@@ -38,7 +38,7 @@ import stat
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-from parity.errors import InputError, ModelError, OutputPathError, ParityError
+from parity.core.errors import InputError, ModelError, OutputPathError, ParityError
 
 STDOUT = "-"
 # Largest array parity allocates for one run's inputs or dumps, whatever the machine: 1 TiB.
@@ -432,7 +432,7 @@ def external_data(model) -> list[tuple[str, Path]]:
     text = os.fspath(model)
     import onnx
 
-    from parity import onnx_skeleton
+    from parity.core import onnx_skeleton
 
     try:
         proto = onnx_skeleton.load(text)

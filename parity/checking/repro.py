@@ -17,14 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from parity.errors import ParityError
-from parity.metrics import fmt
+from parity.core.errors import ParityError
+from parity.core.metrics import fmt
 
 
 def check_repro_dir(path) -> Path:
     """Refuse a --repro path that is not an empty or new directory whose parent exists
-    (``parity.paths.check_output_dir``)."""
-    from parity.paths import check_output_dir
+    (``parity.core.paths.check_output_dir``)."""
+    from parity.core.paths import check_output_dir
 
     check_output_dir(path, "--repro")
     return Path(path)
@@ -67,8 +67,8 @@ def _copy_given(directory: Path, reference, candidate, feeds) -> tuple[Path, Pat
     whole into ``directory``, the check's inputs beside them."""
     import shutil
 
-    from parity.converter import weights_path
-    from parity.paths import external_data, write_atomic
+    from parity.mnn.converter import weights_path
+    from parity.core.paths import external_data, write_atomic
 
     onnx_path, mnn_path, npz_path = directory / "model.onnx", directory / "given.mnn", directory / "inputs.npz"
     shutil.copyfile(reference.path, onnx_path)
@@ -86,8 +86,8 @@ def _copy_given(directory: Path, reference, candidate, feeds) -> tuple[Path, Pat
 
 def _write(directory, *, reference, candidate, graph, comparison, verdict, feeds, tolerance,
            timeout, check_pair, converter_options) -> dict:
-    from parity.converter import convert
-    from parity.paths import write_atomic
+    from parity.mnn.converter import convert
+    from parity.core.paths import write_atomic
 
     directory = check_repro_dir(directory)
     directory.mkdir(exist_ok=True)
@@ -100,7 +100,7 @@ def _write(directory, *, reference, candidate, graph, comparison, verdict, feeds
     elif divergence is not None:
         inputs = list(divergence.inputs)
         outputs = [divergence.name]
-        from parity.layers import extract_subgraph
+        from parity.checking.layers import extract_subgraph
 
         model = extract_subgraph(reference.model_proto(), inputs, outputs)
         scope = f"the ONNX nodes {' -> '.join(divergence.nodes)} ({divergence.op_type})"

@@ -167,8 +167,8 @@ def _take_log() -> str:
 
 def _call(function: str, kwargs: dict):
     try:
-        from parity.backends.worker import ChildFailure, error_kind, resolve
-        from parity.errors import ParityError
+        from parity.run.worker import ChildFailure, error_kind, resolve
+        from parity.core.errors import ParityError
     except Exception as exc:
         return ("error", ("backend", f"parity's target code did not load: {type(exc).__name__}: {exc}"))
     try:

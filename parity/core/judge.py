@@ -19,9 +19,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from parity.align import AlignmentError, best_alignment, pair_outputs
-from parity.metrics import TensorDiff, Tolerance, dot, fmt
-from parity.report import Comparison, OutputComparison, Verdict
+from parity.core.align import AlignmentError, best_alignment, pair_outputs
+from parity.core.metrics import TensorDiff, Tolerance, dot, fmt
+from parity.core.report import Comparison, OutputComparison, Verdict
 
 
 # -- tensors --------------------------------------------------------------------------------------

@@ -15,11 +15,11 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from parity.errors import InputError, UsageError
-from parity.paths import (check_fits, check_input, check_output, copy_atomic, format_bytes, nbytes, show,
+from parity.core.errors import InputError, UsageError
+from parity.core.paths import (check_fits, check_input, check_output, copy_atomic, format_bytes, nbytes, show,
                           write_atomic)
-from parity.report import InputInfo
-from parity.specs import MAX_RANK, TensorMap, TensorSpec, format_shape
+from parity.core.report import InputInfo
+from parity.core.specs import MAX_RANK, TensorMap, TensorSpec, format_shape
 
 __all__ = ["generate", "load_npz", "save_npz", "read_npz", "read_npy", "read_raw", "check_writable",
            "write_atomic", "copy_atomic", "resolve_shape", "integer_input_bounds"]
@@ -64,7 +64,7 @@ def resolve_shape(spec: TensorSpec, shapes: Mapping[str, Sequence[int]]) -> tupl
 
 def integer_input_bounds(onnx_path: str | os.PathLike) -> dict[str, int]:
     """Upper bounds for integer inputs that reach a constant Gather table's indices."""
-    from parity import onnx_skeleton
+    from parity.core import onnx_skeleton
 
     try:
         model = onnx_skeleton.load(onnx_path)
@@ -439,7 +439,7 @@ def _starts_with(path, magic: bytes) -> bool:
 
 def check_writable(path: str | os.PathLike, what: str, *, inputs=()) -> Path:
     """Fail before any work when ``path`` cannot be written, so no result is lost at the end
-    (``parity.paths.check_output``: also refuses inputs, devices, FIFOs, names too long)."""
+    (``parity.core.paths.check_output``: also refuses inputs, devices, FIFOs, names too long)."""
     return check_output(path, what, inputs=inputs)
 
 

@@ -1,0 +1,3 @@
+"""A check, step by step: the pipeline, the layers, the diagnosis and its experiments, the budget,
+sweeps.
+"""

@@ -1,0 +1,3 @@
+"""MNN's files and tools: the flatbuffer and its graph, op references, the converter, quantization,
+compression and its ranking.
+"""
