@@ -35,7 +35,7 @@ def _degrade_unencodable_output() -> None:
 
 
 def main() -> None:
-    from parity.run.worker import install_process_guards, interruption
+    from parity.run.process import install_process_guards, interruption
 
     _degrade_unencodable_output()
     install_process_guards()

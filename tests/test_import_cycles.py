@@ -203,3 +203,37 @@ def test_no_cycle_where_the_factory_lives_apart(tmp_path):
 
 if __name__ == "__main__":
     print(_shown(cycles(import_graph())) or "no import cycle in parity/ or scripts/")
+
+
+# What each subpackage may import from parity (besides itself and the package's light __init__):
+# the layers of the architecture, lowest first. A new dependency across them is a design change
+# to make here, on purpose, not by an import added in passing.
+LAYERS = {
+    "parity.core": set(),  # metrics, alignment, the verdict's rules: depends on nothing else
+    "parity.run": {"parity.core", "parity.mnn.log"},  # processes and targets
+}
+
+
+def violations(graph: dict[str, set[str]], layers: dict[str, set[str]]) -> list[str]:
+    found = []
+    for module, deps in sorted(graph.items()):
+        for layer, allowed in layers.items():
+            if module != layer and not module.startswith(layer + "."):
+                continue
+            for dep in sorted(deps):
+                inside = dep == layer or dep.startswith(layer + ".") or dep == "parity"
+                # an allowed module's packages come with it: Python runs their __init__ first
+                if not inside and not any(dep == a or dep.startswith(a + ".") or a.startswith(dep + ".")
+                                          for a in allowed):
+                    if dep.startswith("parity."):
+                        found.append(f"{module} imports {dep}")
+    return found
+
+
+def test_core_and_run_import_only_the_layers_below_them():
+    assert violations(import_graph(), LAYERS) == []
+
+
+def test_a_layer_violation_is_seen():
+    graph = {"parity.core.metrics": {"parity.checking.pipeline", "parity.core.errors", "numpy"}}
+    assert violations(graph, LAYERS) == ["parity.core.metrics imports parity.checking.pipeline"]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from parity.backends.base import Backend, RunResult, check_model_file, conform_feeds
-from parity.backends.mnn_log import backend_that_ran, cpu_features  # noqa: F401 (backend_that_ran: API)
+from parity.mnn.log import backend_that_ran, cpu_features  # noqa: F401 (backend_that_ran: API)
 from parity.run.worker import Worker
 from parity.core.errors import BackendCrash, BackendError, BackendTimeout, FrameworkMissing, ModelError, ParityError
 from parity.core.paths import argument

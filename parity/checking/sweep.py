@@ -15,7 +15,7 @@ manifest listing models with per-model options::
 Each pair runs as its own ``parity check`` process (so one crash or hang costs one result),
 with a time limit: a pair still running after ``pair_timeout`` seconds is killed with every
 process it started and recorded as a backend failure. Like MNN's worker, the child is an
-isolated Python (``worker.python_command``: ``python -I``, the sweep's import path without the
+isolated Python (``process.python_command``: ``python -I``, the sweep's import path without the
 working directory, its own process group, killed by the kernel if the sweep dies) working in
 a private directory that is also its TMPDIR, so whatever it leaves goes with that directory;
 model and input paths are made absolute for it.
@@ -28,7 +28,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import signal
 import subprocess
 import tempfile
 import threading
@@ -38,10 +37,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from parity.backends.registry import SUFFIXES
-from parity.run.worker import python_command, python_env, signal_description
+from parity.run.process import kill_group, python_command, python_env, signal_description, spawn
 from parity.core.errors import ExitCode, InputError, UsageError
 
-SCHEMA = "parity.checking.sweep/1"
+SCHEMA = "parity.sweep/1"
 # worst last when a sweep sums up its pairs
 _SEVERITY = [ExitCode.PASS, ExitCode.MISMATCH, ExitCode.USAGE, ExitCode.MODEL_OR_INPUT,
              ExitCode.BACKEND, ExitCode.INTERRUPTED, ExitCode.INTERNAL]
@@ -81,7 +80,7 @@ class SweepReport:
         return self.exit_code == ExitCode.PASS
 
     def to_dict(self) -> dict:
-        """The ``parity.checking.sweep/1`` JSON document."""
+        """The ``parity.sweep/1`` JSON document."""
         return {
             "schema": SCHEMA,
             "parity_version": self.parity_version,
@@ -296,11 +295,10 @@ class _Children:
         with self._lock:  # so stop() cannot miss a child started while it runs
             if self._stopped:
                 return None
-            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                    # not the locale's codec: an ASCII one (LC_ALL=C) would fail
-                                    # on the first name a child prints in UTF-8
-                                    encoding="utf-8", errors="replace", start_new_session=True)
+            proc = spawn(argv, python=True, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         # not the locale's codec: an ASCII one (LC_ALL=C) would fail on the
+                         # first name a child prints in UTF-8
+                         text=True, encoding="utf-8", errors="replace")
             self._running.add(proc)
             return proc
 
@@ -313,17 +311,7 @@ class _Children:
             self._stopped = True
             running = list(self._running)
         for proc in running:
-            _kill_group(proc)
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    # Not poll(): reaping a child that just exited would skip the processes it left running.
-    if proc.returncode is not None:
-        return  # reaped already: its pid may belong to another process now
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # its session's group: the child and all it started
-    except (ProcessLookupError, PermissionError):
-        pass
+            kill_group(proc)
 
 
 def _wait(proc: subprocess.Popen, timeout: float) -> tuple[int | None, str]:
@@ -332,7 +320,7 @@ def _wait(proc: subprocess.Popen, timeout: float) -> tuple[int | None, str]:
         _, err = proc.communicate(timeout=timeout)
         return proc.returncode, err
     except subprocess.TimeoutExpired:
-        _kill_group(proc)
+        kill_group(proc)
     try:
         _, err = proc.communicate(timeout=_DRAIN_SECONDS)
     except subprocess.TimeoutExpired:  # a process that left the group still holds the pipes

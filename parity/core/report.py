@@ -1,4 +1,4 @@
-"""The report: frozen dataclasses, JSON (schema ``parity.core.report/1``) and the exit code.
+"""The report: frozen dataclasses, JSON (schema ``parity.report/1``) and the exit code.
 
 Later versions add fields; they never remove or rename one (readers ignore unknown keys).
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 from parity.core.errors import ExitCode
 
-SCHEMA = "parity.core.report/1"
+SCHEMA = "parity.report/1"
 
 
 @dataclass(frozen=True)
@@ -264,7 +264,7 @@ class Report:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Report":
-        if not str(data.get("schema", "")).startswith("parity.core.report/"):
+        if not str(data.get("schema", "")).startswith("parity.report/"):
             raise ValueError(f"not a parity report (schema {data.get('schema')!r})")
         return cls(
             passed=data["passed"],

@@ -76,7 +76,7 @@ def render_sweep(report) -> bytes:
                        failures=str(failures), errors=str(errors),
                        time=f"{sum(r['seconds'] for r in results):.2f}")
     for r in results:
-        case = ET.SubElement(suite, "testcase", classname="parity.checking.sweep", name=esc(r["name"]),
+        case = ET.SubElement(suite, "testcase", classname="parity.sweep", name=esc(r["name"]),
                              time=f"{r['seconds']:.2f}")
         if r["passed"]:
             continue

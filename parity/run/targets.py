@@ -31,14 +31,16 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from parity.core.errors import BackendCrash, BackendError, BackendTimeout, UsageError
+from parity.run.process import spawn
 
 # The parity modules a target runs, sent as source at start (agent.py's loader).
 _SHIPPED = ("parity", "parity.core", "parity.core.errors", "parity.backends", "parity.run",
-            "parity.run.worker", "parity.backends.mnn_child", "parity.run.agent")
+            "parity.run.process", "parity.run.worker", "parity.backends.mnn_child", "parity.run.agent")
 
 _BOOT = ("import sys;sys.version_info<(3,8) and sys.exit('parity needs Python 3.8 or newer on the target, "
          "found '+sys.version.split()[0]);import struct,zlib;r=sys.stdin.buffer;"
@@ -82,7 +84,7 @@ class Target:
     """A parsed ``--mnn-target``. ``spec`` is what the user gave, shown in reports."""
 
     spec: str
-    kind: str  # local, arm64, ssh, exec
+    kind: str  # a KINDS name: local, arm64, ssh, exec
     host: str = ""
     user: str = ""
     port: int | None = None
@@ -95,32 +97,125 @@ class Target:
 
     def argv(self) -> tuple[list[str], dict[str, str]]:
         """The command that starts the target's Python running BOOT, and extra environment."""
-        if self.kind == "arm64":
-            from parity.run.target_setup import arm64_python
+        start = kind_named(self.kind).argv
+        if start is None:
+            raise UsageError(f"target {self.spec!r} runs in the local worker")
+        return start(self)
 
-            prefix, env = arm64_python()
-            return [*prefix, "-c", _BOOT], env
-        if self.kind == "ssh":
-            try:
-                client = shlex.split(os.environ.get("PARITY_SSH", "ssh"))
-            except ValueError as exc:
-                raise UsageError(f"$PARITY_SSH is not a command line ({exc})") from None
-            if not client:
-                raise UsageError("$PARITY_SSH is empty: unset it, or give the ssh command (e.g. 'ssh -F FILE')")
-            where = f"{self.user}@{self.host}" if self.user else self.host
-            options = ["-T", "-e", "none", "-o", "BatchMode=yes", "-o", "ConnectTimeout=20"]
-            if self.port is not None:
-                options += ["-p", str(self.port)]
-            # ssh hands the remote shell one string: quote each word for it
-            remote = " ".join(shlex.quote(w) for w in (*shlex.split(self.python), "-c", _BOOT))
-            return [*client, *options, "--", where, remote], {}
-        if self.kind == "exec":
-            return ["sh", "-c", f"{self.command} -c {shlex.quote(_BOOT)}"], {}
-        raise UsageError(f"target {self.spec!r} runs in the local worker")
+
+@dataclass(frozen=True)
+class TargetKind:
+    """One kind of ``--mnn-target``: how it is written, how it is parsed and how its Python
+    starts. A new kind is one entry of KINDS; the help, the error for an unknown target and the
+    manifest's rule about commands follow from it."""
+
+    name: str
+    usage: str  # how a user writes it, e.g. "ssh://[user@]host[:port]"
+    help: str  # one phrase for --mnn-target's help
+    parse: Callable[[str], Target | None]  # None: the text is not of this kind
+    argv: Callable[[Target], tuple[list[str], dict[str, str]]] | None = None  # None: the local worker
+    runs_a_command: Callable[[Target], bool] = lambda target: False  # names a program to run
+
+
+def _word(name: str) -> Callable[[str], Target | None]:
+    return lambda text: Target(name, name) if text == name else None
+
+
+def _arm64_argv(target: Target) -> tuple[list[str], dict[str, str]]:
+    from parity.run.target_setup import arm64_python
+
+    prefix, env = arm64_python()
+    return [*prefix, "-c", _BOOT], env
+
+
+def _ssh_argv(target: Target) -> tuple[list[str], dict[str, str]]:
+    try:
+        client = shlex.split(os.environ.get("PARITY_SSH", "ssh"))
+    except ValueError as exc:
+        raise UsageError(f"$PARITY_SSH is not a command line ({exc})") from None
+    if not client:
+        raise UsageError("$PARITY_SSH is empty: unset it, or give the ssh command (e.g. 'ssh -F FILE')")
+    where = f"{target.user}@{target.host}" if target.user else target.host
+    options = ["-T", "-e", "none", "-o", "BatchMode=yes", "-o", "ConnectTimeout=20"]
+    if target.port is not None:
+        options += ["-p", str(target.port)]
+    # ssh hands the remote shell one string: quote each word for it
+    remote = " ".join(shlex.quote(w) for w in (*shlex.split(target.python), "-c", _BOOT))
+    return [*client, *options, "--", where, remote], {}
+
+
+def _parse_exec(text: str) -> Target | None:
+    if not text.startswith("exec:"):
+        return None
+    command = text[len("exec:"):].strip()
+    if not command:
+        raise UsageError("--mnn-target exec: needs a command that starts a Python, e.g. exec:python3")
+    if any(c in command for c in "\n\r\0"):
+        raise UsageError("--mnn-target exec: the command must be one line")
+    if command.startswith("-"):
+        raise UsageError(f"--mnn-target {text!r}: the command cannot start with '-'")
+    return Target(text, "exec", command=command)
+
+
+def _parse_ssh(text: str) -> Target | None:
+    if not text.startswith("ssh://"):
+        return None
+    parts = urlsplit(text)
+    try:
+        port = parts.port
+    except ValueError:
+        raise UsageError(f"--mnn-target {text!r}: the port must be a number from 1 to 65535") from None
+    if port is not None and not 1 <= port <= 65535:
+        raise UsageError(f"--mnn-target {text!r}: the port must be a number from 1 to 65535")
+    host = parts.hostname or ""
+    if not host or parts.path not in ("", "/") or host.startswith("-"):
+        raise UsageError(f"--mnn-target {text!r}: give ssh://[user@]host[:port], e.g. ssh://pi@192.168.1.20")
+    if parts.password is not None:
+        raise UsageError("--mnn-target: no password in the target: ssh never prompts; use a key or "
+                         "ssh's own config ($PARITY_SSH='ssh -F FILE')")
+    if parts.fragment:
+        raise UsageError(f"--mnn-target {text!r}: a target has no #fragment")
+    user = parts.username or ""
+    if user.startswith("-") or any(c.isspace() for c in user + host):
+        raise UsageError(f"--mnn-target {text!r}: not a user and host name")
+    query = parse_qs(parts.query, keep_blank_values=True)
+    unknown = sorted(set(query) - {"python"})
+    if unknown:
+        raise UsageError(f"--mnn-target {text!r}: unknown option {unknown[0]!r} (known: python)")
+    python = query.get("python", ["python3"])[-1].strip()
+    if not python:
+        raise UsageError(f"--mnn-target {text!r}: ?python= needs the path of the target's Python")
+    return Target(text, "ssh", host=host, user=user, port=port, python=python)
 
 
 _MAX_SPEC = 1000
 _SAFE_WORD = re.compile(r"^[A-Za-z0-9_./+=:,@%-]+$")
+
+KINDS = (
+    TargetKind("local", "local", "local", _word("local")),
+    TargetKind("arm64", "arm64", "arm64 (emulated, made by `parity target setup arm64`)",
+               _word("arm64"), _arm64_argv),
+    TargetKind("ssh", "ssh://[user@]host[:port]",
+               "ssh://[user@]host[:port] (a Linux device with python3, numpy and MNN; ssh from $PARITY_SSH, "
+               "never prompting)", _parse_ssh, _ssh_argv,
+               # a ?python= that is more than one plain word is a command line
+               runs_a_command=lambda target: not _SAFE_WORD.match(target.python)),
+    TargetKind("exec", "exec:COMMAND",
+               "exec:COMMAND (COMMAND starts such a Python with its stdin/stdout connected to parity, "
+               "e.g. exec:docker run -i IMAGE python3)", _parse_exec,
+               lambda target: (["sh", "-c", f"{target.command} -c {shlex.quote(_BOOT)}"], {}),
+               runs_a_command=lambda target: True),
+)
+
+
+def kind_named(name: str) -> TargetKind:
+    return next(k for k in KINDS if k.name == name)
+
+
+def targets_help() -> str:
+    """--mnn-target's help: every kind, from KINDS."""
+    return ("Where MNN runs: " + "; ".join(k.help for k in KINDS) + ". The report records the target's "
+            "platform, MNN version and CPU features.")
 
 
 def parse_target(text: str | None) -> Target:
@@ -128,65 +223,19 @@ def parse_target(text: str | None) -> Target:
     text = (text or "local").strip()
     if len(text) > _MAX_SPEC:
         raise UsageError(f"--mnn-target is {len(text)} characters long; at most {_MAX_SPEC}")
-    if text == "local":
-        return Target("local", "local")
-    if text == "arm64":
-        return Target("arm64", "arm64")
-    if text.startswith("exec:"):
-        command = text[len("exec:"):].strip()
-        if not command:
-            raise UsageError("--mnn-target exec: needs a command that starts a Python, e.g. exec:python3")
-        if any(c in command for c in "\n\r\0"):
-            raise UsageError("--mnn-target exec: the command must be one line")
-        if command.startswith("-"):
-            raise UsageError(f"--mnn-target {text!r}: the command cannot start with '-'")
-        return Target(text, "exec", command=command)
-    if text.startswith("ssh://"):
-        parts = urlsplit(text)
-        try:
-            port = parts.port
-        except ValueError:
-            raise UsageError(f"--mnn-target {text!r}: the port must be a number from 1 to 65535") from None
-        if port is not None and not 1 <= port <= 65535:
-            raise UsageError(f"--mnn-target {text!r}: the port must be a number from 1 to 65535")
-        host = parts.hostname or ""
-        if not host or parts.path not in ("", "/") or host.startswith("-"):
-            raise UsageError(f"--mnn-target {text!r}: give ssh://[user@]host[:port], e.g. ssh://pi@192.168.1.20")
-        if parts.password is not None:
-            raise UsageError("--mnn-target: no password in the target: ssh never prompts; use a key or "
-                             "ssh's own config ($PARITY_SSH='ssh -F FILE')")
-        if parts.fragment:
-            raise UsageError(f"--mnn-target {text!r}: a target has no #fragment")
-        user = parts.username or ""
-        if user.startswith("-") or any(c.isspace() for c in user + host):
-            raise UsageError(f"--mnn-target {text!r}: not a user and host name")
-        query = parse_qs(parts.query, keep_blank_values=True)
-        unknown = sorted(set(query) - {"python"})
-        if unknown:
-            raise UsageError(f"--mnn-target {text!r}: unknown option {unknown[0]!r} (known: python)")
-        python = query.get("python", ["python3"])[-1].strip()
-        if not python:
-            raise UsageError(f"--mnn-target {text!r}: ?python= needs the path of the target's Python")
-        return Target(text, "ssh", host=host, user=user, port=port, python=python)
-    raise UsageError(f"unknown --mnn-target {text!r}: give local, arm64, ssh://[user@]host[:port] or exec:COMMAND")
+    for kind in KINDS:
+        target = kind.parse(text)
+        if target is not None:
+            return target
+    usages = [k.usage for k in KINDS]
+    raise UsageError(f"unknown --mnn-target {text!r}: give {', '.join(usages[:-1])} or {usages[-1]}")
 
 
 def runs_a_command(text: str | None) -> bool:
     """True when the target would run a command named in it: exec:, or an ssh ?python= that is
     more than one plain word (a manifest may name neither; only the command line may)."""
     target = parse_target(text)
-    if target.kind == "exec":
-        return True
-    return target.kind == "ssh" and not _SAFE_WORD.match(target.python)
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    return kind_named(target.kind).runs_a_command(target)
 
 
 class RemoteWorker:
@@ -233,10 +282,8 @@ class RemoteWorker:
         self._log = open(self.dir / "stderr.log", "wb")
         env = dict(os.environ, **extra)
         try:
-            self._proc = subprocess.Popen(
-                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, cwd=self.dir,
-                env=env, start_new_session=True, preexec_fn=_die_with_parent,
-            )
+            self._proc = spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+                               cwd=self.dir, env=env)
         except OSError as exc:
             self.close()
             raise BackendError(f"could not start target {self.target.spec}: {exc}") from None
@@ -428,7 +475,7 @@ class RemoteWorker:
 def crash_signal(code: int | None, log: str) -> str | None:
     """The crash a target's end shows: a signal in the exit status (qemu and a local shell pass
     the Python's on), else faulthandler's line in its stderr (ssh reports only 255)."""
-    from parity.run.worker import signal_description
+    from parity.run.process import signal_description
 
     if code is not None and code < 0:
         return signal_description(code)
@@ -465,7 +512,7 @@ def open_worker(target: Target | str | None, *, timeout: float = 300.0):
 def describe_target(spec: str, *, timeout: float = 300.0) -> dict:
     """``parity target check``: the target's platform and versions, the CPU features MNN
     reports and the backends it has (one that falls back is not among them)."""
-    from parity.backends.mnn_log import backend_that_ran, cpu_features
+    from parity.mnn.log import backend_that_ran, cpu_features
 
     target = parse_target(spec)
     if target.local:
