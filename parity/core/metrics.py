@@ -90,6 +90,26 @@ class Tolerance:
 FP16_TOLERANCE = Tolerance(atol=None, rtol=1e-2, atol_scale=1e-2)
 
 
+@dataclass(frozen=True)
+class Column:
+    """One figure of a compared output as the reports show it (the text table, HTML): a new
+    figure is a field of TensorDiff (and OutputComparison, which copies it) plus a row here."""
+
+    field: str  # the TensorDiff / OutputComparison field
+    header: str
+    spec: str = ".3g"  # format spec; "%" for a share, shown as a percentage
+    integer: bool = True  # shown for integer and bool tensors too ("-" otherwise)
+
+
+OUTPUT_COLUMNS = (
+    Column("max_abs_diff", "max_abs"),
+    Column("max_rel_diff", "max_rel", integer=False),
+    Column("mean_abs_diff", "mean_abs"),
+    Column("cosine", "cosine", ".6f", integer=False),
+    Column("mismatch_fraction", "out of tol", "%"),
+)
+
+
 def fmt(x: float | int | None, spec: str = ".3g") -> str:
     """A figure for a sentence; None (no finite pair) reads as n/a; integers exactly."""
     if x is None:

@@ -75,18 +75,10 @@ class OutputComparison:
     @classmethod
     def from_diff(cls, diff, *, alignment=(), **fields) -> "OutputComparison":
         """From a ``metrics.TensorDiff`` plus the pairing fields (names, shapes, dtypes)."""
-        return cls(
-            passed=diff.passed, max_abs_diff=diff.max_abs_diff, max_rel_diff=diff.max_rel_diff,
-            mean_abs_diff=diff.mean_abs_diff, cosine=diff.cosine,
-            mismatch_fraction=diff.mismatch_fraction, alignment=tuple(alignment), kind=diff.kind,
-            size=diff.size, mismatch_count=diff.mismatch_count,
-            exact_match_fraction=diff.exact_match_fraction, reference_absmax=diff.reference_absmax,
-            nan_reference=diff.nan_reference, nan_candidate=diff.nan_candidate,
-            inf_reference=diff.inf_reference, inf_candidate=diff.inf_candidate,
-            masked_reference=diff.masked_reference, masked_candidate=diff.masked_candidate,
-            masked_matched=diff.masked_matched, class_mismatches=diff.class_mismatches,
-            atol=diff.atol, notes=diff.notes, **fields,
-        )
+        # every figure of the diff this class has a field for: a new metric needs no line here
+        mine = {f.name for f in dataclasses.fields(cls)}
+        figures = {f.name: getattr(diff, f.name) for f in dataclasses.fields(diff) if f.name in mine}
+        return cls(**{**figures, "alignment": tuple(alignment), **fields})
 
 
 @dataclass(frozen=True)

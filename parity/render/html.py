@@ -133,20 +133,26 @@ def _histogram(report: Report) -> str:
 
 
 def _outputs(report: Report) -> str:
+    from parity.core.metrics import OUTPUT_COLUMNS
+
     rows = []
     for c in report.comparisons:
         for o in c.outputs:
+            figures = "".join(f"<td class=num>{_figure(getattr(o, col.field), col.spec)}</td>" for col in OUTPUT_COLUMNS)
             rows.append(
                 f"<tr><td>{escape(c.link)}</td><td>{escape(o.name)}</td>"
-                f"<td>{escape(str(list(o.reference_shape or ())))}</td><td class=num>{_num(o.max_abs_diff)}</td>"
-                f"<td class=num>{_num(o.max_rel_diff)}</td><td class=num>{_num(o.mean_abs_diff)}</td>"
-                f"<td class=num>{_num(o.cosine, '.6f')}</td>"
-                f"<td class=num>{'-' if o.mismatch_fraction is None else f'{o.mismatch_fraction:.2%}'}</td>"
+                f"<td>{escape(str(list(o.reference_shape or ())))}</td>{figures}"
                 f"<td>{_status(o.passed)}</td><td class=text>"
                 f"{escape('; '.join(list(o.alignment) + ([o.error] if o.error else []) + list(o.notes)))}</td></tr>")
-    return ("<table><tr><th>link</th><th>output</th><th>shape</th><th>max_abs</th><th>max_rel</th>"
-            "<th>mean_abs</th><th>cosine</th><th>out of tol</th><th></th><th>alignment / notes</th></tr>"
+    headers = "".join(f"<th>{escape(col.header)}</th>" for col in OUTPUT_COLUMNS)
+    return (f"<table><tr><th>link</th><th>output</th><th>shape</th>{headers}<th></th><th>alignment / notes</th></tr>"
             + "".join(rows) + "</table>")
+
+
+def _figure(value, spec: str) -> str:
+    if spec == "%":
+        return "-" if value is None else f"{value:.2%}"
+    return _num(value, spec)
 
 
 def _evidence(report: Report) -> str:

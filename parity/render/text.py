@@ -108,19 +108,18 @@ def _row(o: OutputComparison) -> list[str]:
     shapes = _shape(o.reference_shape)
     if o.candidate_shape is not None and tuple(o.candidate_shape) != tuple(o.reference_shape or ()):
         shapes += f" <- {_shape(o.candidate_shape)}"
-    if o.kind in ("integer", "bool"):
-        unequal = "-" if o.mismatch_fraction is None else f"{o.mismatch_fraction:.2%}"
-        figures = [_num(o.max_abs_diff), "-", _num(o.mean_abs_diff), "-", f"{unequal} unequal"]
-    else:
-        figures = [
-            _num(o.max_abs_diff),
-            _num(o.max_rel_diff),
-            _num(o.mean_abs_diff),
-            _num(o.cosine, ".6f"),
-            "-" if o.mismatch_fraction is None else f"{o.mismatch_fraction:.2%}",
-        ]
+    from parity.core.metrics import OUTPUT_COLUMNS
+
+    exact = o.kind in ("integer", "bool")
+    figures = [_cell(getattr(o, c.field), c.spec, exact) if c.integer or not exact else "-" for c in OUTPUT_COLUMNS]
     detail = "; ".join(list(o.alignment) + ([o.error] if o.error else []) + list(o.notes))
     return [escape(o.name), shapes, *figures, status, escape(detail)]
+
+
+def _cell(value, spec: str, exact: bool) -> str:
+    if spec != "%":
+        return _num(value, spec)
+    return "-" if value is None else f"{value:.2%}" + (" unequal" if exact else "")
 
 
 def _table(comparison: Comparison):
@@ -130,9 +129,10 @@ def _table(comparison: Comparison):
         "[green]pass[/]" if comparison.passed else "[bold red]FAIL[/]"
     )
     table = Table(title=title, title_justify="left", expand=False)
+    from parity.core.metrics import OUTPUT_COLUMNS
+
     for header, justify in [
-        ("output", "left"), ("shape", "left"), ("max_abs", "right"), ("max_rel", "right"),
-        ("mean_abs", "right"), ("cosine", "right"), ("out of tol", "right"), ("", "left"),
+        ("output", "left"), ("shape", "left"), *((c.header, "right") for c in OUTPUT_COLUMNS), ("", "left"),
     ]:
         table.add_column(header, justify=justify, no_wrap=header != "output")
     table.add_column("alignment / notes", overflow="fold", min_width=20)
