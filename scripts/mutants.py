@@ -45,6 +45,18 @@ TESTS = {
     "parity/checking/budget.py": ["tests/test_compression.py"],
     "parity/checking/layers.py": ["tests/test_layers.py", "tests/test_isolation.py", "tests/test_isolation_property.py",
                          "tests/test_capture.py", "tests/test_numerics.py"],
+    "parity/checking/onnx_graph.py": ["tests/test_layers.py", "tests/test_isolation.py", "tests/test_isolation_property.py",
+                         "tests/test_capture.py", "tests/test_numerics.py"],
+    "parity/checking/pairing.py": ["tests/test_layers.py", "tests/test_isolation.py", "tests/test_isolation_property.py",
+                         "tests/test_capture.py", "tests/test_numerics.py"],
+    "parity/checking/capture.py": ["tests/test_layers.py", "tests/test_isolation.py", "tests/test_isolation_property.py",
+                         "tests/test_capture.py", "tests/test_numerics.py"],
+    "parity/checking/divergence.py": ["tests/test_layers.py", "tests/test_isolation.py", "tests/test_isolation_property.py",
+                         "tests/test_capture.py", "tests/test_numerics.py"],
+    "parity/checking/isolation.py": ["tests/test_layers.py", "tests/test_isolation.py", "tests/test_isolation_property.py",
+                         "tests/test_capture.py", "tests/test_numerics.py"],
+    "parity/checking/fp16_headroom.py": ["tests/test_layers.py", "tests/test_isolation.py", "tests/test_isolation_property.py",
+                         "tests/test_capture.py", "tests/test_numerics.py"],
     "parity/checking/fp16_emulation.py": ["tests/test_fp16_emulation.py"],
 }
 KINDS = ("conversion", "runtime", "undetermined", "numerics", "export", "compression", "usage")

@@ -18,7 +18,6 @@ MAX_FUNCTION_LINES = 60
 LONG_MODULES = {
     "parity/cli.py": "option declarations for four commands; to move to shared option groups",
     "parity/checking/diagnose.py": "the experiments and their verdict texts; to become one module per experiment",
-    "parity/checking/layers.py": "graph, pairing, capture, divergence and isolation in one file",
     "parity/mnn/graph.py": "the .mnn graph reading and the structural diff",
     "parity/mnn/ops.py": "the numpy references and the op check",
     "parity/checking/pipeline.py": "orchestration, compression policy and sample aggregation",
@@ -27,7 +26,7 @@ LONG_MODULES = {
 LONG_FUNCTIONS = {
     ("parity/cli.py", "check"), ("parity/cli.py", "convert"),  # click signatures: one parameter a line
     ("parity/checking/diagnose.py", "_numerics_experiment"), ("parity/core/dumps.py", "compare"),
-    ("parity/core/judge.py", "compare_outputs"), ("parity/checking/layers.py", "compare_layers"),
+    ("parity/core/judge.py", "compare_outputs"),
     ("parity/mnn/ops.py", "check_op"), ("parity/checking/pipeline.py", "check"),
     ("parity/mnn/ranking.py", "rank"), ("parity/mnn/ranking.py", "rank_int8"),
     ("parity/render/html.py", "_layer_chart"), ("parity/checking/repro.py", "_write"),

@@ -39,6 +39,8 @@ from typing import Callable
 
 import numpy as np
 
+from parity.checking.isolation import cut_feeds
+from parity.checking.pairing import best_pair, mnn_candidates
 from parity.core import judge
 from parity.core.errors import BackendCrash, BackendError, ParityError
 from parity.core.metrics import TensorDiff, Tolerance
@@ -106,10 +108,7 @@ class Probe:
     run), and another conversion is measured against the given file in one way for both."""
 
     def __init__(self, ctx: "Context"):
-        from parity.checking import layers as L
-
         self.ctx = ctx
-        self.L = L
         comparison = ctx.comparison
         self.divergence = comparison.first_divergence
         self.layer = None
@@ -177,7 +176,7 @@ class Probe:
         if any(f not in layers for f in needed):
             return None
         ref = self.reference_values(needed + [d.name])
-        tensors = self.L.cut_feeds(self.ctx.graph, self.ctx.feeds, d.inputs, layers, ref)
+        tensors = cut_feeds(self.ctx.graph, self.ctx.feeds, d.inputs, layers, ref)
         name = self.layer.candidate_name  # the model's inputs too: a cut may compute shapes from them
         out = np.asarray(mnn.run_cut(tensors, [name], inputs=self.ctx.feeds).outputs[name])
         if mnn is self.ctx.candidate:
@@ -187,13 +186,13 @@ class Probe:
     def in_model(self, mnn) -> Measurement:
         """The target tensor in a whole run of ``mnn`` (which may be another conversion)."""
         if self.layer is not None:
-            by_base, _ = self.L.mnn_candidates(mnn.graph())
+            by_base, _ = mnn_candidates(mnn.graph())
             names = by_base.get(self.layer.name, []) or (
                 [self.layer.candidate_name] if self.layer.candidate_name in {e["name"] for e in mnn.graph()} else [])
             if names:
                 ref = self.reference_values([self.layer.name])[self.layer.name]
                 arrays = mnn.capture(self.ctx.feeds, names, cache=False).outputs
-                pair = self.L.best_pair(ref, arrays, self.ctx.tolerance, self.ctx.layer_rtol)
+                pair = best_pair(ref, arrays, self.ctx.tolerance, self.ctx.layer_rtol)
                 if pair is not None:
                     return Measurement(judge.scaled_error(pair.diff), pair.diff.max_abs_diff,
                                        self._passes(pair.diff), "in the model", int(pair.diff.class_mismatches or 0))
@@ -251,7 +250,7 @@ class Context:
     mnn_path: Path
     reference: object  # the opened OnnxRuntimeBackend
     candidate: object  # the opened MnnBackend
-    graph: object  # layers.OnnxGraph
+    graph: object  # onnx_graph.OnnxGraph
     comparison: object  # the failing onnxruntime -> mnn Comparison (with layers when captured)
     feeds: dict
     tolerance: Tolerance
@@ -619,7 +618,7 @@ def _float16_operands(ctx: Context, probe: Probe) -> tuple[dict, np.ndarray, str
     if probe.mode == "isolated":
         out = probe.given_isolated_output  # the baseline's own cut run, when it measured one
         if out is None:  # the model's inputs too: MNN's Gemm/MatMul cut reads its shape from Shape(x)
-            tensors = probe.L.cut_feeds(ctx.graph, ctx.feeds, d.inputs, layers, ref)
+            tensors = cut_feeds(ctx.graph, ctx.feeds, d.inputs, layers, ref)
             out = ctx.candidate.run_cut(tensors, [layer.candidate_name], inputs=ctx.feeds).outputs[layer.candidate_name]
         feeds = {f: (ctx.feeds[f] if f in graph_inputs else ref[f]) for f in d.inputs}
         return feeds, _aligned(probe, ref[d.name], np.asarray(out)), "the reference's inputs (isolated)"
@@ -634,7 +633,7 @@ def _float16_operands(ctx: Context, probe: Probe) -> tuple[dict, np.ndarray, str
 
 def _aligned(probe: Probe, reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
     """``candidate`` in the reference's layout (the layout parity's pairing picks)."""
-    pair = probe.L.best_pair(np.asarray(reference), {"c": candidate}, probe.ctx.tolerance, probe.ctx.layer_rtol)
+    pair = best_pair(np.asarray(reference), {"c": candidate}, probe.ctx.tolerance, probe.ctx.layer_rtol)
     if pair is None or pair.aligned is None:
         raise ValueError(f"MNN's tensor {candidate.shape} does not fit the reference's {reference.shape}")
     return np.asarray(pair.aligned).reshape(reference.shape)
@@ -702,7 +701,7 @@ def _float16_range(ctx: Context, probe: Probe) -> tuple[bool, str]:
     """Whether the reference values at the probe's tensor leave float16's range, and how:
     "reach max|r| 7.1e4, beyond float16's largest value 65504", "lie below float16's smallest
     normal ...", or "max|r| 12.3"."""
-    from parity.checking.layers import FP16_MAX, fp16_fit
+    from parity.checking.fp16_headroom import FP16_MAX, fp16_fit
 
     if probe.layer is not None:
         values = probe.reference_values([probe.layer.name])[probe.layer.name]
@@ -844,8 +843,6 @@ def _candidate_values(ctx: Context, probe: Probe, names) -> dict:
     """MNN's values of ONNX tensors ``names`` in one run, aligned to the reference's layout as
     the layer comparison aligns them (layers by their paired MNN tensor, graph outputs by the
     compared output)."""
-    from parity.checking import layers as L
-
     layers = {x.name: x for x in ctx.comparison.layers or ()}
     outputs = {o.reference_name: o.candidate_name for o in ctx.comparison.outputs}
     captured = list(dict.fromkeys(layers[n].candidate_name for n in names if n in layers))
@@ -860,8 +857,8 @@ def _candidate_values(ctx: Context, probe: Probe, names) -> dict:
         source = layers[n].candidate_name if n in layers else outputs.get(n)
         if source is None or source not in arrays:
             raise KeyError(f"MNN has no tensor paired with {n!r}")
-        pair = L.best_pair(np.asarray(references[n]), {source: np.asarray(arrays[source])}, ctx.tolerance,
-                           ctx.layer_rtol)
+        pair = best_pair(np.asarray(references[n]), {source: np.asarray(arrays[source])}, ctx.tolerance,
+                         ctx.layer_rtol)
         if pair is None or pair.aligned is None:
             raise KeyError(f"MNN's {source!r} does not align with {n!r}")
         values[n] = pair.aligned
