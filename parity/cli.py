@@ -339,7 +339,7 @@ def check(models, atol, rtol, seed, shapes, inputs_path, save_inputs, val_ranges
     from parity.options import CheckOptions, LayerOptions, MnnOptions
     cap = None
     if max_memory is not None:
-        from parity.checking.layers import parse_size
+        from parity.checking.capture import parse_size
 
         try:
             cap = parse_size(max_memory)

@@ -56,7 +56,7 @@ def figure_capture_vs_polygraphy(repeat: int) -> dict:
     import numpy as np
 
     from parity.backends.onnxruntime import OnnxRuntimeBackend
-    from parity.checking.layers import OnnxGraph
+    from parity.checking.onnx_graph import OnnxGraph
 
     feeds = {"src": np.random.default_rng(0).standard_normal((1, 64, 32)).astype(np.float32),
              "src_mask": np.ones((1, 64), np.float32)}
@@ -236,7 +236,7 @@ def figure_layers_vs_bisection(repeat: int, workdir: Path) -> dict:
 
     from parity.backends.mnn import MnnBackend
     from parity.mnn.converter import convert
-    from parity.checking.layers import extract_subgraph
+    from parity.checking.onnx_graph import extract_subgraph
 
     size = (1, 16, 32, 32)
     good = _chain_model(workdir / "chain.onnx", blocks=40, size=size)

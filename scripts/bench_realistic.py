@@ -369,7 +369,7 @@ def figure_verdict_vs_bisection(cache: Path, name: str = "bert-base", node_part:
     from parity.backends.mnn import MnnBackend
     from parity.mnn.converter import convert
     from parity.core.inputs import integer_input_bounds
-    from parity.checking.layers import extract_subgraph
+    from parity.checking.onnx_graph import extract_subgraph
 
     good = cache / f"{name}.onnx"
     bad_onnx, bad_mnn, planted = _planted(cache, name, node_part, factor)

@@ -35,16 +35,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # the tests that exercise each module (without torch: the mutants must be caught by the tests
 # every environment runs)
+_DIAGNOSIS_TESTS = ["tests/test_numerics.py", "tests/test_verdict.py", "tests/test_core_verdicts.py",
+                    "tests/test_options.py"]
+_EXPERIMENTS = ("measure", "repeat", "target", "float16", "rounding", "conversion", "variants", "numpy_reference")
+_LAYER_TESTS = ["tests/test_layers.py", "tests/test_isolation.py", "tests/test_isolation_property.py",
+                "tests/test_capture.py", "tests/test_numerics.py"]
+_LAYER_MODULES = ("layers", "onnx_graph", "pairing", "capture", "divergence", "isolation", "fp16_headroom")
 TESTS = {
-    "parity/checking/diagnose.py": ["tests/test_numerics.py", "tests/test_verdict.py", "tests/test_core_verdicts.py",
-                           "tests/test_options.py"],
+    **{f"parity/checking/{m}.py": _DIAGNOSIS_TESTS
+       for m in ("diagnose", *(f"experiments/{e}" for e in _EXPERIMENTS))},
     "parity/checking/numerics.py": ["tests/test_numerics.py", "tests/test_verdict.py"],
     "parity/mnn/ops.py": ["tests/test_op_references.py", "tests/test_verdict.py", "tests/test_numerics.py"],
     "parity/core/judge.py": ["tests/test_core_properties.py", "tests/test_metrics.py", "tests/test_layers.py",
                         "tests/test_check_cli.py", "tests/test_options.py", "tests/test_user_side.py"],
     "parity/checking/budget.py": ["tests/test_compression.py"],
-    "parity/checking/layers.py": ["tests/test_layers.py", "tests/test_isolation.py", "tests/test_isolation_property.py",
-                         "tests/test_capture.py", "tests/test_numerics.py"],
+    **{f"parity/checking/{m}.py": _LAYER_TESTS for m in _LAYER_MODULES},
     "parity/checking/fp16_emulation.py": ["tests/test_fp16_emulation.py"],
 }
 KINDS = ("conversion", "runtime", "undetermined", "numerics", "export", "compression", "usage")

@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
-from parity.checking import diagnose
+from parity.checking.experiments import conversion
+from parity.checking.experiments.measure import Measurement
 from parity.mnn.graph import structural_diff
-from parity.checking.diagnose import Measurement
 
 
 def _graph(weights):
@@ -32,8 +32,8 @@ def test_two_differing_fresh_conversions_make_a_nondeterministic_converter_verdi
     again = (structural_diff(first, second, labels=("first conversion", "second conversion")),
              Measurement(0.8, 5.5, False, "isolated"), False)
     given = structural_diff(_graph([1.0, 2.0, 3.0, 9.5]), first, labels=("given", "fresh"))
-    verdict = diagnose._nondeterministic_verdict(CTX, PROBE, "y (Add) on onnxruntime -> mnn",
-                                                 "error 0 vs 0.8 in the given file", given, again, [])
+    verdict = conversion._nondeterministic_verdict(CTX, PROBE, "y (Add) on onnxruntime -> mnn",
+                                                   "error 0 vs 0.8 in the given file", given, again, [])
     assert verdict.kind == "conversion"
     assert "not deterministic" in verdict.summary and "'w'" in verdict.summary
     assert "1 of 4 values" in verdict.summary and "only by luck" in verdict.summary
@@ -43,9 +43,9 @@ def test_two_differing_fresh_conversions_make_a_nondeterministic_converter_verdi
 
 def test_a_file_unlike_deterministic_conversions_names_the_constant():
     given = structural_diff(_graph([1.0, 2.0, 3.0, 9.5]), _graph([1.0, 2.0, 3.0, 4.0]), labels=("given", "fresh"))
-    verdict = diagnose._different_file_verdict(CTX, PROBE, "y (Add) on onnxruntime -> mnn",
-                                               "error 0 vs 0.8 in the given file", given,
-                                               deterministic=True, evidence=[])
+    verdict = conversion._different_file_verdict(CTX, PROBE, "y (Add) on onnxruntime -> mnn",
+                                                 "error 0 vs 0.8 in the given file", given,
+                                                 deterministic=True, evidence=[])
     assert verdict.kind == "conversion"
     assert "'w'" in verdict.summary and "max abs diff 5.5" in verdict.summary
     assert "deterministic here" in verdict.summary and "stale" not in verdict.summary
@@ -54,6 +54,6 @@ def test_a_file_unlike_deterministic_conversions_names_the_constant():
 def test_identical_graphs_with_other_numbers_are_said_to_be_identical():
     same = structural_diff(_graph([1.0, 2.0]), _graph([1.0, 2.0]), labels=("given", "fresh"))
     assert same.empty
-    verdict = diagnose._different_file_verdict(CTX, PROBE, "where", "figures", same,
-                                               deterministic=False, evidence=[])
+    verdict = conversion._different_file_verdict(CTX, PROBE, "where", "figures", same,
+                                                 deterministic=False, evidence=[])
     assert "structurally identical" in verdict.summary and "could not be checked" in verdict.summary

@@ -78,13 +78,14 @@ def _project_feeds(onnx_path: Path) -> dict:
 def _isolate_every_layer(onnx_path, mnn_path, feeds):
     """The layer report with every paired layer isolated, and the MNN graph's op types."""
     from parity.checking import layers
+    from parity.checking.onnx_graph import OnnxGraph
     from parity.backends.mnn import MnnBackend
     from parity.backends.onnxruntime import OnnxRuntimeBackend
     from parity.core.metrics import Tolerance
 
     tol = Tolerance(**TOLERANCE)
     with OnnxRuntimeBackend(onnx_path) as ort, MnnBackend(mnn_path, threads=1, hints=((3, 0),)) as mnn:
-        graph = layers.OnnxGraph(ort.graph_proto())
+        graph = OnnxGraph(ort.graph_proto())
         report = layers.compare_layers(graph, ort, mnn, feeds, tol, layer_rtol=LAYER_RTOL, isolate="every")
         mnn_graph = mnn.graph()
     return graph, report, tol, mnn_graph

@@ -199,7 +199,7 @@ def test_layer_model_holds_only_the_layers_nodes_and_the_weights_they_read(tmp_p
     Evaluated alone on the whole model's values at the frontier it gives the whole model's."""
     from onnx.reference import ReferenceEvaluator
 
-    from parity.checking.layers import OnnxGraph
+    from parity.checking.onnx_graph import OnnxGraph
 
     rng = np.random.default_rng(0)
     w1 = numpy_helper.from_array(rng.standard_normal((3, 4)).astype(np.float32), "w1")
@@ -252,7 +252,7 @@ def test_sample_path_puts_the_target_and_the_jumps_first():
 def test_sample_path_ranks_jumps_against_each_layers_own_inputs(tmp_path):
     """A chain whose layer 17 jumps: with the graph, the jump comes right after the target."""
     import onnx
-    from parity.checking.layers import OnnxGraph
+    from parity.checking.onnx_graph import OnnxGraph
     from parity.core.report import LayerResult
 
     path_model = nm.tanh_chain(tmp_path / "c.onnx", depth=20, width=4)

@@ -194,10 +194,10 @@ def test_float16_emulation_reuses_the_baseline_cut_and_a_fresh_cut_agrees(tmp_pa
     import numpy as np
 
     import parity
-    from parity.checking import diagnose
+    from parity.checking.experiments import float16
 
     onnx_path, mnn_path = fp16_models.pooled_classifier(tmp_path)
-    original, seen = diagnose._float16_operands, []
+    original, seen = float16._float16_operands, []
 
     def both_ways(ctx, probe):
         reused = original(ctx, probe)
@@ -209,7 +209,7 @@ def test_float16_emulation_reuses_the_baseline_cut_and_a_fresh_cut_agrees(tmp_pa
         seen.append((probe.mode, cached is not None, reused, fresh))
         return reused
 
-    monkeypatch.setattr(diagnose, "_float16_operands", both_ways)
+    monkeypatch.setattr(float16, "_float16_operands", both_ways)
     report = parity.check([onnx_path, mnn_path], layers=True, mnn_options={"target": "arm64", "precision": "low"})
     emulation = _emulation(report.to_dict()["verdict"])
     assert emulation["finding"] == "as designed"

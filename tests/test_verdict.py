@@ -156,9 +156,9 @@ def test_a_conversion_cancelled_midway_leaves_no_file_and_no_process(tmp_path):
 def test_the_diagnosis_fresh_conversions_are_two_files_and_closing_removes_them(tmp_path):
     """Experiment d converts twice under other paths: the first starts with the diagnosis, the
     second when the first is collected (it converts while the first is measured)."""
-    from parity.checking import diagnose
+    from parity.checking.experiments.conversion import Reconversions
 
-    reconversions = diagnose.Reconversions(MODELS / "cnn.onnx", 120.0)
+    reconversions = Reconversions(MODELS / "cnn.onnx", 120.0)
     assert sorted(reconversions._running) == ["fresh"]
     fresh = reconversions.fresh()
     assert sorted(reconversions._running) == ["again"]
@@ -168,24 +168,24 @@ def test_the_diagnosis_fresh_conversions_are_two_files_and_closing_removes_them(
     workdir = reconversions.workdir
     reconversions.close()
     assert not workdir.exists()
-    idle = diagnose.Reconversions(MODELS / "cnn.onnx", 120.0, eager=False)
+    idle = Reconversions(MODELS / "cnn.onnx", 120.0, eager=False)
     assert not idle._running
     assert idle.fresh().stat().st_size > 0  # converted when asked for
     idle.close()
 
 
 def test_the_second_conversion_starts_only_after_a_first_that_converted(tmp_path):
-    from parity.checking import diagnose
+    from parity.checking.experiments.conversion import Reconversions
     from parity.core.errors import ParityError
 
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x08\x07garbage")
-    failing = diagnose.Reconversions(junk, 60.0)
+    failing = Reconversions(junk, 60.0)
     with pytest.raises(ParityError):
         failing.fresh()
     assert not failing._running  # no second conversion of a model that does not convert
     failing.close()
-    needless = diagnose.Reconversions(MODELS / "transformer.onnx", 60.0)
+    needless = Reconversions(MODELS / "transformer.onnx", 60.0)
     needless.fresh()
     pid = needless._running["again"]._worker._proc.pid
     needless.drop_again()  # the first decided nothing: the second stops at once
@@ -194,9 +194,9 @@ def test_the_second_conversion_starts_only_after_a_first_that_converted(tmp_path
 
 
 def test_the_diagnosis_fresh_conversions_stop_when_closed_unfinished(tmp_path):
-    from parity.checking import diagnose
+    from parity.checking.experiments.conversion import Reconversions
 
-    reconversions = diagnose.Reconversions(MODELS / "transformer.onnx", 120.0)
+    reconversions = Reconversions(MODELS / "transformer.onnx", 120.0)
     pids = [c._worker._proc.pid for c in reconversions._running.values()]
     workdir = reconversions.workdir
     reconversions.close()

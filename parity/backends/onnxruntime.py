@@ -234,7 +234,7 @@ class OnnxRuntimeBackend(Backend):
         """Run the subgraph from the values ``tensors`` names to ``outputs``, fed with them."""
         key = ("cut", tuple(tensors), tuple(outputs))
         if key not in getattr(self, "_sessions", {}):
-            from parity.checking.layers import extract_subgraph
+            from parity.checking.onnx_graph import extract_subgraph
 
             extracted = extract_subgraph(self.model_proto(), list(tensors), list(outputs),
                                          shapes_from=self.graph_proto())

@@ -27,7 +27,7 @@ import numpy as np
 from parity.backends.base import Backend, RunResult, check_model_file
 from parity.core.errors import BackendError, FrameworkMissing, InputError, ModelError, UsageError
 
-OUTPUT_PREFIX = "::output::"  # capture name for a returned output (matches parity.checking.layers)
+OUTPUT_PREFIX = "::output::"  # capture name for a returned output (matches parity.checking.pairing)
 from parity.core.specs import TensorMap, TensorSpec
 
 INSTALL_HINT = "pip install 'parity[torch]'"

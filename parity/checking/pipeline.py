@@ -693,10 +693,10 @@ def _layer_view(comparison, graph, reference, candidate, feeds, options: CheckOp
 
 
 def _onnx_graph(backends):
-    from parity.checking import layers as layers_mod
+    from parity.checking.onnx_graph import OnnxGraph
 
     onnx_backend = next((b for b in backends if b.framework == "onnxruntime"), None)
-    return None if onnx_backend is None else layers_mod.OnnxGraph(onnx_backend.graph_proto())
+    return None if onnx_backend is None else OnnxGraph(onnx_backend.graph_proto())
 
 
 def _prepare_layers(backends, links, feeds, options: CheckOptions) -> None:

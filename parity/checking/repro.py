@@ -100,7 +100,7 @@ def _write(directory, *, reference, candidate, graph, comparison, verdict, feeds
     elif divergence is not None:
         inputs = list(divergence.inputs)
         outputs = [divergence.name]
-        from parity.checking.layers import extract_subgraph
+        from parity.checking.onnx_graph import extract_subgraph
 
         model = extract_subgraph(reference.model_proto(), inputs, outputs)
         scope = f"the ONNX nodes {' -> '.join(divergence.nodes)} ({divergence.op_type})"

@@ -81,3 +81,10 @@ class BackendTimeout(BackendError):
 class FrameworkMissing(BackendError):
     def __init__(self, framework: str, hint: str):
         super().__init__(f"{framework} is not installed: {hint}")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none: how a
+    failure is quoted inside a note or a reason."""
+    text = str(exc).splitlines()
+    return text[0] if text and text[0] else type(exc).__name__

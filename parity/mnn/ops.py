@@ -625,10 +625,10 @@ def load_dump(path) -> dict:
 
 def _reference_inputs(ctx, probe, op_json, names, producers, inputs) -> tuple[list, list]:
     """The op's inputs as ONNX Runtime computed them: each non-constant MNN input read from
-    the ONNX value its name comes from (layers.mnn_base_name), in MNN's shape, and only when
+    the ONNX value its name comes from (pairing.mnn_base_name), in MNN's shape, and only when
     it is the same tensor (close to MNN's own value in that shape). Returns (inputs, names of
     the inputs ONNX Runtime has no value for)."""
-    from parity.checking.layers import mnn_base_name
+    from parity.checking.pairing import mnn_base_name
 
     graph_inputs = set(ctx.graph.inputs)
     result, missing = [], []

@@ -1,0 +1,188 @@
+"""Capturing the paired tensors of both sides, chunk by chunk, within a memory budget.
+
+Layers are captured in chunks whose tensors fit ``max_memory`` (both sides held at once),
+compared as they arrive and dropped; only small samples are kept for later checks. A request
+the candidate refuses is split to find the tensors it cannot return. Part of the layer
+comparison (layers.py)."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+
+from parity.checking.divergence import judge_entry, take_sample
+from parity.checking.pairing import Entry
+from parity.core.errors import BackendCrash, BackendError, first_line
+from parity.core.report import Unpaired
+
+
+def default_max_memory() -> int:
+    """A quarter of physical memory, at least 256 MiB."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 8 << 30
+    return max(total // 4, 256 << 20)
+
+
+def parse_size(text: str) -> int:
+    """``"512M"``, ``"2G"``, ``"1.5GB"``, ``"1000000"`` -> bytes."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)i?b?\s*", text.lower())
+    if not match:
+        raise ValueError(f"{text!r} is not a size like 512M or 2G")
+    factor = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[match.group(2)]
+    return int(float(match.group(1)) * factor)
+
+
+def plan_chunks(graph, feeds, entries, max_memory, report) -> list[list[Entry]]:
+    """Entries in capture chunks whose tensors, both sides, fit a quarter of ``max_memory``
+    (the rest is for the frameworks at work)."""
+    sizes = graph.value_bytes(feeds)
+    known = [s for s in sizes.values() if s]
+    fallback = max(known) if known else 1 << 20
+    budget = max_memory if max_memory is not None else default_max_memory()
+    chunks, current, used = [], [], 0
+    for entry in entries:
+        cost = sizes.get(entry.value.name, fallback) * (1 + len(entry.candidate_names))
+        if current and used + cost > budget // 4:
+            chunks.append(current)
+            current, used = [], 0
+        current.append(entry)
+        used += cost
+    if current:
+        chunks.append(current)
+    report.chunks = len(chunks)
+    if len(chunks) > 1:
+        report.notes.append(f"captured in {len(chunks)} chunks to hold at most {budget / 4 / 2**20:.0f} MiB "
+                            f"of tensors at once, within --max-memory {budget / 2**20:.0f} MiB")
+    return chunks
+
+
+def capture_chunks(graph, reference, candidate, feeds, tol, layer_rtol, chunks, plan, state, report, say):
+    """Capture and judge ``chunks`` in turn, reporting progress through ``say``. Returns the
+    tensors captured (reference's, candidate's) when there is one chunk, else None: chunk by
+    chunk, each one's tensors are dropped once judged."""
+    total, done, captured = len(plan.entries), 0, None
+    for number, chunk in enumerate(chunks, 1):
+        step = f"layers: capturing chunk {number}/{len(chunks)} ({len(chunk)} tensors)"
+        say(step, done, total)
+
+        def judged(count, step=step):
+            say(step.replace("capturing", "comparing"), done + count, total)
+
+        # one chunk: its tensors stay until the first divergence is known, which keeps its
+        # own and its inputs' (isolation and the diagnosis need them: no second capture)
+        captured = _capture_chunk(graph, reference, candidate, feeds, tol, layer_rtol, chunk, plan, state,
+                                  report, cache=len(chunks) == 1, judged=judged)
+        done += len(chunk)
+        if len(chunks) > 1:
+            captured = None
+            _release_memory()
+    return captured
+
+
+def _capture_chunk(graph, reference, candidate, feeds, tol, layer_rtol, chunk, plan, state, report, *, cache,
+                   judged=lambda count: None):
+    """Capture one chunk on both sides, compare each entry, keep figures and small samples."""
+    ref_names = list(dict.fromkeys(e.reference_name for e in chunk))
+    cand_names = list(dict.fromkeys(n for e in chunk for n in e.candidate_names))
+    pending = _begin_capture(candidate, feeds, cand_names, cache)  # MNN's child works meanwhile
+    try:
+        ref_run = reference.capture(feeds, ref_names, cache=cache)
+    except Exception:
+        if pending is not None and not isinstance(pending, BackendError):
+            try:  # the child answers in order: collect its reply before anything else is asked
+                candidate.finish_capture(pending)
+            except Exception:
+                pass
+        raise
+    cand_arrays, cand_errors = _finish_capture(candidate, pending, feeds, cand_names, cache)
+    skipped = dict(n.split(": ", 1) for n in ref_run.notes if ": " in n)
+    for count, entry in enumerate(chunk):
+        judged(count)
+        v = entry.value
+        ref = ref_run.outputs.get(entry.reference_name)
+        if ref is None:
+            reason = skipped.get(entry.reference_name, "the reference returned no tensor")
+            if "did not run" in reason:
+                reason += "; the ONNX graph computes it (control flow frozen at export?)"
+            report.unpaired.append(Unpaired(v.name, f"module {entry.reference_name!r}: {reason}"))
+            continue
+        ref = np.asarray(ref)
+        state.samples[v.name] = take_sample(ref)
+        cands = {n: np.asarray(cand_arrays[n]) for n in entry.candidate_names if n in cand_arrays}
+        if not cands:
+            errors = [cand_errors[n] for n in entry.candidate_names if n in cand_errors]
+            report.unpaired.append(Unpaired(v.name, errors[0] if errors else "the candidate returned no tensor"))
+            continue
+        judge_entry(graph, entry, ref, cands, tol, layer_rtol, plan, state, report)
+    return ref_run.outputs, cand_arrays
+
+
+def keep_divergence_values(graph, reference, candidate, feeds, first, results, captured) -> None:
+    """Hand the backends the captured tensors the first divergence's isolation, histogram and
+    diagnosis ask for again: its inputs' and its own reference values, its candidate value
+    (for the histogram alone)."""
+    layer, frontier = first
+    ref_arrays, cand_arrays = captured
+    inputs = set(graph.inputs)
+    ref_names = [results[f].reference_name for f in frontier if f not in inputs and f in results]
+    ref_names.append(layer.reference_name)
+    reference.keep_values(feeds, {n: ref_arrays[n] for n in ref_names if n in ref_arrays})
+    if layer.candidate_name in cand_arrays:
+        candidate.keep_values(feeds, {layer.candidate_name: cand_arrays[layer.candidate_name]})
+
+
+def _release_memory() -> None:
+    """Give freed heap pages back to the OS between chunks (glibc keeps them otherwise), so the
+    process's resident size follows what is held, not what was ever held."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _begin_capture(candidate, feeds, names, cache):
+    """The candidate's capture, started; a refusal to start is kept for ``_finish_capture``."""
+    if not names:
+        return None
+    try:
+        return candidate.begin_capture(feeds, names, cache=cache)
+    except BackendCrash:
+        raise
+    except BackendError as exc:
+        return exc
+
+
+def _finish_capture(candidate, pending, feeds, names, cache) -> tuple[dict, dict]:
+    """(arrays, reasons for the names the candidate could not return) of a started capture;
+    a refused request is split at once to find the names it cannot return (asking for all of
+    it again would repeat the refusal)."""
+    if pending is None:
+        return {}, {}
+    try:
+        if isinstance(pending, BackendError):
+            raise pending
+        result = candidate.finish_capture(pending)
+    except BackendCrash:
+        raise
+    except BackendError as exc:
+        if len(names) == 1:
+            return {}, {names[0]: f"{candidate.framework} could not return this tensor: {first_line(exc)}"}
+        half = len(names) // 2
+        a, ea = _capture_robust(candidate, feeds, names[:half], False)
+        b, eb = _capture_robust(candidate, feeds, names[half:], False)
+        return {**a, **b}, {**ea, **eb}
+    # tensors the framework could not return come back named, the others with them
+    return dict(result.outputs), {name: f"{candidate.framework} could not return this tensor: {why}"
+                                  for name, why in result.failed.items()}
+
+
+def _capture_robust(candidate, feeds, names, cache) -> tuple[dict, dict]:
+    """Capture ``names``; when the framework refuses the request, split it to find the names
+    it cannot return (each then gets its own reason) instead of losing the whole chunk."""
+    return _finish_capture(candidate, _begin_capture(candidate, feeds, names, cache), feeds, names, cache)
