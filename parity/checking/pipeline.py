@@ -19,9 +19,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from parity.core import inputs as inputs_mod
-from parity.backends.registry import SUFFIXES, framework_for, open_backend
+from parity.backends.registry import backend_class, framework_for, open_backend, suffixes
 from parity.core.errors import ModelError, ParityError, UsageError
 from parity.core.judge import compare_outputs, layer_only_findings, verdict_for
+from parity.core.links import LINKS, link_for, with_layers
 from parity.options import CheckOptions
 from parity.core.paths import argument
 from parity.core.report import BackendInfo, Comparison, InputInfo, Report, Verdict
@@ -44,7 +45,7 @@ def resolve_models(models: Sequence[str | os.PathLike], minimum: int = 2) -> lis
     for model in models:
         framework = framework_for(model)
         if framework is None:
-            known = ", ".join(sorted(SUFFIXES))
+            known = ", ".join(sorted(suffixes()))
             raise UsageError(f"cannot tell the framework of {str(model)!r} from its suffix; known: {known}")
         resolved.append((framework, Path(model)))
     if len(resolved) > 3:
@@ -96,7 +97,7 @@ def check(
         chain = resolve_models(models)
     _check_paths(options, [path for _, path in chain])
     mnn = options.mnn
-    if not any(framework == "mnn" for framework, _ in chain) and (
+    if all(backend_class(framework).options_group != "mnn" for framework, _ in chain) and (
             mnn.target.strip() != "local" or mnn.precisions() != ("normal",) or mnn.memories() != (None,)):
         raise UsageError("--mnn-target, --mnn-precision and --mnn-memory say how .mnn models run, and "
                          "none is given: nothing would run there")
@@ -147,7 +148,7 @@ def check(
                          f"{samples[worst][0]}")
         if options.repro is not None:
             notes.append(_write_repro(comparisons, backends, links, feeds, options, verdict, say))
-        infos = tuple(BackendInfo(b.framework, getattr(b, "spec", str(b.path)), b.version, b.settings())
+        infos = tuple(BackendInfo(b.framework, b.spec, b.version, b.settings())
                       for b in backends)
 
     findings = tuple(layer_only_findings(comparisons))
@@ -192,7 +193,7 @@ def _attribution(chain, options: CheckOptions, stack: ExitStack, say):
     if not options.attribute:
         return chain, {}, None
     index = next((i for i in range(len(chain) - 1, 0, -1)
-                  if chain[i][0] == "mnn" and chain[i - 1][0] == "onnxruntime"), None)
+                  if link_for(chain[i - 1][0], chain[i][0]).compression_budget), None)
     if index is None:
         if options.float_mnn is not None:
             raise UsageError("--float-mnn needs an ONNX model followed by its compressed .mnn")
@@ -219,7 +220,7 @@ def _attribution(chain, options: CheckOptions, stack: ExitStack, say):
         float_path = workdir / f"{mnn_path.stem}.float.mnn"
         say(f"converting {onnx_path.name} without compression: the float reference of {mnn_path.name}")
         convert(onnx_path, float_path, options=[], timeout=options.timeout)
-    chain = [*chain[:index], ("mnn", float_path), *chain[index:]]
+    chain = [*chain[:index], (chain[index][0], float_path), *chain[index:]]
     label = found.kind_label() if found.compressed else "as given"
     return chain, {index: "float conversion", index + 1: label}, found
 
@@ -255,15 +256,7 @@ def _open_backends(chain, options: CheckOptions, stack: ExitStack, say, roles=No
     roles = roles or {}
     backends, stages = [], []
     for position, (framework, path) in enumerate(chain):
-        if framework == "mnn":
-            role = roles.get(position, "")
-            runs = options.mnn.runs()[:1] if role == "float conversion" else options.mnn.runs()
-            variants = [dict(options.mnn.backend_kwargs(p, m), timeout=options.timeout, **({"role": role} if role else {}))
-                        for p, m in runs]
-        elif framework == "torch":
-            variants = [{"input_names": list(options.torch_inputs) if options.torch_inputs else None}]
-        else:
-            variants = [{}]
+        variants = backend_class(framework).variants(options, roles.get(position, ""))
         stages.append(list(range(len(backends), len(backends) + len(variants))))
         backends += [open_backend(framework, path, **kwargs) for kwargs in variants]
     for backend in backends:  # children start loading while the others load here
@@ -277,16 +270,16 @@ def _open_backends(chain, options: CheckOptions, stack: ExitStack, say, roles=No
 
 def _run_name(backend) -> str:
     """"model.mnn (mnn)", or "model.mnn (mnn on arm64, precision low)" for a target's run."""
-    run = getattr(backend, "run_label", "")
+    run = backend.run_label
     return f"{backend.path.name} ({backend.framework}{' on ' + run if run else ''})"
 
 
 def _input_specs(backends) -> list:
     """The reference's input specs, after checking every model takes the same inputs. torch
     models and saved outputs have no specs of their own: they borrow the chain's."""
-    described = [b for b in backends if b.framework not in ("torch", "saved")]
+    described = [b for b in backends if b.describes_inputs]
     for backend in backends:
-        if backend.framework in ("torch", "saved"):
+        if not backend.describes_inputs:
             backend.bind_inputs(described[0].input_specs if described else [])
     first = described[0] if described else backends[0]
     first_names = [s.name for s in first.input_specs]
@@ -296,7 +289,7 @@ def _input_specs(backends) -> list:
             raise ModelError(f"the models' inputs differ: {first.path.name} has {first_names}, "
                              f"{other.path.name} has {names}")
     reference = backends[0]
-    return first.input_specs if reference.framework in ("torch", "saved") and described else reference.input_specs
+    return first.input_specs if not reference.describes_inputs and described else reference.input_specs
 
 
 def _samples(backends, specs, options: CheckOptions) -> list[tuple[str | None, dict, list]]:
@@ -411,7 +404,7 @@ def _aggregate(comparisons, labels, top1, index) -> Comparison:
 def _make_feeds(backends, specs, options: CheckOptions, raw: bool = False):
     if options.inputs is None:
         bounds = {}
-        onnx_model = next((b.path for b in backends if b.framework == "onnxruntime"), None)
+        onnx_model = next((b.path for b in backends if b.onnx_graph), None)
         if onnx_model is not None and any(s.dtype.startswith(("int", "uint")) for s in specs):
             bounds = inputs_mod.integer_input_bounds(onnx_model)  # parsing the graph costs: ints only
         return inputs_mod.generate(specs, seed=options.seed, shapes=options.shapes, int_bounds=bounds,
@@ -452,14 +445,13 @@ def link_tolerance(options: CheckOptions, candidate):
     that precision (metrics.FP16_TOLERANCE)."""
     from parity.core.metrics import FP16_TOLERANCE
 
-    if not options.tolerance_given and getattr(candidate, "reduced_precision", False):
+    if not options.tolerance_given and candidate.reduced_precision:
         return FP16_TOLERANCE
     return options.tolerance
 
 
 def _compressed(backend) -> bool:
-    role = getattr(backend, "role", "")
-    return bool(role) and role != "float conversion"
+    return bool(backend.role) and backend.role != "float conversion"
 
 
 def _compare_link(backends, results, link, options: CheckOptions, say, budget=None) -> Comparison:
@@ -467,7 +459,7 @@ def _compare_link(backends, results, link, options: CheckOptions, say, budget=No
     candidate = backends[cand_i]
     if budget is not None and _compressed(candidate):
         return _compare_by_budget(backends, results, link, budget, say)
-    run = getattr(candidate, "run_label", "")
+    run = candidate.run_label
     say(f"comparing {backends[ref_i].framework} -> {candidate.framework}{' (' + run + ')' if run else ''}")
     tolerance = link_tolerance(options, candidate)
     comparison = compare_outputs(results[ref_i].outputs, results[cand_i].outputs, tolerance,
@@ -475,11 +467,11 @@ def _compare_link(backends, results, link, options: CheckOptions, say, budget=No
                                  candidate_name=candidate.framework,
                                  candidate_steps=results[cand_i].steps,
                                  tolerances=options.tolerances, check_stat=options.check_stat)
-    notes = getattr(candidate, "precision_notes", ())
+    notes = candidate.precision_notes
     if tolerance is not options.tolerance:
         notes = (*notes, f"tolerance of float16 arithmetic (precision {candidate.precision} ran in "
                          f"float16 here): {tolerance.describe()}; give --atol/--rtol to set your own")
-    return dataclasses.replace(comparison, candidate_run=run, reference_run=getattr(backends[ref_i], "run_label", ""),
+    return dataclasses.replace(comparison, candidate_run=run, reference_run=backends[ref_i].run_label,
                                tolerance=tolerance.to_dict() if
                                tolerance is not options.tolerance else None, notes=comparison.notes + tuple(notes))
 
@@ -512,7 +504,7 @@ def _compare_by_budget(backends, results, link, budget, say) -> Comparison:
                                           notes=(detail, *output.notes)))
     return dataclasses.replace(comparison, outputs=tuple(judged), passed=all(o.passed for o in judged),
                                candidate_run=candidate.run_label,
-                               reference_run=getattr(backends[ref_i], "run_label", ""),
+                               reference_run=backends[ref_i].run_label,
                                notes=comparison.notes + (f"judged by the compression budget {budget.text} "
                                                          f"(--budget), not the element tolerance",))
 
@@ -574,7 +566,7 @@ def _recompression_check(comparisons, backends, feeds, verdict, compression, bud
     if settings is None:
         return dataclasses.replace(verdict, evidence=verdict.evidence + (
             {"experiment": "recompression", "detail": "not run: the layers are compressed in several ways"},))
-    float_backend = next(b for b in backends if getattr(b, "role", "") == "float conversion")
+    float_backend = next(b for b in backends if b.role == "float conversion")
     compressed = next(b for b in backends if _compressed(b))
     given = next(c for c in comparisons if not c.passed and c.candidate_run == compressed.run_label)
     given_cosine = min((o.budget or {}).get("cosine", 1.0) or 0.0 for o in given.outputs)
@@ -611,7 +603,7 @@ def _recompression_check(comparisons, backends, feeds, verdict, compression, bud
             f"options, or changed after conversion",
             evidence=verdict.evidence + (entry,),
             next_steps=(f"reconvert and check in one step: parity convert "
-                        f"{next((argument(b.path) for b in backends if b.framework == 'onnxruntime'), 'MODEL.onnx')} "
+                        f"{next((argument(b.path) for b in backends if b.onnx_graph), 'MODEL.onnx')} "
                         f"-o {argument(compressed.path)} {' '.join(settings)}",),
         )
     return dataclasses.replace(verdict, evidence=verdict.evidence + (entry,))
@@ -622,7 +614,7 @@ def _rank(backends, feeds, budget, options: CheckOptions, say, compression=None)
     from parity.mnn import ranking as ranking_mod
     from parity.backends.mnn import MnnBackend
 
-    float_backend = next(b for b in backends if getattr(b, "role", "") == "float conversion")
+    float_backend = next(b for b in backends if b.role == "float conversion")
     compressed = next(b for b in backends if _compressed(b))
     settings = compressed.reopen_options()
     if compression is not None and compression.kind == "int8-full":
@@ -668,7 +660,7 @@ def _with_ranking(verdict, ranking):
 def _failing_outputs(comparison: Comparison) -> dict:
     """ONNX output name -> failing OutputComparison (the ONNX model is the candidate on the
     torch link, the reference on the others)."""
-    onnx_is_candidate = comparison.candidate == "onnxruntime"
+    onnx_is_candidate = link_for(comparison.reference, comparison.candidate).onnx_side == "candidate"
     return {(o.candidate_name if onnx_is_candidate else o.reference_name): o
             for o in comparison.failed_outputs if o.candidate_name}
 
@@ -684,8 +676,7 @@ def _layer_view(comparison, graph, reference, candidate, feeds, options: CheckOp
     )
     if result is None:
         return dataclasses.replace(comparison, notes=comparison.notes + (
-            "no per-layer view on this link (layers are compared on torch -> onnxruntime and "
-            "onnxruntime -> mnn)",))
+            f"no per-layer view on this link (layers are compared on {' and '.join(with_layers())})",))
     return dataclasses.replace(
         comparison, layers=tuple(result.layers), unpaired=tuple(result.unpaired),
         first_divergence=result.first_divergence, notes=comparison.notes + tuple(result.notes),
@@ -695,7 +686,7 @@ def _layer_view(comparison, graph, reference, candidate, feeds, options: CheckOp
 def _onnx_graph(backends):
     from parity.checking import layers as layers_mod
 
-    onnx_backend = next((b for b in backends if b.framework == "onnxruntime"), None)
+    onnx_backend = next((b for b in backends if b.onnx_graph), None)
     return None if onnx_backend is None else layers_mod.OnnxGraph(onnx_backend.graph_proto())
 
 
@@ -706,8 +697,8 @@ def _prepare_layers(backends, links, feeds, options: CheckOptions) -> None:
     from parity.checking import layers as layers_mod
 
     graph = _onnx_graph(backends)
-    link = next(((r, c) for r, c in links if (backends[r].framework, backends[c].framework)
-                 == ("onnxruntime", "mnn") and not _compressed(backends[c])), None)
+    link = next(((r, c) for r, c in links if backends[c].runs_in_child and not _compressed(backends[c])
+                 and link_for(backends[r].framework, backends[c].framework).layer_pairing), None)
     if graph is None or link is None:
         return
     try:
@@ -735,13 +726,14 @@ def _add_layers(comparisons, backends, links, feeds, options: CheckOptions, say)
 
 
 def _diagnose(comparisons, backends, links, feeds, options: CheckOptions, verdict, say):
-    """Run the verdict experiments on the first failing onnxruntime -> mnn link."""
+    """Run the verdict experiments on the first failing link, when they apply to it (the
+    links table's ``diagnosable``: onnxruntime -> mnn)."""
     from parity.checking import diagnose as diagnose_mod
 
     for i, (comparison, (ref_i, cand_i)) in enumerate(zip(comparisons, links)):
         if comparison.passed:
             continue
-        if (comparison.reference, comparison.candidate) != ("onnxruntime", "mnn") or _compressed(backends[cand_i]):
+        if not link_for(comparison.reference, comparison.candidate).diagnosable or _compressed(backends[cand_i]):
             return comparisons, verdict
         reference, candidate = backends[ref_i], backends[cand_i]
         graph = _onnx_graph(backends)
@@ -756,7 +748,7 @@ def _diagnose(comparisons, backends, links, feeds, options: CheckOptions, verdic
             onnx_path=reference.path, mnn_path=candidate.path, reference=reference, candidate=candidate,
             graph=graph, comparison=comparison, feeds=feeds, tolerance=tolerance,
             layer_rtol=options.layers.rtol(tolerance), timeout=options.timeout, progress=say,
-            siblings=[backends[c] for r, c in links if r == ref_i and c != cand_i and backends[c].framework == "mnn"],
+            siblings=[backends[c] for r, c in links if r == ref_i and c != cand_i and backends[c].framework == backends[cand_i].framework],
         )
         return list(comparisons), diagnose_mod.diagnose(context)
     return comparisons, verdict
@@ -767,7 +759,7 @@ def _write_repro(comparisons, backends, links, feeds, options: CheckOptions, ver
     if verdict.kind not in ("conversion", "runtime"):
         return f"no reproduction written to {directory}: the verdict is {verdict.kind}"
     for comparison, (ref_i, cand_i) in zip(comparisons, links):
-        if (comparison.reference, comparison.candidate) == ("onnxruntime", "mnn") and not comparison.passed:
+        if link_for(comparison.reference, comparison.candidate).reproducible and not comparison.passed:
             from parity.checking.repro import write_repro
 
             say(f"writing the reproduction to {directory}")
@@ -788,4 +780,9 @@ def _write_repro(comparisons, backends, links, feeds, options: CheckOptions, ver
             state = {True: "reproduces", False: "does not reproduce in isolation", None: "could not be checked"}
             what = "reproduction (the given .mnn and the ONNX, whole)" if result["given_file"] else "reproduction"
             return f"{what} written to {directory} ({state[result['reproduces']]}): {result['command']}"
-    return f"no reproduction written to {directory}: no failing onnxruntime -> mnn link"
+    return f"no reproduction written to {directory}: no failing {_reproducible()} link"
+
+
+def _reproducible() -> str:
+    """The links --repro can reproduce, as "onnxruntime -> mnn"."""
+    return " or ".join(f"{row.reference} -> {row.candidate}" for row in LINKS if row.reproducible)
