@@ -481,18 +481,19 @@ def _emit(report, json_path, no_color, html_path=None, junit_path=None, explorer
 def inspect(model, timeout):
     """Print MODEL's inputs and outputs (names, dtypes, shapes; symbolic dims by name); for an
     .mnn, also its compression per layer (weight bits, block, symmetry, float16, int8 ops)."""
-    from parity.backends.registry import open_backend
+    from parity.backends.registry import backend_class, open_backend
     from parity.checking.pipeline import resolve_models
     from parity.render.text import render_inspect
 
     framework = resolve_models([model, model])[0][0]
-    options = {"timeout": timeout} if framework == "mnn" else {}
+    options = {"timeout": timeout} if backend_class(framework).runs_in_child else {}
     with open_backend(framework, model, **options) as backend:
         found, outputs, note = None, backend.output_specs, None
-        if framework == "mnn":
+        if backend.compressible:
             from parity.mnn.compression import of_model
 
             found = of_model(model, timeout=timeout)
+        if not backend.declares_outputs:
             outputs, note = _outputs_by_running(backend)
         render_inspect(framework, model, backend.version, backend.input_specs,
                        outputs, sys.stdout, compression=found)

@@ -19,7 +19,6 @@ LONG_MODULES = {
     "parity/cli.py": "option declarations for four commands; to move to shared option groups",
     "parity/mnn/graph.py": "the .mnn graph reading and the structural diff",
     "parity/mnn/ops.py": "the numpy references and the op check",
-    "parity/checking/pipeline.py": "orchestration, compression policy and sample aggregation",
 }
 # functions that read as one step each but are long; to be split with their modules
 LONG_FUNCTIONS = {

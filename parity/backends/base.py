@@ -60,16 +60,57 @@ _LOSSLESS_CASTS = {
 
 
 class Backend:
+    """An adapter declares its framework and suffixes (the registry finds it by them) and the
+    facts below where they differ from the defaults; what a pair of frameworks means is the
+    links table's (parity/core/links.py)."""
+
+    # The name reports, the links table and the registry know it by; the adapter's module is
+    # parity/backends/<framework>.py.
     framework: ClassVar[str] = ""
+    # The model files it opens, by suffix (lower case, with the dot).
+    suffixes: ClassVar[tuple[str, ...]] = ()
+    # Its key in a sweep manifest (onnx = "model.onnx"), or "" for none.
+    manifest_key: ClassVar[str] = ""
     # False where the model's declared dims are advisory (MNN records a dynamic batch as 1).
     checks_dims: ClassVar[bool] = True
     # True where begin_run only hands the run to a child process: callers begin these first.
     runs_in_child: ClassVar[bool] = False
+    # False where the model does not describe its inputs (torch code, saved outputs): it takes
+    # the chain's (bind_inputs).
+    describes_inputs: ClassVar[bool] = True
+    # False where the model declares no output dtypes or shapes (an .mnn): one run shows them.
+    declares_outputs: ClassVar[bool] = True
+    # True where the model file is an ONNX graph (graph_proto, model_proto): the map of the
+    # per-layer view, and where integer inputs' bounds are read.
+    onnx_graph: ClassVar[bool] = False
+    # True where the model file can hold compressed weights (parity.mnn.compression reads them).
+    compressible: ClassVar[bool] = False
+    # The CheckOptions group that says how it runs (options.mnn), or "" for none.
+    options_group: ClassVar[str] = ""
+    # What this run is in a check that attributes compression: "float conversion", or the
+    # compression of the given model; "" otherwise.
+    role: str = ""
+    # After a capture: how often each module was called (torch), for the per-layer notes.
+    last_calls: dict
+
+    @classmethod
+    def names_code(cls, text: str) -> bool:
+        """True where ``text``, not a file, names a model in code it runs (torch's file.py:factory)."""
+        return False
+
+    @classmethod
+    def variants(cls, options, role: str = "") -> list[dict]:
+        """The constructor keywords of each run ``options`` (a CheckOptions) asks of one model
+        (an MNN model runs once per precision asked for): one run, as constructed, by default."""
+        return [{}]
 
     def __init__(self, path: str | Path, **options):
         self.path = Path(path)
+        self.spec = str(path)  # the model as given, for the report
         self.options = options
         self._opened = False
+        self.last_calls = {}
+        self._kept: tuple | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     def __enter__(self):
@@ -118,6 +159,58 @@ class Backend:
         """Runtime settings that affect numbers, recorded in the report."""
         return {}
 
+    # -- what some adapters have; the defaults say "not here" --------------------------------
+    @property
+    def run_label(self) -> str:
+        """Where and how this run differs from a plain local one ("arm64, precision low")."""
+        return ""
+
+    @property
+    def target_facts(self) -> dict:
+        """Where it ran, when not on this machine: platform, Python and versions."""
+        return {}
+
+    @property
+    def reduced_precision(self) -> bool:
+        """True when it computed in a reduced precision (float16), which has its own tolerance."""
+        return False
+
+    @property
+    def precision_notes(self) -> tuple[str, ...]:
+        """What the report says about the precision it ran in."""
+        return ()
+
+    def bind_inputs(self, specs: list[TensorSpec]) -> None:
+        """Take the chain's input specs, where the model describes none (describes_inputs)."""
+
+    def module_names(self) -> list[str] | None:
+        """Qualified names of the modules whose calls a capture can hook (torch), or None."""
+        return None
+
+    def graph(self) -> list[dict] | None:
+        """Every tensor of the model's own graph ``{"name", "op_type", "inputs"}`` (MNN), or None."""
+        return None
+
+    def graph_proto(self):
+        """The ONNX graph without weights, where ``onnx_graph``; else None."""
+        return None
+
+    def model_proto(self):
+        """The ONNX model with its weights, where ``onnx_graph``; else None."""
+        return None
+
+    def prepare_capture(self, names: list[str], *, cache: bool = True) -> None:
+        """A hint that ``names`` will be captured next, so a child can prepare while the caller
+        works. Nothing to prepare in-process."""
+
+    def capture(self, feeds: TensorMap, names: list[str], *, cache: bool = True) -> RunResult:
+        """The intermediate tensors ``names`` of a run on ``feeds``."""
+        raise NotImplementedError(f"{self.label} cannot capture intermediate tensors")
+
+    def run_cut(self, tensors: TensorMap, outputs: list[str], **given) -> RunResult:
+        """Run the model cut at ``tensors`` (fed in place of what computes them) to ``outputs``."""
+        raise NotImplementedError(f"{self.label} cannot be cut")
+
     # -- shared behaviour ------------------------------------------------------------------
     @property
     def label(self) -> str:
@@ -158,7 +251,7 @@ class Backend:
 
     def kept_values(self, feeds: TensorMap, names) -> RunResult | None:
         """The kept tensors ``names`` when every one was kept from a capture on ``feeds``."""
-        kept = getattr(self, "_kept", None)
+        kept = self._kept
         if kept is None or kept[0] is not feeds or any(n not in kept[1] for n in names):
             return None
         return RunResult({n: kept[1][n] for n in names})

@@ -64,8 +64,21 @@ _SHAPE_ONLY_OPS = frozenset({"Shape", "Rank", "Size", "ZerosLike"})
 
 class MnnBackend(Backend):
     framework = "mnn"
+    suffixes = (".mnn",)
+    manifest_key = "mnn"
     checks_dims = False
     runs_in_child = True  # begin_run only submits; MNN computes while the caller works
+    declares_outputs = False  # an .mnn records no output dtypes or shapes
+    compressible = True
+    options_group = "mnn"  # --mnn-precision, --mnn-target... (options.mnn)
+
+    @classmethod
+    def variants(cls, options, role: str = "") -> list[dict]:
+        """One run per precision and memory mode asked for (--mnn-precision high,low); the
+        float conversion of a compressed model runs once."""
+        runs = options.mnn.runs()[:1] if role == "float conversion" else options.mnn.runs()
+        return [dict(options.mnn.backend_kwargs(p, m), timeout=options.timeout, **({"role": role} if role else {}))
+                for p, m in runs]
 
     def __init__(
         self,

@@ -94,6 +94,9 @@ def _spec(node_arg) -> TensorSpec:
 
 class OnnxRuntimeBackend(Backend):
     framework = "onnxruntime"
+    suffixes = (".onnx",)
+    manifest_key = "onnx"
+    onnx_graph = True
 
     def __init__(self, path, *, threads: int = 0, optimization: str = "all", **options):
         super().__init__(path, **options)

@@ -11,6 +11,7 @@ from parity.core.specs import TensorMap, TensorSpec
 class SavedOutputs(Backend):
     framework = "saved"
     checks_dims = False
+    describes_inputs = False  # the inputs are the next model's: the outputs came from them
 
     def __init__(self, path, **options):
         super().__init__(path, **options)

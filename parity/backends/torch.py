@@ -98,16 +98,28 @@ def flatten_outputs(value, prefix: str = "") -> list[tuple[str, object]]:
 
 class TorchBackend(Backend):
     framework = "torch"
+    suffixes = FILE_SUFFIXES
+    manifest_key = "torch"
+    describes_inputs = False  # a module's forward has names, not specs: it takes the chain's
 
     def __init__(self, path, *, input_names: list[str] | None = None, **options):
-        self.spec = str(path)
-        self.is_factory = is_factory_spec(self.spec)
-        super().__init__(self.spec.rpartition(":")[0] if self.is_factory else path, **options)
+        spec = str(path)
+        is_factory = is_factory_spec(spec)
+        super().__init__(spec.rpartition(":")[0] if is_factory else path, **options)
+        self.spec, self.is_factory = spec, is_factory  # file.py:factory, as given
         self.input_names = list(input_names) if input_names else None
         self._inputs: list[TensorSpec] | None = None
         self._module = None
         self._output_names: list[str] | None = None
         self._exported_shapes: ExportedShapes | None = None  # a .pt2's input shapes
+
+    @classmethod
+    def names_code(cls, text: str) -> bool:
+        return ":" in text  # path/to/file.py:factory or package.module:factory
+
+    @classmethod
+    def variants(cls, options, role: str = "") -> list[dict]:
+        return [{"input_names": list(options.torch_inputs) if options.torch_inputs else None}]
 
     @property
     def label(self) -> str:

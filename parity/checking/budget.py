@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from parity.core.errors import UsageError
+from parity.core import metrics
 from parity.core.metrics import dot
 
 _CLAUSE = re.compile(r"^\s*(cosine|top1|snr_db|error)\s*(>=|<=)\s*([-+0-9.eE]+)\s*$")
@@ -120,8 +121,9 @@ def measure(reference: np.ndarray, candidate: np.ndarray) -> dict:
     rf, cf = r[finite], c[finite]
     scale = max(float(np.max(np.abs(rf))) if rf.size else 0.0, float(np.max(np.abs(cf))) if cf.size else 0.0, 1e-300)
     rs, cs = rf / scale, cf / scale
-    norm = math.sqrt(dot(rs, rs)) * math.sqrt(dot(cs, cs))
-    cosine = dot(rs, cs) / norm if norm > 0 else (1.0 if np.array_equal(rs, cs) else 0.0)
+    cosine = metrics.cosine(rf, cf)
+    if cosine is None:  # nothing to compare (equal: 1), or one side all zero (a complete miss: 0)
+        cosine = 1.0 if np.array_equal(rf, cf) else 0.0
     noise = dot(rs - cs, rs - cs)
     signal = dot(rs, rs)
     snr = math.inf if noise == 0 else (10 * math.log10(signal / noise) if signal > 0 else -math.inf)

@@ -161,8 +161,8 @@ class Probe:
         if self._ref_outputs is None:  # the reference does not change between variants
             self._ref_outputs = self.ctx.reference.run(self.ctx.feeds).outputs
         comparison = judge.compare_outputs(self._ref_outputs, mnn.run(self.ctx.feeds).outputs,
-                                           self.ctx.tolerance, reference_name="onnxruntime",
-                                           candidate_name="mnn")
+                                           self.ctx.tolerance, reference_name=self.ctx.reference.framework,
+                                           candidate_name=mnn.framework)
         worst = judge.worst_output(comparison) or max(
             comparison.outputs, key=lambda o: judge.output_scaled_error(o) or 0.0)
         return Measurement(judge.output_scaled_error(worst), worst.max_abs_diff, comparison.passed, "outputs")
@@ -264,7 +264,7 @@ def diagnose(ctx: Context) -> Verdict:
     undetermined) with every measurement as evidence."""
     probe = Probe(ctx)
     evidence: list[dict] = []
-    where = f"{probe.where} on onnxruntime -> mnn"
+    where = f"{probe.where} on {ctx.reference.framework} -> {ctx.candidate.framework}"
     candidate = ctx.candidate
     # the fresh conversions convert while the first experiments run, unless those are the
     # float16 and target experiments, which often decide alone

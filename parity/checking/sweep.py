@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from parity.backends.registry import SUFFIXES
+from parity.backends import registry
 from parity.run.process import kill_group, python_command, python_env, signal_description, spawn
 from parity.core.errors import ExitCode, InputError, UsageError
 
@@ -144,9 +144,17 @@ def discover(target: str | os.PathLike) -> list[Item]:
     return _manifest(path)
 
 
-# The manifest's fields and the types each takes (a number is an int or a float, never a bool).
-_TEXT_FIELDS = ("name", "torch", "onnx", "mnn", "inputs", "mnn_target", "mnn_precision")
+# The manifest's fields and the types each takes (a number is an int or a float, never a bool);
+# the models' fields are the adapters' manifest keys (torch, onnx, mnn), in chain order.
 _NUMBER_FIELDS = ("atol", "rtol", "timeout")
+
+
+def _model_fields() -> tuple[str, ...]:
+    return tuple(cls.manifest_key for cls in registry.backend_classes().values() if cls.manifest_key)
+
+
+def _text_fields() -> tuple[str, ...]:
+    return ("name", *_model_fields(), "inputs", "mnn_target", "mnn_precision")
 
 
 def _manifest(path: Path) -> list[Item]:
@@ -176,10 +184,11 @@ def _manifest(path: Path) -> list[Item]:
     items = []
     for i, entry in enumerate(entries):
         _check_entry(entry, f"{label}: model {i + 1}")
-        models = [str(base / entry[k]) for k in ("torch", "onnx", "mnn") if entry.get(k)]
+        keys = _model_fields()
+        models = [str(base / entry[k]) for k in keys if entry.get(k)]
         if len(models) < 2:
-            raise InputError(f"{label}: model {i + 1} needs two of torch, onnx, mnn")
-        options = {k: v for k, v in entry.items() if k not in ("torch", "onnx", "mnn", "name")}
+            raise InputError(f"{label}: model {i + 1} needs two of {', '.join(keys)}")
+        options = {k: v for k, v in entry.items() if k not in (*keys, "name")}
         if options.get("inputs"):
             options["inputs"] = str(base / options["inputs"])
         items.append(Item(entry.get("name") or Path(models[0]).stem, models, options))
@@ -193,7 +202,7 @@ def _check_entry(entry, where: str) -> None:
     """Every field of one manifest entry has the type it needs, or one line says which not."""
     if not isinstance(entry, dict):
         raise InputError(f"{where} is a {type(entry).__name__}, not a table of fields (onnx = ..., mnn = ...)")
-    known = set(_TEXT_FIELDS) | set(_NUMBER_FIELDS) | {"seed", "layers", "shape"}
+    known = set(_text_fields()) | set(_NUMBER_FIELDS) | {"seed", "layers", "shape"}
     unknown = sorted(set(entry) - known)
     if unknown:
         raise InputError(f"{where}: unknown field {unknown[0]!r}; known: {', '.join(sorted(known))}")
@@ -201,7 +210,7 @@ def _check_entry(entry, where: str) -> None:
     def wrong(key, wanted):
         return InputError(f"{where}: {key} must be {wanted}, not {type(entry[key]).__name__} {entry[key]!r}")
 
-    for key in _TEXT_FIELDS:
+    for key in _text_fields():
         if key in entry and not (isinstance(entry[key], str) and entry[key]):
             raise wrong(key, "a non-empty string")
     for key in _NUMBER_FIELDS:
@@ -264,7 +273,7 @@ def _absolute(spec: str) -> str:
         target, _, attr = spec.rpartition(":")
         if target.endswith(".py") or "/" in target or os.sep in target:
             return f"{os.path.abspath(target)}:{attr}"
-        if Path(spec).suffix.lower() not in SUFFIXES:
+        if Path(spec).suffix.lower() not in registry.suffixes():
             return spec
     return os.path.abspath(spec)
 

@@ -20,7 +20,9 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from parity.core.align import AlignmentError, best_alignment, pair_outputs
-from parity.core.metrics import TensorDiff, Tolerance, dot, fmt
+from parity.core.links import link_for
+from parity.core import metrics
+from parity.core.metrics import TensorDiff, Tolerance, fmt
 from parity.core.report import Comparison, OutputComparison, Verdict
 
 
@@ -82,6 +84,7 @@ def compare_outputs(
     float output (see ``stat_passes``); integers always match exactly."""
     candidate_steps = candidate_steps or {}
     tolerances = tolerances or {}
+    by_candidate = link_for(reference_name, candidate_name).rows_named_by == "candidate"
     pairing = pair_outputs(list(reference), list(candidate))
     results: list[OutputComparison] = []
     for pair in pairing.pairs:
@@ -93,7 +96,7 @@ def compare_outputs(
                             f"candidate {pair.candidate_name!r}")
         # a row is named as the models that name their outputs do: torch's flattened names
         # ("output", "0") give way to ONNX/MNN names, so links line up side by side
-        row_name = pair.candidate_name if reference_name == "torch" else pair.name
+        row_name = pair.candidate_name if by_candidate else pair.name
         common = dict(
             name=row_name, reference_name=pair.reference_name, candidate_name=pair.candidate_name,
             reference_shape=tuple(ref.shape), candidate_shape=tuple(cand.shape),
@@ -148,10 +151,8 @@ def stat_passes(stat: str, reference: np.ndarray, candidate: np.ndarray, tol: To
     atol = tol.atol_for(float(np.max(np.abs(r))))
     error, scale = np.abs(c - r), np.abs(r)
     if stat == "cosine":
-        peak = max(float(np.max(scale)), float(np.max(np.abs(c))), 1e-300)
-        rs, cs = r / peak, c / peak
-        norm = float(np.sqrt(dot(rs, rs)) * np.sqrt(dot(cs, cs)))
-        cosine = dot(rs, cs) / norm if norm else 1.0
+        cosine = metrics.cosine(r, c)
+        cosine = 1.0 if cosine is None else cosine  # one side all zero: no direction to fail on
         ok = cosine >= 1 - tol.rtol
         return ok, f"--check-stat cosine: {cosine:.6g} {'>=' if ok else '<'} 1 - rtol = {1 - tol.rtol:g}"
     reduce = {"max": np.max, "mean": np.mean, "median": np.median}[stat]
@@ -215,8 +216,9 @@ def output_detail(output: OutputComparison) -> str:
 
 
 def verdict_for(comparisons: Sequence[Comparison], *, fail_on_layers: bool = False) -> Verdict:
-    """The first broken link, in chain order, decides. A failing torch -> onnxruntime link is
-    the export's fault whatever MNN does."""
+    """The first broken link, in chain order, decides, with the verdict its row in the links
+    table gives (core/links.py): a failing torch -> onnxruntime link is the export's fault
+    whatever MNN does."""
     for comparison in comparisons:
         failed = comparison.failed_outputs
         if not failed:
@@ -231,15 +233,10 @@ def verdict_for(comparisons: Sequence[Comparison], *, fail_on_layers: bool = Fal
             where = f"{divergence.name} ({divergence.op_type}{module}) on {link}"
             counts += f"; {divergence.summary}"
         summary = f"{counts}; first: {first.name!r} ({output_detail(first)})"
-        if (comparison.reference, comparison.candidate) == ("torch", "onnxruntime"):
-            return Verdict(
-                "export", where, f"the export (torch -> ONNX) changed the numbers: {summary}",
-                next_steps=(
-                    "check the export with the inputs that fail: data-dependent control flow, "
-                    "shapes baked in by tracing and training-mode layers are the usual causes",
-                ),
-            )
-        return Verdict("mismatch", where, summary)
+        link_row = link_for(comparison.reference, comparison.candidate)
+        if link_row.failure_cause:
+            summary = f"{link_row.failure_cause}: {summary}"
+        return Verdict(link_row.failure, where, summary, next_steps=link_row.failure_next_steps)
     n = sum(len(c.outputs) for c in comparisons)
     links = len(comparisons)
     summary = f"all {n} compared outputs match within tolerance on {links} link{'s' * (links != 1)}"

@@ -312,6 +312,20 @@ class _Moments:
         return max(-1.0, min(1.0, self.rc / norms))
 
 
+def cosine(reference: np.ndarray, candidate: np.ndarray) -> float | None:
+    """Cosine similarity ``sum(r*c) / (|r| |c|)`` of two arrays of finite values, in float64,
+    summed as TensorDiff sums it (_Moments: no square overflows or underflows): 1.0 when both
+    are all zero, None when only one is (no direction to compare) or when they are empty. The
+    one definition: the outputs' figures, --check-stat cosine and the compression budget."""
+    r = np.asarray(reference, dtype=np.float64).reshape(-1)
+    c = np.asarray(candidate, dtype=np.float64).reshape(-1)
+    if r.size == 0:
+        return None
+    moments = _Moments()
+    moments.add(r, c, float(np.max(np.abs(r))), float(np.max(np.abs(c))))
+    return moments.cosine(r.size)
+
+
 @dataclass
 class _FloatTally:
     mismatches: int = 0

@@ -399,12 +399,13 @@ def ranking_lines(ranking: dict, top: int = 10) -> list[str]:
 
 def target_lines(report: Report) -> list[str]:
     """Where each MNN run happened, for runs off this machine or in another precision: the
-    target's platform and versions, the CPU features MNN reported, the backend that ran."""
+    target's platform and versions, the CPU features MNN reported, the backend that ran. A run
+    that records no target in its settings ran here, as its framework always does."""
     lines = []
     for backend in report.backends:
         settings = backend.settings or {}
         target = settings.get("target", "local")
-        if backend.name != "mnn" or (target == "local" and settings.get("precision") in (None, "normal")):
+        if "target" not in settings or (target == "local" and settings.get("precision") in (None, "normal")):
             continue
         facts = settings.get("platform") or {}
         reported = settings.get("cpu_features") or {}
