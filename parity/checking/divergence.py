@@ -39,7 +39,7 @@ def _sample_matches(reference: tuple, candidate: tuple, tol: Tolerance, layer_rt
 
 
 def _candidate_op(plan: Plan, name: str, value: Value) -> str | None:
-    return plan.op_types.get(name) if plan.link[1] == "mnn" else value.op_type
+    return plan.op_types.get(name) if plan.link.candidate_fuses_ops else value.op_type
 
 
 def judge_entry(graph, entry, ref, cands, tol, layer_rtol, plan, state, report) -> None:
@@ -65,7 +65,7 @@ def judge_entry(graph, entry, ref, cands, tol, layer_rtol, plan, state, report) 
                                                 f"candidate {shapes}"))
         return
     steps = pair.steps
-    if pair.candidate_name != v.name and plan.link[1] == "mnn":
+    if pair.candidate_name != v.name and plan.link.candidate_fuses_ops:
         steps = (f"mnn tensor {pair.candidate_name!r}",) + steps
     d = pair.diff
     state.results[v.name] = LayerResult(
@@ -111,8 +111,8 @@ def apply_output_rule(graph, plan, state, failing_outputs) -> None:
                     layer, passed=False, status="fail", rule="element",
                     alignment=layer.alignment + ("within the layer rule, but fails the outputs' element rule",))
             continue
-        cand_name = output.candidate_name if plan.link[1] == "mnn" else name
-        ref_name = name if plan.link[0] == "onnxruntime" else OUTPUT_PREFIX + str(output.reference_name)
+        cand_name = output.candidate_name if plan.link.candidate_fuses_ops else name
+        ref_name = name if plan.link.onnx_side == "reference" else OUTPUT_PREFIX + str(output.reference_name)
         if not cand_name:
             continue
         state.results[name] = LayerResult(

@@ -10,6 +10,7 @@ import numpy as np
 
 from parity.core.errors import BackendCrash, BackendError, first_line
 from parity.core.judge import layer_passes, scaled_error
+from parity.core.links import ONNX_VALUE
 from parity.core.metrics import TensorDiff
 from parity.core.report import LayerResult
 
@@ -67,12 +68,12 @@ def _isolate(link, graph, reference, candidate, feeds, layer, frontier, chosen, 
     layer's own error by its rule (the element rule for a graph output that failed it)."""
     inputs = set(graph.inputs)
     needed = [f for f in frontier if f not in inputs]
-    if link == ("onnxruntime", "mnn"):
+    if link.layer_pairing == ONNX_VALUE:
         ref_values = reference.capture(feeds, needed + [layer.reference_name], cache=False).outputs
         tensors = cut_feeds(graph, feeds, frontier, chosen, ref_values)
         out = candidate.run_cut(tensors, [layer.candidate_name], inputs=feeds).outputs[layer.candidate_name]
         expected = ref_values[layer.reference_name]
-    else:  # torch -> onnxruntime: torch's module outputs feed the ONNX subgraph
+    else:  # MODULE_SCOPE (torch -> onnxruntime): torch's module outputs feed the ONNX subgraph
         modules = {f: layers[f].reference_name for f in needed}
         wanted = list(dict.fromkeys(list(modules.values()) + [layer.reference_name]))
         ref_run = reference.capture(feeds, wanted, cache=False).outputs

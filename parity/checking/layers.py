@@ -30,6 +30,7 @@ from parity.checking.fp16_headroom import fp16_notes
 from parity.checking.isolation import isolate_targets, with_isolation
 from parity.checking.onnx_graph import OnnxGraph
 from parity.checking.pairing import Plan, plan_entries
+from parity.core.links import MODULE_SCOPE
 from parity.core.metrics import Tolerance
 from parity.core.report import FirstDivergence, OutputComparison
 from parity.core.specs import TensorMap
@@ -84,7 +85,7 @@ def compare_layers(
     state = _State()
     captured = capture_chunks(graph, reference, candidate, feeds, tol, layer_rtol, chunks, plan, state, report,
                               say)
-    if plan.link[1] == "mnn":
+    if plan.link.candidate_fuses_ops:
         drop_fused(graph, state, tol, layer_rtol, report)
     apply_output_rule(graph, plan, state, failing_outputs or {})
 
@@ -101,7 +102,7 @@ def compare_layers(
         # the candidate's value served the histogram; the diagnosis captures the given file as
         # it captures the other conversions it compares with it (a few outputs requested)
         candidate.keep_values(feeds, {})
-    if plan.link == ("torch", "onnxruntime"):
+    if plan.link.layer_pairing == MODULE_SCOPE:
         report.notes.extend(_torch_notes(reference, plan))
     report.notes.extend(fp16_notes(report.layers))
     return report

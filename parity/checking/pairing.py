@@ -18,6 +18,7 @@ import numpy as np
 from parity.checking.onnx_graph import OnnxGraph, Value
 from parity.core.align import AlignmentError, pair_outputs
 from parity.core.judge import diff_tensors, scaled_error
+from parity.core.links import MODULE_SCOPE, ONNX_VALUE, Link, link_for
 from parity.core.metrics import TensorDiff, Tolerance
 from parity.core.report import Unpaired
 
@@ -132,7 +133,7 @@ class Entry:
 @dataclass
 class Plan:
     """Which reference tensor and which candidate tensors stand for each ONNX value."""
-    link: tuple
+    link: Link  # what the link means (core/links.py)
     entries: list
     op_types: dict = field(default_factory=dict)  # MNN tensor -> op type
     mapping: dict = field(default_factory=dict)  # ONNX value -> torch module (torch link)
@@ -142,8 +143,8 @@ class Plan:
 def plan_entries(graph, reference, candidate, report) -> Plan | None:
     """What the capture of one link will compare, or None when the link has no per-layer view;
     the values it cannot pair go to ``report.unpaired`` with the reason."""
-    link = (reference.framework, candidate.framework)
-    if link == ("onnxruntime", "mnn"):
+    link = link_for(reference.framework, candidate.framework)
+    if link.layer_pairing == ONNX_VALUE:
         by_base, op_types = mnn_candidates(candidate.graph())
         entries = []
         for v in graph.values:
@@ -156,7 +157,7 @@ def plan_entries(graph, reference, candidate, report) -> Plan | None:
                 report.unpaired.append(Unpaired(v.name, "no MNN tensor of this name: fused into a "
                                                         "neighbouring op or renamed by the converter"))
         return Plan(link, entries, op_types=op_types)
-    if link == ("torch", "onnxruntime"):
+    if link.layer_pairing == MODULE_SCOPE:
         modules = reference.module_names()
         if modules is None:
             report.notes.append("per-layer capture in torch needs an eager nn.Module (--torch file.py:factory); "
