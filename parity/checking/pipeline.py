@@ -23,6 +23,7 @@ from parity.backends.registry import SUFFIXES, framework_for, open_backend
 from parity.core.errors import ModelError, ParityError, UsageError
 from parity.core.judge import compare_outputs, layer_only_findings, verdict_for
 from parity.options import CheckOptions
+from parity.checking.preflight import refuse_bad_options
 from parity.core.paths import argument
 from parity.core.report import BackendInfo, Comparison, InputInfo, Report, Verdict
 
@@ -87,6 +88,7 @@ def check(
     elif keywords:
         raise UsageError(f"give check options either as an options object or as keywords, not both "
                          f"({sorted(keywords)[0]!r})")
+    refuse_bad_options(options)  # a budget or target the options could not judge themselves
     say = _with_counts(progress)
     if options.load_outputs is not None:  # saved outputs lead the chain as its reference
         chain = [("saved", Path(options.load_outputs)), *resolve_models(models, minimum=1)]
