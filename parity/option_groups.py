@@ -10,6 +10,7 @@ when they run.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -98,13 +99,13 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(n.strip() for n in text.split(",") if n.strip())
 
 
-def _size(text: str) -> int:
-    from parity.checking.layers import parse_size
-
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise BadOptionValue("--max-memory", str(exc)) from None
+def parse_size(text: str) -> int:
+    """``"512M"``, ``"2G"``, ``"1.5GB"``, ``"1000000"`` -> bytes (--max-memory)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)i?b?\s*", text.lower())
+    if not match:
+        raise BadOptionValue("--max-memory", f"{text!r} is not a size like 512M or 2G")
+    factor = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[match.group(2)]
+    return int(float(match.group(1)) * factor)
 
 
 def _not(value: bool) -> bool:
@@ -228,7 +229,7 @@ LAYERS = (
     Option("isolate", "isolate", type=ISOLATE_CHOICES, default="first", show_default=True,
            help="Which failing layers to re-run alone on the reference's inputs, to separate error introduced "
                 "there from error carried from upstream."),
-    Option("max_memory", "max_memory", metavar="SIZE", parse=_size,
+    Option("max_memory", "max_memory", metavar="SIZE", parse=parse_size,
            help="Cap on captured tensors held at once with --layers, e.g. 512M or 2G [default: a quarter of "
                 "RAM]."),
     Option("fail_on_layers", "fail_on_layers", type="flag",

@@ -20,8 +20,7 @@ from typing import Any, Mapping, Sequence
 
 from parity.core.errors import UsageError
 from parity.core.metrics import Tolerance
-
-from parity.option_groups import CHECK_STATS, ISOLATE_CHOICES, MEMORY_MODES, PRECISION_CHOICES  # noqa: F401
+from parity.option_groups import CHECK_STATS, ISOLATE_CHOICES, MEMORY_MODES, PRECISION_CHOICES
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import click
 import pytest
 
 from parity.cli import cli
-from parity.cli.params import check_options
+from parity.commands.params import check_options
 from parity.option_groups import CHECK_STATS, MANIFEST, OPTIONS, PLUGIN
 from parity.options import CheckOptions, OutputOptions
 

@@ -10,13 +10,13 @@ import time
 
 import click
 
-from parity.cli.checks import write_reports
-from parity.cli.group import CONTEXT, cli, traceback_option
-from parity.cli.params import READ_BY_THE_COMMAND, check_report_paths, declared
+from parity.commands.checks import write_reports
+from parity.commands.params import CONTEXT, traceback_option
+from parity.commands.params import READ_BY_THE_COMMAND, check_report_paths, declared
 from parity.core.escape import terminal
 
 
-@cli.command(context_settings=CONTEXT)
+@click.command(context_settings=CONTEXT)
 @click.argument("target", type=click.Path(dir_okay=True, path_type=str))
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Pairs checked at once, each in its own process.")
@@ -84,7 +84,7 @@ def _emit_sweep(report, json_path, junit_path, html_path) -> None:
     raise SystemExit(report.exit_code)
 
 
-@cli.command(context_settings=dict(CONTEXT, ignore_unknown_options=True))
+@click.command(context_settings=dict(CONTEXT, ignore_unknown_options=True))
 @click.argument("report_path", metavar="REPORT.json", type=click.Path(dir_okay=False, path_type=str))
 @click.argument("extra", nargs=-1, type=click.UNPROCESSED)
 @traceback_option
@@ -122,5 +122,6 @@ def _rerun(recorded, extra):
     if recorded.versions:
         click.echo(terminal("recorded with " + ", ".join(f"{k} {v}" for k, v in recorded.versions.items()
                                                           if k != "platform")), err=True)
-    code = cli.main(args=[*recorded.args, *extra], prog_name="parity", standalone_mode=False)
+    parity = click.get_current_context().find_root().command  # the group this command runs in
+    code = parity.main(args=[*recorded.args, *extra], prog_name="parity", standalone_mode=False)
     raise SystemExit(code if isinstance(code, int) else 0)

@@ -6,12 +6,12 @@ import json
 
 import click
 
-from parity.cli.group import CONTEXT, cli, traceback_option
-from parity.cli.params import check_report_paths
+from parity.commands.params import CONTEXT, traceback_option
+from parity.commands.params import check_report_paths
 from parity.core.escape import terminal
 
 
-@cli.group(context_settings=CONTEXT)
+@click.group(context_settings=CONTEXT)
 def target():
     """Set up, list and check the places MNN runs (--mnn-target).
 

@@ -1,8 +1,10 @@
-"""The ``parity`` command group: the one place exceptions become exit codes.
+"""The click shell: parse -> call the library -> render -> exit code. No logic lives here.
 
-``ParityGroup.invoke`` turns a ParityError into ``Error: ...`` and its exit code; anything else
-is an internal error (123), shown as one line unless --traceback (or PARITY_TRACEBACK=1) asks
-for the whole story.
+The ``parity`` group gathers the commands of parity.commands, whose options are made from the
+declarations in parity.option_groups. The one place exceptions become exit codes is
+``ParityGroup.invoke``: a ParityError prints ``Error: ...`` and exits with its code; anything
+else is an internal error (123) shown as one line unless --traceback (or PARITY_TRACEBACK=1)
+asks for the whole story. Light to import (no numpy or frameworks): ``parity --help`` is fast.
 """
 
 from __future__ import annotations
@@ -13,10 +15,9 @@ import traceback
 import click
 
 from parity.core.errors import ExitCode, ParityError
+from parity.commands import checks, sweeps, targets
+from parity.commands.params import CONTEXT, traceback_option
 from parity.core.escape import terminal
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
 
 def _want_traceback(ctx: click.Context) -> bool:
     return bool(ctx.meta.get("parity.traceback")) or os.environ.get("PARITY_TRACEBACK") == "1"
@@ -77,18 +78,6 @@ class ParityGroup(click.Group):
             ctx.exit(int(ExitCode.INTERNAL))
 
 
-def traceback_option(f):
-    def remember(ctx, _param, value):
-        if value:
-            ctx.meta["parity.traceback"] = True
-        return value
-
-    return click.option(
-        "--traceback", is_flag=True, expose_value=False, callback=remember, is_eager=True,
-        help="Show the full Python traceback when something fails.",
-    )(f)
-
-
 @click.group(cls=ParityGroup, context_settings=CONTEXT)
 @click.version_option(package_name="parity", prog_name="parity")
 @traceback_option
@@ -102,3 +91,12 @@ def cli():
     from parity.run.worker import install_process_guards
 
     install_process_guards()  # SIGTERM/SIGHUP like Ctrl-C, one private temp dir, no ORT telemetry
+
+
+for command in (checks.check, checks.compare, checks.convert, checks.inspect, sweeps.sweep, sweeps.rerun,
+                targets.target):
+    cli.add_command(command)
+
+
+def main() -> None:  # pragma: no cover - console script indirection for python -m
+    cli(prog_name="parity")

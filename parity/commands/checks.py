@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from parity.cli.group import CONTEXT, cli, traceback_option
-from parity.cli.params import (check_options, check_report_paths, declared, group, progress, report_flags,
+from parity.commands.params import CONTEXT, traceback_option
+from parity.commands.params import (check_options, check_report_paths, declared, group, progress, report_flags,
                                spec_file)
 from parity.core.escape import terminal
 
@@ -18,7 +18,7 @@ CONVERT = ("output", "atol", "rtol", "seed", "shape", "inputs", "layers", "mnn_p
 COMPARE = ("atol", "rtol", *group("reports"), "no_color")
 
 
-@cli.command(context_settings=CONTEXT)
+@click.command(context_settings=CONTEXT)
 @click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=True, path_type=str))
 @declared("check", *CHECK)
 @traceback_option
@@ -113,7 +113,7 @@ def write_reports(reports) -> bool:
     return on_stdout is not None
 
 
-@cli.command(context_settings=CONTEXT)
+@click.command(context_settings=CONTEXT)
 @click.argument("model", type=click.Path(dir_okay=True, path_type=str))
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=300.0,
               show_default=True, help="Seconds MNN may take to load the model.")
@@ -131,7 +131,7 @@ def inspect(model, timeout):
         click.echo(terminal(found.note))
 
 
-@cli.command(context_settings=CONTEXT)
+@click.command(context_settings=CONTEXT)
 @click.argument("reference", type=click.Path(dir_okay=True, path_type=str))
 @click.argument("candidate", type=click.Path(dir_okay=True, path_type=str))
 @click.option("--dtype", type=click.Choice(["float32", "float16", "float64", "int32", "int64", "int8", "uint8", "bool"]),
@@ -170,7 +170,7 @@ def compare(reference, candidate, dtype, shape_text, model_input, atol, rtol, no
     emit(report, OutputOptions(**reports), no_color)
 
 
-@cli.command(context_settings=dict(CONTEXT, ignore_unknown_options=True))
+@click.command(context_settings=dict(CONTEXT, ignore_unknown_options=True))
 @click.argument("model", type=click.Path(dir_okay=True, path_type=str))
 @declared("convert", *CONVERT)
 @click.argument("converter_options", nargs=-1, type=click.UNPROCESSED)

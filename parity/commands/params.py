@@ -1,5 +1,6 @@
-"""click options made from the declarations in parity.option_groups, the CheckOptions their
-values build, and the checks of output paths every command makes before any work."""
+"""What every command shares: click options made from the declarations in parity.option_groups,
+the CheckOptions their values build, --traceback, and the checks of output paths made before
+any work."""
 
 from __future__ import annotations
 
@@ -8,6 +9,21 @@ import dataclasses
 import click
 
 from parity.option_groups import GROUPS, OPTIONS, BadOptionValue, check_keywords
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def traceback_option(f):
+    def remember(ctx, _param, value):
+        if value:
+            ctx.meta["parity.traceback"] = True
+        return value
+
+    return click.option(
+        "--traceback", is_flag=True, expose_value=False, callback=remember, is_eager=True,
+        help="Show the full Python traceback when something fails.",
+    )(f)
+
 
 # the declared types, as click takes them
 _TYPES = {
