@@ -26,7 +26,7 @@ def _want_traceback(ctx: click.Context) -> bool:
 class ParityGroup(click.Group):
     @staticmethod
     def _interrupted(ctx: click.Context, exc: KeyboardInterrupt):
-        from parity.run.worker import interruption
+        from parity.run.process import interruption
         from parity.core.paths import published
 
         cause, code = interruption(exc)
@@ -47,7 +47,7 @@ class ParityGroup(click.Group):
         except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
             raise
         except ParityError as exc:
-            from parity.run.worker import signalled
+            from parity.run.process import signalled
 
             interrupted = signalled()
             if interrupted is not None:  # an error caused by the signal: report the signal
@@ -56,14 +56,14 @@ class ParityGroup(click.Group):
                 traceback.print_exc()
             click.echo(f"Error: {terminal(exc)}", err=True)
             ctx.exit(int(exc.exit_code))
-        except KeyboardInterrupt as exc:  # Ctrl-C, and SIGTERM or SIGHUP (worker.Terminated)
+        except KeyboardInterrupt as exc:  # Ctrl-C, and SIGTERM or SIGHUP (process.Terminated)
             return self._interrupted(ctx, exc)
         except BrokenPipeError:  # stdout's reader went away (`parity check ... | head`)
-            from parity.run.worker import silence_stdout
+            from parity.run.process import silence_stdout
 
             ctx.exit(silence_stdout())
         except Exception as exc:  # the one catch-all: one line, not a traceback
-            from parity.run.worker import signalled
+            from parity.run.process import signalled
 
             if signalled() is not None:  # a consequence of the signal being handled
                 return self._interrupted(ctx, signalled())
@@ -88,7 +88,7 @@ def cli():
     reports per-output differences. Exit codes: 0 pass, 1 mismatch, 2 command-line error, 3 model or
     input error, 4 backend failure (crash, timeout, framework missing), 123 internal error.
     """
-    from parity.run.worker import install_process_guards
+    from parity.run.process import install_process_guards
 
     install_process_guards()  # SIGTERM/SIGHUP like Ctrl-C, one private temp dir, no ORT telemetry
 

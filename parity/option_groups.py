@@ -162,7 +162,7 @@ COMPARISON = (
 # where the report goes; written by the CLI after the check (OutputOptions)
 REPORTS = (
     Option("json", None, type="path", metavar="PATH",
-           help="Write the JSON report (schema parity.core.report/1) to PATH; '-' for stdout."),
+           help="Write the JSON report (schema parity.report/1) to PATH; '-' for stdout."),
     Option("html", None, type="path", metavar="PATH",
            help="Write a self-contained HTML report (verdict, tables, per-layer chart)."),
     Option("junit", None, type="path", metavar="PATH",

@@ -26,7 +26,7 @@ from parity.core.escape import terminal
               help="Kill a pair's check, and every process it started, after SECONDS; the pair "
                    "then counts as a backend failure (exit 4).")
 @click.option("--json", "json_path", type=click.Path(path_type=str), metavar="PATH",
-              help="Write the results (schema parity.checking.sweep/1) to PATH; '-' for stdout.")
+              help="Write the results (schema parity.sweep/1) to PATH; '-' for stdout.")
 @click.option("--junit", "junit_path", type=click.Path(path_type=str), metavar="PATH",
               help="Write JUnit XML (one testcase per model pair) to PATH.")
 @click.option("--html", "html_path", type=click.Path(path_type=str), metavar="PATH",
