@@ -14,10 +14,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from parity.core.check_stats import CHECK_STATS
 from parity.core.errors import UsageError
 
-# the words some options take; options.py validates by them, judge decides by CHECK_STATS
-CHECK_STATS = ("elementwise", "max", "mean", "median", "cosine")
+# the words some options take; options.py validates by them
 ISOLATE_CHOICES = ("first", "all", "none")
 PRECISION_CHOICES = ("normal", "high", "low", "low_bf16")
 MEMORY_MODES = {"normal": 0, "high": 1, "low": 2}
