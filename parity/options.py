@@ -1,23 +1,26 @@
 """The options of a check, as small frozen dataclasses built once (by the CLI, the pytest
 plugin or ``parity.check``'s keywords) and passed whole, like Black's Mode.
 
+``CheckOptions`` says what to compute; its ``output`` (``OutputOptions``) says what to write.
 ``CheckOptions.from_keywords`` accepts the flat keywords ``parity.check`` has always taken
 (``seed=``, ``layers=True``, ``mnn_options={...}``...), so the Python API stays as documented.
+
+Each object checks its own fields here, by the words parity.option_groups declares; what only a
+domain module can judge (a budget rule, a target spec) is refused by parity.checking.preflight
+before any work, so this module imports no domain module.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from parity.core.errors import UsageError
 from parity.core.metrics import Tolerance
-
-ISOLATE_CHOICES = ("first", "all", "none")
-PRECISION_CHOICES = ("normal", "high", "low", "low_bf16")
-MEMORY_MODES = {"normal": 0, "high": 1, "low": 2}
+from parity.option_groups import CHECK_STATS, ISOLATE_CHOICES, MEMORY_MODES, PRECISION_CHOICES
 
 
 @dataclass(frozen=True)
@@ -35,10 +38,7 @@ class MnnOptions:
 
     def __post_init__(self):
         self.precisions()  # refuse a bad precision or memory mode when the options are made
-        self.memories()
-        from parity.run.targets import parse_target
-
-        parse_target(self.target)
+        self.memories()  # (the target's spec: preflight.refuse_bad_options, by the targets module)
 
     def precisions(self) -> tuple[str, ...]:
         """The precision modes to run, each as its own link ("high,low" -> ("high", "low"))."""
@@ -102,7 +102,40 @@ class LayerOptions:
 
 
 @dataclass(frozen=True)
+class OutputOptions:
+    """What a check writes besides its result: files the check itself writes (inputs, the
+    reference's outputs, a reproduction, the fixed model) and the reports the CLI renders from
+    it (--json, --html, --junit, --model-explorer; '-' for stdout)."""
+
+    save_inputs: str | os.PathLike | None = None
+    # the reference's outputs written to an .npz (--save-outputs), to compare later runs with
+    save_outputs: str | os.PathLike | None = None
+    repro: str | os.PathLike | None = None
+    write_fixed: str | os.PathLike | None = None  # where the ranking's fix (worst layers in float) goes
+    json: str | None = None
+    html: str | None = None
+    junit: str | None = None
+    model_explorer: str | None = None
+
+    def reports(self) -> dict:
+        """The reports asked for, by flag: {"--json": path, ...}."""
+        return {f"--{name.replace('_', '-')}": getattr(self, name) for name in REPORT_FIELDS}
+
+    def files(self) -> dict:
+        """The files the check writes, by flag: {"--save-inputs": path, ...}."""
+        return {f"--{name.replace('_', '-')}": getattr(self, name) for name in ("save_inputs", "write_fixed",
+                                                                               "save_outputs")}
+
+
+REPORT_FIELDS = ("json", "html", "junit", "model_explorer")
+# the fields that moved to OutputOptions; CheckOptions still takes and gives them by these names
+_WRITTEN_BY_THE_CHECK = ("save_inputs", "save_outputs", "repro", "write_fixed")
+
+
+@dataclass(frozen=True)
 class CheckOptions:
+    """What a check computes; ``output`` says what it writes."""
+
     tolerance: Tolerance = Tolerance()
     # True when the tolerance was given (--atol/--rtol, tolerance=): then it applies to every
     # link; otherwise a link that ran in float16 gets float16's default (pipeline.link_tolerance)
@@ -110,14 +143,12 @@ class CheckOptions:
     seed: int = 0
     shapes: Mapping[str, Sequence[int]] = field(default_factory=dict)
     inputs: str | os.PathLike | Mapping | None = None  # .npz path, or name -> array
-    save_inputs: str | os.PathLike | None = None
     allow_nonfinite: bool = False
     timeout: float = 300.0  # seconds per MNN step (load, run, conversion)
     mnn: MnnOptions = MnnOptions()
     torch_inputs: tuple[str, ...] | None = None
     layers: LayerOptions = LayerOptions()
     diagnose: bool = True
-    repro: str | os.PathLike | None = None
     # compressed models (compression.py, budget.py): the float conversion to attribute the
     # loss against (None: parity converts the ONNX itself), and the budget of the compression
     # (None: the default of the compression kind); attribute=False checks ONNX -> .mnn as is
@@ -125,11 +156,9 @@ class CheckOptions:
     budget: str | None = None
     attribute: bool = True
     rank_layers: bool = False  # rank compressed layers by their cost even when the budget holds
-    write_fixed: str | os.PathLike | None = None  # where the ranking's fix (worst layers in float) goes
     samples_axis: int | None = None  # --inputs holds many samples along this axis of every array
-    # the reference's outputs written to an .npz (--save-outputs), or read from one as the
-    # reference of this check (--load-outputs), in place of running a reference model
-    save_outputs: str | os.PathLike | None = None
+    # the outputs saved in an .npz (--load-outputs) as the reference of this check, in place of
+    # running a reference model
     load_outputs: str | os.PathLike | None = None
     # input data: value ranges of generated inputs ((name or None for all, (low, high)), ...),
     # or a Python data loader "file.py:function" yielding dicts of arrays (each a sample)
@@ -142,16 +171,22 @@ class CheckOptions:
     # the tool's method: the ranking of its layers quantizes it again with them
     calibration: str | os.PathLike | None = None
     calibration_method: str = "ADMM"
+    output: OutputOptions = OutputOptions()
 
     def __post_init__(self):
-        from parity.core.judge import CHECK_STATS
-
         if self.check_stat not in CHECK_STATS:
             raise UsageError(f"--check-stat must be one of {', '.join(CHECK_STATS)}, not {self.check_stat!r}")
-        if self.budget is not None:
-            from parity.checking.budget import Budget
 
-            Budget.parse(self.budget)  # refuse a bad budget before any work
+    # what the check writes, read where it was before the split (options.save_inputs...)
+    save_inputs = property(lambda self: self.output.save_inputs)
+    save_outputs = property(lambda self: self.output.save_outputs)
+    repro = property(lambda self: self.output.repro)
+    write_fixed = property(lambda self: self.output.write_fixed)
+
+    @classmethod
+    def keywords(cls) -> list[str]:
+        """The keywords the constructor takes (the fields, and those of what the check writes)."""
+        return sorted({f.name for f in dataclasses.fields(cls)} - {"output"} | set(_WRITTEN_BY_THE_CHECK))
 
     @classmethod
     def from_keywords(cls, **keywords: Any) -> "CheckOptions":
@@ -180,26 +215,48 @@ class CheckOptions:
             keywords.pop("shapes", None)
         if "tolerance" in keywords and "tolerance_given" not in keywords:
             keywords["tolerance_given"] = True
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(keywords) - known)
+        known = cls.keywords()
+        unknown = sorted(set(keywords) - set(known))
         if unknown:
-            raise UsageError(f"unknown check option {unknown[0]!r}; known: {sorted(known)}")
+            raise UsageError(f"unknown check option {unknown[0]!r}; known: {known}")
         return cls(**keywords)
 
     def to_dict(self) -> dict:
-        """As given, for the report (paths as strings, arrays named but not included)."""
-        def plain(value):
-            if dataclasses.is_dataclass(value) and not isinstance(value, type):
-                return plain(dataclasses.asdict(value))
-            if isinstance(value, Mapping):
-                if value and all(hasattr(v, "shape") for v in value.values()):
-                    return f"{len(value)} arrays given"
-                return {k: plain(v) for k, v in value.items()}
-            if isinstance(value, (list, tuple)):
-                return [plain(v) for v in value]
-            if isinstance(value, os.PathLike):
-                return os.fspath(value)
-            return value
+        """As given, for the report (paths as strings, arrays named but not included), under the
+        names and in the order reports have always had; the reports' own paths are not in it."""
+        return {name: _plain(getattr(self, name)) for name in _RECORDED}
 
-        return {f.name: plain(dataclasses.asdict(getattr(self, f.name)) if dataclasses.is_dataclass(
-            getattr(self, f.name)) else getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+def _taking_written_keywords(init):
+    """CheckOptions(save_inputs=..., repro=...) as before the split: those go into ``output``."""
+    @functools.wraps(init)
+    def __init__(self, *args, **keywords):
+        written = {k: keywords.pop(k) for k in _WRITTEN_BY_THE_CHECK if k in keywords}
+        if written:
+            keywords["output"] = dataclasses.replace(keywords.get("output") or OutputOptions(), **written)
+        init(self, *args, **keywords)
+
+    return __init__
+
+
+CheckOptions.__init__ = _taking_written_keywords(CheckOptions.__init__)
+
+# the options a report records, in the order of the fields before the split
+_RECORDED = ("tolerance", "tolerance_given", "seed", "shapes", "inputs", "save_inputs", "allow_nonfinite", "timeout",
+             "mnn", "torch_inputs", "layers", "diagnose", "repro", "float_mnn", "budget", "attribute", "rank_layers",
+             "write_fixed", "samples_axis", "save_outputs", "load_outputs", "val_ranges", "data_loader", "tolerances",
+             "check_stat", "calibration", "calibration_method")
+
+
+def _plain(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
+    if isinstance(value, Mapping):
+        if value and all(hasattr(v, "shape") for v in value.values()):
+            return f"{len(value)} arrays given"
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value

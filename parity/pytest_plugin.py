@@ -20,24 +20,21 @@ _DEFAULT_TARGET: list = [None]  # from --parity-mnn-target
 
 def check_parity(*models, atol: float | None = None, rtol: float | None = None,
                  mnn_target: str | None = None, mnn_precision: str | None = None, **options):
-    """Run ``parity.check`` on ``models``; fail the current test with the rendered report."""
+    """Run ``parity.check`` on ``models``; fail the current test with the rendered report.
+    ``atol``, ``rtol``, ``mnn_target`` and ``mnn_precision`` are the options of those names
+    (parity.option_groups), made into ``parity.check`` keywords as the CLI makes them; keys
+    given in ``mnn_options`` win over ``mnn_target`` and ``mnn_precision``."""
     import io
 
-    from parity.core.metrics import DEFAULT_RTOL, Tolerance
     from parity.checking.pipeline import check
+    from parity.option_groups import check_keywords
     from parity.render.text import render
 
-    if atol is not None or rtol is not None:
-        options["tolerance"] = Tolerance(atol, DEFAULT_RTOL if rtol is None else rtol)
-    target = mnn_target or _DEFAULT_TARGET[0]
-    if target or mnn_precision:
-        mnn = dict(options.pop("mnn_options", None) or {})
-        if target:
-            mnn.setdefault("target", target)
-        if mnn_precision:
-            mnn.setdefault("precision", mnn_precision)
-        options["mnn_options"] = mnn
-    report = check(list(models), **options)
+    shortcuts = check_keywords({"atol": atol, "rtol": rtol, "mnn_target": mnn_target or _DEFAULT_TARGET[0],
+                                "mnn_precision": mnn_precision or None})
+    if "mnn_options" in shortcuts:
+        shortcuts["mnn_options"].update(options.pop("mnn_options", None) or {})
+    report = check(list(models), **{**options, **shortcuts})
     if not report.passed:
         buffer = io.StringIO()
         render(report, buffer, color=False, width=150)

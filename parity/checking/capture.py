@@ -8,7 +8,6 @@ comparison (layers.py)."""
 from __future__ import annotations
 
 import os
-import re
 
 import numpy as np
 
@@ -25,15 +24,6 @@ def default_max_memory() -> int:
     except (ValueError, OSError, AttributeError):
         total = 8 << 30
     return max(total // 4, 256 << 20)
-
-
-def parse_size(text: str) -> int:
-    """``"512M"``, ``"2G"``, ``"1.5GB"``, ``"1000000"`` -> bytes."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)i?b?\s*", text.lower())
-    if not match:
-        raise ValueError(f"{text!r} is not a size like 512M or 2G")
-    factor = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[match.group(2)]
-    return int(float(match.group(1)) * factor)
 
 
 def plan_chunks(graph, feeds, entries, max_memory, report) -> list[list[Entry]]:

@@ -27,6 +27,7 @@ from parity.core.errors import ModelError, ParityError, UsageError
 from parity.core.judge import compare_outputs, layer_only_findings, verdict_for
 from parity.core.links import LINKS, link_for, with_layers
 from parity.options import CheckOptions
+from parity.checking.preflight import refuse_bad_options
 from parity.core.report import BackendInfo, Comparison, Report, Verdict
 
 Progress = Callable[[str], None]
@@ -90,6 +91,7 @@ def check(
     elif keywords:
         raise UsageError(f"give check options either as an options object or as keywords, not both "
                          f"({sorted(keywords)[0]!r})")
+    refuse_bad_options(options)  # a budget or target the options could not judge themselves
     say = _with_counts(progress)
     if options.load_outputs is not None:  # saved outputs lead the chain as its reference
         chain = [("saved", Path(options.load_outputs)), *resolve_models(models, minimum=1)]

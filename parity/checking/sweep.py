@@ -39,6 +39,7 @@ from pathlib import Path
 from parity.backends import registry
 from parity.run.process import kill_group, python_command, python_env, signal_description, spawn
 from parity.core.errors import ExitCode, InputError, UsageError
+from parity.option_groups import MANIFEST
 
 SCHEMA = "parity.sweep/1"
 # worst last when a sweep sums up its pairs
@@ -101,21 +102,23 @@ class Item:
 
     def argv(self) -> list[str]:
         args = ["check", *self.models]
-        o = self.options
-        for key in ("atol", "rtol", "seed", "timeout"):
-            if key in o:
-                args += [f"--{key}", str(o[key])]
-        for name, dims in (o.get("shape") or {}).items():
-            text = "x".join(map(str, dims)) if isinstance(dims, list) else dims
-            args += ["--shape", f"{name}={text}"]
-        if o.get("inputs"):
-            args += ["--inputs", str(o["inputs"])]
-        if o.get("layers"):
-            args.append("--layers")
-        for key in ("mnn_target", "mnn_precision"):
-            if o.get(key):
-                args += [f"--{key.replace('_', '-')}", str(o[key])]
+        for name, option in MANIFEST.items():
+            if self.options.get(name) is not None:
+                args += _words(option, self.options[name])
         return args
+
+
+def _words(option, value) -> list[str]:
+    """One manifest field as the words of the check's command line."""
+    if option.manifest == "bool":
+        return [option.flag] if value else []
+    if option.manifest == "shapes":
+        words = []
+        for name, dims in value.items():
+            text = "x".join(map(str, dims)) if isinstance(dims, list) else dims
+            words += [option.flag, f"{name}={text}"]
+        return words
+    return [option.flag, str(value)]
 
 
 def with_defaults(items: list, **defaults) -> list:
@@ -144,17 +147,20 @@ def discover(target: str | os.PathLike) -> list[Item]:
     return _manifest(path)
 
 
-# The manifest's fields and the types each takes (a number is an int or a float, never a bool);
-# the models' fields are the adapters' manifest keys (torch, onnx, mnn), in chain order.
-_NUMBER_FIELDS = ("atol", "rtol", "timeout")
+# The manifest's fields: the models, and the check options declared with a manifest kind
+# (option_groups.MANIFEST), each kind with the test its values pass (a number is an int or a
+# float, never a bool) and what it asks for.
+_KINDS = {
+    "text": (lambda v: isinstance(v, str) and bool(v), "a non-empty string"),
+    "number": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, "a number >= 0"),
+    "integer": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+}
 
 
 def _model_fields() -> tuple[str, ...]:
+    """The models' fields: the adapters' manifest keys (torch, onnx, mnn), in chain order."""
     return tuple(cls.manifest_key for cls in registry.backend_classes().values() if cls.manifest_key)
-
-
-def _text_fields() -> tuple[str, ...]:
-    return ("name", *_model_fields(), "inputs", "mnn_target", "mnn_precision")
 
 
 def _manifest(path: Path) -> list[Item]:
@@ -202,7 +208,7 @@ def _check_entry(entry, where: str) -> None:
     """Every field of one manifest entry has the type it needs, or one line says which not."""
     if not isinstance(entry, dict):
         raise InputError(f"{where} is a {type(entry).__name__}, not a table of fields (onnx = ..., mnn = ...)")
-    known = set(_text_fields()) | set(_NUMBER_FIELDS) | {"seed", "layers", "shape"}
+    known = {"name", *_model_fields()} | set(MANIFEST)
     unknown = sorted(set(entry) - known)
     if unknown:
         raise InputError(f"{where}: unknown field {unknown[0]!r}; known: {', '.join(sorted(known))}")
@@ -210,40 +216,42 @@ def _check_entry(entry, where: str) -> None:
     def wrong(key, wanted):
         return InputError(f"{where}: {key} must be {wanted}, not {type(entry[key]).__name__} {entry[key]!r}")
 
-    for key in _text_fields():
-        if key in entry and not (isinstance(entry[key], str) and entry[key]):
-            raise wrong(key, "a non-empty string")
-    for key in _NUMBER_FIELDS:
-        if key in entry and (isinstance(entry[key], bool) or not isinstance(entry[key], (int, float))
-                             or entry[key] < 0):
-            raise wrong(key, "a number >= 0")
-    if "seed" in entry and (isinstance(entry["seed"], bool) or not isinstance(entry["seed"], int)
-                            or entry["seed"] < 0):
-        raise wrong("seed", "an integer >= 0")
-    if "layers" in entry and not isinstance(entry["layers"], bool):
-        raise wrong("layers", "true or false")
+    for key in ("name", *_model_fields()):
+        if key in entry and not _KINDS["text"][0](entry[key]):
+            raise wrong(key, _KINDS["text"][1])
+    for key, option in MANIFEST.items():
+        if key in entry and option.manifest in _KINDS and not _KINDS[option.manifest][0](entry[key]):
+            raise wrong(key, _KINDS[option.manifest][1])
     if "mnn_target" in entry or "mnn_precision" in entry:
-        from parity.options import MnnOptions
+        _check_mnn(entry, where)
+    if entry.get("shape") is not None:
+        _check_shape(entry["shape"], where, wrong)
 
-        from parity.run.targets import runs_a_command
 
-        try:
-            MnnOptions(precision=entry.get("mnn_precision", "normal"), target=entry.get("mnn_target", "local"))
-            commands = runs_a_command(entry.get("mnn_target"))
-        except UsageError as exc:
-            raise InputError(f"{where}: {exc}") from None
-        if commands:
-            raise InputError(f"{where}: mnn_target exec:... or ssh://...?python= with a command is taken only "
-                             f"from the command line (--mnn-target), never from a manifest, which would run it")
-    shape = entry.get("shape")
-    if shape is not None:
-        if not isinstance(shape, dict):
-            raise wrong("shape", "a table of input name = \"1x64x32\"")
-        for name, dims in shape.items():
-            if not isinstance(dims, str) and not (isinstance(dims, list) and all(
-                    isinstance(d, int) and not isinstance(d, bool) for d in dims)):
-                raise InputError(f"{where}: shape.{name} must be \"1x64x32\" or a list of integers, "
-                                 f"not {dims!r}")
+def _check_mnn(entry, where: str) -> None:
+    from parity.checking.preflight import refuse_bad_mnn
+    from parity.options import MnnOptions
+    from parity.run.targets import runs_a_command
+
+    try:
+        refuse_bad_mnn(MnnOptions(precision=entry.get("mnn_precision", "normal"),
+                                  target=entry.get("mnn_target", "local")))
+        commands = runs_a_command(entry.get("mnn_target"))
+    except UsageError as exc:
+        raise InputError(f"{where}: {exc}") from None
+    if commands:
+        raise InputError(f"{where}: mnn_target exec:... or ssh://...?python= with a command is taken only "
+                         f"from the command line (--mnn-target), never from a manifest, which would run it")
+
+
+def _check_shape(shape, where: str, wrong) -> None:
+    if not isinstance(shape, dict):
+        raise wrong("shape", "a table of input name = \"1x64x32\"")
+    for name, dims in shape.items():
+        if not isinstance(dims, str) and not (isinstance(dims, list) and all(
+                isinstance(d, int) and not isinstance(d, bool) for d in dims)):
+            raise InputError(f"{where}: shape.{name} must be \"1x64x32\" or a list of integers, "
+                             f"not {dims!r}")
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:

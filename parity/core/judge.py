@@ -24,6 +24,7 @@ from parity.core.links import link_for
 from parity.core import metrics
 from parity.core.metrics import TensorDiff, Tolerance, fmt
 from parity.core.report import Comparison, OutputComparison, Verdict
+from parity.core.check_stats import CHECK_STATS  # noqa: F401  kept importable from here
 
 
 # -- tensors --------------------------------------------------------------------------------------
@@ -130,9 +131,6 @@ def compare_outputs(
         for n in pairing.extra_in_candidate
     )
     return Comparison(reference_name, candidate_name, all(r.passed for r in results), tuple(results), notes)
-
-
-CHECK_STATS = ("elementwise", "max", "mean", "median", "cosine")
 
 
 def stat_passes(stat: str, reference: np.ndarray, candidate: np.ndarray, tol: Tolerance) -> tuple[bool, str]:

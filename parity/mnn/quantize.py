@@ -21,9 +21,10 @@ from typing import Sequence
 
 import numpy as np
 
-from parity.core.errors import InputError
+from parity.core.errors import InputError, ModelError
+from parity.option_groups import INT8_METHODS
 
-METHODS = ("ADMM", "EMA", "KL")  # feature_quantize_method; MNN 3.6.1 here: KL crashed, EMA ignores skip_quant_op_names
+METHODS = INT8_METHODS  # feature_quantize_method; MNN 3.6.1 here: KL crashed, EMA ignores skip_quant_op_names
 
 
 def write_calibration(samples: Sequence[dict], directory: Path) -> list[dict]:
@@ -69,6 +70,44 @@ def full_int8(float_mnn, target, samples: Sequence[dict], *, method: str = "ADMM
         return Path(target)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def full_int8_from_onnx(source: Path, target: Path, scratch: Path, calibration, *, method: str = "ADMM",
+                        converter_options: Sequence[str] = (), timeout: float = 300.0, progress=None) -> Path:
+    """``parity convert --int8-calibration``: ``source`` (.onnx) converted to float, then quantized
+    to full int8 on the calibration samples (an .npz directory or glob) into ``target``.
+    Returns the float conversion, in ``scratch``, which the check attributes the loss against."""
+    from parity.core import inputs as inputs_mod
+    from parity.core.paths import copy_atomic
+    from parity.mnn.converter import convert
+
+    files = inputs_mod.sample_files(calibration)
+    samples = [inputs_mod.read_npz(f, "--int8-calibration file", not_a="an .npz file") for f in files]
+    expected = _onnx_input_names(source)
+    for file, sample in zip(files, samples):
+        if sorted(sample) != sorted(expected):
+            raise InputError(f"--int8-calibration {file.name} does not fit the model's inputs {expected}: it holds "
+                             f"{sorted(sample)}")
+    say = progress or (lambda message: None)
+    float_path = scratch / f"{target.stem}.float.mnn"
+    say(f"converting {source.name} to float (the model to quantize)")
+    convert(source, float_path, options=list(converter_options), timeout=timeout)
+    say(f"quantizing to full int8 ({method}) on {len(samples)} calibration samples")
+    built = full_int8(float_path, scratch / "int8.mnn", samples, method=method, timeout=timeout)
+    copy_atomic(built, target, "-o", inputs=[source, *files])
+    return float_path
+
+
+def _onnx_input_names(source) -> list[str]:
+    """The ONNX model's real inputs (graph inputs that are not initializers)."""
+    from parity.core import onnx_skeleton
+
+    try:
+        graph = onnx_skeleton.load(source).graph
+    except Exception as exc:
+        raise ModelError(f"{str(source)!r} is not a readable ONNX model ({type(exc).__name__})") from None
+    constants = {i.name for i in graph.initializer}
+    return [i.name for i in graph.input if i.name not in constants]
 
 
 def _quantize_in_child(source: str, target: str, config: str) -> bool:

@@ -1,0 +1,92 @@
+"""``parity rerun REPORT.json``: the command line a report records, without the flags that
+wrote files, and what a report records for it (``rerun_info``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from parity.core.errors import InputError
+
+# the flags of a recorded command that write files: a rerun drops them (nothing is overwritten);
+# give new ones to the rerun itself
+REPORT_FLAGS = ("--json", "--html", "--junit", "--model-explorer")
+FILE_FLAGS = ("--save-inputs", "--save-outputs", "--write-fixed")
+_WRITING_FLAGS = {"--json", "--html", "--junit", "--model-explorer", "--save-inputs", "--repro", "--write-fixed",
+                  "-o", "--output"}
+_MAX_REPORT_BYTES = 256 << 20
+
+
+@dataclass(frozen=True)
+class Recorded:
+    args: list  # the command line to run, after "parity", without the flags that wrote files
+    cwd: str | None  # where it ran
+    versions: dict = field(default_factory=dict)  # what ran it
+
+
+def read_recorded(report_path: str) -> Recorded:
+    """The check or compare command ``report_path`` records; InputError for anything else."""
+    from parity.core.paths import check_input
+
+    check_input(report_path, "the report")
+    if os.path.getsize(report_path) > _MAX_REPORT_BYTES:
+        raise InputError(f"{report_path!r} is too large to be a parity report")
+    try:
+        data = json.loads(Path(report_path).read_text(encoding="utf-8"))
+        recorded = data["rerun"]
+        command = [str(word) for word in recorded["command"]]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise InputError(f"{report_path!r} is not a parity JSON report with a recorded command "
+                         f"(reports from parity check or convert on the command line have one)") from None
+    if len(command) < 2 or command[1] not in ("check", "compare"):
+        raise InputError(f"{report_path!r} records {' '.join(command[:2])!r}: only check and compare runs can be rerun "
+                         f"(a convert would convert again)")
+    return Recorded(_without_writing_flags(command[1:]), recorded.get("cwd"), recorded.get("versions") or {})
+
+
+def _without_writing_flags(words) -> list:
+    args, skip = [], False
+    for word in words:
+        if skip:
+            skip = False
+            continue
+        flag = word.split("=", 1)[0]
+        if flag in _WRITING_FLAGS:
+            skip = "=" not in word
+            continue
+        args.append(word)
+    return args
+
+
+def outputs_given(extra) -> tuple[dict, dict]:
+    """The reports and files the rerun's own flags (``extra``) write: ({"--json": path}, {...})."""
+    given = {}
+    for i, word in enumerate(extra):
+        flag, eq, value = word.partition("=")
+        if flag in REPORT_FLAGS + FILE_FLAGS and (eq or i + 1 < len(extra)):
+            given[flag] = value if eq else extra[i + 1]
+    return ({k: v for k, v in given.items() if k in REPORT_FLAGS},
+            {k: v for k, v in given.items() if k in FILE_FLAGS})
+
+
+def rerun_info(report) -> dict:
+    """What a later ``parity rerun REPORT.json`` needs: this command line (as parity received
+    it), where it ran, and the versions that ran it."""
+    import platform
+
+    versions = {"parity": report.parity_version, "python": platform.python_version(),
+                "platform": platform.platform()}
+    for backend in report.backends:
+        versions.setdefault(backend.name, backend.version)
+    for module in ("numpy",):
+        mod = sys.modules.get(module)
+        if mod is not None:
+            versions[module] = getattr(mod, "__version__", "?")
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        cwd = None
+    return {"command": ["parity", *sys.argv[1:]], "cwd": cwd, "versions": versions}
