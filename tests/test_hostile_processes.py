@@ -140,15 +140,6 @@ def test_pythonstartup_is_never_run(tmp_path):
     assert not (tmp_path / "ran").exists()
 
 
-@pytest.fixture
-def add_pair(tmp_path):
-    d = tmp_path / "add"
-    d.mkdir()
-    onnx_path = save_model([helper.make_node("Add", ["x", "x"], ["y"])], [tensor("x", shape=[1, 4])],
-                           [tensor("y", shape=[1, 4])], d / "add.onnx")
-    return onnx_path, to_mnn(onnx_path)
-
-
 @pytest.mark.parametrize("variable", ["PYTHONHOME", "PYTHONPATH", "PYTHONINSPECT", "PYTHONWARNINGS"])
 def test_children_ignore_python_variables_of_the_environment(tmp_path, monkeypatch, add_pair, variable):
     """Set after parity started (as a host program may): MNN's child and sweep's checks must

@@ -517,13 +517,6 @@ def test_sweep_child_paths_are_absolute(tmp_path, monkeypatch):
     assert sweep._absolute("pkg.models:build") == "pkg.models:build"  # imported, not opened
 
 
-@pytest.fixture(scope="module")
-def add_pair(tmp_path_factory):
-    d = tmp_path_factory.mktemp("add")
-    return _pair(save_model([helper.make_node("Add", ["x", "x"], ["y"])], [tensor("x", shape=[1, 4])],
-                            [tensor("y", shape=[1, 4])], d / "add.onnx"))
-
-
 def test_sweep_child_does_not_import_from_the_working_directory(tmp_path, monkeypatch, add_pair):
     """`python -m` puts its working directory first on sys.path: a user's stray numpy.py
     there must not replace numpy in the pair's check."""
