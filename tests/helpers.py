@@ -72,11 +72,10 @@ def run_parity(*args, cwd=None, env=None, timeout=600) -> Result:
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
-def run_json(command, *args, cwd=None, env=None, timeout=600) -> Result:
-    """``parity COMMAND --json - *args``: the report on stdout, read with ``Result.json()``.
-    The one place the tests ask the CLI for its JSON on stdout (the flag goes right after the
-    command, so that ``convert``'s pass-through converter options never swallow it)."""
-    return run_parity(command, *JSON_STDOUT, *args, cwd=cwd, env=env, timeout=timeout)
+def run_json(*args, cwd=None, env=None, timeout=600) -> Result:
+    """``parity *args --json -``: the report on stdout, read with ``Result.json()``. The one
+    place the tests ask the CLI for its JSON on stdout."""
+    return run_parity(*args, *JSON_STDOUT, cwd=cwd, env=env, timeout=timeout)
 
 
 JSON_STDOUT = ("--json", "-")  # for harnesses that start parity themselves (hostile.run_hostile, Popen)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from onnx import helper
 
-from helpers import MODELS, default_signals, save_model, tensor, to_mnn, wait_until
+from helpers import JSON_STDOUT, MODELS, default_signals, save_model, tensor, to_mnn, wait_until
 from hostile import CAPTURING, PAIR_RUNNING, RUNNING, STARTED, _marked_processes, run_hostile
 from parity.errors import ExitCode
 
@@ -205,7 +205,7 @@ def _run_to(stdout_setup: str, *args, cwd: Path, tmp: Path):
 
 @pytest.mark.parametrize("setup, extra, code", [
     ("broken", (), 141),
-    ("broken", ("--json", "-"), 141),
+    ("broken", JSON_STDOUT, 141),
     ("closed", (), ExitCode.PASS),  # nowhere to print: like /dev/null; the check decides
 ], ids=["broken-table", "broken-json", "closed"])
 def test_stdout_that_cannot_be_written(tmp_path, setup, extra, code):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import isolation_models
-from helpers import require_arm64, run_parity
+from helpers import require_arm64, run_json
 
 pytestmark = pytest.mark.arm64
 
@@ -34,7 +34,7 @@ def se_block(tmp_path_factory):
 
 
 def _check(*args):
-    result = run_parity("check", *args, "--json", "-", "-q", env={"PYTHONIOENCODING": "utf-8"})
+    result = run_json("check", *args, "-q", env={"PYTHONIOENCODING": "utf-8"})
     assert result.code in (0, 1), result.err
     return result.code, result.json()
 

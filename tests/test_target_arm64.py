@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 import fp16_models
-from helpers import MODELS, require_arm64, run_parity
+from helpers import MODELS, require_arm64, run_json, run_parity
 
 pytestmark = pytest.mark.arm64
 
@@ -28,7 +28,7 @@ def broken(tmp_path_factory):
 
 
 def _check(*args):
-    result = run_parity("check", *args, "--json", "-", "-q")
+    result = run_json("check", *args, "-q")
     assert result.code in (0, 1), result.err
     return result.code, result.json()
 

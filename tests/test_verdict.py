@@ -6,7 +6,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 import parity
-from helpers import MODELS, alter_filter, report_json, run_parity, save_model, tensor, to_mnn
+from helpers import MODELS, alter_filter, report_json, run_json, run_parity, save_model, tensor, to_mnn
 from parity.errors import ExitCode
 
 
@@ -112,8 +112,7 @@ def test_convert_passes_converter_options_and_reports_them(tmp_path):
     import shutil
 
     shutil.copy(MODELS / "transformer.onnx", tmp_path / "t.onnx")
-    exact = run_parity("convert", "t.onnx", "--useGeluApproximation", "0", "--atol", "1e-5", "--rtol", "1e-5",
-                       "--json", "-", cwd=tmp_path)
+    exact = run_json("convert", "t.onnx", "--useGeluApproximation", "0", "--atol", "1e-5", "--rtol", "1e-5", cwd=tmp_path)
     assert exact.code == ExitCode.PASS, exact.err
     assert "converted with --useGeluApproximation 0" in exact.json()["notes"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.mnn", "t.onnx"]

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from helpers import assert_one_line_error, ort_run, run_parity, save_model, tensor, to_mnn
+from helpers import assert_one_line_error, ort_run, run_json, run_parity, save_model, tensor, to_mnn
 from parity import sweep
 from parity.backends.base import Backend, RunResult
 from parity.backends.mnn import MnnBackend
@@ -474,7 +474,7 @@ def test_lossy_feed_is_one_clear_input_error(typed):
 @pytest.mark.parametrize("name", ["half", "half_add", "not", "where"])
 def test_cli_checks_float16_and_bool_models(typed, name):
     onnx_path, mnn_path = typed[name]
-    result = run_parity("check", onnx_path, mnn_path, "--json", "-")
+    result = run_json("check", onnx_path, mnn_path)
     assert result.code == ExitCode.PASS, result.err
     assert "Traceback" not in result.err
     report = result.json()
