@@ -36,9 +36,10 @@ def altered_filter_cnn(tmp_path_factory):
 
 
 def test_altered_conv_filter_is_the_first_divergence(altered_filter_cnn):
-    result = run_json("check", MODELS / "cnn.onnx", altered_filter_cnn, "--layers")
-    assert result.code == ExitCode.MISMATCH, result.err
-    comparison = result.json()["comparisons"][0]
+    checked = parity.check([MODELS / "cnn.onnx", altered_filter_cnn], layers=True)
+    assert checked.exit_code == ExitCode.MISMATCH
+    report = report_json(checked)
+    comparison = report["comparisons"][0]
     divergence = comparison["first_divergence"]
     conv3 = next(n for n in onnx.load(str(MODELS / "cnn.onnx")).graph.node
                  if n.op_type == "Conv" and n.input[1] == "conv3.weight")
@@ -52,13 +53,17 @@ def test_altered_conv_filter_is_the_first_divergence(altered_filter_cnn):
     # local error: fed ONNX Runtime's own input values, the conv alone is far off
     assert layers[at]["local_max_abs_diff"] > 1.0
     assert layers[at]["local_max_abs_diff"] == pytest.approx(layers[at]["max_abs_diff"], rel=0.05)
-    verdict = result.json()["verdict"]
+    verdict = report["verdict"]
     assert divergence["name"] in verdict["where"]
     for key in ("name", "reference_name", "candidate_name", "op_type", "passed", "max_abs_diff",
                 "max_rel_diff", "cosine", "mismatch_fraction", "local_max_abs_diff", "status"):
         assert key in layers[at]
-    assert "layers around the first divergence" in run_parity(
-        "check", MODELS / "cnn.onnx", altered_filter_cnn, "--layers").out
+
+
+def test_the_terminal_shows_the_layers_around_the_first_divergence(altered_filter_cnn):
+    result = run_parity("check", MODELS / "cnn.onnx", altered_filter_cnn, "--layers")
+    assert result.code == ExitCode.MISMATCH, result.err
+    assert "layers around the first divergence" in result.out
 
 
 def test_a_large_model_keeps_one_copy_of_its_weights_with_the_same_findings(altered_filter_cnn):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import parity
-from helpers import MODELS, report_json, run_json, run_parity, save_model, tensor, to_mnn
+from helpers import MODELS, report_json, run_parity, save_model, tensor, to_mnn
 from parity.errors import ExitCode
 
 torch = pytest.importorskip("torch", reason="the torch extra is not installed")
@@ -118,22 +118,33 @@ def test_output_failing_with_every_paired_layer_passing_gets_a_verdict(tmp_path)
     assert diff["identical"] is False and diff["differences"]["constants"]
 
 
-@pytest.mark.parametrize("kind", ["padding", "lora"])
-def test_layer_only_finding_is_visible_and_gates_on_request(tmp_path, kind):
-    built = tm.build_layer_only(tmp_path, kind=kind)
-    args = ("check", built.onnx_path, built.mnn_path, "--inputs", built.inputs, "--layers", "--no-diagnose")
-    text = run_parity(*args, "--no-color")
+@pytest.fixture(scope="module", params=["padding", "lora"])
+def layer_only(request, tmp_path_factory):
+    """(kind, built): a model whose layers differ while its outputs match (tm.build_layer_only)."""
+    return request.param, tm.build_layer_only(tmp_path_factory.mktemp(request.param), kind=request.param)
+
+
+def test_layer_only_finding_is_shown_on_the_terminal(layer_only):
+    _, built = layer_only
+    text = run_parity("check", built.onnx_path, built.mnn_path, "--inputs", built.inputs, "--layers", "--no-diagnose",
+                      "--no-color")
     assert text.code == ExitCode.PASS, text.err
     assert "FINDING" in text.out and "layer-only finding" in text.out, text.out
-    report = run_json(*args).json()
-    assert report["passed"] and report["findings"]
+
+
+def test_layer_only_finding_is_visible_and_gates_on_request(layer_only):
+    kind, built = layer_only
+    models, options = [built.onnx_path, built.mnn_path], {"inputs": built.inputs, "layers": True, "diagnose": False}
+    checked = parity.check(models, **options)
+    report = report_json(checked)
+    assert checked.exit_code == ExitCode.PASS and report["passed"] and report["findings"]
     assert "layer-only finding" in report["verdict"]["summary"]
     origin = tm.layer_only_origin(built.onnx_path, kind)
     first_failing = next(x for x in report["comparisons"][0]["layers"] if not x["passed"])
     assert first_failing["name"] in origin
-    gated = run_json(*args, "--fail-on-layers")
-    assert gated.code == ExitCode.MISMATCH, gated.err
-    assert gated.json()["verdict"]["kind"] == "mismatch"
+    gated = parity.check(models, **options, fail_on_layers=True)
+    assert gated.exit_code == ExitCode.MISMATCH
+    assert gated.verdict.kind == "mismatch"
 
 
 def test_constant_altered_after_conversion_is_named_and_not_called_stale(tmp_path):
