@@ -128,7 +128,7 @@ def tensor(name, elem=TensorProto.FLOAT, shape=None):
 
 
 def to_mnn(onnx_path, mnn_path=None) -> Path:
-    from parity.converter import convert
+    from parity.mnn.converter import convert
 
     mnn_path = Path(mnn_path or Path(onnx_path).with_suffix(".mnn"))
     convert(onnx_path, mnn_path)
@@ -207,8 +207,8 @@ def require_arm64() -> None:
     arm64 target is not set up."""
     import pytest
 
-    from parity.errors import ParityError
-    from parity.target_setup import arm64_python
+    from parity.core.errors import ParityError
+    from parity.run.target_setup import arm64_python
 
     try:
         arm64_python()

@@ -7,10 +7,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 import parity
 from helpers import MODELS, ort_run, randn, report_json, save_model, tensor, to_mnn
-from parity.align import AlignmentError, pair_outputs, unpack_nc4hw4
-from parity.errors import ExitCode, ParityError
-from parity.judge import diff_tensors
-from parity.metrics import Tolerance
+from parity.core.align import AlignmentError, pair_outputs, unpack_nc4hw4
+from parity.core.errors import ExitCode, ParityError
+from parity.core.judge import diff_tensors
+from parity.core.metrics import Tolerance
 
 
 def align_array(reference, candidate):

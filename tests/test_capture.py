@@ -33,7 +33,7 @@ def test_one_capture_returns_the_others_and_names_the_failed_tensor(encoder):
 
     from parity.backends.mnn import MnnBackend
     from parity.backends.onnxruntime import OnnxRuntimeBackend
-    from parity.layers import OnnxGraph
+    from parity.checking.layers import OnnxGraph
 
     onnx_path, mnn_path = encoder
     with OnnxRuntimeBackend(onnx_path) as ort:

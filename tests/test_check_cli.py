@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from helpers import MODELS, run_json, run_parity
-from parity.errors import ExitCode
+from parity.core.errors import ExitCode
 
 CONTRACT_OUTPUT_KEYS = {
     "name", "reference_name", "candidate_name", "passed", "max_abs_diff", "max_rel_diff",
@@ -26,7 +26,7 @@ def test_json_contract_on_cnn():
     result = run_json("check", MODELS / "cnn.onnx", MODELS / "cnn.mnn")
     assert result.code == ExitCode.PASS, result.err
     report = result.json()
-    assert report["schema"] == "parity.report/1"
+    assert report["schema"] == "parity.core.report/1"
     assert report["passed"] is True
     assert [b["name"] for b in report["backends"]] == ["onnxruntime", "mnn"]
     assert all(b["version"] and b["model"].endswith(("cnn.onnx", "cnn.mnn")) for b in report["backends"])

@@ -12,7 +12,7 @@ from onnx import helper
 
 import parity
 from helpers import MODELS, ROOT, assert_one_line_error, ort_run, randn, report_json, run_json, run_parity
-from parity.errors import ExitCode
+from parity.core.errors import ExitCode
 
 
 def mnn_dump(model, feeds, tensor, mode, out, tmp_path):

@@ -13,9 +13,9 @@ import pytest
 import parity
 from compressed_models import OUTLIER_LAYER, outlier_mlp
 from helpers import MODELS, alter_initializer, assert_one_line_error, report_json, run_json, run_parity
-from parity import mnn_flatbuffer
-from parity.budget import Budget, measure
-from parity.errors import ExitCode, UsageError
+from parity.mnn import flatbuffer as mnn_flatbuffer
+from parity.checking.budget import Budget, measure
+from parity.core.errors import ExitCode, UsageError
 
 TRANSFORMER = MODELS / "transformer.onnx"
 
@@ -85,7 +85,7 @@ def test_the_default_budget_judges_by_its_value():
 
     reference = np.sin(np.arange(64, dtype=np.float64))
     candidate = reference + 0.1 * np.cos(3 * np.arange(64))
-    from parity.budget import measure
+    from parity.checking.budget import measure
 
     cosine = measure(reference, candidate)["cosine"]
     assert 0.98 < cosine < 0.999
@@ -251,7 +251,9 @@ def test_int8_calibration_samples_that_do_not_fit_are_one_line(tmp_path):
 def test_the_flatbuffer_read_matches_the_json_dump(tmp_path, options):
     """compression.of_model reads a few flatbuffer fields (fast); the JSON dump is the slow,
     complete reading: both must say the same."""
-    from parity import compression, mnn_flatbuffer, mnn_graph
+    from parity.mnn import compression
+    from parity.mnn import flatbuffer as mnn_flatbuffer
+    from parity.mnn import graph as mnn_graph
 
     model = tmp_path / "model.mnn"
     parity.convert(TRANSFORMER, model, options=options)
@@ -261,7 +263,7 @@ def test_the_flatbuffer_read_matches_the_json_dump(tmp_path, options):
 
 
 def test_a_truncated_model_is_refused_by_the_flatbuffer_reader(tmp_path):
-    from parity import mnn_flatbuffer
+    from parity.mnn import flatbuffer as mnn_flatbuffer
 
     cut = tmp_path / "cut.mnn"
     cut.write_bytes((MODELS / "transformer.mnn").read_bytes()[:4000])
@@ -274,7 +276,7 @@ def test_a_truncated_model_is_refused_by_the_flatbuffer_reader(tmp_path):
 # -- the graph read from the flatbuffer (--layers pairs MNN tensors with it) -------------------
 def _graph_by_mnn(model):
     """MNN's own reading of the graph (load_as_dict in the worker child), as --layers had it."""
-    from parity.backends.worker import Worker
+    from parity.run.worker import Worker
 
     with Worker("mnn", timeout=120) as worker:
         worker.call("parity.backends.mnn_child:load", step="loading", path=str(model), backend="CPU",
@@ -347,7 +349,7 @@ def test_a_graph_the_flatbuffer_reader_leaves_to_mnn_is_read_by_mnn(tmp_path):
 def test_budget_figures_match_their_definitions_on_known_cases():
     """snr_db and top-1 computed by hand: a candidate 10% too large has noise power 1% of
     the signal's, 20 dB; a two-class output is a classifier too."""
-    from parity import budget
+    from parity.checking import budget
 
     reference = np.tile(np.array([1.0, -1.0], np.float32), 500).reshape(10, 100)
     figures = budget.measure(reference, reference * 1.1)

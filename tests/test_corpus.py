@@ -20,7 +20,7 @@ from onnx import helper
 
 from helpers import MODELS, copy_cnn, save_model, slow_matmul_model, tensor, to_mnn
 from hostile import RUNNING, run_hostile
-from parity.errors import ExitCode
+from parity.core.errors import ExitCode
 
 BAD, BACKEND, USAGE, PASS, MISMATCH = (ExitCode.MODEL_OR_INPUT, ExitCode.BACKEND, ExitCode.USAGE,
                                        ExitCode.PASS, ExitCode.MISMATCH)

@@ -12,7 +12,7 @@ from onnx import helper, numpy_helper
 
 import parity
 from helpers import assert_one_line_error, randn, run_json, run_parity, save_model, tensor
-from parity.errors import ExitCode
+from parity.core.errors import ExitCode
 
 
 # -- 1. compare: a half-length candidate is not float16 unless its dtype can be wrong ------------

@@ -28,7 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from helpers import JSON_STDOUT, MODELS, copy_cnn
 from hostile import run_hostile
-from parity.errors import ExitCode, OutputPathError
+from parity.core.errors import ExitCode, OutputPathError
 
 OK, USAGE, BAD = ExitCode.PASS, ExitCode.USAGE, ExitCode.MODEL_OR_INPUT
 LIMIT = 30.0  # seconds; every case takes about one
@@ -78,7 +78,7 @@ def _raw_initializer(path: Path, dims, data: bytes) -> Path:
 def built(tmp_path_factory) -> Path:
     """Models the cases copy: a dynamic Relu and its .mnn, an external-data model and its
     .mnn, and cnn.mnn converted with --saveExternalData (cnn_ext.mnn + cnn_ext.mnn.weight)."""
-    from parity.converter import convert
+    from parity.mnn.converter import convert
 
     d = tmp_path_factory.mktemp("hostile_models")
     convert(_relu(d / "relu.onnx"), d / "relu.mnn")
@@ -177,7 +177,7 @@ def output_cases(d: Path, built: Path) -> dict[str, Case]:
     def add(name, build):
         cases[name] = build
 
-    # -- onto the run's own inputs (reports: the CLI passes its inputs to parity.paths)
+    # -- onto the run's own inputs (reports: the CLI passes its inputs to parity.core.paths)
     def onto_input(flag, target):
         def build():
             onnx_, mnn = copy_cnn(d)
@@ -270,7 +270,7 @@ def output_cases(d: Path, built: Path) -> dict[str, Case]:
         return Case(["check", onnx_, mnn, "--html", "-", "-q"], OK, error_line=False, after=on_stdout)
     add("html dash is stdout, not a file named '-'", html_dash)
 
-    # -- onto what is not a regular file (parity.paths refuses it wherever it is checked)
+    # -- onto what is not a regular file (parity.core.paths refuses it wherever it is checked)
     def onto_device():
         onnx_, mnn = copy_cnn(d)
         _mknod_full(d / "full")
@@ -361,7 +361,7 @@ def output_cases(d: Path, built: Path) -> dict[str, Case]:
         return Case(["check", onnx_, mnn, "--repro", "repro"], BAD, ("FIFO", "not a directory"))
     add("repro onto a FIFO", repro_fifo)
 
-    # -- convert's -o (checked by parity.converter itself)
+    # -- convert's -o (checked by parity.mnn.converter itself)
     def o_link(kind):
         def build():
             onnx_, _ = copy_cnn(d)
@@ -743,7 +743,7 @@ def test_npz_bomb_is_refused_without_decompressing(tmp_path):
 
 # -- the library ----------------------------------------------------------------------------
 def test_json_dump_onto_its_own_model_is_refused(tmp_path):
-    from parity.mnn_graph import dump_json
+    from parity.mnn.graph import dump_json
 
     model = tmp_path / "cnn.mnn"
     model.write_bytes((MODELS / "cnn.mnn").read_bytes())
@@ -754,7 +754,7 @@ def test_json_dump_onto_its_own_model_is_refused(tmp_path):
 
 
 def test_write_through_a_symlink_writes_its_target_and_keeps_the_link(tmp_path):
-    from parity.inputs import write_atomic
+    from parity.core.inputs import write_atomic
 
     (tmp_path / "real.json").write_text("old")
     os.symlink("real.json", tmp_path / "link.json")
@@ -765,7 +765,7 @@ def test_write_through_a_symlink_writes_its_target_and_keeps_the_link(tmp_path):
 
 
 def test_a_replaced_file_keeps_its_mode(tmp_path):
-    from parity.inputs import write_atomic
+    from parity.core.inputs import write_atomic
 
     target = tmp_path / "r.json"
     target.write_text("old")
@@ -775,7 +775,7 @@ def test_a_replaced_file_keeps_its_mode(tmp_path):
 
 
 def test_an_interrupted_write_leaves_nothing_and_is_not_reported_written(tmp_path, monkeypatch):
-    from parity import paths
+    from parity.core import paths
 
     source, target = tmp_path / "src.bin", tmp_path / "model.mnn"
     source.write_bytes(b"x" * 10)

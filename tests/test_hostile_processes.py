@@ -22,7 +22,7 @@ from onnx import helper
 
 from helpers import JSON_STDOUT, MODELS, default_signals, save_model, tensor, to_mnn, wait_until
 from hostile import CAPTURING, PAIR_RUNNING, RUNNING, STARTED, _marked_processes, run_hostile
-from parity.errors import ExitCode
+from parity.core.errors import ExitCode
 
 INTERRUPTED_BY = {signal.SIGTERM: "Interrupted by SIGTERM", signal.SIGHUP: "Interrupted by SIGHUP",
                   signal.SIGINT: "Interrupted"}
@@ -146,7 +146,7 @@ def test_children_ignore_python_variables_of_the_environment(tmp_path, monkeypat
     neither die of them (a PYTHONHOME without a standard library), import from them (a
     PYTHONPATH numpy.py that parity's own sys.path does not have), stay interactive after the
     check and report its code wrongly (PYTHONINSPECT), nor turn warnings into errors."""
-    from parity import sweep
+    from parity.checking import sweep
     from parity.backends.mnn import MnnBackend
 
     evil = tmp_path / "evil"

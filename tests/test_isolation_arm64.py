@@ -25,7 +25,7 @@ def arm64_ready():
 
 @pytest.fixture(scope="module")
 def se_block(tmp_path_factory):
-    from parity.converter import convert
+    from parity.mnn.converter import convert
 
     d = tmp_path_factory.mktemp("se_arm64")
     onnx_path, feeds = isolation_models.build("se_block_112", d)

@@ -11,7 +11,7 @@ from onnx import helper, numpy_helper
 
 import parity
 from helpers import JSON_STDOUT, MODELS, ROOT, alter_filter, report_json, run_json, run_parity, save_model, tensor, to_mnn
-from parity.errors import ExitCode
+from parity.core.errors import ExitCode
 
 
 def mnn_tensor_names(path) -> set:
@@ -178,7 +178,7 @@ def _first_difference(a, b, path="") -> str:
 
 
 def test_report_round_trips_through_json(altered_filter_cnn):
-    from parity.report import Report
+    from parity.core.report import Report
 
     result = run_json("check", MODELS / "cnn.onnx", altered_filter_cnn, "--layers")
     data = result.json()

@@ -19,7 +19,7 @@ from onnx import helper
 import parity
 from compressed_models import OUTLIER_LAYER, outlier_mlp
 from helpers import ROOT, alter_initializer, report_json, save_model, tensor, to_mnn
-from parity.errors import ExitCode
+from parity.core.errors import ExitCode
 
 # The README's default budgets ("Budgets"), written out: the code under test must not supply them
 README_BUDGETS = {"fp16": "cosine>=0.9999", "int4": "cosine>=0.98", "int8": "cosine>=0.999"}

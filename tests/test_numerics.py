@@ -17,8 +17,8 @@ from onnx import TensorProto, helper, numpy_helper
 import numerics_models as nm
 import parity
 from helpers import report_json, run_json, save_model, tensor, to_mnn
-from parity import numerics
-from parity.errors import ExitCode
+from parity.checking import numerics
+from parity.core.errors import ExitCode
 
 AMPLIFIERS = [
     ("tanh_chain", {"depth": 40, "width": 64, "gain": 3.0, "seed": 4}),
@@ -194,7 +194,7 @@ def test_layer_model_holds_only_the_layers_nodes_and_the_weights_they_read(tmp_p
     Evaluated alone on the whole model's values at the frontier it gives the whole model's."""
     from onnx.reference import ReferenceEvaluator
 
-    from parity.layers import OnnxGraph
+    from parity.checking.layers import OnnxGraph
 
     rng = np.random.default_rng(0)
     w1 = numpy_helper.from_array(rng.standard_normal((3, 4)).astype(np.float32), "w1")
@@ -225,7 +225,7 @@ def test_layer_model_holds_only_the_layers_nodes_and_the_weights_they_read(tmp_p
 
 
 def test_sample_path_puts_the_target_and_the_jumps_first():
-    from parity.report import LayerResult
+    from parity.core.report import LayerResult
 
     def layer(i, error):
         return LayerResult(f"v{i}", f"v{i}", f"v{i}", "Op", None, None, True, error, None, None, None,
@@ -247,8 +247,8 @@ def test_sample_path_puts_the_target_and_the_jumps_first():
 def test_sample_path_ranks_jumps_against_each_layers_own_inputs(tmp_path):
     """A chain whose layer 17 jumps: with the graph, the jump comes right after the target."""
     import onnx
-    from parity.layers import OnnxGraph
-    from parity.report import LayerResult
+    from parity.checking.layers import OnnxGraph
+    from parity.core.report import LayerResult
 
     path_model = nm.tanh_chain(tmp_path / "c.onnx", depth=20, width=4)
     graph = OnnxGraph(onnx.load(str(path_model)))

@@ -15,8 +15,8 @@ from onnx import helper, numpy_helper
 
 import parity
 from helpers import MODELS, alter_initializer, report_json, run_json, run_parity, save_model, tensor, to_mnn
-from parity.errors import ExitCode
-from parity.metrics import Tolerance
+from parity.core.errors import ExitCode
+from parity.core.metrics import Tolerance
 
 CNN_ONNX, CNN_MNN = MODELS / "cnn.onnx", MODELS / "cnn.mnn"
 
@@ -40,7 +40,7 @@ def floormod_model(tmp_path_factory):
 
 
 def test_every_variant_of_the_diagnosis_runs_with_its_setting_and_is_measured(floormod_model, monkeypatch):
-    from parity import converter
+    from parity.mnn import converter
     from parity.backends.mnn import MnnBackend
 
     opened, converted = [], []

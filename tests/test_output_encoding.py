@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import helpers
-from parity.errors import ExitCode
+from parity.core.errors import ExitCode
 
 # The locale variables and Python's own encoding switches: removed, then set by each case.
 _LOCALE_VARIABLES = ("LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "PYTHONIOENCODING", "PYTHONUTF8",

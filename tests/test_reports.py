@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from helpers import MODELS, ROOT, alter_filter, assert_one_line_error, run_json, run_parity, to_mnn
-from parity.errors import ExitCode
+from parity.core.errors import ExitCode
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 

@@ -10,7 +10,7 @@ import pytest
 
 import parity
 from helpers import MODELS, assert_one_line_error, report_json, run_parity
-from parity.errors import ExitCode
+from parity.core.errors import ExitCode
 
 CNN = (MODELS / "cnn.onnx", MODELS / "cnn.mnn")
 

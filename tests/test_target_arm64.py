@@ -193,7 +193,7 @@ def test_float16_emulation_reuses_the_baseline_cut_and_a_fresh_cut_agrees(tmp_pa
     Gemm/MatMul may read its shape from them), MNN gives the same values."""
     import numpy as np
 
-    from parity import diagnose
+    from parity.checking import diagnose
 
     onnx_path, mnn_path = fp16_models.pooled_classifier(tmp_path)
     original, seen = diagnose._float16_operands, []
@@ -223,7 +223,7 @@ def test_float16_emulation_is_not_run_above_the_weight_bound(tmp_path, monkeypat
     """Above numerics.MAX_FLOAT64_WEIGHT_BYTES of float weights the layer is not cut out of the
     loaded model: the evidence says the emulation did not run and why, and the verdict stays
     the undecided float16 one."""
-    from parity import numerics
+    from parity.checking import numerics
 
     onnx_path, mnn_path = fp16_models.pooled_classifier(tmp_path)  # 1280 x 1000 float32 weights: 4.9 MiB
     monkeypatch.setattr(numerics, "MAX_FLOAT64_WEIGHT_BYTES", 1 << 20)

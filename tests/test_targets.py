@@ -17,8 +17,8 @@ import pytest
 import parity
 from helpers import (MODELS, ROOT, assert_one_line_error, crashing_model, default_signals, report_json, run_json,
                      run_parity, slow_matmul_model, wait_until)
-from parity.errors import ExitCode, UsageError
-from parity.targets import crash_signal, parse_target
+from parity.core.errors import ExitCode, UsageError
+from parity.run.targets import crash_signal, parse_target
 
 PY = sys.executable
 EXEC = f"exec:{PY}"

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch", reason="the torch extra is not installed")
 
 import parity  # noqa: E402
 from helpers import ROOT, report_json, run_parity, to_mnn  # noqa: E402
-from parity.errors import ExitCode  # noqa: E402
+from parity.core.errors import ExitCode  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

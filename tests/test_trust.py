@@ -12,7 +12,7 @@ import pytest
 
 import parity
 from helpers import MODELS, report_json, run_parity, save_model, tensor, to_mnn
-from parity.errors import ExitCode
+from parity.core.errors import ExitCode
 
 torch = pytest.importorskip("torch", reason="the torch extra is not installed")
 import transformer_models as tm  # noqa: E402  (needs torch)
@@ -69,7 +69,7 @@ def test_planted_two_percent_change_is_found_in_its_projection(encoders, capfd):
 def test_the_first_divergence_is_isolated_from_the_tensors_the_layer_capture_kept(encoders, monkeypatch):
     """Isolating the first divergence and its histogram take its inputs' and its own values from
     the layer capture: neither framework captures the model again for them."""
-    from parity import pipeline
+    from parity.checking import pipeline
     from parity.backends.mnn import MnnBackend
     from parity.backends.onnxruntime import OnnxRuntimeBackend
 

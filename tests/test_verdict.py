@@ -7,7 +7,7 @@ from onnx import helper, numpy_helper
 
 import parity
 from helpers import MODELS, alter_filter, report_json, run_json, run_parity, save_model, tensor, to_mnn
-from parity.errors import ExitCode
+from parity.core.errors import ExitCode
 
 
 def _experiments(verdict):
@@ -140,7 +140,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_conversion_cancelled_midway_leaves_no_file_and_no_process(tmp_path):
-    from parity.converter import start_conversion
+    from parity.mnn.converter import start_conversion
 
     target = tmp_path / "out.mnn"
     conversion = start_conversion(MODELS / "transformer.onnx", target)
@@ -157,7 +157,7 @@ def test_a_conversion_cancelled_midway_leaves_no_file_and_no_process(tmp_path):
 def test_the_diagnosis_fresh_conversions_are_two_files_and_closing_removes_them(tmp_path):
     """Experiment d converts twice under other paths: the first starts with the diagnosis, the
     second when the first is collected (it converts while the first is measured)."""
-    from parity import diagnose
+    from parity.checking import diagnose
 
     reconversions = diagnose.Reconversions(MODELS / "cnn.onnx", 120.0)
     assert sorted(reconversions._running) == ["fresh"]
@@ -176,8 +176,8 @@ def test_the_diagnosis_fresh_conversions_are_two_files_and_closing_removes_them(
 
 
 def test_the_second_conversion_starts_only_after_a_first_that_converted(tmp_path):
-    from parity import diagnose
-    from parity.errors import ParityError
+    from parity.checking import diagnose
+    from parity.core.errors import ParityError
 
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x08\x07garbage")
@@ -195,7 +195,7 @@ def test_the_second_conversion_starts_only_after_a_first_that_converted(tmp_path
 
 
 def test_the_diagnosis_fresh_conversions_stop_when_closed_unfinished(tmp_path):
-    from parity import diagnose
+    from parity.checking import diagnose
 
     reconversions = diagnose.Reconversions(MODELS / "transformer.onnx", 120.0)
     pids = [c._worker._proc.pid for c in reconversions._running.values()]

@@ -21,12 +21,12 @@ import pytest
 from onnx import TensorProto, helper
 
 from helpers import assert_one_line_error, ort_run, run_json, run_parity, save_model, tensor, to_mnn
-from parity import sweep
+from parity.checking import sweep
 from parity.backends.base import Backend, RunResult
 from parity.backends.mnn import MnnBackend
 from parity.backends.onnxruntime import OnnxRuntimeBackend
-from parity.backends.worker import Worker, error_kind
-from parity.errors import (
+from parity.run.worker import Worker, error_kind
+from parity.core.errors import (
     BackendError,
     BackendTimeout,
     ExitCode,
@@ -139,7 +139,7 @@ import pathlib
 import sys
 import time
 
-from parity.errors import InputError, ModelError, UsageError
+from parity.core.errors import InputError, ModelError, UsageError
 
 
 class Vanished(ModelError):
@@ -400,7 +400,7 @@ def test_files_declaring_no_nhwc_hold_every_tensor_as_nchw(nhwc_model, tmp_path)
     own reading of every tensor, that such files hold no tensor of rank >= 2 in another layout,
     and that the file declaring NHWC, which does, is refused."""
     from helpers import MODELS
-    from parity import mnn_flatbuffer
+    from parity.mnn import flatbuffer as mnn_flatbuffer
 
     path, _ = nhwc_model
     plain = [MODELS / "cnn.mnn", MODELS / "transformer.mnn"]
@@ -497,7 +497,7 @@ def test_sweep_report_decides_the_exit_code_and_keeps_the_json():
     data = report.to_dict()
     assert list(data) == ["schema", "parity_version", "target", "shard", "passed", "exit_code", "elapsed_seconds",
                           "results"]
-    assert data == {"schema": "parity.sweep/1", "parity_version": "9.9", "target": "zoo.toml", "shard": "1/2",
+    assert data == {"schema": "parity.checking.sweep/1", "parity_version": "9.9", "target": "zoo.toml", "shard": "1/2",
                     "passed": False, "exit_code": 4, "elapsed_seconds": None, "results": results}
     assert json.loads(json.dumps(data)) == data
     empty = sweep.SweepReport(Path("models"), None, [])
