@@ -21,3 +21,9 @@ def altered_cnn(tmp_path_factory):
                                         "conv3.weight", index=4, delta=3.0)
     mnn = helpers.to_mnn(altered, d / "cnn_altered.mnn")
     return helpers.MODELS / "cnn.onnx", mnn
+
+
+@pytest.fixture(scope="session")
+def add_pair(tmp_path_factory):
+    """helpers.add_model: (add.onnx, add.mnn), made once; tests read it, never change it."""
+    return helpers.add_model(tmp_path_factory.mktemp("add"))

@@ -72,6 +72,36 @@ def run_parity(*args, cwd=None, env=None, timeout=600) -> Result:
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+def run_json(*args, cwd=None, env=None, timeout=600) -> Result:
+    """``parity *args --json -``: the report on stdout, read with ``Result.json()``. The one
+    place the tests ask the CLI for its JSON on stdout."""
+    return run_parity(*args, *JSON_STDOUT, cwd=cwd, env=env, timeout=timeout)
+
+
+JSON_STDOUT = ("--json", "-")  # for harnesses that start parity themselves (hostile.run_hostile, Popen)
+
+
+def report_json(report) -> dict:
+    """A ``parity.Report`` as its JSON reads (what ``--json`` writes, less the ``rerun`` record
+    a CLI run adds): lists, not tuples, so assertions read as they do on the CLI's JSON."""
+    return json.loads(report.to_json())
+
+
+def copy_cnn(directory) -> tuple[str, str]:
+    """models/cnn.onnx and cnn.mnn copied into ``directory``; their names, relative to it."""
+    for name in ("cnn.onnx", "cnn.mnn"):
+        (Path(directory) / name).write_bytes((MODELS / name).read_bytes())
+    return "cnn.onnx", "cnn.mnn"
+
+
+def add_model(directory) -> tuple[Path, Path]:
+    """y = x + x on a [1, 4] input, and its MNN conversion: the smallest real pair."""
+    directory = Path(directory)
+    onnx_path = save_model([helper.make_node("Add", ["x", "x"], ["y"])], [tensor("x", shape=[1, 4])],
+                           [tensor("y", shape=[1, 4])], directory / "add.onnx")
+    return onnx_path, to_mnn(onnx_path)
+
+
 def assert_one_line_error(result: Result, code: int, *fragments: str) -> str:
     """Exit ``code``, stderr is one ``Error:`` line naming each fragment, and no traceback."""
     assert result.code == int(code), (result.code, result.err)

@@ -96,7 +96,7 @@ PAIR_RUNNING = "parity-run-*/parity-sweep-*/parity-*/in-1.npy"  # a sweep's pair
 
 def run_hostile(*args, cwd: Path, inputs=(), outputs=(), timeout: float = 120.0, env=None,
                 stdin=subprocess.DEVNULL, signal_when: tuple[str, int] | None = None,
-                watch=()) -> Outcome:
+                signal_group: bool = False, watch=()) -> Outcome:
     """Run ``python -m parity *args`` in ``cwd``, with SIGHUP, SIGINT and SIGTERM at their
     default dispositions whatever this process inherited (``helpers.default_signals``).
 
@@ -104,7 +104,9 @@ def run_hostile(*args, cwd: Path, inputs=(), outputs=(), timeout: float = 120.0,
     added). ``outputs``: paths parity may create. ``watch``: more directories in which nothing
     may appear. ``signal_when``: (glob, signal): send the signal once a file matching the glob
     appears under parity's TMPDIR (``STARTED``, ``RUNNING``, ``CAPTURING``: a readiness marker,
-    never a fixed delay); the test fails if parity ends first."""
+    never a fixed delay); the test fails if parity ends first. ``signal_group``: send it to
+    parity's whole process group, as a terminal's Ctrl-C reaches every foreground process
+    (parity and its children), instead of to parity alone."""
     cwd = Path(cwd)
     tmp = cwd.parent / f"{cwd.name}-tmpdir"
     tmp.mkdir(exist_ok=True)
@@ -135,7 +137,10 @@ def run_hostile(*args, cwd: Path, inputs=(), outputs=(), timeout: float = 120.0,
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.communicate()
                 raise
-            proc.send_signal(signum)
+            if signal_group:
+                os.killpg(proc.pid, signum)
+            else:
+                proc.send_signal(signum)
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         timed_out = True

@@ -5,9 +5,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from helpers import MODELS, ort_run, randn, run_parity, save_model, tensor, to_mnn
+import parity
+from helpers import MODELS, ort_run, randn, report_json, save_model, tensor, to_mnn
 from parity.core.align import AlignmentError, pair_outputs, unpack_nc4hw4
-from parity.core.errors import ExitCode
+from parity.core.errors import ExitCode, ParityError
 from parity.core.judge import diff_tensors
 from parity.core.metrics import Tolerance
 
@@ -39,9 +40,9 @@ def test_integer_outputs_compare_by_value_across_widths(tmp_path):
     onnx_path = save_model([helper.make_node("ArgMax", ["x"], ["idx"], axis=1, keepdims=0)],
                            [tensor("x", shape=[2, 9])], [tensor("idx", TensorProto.INT64, [2])],
                            tmp_path / "argmax.onnx")
-    result = run_parity("check", onnx_path, to_mnn(onnx_path), "--json", "-")
-    assert result.code == ExitCode.PASS, result.err
-    output = result.json()["comparisons"][0]["outputs"][0]
+    checked = parity.check([onnx_path, to_mnn(onnx_path)])
+    assert checked.exit_code == ExitCode.PASS, checked.verdict.summary
+    output = report_json(checked)["comparisons"][0]["outputs"][0]
     assert output["reference_dtype"] == "int64"
     assert output["exact_match_fraction"] == 1.0
     if output["candidate_dtype"] != "int64":
@@ -54,9 +55,9 @@ def test_outputs_with_other_names_pair_by_order(tmp_path):
         node.output[:] = ["scores" if o == "logits" else o for o in node.output]
     renamed.graph.output[0].name = "scores"
     onnx.save(renamed, str(tmp_path / "renamed.onnx"))
-    result = run_parity("check", tmp_path / "renamed.onnx", MODELS / "cnn.mnn", "--json", "-")
-    assert result.code == ExitCode.PASS, result.err
-    output = result.json()["comparisons"][0]["outputs"][0]
+    checked = parity.check([tmp_path / "renamed.onnx", MODELS / "cnn.mnn"])
+    assert checked.exit_code == ExitCode.PASS, checked.verdict.summary
+    output = report_json(checked)["comparisons"][0]["outputs"][0]
     assert (output["reference_name"], output["candidate_name"]) == ("scores", "logits")
     assert "paired by order" in output["alignment"][0]
 
@@ -66,11 +67,11 @@ def test_gather_indices_stay_inside_the_table(tmp_path):
     onnx_path = save_model([helper.make_node("Gather", ["table", "ids"], ["y"], axis=0)],
                            [tensor("ids", TensorProto.INT64, [1, 50])], [tensor("y", shape=[1, 50, 4])],
                            tmp_path / "emb.onnx", initializers=[table])
-    result = run_parity("check", onnx_path, to_mnn(onnx_path), "--json", "-", "--save-inputs", tmp_path / "i.npz")
-    assert result.code == ExitCode.PASS, result.err
+    checked = parity.check([onnx_path, to_mnn(onnx_path)], save_inputs=tmp_path / "i.npz")
+    assert checked.exit_code == ExitCode.PASS, checked.verdict.summary
     ids = np.load(tmp_path / "i.npz")["ids"]
     assert ids.min() >= 0 and ids.max() < 5 and len(np.unique(ids)) == 5
-    report = result.json()
+    report = report_json(checked)
     assert any("Gather table of 5 rows" in n for n in report["inputs"]["ids"]["notes"])
     assert any("int32" in n for n in report["notes"])  # MNN took the int64 feed as int32
 
@@ -80,15 +81,16 @@ def test_dynamic_dims_default_and_shape_option(tmp_path):
                            [tensor("x", shape=["batch", "seq", 8])], [tensor("y", shape=["batch", "seq", 8])],
                            tmp_path / "dyn.onnx")
     mnn_path = to_mnn(onnx_path)
-    default = run_parity("check", onnx_path, mnn_path, "--json", "-")
-    assert default.code == ExitCode.PASS, default.err
-    info = default.json()["inputs"]["x"]
+    default = parity.check([onnx_path, mnn_path])
+    assert default.exit_code == ExitCode.PASS, default.verdict.summary
+    info = report_json(default)["inputs"]["x"]
     assert info["shape"] == [1, 1, 8] and "dynamic dims" in info["notes"][0]
-    given = run_parity("check", onnx_path, mnn_path, "--shape", "x=3x5x8", "--json", "-")
-    assert given.code == ExitCode.PASS, given.err
-    assert given.json()["inputs"]["x"]["shape"] == [3, 5, 8]
-    conflict = run_parity("check", onnx_path, mnn_path, "--shape", "x=3x5x9")
-    assert conflict.code == ExitCode.MODEL_OR_INPUT and "conflicts" in conflict.err
+    given = parity.check([onnx_path, mnn_path], shapes={"x": [3, 5, 8]})
+    assert given.exit_code == ExitCode.PASS, given.verdict.summary
+    assert report_json(given)["inputs"]["x"]["shape"] == [3, 5, 8]
+    with pytest.raises(ParityError, match="conflicts") as conflict:
+        parity.check([onnx_path, mnn_path], shapes={"x": [3, 5, 9]})
+    assert conflict.value.exit_code == ExitCode.MODEL_OR_INPUT
 
 
 def test_flat_buffer_reshaped_to_reference():

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import run_parity, to_mnn
+import parity
+from helpers import report_json, to_mnn
 
 pytestmark = pytest.mark.torch
 
@@ -48,8 +49,8 @@ def test_one_capture_returns_the_others_and_names_the_failed_tensor(encoder):
 
 def test_layers_report_the_failed_tensor_as_unpaired_with_its_reason(encoder, tmp_path):
     onnx_path, mnn_path = encoder
-    result = run_parity("check", onnx_path, mnn_path, "--layers", "--json", "-", "-q")
-    assert result.code == 0, result.err
-    unpaired = result.json()["comparisons"][0]["unpaired"]
+    checked = parity.check([onnx_path, mnn_path], layers=True)
+    assert checked.exit_code == 0, checked.verdict.summary
+    unpaired = report_json(checked)["comparisons"][0]["unpaired"]
     reason = next(u["reason"] for u in unpaired if u["name"] == "/layers.0/self_attn/Slice_1_output_0")
     assert "could not return this tensor" in reason

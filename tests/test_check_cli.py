@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from helpers import MODELS, run_parity
+from helpers import MODELS, run_json, run_parity
 from parity.core.errors import ExitCode
 
 CONTRACT_OUTPUT_KEYS = {
@@ -23,10 +23,10 @@ def test_shipped_pair_passes_with_table(model):
 
 
 def test_json_contract_on_cnn():
-    result = run_parity("check", MODELS / "cnn.onnx", MODELS / "cnn.mnn", "--json", "-")
+    result = run_json("check", MODELS / "cnn.onnx", MODELS / "cnn.mnn")
     assert result.code == ExitCode.PASS, result.err
     report = result.json()
-    assert report["schema"] == "parity.report/1"
+    assert report["schema"] == "parity.core.report/1"
     assert report["passed"] is True
     assert [b["name"] for b in report["backends"]] == ["onnxruntime", "mnn"]
     assert all(b["version"] and b["model"].endswith(("cnn.onnx", "cnn.mnn")) for b in report["backends"])
@@ -66,14 +66,14 @@ def test_altered_weight_is_a_mismatch(altered_cnn, tmp_path):
 
 def test_save_and_reuse_inputs_give_the_same_figures(tmp_path):
     saved = tmp_path / "in.npz"
-    first = run_parity("check", MODELS / "transformer.onnx", MODELS / "transformer.mnn",
-                       "--seed", "3", "--save-inputs", saved, "--json", "-")
+    first = run_json("check", MODELS / "transformer.onnx", MODELS / "transformer.mnn",
+                       "--seed", "3", "--save-inputs", saved)
     assert first.code == ExitCode.PASS, first.err
     with np.load(saved) as data:
         assert sorted(data.files) == ["src", "src_mask"]
         assert data["src"].shape == (1, 64, 32) and data["src"].dtype == np.float32
-    second = run_parity("check", MODELS / "transformer.onnx", MODELS / "transformer.mnn",
-                        "--inputs", saved, "--json", "-")
+    second = run_json("check", MODELS / "transformer.onnx", MODELS / "transformer.mnn",
+                        "--inputs", saved)
     assert second.code == ExitCode.PASS, second.err
     a = first.json()["comparisons"][0]["outputs"][0]
     b = second.json()["comparisons"][0]["outputs"][0]
@@ -103,7 +103,7 @@ def test_inspect_lists_inputs_and_outputs():
 
 def test_a_backend_mnn_lacks_is_reported_as_the_cpu_that_ran():
     """MNN falls back to CPU with nothing but a printed line: the report says what ran."""
-    result = run_parity("check", MODELS / "cnn.onnx", MODELS / "cnn.mnn", "--mnn-backend", "OPENCL", "--json", "-")
+    result = run_json("check", MODELS / "cnn.onnx", MODELS / "cnn.mnn", "--mnn-backend", "OPENCL")
     assert result.code == ExitCode.PASS, result.err
     report = result.json()
     settings = report["backends"][1]["settings"]
@@ -111,5 +111,5 @@ def test_a_backend_mnn_lacks_is_reported_as_the_cpu_that_ran():
     assert any("no OPENCL backend here: it ran on CPU" in note for note in report["notes"])
     text = run_parity("check", MODELS / "cnn.onnx", MODELS / "cnn.mnn", "--mnn-backend", "OPENCL", "--no-color")
     assert "it ran on CPU" in text.out
-    plain = run_parity("check", MODELS / "cnn.onnx", MODELS / "cnn.mnn", "--json", "-").json()
+    plain = run_json("check", MODELS / "cnn.onnx", MODELS / "cnn.mnn").json()
     assert plain["backends"][1]["settings"]["backend_ran"] == "CPU" and not plain["notes"]

@@ -1,15 +1,18 @@
 """Compressed .mnn models: the compression read from the file, the loss split between
 conversion (ONNX -> float MNN) and compression (float MNN -> compressed MNN), judged by a
 budget, the layers ranked by their own cost, and the fix measured. MNN's converter makes every
-model here for real."""
+model here for real. The verdicts are reached through the library (parity.convert, then
+parity.check); ``parity convert``'s own options (--write-fixed, --html, --int8-calibration)
+and its errors through the CLI."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+import parity
 from compressed_models import OUTLIER_LAYER, outlier_mlp
-from helpers import MODELS, alter_initializer, assert_one_line_error, run_parity
+from helpers import MODELS, alter_initializer, assert_one_line_error, report_json, run_json, run_parity
 from parity.mnn import flatbuffer as mnn_flatbuffer
 from parity.checking.budget import Budget, measure
 from parity.core.errors import ExitCode, UsageError
@@ -18,10 +21,21 @@ TRANSFORMER = MODELS / "transformer.onnx"
 
 
 def _convert(tmp_path, onnx_path, *options, name="model.mnn", extra=()):
+    """``parity convert ONNX -o OUT --json - -q EXTRA OPTIONS``: (exit code, report, OUT)."""
     out = tmp_path / name
-    result = run_parity("convert", onnx_path, "-o", out, "--json", "-", "-q", *extra, *options)
+    result = run_json("convert", onnx_path, "-o", out, "-q", *extra, *options)
     assert result.code in (0, 1), result.err
     return result.code, result.json(), out
+
+
+def _compress(tmp_path, onnx_path, *options, name="model.mnn", **check):
+    """What ``parity convert`` does, through the library: MNN's converter with ``options``
+    (parity.convert), then the pair checked (parity.check, with the keywords ``check``).
+    Returns (exit code, the report as its JSON reads, the .mnn)."""
+    out = tmp_path / name
+    parity.convert(onnx_path, out, options=list(options))
+    report = parity.check([onnx_path, out], **check)
+    return report.exit_code, report_json(report), out
 
 
 def _links(report):
@@ -37,7 +51,7 @@ def _links(report):
     (["--weightQuantBits", "8", "--weightQuantAsymmetric"], "int8", "8-bit weights (symmetric, per channel)"),
 ])
 def test_convert_compressed_is_judged_by_its_budget_not_as_a_conversion(tmp_path, options, kind, words):
-    code, report, _ = _convert(tmp_path, TRANSFORMER, *options)
+    code, report, _ = _compress(tmp_path, TRANSFORMER, *options)
     assert report["compression"]["kind"] == kind and words in report["compression"]["summary"]
     links = _links(report)
     assert set(links) == {"onnxruntime -> float conversion", f"float conversion -> {kind_label(kind)}",
@@ -85,7 +99,7 @@ def kind_label(kind: str) -> str:
 
 
 def test_a_budget_the_compression_misses_is_the_compression_verdict_with_a_ranking(tmp_path):
-    code, report, _ = _convert(tmp_path, TRANSFORMER, "--weightQuantBits", "4", extra=("--budget", "cosine>=0.999"))
+    code, report, _ = _compress(tmp_path, TRANSFORMER, "--weightQuantBits", "4", budget="cosine>=0.999")
     assert code == ExitCode.MISMATCH
     verdict = report["verdict"]
     assert verdict["kind"] == "compression", verdict
@@ -115,7 +129,7 @@ def test_outlier_layer_ranks_first_and_keeping_it_in_float_restores_the_budget(t
     assert fix["kept"] == [OUTLIER_LAYER] and fix["within_budget"] is True
     assert fix["after"]["cosine"] >= 0.98 > fix["before"]["cosine"]
     # the written model keeps that layer in float and passes the default budget on its own
-    result = run_parity("check", onnx_path, fixed, "--json", "-", "-q")
+    result = run_json("check", onnx_path, fixed, "-q")
     assert result.code == 0, result.err
     summary = result.json()["compression"]["summary"]
     assert "on 2 of 3" in summary
@@ -123,17 +137,18 @@ def test_outlier_layer_ranks_first_and_keeping_it_in_float_restores_the_budget(t
 
 def test_wrong_and_compressed_is_a_conversion_verdict(tmp_path):
     bad_onnx = alter_initializer(TRANSFORMER, tmp_path / "bad.onnx", "blocks.0.fc1.bias", index=3, delta=1.5)
-    _, _, bad = _convert(tmp_path, bad_onnx, "--weightQuantBits", "8", name="bad8.mnn",
-                         extra=("--no-diagnose", "--budget", "cosine>=0"))
-    result = run_parity("check", TRANSFORMER, bad, "--json", "-", "-q")
-    assert result.code == ExitCode.MISMATCH, result.err
-    verdict = result.json()["verdict"]
+    bad = tmp_path / "bad8.mnn"
+    parity.convert(bad_onnx, bad, options=["--weightQuantBits", "8"])
+    checked = parity.check([TRANSFORMER, bad])
+    assert checked.exit_code == ExitCode.MISMATCH
+    verdict = report_json(checked)["verdict"]
     assert verdict["kind"] == "conversion", verdict
     assert "not what compressing this ONNX makes" in verdict["summary"]
 
 
 def test_inspect_shows_the_compression_per_layer(tmp_path):
-    _, _, model = _convert(tmp_path, TRANSFORMER, "--weightQuantBits", "4", "--weightQuantBlock", "16")
+    model = tmp_path / "model.mnn"
+    parity.convert(TRANSFORMER, model, options=["--weightQuantBits", "4", "--weightQuantBlock", "16"])
     result = run_parity("inspect", model)
     assert result.code == 0, result.err
     assert "compression: 4-bit weights (asymmetric, block 16) on 10 of 10 Convolution layers" in result.out
@@ -141,9 +156,9 @@ def test_inspect_shows_the_compression_per_layer(tmp_path):
 
 
 def test_float_model_has_no_attribution():
-    result = run_parity("check", TRANSFORMER, MODELS / "transformer.mnn", "--json", "-", "-q")
-    assert result.code == 0
-    report = result.json()
+    checked = parity.check([TRANSFORMER, MODELS / "transformer.mnn"])
+    assert checked.exit_code == 0
+    report = report_json(checked)
     assert "compression" not in report and len(report["comparisons"]) == 1
 
 
@@ -240,7 +255,8 @@ def test_the_flatbuffer_read_matches_the_json_dump(tmp_path, options):
     from parity.mnn import flatbuffer as mnn_flatbuffer
     from parity.mnn import graph as mnn_graph
 
-    _, _, model = _convert(tmp_path, TRANSFORMER, *options, extra=("--no-attribution", "--no-diagnose"))
+    model = tmp_path / "model.mnn"
+    parity.convert(TRANSFORMER, model, options=options)
     fast = compression.read({"oplists": mnn_flatbuffer.read_ops(model), "tensorName": []})
     slow = compression.read(mnn_graph.read_graph(model))
     assert fast.to_dict() == slow.to_dict() and len(fast.layers) == 10

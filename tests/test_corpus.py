@@ -1,20 +1,15 @@
 """The bad-input corpus: every case gets its exit code, one line on stderr, no traceback, no
 orphaned child process and no stray file (in the working directory or in TMPDIR).
 
-Cases are generated into a private directory per case; parity runs there as a user would, with
-TMPDIR pointing at another private directory and a tag in its environment that every child
-inherits, so a surviving child is found by its tag.
+Cases are generated into a private directory per case; parity runs there as a user would,
+through the hostile-input harness (hostile.run_hostile: a private TMPDIR, a marker in the
+environment that finds every surviving child, the input files' bytes watched).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -23,8 +18,8 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from helpers import MODELS, default_signals, save_model, slow_matmul_model, tensor, to_mnn, wait_until
-from hostile import RUNNING
+from helpers import MODELS, copy_cnn, save_model, slow_matmul_model, tensor, to_mnn
+from hostile import RUNNING, run_hostile
 from parity.core.errors import ExitCode
 
 BAD, BACKEND, USAGE, PASS, MISMATCH = (ExitCode.MODEL_OR_INPUT, ExitCode.BACKEND, ExitCode.USAGE,
@@ -45,11 +40,6 @@ def _copy(d: Path, *names) -> None:
         shutil.copy(MODELS / name, d / name)
 
 
-def _cnn(d):
-    _copy(d, "cnn.onnx", "cnn.mnn")
-    return ["cnn.onnx", "cnn.mnn"]
-
-
 def _transformer(d):
     _copy(d, "transformer.onnx", "transformer.mnn")
     return ["transformer.onnx", "transformer.mnn"]
@@ -57,7 +47,7 @@ def _transformer(d):
 
 def _with_inputs(**arrays):
     def build(d):
-        args = _cnn(d)
+        args = copy_cnn(d)
         np.savez(d / "in.npz", **arrays)
         return ["check", *args, "--inputs", "in.npz"]
     return build
@@ -129,7 +119,7 @@ def _inf_outputs(d):
 
 
 def _nan_allowed(d):
-    args = _cnn(d)
+    args = copy_cnn(d)
     x = np.zeros((1, 3, 32, 32), np.float32)
     x[0, 0, 0, 0] = np.nan
     np.savez(d / "in.npz", x=x)
@@ -138,20 +128,20 @@ def _nan_allowed(d):
 
 def _out_file(flag, sub="missing/dir/out"):
     def build(d):
-        return ["check", *_cnn(d), flag, sub]
+        return ["check", *copy_cnn(d), flag, sub]
     return build
 
 
 def _report_is_dir(flag):
     def build(d):
         (d / "adir").mkdir()
-        return ["check", *_cnn(d), flag, "adir"]
+        return ["check", *copy_cnn(d), flag, "adir"]
     return build
 
 
 def _repro_is_file(d):
     (d / "afile").write_text("x")
-    return ["check", *_cnn(d), "--repro", "afile"]
+    return ["check", *copy_cnn(d), "--repro", "afile"]
 
 
 def _convert_output_missing_dir(d):
@@ -175,8 +165,8 @@ ONNX_BYTES = (MODELS / "cnn.onnx").read_bytes()
 
 CASES = [
     # model files
-    Case("missing reference", lambda d: ["check", "nope.onnx", *(_cnn(d)[1:])], BAD, "does not exist"),
-    Case("missing candidate", lambda d: ["check", _cnn(d)[0], "nope.mnn"], BAD, "does not exist"),
+    Case("missing reference", lambda d: ["check", "nope.onnx", *(copy_cnn(d)[1:])], BAD, "does not exist"),
+    Case("missing candidate", lambda d: ["check", copy_cnn(d)[0], "nope.mnn"], BAD, "does not exist"),
     Case("empty onnx", _reference_bytes("e.onnx", b""), BAD, "empty"),
     Case("empty mnn", _candidate_bytes("e.mnn", b""), BAD, "empty"),
     Case("random onnx", _reference_bytes("r.onnx", RNG.bytes(3000)), BAD, "not a valid ONNX model"),
@@ -186,31 +176,31 @@ CASES = [
     Case("text as onnx", _reference_bytes("notes.onnx", b"hello, this is not a model\n" * 20), BAD, "notes.onnx"),
     Case("onnx renamed mnn", _candidate_bytes("renamed.mnn", ONNX_BYTES), BAD, "ONNX model with an .mnn name"),
     Case("mnn renamed onnx", _reference_bytes("renamed.onnx", CNN_BYTES), BAD, "renamed.onnx"),
-    Case("directory as onnx", lambda d: ((d / "m.onnx").mkdir(), ["check", "m.onnx", *(_cnn(d)[1:])])[1], BAD, "directory"),
-    Case("directory as mnn", lambda d: ((d / "m.mnn").mkdir(), ["check", _cnn(d)[0], "m.mnn"])[1], BAD, "directory"),
-    Case("unknown suffix", lambda d: ((d / "m.tflite").write_bytes(b"x"), ["check", _cnn(d)[0], "m.tflite"])[1], USAGE, "suffix"),
-    Case("one model only", lambda d: ["check", _cnn(d)[0]], USAGE, "at least two models"),
-    Case("four models", lambda d: ["check", *_cnn(d), *_cnn(d)], USAGE, "two or three models"),
+    Case("directory as onnx", lambda d: ((d / "m.onnx").mkdir(), ["check", "m.onnx", *(copy_cnn(d)[1:])])[1], BAD, "directory"),
+    Case("directory as mnn", lambda d: ((d / "m.mnn").mkdir(), ["check", copy_cnn(d)[0], "m.mnn"])[1], BAD, "directory"),
+    Case("unknown suffix", lambda d: ((d / "m.tflite").write_bytes(b"x"), ["check", copy_cnn(d)[0], "m.tflite"])[1], USAGE, "suffix"),
+    Case("one model only", lambda d: ["check", copy_cnn(d)[0]], USAGE, "at least two models"),
+    Case("four models", lambda d: ["check", *copy_cnn(d), *copy_cnn(d)], USAGE, "two or three models"),
     # names
     Case("input names differ", _names_differ, BAD, "['a']"),
     Case("inputs missing a name", lambda d: (np.savez(d / "i.npz", src=np.zeros((1, 64, 32), np.float32)),
                                              ["check", *_transformer(d), "--inputs", "i.npz"])[1], BAD, "missing ['src_mask']"),
     Case("inputs unknown name", _with_inputs(x=np.zeros((1, 3, 32, 32), np.float32), z=np.zeros(2)), BAD, "unknown ['z']"),
-    Case("shape unknown input", lambda d: ["check", *_cnn(d), "--shape", "nope=1x2"], BAD, "'nope'"),
-    Case("shape malformed", lambda d: ["check", *_cnn(d), "--shape", "x=1xABC"], USAGE, "--shape"),
-    Case("shape conflicts", lambda d: ["check", *_cnn(d), "--shape", "x=1x3x31x32"], BAD, "conflicts"),
+    Case("shape unknown input", lambda d: ["check", *copy_cnn(d), "--shape", "nope=1x2"], BAD, "'nope'"),
+    Case("shape malformed", lambda d: ["check", *copy_cnn(d), "--shape", "x=1xABC"], USAGE, "--shape"),
+    Case("shape conflicts", lambda d: ["check", *copy_cnn(d), "--shape", "x=1x3x31x32"], BAD, "conflicts"),
     # shapes, dtypes, ranks in --inputs
     Case("inputs wrong shape", _with_inputs(x=np.zeros((1, 3, 30, 32), np.float32)), BAD, "1x3x32x32"),
     Case("inputs wrong rank", _with_inputs(x=np.zeros((3, 32, 32), np.float32)), BAD, "rank 4"),
     Case("inputs scalar", _with_inputs(x=np.float32(1.0)), BAD, "rank 4"),
     Case("inputs float64", _with_inputs(x=np.zeros((1, 3, 32, 32), np.float64)), BAD, "float64"),
     Case("inputs int32", _with_inputs(x=np.zeros((1, 3, 32, 32), np.int32)), BAD, "int32"),
-    Case("inputs not npz", lambda d: ((d / "in.npz").write_text("no"), ["check", *_cnn(d), "--inputs", "in.npz"])[1], BAD, "in.npz"),
-    Case("inputs single npy", lambda d: (np.save(d / "in.npy", np.zeros(3)), ["check", *_cnn(d), "--inputs", "in.npy"])[1], BAD, "np.savez"),
-    Case("inputs missing file", lambda d: ["check", *_cnn(d), "--inputs", "nope.npz"], BAD, "does not exist"),
-    Case("inputs directory", lambda d: ((d / "dir.npz").mkdir(), ["check", *_cnn(d), "--inputs", "dir.npz"])[1], BAD, "directory"),
+    Case("inputs not npz", lambda d: ((d / "in.npz").write_text("no"), ["check", *copy_cnn(d), "--inputs", "in.npz"])[1], BAD, "in.npz"),
+    Case("inputs single npy", lambda d: (np.save(d / "in.npy", np.zeros(3)), ["check", *copy_cnn(d), "--inputs", "in.npy"])[1], BAD, "np.savez"),
+    Case("inputs missing file", lambda d: ["check", *copy_cnn(d), "--inputs", "nope.npz"], BAD, "does not exist"),
+    Case("inputs directory", lambda d: ((d / "dir.npz").mkdir(), ["check", *copy_cnn(d), "--inputs", "dir.npz"])[1], BAD, "directory"),
     Case("inputs with shape option", lambda d: (np.savez(d / "i.npz", x=np.zeros((1, 3, 32, 32), np.float32)),
-                                                ["check", *_cnn(d), "--inputs", "i.npz", "--shape", "x=1x3x32x32"])[1],
+                                                ["check", *copy_cnn(d), "--inputs", "i.npz", "--shape", "x=1x3x32x32"])[1],
          USAGE, "--shape"),
     # NaN and Inf
     Case("nan input", _with_inputs(x=np.full((1, 3, 32, 32), np.nan, np.float32)), BAD, "NaN"),
@@ -237,7 +227,7 @@ CASES = [
     Case("save inputs missing dir", _out_file("--save-inputs", "no/in.npz"), BAD, "--save-inputs"),
     Case("repro is a file", _repro_is_file, BAD, "--repro"),
     Case("convert output missing dir", _convert_output_missing_dir, BAD, "-o"),
-    Case("convert needs onnx", lambda d: ["convert", _cnn(d)[1]], USAGE, "takes an .onnx model"),
+    Case("convert needs onnx", lambda d: ["convert", copy_cnn(d)[1]], USAGE, "takes an .onnx model"),
     # compare
     Case("compare raw without dtype", lambda d: _compare(d, np.zeros((2, 3), np.float32), b"\0" * 24), USAGE, "--dtype"),
     Case("compare raw wrong shape", lambda d: _compare(d, np.ones((2, 3), np.float32), b"\0" * 24, "--dtype",
@@ -249,37 +239,6 @@ CASES = [
 ]
 
 
-def _tagged_processes(tag: str) -> list[int]:
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            if tag.encode() in Path(f"/proc/{pid}/environ").read_bytes():
-                found.append(int(pid))
-        except OSError:
-            continue
-    return found
-
-
-def _run(case_dir: Path, tmp: Path, args, *, timeout=300):
-    tag = f"PARITY_CORPUS_TAG={uuid.uuid4().hex}"
-    env = dict(os.environ, TMPDIR=str(tmp), PARITY_CORPUS_TAG=tag.split("=", 1)[1])
-    env.pop("PARITY_TRACEBACK", None)
-    proc = subprocess.run([sys.executable, "-m", "parity", *map(str, args)], cwd=case_dir, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-    return proc, tag.split("=", 1)[1]
-
-
-def _assert_clean(case_dir: Path, before: set, tmp: Path, tag: str):
-    time.sleep(0.05)
-    assert _tagged_processes(tag) == [], "a child process outlived parity"
-    after = {p.name for p in case_dir.iterdir()}
-    assert after == before, f"files changed in the working directory: {sorted(after ^ before)}"
-    leftovers = [p.name for p in tmp.iterdir() if not p.name.startswith(".ses")]
-    assert leftovers == [], f"left in TMPDIR: {leftovers}"
-
-
 def test_corpus_is_large_enough():
     assert len(CASES) >= 40
 
@@ -288,28 +247,18 @@ def test_corpus_is_large_enough():
 def test_bad_input(case: Case, tmp_path):
     case_dir = tmp_path / "work"
     case_dir.mkdir()
-    private_tmp = tmp_path / "tmp"
-    private_tmp.mkdir()
     args = case.build(case_dir)
     if args and args[0] not in ("check", "convert", "compare", "sweep", "inspect"):
         args = ["check", *args]
-    before = {p.name for p in case_dir.iterdir()}
-    proc, tag = _run(case_dir, private_tmp, args)
-    assert proc.returncode == int(case.code), (proc.returncode, proc.stdout[-500:], proc.stderr)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    if case.error_line:
-        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-        assert len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr
-        assert case.fragment in lines[0], (case.fragment, lines[0])
-    _assert_clean(case_dir, before, private_tmp, tag)
+    outcome = run_hostile(*args, cwd=case_dir, inputs=list(case_dir.iterdir()), timeout=300)
+    outcome.assert_clean(case.code, *([case.fragment] if case.error_line else []), limit=300,
+                         error_line=case.error_line)
 
 
 def test_sigint_during_a_run_stops_cleanly(tmp_path):
     """Ctrl-C reaches the whole foreground process group: parity and its MNN child."""
     case_dir = tmp_path / "work"
     case_dir.mkdir()
-    private_tmp = tmp_path / "tmp"
-    private_tmp.mkdir()
     nodes, previous = [], "x"
     for i in range(30):
         nodes.append(helper.make_node("Relu" if i % 2 else "Neg", [previous], [f"t{i}"]))
@@ -317,20 +266,9 @@ def test_sigint_during_a_run_stops_cleanly(tmp_path):
     onnx_path = save_model(nodes, [tensor("x", shape=[1, 32, 256, 256])], [tensor(previous, shape=[1, 32, 256, 256])],
                            case_dir / "big.onnx")
     to_mnn(onnx_path)
-    before = {p.name for p in case_dir.iterdir()}
-    tag = uuid.uuid4().hex
-    env = dict(os.environ, TMPDIR=str(private_tmp), PARITY_CORPUS_TAG=tag)
-    proc = subprocess.Popen([sys.executable, "-m", "parity", "check", "big.onnx", "big.mnn", "--layers",
-                             "--isolate", "all", "--max-memory", "64M", "--json", "report.json"],
-                            cwd=case_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, preexec_fn=default_signals)
     # the MNN run has its first feed: parity's handlers are in place and the work is under way
-    wait_until(lambda: next(private_tmp.glob(RUNNING), None), proc, "MNN was running", timeout=60)
-    os.killpg(proc.pid, signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == ExitCode.INTERRUPTED, (proc.returncode, err)
-    assert "Traceback" not in err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Interrupted" in lines[0], err
-    _assert_clean(case_dir, before, private_tmp, tag)
+    outcome = run_hostile("check", "big.onnx", "big.mnn", "--layers", "--isolate", "all", "--max-memory", "64M",
+                          "--json", "report.json", cwd=case_dir, timeout=60,
+                          signal_when=(RUNNING, signal.SIGINT), signal_group=True)
+    outcome.assert_clean(ExitCode.INTERRUPTED, "Interrupted", limit=60)
     assert not (case_dir / "report.json").exists()

@@ -10,7 +10,8 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from helpers import assert_one_line_error, randn, run_parity, save_model, tensor
+import parity
+from helpers import assert_one_line_error, randn, run_json, run_parity, save_model, tensor
 from parity.core.errors import ExitCode
 
 
@@ -22,12 +23,12 @@ def half_case(tmp_path):
     return reference, tmp_path
 
 
-def _compare_summary(*args) -> str:
-    result = run_parity("compare", *args, "--json", "-")
-    assert result.code == ExitCode.MISMATCH, result.err
-    verdict = result.json()["verdict"]
-    assert verdict["kind"] == "usage", verdict
-    return verdict["summary"]
+def _compare_summary(reference, candidate, **options) -> str:
+    """parity.compare's verdict summary; the verdict must be usage (a reading mistake)."""
+    report = parity.compare(reference, candidate, **options)
+    assert report.exit_code == ExitCode.MISMATCH, report.verdict.summary
+    assert report.verdict.kind == "usage", report.verdict
+    return report.verdict.summary
 
 
 def test_half_length_npy_that_declares_float32_is_not_called_float16(half_case):
@@ -51,7 +52,7 @@ def test_model_input_of_the_candidate_length_explains_it(half_case):
     _, d = half_case
     np.save(d / "x.npy", randn(1, 4, 4, 4, seed=3))  # 64 values, not the candidate's
     np.save(d / "cand.npy", randn(64, seed=9))
-    summary = _compare_summary(d / "ref.npy", d / "cand.npy", "--model-input", d / "x.npy")
+    summary = _compare_summary(d / "ref.npy", d / "cand.npy", model_inputs=d / "x.npy")
     assert "float16" not in summary, summary
     assert "as many as the model's input 'x' [1x4x4x4]" in summary
     assert "host tensor of the input's shape" in summary
@@ -60,7 +61,7 @@ def test_model_input_of_the_candidate_length_explains_it(half_case):
 def test_float16_bytes_are_still_named_when_the_values_prove_it(half_case):
     reference, d = half_case
     reference.astype(np.float16).tofile(d / "half.bin")
-    summary = _compare_summary(d / "ref.npy", d / "half.bin", "--dtype", "float32")
+    summary = _compare_summary(d / "ref.npy", d / "half.bin", dtype="float32")
     assert "float16 values read as float32" in summary and "--dtype float16" in summary
     # saved to a .npy after the misread: the values prove it though the header says float32
     np.save(d / "half.npy", reference.astype(np.float16).reshape(-1).view(np.float32))
@@ -73,7 +74,7 @@ def test_raw_dump_with_float16_like_bytes_keeps_the_dtype_hint(half_case):
     still gets the dtype hint (its bytes read as float16 are numbers like the reference's)."""
     _, d = half_case
     (randn(128, seed=5) * 2).astype(np.float16).tofile(d / "wrong.bin")
-    summary = _compare_summary(d / "ref.npy", d / "wrong.bin", "--dtype", "float32")
+    summary = _compare_summary(d / "ref.npy", d / "wrong.bin", dtype="float32")
     assert "float16 data read as float32 (use --dtype float16)" in summary
 
 
@@ -106,7 +107,7 @@ def test_verdict_next_step_names_the_paths_as_given(tmp_path):
     (here / "a dir" / "cnn.onnx").write_bytes((MODELS / "cnn.onnx").read_bytes())
     altered = alter_initializer(MODELS / "cnn.onnx", tmp_path / "altered.onnx", "conv3.weight", index=4, delta=3.0)
     to_mnn(altered, here / "a dir" / "cnn_changed.mnn")
-    result = run_parity("check", "a dir/cnn.onnx", "a dir/cnn_changed.mnn", "--json", "-", cwd=here)
+    result = run_json("check", "a dir/cnn.onnx", "a dir/cnn_changed.mnn", cwd=here)
     assert result.code == ExitCode.MISMATCH, result.err
     verdict = result.json()["verdict"]
     assert verdict["kind"] == "conversion", verdict
@@ -194,7 +195,7 @@ def test_static_pt2_against_the_default_of_a_dynamic_batch(tmp_path):
     line = assert_one_line_error(run_parity("check", pt2, onnx_path), ExitCode.MODEL_OR_INPUT,
                                  "--shape x=2x4")
     assert "cannot run on x=1x4" in line
-    passed = run_parity("check", pt2, onnx_path, "--shape", "x=2x4", "--json", "-")
+    passed = run_json("check", pt2, onnx_path, "--shape", "x=2x4")
     assert passed.code == ExitCode.PASS, passed.err
     assert passed.json()["comparisons"][0]["outputs"][0]["reference_shape"] == [2, 3]
 

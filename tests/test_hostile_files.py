@@ -26,7 +26,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from helpers import MODELS
+from helpers import JSON_STDOUT, MODELS, copy_cnn
 from hostile import run_hostile
 from parity.core.errors import ExitCode, OutputPathError
 
@@ -102,12 +102,6 @@ class Case:
     env: dict = field(default_factory=dict)
     after: Callable[[Path], None] | None = None  # more checks on the directory
     stdin: str | None = None  # a file of the case's directory to give parity as stdin
-
-
-def _cnn(d: Path) -> tuple[str, str]:
-    for name in ("cnn.onnx", "cnn.mnn"):
-        (d / name).write_bytes((MODELS / name).read_bytes())
-    return "cnn.onnx", "cnn.mnn"
 
 
 def _copy(d: Path, built: Path, *names: str) -> None:
@@ -186,7 +180,7 @@ def output_cases(d: Path, built: Path) -> dict[str, Case]:
     # -- onto the run's own inputs (reports: the CLI passes its inputs to parity.core.paths)
     def onto_input(flag, target):
         def build():
-            onnx_, mnn = _cnn(d)
+            onnx_, mnn = copy_cnn(d)
             return Case(["check", onnx_, mnn, flag, target], BAD, ("input",))
         return build
 
@@ -196,20 +190,20 @@ def output_cases(d: Path, built: Path) -> dict[str, Case]:
 
     # -- onto files a command reads that are not model arguments
     def onto_data_loader():
-        onnx_, mnn = _cnn(d)
+        onnx_, mnn = copy_cnn(d)
         (d / "dl.py").write_text("import numpy as np\n\ndef f():\n"
                                  "    return [{'input': np.zeros((1, 3, 32, 32), np.float32)}]\n")
         return Case(["check", onnx_, mnn, "--data-loader", "dl.py:f", "--json", "dl.py"], BAD, ("input",))
     add("json onto the --data-loader script", onto_data_loader)
 
     def onto_torch_script():
-        onnx_, mnn = _cnn(d)
+        onnx_, mnn = copy_cnn(d)
         (d / "tm.py").write_text("def make():\n    raise SystemExit('never imported')\n")
         return Case(["check", "--torch", "tm.py:make", onnx_, mnn, "--json", "tm.py"], BAD, ("input",))
     add("json onto the --torch script", onto_torch_script)
 
     def onto_rerun_report():
-        onnx_, mnn = _cnn(d)
+        onnx_, mnn = copy_cnn(d)
         subprocess.run([sys.executable, "-m", "parity", "check", onnx_, mnn, "--json", "rep.json", "-q"],
                        cwd=d, check=True, stdout=subprocess.DEVNULL)
         return Case(["rerun", "rep.json", "--json", "rep.json"], BAD, ("input",))
@@ -224,19 +218,19 @@ def output_cases(d: Path, built: Path) -> dict[str, Case]:
     add("convert: a non-UTF-8 output name is refused before converting", convert_onto_non_utf8)
 
     def junit_via_symlink():
-        onnx_, mnn = _cnn(d)
+        onnx_, mnn = copy_cnn(d)
         os.symlink("cnn.onnx", d / "r.xml")
         return Case(["check", onnx_, mnn, "--junit", "r.xml"], BAD, ("input",))
     add("junit through a symlink to the model", junit_via_symlink)
 
     def explorer_hardlink():
-        onnx_, mnn = _cnn(d)
+        onnx_, mnn = copy_cnn(d)
         os.link(d / "cnn.mnn", d / "overlay.json")
         return Case(["check", onnx_, mnn, "--model-explorer", "overlay.json"], BAD, ("input",))
     add("model-explorer onto a hard link of the model", explorer_hardlink)
 
     def save_inputs_onto_inputs():
-        onnx_, mnn = _cnn(d)
+        onnx_, mnn = copy_cnn(d)
         _npz(d / "in.npz", x=_x())
         return Case(["check", onnx_, mnn, "--inputs", "in.npz", "--save-inputs", "in.npz"], BAD, ("input",))
     add("save-inputs onto --inputs", save_inputs_onto_inputs)
@@ -253,23 +247,23 @@ def output_cases(d: Path, built: Path) -> dict[str, Case]:
     add("json onto the onnx model's external data", onto_external_data)
 
     def onto_mnn_weights():
-        onnx_, _ = _cnn(d)
+        onnx_, _ = copy_cnn(d)
         _copy(d, built, "cnn_ext.mnn", "cnn_ext.mnn.weight")
         return Case(["check", onnx_, "cnn_ext.mnn", "--html", "cnn_ext.mnn.weight"], BAD, ("input",))
     add("html onto the mnn model's weights file", onto_mnn_weights)
 
     def two_flags_one_file():
-        onnx_, mnn = _cnn(d)
+        onnx_, mnn = copy_cnn(d)
         return Case(["check", onnx_, mnn, "--json", "r.out", "--html", "r.out"], BAD, ("both",))
     add("json and html onto one file", two_flags_one_file)
 
     def two_on_stdout():
-        onnx_, mnn = _cnn(d)
-        return Case(["check", onnx_, mnn, "--json", "-", "--junit", "-"], BAD, ("stdout",))
+        onnx_, mnn = copy_cnn(d)
+        return Case(["check", onnx_, mnn, *JSON_STDOUT, "--junit", "-"], BAD, ("stdout",))
     add("json and junit both on stdout", two_on_stdout)
 
     def html_dash():
-        onnx_, mnn = _cnn(d)
+        onnx_, mnn = copy_cnn(d)
 
         def on_stdout(_d):
             assert not os.path.lexists(d / "-"), "--html - wrote a file named '-'"
@@ -278,14 +272,14 @@ def output_cases(d: Path, built: Path) -> dict[str, Case]:
 
     # -- onto what is not a regular file (parity.core.paths refuses it wherever it is checked)
     def onto_device():
-        onnx_, mnn = _cnn(d)
+        onnx_, mnn = copy_cnn(d)
         _mknod_full(d / "full")
         return Case(["check", onnx_, mnn, "--json", "full"], BAD, ("character device",))
     add("json onto a character device", onto_device)
 
     def link_to(flag, link, target, kind):
         def build():
-            onnx_, mnn = _cnn(d)
+            onnx_, mnn = copy_cnn(d)
             os.symlink(target, d / link)
             return Case(["check", onnx_, mnn, flag, link], BAD, (kind,))
         return build
@@ -296,7 +290,7 @@ def output_cases(d: Path, built: Path) -> dict[str, Case]:
         link_to("--save-inputs", "s.npz", "/dev/null", "character device"))
 
     def stdin_file():
-        onnx_, mnn = _cnn(d)
+        onnx_, mnn = copy_cnn(d)
         (d / "feed.txt").write_text("stdin is this regular file\n")
         os.symlink("/dev/stdin", d / "in.json")
         return Case(["check", onnx_, mnn, "--json", "in.json"], BAD, ("file descriptor",),
@@ -304,65 +298,65 @@ def output_cases(d: Path, built: Path) -> dict[str, Case]:
     add("json through a symlink to /dev/stdin, a regular file", stdin_file)
 
     def onto_fifo():
-        onnx_, mnn = _cnn(d)
+        onnx_, mnn = copy_cnn(d)
         os.mkfifo(d / "r.json")
         return Case(["check", onnx_, mnn, "--json", "r.json"], BAD, ("FIFO",))
     add("json onto a FIFO", onto_fifo)
 
     def onto_socket():
-        onnx_, mnn = _cnn(d)
+        onnx_, mnn = copy_cnn(d)
         with socket.socket(socket.AF_UNIX) as s:
             s.bind(str(d / "r.xml"))
         return Case(["check", onnx_, mnn, "--junit", "r.xml"], BAD, ("socket",))
     add("junit onto a socket", onto_socket)
 
     def onto_dir():
-        onnx_, mnn = _cnn(d)
+        onnx_, mnn = copy_cnn(d)
         (d / "r.json").mkdir()
         return Case(["check", onnx_, mnn, "--json", "r.json"], BAD, ("directory",))
     add("json onto a directory", onto_dir)
 
     def symlink_loop():
-        onnx_, mnn = _cnn(d)
+        onnx_, mnn = copy_cnn(d)
         os.symlink("loop.json", d / "loop.json")
         return Case(["check", onnx_, mnn, "--json", "loop.json"], BAD, ("loop",), inputs=(d / "loop.json",))
     add("json onto a symlink loop", symlink_loop)
 
     def dangling():
-        onnx_, mnn = _cnn(d)
+        onnx_, mnn = copy_cnn(d)
         os.symlink("nodir/r.json", d / "r.json")
         return Case(["check", onnx_, mnn, "--json", "r.json"], BAD, ("does not exist",), inputs=(d / "r.json",))
     add("json through a symlink into a missing directory", dangling)
 
     def missing_dir():
-        onnx_, mnn = _cnn(d)
+        onnx_, mnn = copy_cnn(d)
         return Case(["check", onnx_, mnn, "--html", "nodir/r.html"], BAD, ("does not exist",))
     add("html into a missing directory", missing_dir)
 
     def through_a_file():
-        onnx_, mnn = _cnn(d)
+        onnx_, mnn = copy_cnn(d)
         return Case(["check", onnx_, mnn, "--json", "cnn.onnx/r.json"], BAD, ("cnn.onnx",))
     add("json through a file used as a directory", through_a_file)
 
     def too_long():
-        onnx_, mnn = _cnn(d)
+        onnx_, mnn = copy_cnn(d)
         return Case(["check", onnx_, mnn, f"--json={'r' * LONG}.json"], BAD, ("too long",))
     add("json name too long", too_long)
 
     def longest():
-        onnx_, mnn = _cnn(d)
+        onnx_, mnn = copy_cnn(d)
         name = "r" * 250 + ".json"  # 255 bytes: the longest name there is
         return Case(["check", onnx_, mnn, "-q", "--json", name], OK, outputs=(name,), error_line=False,
                     after=_exists(name))
     add("json with the longest name the filesystem takes", longest)
 
     def repro_too_long():
-        onnx_, mnn = _cnn(d)
+        onnx_, mnn = copy_cnn(d)
         return Case(["check", onnx_, mnn, f"--repro={'r' * LONG}"], BAD, ("too long",))
     add("repro name too long", repro_too_long)
 
     def repro_fifo():
-        onnx_, mnn = _cnn(d)
+        onnx_, mnn = copy_cnn(d)
         os.mkfifo(d / "repro")
         return Case(["check", onnx_, mnn, "--repro", "repro"], BAD, ("FIFO", "not a directory"))
     add("repro onto a FIFO", repro_fifo)
@@ -370,7 +364,7 @@ def output_cases(d: Path, built: Path) -> dict[str, Case]:
     # -- convert's -o (checked by parity.mnn.converter itself)
     def o_link(kind):
         def build():
-            onnx_, _ = _cnn(d)
+            onnx_, _ = copy_cnn(d)
             if kind == "symlink":
                 os.symlink("cnn.onnx", d / "out.mnn")
             else:
@@ -390,30 +384,30 @@ def output_cases(d: Path, built: Path) -> dict[str, Case]:
     add("convert -o onto the model's own external data", o_external)
 
     def o_null():
-        onnx_, _ = _cnn(d)
+        onnx_, _ = copy_cnn(d)
         os.symlink("/dev/null", d / "null.mnn")
         return Case(["convert", onnx_, "-o", "null.mnn"], BAD, ("character device",))
     add("convert -o a symlink to /dev/null", o_null)
 
     def o_too_long():
-        onnx_, _ = _cnn(d)
+        onnx_, _ = copy_cnn(d)
         return Case(["convert", onnx_, f"--output={'m' * LONG}.mnn"], BAD, ("too long",))
     add("convert -o name too long", o_too_long)
 
     def o_missing_dir():
-        onnx_, _ = _cnn(d)
+        onnx_, _ = copy_cnn(d)
         return Case(["convert", onnx_, "-o", "nodir/m.mnn"], BAD, ("does not exist",))
     add("convert -o into a missing directory", o_missing_dir)
 
     def save_external():
-        onnx_, _ = _cnn(d)
+        onnx_, _ = copy_cnn(d)
         return Case(["convert", onnx_, "-o", "out.mnn", "-q", "--saveExternalData", "1"], OK,
                     outputs=("out.mnn", "out.mnn.weight"), error_line=False,
                     after=_exists("out.mnn", "out.mnn.weight"))
     add("convert --saveExternalData keeps the weights next to the model", save_external)
 
     def save_external_fifo():
-        onnx_, _ = _cnn(d)
+        onnx_, _ = copy_cnn(d)
         os.mkfifo(d / "out.mnn.weight")
         return Case(["convert", onnx_, "-o", "out.mnn", "--saveExternalData", "1"], BAD, ("FIFO",),
                     after=_no("out.mnn"))
@@ -433,11 +427,11 @@ def input_cases(d: Path, built: Path) -> dict[str, Case]:
             os.mkfifo(d / {"inputs": "in.npz", "onnx": "f.onnx", "mnn": "f.mnn", "inspect": "f.onnx",
                            "convert": "f.onnx", "compare": "f.npy", "model-input": "mi.npy"}[role])
             if role in ("inputs", "mnn"):
-                onnx_, mnn = _cnn(d)
+                onnx_, mnn = copy_cnn(d)
             if role == "inputs":
                 args = ["check", onnx_, mnn, "--inputs", "in.npz"]
             elif role == "onnx":
-                args = ["check", "f.onnx", _cnn(d)[1]]
+                args = ["check", "f.onnx", copy_cnn(d)[1]]
             elif role == "mnn":
                 args = ["check", onnx_, "f.mnn"]
             elif role == "inspect":
@@ -460,7 +454,7 @@ def input_cases(d: Path, built: Path) -> dict[str, Case]:
     def device(link, target, role):
         def build():
             os.symlink(target, d / link)
-            onnx_, mnn = _cnn(d)
+            onnx_, mnn = copy_cnn(d)
             if role == "onnx":
                 args = ["check", link, mnn]
             elif role == "mnn":
@@ -479,33 +473,33 @@ def input_cases(d: Path, built: Path) -> dict[str, Case]:
     add("/dev/zero as a raw dump", device("zero.bin", "/dev/zero", "raw"))
 
     def socket_model():
-        _, mnn = _cnn(d)
+        _, mnn = copy_cnn(d)
         with socket.socket(socket.AF_UNIX) as s:
             s.bind(str(d / "s.onnx"))
         return Case(["check", "s.onnx", mnn], BAD, ("socket",))
     add("a socket as the model", socket_model)
 
     def loop_model():
-        _, mnn = _cnn(d)
+        _, mnn = copy_cnn(d)
         os.symlink("l.onnx", d / "l.onnx")
         return Case(["check", "l.onnx", mnn], BAD, ("loop",), inputs=(d / "l.onnx",))
     add("a symlink loop as the model", loop_model)
 
     def dangling_model():
-        _, mnn = _cnn(d)
+        _, mnn = copy_cnn(d)
         os.symlink("gone.onnx", d / "m.onnx")
         return Case(["check", "m.onnx", mnn], BAD, ("does not exist", "symlink"), inputs=(d / "m.onnx",))
     add("a dangling symlink as the model", dangling_model)
 
     def empty_model():
-        _, mnn = _cnn(d)
+        _, mnn = copy_cnn(d)
         (d / "e.onnx").write_bytes(b"")
         return Case(["check", "e.onnx", mnn], BAD, ("empty",))
     add("an empty onnx model", empty_model)
 
     def npz_case(members: Callable[[], dict] | None = None, *, arrays=None, fragments=(), raw=None):
         def build():
-            onnx_, mnn = _cnn(d)
+            onnx_, mnn = copy_cnn(d)
             if raw is not None:
                 (d / "in.npz").write_bytes(raw)
             elif arrays is not None:
@@ -563,7 +557,7 @@ def input_cases(d: Path, built: Path) -> dict[str, Case]:
     add("model input declared 1e9 x 1e9", static_huge)
 
     def negative_seed():
-        onnx_, mnn = _cnn(d)
+        onnx_, mnn = copy_cnn(d)
         return Case(["check", onnx_, mnn, "--seed", "-1"], USAGE, ("seed",))
     add("--seed -1", negative_seed)
     return cases
@@ -649,14 +643,14 @@ def model_cases(d: Path, built: Path) -> dict[str, Case]:
 
     # -- names
     def non_utf8_onnx():
-        _, mnn = _cnn(d)
+        _, mnn = copy_cnn(d)
         name = os.fsdecode(b"model\xff.onnx")
         (d / name).write_bytes((MODELS / "cnn.onnx").read_bytes())
         return Case(["check", name, mnn, "-q"], OK, error_line=False)
     add("non-UTF-8 onnx name is checked", non_utf8_onnx)
 
     def non_utf8_mnn():
-        onnx_, _ = _cnn(d)
+        onnx_, _ = copy_cnn(d)
         name = os.fsdecode(b"model\xff.mnn")
         (d / name).write_bytes((MODELS / "cnn.mnn").read_bytes())
         return Case(["check", onnx_, name], BAD, ("UTF-8",))
@@ -685,13 +679,13 @@ def model_cases(d: Path, built: Path) -> dict[str, Case]:
     add("names with a leading dash", leading_dash)
 
     def dotdot():
-        _cnn(d)
+        copy_cnn(d)
         (d / "sub").mkdir()
         return Case(["check", "../cnn.onnx", "../cnn.mnn", "-q"], OK, error_line=False)
     add("relative paths with ..", dotdot)
 
     def control_chars():
-        _, mnn = _cnn(d)
+        _, mnn = copy_cnn(d)
         return Case(["check", "a\nforged line\x1b[2J.onnx", mnn], BAD, ("does not exist", "\\n"))
     add("missing model named with a newline and ESC", control_chars)
     return cases
@@ -728,7 +722,7 @@ def test_npz_bomb_is_refused_without_decompressing(tmp_path):
     under a 1 GiB data limit, so decompressing it would end in MemoryError (exit 123)."""
     d = tmp_path / "w"
     d.mkdir()
-    onnx_, mnn = _cnn(d)
+    onnx_, mnn = copy_cnn(d)
     with zipfile.ZipFile(d / "bomb.npz", "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
         archive.writestr("x.npy", _npy_bytes(_x()))
         with archive.open("junk.npy", "w", force_zip64=True) as member:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from onnx import helper
 
-from helpers import MODELS, default_signals, save_model, tensor, to_mnn, wait_until
+from helpers import JSON_STDOUT, MODELS, default_signals, save_model, tensor, to_mnn, wait_until
 from hostile import CAPTURING, PAIR_RUNNING, RUNNING, STARTED, _marked_processes, run_hostile
 from parity.core.errors import ExitCode
 
@@ -140,15 +140,6 @@ def test_pythonstartup_is_never_run(tmp_path):
     assert not (tmp_path / "ran").exists()
 
 
-@pytest.fixture
-def add_pair(tmp_path):
-    d = tmp_path / "add"
-    d.mkdir()
-    onnx_path = save_model([helper.make_node("Add", ["x", "x"], ["y"])], [tensor("x", shape=[1, 4])],
-                           [tensor("y", shape=[1, 4])], d / "add.onnx")
-    return onnx_path, to_mnn(onnx_path)
-
-
 @pytest.mark.parametrize("variable", ["PYTHONHOME", "PYTHONPATH", "PYTHONINSPECT", "PYTHONWARNINGS"])
 def test_children_ignore_python_variables_of_the_environment(tmp_path, monkeypatch, add_pair, variable):
     """Set after parity started (as a host program may): MNN's child and sweep's checks must
@@ -214,7 +205,7 @@ def _run_to(stdout_setup: str, *args, cwd: Path, tmp: Path):
 
 @pytest.mark.parametrize("setup, extra, code", [
     ("broken", (), 141),
-    ("broken", ("--json", "-"), 141),
+    ("broken", JSON_STDOUT, 141),
     ("closed", (), ExitCode.PASS),  # nowhere to print: like /dev/null; the check decides
 ], ids=["broken-table", "broken-json", "closed"])
 def test_stdout_that_cannot_be_written(tmp_path, setup, extra, code):

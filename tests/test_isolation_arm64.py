@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import isolation_models
-from helpers import require_arm64, run_parity
+import parity
+from helpers import report_json, require_arm64
 
 pytestmark = pytest.mark.arm64
 
@@ -33,16 +34,17 @@ def se_block(tmp_path_factory):
     return onnx_path, d / "se.mnn", d / "feeds.npz"
 
 
-def _check(*args):
-    result = run_parity("check", *args, "--json", "-", "-q", env={"PYTHONIOENCODING": "utf-8"})
-    assert result.code in (0, 1), result.err
-    return result.code, result.json()
+def _check(*models, precision=None, **options):
+    """parity.check (with ``precision``: MNN on the arm64 target, in that precision mode or
+    modes): (exit code, the report as its JSON reads)."""
+    mnn = {"target": "arm64", "precision": precision} if precision else None
+    report = parity.check(models, mnn_options=mnn, **options)
+    return report.exit_code, report_json(report)
 
 
 def test_float16_pooling_is_runtime_and_its_isolation_passes_in_float32(se_block):
     onnx_path, mnn_path, feeds = se_block
-    code, low = _check(onnx_path, mnn_path, "--inputs", feeds, "--mnn-target", "arm64", "--mnn-precision", "low",
-                       "--layers")
+    code, low = _check(onnx_path, mnn_path, inputs=feeds, precision="low", layers=True)
     assert code == 1
     verdict = low["verdict"]
     assert verdict["kind"] == "runtime", verdict
@@ -54,6 +56,5 @@ def test_float16_pooling_is_runtime_and_its_isolation_passes_in_float32(se_block
     gap = next(x for x in layers if x["op_type"] == "GlobalAveragePool")
     assert gap["status"] == "introduced" and gap["candidate_op_type"] == "Pooling3D"
 
-    code, high = _check(onnx_path, mnn_path, "--inputs", feeds, "--mnn-target", "arm64", "--mnn-precision", "high",
-                        "--layers", "--isolate", "all")
+    code, high = _check(onnx_path, mnn_path, inputs=feeds, precision="high", layers=True, isolate="all")
     assert code == 0, high["verdict"]

@@ -9,7 +9,8 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from helpers import MODELS, ROOT, alter_filter, run_parity, save_model, tensor, to_mnn
+import parity
+from helpers import JSON_STDOUT, MODELS, ROOT, alter_filter, report_json, run_json, run_parity, save_model, tensor, to_mnn
 from parity.core.errors import ExitCode
 
 
@@ -35,9 +36,10 @@ def altered_filter_cnn(tmp_path_factory):
 
 
 def test_altered_conv_filter_is_the_first_divergence(altered_filter_cnn):
-    result = run_parity("check", MODELS / "cnn.onnx", altered_filter_cnn, "--layers", "--json", "-")
-    assert result.code == ExitCode.MISMATCH, result.err
-    comparison = result.json()["comparisons"][0]
+    checked = parity.check([MODELS / "cnn.onnx", altered_filter_cnn], layers=True)
+    assert checked.exit_code == ExitCode.MISMATCH
+    report = report_json(checked)
+    comparison = report["comparisons"][0]
     divergence = comparison["first_divergence"]
     conv3 = next(n for n in onnx.load(str(MODELS / "cnn.onnx")).graph.node
                  if n.op_type == "Conv" and n.input[1] == "conv3.weight")
@@ -51,21 +53,25 @@ def test_altered_conv_filter_is_the_first_divergence(altered_filter_cnn):
     # local error: fed ONNX Runtime's own input values, the conv alone is far off
     assert layers[at]["local_max_abs_diff"] > 1.0
     assert layers[at]["local_max_abs_diff"] == pytest.approx(layers[at]["max_abs_diff"], rel=0.05)
-    verdict = result.json()["verdict"]
+    verdict = report["verdict"]
     assert divergence["name"] in verdict["where"]
     for key in ("name", "reference_name", "candidate_name", "op_type", "passed", "max_abs_diff",
                 "max_rel_diff", "cosine", "mismatch_fraction", "local_max_abs_diff", "status"):
         assert key in layers[at]
-    assert "layers around the first divergence" in run_parity(
-        "check", MODELS / "cnn.onnx", altered_filter_cnn, "--layers").out
+
+
+def test_the_terminal_shows_the_layers_around_the_first_divergence(altered_filter_cnn):
+    result = run_parity("check", MODELS / "cnn.onnx", altered_filter_cnn, "--layers")
+    assert result.code == ExitCode.MISMATCH, result.err
+    assert "layers around the first divergence" in result.out
 
 
 def test_a_large_model_keeps_one_copy_of_its_weights_with_the_same_findings(altered_filter_cnn):
     """Above PARITY_LARGE_MODEL_BYTES (1 GiB; lowered here) the capture session and module
     replace the model's own, which are loaded again for the diagnosis' runs: same figures."""
-    args = ("check", MODELS / "cnn.onnx", altered_filter_cnn, "--layers", "--json", "-")
-    normal = run_parity(*args)
-    large = run_parity(*args, env={"PARITY_LARGE_MODEL_BYTES": "1"})
+    args = ("check", MODELS / "cnn.onnx", altered_filter_cnn, "--layers")
+    normal = run_json(*args)
+    large = run_json(*args, env={"PARITY_LARGE_MODEL_BYTES": "1"})
     assert normal.code == large.code == ExitCode.MISMATCH, large.err
     a, b = normal.json(), large.json()
     assert a["verdict"]["kind"] == b["verdict"]["kind"] and a["verdict"]["where"] == b["verdict"]["where"]
@@ -76,9 +82,9 @@ def test_a_large_model_keeps_one_copy_of_its_weights_with_the_same_findings(alte
 
 
 def test_transformer_layers_pair_and_pass():
-    result = run_parity("check", MODELS / "transformer.onnx", MODELS / "transformer.mnn", "--layers", "--json", "-")
-    assert result.code == ExitCode.PASS, result.err
-    comparison = result.json()["comparisons"][0]
+    checked = parity.check([MODELS / "transformer.onnx", MODELS / "transformer.mnn"], layers=True)
+    assert checked.exit_code == ExitCode.PASS, checked.verdict.summary
+    comparison = report_json(checked)["comparisons"][0]
     survivors = set(onnx_values(MODELS / "transformer.onnx")) & mnn_tensor_names(MODELS / "transformer.mnn")
     paired = {layer["name"] for layer in comparison["layers"]}
     assert len(paired & survivors) >= 0.8 * len(survivors), (len(paired & survivors), len(survivors))
@@ -94,13 +100,13 @@ def test_transformer_layers_pair_and_pass():
 
 
 def test_isolate_all_and_none(altered_filter_cnn):
-    every = run_parity("check", MODELS / "cnn.onnx", altered_filter_cnn, "--layers", "--isolate", "all", "--json", "-")
-    statuses = [layer["status"] for layer in every.json()["comparisons"][0]["layers"] if not layer["passed"]]
+    every = report_json(parity.check([MODELS / "cnn.onnx", altered_filter_cnn], layers=True, isolate="all"))
+    statuses = [layer["status"] for layer in every["comparisons"][0]["layers"] if not layer["passed"]]
     assert statuses[0] == "introduced" and len(statuses) >= 2
     # downstream of the altered conv, the ops themselves are right: their error is carried
     assert "carried" in statuses[1:]
-    none = run_parity("check", MODELS / "cnn.onnx", altered_filter_cnn, "--layers", "--isolate", "none", "--json", "-")
-    divergence = none.json()["comparisons"][0]["first_divergence"]
+    none = report_json(parity.check([MODELS / "cnn.onnx", altered_filter_cnn], layers=True, isolate="none"))
+    divergence = none["comparisons"][0]["first_divergence"]
     assert divergence["local_max_abs_diff"] is None and divergence["introduced_here"] is None
 
 
@@ -142,7 +148,7 @@ def test_max_memory_caps_peak_rss(tmp_path):
     assert code == ExitCode.PASS, err
     cap_mb = 64
     code, out, capped_peak, err = _run_measured("check", onnx_path, mnn_path, "--layers",
-                                                "--max-memory", f"{cap_mb}M", "--json", "-")
+                                                "--max-memory", f"{cap_mb}M", *JSON_STDOUT)
     assert code == ExitCode.PASS, err
     report = json.loads(out)
     layers = report["comparisons"][0]["layers"]
@@ -153,7 +159,7 @@ def test_max_memory_caps_peak_rss(tmp_path):
     assert capped_peak <= plain_peak + cap_mb, (plain_peak, capped_peak)
     assert any("chunks" in note for note in report["comparisons"][0]["notes"])
     # and the scenario is real: without the cap, the same run holds far more
-    code, _, uncapped_peak, err = _run_measured("check", onnx_path, mnn_path, "--layers", "--json", "-")
+    code, _, uncapped_peak, err = _run_measured("check", onnx_path, mnn_path, "--layers", *JSON_STDOUT)
     assert code == ExitCode.PASS, err
     assert uncapped_peak > plain_peak + cap_mb, (plain_peak, uncapped_peak)
 
@@ -174,7 +180,7 @@ def _first_difference(a, b, path="") -> str:
 def test_report_round_trips_through_json(altered_filter_cnn):
     from parity.core.report import Report
 
-    result = run_parity("check", MODELS / "cnn.onnx", altered_filter_cnn, "--layers", "--json", "-")
+    result = run_json("check", MODELS / "cnn.onnx", altered_filter_cnn, "--layers")
     data = result.json()
     again = Report.from_dict(json.loads(json.dumps(data))).to_dict()
     assert again == data, _first_difference(again, data)
@@ -194,9 +200,9 @@ def test_float16_headroom_names_layers_that_overflow_or_underflow(tmp_path):
          helper.make_node("Relu", ["tiny"], ["out"], name="relu")],
         [tensor("x", shape=[1, 4, 8, 8])], [tensor("out", shape=[1, 4, 8, 8])], tmp_path / "fp16.onnx",
         initializers=[scalar("big", 3e4), scalar("inv", 1e-4), scalar("small", 1e-6)])
-    result = run_parity("check", onnx_path, to_mnn(onnx_path), "--layers", "--json", "-")
-    assert result.code == ExitCode.PASS, result.err  # on this CPU: float32 throughout
-    comparison = result.json()["comparisons"][0]
+    checked = parity.check([onnx_path, to_mnn(onnx_path)], layers=True)
+    assert checked.exit_code == ExitCode.PASS, checked.verdict.summary  # on this CPU: float32 throughout
+    comparison = report_json(checked)["comparisons"][0]
     layers = {layer["name"]: layer for layer in comparison["layers"]}
     x = np.random.default_rng([0, 0]).standard_normal((1, 4, 8, 8)).astype(np.float32)  # parity's seed-0 input
     assert layers["scaled"]["fp16_range"] == pytest.approx(float(np.abs(x).max()) * 3e4 / 65504, rel=1e-5)
@@ -221,7 +227,7 @@ def test_a_progress_callback_of_one_argument_still_works_with_layers():
     assert any(total for _, total in counted)
 
 
-def test_layers_of_a_model_with_external_data_run_from_elsewhere(tmp_path):
+def test_layers_of_a_model_with_external_data_run_from_elsewhere(tmp_path, monkeypatch):
     """The capture model is spliced from the .onnx's bytes; ONNX Runtime finds the external
     weights in the model's directory whatever the working directory."""
     model = onnx.load(str(MODELS / "transformer.onnx"))
@@ -230,7 +236,7 @@ def test_layers_of_a_model_with_external_data_run_from_elsewhere(tmp_path):
               size_threshold=0)
     mnn = to_mnn(tmp_path / "m" / "t.onnx", tmp_path / "m" / "t.mnn")
     (tmp_path / "elsewhere").mkdir()
-    result = run_parity("check", tmp_path / "m" / "t.onnx", mnn, "--layers", "--json", "-",
-                        cwd=tmp_path / "elsewhere")
-    assert result.code == ExitCode.PASS, result.err
-    assert len(result.json()["comparisons"][0]["layers"]) > 20
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    checked = parity.check([tmp_path / "m" / "t.onnx", mnn], layers=True)
+    assert checked.exit_code == ExitCode.PASS, checked.verdict.summary
+    assert len(report_json(checked)["comparisons"][0]["layers"]) > 20

@@ -6,7 +6,6 @@ that each entry still needs to be there)."""
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 from helpers import ROOT
 

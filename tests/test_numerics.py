@@ -15,7 +15,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import numerics_models as nm
-from helpers import run_parity, save_model, tensor, to_mnn
+import parity
+from helpers import report_json, run_json, save_model, tensor, to_mnn
 from parity.checking import numerics
 from parity.core.errors import ExitCode
 
@@ -59,9 +60,9 @@ def made(tmp_path_factory):
 def test_amplified_rounding_is_numerics_with_the_growth_figures(made, params):
     name, kw = params
     onnx_path, mnn_path = made(name, kw)
-    result = run_parity("check", onnx_path, mnn_path, "--json", "-")
-    assert result.code == ExitCode.MISMATCH, result.err
-    verdict = result.json()["verdict"]
+    checked = parity.check([onnx_path, mnn_path])
+    assert checked.exit_code == ExitCode.MISMATCH
+    verdict = report_json(checked)["verdict"]
     assert verdict["kind"] == "numerics", verdict["summary"]
     summary = verdict["summary"]
     assert "per layer" in summary and "crosses the tolerance at" in summary and "float64" in summary
@@ -90,9 +91,9 @@ def test_amplified_rounding_is_numerics_with_the_growth_figures(made, params):
 ], ids=["chain-layer12", "chain-layer2", "chain-layer35", "residual-block3", "conv-layer10"])
 def test_a_half_percent_weight_change_stays_conversion(made, name, kw, layer):
     onnx_path, mnn_path = made(name, kw, change=(layer, 0.005))
-    result = run_parity("check", onnx_path, mnn_path, "--json", "-")
-    assert result.code == ExitCode.MISMATCH, result.err
-    verdict = result.json()["verdict"]
+    checked = parity.check([onnx_path, mnn_path])
+    assert checked.exit_code == ExitCode.MISMATCH
+    verdict = report_json(checked)["verdict"]
     assert verdict["kind"] == "conversion", verdict["summary"]
     finding = next(e for e in verdict["evidence"] if e["experiment"] == "amplified rounding")
     assert finding["result"] == "not amplified rounding"
@@ -110,15 +111,13 @@ def test_self_multiplying_chain_under_convert_is_numerics(tmp_path):
         previous = f"t{i}"
     onnx_path = save_model(nodes, [tensor("x", shape=[1, 256, 256])], [tensor(previous, shape=[1, 256, 256])],
                            tmp_path / "chain.onnx")
-    result = run_parity("convert", onnx_path, "-o", tmp_path / "chain.mnn", "--json", "-")
+    result = run_json("convert", onnx_path, "-o", tmp_path / "chain.mnn")
     assert result.code == ExitCode.MISMATCH, result.err
     assert result.json()["verdict"]["kind"] == "numerics", result.json()["verdict"]["summary"]
 
 
 def test_without_a_float64_figure_the_verdict_is_undetermined(made, monkeypatch):
     """Growth and right layers, but the model is over the float64 size limit: nobody is blamed."""
-    import parity
-
     monkeypatch.setattr(numerics, "MAX_FLOAT64_WEIGHT_BYTES", 0)
     onnx_path, mnn_path = made(*AMPLIFIERS[0])
     report = parity.check([onnx_path, mnn_path])
@@ -131,8 +130,6 @@ def test_without_a_float64_figure_the_verdict_is_undetermined(made, monkeypatch)
 def test_without_a_float64_evaluation_of_the_graph_numerics_says_undetermined(made, monkeypatch):
     """Every layer is right and the error grows, but the whole graph cannot be evaluated in
     float64 (its values would not fit): the numerics test itself says undetermined."""
-    import parity
-
     monkeypatch.setattr(numerics, "MAX_FLOAT64_ACTIVATION_BYTES", 0)
     onnx_path, mnn_path = made(*AMPLIFIERS[0])
     report = parity.check([onnx_path, mnn_path])
@@ -147,8 +144,6 @@ def test_without_a_float64_evaluation_of_the_graph_numerics_says_undetermined(ma
 def test_numpy_op_reference_compares_on_the_same_inputs(made, monkeypatch):
     """With the numerics test out of the way, the op-level numpy check must not call a correct
     Tanh a converter bug: its evaluation on ONNX Runtime's inputs matches ONNX Runtime."""
-    import parity
-
     monkeypatch.setattr(numerics, "GROWTH", float("inf"))  # the growth test never holds
     onnx_path, mnn_path = made(*AMPLIFIERS[0])
     report = parity.check([onnx_path, mnn_path])

@@ -14,7 +14,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 import parity
-from helpers import MODELS, alter_initializer, run_parity, save_model, tensor, to_mnn
+from helpers import MODELS, alter_initializer, report_json, run_json, run_parity, save_model, tensor, to_mnn
 from parity.core.errors import ExitCode
 from parity.core.metrics import Tolerance
 
@@ -177,7 +177,7 @@ def test_check_stat_on_the_command_line_reaches_the_judge(one_wrong_element, tmp
     common = ("check", onnx_path, mnn_path, "--inputs", tmp_path / "in.npz", "--atol", "0", "--rtol", "1e-4",
               "--no-diagnose", "-q")
     assert run_parity(*common, "--check-stat", "max").code == ExitCode.MISMATCH
-    result = run_parity(*common, "--check-stat", "median", "--json", "-")
+    result = run_json(*common, "--check-stat", "median")
     assert result.code == ExitCode.PASS, result.err
     assert any("--check-stat median" in n for n in result.json()["comparisons"][0]["outputs"][0]["notes"])
 
@@ -243,9 +243,9 @@ def test_a_target_running_another_mnn_version_is_noted_and_its_graph_read_by_mnn
         "        return spec\n"
         "sys.meta_path.insert(0, OtherVersion())\n")
     target = f"exec:env PYTHONPATH={wrapper} {sys.executable}"
-    result = run_parity("check", CNN_ONNX, CNN_MNN, "--mnn-target", target, "--layers", "--json", "-", "-q")
-    assert result.code == ExitCode.PASS, result.err
-    report = result.json()
+    checked = parity.check([CNN_ONNX, CNN_MNN], mnn_options={"target": target}, layers=True)
+    assert checked.exit_code == ExitCode.PASS, checked.verdict.summary
+    report = report_json(checked)
     mnn = report["backends"][-1]
     assert mnn["version"] == "3.5.0" and mnn["settings"]["platform"]["mnn"] == "3.5.0"
     import importlib.metadata

@@ -120,7 +120,7 @@ def test_check_pass_and_fail(name, place):
 
 @pytest.mark.parametrize("name", ENVIRONMENTS)
 def test_json_to_stdout_stays_json(name, place):
-    result = _run(name, "check", place / "cnn.onnx", place / "cnn.mnn", "--json", "-", cwd=place.parent)
+    result = _run(name, "check", place / "cnn.onnx", place / "cnn.mnn", *helpers.JSON_STDOUT, cwd=place.parent)
     _clean(result)
     assert result.returncode == ExitCode.PASS
     report = json.loads(_decoded(result.stdout, CODECS[name]))
@@ -153,7 +153,7 @@ def test_convert_inspect_sweep(name, place, tmp_path):
     assert "1 passed" in out and "| cnn " in out
     assert "\\udc" not in out
 
-    result = _run(name, "sweep", place / "pairs", "--json", "-", cwd=place.parent)
+    result = _run(name, "sweep", place / "pairs", *helpers.JSON_STDOUT, cwd=place.parent)
     _clean(result)
     assert json.loads(_decoded(result.stdout, codec))["results"][0]["passed"] is True
 

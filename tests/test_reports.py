@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from helpers import MODELS, ROOT, alter_filter, assert_one_line_error, run_parity, to_mnn
+from helpers import MODELS, ROOT, alter_filter, assert_one_line_error, run_json, run_parity, to_mnn
 from parity.core.errors import ExitCode
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -99,12 +99,12 @@ def test_unwritable_report_paths_fail_first(tmp_path):
 
 
 def test_sweep_reports_every_pair_and_shards_cover_them_once():
-    full = run_parity("sweep", MODELS, "-j", "2", "--json", "-")
+    full = run_json("sweep", MODELS, "-j", "2")
     assert full.code == ExitCode.PASS, full.err
     names = sorted(r["name"] for r in full.json()["results"])
     expected = sorted(p.stem for p in MODELS.glob("*.onnx") if p.with_suffix(".mnn").exists())
     assert names == expected and len(names) >= 2
-    shards = [run_parity("sweep", MODELS, "--shard", f"{k}/2", "--json", "-") for k in (1, 2)]
+    shards = [run_json("sweep", MODELS, "--shard", f"{k}/2") for k in (1, 2)]
     seen = [r["name"] for s in shards for r in s.json()["results"]]
     assert sorted(seen) == expected and len(seen) == len(set(seen))
 

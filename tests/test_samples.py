@@ -1,13 +1,15 @@
 """Many input samples (--inputs DIR, a glob, or --samples-axis): every sample runs through
 every model, figures are aggregated per output (the worst sample's, mean cosine, top-1
-agreement), per-sample figures go to the JSON."""
+agreement), per-sample figures go to the JSON. Through ``parity.check``; the terminal's summary
+line and the one-line errors through the CLI."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from helpers import MODELS, assert_one_line_error, run_parity
+import parity
+from helpers import MODELS, assert_one_line_error, report_json, run_parity
 from parity.core.errors import ExitCode
 
 CNN = (MODELS / "cnn.onnx", MODELS / "cnn.mnn")
@@ -25,16 +27,20 @@ def sample_dir(tmp_path):
 
 
 def test_ten_samples_from_a_directory(sample_dir):
-    result = run_parity("check", *CNN, "--inputs", sample_dir, "--json", "-", "-q")
-    assert result.code == 0, result.err
-    output = result.json()["comparisons"][0]["outputs"][0]
+    checked = parity.check(CNN, inputs=sample_dir)
+    assert checked.exit_code == 0, checked.verdict.summary
+    output = report_json(checked)["comparisons"][0]["outputs"][0]
     samples = output["samples"]
     assert samples["count"] == 10 and samples["failed"] == 0
     assert [s["sample"] for s in samples["per_sample"]] == [f"s{i:02d}.npz" for i in range(10)]
     assert samples["top1"] == 1.0 and samples["top1_rows"] == 10
     # the figures shown are the worst sample's
     assert output["max_abs_diff"] == max(s["max_abs_diff"] for s in samples["per_sample"])
+
+
+def test_the_terminal_sums_up_the_samples(sample_dir):
     terminal = run_parity("check", *CNN, "--inputs", sample_dir)
+    assert terminal.code == 0, terminal.err
     assert "10 samples, 0 failing" in terminal.out and "top-1 agreement 100.0% of 10 rows" in terminal.out
 
 
@@ -42,11 +48,11 @@ def test_a_glob_and_a_samples_axis_give_the_same_samples(sample_dir, tmp_path):
     stacked = tmp_path / "stacked.npz"
     arrays = [np.load(sample_dir / f"s{i:02d}.npz")["x"] for i in range(10)]
     np.savez(stacked, x=np.concatenate(arrays, axis=0))
-    by_glob = run_parity("check", *CNN, "--inputs", str(sample_dir / "s0[0-4].npz"), "--json", "-", "-q")
-    by_axis = run_parity("check", *CNN, "--inputs", stacked, "--samples-axis", "0", "--json", "-", "-q")
-    assert by_glob.code == by_axis.code == 0, by_glob.err + by_axis.err
-    glob_samples = by_glob.json()["comparisons"][0]["outputs"][0]["samples"]["per_sample"]
-    axis_samples = by_axis.json()["comparisons"][0]["outputs"][0]["samples"]["per_sample"]
+    by_glob = parity.check(CNN, inputs=str(sample_dir / "s0[0-4].npz"))
+    by_axis = parity.check(CNN, inputs=stacked, samples_axis=0)
+    assert by_glob.exit_code == by_axis.exit_code == 0, by_glob.verdict.summary + by_axis.verdict.summary
+    glob_samples = report_json(by_glob)["comparisons"][0]["outputs"][0]["samples"]["per_sample"]
+    axis_samples = report_json(by_axis)["comparisons"][0]["outputs"][0]["samples"]["per_sample"]
     assert len(glob_samples) == 5 and len(axis_samples) == 10
     assert [s["max_abs_diff"] for s in glob_samples] == [s["max_abs_diff"] for s in axis_samples[:5]]
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import pytest
 
 import fp16_models
-from helpers import MODELS, require_arm64, run_parity
+import parity
+from helpers import MODELS, report_json, require_arm64, run_parity
 
 pytestmark = pytest.mark.arm64
 
@@ -27,10 +28,12 @@ def broken(tmp_path_factory):
     return {name: getattr(fp16_models, name)(d) for name in ("attention_overflow", "exp_saturation", "cancellation")}
 
 
-def _check(*args):
-    result = run_parity("check", *args, "--json", "-", "-q")
-    assert result.code in (0, 1), result.err
-    return result.code, result.json()
+def _check(*models, precision=None, **options):
+    """parity.check (with ``precision``: MNN on the arm64 target, in that precision mode or
+    modes): (exit code, the report as its JSON reads)."""
+    mnn = {"target": "arm64", "precision": precision} if precision else None
+    report = parity.check(models, mnn_options=mnn, **options)
+    return report.exit_code, report_json(report)
 
 
 def test_target_check_reports_float16():
@@ -48,8 +51,7 @@ def test_shipped_models_pass_high_and_low_on_arm64(model):
     lines = [ln for ln in result.out.splitlines() if ln.startswith("target: ")]
     assert len(lines) == 2 and all("aarch64" in ln and "fp16" in ln for ln in lines)
     assert "precision low (float16 arithmetic)" in lines[1]
-    code, report = _check(MODELS / f"{model}.onnx", MODELS / f"{model}.mnn", "--mnn-target", "arm64",
-                          "--mnn-precision", "high,low")
+    code, report = _check(MODELS / f"{model}.onnx", MODELS / f"{model}.mnn", precision="high,low")
     low = report["backends"][-1]["settings"]
     assert low["float16_arithmetic"] is True and low["platform"]["machine"] == "aarch64"
     assert low["cpu_features"]["fp16"] == 1 and low["backend_ran"] == "CPU"
@@ -67,9 +69,9 @@ def test_float16_overflow_is_a_runtime_verdict_naming_layer_and_range(broken, na
     onnx_path, mnn_path = broken[name]
     code, local = _check(onnx_path, mnn_path)
     assert code == 0 and local["passed"]  # on this machine the model is fine
-    code, high = _check(onnx_path, mnn_path, "--mnn-target", "arm64", "--mnn-precision", "high")
+    code, high = _check(onnx_path, mnn_path, precision="high")
     assert code == 0, high["verdict"]
-    code, low = _check(onnx_path, mnn_path, "--mnn-target", "arm64", "--mnn-precision", "low")
+    code, low = _check(onnx_path, mnn_path, precision="low")
     assert code == 1
     verdict = low["verdict"]
     assert verdict["kind"] == "runtime"
@@ -81,7 +83,7 @@ def test_float16_overflow_is_a_runtime_verdict_naming_layer_and_range(broken, na
 
 def test_float16_failure_no_range_explains_is_runtime_with_high_vs_low(broken):
     onnx_path, mnn_path = broken["cancellation"]
-    code, low = _check(onnx_path, mnn_path, "--mnn-target", "arm64", "--mnn-precision", "high,low")
+    code, low = _check(onnx_path, mnn_path, precision="high,low")
     assert code == 1
     high_link, low_link = low["comparisons"]
     assert high_link["passed"] and not low_link["passed"]
@@ -94,8 +96,7 @@ def test_float16_failure_no_range_explains_is_runtime_with_high_vs_low(broken):
 
 def test_layers_on_arm64_low_name_the_overflowing_layer(broken):
     onnx_path, mnn_path = broken["attention_overflow"]
-    code, report = _check(onnx_path, mnn_path, "--mnn-target", "arm64", "--mnn-precision", "low", "--layers",
-                          "--no-diagnose")
+    code, report = _check(onnx_path, mnn_path, precision="low", layers=True, diagnose=False)
     assert code == 1
     divergence = report["comparisons"][0]["first_divergence"]
     assert divergence["name"] == "scores"
@@ -106,15 +107,14 @@ def test_layers_on_arm64_low_name_the_overflowing_layer(broken):
 def test_a_given_tolerance_is_kept_on_a_float16_link():
     """--rtol 0.001 given is 0.001, even though it is the default value: only a tolerance nobody
     gave becomes float16's."""
-    code, report = _check(MODELS / "transformer.onnx", MODELS / "transformer.mnn", "--mnn-target", "arm64",
-                          "--mnn-precision", "low", "--rtol", "0.001", "--no-diagnose")
+    code, report = _check(MODELS / "transformer.onnx", MODELS / "transformer.mnn", precision="low",
+                          tolerance=parity.Tolerance(atol=None, rtol=0.001), diagnose=False)
     link = report["comparisons"][0]
     assert "tolerance" not in link and code == 1  # float16's 0.4% error is beyond the float32 rule
 
 
 def test_low_bf16_is_not_reported_as_float16():
-    code, report = _check(MODELS / "cnn.onnx", MODELS / "cnn.mnn", "--mnn-target", "arm64",
-                          "--mnn-precision", "low_bf16")
+    code, report = _check(MODELS / "cnn.onnx", MODELS / "cnn.mnn", precision="low_bf16")
     assert code == 0
     settings = report["backends"][-1]["settings"]
     assert settings["float16_arithmetic"] is False and "tolerance" not in report["comparisons"][0]
@@ -129,9 +129,9 @@ def test_classifier_gemm_after_pooling_is_float16_precision_as_designed(tmp_path
     MNN's float16 Gemm adds its 1280 products one after another in float16 (its output is
     identical to that emulation), so its error is float16's own, not a kernel defect."""
     onnx_path, mnn_path = fp16_models.pooled_classifier(tmp_path)
-    code, high = _check(onnx_path, mnn_path, "--mnn-target", "arm64", "--mnn-precision", "high", "--layers")
+    code, high = _check(onnx_path, mnn_path, precision="high", layers=True)
     assert code == 0, high["verdict"]
-    code, low = _check(onnx_path, mnn_path, "--mnn-target", "arm64", "--mnn-precision", "low", "--layers")
+    code, low = _check(onnx_path, mnn_path, precision="low", layers=True)
     assert code == 1
     verdict = low["verdict"]
     assert verdict["kind"] == "runtime" and verdict["where"].startswith("logits (Gemm)"), verdict["where"]
@@ -160,9 +160,9 @@ def test_squeeze_excitation_pool_on_112x112_is_runtime_float16_and_high_passes(t
     names float16 and the GlobalAveragePool layer (not undetermined, even where the isolated
     measurement at MNN's Pooling3D is not trustworthy)."""
     onnx_path, mnn_path = fp16_models.squeeze_excitation(tmp_path)
-    result = run_parity("check", onnx_path, mnn_path, "--mnn-target", "arm64", "--mnn-precision", "high")
-    assert result.code == 0, result.out + result.err
-    code, low = _check(onnx_path, mnn_path, "--mnn-target", "arm64", "--mnn-precision", "low")
+    code, high = _check(onnx_path, mnn_path, precision="high")
+    assert code == 0, high["verdict"]
+    code, low = _check(onnx_path, mnn_path, precision="low")
     assert code == 1
     verdict = low["verdict"]
     assert verdict["kind"] == "runtime", verdict["summary"]

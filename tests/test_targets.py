@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (MODELS, ROOT, assert_one_line_error, crashing_model, default_signals, run_parity,
-                     slow_matmul_model, wait_until)
+import parity
+from helpers import (MODELS, ROOT, assert_one_line_error, crashing_model, default_signals, report_json, run_json,
+                     run_parity, slow_matmul_model, wait_until)
 from parity.core.errors import ExitCode, UsageError
 from parity.run.targets import crash_signal, parse_target
 
@@ -28,10 +29,11 @@ def _figures(report: dict) -> list:
             for c in report["comparisons"] for o in c["outputs"]]
 
 
-def _check_json(*args, env=None) -> tuple[int, dict]:
-    result = run_parity("check", *args, "--json", "-", env=env)
-    assert result.code in (0, 1), result.err
-    return result.code, result.json()
+def _check_json(*models, **mnn_options) -> tuple[int, dict]:
+    """parity.check with these MNN options (target=, precision=): (exit code, the report as
+    its JSON reads)."""
+    report = parity.check(models, mnn_options=mnn_options)
+    return report.exit_code, report_json(report)
 
 
 # -- parsing -----------------------------------------------------------------------------------
@@ -84,7 +86,7 @@ def test_crash_signal_reads_status_and_faulthandler():
 def test_exec_target_gives_the_local_figures(model):
     onnx_path, mnn_path = MODELS / f"{model}.onnx", MODELS / f"{model}.mnn"
     local_code, local = _check_json(onnx_path, mnn_path)
-    code, remote = _check_json(onnx_path, mnn_path, "--mnn-target", EXEC)
+    code, remote = _check_json(onnx_path, mnn_path, target=EXEC)
     assert code == local_code == 0
     assert _figures(remote) == _figures(local)
     settings = remote["backends"][-1]["settings"]
@@ -94,8 +96,7 @@ def test_exec_target_gives_the_local_figures(model):
 
 
 def test_exec_target_runs_each_precision_as_its_own_link():
-    code, report = _check_json(MODELS / "cnn.onnx", MODELS / "cnn.mnn", "--mnn-target", EXEC,
-                               "--mnn-precision", "high,low")
+    code, report = _check_json(MODELS / "cnn.onnx", MODELS / "cnn.mnn", target=EXEC, precision="high,low")
     assert code == 0
     runs = [c["candidate_run"] for c in report["comparisons"]]
     assert runs == [f"{EXEC}, precision high", f"{EXEC}, precision low"]
@@ -189,7 +190,7 @@ def test_target_check_exec_prints_the_facts():
     result = run_parity("target", "check", EXEC)
     assert result.code == 0, result.err
     assert "CPU features" in result.out and "backends     CPU" in result.out
-    data = run_parity("target", "check", EXEC, "--json", "-").json()
+    data = run_json("target", "check", EXEC).json()
     assert data["target"] == EXEC and data["machine"] and "fp16" in data["cpu_features"]
     assert "CPU" in data["backends"] and "OPENCL" not in data["backends"]
 
@@ -202,7 +203,7 @@ def test_pytest_fixture_takes_a_target():
 
 
 def test_sweep_takes_a_target(tmp_path):
-    result = run_parity("sweep", MODELS, "--mnn-target", EXEC, "--json", "-", "-q")
+    result = run_json("sweep", MODELS, "--mnn-target", EXEC, "-q")
     assert result.code == 0, result.err
     data = json.loads(result.out)
     assert data["passed"] and len(data["results"]) >= 2
@@ -233,12 +234,12 @@ def ssh_server(tmp_path_factory):
     proc.wait(timeout=10)
 
 
-def test_ssh_target_gives_the_local_figures(ssh_server):
-    env = {"PARITY_SSH": ssh_server.client}
+def test_ssh_target_gives_the_local_figures(ssh_server, monkeypatch):
+    monkeypatch.setenv("PARITY_SSH", ssh_server.client)
     for model in ("cnn", "transformer"):
         onnx_path, mnn_path = MODELS / f"{model}.onnx", MODELS / f"{model}.mnn"
         _, local = _check_json(onnx_path, mnn_path)
-        code, remote = _check_json(onnx_path, mnn_path, "--mnn-target", ssh_server.url(PY), env=env)
+        code, remote = _check_json(onnx_path, mnn_path, target=ssh_server.url(PY))
         assert code == 0
         assert _figures(remote) == _figures(local)
         assert remote["backends"][-1]["settings"]["target"] == ssh_server.url(PY)

@@ -1,4 +1,5 @@
-"""PyTorch in the chain: torch -> ONNX Runtime -> MNN, link by link, through each loading route."""
+"""PyTorch in the chain: torch -> ONNX Runtime -> MNN, link by link, through each loading route
+(through ``parity.check``; the --torch and --torch-inputs options and their errors through the CLI)."""
 
 import sys
 import warnings
@@ -9,7 +10,8 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the torch extra is not installed")
 
-from helpers import ROOT, run_parity, to_mnn  # noqa: E402
+import parity  # noqa: E402
+from helpers import ROOT, report_json, run_parity, to_mnn  # noqa: E402
 from parity.core.errors import ExitCode  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -46,9 +48,9 @@ def small_chain(tmp_path_factory):
 @pytest.mark.parametrize("route", ["pt2", "ts", "factory"])
 def test_correct_model_passes_every_link(small_chain, route):
     torch_model = f"{FACTORY}:small_net" if route == "factory" else small_chain[route]
-    result = run_parity("check", torch_model, small_chain["onnx"], small_chain["mnn"], "--json", "-")
-    assert result.code == ExitCode.PASS, result.err
-    report = result.json()
+    checked = parity.check([torch_model, small_chain["onnx"], small_chain["mnn"]])
+    assert checked.exit_code == ExitCode.PASS, checked.verdict.summary
+    report = report_json(checked)
     links = [(c["reference"], c["candidate"], c["passed"]) for c in report["comparisons"]]
     assert links == [("torch", "onnxruntime", True), ("onnxruntime", "mnn", True), ("torch", "mnn", True)]
     assert report["backends"][0]["name"] == "torch"
@@ -69,26 +71,25 @@ def test_export_bug_is_the_export_link(tmp_path):
     onnx_path = export(model, (torch.ones(1, 8),), tmp_path / "branchy.onnx", ["x"], ["y"])
     mnn_path = to_mnn(onnx_path)
     np.savez(tmp_path / "neg.npz", x=-np.ones((1, 8), np.float32))
-    result = run_parity("check", f"{FACTORY}:branchy", onnx_path, mnn_path,
-                        "--inputs", tmp_path / "neg.npz", "--json", "-")
-    assert result.code == ExitCode.MISMATCH, result.err
-    report = result.json()
+    checked = parity.check([f"{FACTORY}:branchy", onnx_path, mnn_path], inputs=tmp_path / "neg.npz")
+    assert checked.exit_code == ExitCode.MISMATCH
+    report = report_json(checked)
     by_link = {(c["reference"], c["candidate"]): c["passed"] for c in report["comparisons"]}
     assert by_link == {("torch", "onnxruntime"): False, ("onnxruntime", "mnn"): True, ("torch", "mnn"): False}
     assert report["verdict"]["kind"] == "export"
     assert "torch -> onnxruntime" in report["verdict"]["where"]
     # the same model on the input it was exported with passes
     np.savez(tmp_path / "pos.npz", x=np.ones((1, 8), np.float32))
-    ok = run_parity("check", f"{FACTORY}:branchy", onnx_path, mnn_path, "--inputs", tmp_path / "pos.npz")
-    assert ok.code == ExitCode.PASS, ok.err
+    ok = parity.check([f"{FACTORY}:branchy", onnx_path, mnn_path], inputs=tmp_path / "pos.npz")
+    assert ok.exit_code == ExitCode.PASS, ok.verdict.summary
 
 
 def test_dict_outputs_with_other_onnx_names_pair_by_order(tmp_path):
     model = torch_models.dict_out()
     onnx_path = export(model, (torch.randn(2, 6),), tmp_path / "d.onnx", ["x"], ["scores", "feats"])
-    result = run_parity("check", f"{FACTORY}:dict_out", onnx_path, to_mnn(onnx_path), "--json", "-")
-    assert result.code == ExitCode.PASS, result.err
-    first = result.json()["comparisons"][0]["outputs"]
+    checked = parity.check([f"{FACTORY}:dict_out", onnx_path, to_mnn(onnx_path)])
+    assert checked.exit_code == ExitCode.PASS, checked.verdict.summary
+    first = report_json(checked)["comparisons"][0]["outputs"]
     pairs = {(o["reference_name"], o["candidate_name"]): (o["reference_shape"], o["candidate_shape"]) for o in first}
     assert pairs == {("logits", "scores"): ([2, 5], [2, 5]), ("features", "feats"): ([2, 3, 4], [2, 3, 4])}
     assert all(o["passed"] and "paired by order" in o["alignment"][0] for o in first)
@@ -98,9 +99,9 @@ def test_dict_outputs_pair_by_name_where_names_match(tmp_path):
     model = torch_models.dict_out()
     # ONNX names swapped relative to the torch dict's order: pairing by name must win over order
     onnx_path = export(model, (torch.randn(2, 6),), tmp_path / "d.onnx", ["x"], ["logits", "features"])
-    result = run_parity("check", f"{FACTORY}:dict_out", onnx_path, "--json", "-")
-    assert result.code == ExitCode.PASS, result.err
-    outputs = result.json()["comparisons"][0]["outputs"]
+    checked = parity.check([f"{FACTORY}:dict_out", onnx_path])
+    assert checked.exit_code == ExitCode.PASS, checked.verdict.summary
+    outputs = report_json(checked)["comparisons"][0]["outputs"]
     assert {(o["reference_name"], o["candidate_name"]) for o in outputs} == {("logits", "logits"), ("features", "features")}
     assert all(o["alignment"] == [] for o in outputs)
 
@@ -108,9 +109,9 @@ def test_dict_outputs_pair_by_name_where_names_match(tmp_path):
 def test_nested_tuple_outputs(tmp_path):
     model = torch_models.nested_tuple_out()
     onnx_path = export(model, (torch.randn(2, 6),), tmp_path / "t.onnx", ["x"], ["first", "second", "third"])
-    result = run_parity("check", f"{FACTORY}:nested_tuple_out", onnx_path, to_mnn(onnx_path), "--json", "-")
-    assert result.code == ExitCode.PASS, result.err
-    outputs = result.json()["comparisons"][0]["outputs"]
+    checked = parity.check([f"{FACTORY}:nested_tuple_out", onnx_path, to_mnn(onnx_path)])
+    assert checked.exit_code == ExitCode.PASS, checked.verdict.summary
+    outputs = report_json(checked)["comparisons"][0]["outputs"]
     assert [(o["reference_name"], o["candidate_name"], o["reference_shape"]) for o in outputs] == [
         ("0", "first", [2, 3]), ("1.0", "second", [2]), ("1.1", "third", [2, 2, 2])]
 
@@ -142,10 +143,9 @@ def test_export_bug_first_divergence_names_the_module(tmp_path):
     onnx_path = export(model, (torch.ones(1, 8),), tmp_path / "branchy.onnx", ["x"], ["y"])
     mnn_path = to_mnn(onnx_path)
     np.savez(tmp_path / "neg.npz", x=-np.ones((1, 8), np.float32))
-    result = run_parity("check", f"{FACTORY}:branchy", onnx_path, mnn_path, "--inputs", tmp_path / "neg.npz",
-                        "--layers", "--json", "-")
-    assert result.code == ExitCode.MISMATCH, result.err
-    report = result.json()
+    checked = parity.check([f"{FACTORY}:branchy", onnx_path, mnn_path], inputs=tmp_path / "neg.npz", layers=True)
+    assert checked.exit_code == ExitCode.MISMATCH
+    report = report_json(checked)
     export_link = report["comparisons"][0]
     assert (export_link["reference"], export_link["candidate"]) == ("torch", "onnxruntime")
     divergence = export_link["first_divergence"]
@@ -157,10 +157,10 @@ def test_export_bug_first_divergence_names_the_module(tmp_path):
 
 
 def test_torch_layers_map_modules_on_a_correct_model():
-    result = run_parity("check", "--torch", f"{ROOT / 'scripts/make_models.py'}:transformer",
-                        ROOT / "models/transformer.onnx", "--layers", "--json", "-")
-    assert result.code == ExitCode.PASS, result.err
-    layers = result.json()["comparisons"][0]["layers"]
+    checked = parity.check([f"{ROOT / 'scripts/make_models.py'}:transformer", ROOT / "models/transformer.onnx"],
+                           layers=True)
+    assert checked.exit_code == ExitCode.PASS, checked.verdict.summary
+    layers = report_json(checked)["comparisons"][0]["layers"]
     modules = {layer["module"] for layer in layers}
     assert {"embed", "blocks.0.attn.qkv", "blocks.0.fc1", "blocks.1.norm2", "out"} <= modules
     assert all(layer["passed"] for layer in layers)

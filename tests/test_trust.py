@@ -1,13 +1,17 @@
-"""Findings that never vanish and evidence that explains, end to end through the real CLI on
-real models: masked transformers under --layers, an output that fails while every paired
-layer passes, a layer-only finding, a .mnn altered after conversion."""
+"""Findings that never vanish and evidence that explains, end to end on real models (through
+``parity.check``, and the real CLI where its output is the subject): masked transformers under
+--layers, an output that fails while every paired layer passes, a layer-only finding, a .mnn
+altered after conversion."""
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import pytest
 
-from helpers import MODELS, run_parity, save_model, tensor, to_mnn
+import parity
+from helpers import MODELS, report_json, run_parity, save_model, tensor, to_mnn
 from parity.core.errors import ExitCode
 
 torch = pytest.importorskip("torch", reason="the torch extra is not installed")
@@ -22,13 +26,27 @@ def encoders(tmp_path_factory):
     return tm.build_masked_encoder(d / "clean"), tm.build_masked_encoder(d / "planted", planted=tm.K_PROJ)
 
 
-def test_masked_layers_are_measured_over_their_unmasked_entries(encoders):
+def _check_without_warnings(models, capfd, **options):
+    """parity.check, asserting that no warning reaches the user: none raised in this process
+    (a numpy RuntimeWarning) and none written to stderr (here or by a child)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = parity.check(models, **options)
+    # the warnings Python shows a user by default (a DeprecationWarning of a library is not shown)
+    shown = [w for w in caught if not issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning,
+                                                              ImportWarning, ResourceWarning))]
+    assert not shown, [str(w.message) for w in shown]
+    err = capfd.readouterr().err
+    assert "Warning" not in err, err
+    return report
+
+
+def test_masked_layers_are_measured_over_their_unmasked_entries(encoders, capfd):
     clean, _ = encoders
-    result = run_parity("check", clean.onnx_path, clean.mnn_path, "--inputs", clean.inputs,
-                        "--layers", "--no-diagnose", "--json", "-")
-    assert result.code == ExitCode.PASS, result.err
-    assert "Warning" not in result.err, result.err  # no numpy RuntimeWarning reaches the user
-    layers = result.json()["comparisons"][0]["layers"]
+    checked = _check_without_warnings([clean.onnx_path, clean.mnn_path], capfd, inputs=clean.inputs,
+                                      layers=True, diagnose=False)
+    assert checked.exit_code == ExitCode.PASS, checked.verdict.summary
+    layers = report_json(checked)["comparisons"][0]["layers"]
     masked = [layer for layer in layers if layer["masked"]]
     assert masked, "the attention scores + mask tensors hold -3.4e38 at padded keys"
     for layer in masked:
@@ -38,13 +56,12 @@ def test_masked_layers_are_measured_over_their_unmasked_entries(encoders):
         assert layer["passed"], layer
 
 
-def test_planted_two_percent_change_is_found_in_its_projection(encoders):
+def test_planted_two_percent_change_is_found_in_its_projection(encoders, capfd):
     _, planted = encoders
-    result = run_parity("check", planted.onnx_path, planted.mnn_path, "--inputs", planted.inputs,
-                        "--layers", "--no-diagnose", "--json", "-")
-    assert result.code == ExitCode.MISMATCH, result.err
-    assert "Warning" not in result.err, result.err
-    divergence = result.json()["comparisons"][0]["first_divergence"]
+    checked = _check_without_warnings([planted.onnx_path, planted.mnn_path], capfd, inputs=planted.inputs,
+                                      layers=True, diagnose=False)
+    assert checked.exit_code == ExitCode.MISMATCH
+    divergence = report_json(checked)["comparisons"][0]["first_divergence"]
     assert divergence["name"] in tm.projection_tensors(planted.onnx_path, tm.K_PROJ).values, divergence
     assert divergence["introduced_here"] is True
 
@@ -75,10 +92,9 @@ def test_the_first_divergence_is_isolated_from_the_tensors_the_layer_capture_kep
 
 def test_output_failing_with_every_paired_layer_passing_gets_a_location(tmp_path):
     built = tm.build_llama_like(tmp_path, scale_weight=tm.OUTPUT_ONLY_WEIGHT)
-    result = run_parity("check", built.onnx_path, built.mnn_path, "--inputs", built.inputs,
-                        "--layers", "--no-diagnose", "--json", "-")
-    assert result.code == ExitCode.MISMATCH, result.err
-    report = result.json()
+    checked = parity.check([built.onnx_path, built.mnn_path], inputs=built.inputs, layers=True, diagnose=False)
+    assert checked.exit_code == ExitCode.MISMATCH
+    report = report_json(checked)
     comparison = report["comparisons"][0]
     divergence = comparison["first_divergence"]
     assert divergence is not None and divergence["name"] == "logits"
@@ -91,9 +107,9 @@ def test_output_failing_with_every_paired_layer_passing_gets_a_location(tmp_path
 
 def test_output_failing_with_every_paired_layer_passing_gets_a_verdict(tmp_path):
     built = tm.build_llama_like(tmp_path, scale_weight=tm.OUTPUT_ONLY_WEIGHT)
-    result = run_parity("check", built.onnx_path, built.mnn_path, "--inputs", built.inputs, "--json", "-")
-    assert result.code == ExitCode.MISMATCH, result.err
-    verdict = result.json()["verdict"]
+    checked = parity.check([built.onnx_path, built.mnn_path], inputs=built.inputs)
+    assert checked.exit_code == ExitCode.MISMATCH
+    verdict = report_json(checked)["verdict"]
     # the .mnn was converted from an edited copy of the ONNX: a fresh conversion fixes it, and
     # the structural diff names the weight that differs
     assert verdict["kind"] == "conversion", verdict
@@ -102,22 +118,33 @@ def test_output_failing_with_every_paired_layer_passing_gets_a_verdict(tmp_path)
     assert diff["identical"] is False and diff["differences"]["constants"]
 
 
-@pytest.mark.parametrize("kind", ["padding", "lora"])
-def test_layer_only_finding_is_visible_and_gates_on_request(tmp_path, kind):
-    built = tm.build_layer_only(tmp_path, kind=kind)
-    args = ("check", built.onnx_path, built.mnn_path, "--inputs", built.inputs, "--layers", "--no-diagnose")
-    text = run_parity(*args, "--no-color")
+@pytest.fixture(scope="module", params=["padding", "lora"])
+def layer_only(request, tmp_path_factory):
+    """(kind, built): a model whose layers differ while its outputs match (tm.build_layer_only)."""
+    return request.param, tm.build_layer_only(tmp_path_factory.mktemp(request.param), kind=request.param)
+
+
+def test_layer_only_finding_is_shown_on_the_terminal(layer_only):
+    _, built = layer_only
+    text = run_parity("check", built.onnx_path, built.mnn_path, "--inputs", built.inputs, "--layers", "--no-diagnose",
+                      "--no-color")
     assert text.code == ExitCode.PASS, text.err
     assert "FINDING" in text.out and "layer-only finding" in text.out, text.out
-    report = run_parity(*args, "--json", "-").json()
-    assert report["passed"] and report["findings"]
+
+
+def test_layer_only_finding_is_visible_and_gates_on_request(layer_only):
+    kind, built = layer_only
+    models, options = [built.onnx_path, built.mnn_path], {"inputs": built.inputs, "layers": True, "diagnose": False}
+    checked = parity.check(models, **options)
+    report = report_json(checked)
+    assert checked.exit_code == ExitCode.PASS and report["passed"] and report["findings"]
     assert "layer-only finding" in report["verdict"]["summary"]
     origin = tm.layer_only_origin(built.onnx_path, kind)
     first_failing = next(x for x in report["comparisons"][0]["layers"] if not x["passed"])
     assert first_failing["name"] in origin
-    gated = run_parity(*args, "--fail-on-layers", "--json", "-")
-    assert gated.code == ExitCode.MISMATCH, gated.err
-    assert gated.json()["verdict"]["kind"] == "mismatch"
+    gated = parity.check(models, **options, fail_on_layers=True)
+    assert gated.exit_code == ExitCode.MISMATCH
+    assert gated.verdict.kind == "mismatch"
 
 
 def test_constant_altered_after_conversion_is_named_and_not_called_stale(tmp_path):
@@ -126,9 +153,9 @@ def test_constant_altered_after_conversion_is_named_and_not_called_stale(tmp_pat
     onnx_path = MODELS / "cnn.onnx"
     altered = tmp_path / "cnn_altered.mnn"
     name = alter_mnn_constant(MODELS / "cnn.mnn", altered, index=3, delta=5.0)
-    result = run_parity("check", onnx_path, altered, "--json", "-")
-    assert result.code == ExitCode.MISMATCH, result.err
-    verdict = result.json()["verdict"]
+    checked = parity.check([onnx_path, altered])
+    assert checked.exit_code == ExitCode.MISMATCH
+    verdict = report_json(checked)["verdict"]
     assert verdict["kind"] == "conversion", verdict
     assert name in verdict["summary"], verdict["summary"]
     assert "stale" not in verdict["summary"]
@@ -164,9 +191,9 @@ def test_generated_attention_mask_is_a_padding_mask_not_a_false_alarm(encoders):
     ONNX Runtime then gives NaN, and parity reported a false divergence. A mask-like input is
     generated as 1s with a padded tail."""
     clean, _ = encoders
-    result = run_parity("check", clean.onnx_path, clean.mnn_path, "--json", "-")
-    assert result.code == ExitCode.PASS, result.err
-    mask = result.json()["inputs"]["attention_mask"]
+    checked = parity.check([clean.onnx_path, clean.mnn_path])
+    assert checked.exit_code == ExitCode.PASS, checked.verdict.summary
+    mask = report_json(checked)["inputs"]["attention_mask"]
     assert any("mask-like input" in note for note in mask["notes"])
 
 
@@ -185,9 +212,8 @@ def test_failing_output_that_cannot_be_aligned_still_gets_a_location(tmp_path):
                             helper.make_node("Relu", ["m"], ["y"], name="relu")],
                            [tensor("x", TensorProto.FLOAT, [1, 3, 4, 4])], [tensor("y", TensorProto.FLOAT, [1, 3, 4, 4])],
                            tmp_path / "model.onnx", initializers=[w])
-    result = run_parity("check", onnx_path, to_mnn(other, tmp_path / "other.mnn"), "--layers",
-                        "--no-diagnose", "--json", "-")
-    assert result.code == ExitCode.MISMATCH, result.err
-    report = result.json()
+    checked = parity.check([onnx_path, to_mnn(other, tmp_path / "other.mnn")], layers=True, diagnose=False)
+    assert checked.exit_code == ExitCode.MISMATCH
+    report = report_json(checked)
     assert report["comparisons"][0]["first_divergence"]["name"] == "y"
     assert report["verdict"]["where"].startswith("y ")

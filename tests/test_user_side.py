@@ -9,17 +9,18 @@ import json
 import numpy as np
 import pytest
 
-from helpers import MODELS, assert_one_line_error, run_parity
+import parity
+from helpers import MODELS, assert_one_line_error, report_json, run_json, run_parity
 from parity.core.errors import ExitCode
 
 CNN = (MODELS / "cnn.onnx", MODELS / "cnn.mnn")
 TRANSFORMER = (MODELS / "transformer.onnx", MODELS / "transformer.mnn")
 
 
-def _json(*args):
-    result = run_parity(*args, "--json", "-", "-q")
-    assert result.code in (0, 1), result.err
-    return result.code, result.json()
+def _json(*models, **options):
+    """parity.check: (exit code, the report as its JSON reads)."""
+    report = parity.check(models, **options)
+    return report.exit_code, report_json(report)
 
 
 def test_first_screen_of_a_failure_says_what_to_do(tmp_path):
@@ -59,9 +60,9 @@ def test_rerun_from_the_json_alone_gives_the_same_figures(tmp_path):
 
 def test_saved_outputs_are_a_reference_for_a_later_mnn_only_check(tmp_path):
     ref, inputs = tmp_path / "ref.npz", tmp_path / "in.npz"
-    code, both = _json("check", *TRANSFORMER, "--save-outputs", ref, "--save-inputs", inputs)
+    code, both = _json(*TRANSFORMER, save_outputs=ref, save_inputs=inputs)
     assert code == 0 and ref.exists()
-    code, later = _json("check", TRANSFORMER[1], "--load-outputs", ref, "--inputs", inputs)
+    code, later = _json(TRANSFORMER[1], load_outputs=ref, inputs=inputs)
     assert code == 0 and later["comparisons"][0]["reference"] == "saved"
     a, b = both["comparisons"][0]["outputs"][0], later["comparisons"][0]["outputs"][0]
     for key in ("max_abs_diff", "max_rel_diff", "mean_abs_diff", "cosine", "mismatch_count"):
@@ -75,7 +76,7 @@ def test_load_outputs_needs_its_model(tmp_path):
 
 def test_val_range_shapes_the_generated_inputs(tmp_path):
     saved = tmp_path / "in.npz"
-    code, report = _json("check", *CNN, "--val-range", "x:5,6", "--save-inputs", saved)
+    code, report = _json(*CNN, val_ranges=(("x", (5.0, 6.0)),), save_inputs=saved)
     x = np.load(saved)["x"]
     assert 5 <= x.min() and x.max() <= 6
     assert any("--val-range" in n for n in report["inputs"]["x"]["notes"])
@@ -97,7 +98,8 @@ def _gather_model(directory):
 def test_val_range_integers_and_bad_values(tmp_path):
     model = _gather_model(tmp_path)
     saved = tmp_path / "ids.npz"
-    code, report = _json("check", *model, "--val-range", "ids:2,5", "--save-inputs", saved)
+    result = run_json("check", *model, "--val-range", "ids:2,5", "--save-inputs", saved, "-q")
+    code, report = result.code, result.json()
     ids = np.load(saved)["ids"]
     assert code == 0 and ids.dtype == np.int64
     assert set(np.unique(ids)) <= {2, 3, 4, 5} and len(np.unique(ids)) > 1, ids  # every integer of [2, 5] may come
@@ -117,7 +119,7 @@ def test_data_loader_samples_are_all_checked(tmp_path):
                       "def samples():\n"
                       "    for i in range(3):\n"
                       "        yield {'x': np.full((1, 3, 32, 32), 0.1 * i, np.float32)}\n")
-    code, report = _json("check", *CNN, "--data-loader", f"{loader}:samples")
+    code, report = _json(*CNN, data_loader=f"{loader}:samples")
     samples = report["comparisons"][0]["outputs"][0]["samples"]
     assert code == 0 and samples["count"] == 3
 
@@ -130,8 +132,8 @@ def test_data_loader_errors_are_one_line(tmp_path):
 
 
 def test_per_output_tolerance_is_applied():
-    assert run_parity("check", *CNN, "-q").code == 0
-    code, report = _json("check", *CNN, "--tol", "logits=0,0", "--no-diagnose")
+    assert parity.check(CNN).exit_code == 0
+    code, report = _json(*CNN, tolerances={"logits": parity.Tolerance(0, 0)}, diagnose=False)
     assert code == 1
     assert any("--tol" in n for n in report["comparisons"][0]["outputs"][0]["notes"])
 
@@ -142,16 +144,16 @@ def test_bad_per_output_tolerance_is_a_usage_error():
 
 
 def test_check_stat_mean_passes_where_elementwise_fails():
-    args = ("check", *TRANSFORMER, "--atol", "1e-4", "--rtol", "0", "--no-diagnose")
-    code, _ = _json(*args)
+    options = {"tolerance": parity.Tolerance(atol=1e-4, rtol=0), "diagnose": False}
+    code, _ = _json(*TRANSFORMER, **options)
     assert code == 1  # the largest difference (3.6e-4) is beyond 1e-4
-    code, report = _json(*args, "--check-stat", "mean")
+    code, report = _json(*TRANSFORMER, **options, check_stat="mean")
     assert code == 0
     assert any("--check-stat mean" in n for n in report["comparisons"][0]["outputs"][0]["notes"])
 
 
 def test_check_stat_cosine_gates_on_cosine():
-    code, _ = _json("check", *CNN, "--check-stat", "cosine", "--rtol", "0", "--no-diagnose")
+    code, _ = _json(*CNN, check_stat="cosine", tolerance=parity.Tolerance(atol=None, rtol=0), diagnose=False)
     assert code == 1  # cosine is not exactly 1 on float noise
 
 
@@ -166,9 +168,9 @@ def test_a_passing_output_explains_a_large_max_rel(tmp_path):
     reference, candidate = tmp_path / "r.npy", tmp_path / "c.npy"
     np.save(reference, np.array([1.0, 2.0, 1e-4], np.float32))
     np.save(candidate, np.array([1.0, 2.0, 2.4e-4], np.float32))
-    result = run_parity("compare", reference, candidate, "--json", "-")
-    assert result.code == 0
-    notes = result.json()["comparisons"][0]["outputs"][0]["notes"]
+    report = parity.compare(reference, candidate)
+    assert report.exit_code == 0
+    notes = report.comparisons[0].outputs[0].notes
     assert any("near zero" in n and "max_rel" in n for n in notes)
 
 
@@ -205,7 +207,7 @@ def test_sweep_takes_a_pt2_of_the_same_name(tmp_path):
     to_mnn(directory / "net.onnx", directory / "net.mnn")
     shutil.copy(MODELS / "cnn.onnx", directory / "cnn.onnx")
     shutil.copy(MODELS / "cnn.mnn", directory / "cnn.mnn")
-    result = run_parity("sweep", directory, "--json", "-", "-q")
+    result = run_json("sweep", directory, "-q")
     assert result.code == 0, result.err
     net = next(r for r in result.json()["results"] if r["name"] == "net")
     assert [m.rsplit(".", 1)[1] for m in net["models"]] == ["pt2", "onnx", "mnn"]
@@ -247,6 +249,6 @@ def test_check_never_calls_a_framework_output_float16_read_as_float32(tmp_path):
     axes = numpy_helper.from_array(np.array([1], np.int64), "a")
     half = save_model([helper.make_node("Slice", ["x", "s", "e", "a"], ["y"])], [tensor("x", shape=[1, 12])],
                       [tensor("y", shape=[1, 6])], tmp_path / "half.onnx", initializers=[starts, ends, axes])
-    code, report = _json("check", full, half)
+    code, report = _json(full, half)
     error = report["comparisons"][0]["outputs"][0]["error"]
     assert code == 1 and "float16" not in error and "truncated copy" in error

@@ -1,10 +1,12 @@
-"""The verdict with evidence: conversion, runtime (and usage/export elsewhere), on real cases."""
+"""The verdict with evidence: conversion, runtime (and usage/export elsewhere), on real cases,
+through ``parity.check``; the convert command's own behaviour through the CLI."""
 
 import numpy as np
 import pytest
 from onnx import helper, numpy_helper
 
-from helpers import MODELS, alter_filter, run_parity, save_model, tensor, to_mnn
+import parity
+from helpers import MODELS, alter_filter, report_json, run_json, run_parity, save_model, tensor, to_mnn
 from parity.core.errors import ExitCode
 
 
@@ -15,9 +17,9 @@ def _experiments(verdict):
 def test_mnn_from_an_altered_onnx_is_conversion_at_the_altered_op(tmp_path):
     altered = alter_filter(MODELS / "cnn.onnx", tmp_path / "altered.onnx", "conv3.weight", channel=2)
     mnn = to_mnn(altered, tmp_path / "cnn.mnn")
-    result = run_parity("check", MODELS / "cnn.onnx", mnn, "--json", "-")
-    assert result.code == ExitCode.MISMATCH, result.err
-    report = result.json()
+    checked = parity.check([MODELS / "cnn.onnx", mnn])
+    assert checked.exit_code == ExitCode.MISMATCH
+    report = report_json(checked)
     verdict = report["verdict"]
     assert verdict["kind"] == "conversion"
     divergence = report["comparisons"][0]["first_divergence"]
@@ -37,10 +39,10 @@ def test_mnn_from_an_altered_onnx_is_conversion_at_the_altered_op(tmp_path):
 
 
 def test_exact_gelu_at_tight_tolerance_is_conversion_naming_the_approximation():
-    result = run_parity("check", MODELS / "transformer.onnx", MODELS / "transformer.mnn",
-                        "--atol", "1e-6", "--rtol", "1e-6", "--json", "-")
-    assert result.code == ExitCode.MISMATCH, result.err
-    report = result.json()
+    checked = parity.check([MODELS / "transformer.onnx", MODELS / "transformer.mnn"],
+                           tolerance=parity.Tolerance(atol=1e-6, rtol=1e-6))
+    assert checked.exit_code == ExitCode.MISMATCH
+    report = report_json(checked)
     verdict = report["verdict"]
     assert verdict["kind"] == "conversion"
     assert "useGeluApproximation" in verdict["summary"]
@@ -70,12 +72,12 @@ def winograd_pair(tmp_path_factory):
 
 def test_winograd_at_tight_tolerance_is_runtime_naming_winograd(winograd_pair, tmp_path):
     onnx_path, mnn_path = winograd_pair
-    default = run_parity("check", onnx_path, mnn_path)
-    assert default.code == ExitCode.PASS, default.out  # not a bug at the default tolerance
-    result = run_parity("check", onnx_path, mnn_path, "--atol", "1e-5", "--rtol", "1e-5", "--json", "-",
-                        "--repro", tmp_path / "repro")
-    assert result.code == ExitCode.MISMATCH, result.err
-    report = result.json()
+    tight = parity.Tolerance(atol=1e-5, rtol=1e-5)
+    default = parity.check([onnx_path, mnn_path])
+    assert default.exit_code == ExitCode.PASS, default.verdict.summary  # not a bug at the default tolerance
+    checked = parity.check([onnx_path, mnn_path], tolerance=tight, repro=tmp_path / "repro")
+    assert checked.exit_code == ExitCode.MISMATCH
+    report = report_json(checked)
     verdict = report["verdict"]
     assert verdict["kind"] == "runtime" and "Winograd" in verdict["summary"]
     assert report["comparisons"][0]["first_divergence"]["nodes"] == ["conv0", "relu0"]
@@ -89,9 +91,9 @@ def test_winograd_at_tight_tolerance_is_runtime_naming_winograd(winograd_pair, t
     assert sorted(p.name for p in repro.iterdir()) == ["README.txt", "inputs.npz", "repro.mnn", "repro.onnx"]
     readme = (repro / "README.txt").read_text()
     assert "it reproduces" in readme and "parity check repro.onnx repro.mnn" in readme
-    again = run_parity("check", "repro.onnx", "repro.mnn", "--inputs", "inputs.npz", "--atol", "1e-5",
-                       "--rtol", "1e-5", "--no-diagnose", cwd=repro)
-    assert again.code == ExitCode.MISMATCH, again.err
+    again = parity.check([repro / "repro.onnx", repro / "repro.mnn"], inputs=repro / "inputs.npz",
+                         tolerance=tight, diagnose=False)
+    assert again.exit_code == ExitCode.MISMATCH
 
 
 def test_convert_then_check_leaves_only_the_model(tmp_path):
@@ -110,8 +112,7 @@ def test_convert_passes_converter_options_and_reports_them(tmp_path):
     import shutil
 
     shutil.copy(MODELS / "transformer.onnx", tmp_path / "t.onnx")
-    exact = run_parity("convert", "t.onnx", "--useGeluApproximation", "0", "--atol", "1e-5", "--rtol", "1e-5",
-                       "--json", "-", cwd=tmp_path)
+    exact = run_json("convert", "t.onnx", "--useGeluApproximation", "0", "--atol", "1e-5", "--rtol", "1e-5", cwd=tmp_path)
     assert exact.code == ExitCode.PASS, exact.err
     assert "converted with --useGeluApproximation 0" in exact.json()["notes"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.mnn", "t.onnx"]
@@ -217,9 +218,9 @@ def test_real_mnn_kernel_bug_is_runtime_at_that_op(tmp_path):
          helper.make_node("Mul", ["ltf", "three"], ["out"], name="scale")],
         [tensor("x", shape=[3, 4, 5]), tensor("y", shape=[3, 4, 5])], [tensor("out", shape=[3, 4, 5])],
         tmp_path / "less.onnx", initializers=inits)
-    result = run_parity("check", onnx_path, to_mnn(onnx_path), "--json", "-")
-    assert result.code == ExitCode.MISMATCH, result.err
-    report = result.json()
+    checked = parity.check([onnx_path, to_mnn(onnx_path)])
+    assert checked.exit_code == ExitCode.MISMATCH
+    report = report_json(checked)
     verdict = report["verdict"]
     assert verdict["kind"] == "runtime", verdict
     divergence = report["comparisons"][0]["first_divergence"]
@@ -244,9 +245,9 @@ def test_real_converter_bug_is_conversion_at_that_op(tmp_path):
          helper.make_node("ArgMax", ["r"], ["idx"], axis=1, keepdims=0, select_last_index=1, name="argmax"),
          helper.make_node("Cast", ["idx"], ["idxf"], to=TensorProto.FLOAT, name="cast")],
         [tensor("x", shape=[8, 6])], [tensor("idxf", shape=[8])], tmp_path / "argmax.onnx")
-    result = run_parity("check", onnx_path, to_mnn(onnx_path), "--json", "-")
-    assert result.code == ExitCode.MISMATCH, result.err
-    report = result.json()
+    checked = parity.check([onnx_path, to_mnn(onnx_path)])
+    assert checked.exit_code == ExitCode.MISMATCH
+    report = report_json(checked)
     verdict = report["verdict"]
     assert verdict["kind"] == "conversion", verdict
     assert report["comparisons"][0]["first_divergence"]["nodes"] == ["argmax"] and "ArgMax" in verdict["where"]

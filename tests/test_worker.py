@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from helpers import assert_one_line_error, ort_run, run_parity, save_model, tensor, to_mnn
+from helpers import assert_one_line_error, ort_run, run_json, run_parity, save_model, tensor, to_mnn
 from parity.checking import sweep
 from parity.backends.base import Backend, RunResult
 from parity.backends.mnn import MnnBackend
@@ -474,7 +474,7 @@ def test_lossy_feed_is_one_clear_input_error(typed):
 @pytest.mark.parametrize("name", ["half", "half_add", "not", "where"])
 def test_cli_checks_float16_and_bool_models(typed, name):
     onnx_path, mnn_path = typed[name]
-    result = run_parity("check", onnx_path, mnn_path, "--json", "-")
+    result = run_json("check", onnx_path, mnn_path)
     assert result.code == ExitCode.PASS, result.err
     assert "Traceback" not in result.err
     report = result.json()
@@ -497,7 +497,7 @@ def test_sweep_report_decides_the_exit_code_and_keeps_the_json():
     data = report.to_dict()
     assert list(data) == ["schema", "parity_version", "target", "shard", "passed", "exit_code", "elapsed_seconds",
                           "results"]
-    assert data == {"schema": "parity.sweep/1", "parity_version": "9.9", "target": "zoo.toml", "shard": "1/2",
+    assert data == {"schema": "parity.checking.sweep/1", "parity_version": "9.9", "target": "zoo.toml", "shard": "1/2",
                     "passed": False, "exit_code": 4, "elapsed_seconds": None, "results": results}
     assert json.loads(json.dumps(data)) == data
     empty = sweep.SweepReport(Path("models"), None, [])
@@ -515,13 +515,6 @@ def test_sweep_child_paths_are_absolute(tmp_path, monkeypatch):
     assert sweep._absolute("a.onnx") == str(tmp_path / "a.onnx")
     assert sweep._absolute("net.py:build") == f"{tmp_path / 'net.py'}:build"
     assert sweep._absolute("pkg.models:build") == "pkg.models:build"  # imported, not opened
-
-
-@pytest.fixture(scope="module")
-def add_pair(tmp_path_factory):
-    d = tmp_path_factory.mktemp("add")
-    return _pair(save_model([helper.make_node("Add", ["x", "x"], ["y"])], [tensor("x", shape=[1, 4])],
-                            [tensor("y", shape=[1, 4])], d / "add.onnx"))
 
 
 def test_sweep_child_does_not_import_from_the_working_directory(tmp_path, monkeypatch, add_pair):
