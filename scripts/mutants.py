@@ -48,7 +48,9 @@ TESTS = {
     "parity/mnn/ops.py": ["tests/test_op_references.py", "tests/test_verdict.py", "tests/test_numerics.py"],
     "parity/core/judge.py": ["tests/test_core_properties.py", "tests/test_metrics.py", "tests/test_layers.py",
                         "tests/test_check_cli.py", "tests/test_options.py", "tests/test_user_side.py"],
-    "parity/checking/budget.py": ["tests/test_compression.py"],
+    "parity/checking/budget.py": ["tests/test_compression.py", "tests/test_library_checks.py"],
+    "parity/checking/compression_policy.py": ["tests/test_compression.py", "tests/test_library_checks.py"],
+    "parity/checking/samples.py": ["tests/test_samples.py", "tests/test_library_checks.py"],
     **{f"parity/checking/{m}.py": _LAYER_TESTS for m in _LAYER_MODULES},
     "parity/checking/fp16_emulation.py": ["tests/test_fp16_emulation.py"],
 }

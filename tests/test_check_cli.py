@@ -26,7 +26,7 @@ def test_json_contract_on_cnn():
     result = run_json("check", MODELS / "cnn.onnx", MODELS / "cnn.mnn")
     assert result.code == ExitCode.PASS, result.err
     report = result.json()
-    assert report["schema"] == "parity.core.report/1"
+    assert report["schema"] == "parity.report/1"
     assert report["passed"] is True
     assert [b["name"] for b in report["backends"]] == ["onnxruntime", "mnn"]
     assert all(b["version"] and b["model"].endswith(("cnn.onnx", "cnn.mnn")) for b in report["backends"])

@@ -497,7 +497,7 @@ def test_sweep_report_decides_the_exit_code_and_keeps_the_json():
     data = report.to_dict()
     assert list(data) == ["schema", "parity_version", "target", "shard", "passed", "exit_code", "elapsed_seconds",
                           "results"]
-    assert data == {"schema": "parity.checking.sweep/1", "parity_version": "9.9", "target": "zoo.toml", "shard": "1/2",
+    assert data == {"schema": "parity.sweep/1", "parity_version": "9.9", "target": "zoo.toml", "shard": "1/2",
                     "passed": False, "exit_code": 4, "elapsed_seconds": None, "results": results}
     assert json.loads(json.dumps(data)) == data
     empty = sweep.SweepReport(Path("models"), None, [])
