@@ -93,7 +93,8 @@ def _read_json(path: Path, folder: Path) -> dict:
 def recognize(path, *, trust_remote_code: bool = False) -> HFModel | MNNExport:
     """The folder at ``path`` as an ``HFModel`` or an ``MNNExport``; ``ModelError`` (one line, exit 3)
     for anything else, saying what it lacks."""
-    folder = Path(path)
+    # absolute: MNN.llm runs in a child whose working directory is elsewhere
+    folder = Path(path).absolute()
     if not folder.is_dir():
         what = "does not exist" if not folder.exists() else "is not a folder"
         raise ModelError(f"{show(folder)} {what}: an LLM check takes a Hugging Face model folder "

@@ -44,9 +44,16 @@ class Reference:
         self.version = transformers.__version__
 
     # -- the tokenizer, as an app using transformers sees it ----------------------------------
-    def tokenize(self, texts) -> list[list[int]]:
-        """Ids of each text with the tokenizer's own special tokens (BOS where it adds one)."""
-        return [list(map(int, self.tokenizer(t)["input_ids"])) for t in texts]
+    def tokenize(self, texts, *, special: bool = True) -> list[list[int]]:
+        """Ids of each text; ``special``: with the special tokens the tokenizer adds (BOS where it
+        adds one). A chat-templated text is tokenized without (the template writes them, and
+        ``apply_chat_template(tokenize=True)`` adds none)."""
+        return [list(map(int, self.tokenizer(t, add_special_tokens=special)["input_ids"]))
+                for t in texts]
+
+    @property
+    def special_tokens(self) -> list[str]:
+        return list(getattr(self.tokenizer, "all_special_tokens", ()) or ())
 
     def decode(self, ids) -> str:
         return self.tokenizer.decode(list(ids))

@@ -17,7 +17,12 @@ _LOADED: dict = {}
 def _llm(config_path: str, overrides: dict):
     key = (config_path, json.dumps(overrides, sort_keys=True))
     if key not in _LOADED:
+        import os
+
         import MNN.llm as mnn_llm
+
+        if not os.path.isfile(config_path):  # MNN.llm would crash on it later, not say so
+            raise FileNotFoundError(f"no MNN-LLM config at {config_path!r}")
 
         for old in list(_LOADED):  # one model at a time: a real one holds hundreds of MB
             del _LOADED[old]
