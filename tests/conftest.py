@@ -21,3 +21,12 @@ def altered_cnn(tmp_path_factory):
                                         "conv3.weight", index=4, delta=3.0)
     mnn = helpers.to_mnn(altered, d / "cnn_altered.mnn")
     return helpers.MODELS / "cnn.onnx", mnn
+
+
+@pytest.fixture(scope="session")
+def llm_cache(tmp_path_factory, worker_id):
+    """Tiny LLMs and their MNN-LLM exports, made once per session (tests/llm_models.py)."""
+    import llm_models
+
+    base = tmp_path_factory.getbasetemp()
+    return llm_models.Cache((base.parent if worker_id != "master" else base) / "llm-cache")

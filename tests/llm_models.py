@@ -114,3 +114,44 @@ def remove_chat_template(folder) -> None:
         data.pop("chat_template", None)
         path.write_text(json.dumps(data))
     (folder / "chat_template.jinja").unlink(missing_ok=True)
+
+
+class Cache:
+    """Models and exports made once per test session, shared by xdist's workers (a lock per
+    item, so two workers never build the same one). Never under models/."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _once(self, name: str, build) -> Path:
+        import fcntl
+        import shutil
+
+        path = self.root / name
+        with open(self.root / f"{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (path / ".done").exists():
+                shutil.rmtree(path, ignore_errors=True)
+                build(path)
+                (path / ".done").touch()
+        return path
+
+    def model(self, arch: str = "qwen2", *, tied: bool = False, variant: str = "", **kwargs) -> Path:
+        """A tiny model; ``variant`` names a different build (``kwargs`` then say how)."""
+        name = f"hf-{arch}{'-tied' if tied else ''}{'-' + variant if variant else ''}"
+        return self._once(name, lambda p: make_model(p, arch, tied=tied, **kwargs))
+
+    def export(self, model: Path, bits: int, *, tokenizer_path=None, variant: str = "") -> Path:
+        from parity.llm.export import ExportSettings, export
+
+        name = f"mnn-{model.name}-{bits}bit{'-' + variant if variant else ''}"
+        settings = ExportSettings(quant_bit=bits, tokenizer_path=tokenizer_path and str(tokenizer_path))
+        return self._once(name, lambda p: export(model, p, settings))
+
+
+def other_tokenizer_folder(folder) -> Path:
+    """A tokenizer trained on other text (other merges, same special tokens), saved alone."""
+    text = " ".join(reversed(TEXT.split())) + " zebra yak xylophone quantum " * 3
+    make_tokenizer(vocab_size=300, text=text).save_pretrained(folder)
+    return Path(folder)

@@ -19,7 +19,7 @@ from parity.core.errors import UsageError
 
 # clause name -> (the Summary field it bounds, the per-step figure a single step can break it by)
 FIGURES = {
-    "kl_mean": ("kl_mean", None),
+    "kl_mean": ("kl_mean", "kl"),  # a step whose KL exceeds the mean's bound is out of budget
     "kl_p99": ("kl_p99", "kl"),
     "kl_max": ("kl_max", "kl"),
     "top1": ("top1", "top1"),

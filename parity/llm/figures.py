@@ -93,7 +93,7 @@ def summarize(all_steps) -> Summary:
     return Summary(
         steps=len(all_steps),
         kl_mean=float(np.mean(kl)),
-        kl_p99=float(np.percentile(kl, 99)),
+        kl_p99=float(np.percentile(kl, 99)) if np.all(np.isfinite(kl)) else float("inf"),
         kl_max=float(np.max(kl)),
         top1=float(np.mean([s.top1 for s in all_steps])),
         top5=float(np.mean([s.top5 for s in all_steps])),

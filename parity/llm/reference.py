@@ -78,21 +78,20 @@ class Reference:
     # -- logits --------------------------------------------------------------------------------
     def greedy(self, prompt, steps: int):
         """The greedy continuation (``steps`` ids; no early stop, so every prompt has as many
-        steps) and the logits of each step, float32 steps x vocab (float64 on return)."""
+        steps) and the logits of each step, float64 steps x vocab. Each step runs the whole
+        sequence again, without a KV cache: the reference takes no shortcut, and no cache API
+        (renamed across transformers versions) is needed."""
+        import numpy as np
         import torch
 
-        ids = torch.tensor([list(prompt)], dtype=torch.long)
-        rows, continuation, past = [], [], None
+        ids = list(prompt)
+        rows, continuation = [], []
         with torch.no_grad():
-            step_input = ids
             for _ in range(steps):
-                out = self.model(input_ids=step_input, past_key_values=past, use_cache=True)
-                past = out.past_key_values
+                out = self.model(input_ids=torch.tensor([ids], dtype=torch.long), use_cache=False)
                 row = out.logits[0, -1].double()
                 rows.append(row.numpy())
                 token = int(torch.argmax(row))
                 continuation.append(token)
-                step_input = torch.tensor([[token]], dtype=torch.long)
-        import numpy as np
-
+                ids.append(token)
         return continuation, np.stack(rows)
