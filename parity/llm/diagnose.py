@@ -93,7 +93,7 @@ def diagnose(case: Case) -> Verdict:
         f"the quantized weights ({made.quant_bit} bits, blocks of {made.quant_block}) cost more than "
         f"the budget ({', '.join(map(str, case.given.broken))}), while an export with float16 "
         f"weights matches",
-        evidence=(case.given.figures_line(), floor.figures_line()),
+        evidence=(case.given.figures_line(), *(link.figures_line() for link in case.links[1:])),
         next_steps=("export with more bits (--quant_bit 8), smaller blocks (--quant_block 32), or keep "
                     "the most costly layers at 8 bits with --quant_config; or raise the budget with --budget",),
     )
@@ -147,24 +147,38 @@ def _floor(case: Case, made, fresh) -> Link:
 
 
 def _runtime(case: Case, floor: Link) -> Verdict | None:
-    """A runtime verdict when the given export passes without the runtime's approximations."""
+    """A runtime verdict when the given export passes without the runtime's approximations; it
+    names the setting that alone makes the difference when one does (on x86, precision low
+    computes in float32, so memory low is often the one)."""
     effective = {**case.export.settings(), **case.settings}
     approximate = [(k, effective.get(k)) for k in EXACT if effective.get(k) != EXACT[k]]
     if not approximate:
         return None
-    logits, _ = case.run(case.export, {**case.settings, **EXACT})
-    exact = Link("transformers -> mnn-llm (precision high, memory normal)", "mnn-llm",
-                 "precision high, memory normal", case.given.budget, logits, case.reference_logits)
-    case.links.append(exact)
+    exact = _link(case, EXACT, "precision high, memory normal")
     if not exact.passed:
         return None
-    words = [SETTING_WORDS.get(kv, f"{kv[0]} {kv[1]}") for kv in approximate]
-    fix = ", ".join(f'"{k}": "{EXACT[k]}"' for k, _ in approximate)
+    causes, shown = approximate, [exact]
+    if len(approximate) > 1:
+        singles = [(kv, _link(case, {kv[0]: EXACT[kv[0]]}, f"{kv[0]} {EXACT[kv[0]]}")) for kv in approximate]
+        shown += [link for _, link in singles]
+        causes = [kv for kv, link in singles if link.passed] or approximate
+    words = [SETTING_WORDS.get(kv, f"{kv[0]} {kv[1]}") for kv in causes]
+    fix = ", ".join(f'"{k}": "{EXACT[k]}"' for k, _ in causes)
     return Verdict(
         VerdictKind.RUNTIME, case.given.where(),
         f"the runtime settings make the difference: with {' and '.join(words)} the export breaks "
-        f"{', '.join(map(str, case.given.broken))}; at precision high and memory normal it passes",
-        evidence=(case.given.figures_line(), exact.figures_line(), floor.figures_line()),
+        f"{', '.join(map(str, case.given.broken))}; with {' and '.join(f'{k} {EXACT[k]}' for k, _ in causes)} "
+        f"it passes",
+        evidence=(case.given.figures_line(), *(link.figures_line() for link in shown), floor.figures_line()),
         next_steps=(f"set {fix} in the export's config.json (or the app's runtime config), or accept "
                     f"the cost with --budget",),
     )
+
+
+def _link(case: Case, change: dict, words: str) -> Link:
+    """transformers -> the given export with ``change`` to its settings."""
+    logits, _ = case.run(case.export, {**case.settings, **change})
+    link = Link(f"transformers -> mnn-llm ({words})", "mnn-llm", words, case.given.budget, logits,
+                case.reference_logits)
+    case.links.append(link)
+    return link
