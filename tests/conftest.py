@@ -24,9 +24,11 @@ def altered_cnn(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def llm_cache(tmp_path_factory, worker_id):
+def llm_cache(tmp_path_factory, request):
     """Tiny LLMs and their MNN-LLM exports, made once per session (tests/llm_models.py)."""
     import llm_models
 
     base = tmp_path_factory.getbasetemp()
-    return llm_models.Cache((base.parent if worker_id != "master" else base) / "llm-cache")
+    # under xdist each worker's basetemp is in the session's one: share the exports there
+    shared = hasattr(request.config, "workerinput")
+    return llm_models.Cache((base.parent if shared else base) / "llm-cache")

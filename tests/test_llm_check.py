@@ -96,6 +96,21 @@ def test_a_4_bit_export_costs_more_than_the_16_bit_one_and_says_why(llm_cache):
     assert "transformers -> mnn-llm float export" in names
 
 
+def test_quantized_exports_at_the_default_budget_pass_or_name_compression_or_runtime(llm_cache):
+    model = llm_cache.model("qwen2", tied=True)
+    report = check(model, llm_cache.export(model, 8), float_export=llm_cache.export(model, 16),
+                   compare_weights=False)
+    assert report.verdict.kind in (VerdictKind.PASS, VerdictKind.COMPRESSION, VerdictKind.RUNTIME)
+
+
+def test_outlier_columns_at_4_bits_are_compression(llm_cache):
+    model = llm_cache.model("qwen2", tied=True, variant="outliers", edit=llm_models.outlier_columns)
+    report = check(model, llm_cache.export(model, 4), compare_weights=False)
+    assert report.verdict.kind is VerdictKind.COMPRESSION and report.exit_code == 1, report.verdict
+    floor = next(link for link in report.llm["links"] if link["link"].endswith("float export"))
+    assert floor["passed"] and floor["summary"]["kl_mean"] < 1e-3
+
+
 def test_an_export_with_another_tokenizer_is_the_tokenizer_verdict(llm_cache, tmp_path_factory):
     model = llm_cache.model("qwen2", tied=True)
     other = llm_models.other_tokenizer_folder(tmp_path_factory.mktemp("tok"))
