@@ -27,3 +27,14 @@ def altered_cnn(tmp_path_factory):
 def add_pair(tmp_path_factory):
     """helpers.add_model: (add.onnx, add.mnn), made once; tests read it, never change it."""
     return helpers.add_model(tmp_path_factory.mktemp("add"))
+
+
+@pytest.fixture(scope="session")
+def llm_cache(tmp_path_factory, request):
+    """Tiny LLMs and their MNN-LLM exports, made once per session (tests/llm_models.py)."""
+    import llm_models
+
+    base = tmp_path_factory.getbasetemp()
+    # under xdist each worker's basetemp is in the session's one: share the exports there
+    shared = hasattr(request.config, "workerinput")
+    return llm_models.Cache((base.parent if shared else base) / "llm-cache")

@@ -42,6 +42,6 @@ def test_public_api_exports_the_kinds():
 def test_a_report_with_a_kind_from_a_newer_parity_is_read():
     verdict = Verdict("pass", None, "ok")
     data = json.loads(Report(passed=False, backends=(), inputs=(), comparisons=(), verdict=verdict).to_json())
-    data["verdict"]["kind"] = "tokenizer"
+    data["verdict"]["kind"] = "calibration"
     read = Report.from_dict(data).verdict
-    assert read.kind is VerdictKind.MISMATCH and "'tokenizer'" in read.summary
+    assert read.kind is VerdictKind.MISMATCH and "'calibration'" in read.summary

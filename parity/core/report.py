@@ -173,6 +173,7 @@ class VerdictKind(str, Enum):
     NUMERICS = "numerics"  # amplified float32 rounding: nobody's bug
     COMPRESSION = "compression"  # the compressed weights cost more than the budget
     USAGE = "usage"  # the calling code that produced the outputs (parity compare)
+    TOKENIZER = "tokenizer"  # an LLM export's tokenizer or chat template is not the model's
     UNDETERMINED = "undetermined"  # the experiments decided nothing
 
     __str__ = str.__str__
@@ -224,6 +225,8 @@ class Report:
     # how to run it again: the command line, its working directory, the versions (CLI runs)
     rerun: dict | None = None
     options: dict = field(default_factory=dict)  # the check's options, as given
+    # an LLM check's own figures (parity/llm): prompts, per-step figures of each link, tokenizer
+    llm: dict | None = None
 
     @property
     def exit_code(self) -> ExitCode:
@@ -249,6 +252,7 @@ class Report:
             **({"ranking": _plain(self.ranking)} if self.ranking is not None else {}),
             **({"rerun": _plain(self.rerun)} if self.rerun is not None else {}),
             "options": _plain(self.options),
+            **({"llm": _plain(self.llm)} if self.llm is not None else {}),
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -275,6 +279,7 @@ class Report:
             ranking=data.get("ranking"),
             rerun=data.get("rerun"),
             options=data.get("options", {}),
+            llm=data.get("llm"),
         )
 
 

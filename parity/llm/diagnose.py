@@ -1,0 +1,184 @@
+"""The verdict of an LLM check whose export does not match: which step made the difference.
+
+Given the failing link (transformers -> the export as given), in this order, the first that
+decides wins:
+
+    weights    the given weights against a fresh export made with the given one's settings, by
+               layer: a layer that differs was changed after export (conversion)
+    floor      transformers -> an export with float16 weights at precision high, memory normal:
+               beyond its floor, the export itself changes the model (conversion)
+    runtime    the given export at precision high, memory normal: within budget there, the
+               runtime's approximations made the difference (runtime)
+    otherwise  the float export matches and the quantized weights cost more than the budget
+               (compression)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from parity.core.report import Verdict, VerdictKind
+from parity.llm import budget as budgets
+from parity.llm.folders import MNNExport, recognize
+from parity.llm.links import Link
+
+# The runtime settings that take MNN.llm's approximations out: float32 compute on x86 and ARM,
+# no dynamic int8 activations. What they fix is the runtime's doing, not the export's.
+EXACT = {"precision": "high", "memory": "normal"}
+# What each approximate setting does, for the verdict.
+SETTING_WORDS = {
+    ("precision", "low"): "precision low (float16 compute where the CPU has it: range 65504)",
+    ("memory", "low"): "memory low (dynamic int8 activations for quantized weights)",
+}
+
+
+@dataclass
+class Case:
+    """What the diagnosis works from, and what it adds (links run, notes)."""
+
+    hf: object  # folders.HFModel
+    export: MNNExport
+    settings: dict  # the caller's overrides of the export's config.json
+    given: Link  # transformers -> the export as given: failing
+    prompt_ids: list
+    continuations: list
+    reference_logits: list
+    work: Path  # a private folder for the exports parity makes
+    timeout: float
+    float_export: object = None  # a folder to use as the float export, or None
+    compare_weights: bool = True
+    links: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+
+    def run(self, export: MNNExport, settings: dict):
+        return run_logits(export, settings, self.prompt_ids, self.continuations, timeout=self.timeout)
+
+
+def run_logits(export: MNNExport, settings: dict, prompt_ids, continuations, *, timeout, extra=None):
+    """Teacher-forced logits of each prompt in MNN.llm, and what ``extra(mnn)`` returns from the
+    same child (tokenizer, templates, greedy texts)."""
+    from parity.llm.runtime import MNNLLM
+
+    with MNNLLM(export, settings, timeout=timeout) as mnn:
+        logits = [mnn.logits(ids, cont[:-1]) for ids, cont in zip(prompt_ids, continuations)]
+        more = extra(mnn) if extra is not None else None
+    return logits, more
+
+
+def diagnose(case: Case) -> Verdict:
+    from parity.llm.export import ExportSettings
+
+    made = ExportSettings.of(case.export)
+    fresh = None
+    if case.compare_weights and case.export.export_args is not None:
+        fresh, verdict = _weights(case, made)
+        if verdict is not None:
+            return verdict
+    floor = _floor(case, made, fresh)
+    if not floor.passed:
+        return Verdict(
+            VerdictKind.CONVERSION, floor.where(),
+            f"an export with float16 weights already differs from transformers beyond its floor "
+            f"({', '.join(map(str, floor.broken))}): the export, not its quantization or runtime, "
+            f"changes the model",
+            evidence=(floor.figures_line(), case.given.figures_line()),
+            next_steps=("report it to MNN's llmexport with the model's config.json and this report",),
+        )
+    verdict = _runtime(case, floor)
+    if verdict is not None:
+        return verdict
+    return Verdict(
+        VerdictKind.COMPRESSION, case.given.where(),
+        f"the quantized weights ({made.quant_bit} bits, blocks of {made.quant_block}) cost more than "
+        f"the budget ({', '.join(map(str, case.given.broken))}), while an export with float16 "
+        f"weights matches",
+        evidence=(case.given.figures_line(), *(link.figures_line() for link in case.links[1:])),
+        next_steps=("export with more bits (--quant_bit 8), smaller blocks (--quant_block 32), or keep "
+                    "the most costly layers at 8 bits with --quant_config; or raise the budget with --budget",),
+    )
+
+
+def _export(case: Case, name: str, settings) -> MNNExport:
+    from parity.llm.export import export
+
+    return recognize(export(case.hf.path, case.work / name, settings, timeout=case.timeout).path)
+
+
+def _weights(case: Case, made):
+    """(the fresh export, a conversion verdict when the given weights differ from it, by layer)."""
+    from parity.llm import weights
+
+    fresh = _export(case, f"fresh-{made.quant_bit}bit", made)
+    diffs = weights.compare(case.export, fresh)
+    if diffs is None:
+        case.notes.append("the weights could not be compared by layer (no llm.mnn.json, or another layout)")
+        return fresh, None
+    if not diffs:
+        return fresh, None
+    first = diffs[0]
+    listed = ", ".join(f"{d.name} ({d.bytes_differing} of {d.size} bytes)" for d in diffs[:4])
+    return fresh, Verdict(
+        VerdictKind.CONVERSION, first.name,
+        f"the export's weights are not what exporting this model makes: {len(diffs)} layer(s) differ "
+        f"from a fresh export with the same settings ({made.quant_bit} bits), first {first.name}",
+        evidence=(listed, case.given.figures_line()),
+        next_steps=(f"export the model again (llmexport --path HF_DIR --export mnn --quant_bit "
+                    f"{made.quant_bit}); was the weight file edited, or made from other weights?",),
+    )
+
+
+def _floor(case: Case, made, fresh) -> Link:
+    """transformers -> an export with float16 weights, without the runtime's approximations."""
+    from parity.llm.export import ExportSettings
+
+    if case.float_export is not None:
+        floor_export = recognize(case.float_export)
+    elif made.quant_bit == 16 and fresh is not None:
+        floor_export = fresh
+    else:
+        floor_export = _export(case, "float16", ExportSettings(quant_bit=16))
+    logits, _ = case.run(floor_export, EXACT)
+    link = Link("transformers -> mnn-llm float export", "mnn-llm (float16 weights)",
+                "float16 weights, precision high, memory normal", budgets.FLOAT_FLOOR,
+                logits, case.reference_logits)
+    case.links.append(link)
+    return link
+
+
+def _runtime(case: Case, floor: Link) -> Verdict | None:
+    """A runtime verdict when the given export passes without the runtime's approximations; it
+    names the setting that alone makes the difference when one does (on x86, precision low
+    computes in float32, so memory low is often the one)."""
+    effective = {**case.export.settings(), **case.settings}
+    approximate = [(k, effective.get(k)) for k in EXACT if effective.get(k) != EXACT[k]]
+    if not approximate:
+        return None
+    exact = _link(case, EXACT, "precision high, memory normal")
+    if not exact.passed:
+        return None
+    causes, shown = approximate, [exact]
+    if len(approximate) > 1:
+        singles = [(kv, _link(case, {kv[0]: EXACT[kv[0]]}, f"{kv[0]} {EXACT[kv[0]]}")) for kv in approximate]
+        shown += [link for _, link in singles]
+        causes = [kv for kv, link in singles if link.passed] or approximate
+    words = [SETTING_WORDS.get(kv, f"{kv[0]} {kv[1]}") for kv in causes]
+    fix = ", ".join(f'"{k}": "{EXACT[k]}"' for k, _ in causes)
+    return Verdict(
+        VerdictKind.RUNTIME, case.given.where(),
+        f"the runtime settings make the difference: with {' and '.join(words)} the export breaks "
+        f"{', '.join(map(str, case.given.broken))}; with {' and '.join(f'{k} {EXACT[k]}' for k, _ in causes)} "
+        f"it passes",
+        evidence=(case.given.figures_line(), *(link.figures_line() for link in shown), floor.figures_line()),
+        next_steps=(f"set {fix} in the export's config.json (or the app's runtime config), or accept "
+                    f"the cost with --budget",),
+    )
+
+
+def _link(case: Case, change: dict, words: str) -> Link:
+    """transformers -> the given export with ``change`` to its settings."""
+    logits, _ = case.run(case.export, {**case.settings, **change})
+    link = Link(f"transformers -> mnn-llm ({words})", "mnn-llm", words, case.given.budget, logits,
+                case.reference_logits)
+    case.links.append(link)
+    return link

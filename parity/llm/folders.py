@@ -1,0 +1,167 @@
+"""What a folder is: a Hugging Face causal LM, an MNN-LLM export (llmexport's output), or neither.
+
+Only files are read here (JSON, names), never code: a Hugging Face folder that would run its own
+Python (``auto_map`` in its config, or ``.py`` files) is refused unless the caller trusts it,
+because llmexport loads with ``trust_remote_code=True``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from parity.core.errors import ModelError
+from parity.core.paths import show
+
+# Tokenizer files transformers reads; one is enough.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+# An MNN-LLM export's files, as llmexport writes them (config.json names the model files).
+EXPORT_FILES = ("config.json", "llm_config.json")
+
+
+@dataclass(frozen=True)
+class HFModel:
+    """A Hugging Face causal-LM folder."""
+
+    path: Path
+    model_type: str
+    architectures: tuple
+    config: dict = field(repr=False, default_factory=dict)
+    remote_code: tuple = ()  # why it would run its own code: "auto_map", "modeling_x.py", ...
+
+    @property
+    def kind(self) -> str:
+        return "huggingface"
+
+
+@dataclass(frozen=True)
+class MNNExport:
+    """An MNN-LLM folder: config.json (runtime settings) and llm_config.json (architecture)."""
+
+    path: Path
+    config: dict = field(repr=False)  # config.json: runtime settings and file names
+    llm_config: dict = field(repr=False)  # llm_config.json: model_type, chat template, ...
+    export_args: dict | None = field(repr=False, default=None)  # export_args.json when present
+
+    @property
+    def kind(self) -> str:
+        return "mnn-llm"
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def model_file(self) -> Path:
+        return self.path / self.config.get("llm_model", "llm.mnn")
+
+    @property
+    def weight_file(self) -> Path:
+        return self.path / self.config.get("llm_weight", "llm.mnn.weight")
+
+    @property
+    def quant_bit(self) -> int | None:
+        """The weights' bits, from export_args.json (llmexport writes it); None when unknown."""
+        args = self.export_args or {}
+        bit = args.get("quant_bit")
+        return int(bit) if isinstance(bit, (int, float)) else None
+
+    @property
+    def chat_template(self) -> str | None:
+        jinja = self.llm_config.get("jinja") or {}
+        return jinja.get("chat_template") if isinstance(jinja, dict) else None
+
+    def settings(self) -> dict:
+        """The runtime settings the app runs with (config.json), as the report shows them."""
+        keys = ("backend_type", "precision", "memory", "thread_num", "sampler_type")
+        return {k: self.config[k] for k in keys if k in self.config}
+
+
+def _read_json(path: Path, folder: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ModelError(f"{show(path)} in {show(folder)} is not readable JSON ({exc}); "
+                         f"re-export or re-download the model") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{show(path)} in {show(folder)} is JSON but not an object; "
+                         f"re-export or re-download the model")
+    return data
+
+
+def recognize(path, *, trust_remote_code: bool = False) -> HFModel | MNNExport:
+    """The folder at ``path`` as an ``HFModel`` or an ``MNNExport``; ``ModelError`` (one line, exit 3)
+    for anything else, saying what it lacks."""
+    # absolute: MNN.llm runs in a child whose working directory is elsewhere
+    folder = Path(path).absolute()
+    if not folder.is_dir():
+        what = "does not exist" if not folder.exists() else "is not a folder"
+        raise ModelError(f"{show(folder)} {what}: an LLM check takes a Hugging Face model folder "
+                         f"and an MNN-LLM export folder")
+    names = {p.name for p in folder.iterdir()}
+    if all(n in names for n in EXPORT_FILES):
+        return _export(folder)
+    if "config.json" in names:
+        return _hf(folder, names, trust_remote_code)
+    raise ModelError(
+        f"{show(folder)} is neither a Hugging Face model folder (config.json, *.safetensors, "
+        f"tokenizer files) nor an MNN-LLM export (config.json, llm_config.json, llm.mnn); "
+        f"it holds {sorted(names)[:8]}"
+    )
+
+
+def _export(folder: Path) -> MNNExport:
+    config = _read_json(folder / "config.json", folder)
+    llm_config = _read_json(folder / "llm_config.json", folder)
+    args_path = folder / "export_args.json"
+    export_args = _read_json(args_path, folder) if args_path.is_file() else None
+    export = MNNExport(folder, config, llm_config, export_args)
+    for role, file in (("model", export.model_file), ("weights", export.weight_file)):
+        if not file.is_file():
+            raise ModelError(f"the MNN-LLM export {show(folder)} lacks its {role} file "
+                             f"{show(file.name)} (named in config.json); re-export the model")
+    return export
+
+
+def _hf(folder: Path, names: set, trust_remote_code: bool) -> HFModel:
+    config = _read_json(folder / "config.json", folder)
+    model_type = config.get("model_type")
+    architectures = config.get("architectures") or ()
+    if not model_type or not architectures:
+        raise ModelError(f"{show(folder / 'config.json')} names no model_type and architectures: "
+                         f"not a Hugging Face model folder (nor an MNN-LLM export, which has "
+                         f"llm_config.json)")
+    if not any(n.endswith(".safetensors") for n in names):
+        found = [n for n in names if n.endswith((".bin", ".pt", ".pth", ".gguf"))]
+        raise ModelError(
+            f"{show(folder)} has no .safetensors weights"
+            + (f" (only {sorted(found)}, which parity does not load: pickled weights can run code)"
+               if found else "")
+            + "; save the model with save_pretrained(..., safe_serialization=True)"
+        )
+    if not any(n in names for n in TOKENIZER_FILES):
+        raise ModelError(f"{show(folder)} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); "
+                         f"save the tokenizer into the model folder (tokenizer.save_pretrained)")
+    remote = tuple(["auto_map"] if "auto_map" in config else []) + tuple(
+        sorted(n for n in names if n.endswith(".py")))
+    if remote and not trust_remote_code:
+        raise ModelError(
+            f"{show(folder)} carries its own code ({', '.join(remote)}), which loading it would "
+            f"run (llmexport loads with trust_remote_code=True); parity refuses it unless you "
+            f"trust that code (trust_remote_code=True, --trust-remote-code)"
+        )
+    return HFModel(folder, str(model_type), tuple(architectures), config, remote)
+
+
+def open_pair(hf_dir, export_dir, *, trust_remote_code: bool = False) -> tuple[HFModel, MNNExport]:
+    """The two folders of an LLM check, each checked to be of its kind."""
+    hf = recognize(hf_dir, trust_remote_code=trust_remote_code)
+    export = recognize(export_dir)
+    if not isinstance(hf, HFModel):
+        raise ModelError(f"{show(hf_dir)} is an MNN-LLM export; the first folder of an LLM check is "
+                         f"the Hugging Face model it was exported from")
+    if not isinstance(export, MNNExport):
+        raise ModelError(f"{show(export_dir)} is a Hugging Face model folder; the second folder of an "
+                         f"LLM check is its MNN-LLM export (llmexport --export mnn)")
+    return hf, export

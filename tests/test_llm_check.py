@@ -1,0 +1,170 @@
+"""The LLM check on tiny models built here, exported by the real llmexport, run by the real MNN.llm
+and transformers. Exports are made once per session (the ``llm_cache`` fixture)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers", reason="the torch extra is not installed")
+pytest.importorskip("tokenizers", reason="the torch extra is not installed")
+
+import llm_models  # noqa: E402
+from parity import ModelError, VerdictKind  # noqa: E402
+from parity.core.report import Report  # noqa: E402
+from parity.llm.check import check_llm  # noqa: E402
+from parity.llm.export import ExportSettings, export, llmexport_dir  # noqa: E402
+
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
+
+try:
+    llmexport_dir()
+except Exception:  # FrameworkMissing
+    pytestmark.append(pytest.mark.skip(reason="llmexport (parity's llm extra) is not installed"))
+
+PROMPTS = ("The capital of France is", "def add(a, b):")
+STEPS = 6
+
+
+def check(hf, out, **kw):
+    return check_llm(hf, out, prompts=PROMPTS, steps=STEPS, **kw)
+
+
+def test_the_export_runs_no_pip_and_changes_no_package(tmp_path, monkeypatch, llm_cache):
+    # a pip first on the caller's PATH that records any run: llmexport's MNN.tools would call it
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "pip-ran.txt"
+    for name in ("pip", "pip3"):
+        (bin_dir / name).write_text(f"#!/bin/sh\necho \"$0 $*\" >> {record}\nexit 1\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    before = sorted((d.metadata["Name"], d.version) for d in metadata.distributions())
+    model = llm_cache.model("qwen2", tied=True)
+    result = export(model, tmp_path / "out", ExportSettings(quant_bit=16))
+    after = sorted((d.metadata["Name"], d.version) for d in metadata.distributions())
+    assert not record.exists(), record.read_text()
+    assert before == after
+    # whatever llmexport or MNN tried (MNN's logger asks a server for credentials), the sandbox
+    # refused it: a network access or pip, nothing else
+    assert all(line.startswith(("network:", "pip")) for line in result.refused), result.refused
+    assert (result.path / "llm.mnn").is_file() and (result.path / "config.json").is_file()
+
+
+def test_a_16_bit_export_passes_with_per_step_figures(llm_cache):
+    model = llm_cache.model("qwen2", tied=True)
+    report = check(model, llm_cache.export(model, 16))
+    assert report.verdict.kind is VerdictKind.PASS, report.verdict
+    data = json.loads(report.to_json())
+    assert Report.from_dict(data).llm == data["llm"]
+    (link,) = data["llm"]["links"]
+    assert len(link["prompts"]) == len(PROMPTS) and all(len(p) == STEPS for p in link["prompts"])
+    step = link["prompts"][0][0]
+    assert {"kl", "top1", "scaled_error", "cosine", "top5", "p_lost"} <= set(step)
+    # float16 weights against float32 transformers: tiny, not zero
+    assert 0 < link["summary"]["error"] < 0.01 and link["summary"]["top1"] == 1.0
+    # MNN.llm's own greedy continuation is the reference's
+    for p in data["llm"]["prompts"]:
+        assert p["candidate_ids"] == p["reference_ids"] and len(p["reference_ids"]) == STEPS
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "phi3"])
+def test_other_architectures_at_16_bits_pass(llm_cache, arch):
+    model = llm_cache.model(arch)
+    report = check(model, llm_cache.export(model, 16), compare_weights=False)
+    assert report.verdict.kind is VerdictKind.PASS, report.verdict
+
+
+def test_a_4_bit_export_costs_more_than_the_16_bit_one_and_says_why(llm_cache):
+    model = llm_cache.model("qwen2", tied=True)
+    float_export = llm_cache.export(model, 16)
+    strict = "kl_mean<=0.001"  # tiny random models' logits are flat: a strict budget to see the cause
+    report4 = check(model, llm_cache.export(model, 4), budget=strict, float_export=float_export,
+                    compare_weights=False)
+    report16 = check(model, float_export, budget=strict)
+    kl = {bits: r.llm["links"][0]["summary"]["kl_mean"] for bits, r in ((4, report4), (16, report16))}
+    assert kl[4] > 100 * kl[16], kl
+    assert report4.verdict.kind in (VerdictKind.COMPRESSION, VerdictKind.RUNTIME), report4.verdict
+    assert report4.exit_code == 1
+    # the diagnosis ran the float export and the exact runtime settings
+    names = [link["link"] for link in report4.llm["links"]]
+    assert "transformers -> mnn-llm float export" in names
+
+
+def test_quantized_exports_at_the_default_budget_pass_or_name_compression_or_runtime(llm_cache):
+    model = llm_cache.model("qwen2", tied=True)
+    report = check(model, llm_cache.export(model, 8), float_export=llm_cache.export(model, 16),
+                   compare_weights=False)
+    assert report.verdict.kind in (VerdictKind.PASS, VerdictKind.COMPRESSION, VerdictKind.RUNTIME)
+
+
+def test_outlier_columns_at_4_bits_are_compression(llm_cache):
+    model = llm_cache.model("qwen2", tied=True, variant="outliers", edit=llm_models.outlier_columns)
+    report = check(model, llm_cache.export(model, 4), compare_weights=False)
+    assert report.verdict.kind is VerdictKind.COMPRESSION and report.exit_code == 1, report.verdict
+    floor = next(link for link in report.llm["links"] if link["link"].endswith("float export"))
+    assert floor["passed"] and floor["summary"]["kl_mean"] < 1e-3
+
+
+def test_an_export_with_another_tokenizer_is_the_tokenizer_verdict(llm_cache, tmp_path_factory):
+    model = llm_cache.model("qwen2", tied=True)
+    other = llm_models.other_tokenizer_folder(tmp_path_factory.mktemp("tok"))
+    out = llm_cache.export(model, 16, tokenizer_path=other, variant="othertok")
+    report = check(model, out)
+    assert report.verdict.kind is VerdictKind.TOKENIZER and report.exit_code == 1
+    differing = report.llm["tokenizer"]["differing"]
+    first = next(d for d in differing if d["label"] == "prompt 1")
+    i = first["first_difference"]
+    assert first["reference_ids"][:i] == first["candidate_ids"][:i]
+    assert first["reference_ids"][i] != first["candidate_ids"][i]
+    assert f"position {i}" in report.verdict.summary and str(first["reference_ids"][i]) in report.verdict.summary
+
+
+def test_a_changed_chat_template_is_the_tokenizer_verdict(llm_cache, tmp_path):
+    model = llm_cache.model("qwen2", tied=True)
+    out = shutil.copytree(llm_cache.export(model, 16), tmp_path / "out")
+    config = json.loads((out / "llm_config.json").read_text())
+    config["jinja"]["chat_template"] = config["jinja"]["chat_template"].replace("<|im_start|>", "<|im_start|> ")
+    (out / "llm_config.json").write_text(json.dumps(config))
+    report = check(model, out)
+    assert report.verdict.kind is VerdictKind.TOKENIZER
+    assert "chat template" in report.verdict.summary and "'<|im_start|> user" in report.verdict.summary
+
+
+def test_weights_changed_after_export_are_conversion_naming_the_layer(llm_cache, tmp_path):
+    model = llm_cache.model("qwen2", tied=True)
+    out = shutil.copytree(llm_cache.export(model, 16), tmp_path / "out")
+    ops = json.loads((out / "llm.mnn.json").read_text())["oplists"]
+    target = next(op for op in ops if op["name"] == "/layers.1/mlp/up_proj/Linear")
+    offset, size = target["main"]["external"][:2]
+    weights = np.fromfile(out / "llm.mnn.weight", dtype=np.uint8)
+    halves = weights[offset:offset + size].view(np.float16).copy()
+    halves[:4000] = -halves[:4000]  # a few thousand 16-bit weights negated
+    weights[offset:offset + size] = halves.view(np.uint8)
+    weights.tofile(out / "llm.mnn.weight")
+    report = check(model, out, budget="kl_mean<=0.0001,error<=0.01")
+    assert report.verdict.kind is VerdictKind.CONVERSION, report.verdict
+    assert report.verdict.where == "/layers.1/mlp/up_proj/Linear"
+
+
+def test_remote_code_is_refused_before_anything_runs(llm_cache, tmp_path):
+    model = shutil.copytree(llm_cache.model("qwen2", tied=True), tmp_path / "hf",
+                            ignore=shutil.ignore_patterns(".done"))
+    (model / "modeling_evil.py").write_text("raise SystemExit('ran')\n")
+    with pytest.raises(ModelError, match="modeling_evil.py"):
+        check(model, llm_cache.export(llm_cache.model("qwen2", tied=True), 16))
+
+
+def test_without_transformers_the_reference_is_framework_missing():
+    code = ("import sys; sys.modules['transformers'] = None\n"
+            "from parity.llm.reference import _transformers\n"
+            "try:\n    _transformers()\nexcept Exception as e:\n    print(type(e).__name__, e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, timeout=120)
+    assert out.stdout.startswith("FrameworkMissing transformers is not installed"), out
+    assert "parity[torch]" in out.stdout

@@ -1,0 +1,67 @@
+"""Per-step figures and budgets of the LLM check, against figures computed here by hand."""
+
+import math
+
+import numpy as np
+import pytest
+
+from parity import UsageError
+from parity.llm import figures
+from parity.llm.budget import Budget
+
+
+def test_identical_logits_cost_nothing():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(4, 50))
+    for step in figures.steps(logits, logits.copy()):
+        assert step.kl == pytest.approx(0.0, abs=1e-12) and step.top1 and step.top5 == 1.0
+        assert step.scaled_error == 0.0 and step.p_lost == pytest.approx(0.0, abs=1e-12)
+
+
+def test_kl_top_tokens_and_error_by_hand():
+    ref = np.array([[2.0, 1.0, 0.0, -1.0, -2.0, -3.0]])
+    cand = np.array([[1.0, 2.0, 0.0, -1.0, -2.0, -3.0]])  # the top two swapped
+    p = np.exp(ref[0]) / np.exp(ref[0]).sum()
+    q = np.exp(cand[0]) / np.exp(cand[0]).sum()
+    (step,) = figures.steps(ref, cand)
+    assert step.kl == pytest.approx(float(np.sum(p * np.log(p / q))), rel=1e-9)
+    assert not step.top1 and step.reference_token == 0 and step.candidate_token == 1
+    assert step.top5 == 1.0  # the same five tokens lead, in another order
+    assert step.scaled_error == pytest.approx(1.0 / 3.0)  # max|diff| 1 over max|ref| 3
+    assert step.p_lost == pytest.approx(p[0] - q[0])
+
+
+def test_summary_is_llama_cpp_like():
+    ref = np.zeros((100, 8))
+    cand = np.zeros((100, 8))
+    cand[-1, 3] = 5.0  # one step of a hundred differs, and flips its top token
+    summary = figures.summarize(figures.steps(ref, cand))
+    kls = [s.kl for s in figures.steps(ref, cand)]
+    assert summary.kl_max == pytest.approx(max(kls)) and summary.kl_mean == pytest.approx(max(kls) / 100)
+    assert summary.top1 == pytest.approx(0.99)
+
+
+def test_non_finite_candidate_is_out_of_every_budget():
+    ref = np.zeros((1, 4))
+    cand = np.array([[np.nan, 0, 0, 0]])
+    (step,) = figures.steps(ref, cand)
+    assert math.isinf(step.kl) and not step.top1
+    assert Budget.parse("kl_mean<=1").broken(figures.summarize([step]))
+
+
+def test_budget_clauses_and_the_first_step_out():
+    ref = np.zeros((3, 6))
+    cand = np.zeros((3, 6))
+    cand[1, 3] = 4.0  # step 1 flips its top token
+    steps = figures.steps(ref, cand)
+    budget = Budget.parse("kl_p99<=0.5, top1>=0.9")
+    summary = figures.summarize(steps)
+    assert [str(c) for c in budget.broken(summary)] == ["kl_p99<=0.5", "top1>=0.9"]
+    assert budget.first_step_out(steps).step == 1
+    assert Budget.parse("error<=10").broken(summary) == []
+
+
+@pytest.mark.parametrize("text", ["kl<=1", "kl_mean<1", "top1>=x", ""])
+def test_a_bad_budget_is_a_usage_error_naming_the_clauses(text):
+    with pytest.raises(UsageError, match="kl_mean"):
+        Budget.parse(text)

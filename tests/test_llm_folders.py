@@ -1,0 +1,97 @@
+"""The LLM check's folders: a Hugging Face model, an MNN-LLM export, or one clear error."""
+
+import json
+
+import pytest
+
+from parity import ExitCode, ModelError
+from parity.llm.folders import HFModel, MNNExport, open_pair, recognize
+
+
+def hf_folder(path, **config):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(
+        {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], **config}))
+    (path / "model.safetensors").write_bytes(b"\0" * 8)
+    (path / "tokenizer.json").write_text("{}")
+    return path
+
+
+def export_folder(path):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps({"llm_model": "llm.mnn", "llm_weight": "llm.mnn.weight",
+                                                  "precision": "low", "memory": "low"}))
+    (path / "llm_config.json").write_text(json.dumps({"model_type": "qwen2", "jinja": {"chat_template": "T"}}))
+    (path / "export_args.json").write_text(json.dumps({"quant_bit": 4, "quant_block": 64}))
+    (path / "llm.mnn").write_bytes(b"x")
+    (path / "llm.mnn.weight").write_bytes(b"x")
+    return path
+
+
+def test_each_kind_is_recognized(tmp_path):
+    hf = recognize(hf_folder(tmp_path / "hf"))
+    export = recognize(export_folder(tmp_path / "out"))
+    assert isinstance(hf, HFModel) and hf.model_type == "qwen2"
+    assert isinstance(export, MNNExport) and export.quant_bit == 4 and export.chat_template == "T"
+    assert export.settings() == {"precision": "low", "memory": "low"}
+    assert export.path.is_absolute()  # MNN.llm runs in a child with another working directory
+
+
+def test_a_folder_that_is_neither_is_one_line_exit_3(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "notes.txt").write_text("hi")
+    with pytest.raises(ModelError) as info:
+        recognize(tmp_path / "x")
+    message = str(info.value)
+    assert info.value.exit_code is ExitCode.MODEL_OR_INPUT and "\n" not in message
+    assert "neither a Hugging Face model folder" in message and "notes.txt" in message
+
+
+@pytest.mark.parametrize("what, expected", [
+    ("file", "is not a folder"), ("missing", "does not exist")])
+def test_a_path_that_is_no_folder(tmp_path, what, expected):
+    path = tmp_path / "f"
+    if what == "file":
+        path.write_text("x")
+    with pytest.raises(ModelError, match=expected):
+        recognize(path)
+
+
+def test_remote_code_is_refused_unless_trusted(tmp_path):
+    auto = hf_folder(tmp_path / "auto", auto_map={"AutoModelForCausalLM": "modeling_x.X"})
+    with pytest.raises(ModelError, match="auto_map.*trust_remote_code"):
+        recognize(auto)
+    assert recognize(auto, trust_remote_code=True).remote_code == ("auto_map",)
+    code = hf_folder(tmp_path / "code")
+    (code / "modeling_x.py").write_text("import os\n")
+    with pytest.raises(ModelError, match="modeling_x.py"):
+        recognize(code)
+
+
+def test_pickled_weights_only_are_refused(tmp_path):
+    folder = hf_folder(tmp_path / "bin")
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin").write_bytes(b"x")
+    with pytest.raises(ModelError, match="no .safetensors.*pytorch_model.bin"):
+        recognize(folder)
+
+
+def test_an_export_without_its_weights_says_which_file(tmp_path):
+    folder = export_folder(tmp_path / "out")
+    (folder / "llm.mnn.weight").unlink()
+    with pytest.raises(ModelError, match="lacks its weights file 'llm.mnn.weight'"):
+        recognize(folder)
+
+
+def test_the_pair_in_the_wrong_order_says_so(tmp_path):
+    hf, out = hf_folder(tmp_path / "hf"), export_folder(tmp_path / "out")
+    assert [type(x) for x in open_pair(hf, out)] == [HFModel, MNNExport]
+    with pytest.raises(ModelError, match="is an MNN-LLM export; the first folder"):
+        open_pair(out, hf)
+
+
+def test_unreadable_json_names_the_file(tmp_path):
+    folder = export_folder(tmp_path / "out")
+    (folder / "llm_config.json").write_text("{not json")
+    with pytest.raises(ModelError, match="llm_config.json.*not readable JSON"):
+        recognize(folder)
