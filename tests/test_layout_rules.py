@@ -102,10 +102,12 @@ for name in names:
     if name != "parity.__main__":  # python -m parity: runs the CLI
         importlib.import_module(name)
 report = parity.check([{str(MODELS / "cnn.onnx")!r}, {str(MODELS / "cnn.mnn")!r}])
-print(len(names), report.passed, report.verdict.kind)
+print("RESULT", len(names), report.passed, report.verdict.kind, flush=True)
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=600,
                           env={**__import__("os").environ, "PYTHONIOENCODING": "utf-8"})
     assert done.returncode == 0, done.stderr[-3000:]
-    count, passed, kind = done.stdout.splitlines()[-1].split()  # MNN prints its own lines first
+    # MNN's own lines go to the same stdout, before or after ours
+    [line] = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    count, passed, kind = line.split()[1:]
     assert int(count) > 40 and passed == "True" and kind == "pass", done.stdout
