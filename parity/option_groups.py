@@ -272,8 +272,25 @@ CONVERSION = (
                 "ignores the layers to keep in float (no ranking or fix)."),
 )
 
+# a Hugging Face model folder against its MNN-LLM export (parity/llm): the CLI's own options,
+# read by commands/llm.py; --budget, --mnn-precision, --mnn-memory and the reports are shared
+LLM = (
+    Option("prompt", None, multiple=True, metavar="TEXT",
+           help="LLM pairs: a prompt to continue (repeatable) [default: three built-in prompts]."),
+    Option("prompts", None, type="file", metavar="FILE",
+           help="LLM pairs: prompts, one per line (blank lines and lines starting with # skipped)."),
+    Option("steps", None, type="int>=1", metavar="N",
+           help="LLM pairs: greedy steps per prompt, teacher-forced on the reference's tokens [default: 8]."),
+    Option("float_export", None, type="path", metavar="DIR",
+           help="LLM pairs: an export of the same model with float16 weights (--quant_bit 16), the floor to "
+                "judge conversion and compression against [default: parity exports one]."),
+    Option("trust_remote_code", None, type="flag",
+           help="LLM pairs: accept a Hugging Face folder that holds code (auto_map or .py files); without it "
+                "such a folder is refused, as its code would run."),
+)
+
 GROUPS = {"comparison": COMPARISON, "reports": REPORTS, "mnn": MNN, "torch": TORCH, "layers": LAYERS,
-          "compression": COMPRESSION, "display": DISPLAY, "conversion": CONVERSION}
+          "compression": COMPRESSION, "display": DISPLAY, "conversion": CONVERSION, "llm": LLM}
 OPTIONS = {option.name: option for group in GROUPS.values() for option in group}
 MANIFEST = {name: option for name, option in OPTIONS.items() if option.manifest}
 PLUGIN = tuple(name for name, option in OPTIONS.items() if option.plugin)

@@ -168,3 +168,40 @@ def test_without_transformers_the_reference_is_framework_missing():
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, timeout=120)
     assert out.stdout.startswith("FrameworkMissing transformers is not installed"), out
     assert "parity[torch]" in out.stdout
+
+
+def _cli(*args, cwd=None):
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8", "COLUMNS": "120", "LC_ALL": "C.UTF-8"}
+    return subprocess.run([sys.executable, "-m", "parity", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=1800)
+
+
+def test_the_cli_checks_a_pair_of_folders_and_writes_its_reports(llm_cache, tmp_path):
+    """`parity check HF_DIR EXPORT_DIR`: the terminal report, the JSON with per-step figures, the
+    HTML and JUnit reports, exit 0 on a 16-bit export."""
+    model = llm_cache.model("qwen2", tied=True)
+    out = llm_cache.export(model, 16)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# a comment\nThe capital of France is\n\n", encoding="utf-8")
+    done = _cli("check", model, out, "--prompts", prompts, "--prompt", "def add(a, b):", "--steps", 3,
+                "--json", tmp_path / "r.json", "--html", tmp_path / "r.html", "--junit", tmp_path / "r.xml")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "pass" in done.stdout
+    report = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
+    assert report["verdict"]["kind"] == "pass"
+    assert report["llm"], report.keys()
+    assert (tmp_path / "r.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    assert "<testsuite" in (tmp_path / "r.xml").read_text(encoding="utf-8")
+
+
+def test_the_cli_refuses_llm_options_on_model_files_and_a_folder_of_neither_kind(tmp_path):
+    from helpers import MODELS
+
+    done = _cli("check", MODELS / "cnn.onnx", MODELS / "cnn.mnn", "--steps", 3)
+    assert done.returncode == 2 and "--steps is for a Hugging Face folder" in done.stderr, done.stderr
+    hf, other = tmp_path / "hf", tmp_path / "other"
+    hf.mkdir()
+    other.mkdir()
+    (hf / "config.json").write_text("{}", encoding="utf-8")
+    done = _cli("check", hf, other)
+    assert done.returncode == 3 and len(done.stderr.strip().splitlines()) == 1, done.stderr

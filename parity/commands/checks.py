@@ -12,7 +12,7 @@ from parity.commands.params import (check_options, check_report_paths, declared,
 from parity.core.escape import terminal
 
 # the options of each command, in the order its --help lists them
-CHECK = group("comparison", "reports", "mnn", "torch", "layers", "compression", "display")
+CHECK = group("comparison", "reports", "mnn", "torch", "layers", "compression", "llm", "display")
 CONVERT = ("output", "atol", "rtol", "seed", "shape", "inputs", "layers", "mnn_precision", "int8_calibration",
            "int8_method", "mnn_target", *group("compression", "reports"), "timeout", "quiet", "no_color")
 COMPARE = ("atol", "rtol", *group("reports"), "no_color")
@@ -34,7 +34,14 @@ def check(models, torch, quiet, no_color, **values):
         parity check model.onnx model.mnn --json report.json
         parity check model.pt2 model.onnx model.mnn
         parity check --torch net.py:build model.onnx model.mnn
+        parity check HF_MODEL_DIR MNN_LLM_EXPORT_DIR --prompt "The capital of France is"
     """
+    from parity.commands import llm
+
+    if llm.is_llm_pair(models):  # a Hugging Face folder and its MNN-LLM export
+        report, output = llm.check(models, quiet, values)
+        emit(report, output, no_color)
+    llm.refuse_llm_options(values)
     read = [*models, values["inputs"], values["float_mnn"], values["load_outputs"], spec_file(values["data_loader"]),
             spec_file(torch)]
     written = {"--save-inputs": values["save_inputs"], "--write-fixed": values["write_fixed"],

@@ -1,0 +1,76 @@
+"""``parity check HF_DIR EXPORT_DIR``: a Hugging Face causal LM against its MNN-LLM export
+(parity/llm). Parses the LLM options, calls ``check_llm`` and shows the report as any check's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from parity.core.errors import UsageError
+
+_ONLY_LLM = ("prompt", "prompts", "steps", "float_export", "trust_remote_code")
+
+
+def is_llm_pair(models) -> bool:
+    """Two folders, one with a config.json (a Hugging Face model or an MNN-LLM export): an LLM
+    check, which says in one line what either folder lacks."""
+    if len(models) != 2 or not all(Path(m).is_dir() for m in models):
+        return False
+    return any((Path(m) / "config.json").is_file() for m in models)
+
+
+def refuse_llm_options(values: dict) -> None:
+    given = [n for n in _ONLY_LLM if values.get(n) not in (None, False, ())]
+    if given:
+        raise UsageError(f"--{given[0].replace('_', '-')} is for a Hugging Face folder and its MNN-LLM export "
+                         f"(parity check HF_DIR EXPORT_DIR)")
+
+
+def prompts_of(values: dict) -> tuple[str, ...] | None:
+    prompts = list(values.get("prompt") or ())
+    if values.get("prompts"):
+        from parity.core.paths import check_input
+
+        check_input(values["prompts"], "--prompts")
+        try:
+            text = Path(values["prompts"]).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--prompts {values['prompts']}: not readable as UTF-8 text ({exc})") from None
+        prompts += [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        if not prompts:
+            raise UsageError(f"--prompts {values['prompts']}: no prompt in the file")
+    return tuple(prompts) or None
+
+
+def settings_of(values: dict) -> dict:
+    """--mnn-precision / --mnn-memory, when given: the export then runs with them instead of
+    its config.json's (what the app runs)."""
+    ctx = click.get_current_context()
+    settings = {}
+    for name, key in (("mnn_precision", "precision"), ("mnn_memory", "memory")):
+        if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None) and values.get(name):
+            if "," in values[name]:
+                raise UsageError(f"--{name.replace('_', '-')}: one mode for an LLM pair, not a list")
+            settings[key] = values[name]
+    return settings
+
+
+def check(models, quiet: bool, values: dict):
+    """The report of the pair and where its reports go (OutputOptions), for the caller to emit."""
+    from parity.commands.params import check_options, check_report_paths, group, progress, report_flags
+    from parity.llm.check import DEFAULT_PROMPTS, DEFAULT_STEPS, check_llm
+
+    check_report_paths(report_flags(values), inputs=[*models, values.get("prompts")])
+    if values.get("mnn_target") not in (None, "local"):
+        raise UsageError("an LLM pair runs on this machine for now: --mnn-target is not supported with it")
+    output = check_options({name: values.get(name) for name in group("reports")}).output
+    kwargs = dict(prompts=prompts_of(values) or DEFAULT_PROMPTS, steps=values.get("steps") or DEFAULT_STEPS,
+                  settings=settings_of(values), float_export=values.get("float_export"),
+                  trust_remote_code=bool(values.get("trust_remote_code")), timeout=max(900.0, values["timeout"]))
+    if values.get("budget"):
+        kwargs["budget"] = values["budget"]
+    with progress(quiet) as say:
+        say(f"checking the MNN-LLM export {models[1]} against {models[0]} (transformers, llmexport, MNN.llm)")
+        report = check_llm(models[0], models[1], **kwargs)
+    return report, output
