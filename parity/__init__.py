@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "check",
+    "check_llm",
     "compare",
     "convert",
     "Report",
@@ -40,6 +41,7 @@ __all__ = [
 
 _LAZY = {
     "check": ("parity.checking.pipeline", "check"),
+    "check_llm": ("parity.llm.check", "check_llm"),
     "compare": ("parity.core.dumps", "compare"),
     "convert": ("parity.mnn.converter", "convert"),
     "Report": ("parity.core.report", "Report"),

@@ -185,6 +185,7 @@ KIND_TESTS = {
     "undetermined": ("test_numerics.py", "test_without_a_float64_figure_the_verdict_is_undetermined"),
     "export": ("test_torch.py", "test_export_bug_is_the_export_link"),
     "usage": ("test_compare.py", "test_all_zero_dump_is_usage"),
+    "tokenizer": ("test_llm_check.py", "test_an_export_with_another_tokenizer_is_the_tokenizer_verdict"),
 }
 
 
@@ -197,7 +198,8 @@ def test_every_verdict_kind_is_reached_through_the_library_by_a_test():
         assert function is not None, f"{file} has no {name} (the test of verdict kind {kind!r})"
         calls = {f"{n.func.value.id}.{n.func.attr}" for n in ast.walk(function) if isinstance(n, ast.Call)
                  and isinstance(n.func, ast.Attribute) and isinstance(n.func.value, ast.Name)}
-        assert calls & {"parity.check", "parity.compare"}, f"{name} calls neither parity.check nor parity.compare"
+        assert calls & {"parity.check", "parity.compare", "parity.check_llm"}, \
+            f"{name} calls none of parity.check, parity.compare, parity.check_llm"
         named = {n.value for n in ast.walk(function) if isinstance(n, ast.Constant)} | {
             n.attr.lower() for n in ast.walk(function) if isinstance(n, ast.Attribute)}
         assert kind in named, f"{name} does not assert verdict kind {kind!r}"

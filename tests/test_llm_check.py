@@ -15,6 +15,7 @@ pytest.importorskip("transformers", reason="the torch extra is not installed")
 pytest.importorskip("tokenizers", reason="the torch extra is not installed")
 
 import llm_models  # noqa: E402
+import parity  # noqa: E402
 from parity import ModelError, VerdictKind  # noqa: E402
 from parity.core.report import Report  # noqa: E402
 from parity.llm.check import check_llm  # noqa: E402
@@ -115,7 +116,7 @@ def test_an_export_with_another_tokenizer_is_the_tokenizer_verdict(llm_cache, tm
     model = llm_cache.model("qwen2", tied=True)
     other = llm_models.other_tokenizer_folder(tmp_path_factory.mktemp("tok"))
     out = llm_cache.export(model, 16, tokenizer_path=other, variant="othertok")
-    report = check(model, out)
+    report = parity.check_llm(model, out, prompts=PROMPTS, steps=STEPS)  # the public API's LLM check
     assert report.verdict.kind is VerdictKind.TOKENIZER and report.exit_code == 1
     differing = report.llm["tokenizer"]["differing"]
     first = next(d for d in differing if d["label"] == "prompt 1")
