@@ -95,3 +95,32 @@ def test_unreadable_json_names_the_file(tmp_path):
     (folder / "llm_config.json").write_text("{not json")
     with pytest.raises(ModelError, match="llm_config.json.*not readable JSON"):
         recognize(folder)
+
+
+def _inspect(folder):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8", "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "parity", "inspect", str(folder)], capture_output=True,
+                          text=True, env=env, timeout=120)
+
+
+def test_inspect_describes_an_export_and_a_model_folder_from_their_files(tmp_path):
+    done = _inspect(export_folder(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert "an MNN-LLM export (llmexport), model type qwen2" in done.stdout
+    assert "precision low, memory low" in done.stdout and "dynamic int8 activations" in done.stdout
+    assert "quant_bit 4, quant_block 64" in done.stdout and "chat template: yes" in done.stdout
+    done = _inspect(hf_folder(tmp_path / "hf", hidden_size=64, auto_map={"AutoModel": "x.Y"}))
+    assert done.returncode == 0, done.stderr
+    assert "a Hugging Face model, qwen2 (Qwen2ForCausalLM)" in done.stdout and "hidden_size 64" in done.stdout
+    assert "code: auto_map" in done.stdout  # said, not run: describing reads files only
+
+
+def test_inspect_of_a_folder_of_neither_kind_is_one_line_exit_3(tmp_path):
+    (tmp_path / "x").mkdir()
+    done = _inspect(tmp_path / "x")
+    assert done.returncode == ExitCode.MODEL_OR_INPUT and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "neither a Hugging Face model folder" in done.stderr

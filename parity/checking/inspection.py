@@ -3,6 +3,8 @@ An .mnn declares no output dtypes or shapes, so it is run once to learn them."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from dataclasses import dataclass
 
 
@@ -31,6 +33,9 @@ def inspect_model(model: str, *, timeout: float = 300.0) -> Inspection:
             found = of_model(model, timeout=timeout)
         if not backend.declares_outputs:
             outputs, note = outputs_by_running(backend)
+        if note and (Path(model).parent / "llm_config.json").is_file():
+            note += (f"; this is an MNN-LLM model, which MNN.llm runs with its KV cache: `parity inspect "
+                     f"{Path(model).parent}` describes the export, `parity check HF_DIR {Path(model).parent}` checks it")
         return Inspection(framework, model, backend.version, backend.input_specs, outputs, found, note)
 
 

@@ -127,7 +127,15 @@ def write_reports(reports) -> bool:
 @traceback_option
 def inspect(model, timeout):
     """Print MODEL's inputs and outputs (names, dtypes, shapes; symbolic dims by name); for an
-    .mnn, also its compression per layer (weight bits, block, symmetry, float16, int8 ops)."""
+    .mnn, also its compression per layer (weight bits, block, symmetry, float16, int8 ops). For
+    a folder, an MNN-LLM export or a Hugging Face model: what it holds and how it runs."""
+    from pathlib import Path
+
+    if Path(model).is_dir():
+        from parity.llm.describe import describe
+
+        click.echo("\n".join(terminal(line) for line in describe(model)))
+        return
     from parity.checking.inspection import inspect_model
     from parity.render.text import render_inspect
 
