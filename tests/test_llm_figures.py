@@ -65,3 +65,30 @@ def test_budget_clauses_and_the_first_step_out():
 def test_a_bad_budget_is_a_usage_error_naming_the_clauses(text):
     with pytest.raises(UsageError, match="kl_mean"):
         Budget.parse(text)
+
+
+def test_the_html_report_charts_each_link_per_step_a_line_per_prompt():
+    """Per link two charts (KL, scaled error), a line per prompt with a point per step, every point
+    inside the chart, whatever the figures' range (a float export's 1e-7 beside a quantized 0.5)."""
+    import re
+
+    from parity.core.report import Report, Verdict
+    from parity.render import html
+
+    def steps(n, scale):
+        return [{"step": i, "kl": scale * (i + 1), "scaled_error": scale * 3, "top1": True} for i in range(n)]
+
+    links = [{"link": "transformers -> mnn-llm", "prompts": [steps(4, 0.5), steps(6, 0.1)]},
+             {"link": "transformers -> mnn-llm float export", "prompts": [steps(4, 1e-7), steps(6, 3e-7)]}]
+    report = Report(passed=False, backends=(), inputs=(), comparisons=(), verdict=Verdict("compression", "", "s"),
+                    llm={"links": links})
+    page = html.render(report)
+    charts = re.findall(r'<svg class="steps" width="(\d+)" height="(\d+)"', page)
+    lines = re.findall(r'<polyline class="prompt"[^>]* points="([^"]*)"', page)
+    assert len(charts) == 4 and len(lines) == 8
+    counts = [len(points.split()) for points in lines]
+    assert counts == [4, 6, 4, 6, 4, 6, 4, 6]
+    width, height = map(int, charts[0])
+    for points in lines:
+        for x, y in (map(float, p.split(",")) for p in points.split()):
+            assert 0 <= x <= width and 0 <= y <= height

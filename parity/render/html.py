@@ -269,7 +269,7 @@ def render(report: Report) -> str:
 {_evidence(report)}</div>
 <h2>Outputs</h2>{_outputs(report)}
 {_ranking(report)}
-<h2>Per-layer error</h2>{_layer_chart(report)}
+{_llm_chart(report)}<h2>Per-layer error</h2>{_layer_chart(report)}
 {_unpaired(report)}
 <h2>Differences at the first divergence</h2>{_histogram(report)}
 <h2>Alignment</h2>{f"<ul>{alignment}</ul>" if alignment else '<p class="muted">No alignment was needed.</p>'}
@@ -279,6 +279,47 @@ def render(report: Report) -> str:
 {f"<h2>Notes</h2><ul>{notes}</ul>" if notes else ""}
 </body></html>
 """
+
+
+def _llm_chart(report: Report) -> str:
+    """An LLM check's per-step KL divergence and scaled logit error, one chart per link, a line
+    per prompt (log scale: a quantized export sits decades above a float one)."""
+    links = (report.llm or {}).get("links") or []
+    charts = [_step_chart(link, figure) for link in links for figure in ("kl", "scaled_error")]
+    if not charts:
+        return ""
+    return "<h2>Per step</h2>" + "".join(charts)
+
+
+def _step_chart(link: dict, figure: str) -> str:
+    prompts = [steps for steps in link.get("prompts") or [] if steps]
+    values = [s.get(figure) for steps in prompts for s in steps]
+    finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v) and v > 0]
+    if not finite:
+        return ""
+    low, high = math.floor(math.log10(min(finite))), math.ceil(math.log10(max(finite)))
+    high = max(high, low + 1)
+    width, height, left, bottom = 640, 180, 48, 24
+    longest = max(len(steps) for steps in prompts)
+    colors = ("#5c6bc0", "#ef6c00", "#2e7d32", "#ad1457", "#00838f", "#6d4c41")
+
+    def point(i, v):
+        x = left + (width - left - 10) * (i / max(longest - 1, 1))
+        y = 8 + (height - bottom - 8) * (high - math.log10(max(v, 10.0 ** low))) / (high - low)
+        return f"{x:.1f},{y:.1f}"
+
+    lines = []
+    for n, steps in enumerate(prompts):
+        points = " ".join(point(i, s[figure]) for i, s in enumerate(steps)
+                          if isinstance(s.get(figure), (int, float)) and math.isfinite(s[figure]))
+        lines.append(f'<polyline class="prompt" fill="none" stroke="{colors[n % len(colors)]}" stroke-width="2" '
+                     f'points="{points}"><title>prompt {n + 1}</title></polyline>')
+    label = {"kl": "KL(reference || export)", "scaled_error": "scaled logit error"}[figure]
+    return (f'<figure><figcaption>{escape(str(link.get("link", "")))}: {label} per step (log scale, '
+            f'1e{low} .. 1e{high}), one line per prompt</figcaption>'
+            f'<svg class="steps" width="{width}" height="{height}" role="img">'
+            f'<text x="2" y="14" font-size="11">1e{high}</text><text x="2" y="{height - bottom}" font-size="11">'
+            f'1e{low}</text>{"".join(lines)}</svg></figure>')
 
 
 def render_sweep(report) -> str:
