@@ -73,7 +73,9 @@ def check_llm(hf_dir, export_dir, *, prompts=DEFAULT_PROMPTS, steps: int = DEFAU
                      for i, ids in enumerate(prompt_ids)),
         comparisons=tuple(link.comparison() for link in case.links),
         verdict=verdict,
-        tolerance={"budget": str(budget), "float_floor": str(budgets.FLOAT_FLOOR)},
+        # "rule" as every report has one: the terminal and HTML show it as the check's tolerance
+        tolerance={"budget": str(budget), "float_floor": str(budgets.FLOAT_FLOOR),
+                   "rule": f"budget {budget}; float export's floor {budgets.FLOAT_FLOOR}"},
         notes=tuple(case.notes),
         findings=tuple(f"tokenizer, {line}" for line in tokens.hard_findings),
         parity_version=parity.__version__,

@@ -58,7 +58,7 @@ class Link:
             ))
         return Comparison(reference="transformers", candidate=self.candidate, passed=self.passed,
                           outputs=tuple(outputs), candidate_run=self.run,
-                          tolerance={"budget": str(self.budget)})
+                          tolerance={"budget": str(self.budget), "rule": f"budget {self.budget}"})
 
     def to_dict(self) -> dict:
         return {"link": self.name, "run": self.run, "budget": str(self.budget), "passed": self.passed,

@@ -372,13 +372,13 @@ def _render(report: Report, out, reports: Sequence[str], listing: Sequence[str] 
         for line in ranking_lines(report.ranking):
             out.print(escape(line), soft_wrap=True)
     for comparison in report.comparisons:
-        if comparison.tolerance and comparison.tolerance.get("rule"):
+        if comparison.tolerance:
             out.print(escape(f"tolerance of {comparison.link}: {comparison.tolerance.get('rule')}"))
-    if "budget" in report.tolerance:  # an LLM check: judged by its budget, not an element rule
-        floor = report.tolerance.get("float_floor")
-        out.print(escape(f"budget: {report.tolerance['budget']}" + (f"; float export's floor: {floor}" if floor else "")))
-    else:
-        _tolerance_line(report, out)
+    rule = report.tolerance.get("rule") or f"|c - r| <= {report.tolerance.get('atol')} + {report.tolerance.get('rtol')} * |r|"
+    exact = sorted({o.kind for c in report.comparisons for o in c.outputs if o.kind in ("integer", "bool")})
+    if exact:
+        rule += f" (floats); {' and '.join(k + 's' for k in exact)} are compared exactly"
+    out.print(f"tolerance: {escape(rule)}")
     for finding in report.findings:
         out.print(f"[bold yellow]FINDING[/]: {escape(finding)}")
     style = "green" if report.verdict.kind == "pass" else "bold red"
@@ -489,11 +489,3 @@ def render_sweep(report, file: IO[str]) -> None:
     out.print(f"[{style}]{escape(summary)}[/]")
     file.write("".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines()))
     file.flush()
-
-
-def _tolerance_line(report, out) -> None:
-    rule = report.tolerance.get("rule") or f"|c - r| <= {report.tolerance.get('atol')} + {report.tolerance.get('rtol')} * |r|"
-    exact = sorted({o.kind for c in report.comparisons for o in c.outputs if o.kind in ("integer", "bool")})
-    if exact:
-        rule += f" (floats); {' and '.join(k + 's' for k in exact)} are compared exactly"
-    out.print(f"tolerance: {escape(rule)}")
