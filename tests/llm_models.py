@@ -112,6 +112,14 @@ def outlier_columns(model, *, layer: int = 1, columns: int = 4, factor: float = 
     w[:, :columns] *= factor
 
 
+def large_residual(model, *, layer: int = 0, channels: int = 3, factor: float = 2e5) -> None:
+    """``edit`` for make_model: a few output rows of one MLP's down projection ``factor`` times
+    larger, so the residual stream after that decoder layer exceeds float16's range (65504), as
+    some trained models' massive activations do; the weights themselves stay within it."""
+    w = model.model.layers[layer].mlp.down_proj.weight
+    w[:channels, :] *= factor
+
+
 def remove_chat_template(folder) -> None:
     """Drop the chat template from a saved tokenizer (for a template difference)."""
     folder = Path(folder)

@@ -62,12 +62,16 @@ def check(models, quiet: bool, values: dict):
     from parity.llm.check import DEFAULT_PROMPTS, DEFAULT_STEPS, check_llm
 
     check_report_paths(report_flags(values), inputs=[*models, values.get("prompts")])
-    if values.get("mnn_target") not in (None, "local"):
-        raise UsageError("an LLM pair runs on this machine for now: --mnn-target is not supported with it")
+    target = values.get("mnn_target")
+    if target not in (None, "local"):
+        from parity.run.targets import parse_target
+
+        parse_target(target)  # one line for a bad one, before anything runs
     output = check_options({name: values.get(name) for name in group("reports")}).output
     kwargs = dict(prompts=prompts_of(values) or DEFAULT_PROMPTS, steps=values.get("steps") or DEFAULT_STEPS,
                   settings=settings_of(values), float_export=values.get("float_export"),
-                  trust_remote_code=bool(values.get("trust_remote_code")), timeout=max(900.0, values["timeout"]))
+                  trust_remote_code=bool(values.get("trust_remote_code")), target=target,
+                  timeout=max(900.0, values["timeout"]))
     if values.get("budget"):
         kwargs["budget"] = values["budget"]
     with progress(quiet) as say:

@@ -31,14 +31,16 @@ DEFAULT_STEPS = 8
 def check_llm(hf_dir, export_dir, *, prompts=DEFAULT_PROMPTS, steps: int = DEFAULT_STEPS,
               budget: str | budgets.Budget = budgets.DEFAULT, settings: dict | None = None,
               float_export=None, chat: bool = True, compare_weights: bool = True,
-              trust_remote_code: bool = False, timeout: float = 900.0) -> Report:
+              trust_remote_code: bool = False, target: str | None = None,
+              timeout: float = 900.0) -> Report:
     """Check the MNN-LLM export at ``export_dir`` against the Hugging Face model at ``hf_dir``.
 
     ``settings`` override the export's config.json (``{"precision": "high"}``); by default it runs
     as the app does. ``float_export``: an export with float16 weights to use as the conversion's
     floor instead of the one parity makes. ``chat``: feed the prompts through the chat template
     when the model has one. ``compare_weights``: on a failing link, compare the weights with a
-    fresh export's (one more export)."""
+    fresh export's (one more export). ``target``: where MNN.llm runs, as ``--mnn-target`` says
+    (the export folder is sent there; every link of the diagnosis runs there too)."""
     import parity
     from parity.llm.reference import Reference
 
@@ -54,20 +56,23 @@ def check_llm(hf_dir, export_dir, *, prompts=DEFAULT_PROMPTS, steps: int = DEFAU
     runs = [ref.greedy(ids, steps) for ids in prompt_ids]
     continuations, reference_logits = [r[0] for r in runs], [r[1] for r in runs]
 
+    target = None if target in (None, "local") else str(target)
     tokens, seen, given_logits = _tokenizer_and_logits(ref, export, settings, prompts, prompt_ids,
-                                                       continuations, steps, timeout)
+                                                       continuations, steps, timeout, target)
     run = ", ".join(f"{k} {v}" for k, v in {**export.settings(), **settings}.items()
-                    if k in ("precision", "memory")) + ("" if settings else " (its config.json)")
+                    if k in ("precision", "memory")) + ("" if settings else ", as its config.json says") + (
+        f", on {target}" if target else "")
     given = Link("transformers -> mnn-llm", "mnn-llm", run, budget, given_logits, reference_logits)
-    case = Case(hf, export, settings, given, prompt_ids, continuations, reference_logits,
-                work=Path(), timeout=timeout, float_export=float_export,
+    case = Case(hf, ref, export, settings, given, prompt_ids, continuations, reference_logits,
+                work=Path(), timeout=timeout, target=target, float_export=float_export,
                 compare_weights=compare_weights, links=[given])
     verdict = _verdict(case, tokens, budget)
     return Report(
         passed=verdict.kind is VerdictKind.PASS,
         backends=(BackendInfo("transformers", str(hf.path), ref.version, {"dtype": "float32"}),
-                  BackendInfo("mnn", str(export.path), _mnn_version(),
-                              {**export.settings(), **settings, "quant_bit": export.quant_bit})),
+                  BackendInfo("mnn", str(export.path), (seen["where"]["platform"] or {}).get("mnn")
+                              or _mnn_version(), {**export.settings(), **settings,
+                                                  "quant_bit": export.quant_bit, **seen["where"]})),
         inputs=tuple(InputInfo(f"prompt {i + 1}", (len(ids),), "int32",
                                "default" if prompts == DEFAULT_PROMPTS else "given")
                      for i, ids in enumerate(prompt_ids)),
@@ -84,11 +89,12 @@ def check_llm(hf_dir, export_dir, *, prompts=DEFAULT_PROMPTS, steps: int = DEFAU
              "links": [link.to_dict() for link in case.links], "tokenizer": tokens.to_dict(),
              "export": {"quant_bit": export.quant_bit, "settings": export.settings()}},
         options={"prompts": list(prompts), "steps": steps, "budget": str(budget), "settings": settings,
-                 "float_export": None if float_export is None else str(float_export), "chat": chat},
+                 "float_export": None if float_export is None else str(float_export), "chat": chat,
+                 "target": target},
     )
 
 
-def _tokenizer_and_logits(ref, export, settings, prompts, prompt_ids, continuations, steps, timeout):
+def _tokenizer_and_logits(ref, export, settings, prompts, prompt_ids, continuations, steps, timeout, target):
     """The tokenizer comparison, what MNN.llm gave (ids, templates, its greedy continuations) and
     the given export's teacher-forced logits, from one MNN.llm child."""
     from parity.llm import tokenizer as tok
@@ -97,10 +103,10 @@ def _tokenizer_and_logits(ref, export, settings, prompts, prompt_ids, continuati
 
     def tokenizer_and_text(mnn):
         return {"ids": mnn.tokenize([t for _, t in labelled]), "templates": mnn.chat_prompts(prompts),
-                "greedy": [mnn.greedy(ids, steps) for ids in prompt_ids]}
+                "greedy": [mnn.greedy(ids, steps) for ids in prompt_ids], "where": mnn.where()}
 
     logits, seen = run_logits(export, settings, prompt_ids, continuations, timeout=timeout,
-                              extra=tokenizer_and_text)
+                              extra=tokenizer_and_text, target=target)
     # as an app using transformers sees them: a chat-templated text carries its special tokens
     reference_ids = [ref.tokenize([t], special=not label.endswith("(chat template)"))[0]
                      for label, t in labelled]

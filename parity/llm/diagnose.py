@@ -38,6 +38,7 @@ class Case:
     """What the diagnosis works from, and what it adds (links run, notes)."""
 
     hf: object  # folders.HFModel
+    reference: object  # reference.Reference: the model loaded in transformers
     export: MNNExport
     settings: dict  # the caller's overrides of the export's config.json
     given: Link  # transformers -> the export as given: failing
@@ -46,21 +47,28 @@ class Case:
     reference_logits: list
     work: Path  # a private folder for the exports parity makes
     timeout: float
+    target: str | None = None  # --mnn-target: where MNN.llm runs (None: here)
     float_export: object = None  # a folder to use as the float export, or None
     compare_weights: bool = True
     links: list = field(default_factory=list)
     notes: list = field(default_factory=list)
 
+    def on(self) -> str:
+        """Where MNN.llm runs, for a link's run: ", on arm64"; "" on this machine."""
+        return f", on {self.target}" if self.target else ""
+
     def run(self, export: MNNExport, settings: dict):
-        return run_logits(export, settings, self.prompt_ids, self.continuations, timeout=self.timeout)
+        return run_logits(export, settings, self.prompt_ids, self.continuations, timeout=self.timeout,
+                          target=self.target)
 
 
-def run_logits(export: MNNExport, settings: dict, prompt_ids, continuations, *, timeout, extra=None):
-    """Teacher-forced logits of each prompt in MNN.llm, and what ``extra(mnn)`` returns from the
-    same child (tokenizer, templates, greedy texts)."""
+def run_logits(export: MNNExport, settings: dict, prompt_ids, continuations, *, timeout, extra=None,
+               target=None):
+    """Teacher-forced logits of each prompt in MNN.llm (on ``target``), and what ``extra(mnn)``
+    returns from the same child (tokenizer, templates, greedy texts)."""
     from parity.llm.runtime import MNNLLM
 
-    with MNNLLM(export, settings, timeout=timeout) as mnn:
+    with MNNLLM(export, settings, target=target, timeout=timeout) as mnn:
         logits = [mnn.logits(ids, cont[:-1]) for ids, cont in zip(prompt_ids, continuations)]
         more = extra(mnn) if extra is not None else None
     return logits, more
@@ -139,8 +147,8 @@ def _floor(case: Case, made, fresh) -> Link:
     else:
         floor_export = _export(case, "float16", ExportSettings(quant_bit=16))
     logits, _ = case.run(floor_export, EXACT)
-    link = Link("transformers -> mnn-llm float export", "mnn-llm (float16 weights)",
-                "float16 weights, precision high, memory normal", budgets.FLOAT_FLOOR,
+    link = Link("transformers -> mnn-llm float export", "mnn-llm float export",
+                "float16 weights, precision high, memory normal" + case.on(), budgets.FLOAT_FLOOR,
                 logits, case.reference_logits)
     case.links.append(link)
     return link
@@ -164,11 +172,16 @@ def _runtime(case: Case, floor: Link) -> Verdict | None:
         causes = [kv for kv, link in singles if link.passed] or approximate
     words = [SETTING_WORDS.get(kv, f"{kv[0]} {kv[1]}") for kv in causes]
     fix = ", ".join(f'"{k}": "{EXACT[k]}"' for k, _ in causes)
+    where, range_line = case.given.where(), None
+    if ("precision", "low") in causes:
+        layer, range_line = float16_range(case)
+        if layer is not None:
+            where = f"{layer}, {where}"
     return Verdict(
-        VerdictKind.RUNTIME, case.given.where(),
+        VerdictKind.RUNTIME, where,
         f"the runtime settings make the difference: with {' and '.join(words)} the export breaks "
         f"{', '.join(map(str, case.given.broken))}; with {' and '.join(f'{k} {EXACT[k]}' for k, _ in causes)} "
-        f"it passes",
+        f"it passes" + (f"; {range_line}" if range_line else ""),
         evidence=(case.given.figures_line(), *(link.figures_line() for link in shown), floor.figures_line()),
         next_steps=(f"set {fix} in the export's config.json (or the app's runtime config), or accept "
                     f"the cost with --budget",),
@@ -178,7 +191,37 @@ def _runtime(case: Case, floor: Link) -> Verdict | None:
 def _link(case: Case, change: dict, words: str) -> Link:
     """transformers -> the given export with ``change`` to its settings."""
     logits, _ = case.run(case.export, {**case.settings, **change})
-    link = Link(f"transformers -> mnn-llm ({words})", "mnn-llm", words, case.given.budget, logits,
+    link = Link(f"transformers -> mnn-llm ({words})", "mnn-llm", words + case.on(), case.given.budget, logits,
                 case.reference_logits)
     case.links.append(link)
     return link
+
+
+FLOAT16_MAX = 65504.0
+
+
+def float16_range(case: Case) -> tuple[str | None, str | None]:
+    """(the first place the residual stream leaves float16's range, a sentence on it) from the
+    reference's residual stream over the checked sequences; (None, a sentence) when it stays
+    within the range (then float16's rounding, not its range, is what costs)."""
+    sequences = [list(p) + list(c) for p, c in zip(case.prompt_ids, case.continuations)]
+    try:
+        peaks = case.reference.residual_peaks(sequences)
+    except Exception as exc:  # a model the hooks do not fit: the verdict stands without the layer
+        case.notes.append(f"the residual stream could not be measured ({type(exc).__name__}: {exc})")
+        return None, None
+    if not peaks:
+        return None, None
+    beyond = next((i for i, peak in enumerate(peaks) if peak > FLOAT16_MAX), None)
+    if beyond is None:
+        top = max(range(len(peaks)), key=peaks.__getitem__)
+        return None, (f"the residual stream stays within float16's range in transformers (largest "
+                      f"{peaks[top]:.3g}, {_place(top)}): float16's rounding, not its range, costs it")
+    place = _place(beyond)
+    return place, (f"in transformers the residual stream reaches {peaks[beyond]:.3g} {place.replace('decoder', 'at the output of decoder', 1) if beyond else 'in the embeddings'} "
+                   f"(of {len(peaks) - 1}), beyond float16's largest value {FLOAT16_MAX:.0f}: in float16 it "
+                   f"overflows there")
+
+
+def _place(index: int) -> str:
+    return "the embeddings" if index == 0 else f"decoder layer {index - 1}"

@@ -13,7 +13,7 @@ import numpy as np
 
 # The columns of a step, in the order reports show them.
 STEP_COLUMNS = ("step", "kl", "scaled_error", "cosine", "top1", "top5", "p_lost",
-                "reference_token", "candidate_token")
+                "reference_token", "candidate_token", "finite")
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -33,6 +33,7 @@ class Step:
     p_lost: float  # probability the candidate takes from the reference's top token (llama.cpp's delta p, sign flipped)
     reference_token: int
     candidate_token: int
+    finite: bool = True  # False: the candidate's logits hold a NaN or an infinity (kl, error: inf)
 
 
 def steps(reference: np.ndarray, candidate: np.ndarray) -> list[Step]:
@@ -64,6 +65,7 @@ def steps(reference: np.ndarray, candidate: np.ndarray) -> list[Step]:
             p_lost=float(p[top_r] - np.exp(lp_cand[i][top_r])) if finite else 1.0,
             reference_token=top_r,
             candidate_token=top_c,
+            finite=finite,
         ))
     return out
 
@@ -79,6 +81,7 @@ class Summary:
     error: float  # the largest scaled error
     cosine_min: float
     p_lost_max: float
+    nonfinite: int = 0  # steps whose candidate logits hold a NaN or an infinity
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -101,4 +104,5 @@ def summarize(all_steps) -> Summary:
         cosine_min=float(np.nanmin([s.cosine for s in all_steps])) if any(
             np.isfinite(s.cosine) for s in all_steps) else float("nan"),
         p_lost_max=float(max(s.p_lost for s in all_steps)),
+        nonfinite=sum(not s.finite for s in all_steps),
     )

@@ -72,6 +72,14 @@ class MNNExport:
         jinja = self.llm_config.get("jinja") or {}
         return jinja.get("chat_template") if isinstance(jinja, dict) else None
 
+    def runtime_files(self) -> list[str]:
+        """The files MNN.llm may read, to send to a target: the folder's own files but for the
+        exporter's by-products (the model as JSON and ONNX, export_args.json) and hidden ones."""
+        skip = ("llm.mnn.json", "export_args.json")
+        return sorted(p.name for p in self.path.iterdir()
+                      if p.is_file() and not p.name.startswith(".") and p.name not in skip
+                      and ".onnx" not in p.name)
+
     def settings(self) -> dict:
         """The runtime settings the app runs with (config.json), as the report shows them."""
         keys = ("backend_type", "precision", "memory", "thread_num", "sampler_type")

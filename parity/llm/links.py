@@ -37,6 +37,10 @@ class Link:
 
     def figures_line(self) -> str:
         s = self.summary
+        if s.nonfinite:
+            first = next((p, st.step) for p, per in enumerate(self.steps) for st in per if not st.finite)
+            return (f"{self.name}: logits not finite (NaN or infinity) at {s.nonfinite} of {s.steps} steps, "
+                    f"first at prompt {first[0] + 1}, step {first[1]}; same top token {s.top1:.0%}")
         return (f"{self.name}: KL mean {s.kl_mean:.3g}, p99 {s.kl_p99:.3g}, max {s.kl_max:.3g}; "
                 f"same top token {s.top1:.0%}; scaled error {s.error:.3g} over {s.steps} steps")
 

@@ -31,6 +31,8 @@ class Reference:
         import torch
 
         trust = bool(model.remote_code)  # folders.recognize refused it unless trusted
+        bars = transformers.utils.logging.is_progress_bar_enabled()
+        transformers.utils.logging.disable_progress_bar()  # its "Loading weights" bar is noise here
         try:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(
                 str(model.path), trust_remote_code=trust)
@@ -40,6 +42,9 @@ class Reference:
             first = str(exc).strip().splitlines()
             raise ModelError(f"transformers could not load {show(model.path)}: "
                              f"{first[0] if first else type(exc).__name__}") from None
+        finally:
+            if bars:
+                transformers.utils.logging.enable_progress_bar()
         self.model.eval()
         self.version = transformers.__version__
 
@@ -95,3 +100,49 @@ class Reference:
                 continuation.append(token)
                 ids.append(token)
         return continuation, np.stack(rows)
+
+    def residual_peaks(self, sequences) -> list[float]:
+        """The largest magnitude of the residual stream over ``sequences`` (lists of ids): entry 0
+        is what enters the first decoder layer (the embeddings, scaled as the architecture does),
+        entry i the output of decoder layer i - 1. Where float16's range (65504) is first
+        exceeded names the layer a float16 runtime overflows in."""
+        import torch
+
+        layers = _decoder_layers(self.model)
+        if layers is None:
+            return []
+        peaks = [0.0] * (len(layers) + 1)
+
+        def keep(index):
+            def hook(module, args, kwargs, output):
+                if index == 0:
+                    x = args[0] if args else kwargs.get("hidden_states")
+                    if torch.is_tensor(x):
+                        peaks[0] = max(peaks[0], float(x.detach().abs().max()))
+                y = output[0] if isinstance(output, (tuple, list)) else output
+                if torch.is_tensor(y):
+                    peaks[index + 1] = max(peaks[index + 1], float(y.detach().abs().max()))
+            return hook
+
+        handles = [layer.register_forward_hook(keep(i), with_kwargs=True) for i, layer in enumerate(layers)]
+        try:
+            with torch.no_grad():
+                for ids in sequences:
+                    self.model(input_ids=torch.tensor([list(ids)], dtype=torch.long), use_cache=False)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return peaks
+
+
+def _decoder_layers(model):
+    """The model's decoder layers: ``model.model.layers`` in the common layout, else its longest
+    ModuleList; None when it has none."""
+    import torch
+
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if isinstance(layers, torch.nn.ModuleList) and len(layers):
+        return layers
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m)]
+    return max(lists, key=len) if lists else None

@@ -1,4 +1,5 @@
-"""MNN.llm, driven from the parent: one worker child per export and settings (runtime_child.py).
+"""MNN.llm, driven from the parent: one worker child per export and settings (runtime_child.py),
+on this machine or on a ``--mnn-target`` (the export folder is sent there once).
 
 ``settings`` are config.json keys that override what the export's config.json says
 (``precision``, ``memory``, ``backend_type``, ``thread_num``); empty means "as the app runs it".
@@ -7,7 +8,6 @@
 from __future__ import annotations
 
 from parity.core.errors import BackendError
-from parity.run.worker import Worker
 
 _CHILD = "parity.llm.runtime_child"
 
@@ -18,16 +18,35 @@ def describe(settings: dict) -> str:
 
 
 class MNNLLM:
-    """An MNN-LLM export served by a worker child. Use as a context manager."""
+    """An MNN-LLM export served by a worker child, here or on ``target`` (a ``--mnn-target``
+    text; None or "local" for this machine). Use as a context manager."""
 
-    def __init__(self, export, settings: dict | None = None, *, timeout: float = 600.0):
+    def __init__(self, export, settings: dict | None = None, *, target: str | None = None,
+                 timeout: float = 600.0):
         self.export = export  # a folders.MNNExport
         self.settings = dict(settings or {})
+        self.target = target if target not in (None, "local") else None
         self.timeout = timeout
-        self._worker: Worker | None = None
+        self.facts: dict = {}  # the target's (platform, MNN version), when not local
+        self._worker = None
+        self._config_path = str(export.config_path)
 
     def __enter__(self) -> "MNNLLM":
-        self._worker = Worker("MNN.llm", timeout=self.timeout).start()
+        if self.target is None:
+            from parity.run.worker import Worker
+
+            self._worker = Worker("MNN.llm", timeout=self.timeout).start()
+            return self
+        from parity.run.targets import RemoteWorker, parse_target
+
+        self._worker = RemoteWorker(parse_target(self.target), "MNN.llm", timeout=self.timeout).start()
+        try:
+            self.facts = dict(self._worker.facts)
+            folder = self._worker.folder_path(self.export.path, self.export.runtime_files())
+            self._config_path = f"{folder}/{self.export.config_path.name}"
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
@@ -38,10 +57,24 @@ class MNNLLM:
     def _call(self, function: str, step: str, **kwargs):
         if self._worker is None:
             raise BackendError("MNNLLM used outside its `with` block")
-        where = f" ({describe(self.settings)})" if self.settings else ""
-        return self._worker.call(f"{_CHILD}:{function}", step=f"{step} of {self.export.path.name}{where}",
-                                 config_path=str(self.export.config_path), overrides=self.settings,
-                                 **kwargs)
+        where = [describe(self.settings)] if self.settings else []
+        where += [f"on {self.target}"] if self.target else []
+        return self._worker.call(f"{_CHILD}:{function}",
+                                 step=f"{step} of {self.export.path.name}"
+                                      + (f" ({', '.join(where)})" if where else ""),
+                                 config_path=self._config_path, overrides=self.settings, **kwargs)
+
+    def where(self) -> dict:
+        """Where it ran, as a report's MNN settings record it (render/text.target_lines): the
+        target, its platform, the CPU features MNN reported and whether precision low computes
+        in float16 there."""
+        from parity.mnn.log import cpu_features
+
+        features = cpu_features(self._worker.log_text()) if self._worker is not None else {}
+        precision = self.settings.get("precision", self.export.settings().get("precision", "normal"))
+        backend = self.settings.get("backend_type", self.export.settings().get("backend_type", "cpu"))
+        return {"target": self.target or "local", "platform": self.facts or None, "cpu_features": features,
+                "float16_arithmetic": precision == "low" and features.get("fp16") == 1, "backend": backend}
 
     def tokenize(self, texts) -> list[list[int]]:
         return self._call("tokenize", "tokenizing", texts=list(texts))

@@ -187,9 +187,14 @@ def _handle(message):
     if kind == "call":
         _, function, kwargs = message
         return _call(function, kwargs)
-    if kind == "put":  # a file, in chunks: ("put", name, bytes, append)
+    if kind == "put":  # a file, in chunks: ("put", name, bytes, append); name may be "FOLDER/FILE"
         _, name, data, append = message
-        path = os.path.join(_WORKDIR, os.path.basename(name))
+        parts = [os.path.basename(part) for part in str(name).split("/")]
+        if len(parts) > 2 or any(part in ("", ".", "..") for part in parts):
+            return ("error", ("backend", f"not a file name parity sends: {name!r}"))
+        path = os.path.join(_WORKDIR, *parts)
+        if len(parts) == 2:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "ab" if append else "wb") as handle:
             handle.write(data)
         return ("ok", path)

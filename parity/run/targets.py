@@ -40,7 +40,8 @@ from parity.run.process import spawn
 
 # The parity modules a target runs, sent as source at start (agent.py's loader).
 _SHIPPED = ("parity", "parity.core", "parity.core.errors", "parity.backends", "parity.run",
-            "parity.run.process", "parity.run.worker", "parity.backends.mnn_child", "parity.run.agent")
+            "parity.run.process", "parity.run.worker", "parity.backends.mnn_child", "parity.run.agent",
+            "parity.llm", "parity.llm.runtime_child")
 
 _BOOT = ("import sys;sys.version_info<(3,8) and sys.exit('parity needs Python 3.8 or newer on the target, "
          "found '+sys.version.split()[0]);import struct,zlib;r=sys.stdin.buffer;"
@@ -397,6 +398,28 @@ class RemoteWorker:
                         break
             self._sent[path] = remote
         return self._sent[path]
+
+    def folder_path(self, folder, names) -> str:
+        """A folder's path on the target, with the files ``names`` of it (an MNN-LLM export: its
+        config.json names the others relative to itself); sent once, under a name of parity's."""
+        folder = os.path.abspath(folder)
+        if folder not in self._sent:
+            remote = None
+            label = f"{len(self._sent)}-folder"
+            for name in names:
+                step = f"sending {Path(folder).name}/{name} to target {self.target.spec}"
+                with open(os.path.join(folder, name), "rb") as handle:
+                    chunk, append = handle.read(_CHUNK), False
+                    while True:
+                        self._send(["put", f"{label}/{name}", chunk, append], step)
+                        remote = self._reply_of_put(step)
+                        chunk, append = handle.read(_CHUNK), True
+                        if not chunk:
+                            break
+            if remote is None:
+                raise BackendError(f"nothing to send from {folder}")
+            self._sent[folder] = os.path.dirname(remote)
+        return self._sent[folder]
 
     def _reply_of_put(self, step: str) -> str:
         self._submitted = time.monotonic()
