@@ -81,6 +81,27 @@ def test_other_architectures_at_16_bits_pass(llm_cache, arch):
     assert report.verdict.kind is VerdictKind.PASS, report.verdict
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "phi3"])
+def test_other_architectures_at_8_and_4_bits_pass_or_name_compression_or_runtime(llm_cache, arch):
+    model = llm_cache.model(arch)
+    floor = llm_cache.export(model, 16)
+    for bits in (8, 4):
+        report = check(model, llm_cache.export(model, bits), float_export=floor, compare_weights=False)
+        kind = report.verdict.kind
+        assert kind in (VerdictKind.PASS, VerdictKind.COMPRESSION, VerdictKind.RUNTIME), (bits, report.verdict)
+        assert report.exit_code == (0 if kind is VerdictKind.PASS else 1)
+        data = json.loads(report.to_json())
+        given = data["llm"]["links"][0]
+        assert given["run"].startswith("precision low, memory low"), given["run"]
+        steps = [s for per in given["prompts"] for s in per]
+        assert len(steps) == len(PROMPTS) * STEPS
+        assert all(s["kl"] is not None and s["kl"] >= 0 and s["scaled_error"] > 0 and isinstance(s["top1"], bool)
+                   for s in steps), steps[:2]
+        if kind is not VerdictKind.PASS:  # the diagnosis ran the float floor, which passes
+            floor_link = next(link for link in data["llm"]["links"] if link["link"].endswith("float export"))
+            assert floor_link["passed"], floor_link["summary"]
+
+
 def test_a_4_bit_export_costs_more_than_the_16_bit_one_and_says_why(llm_cache):
     model = llm_cache.model("qwen2", tied=True)
     float_export = llm_cache.export(model, 16)
