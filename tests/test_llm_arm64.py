@@ -8,6 +8,8 @@ target (``parity target setup arm64``)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -55,23 +57,28 @@ def test_the_residual_stream_of_the_model_leaves_float16s_range(large):
 
 def test_it_passes_on_this_machine_and_fails_as_runtime_float16_on_arm64(large, tmp_path):
     model, export = large
-    here = run_parity("check", model, export, "--steps", str(STEPS), "--prompt", PROMPTS[0],
-                      "--prompt", PROMPTS[1])
+    prompts = ["--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--steps", str(STEPS)]
+    here = run_parity("check", model, export, *prompts, "--json", tmp_path / "here.json")
     assert here.code == 0, here.out + here.err
 
-    report = check_llm(model, export, prompts=PROMPTS, steps=STEPS, target="arm64", compare_weights=False)
-    assert report.exit_code == 1 and report.verdict.kind is VerdictKind.RUNTIME, report.verdict
-    text = report.verdict.summary
-    assert "float16" in text and "precision low" in text and "decoder layer 0" in text, text
-    assert report.verdict.where.startswith("decoder layer 0"), report.verdict.where
+    there = run_parity("check", model, export, *prompts, "--mnn-target", "arm64", "--mnn-precision", "low",
+                       "--json", tmp_path / "arm64.json", timeout=1800)
+    assert there.code == 1, there.out + there.err
+    report = json.loads((tmp_path / "arm64.json").read_text(encoding="utf-8"))
+    verdict = report["verdict"]
+    assert verdict["kind"] == "runtime", verdict
+    assert "float16" in verdict["summary"] and "precision low" in verdict["summary"], verdict
+    # the layer: the residual stream leaves float16's range at decoder layer 0's output
+    assert "decoder layer 0" in verdict["summary"] and verdict["where"].startswith("decoder layer 0"), verdict
+    assert "float16" in there.out and "decoder layer 0" in there.out
     # every link ran on the target; precision high there passes
-    links = {link["run"]: link for link in report.llm["links"]}
+    links = {link["run"]: link for link in report["llm"]["links"]}
     assert all(run.endswith("on arm64") for run in links), list(links)
     exact = links["precision high, memory normal, on arm64"]
     assert exact["passed"] and exact["summary"]["top1"] == 1.0
-    mnn = next(b for b in report.backends if b.name == "mnn")
-    assert mnn.settings["target"] == "arm64" and mnn.settings["float16_arithmetic"] is True
-    assert mnn.settings["platform"]["machine"] == "aarch64"
+    mnn = next(b for b in report["backends"] if b["name"] == "mnn")
+    assert mnn["settings"]["target"] == "arm64" and mnn["settings"]["float16_arithmetic"] is True
+    assert mnn["settings"]["platform"]["machine"] == "aarch64"
 
 
 def test_a_clean_export_passes_on_arm64_and_matches_this_machine(llm_cache):
