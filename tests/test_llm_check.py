@@ -102,6 +102,23 @@ def test_other_architectures_at_8_and_4_bits_pass_or_name_compression_or_runtime
             assert floor_link["passed"], floor_link["summary"]
 
 
+def test_an_exec_target_gives_the_local_figures(llm_cache):
+    """--mnn-target for an LLM pair: the export folder is sent to the target's Python (here this
+    machine's own, started as a command) and MNN.llm runs there: the same logits as locally."""
+    model = llm_cache.model("llama")
+    export = llm_cache.export(model, 16)
+    target = f"exec:{sys.executable}"
+    local = check(model, export, compare_weights=False)
+    remote = check(model, export, compare_weights=False, target=target)
+    assert local.exit_code == remote.exit_code == 0, (local.verdict, remote.verdict)
+    figures = [[(s["kl"], s["scaled_error"], s["top1"]) for per in r.llm["links"][0]["prompts"] for s in per]
+               for r in (local, remote)]
+    assert figures[0] == figures[1]
+    assert remote.llm["links"][0]["run"].endswith(f"on {target}")
+    mnn = next(b for b in remote.backends if b.name == "mnn")
+    assert mnn.settings["target"] == target and mnn.settings["platform"]["machine"]
+
+
 def test_a_4_bit_export_costs_more_than_the_16_bit_one_and_says_why(llm_cache):
     model = llm_cache.model("qwen2", tied=True)
     float_export = llm_cache.export(model, 16)
@@ -154,7 +171,7 @@ def test_a_changed_chat_template_is_the_tokenizer_verdict(llm_cache, tmp_path):
     config["jinja"]["chat_template"] = config["jinja"]["chat_template"].replace("<|im_start|>", "<|im_start|> ")
     (out / "llm_config.json").write_text(json.dumps(config))
     report = check(model, out)
-    assert report.verdict.kind is VerdictKind.TOKENIZER
+    assert report.verdict.kind is VerdictKind.TOKENIZER and report.exit_code == 1
     assert "chat template" in report.verdict.summary and "'<|im_start|> user" in report.verdict.summary
 
 
@@ -169,8 +186,8 @@ def test_weights_changed_after_export_are_conversion_naming_the_layer(llm_cache,
     halves[:4000] = -halves[:4000]  # a few thousand 16-bit weights negated
     weights[offset:offset + size] = halves.view(np.uint8)
     weights.tofile(out / "llm.mnn.weight")
-    report = check(model, out, budget="kl_mean<=0.0001,error<=0.01")
-    assert report.verdict.kind is VerdictKind.CONVERSION, report.verdict
+    report = check(model, out)  # the default budget
+    assert report.verdict.kind is VerdictKind.CONVERSION and report.exit_code == 1, report.verdict
     assert report.verdict.where == "/layers.1/mlp/up_proj/Linear"
 
 

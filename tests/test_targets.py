@@ -354,3 +354,27 @@ def test_a_crash_on_a_target_leaves_no_file_there(tmp_path, crash_models):
     result = run_parity("check", onnx_path, mnn_path, "--mnn-target", f"exec:env TMPDIR={there} {PY}")
     assert_one_line_error(result, ExitCode.BACKEND, "SIGFPE")
     assert list(there.iterdir()) == []
+
+
+def test_a_folder_goes_to_the_target_with_its_files_and_no_name_escapes(tmp_path):
+    """What an MNN-LLM export needs on a target: a folder whose files keep their names (its
+    config.json names the others); the target's scratch folder keeps everything it is sent."""
+    from parity.core.errors import BackendError
+    from parity.run.targets import RemoteWorker
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"llm_model": "llm.mnn"}')
+    (folder / "llm.mnn").write_bytes(os.urandom(70_000))
+    with RemoteWorker(parse_target(EXEC)) as worker:
+        remote = Path(worker.folder_path(folder, ["config.json", "llm.mnn"]))
+        assert sorted(p.name for p in remote.iterdir()) == ["config.json", "llm.mnn"]
+        assert (remote / "llm.mnn").read_bytes() == (folder / "llm.mnn").read_bytes()
+        assert worker.folder_path(folder, ["config.json"]) == str(remote)  # sent once
+        scratch = remote.parent
+        for name in ("../escaped", "a/b/c", "x/..", "/abs/file", ""):
+            with pytest.raises(BackendError, match="not a file name parity sends"):
+                worker._send(["put", name, b"x", False], "test")
+                worker._reply_of_put("test")
+        assert not (scratch.parent / "escaped").exists()
+    assert not scratch.exists()  # the target's scratch folder went with it

@@ -19,7 +19,13 @@ def _llm(config_path: str, overrides: dict):
     if key not in _LOADED:
         import os
 
-        import MNN.llm as mnn_llm
+        try:
+            import MNN.llm as mnn_llm
+        except ImportError as exc:
+            import MNN
+
+            raise ImportError(f"this MNN ({getattr(MNN, 'version', lambda: '?')()}) has no MNN.llm ({exc}): "
+                              f"install MNN's wheel from PyPI, which has it") from None
 
         if not os.path.isfile(config_path):  # MNN.llm would crash on it later, not say so
             raise FileNotFoundError(f"no MNN-LLM config at {config_path!r}")
