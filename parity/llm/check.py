@@ -59,20 +59,15 @@ def check_llm(hf_dir, export_dir, *, prompts=DEFAULT_PROMPTS, steps: int = DEFAU
     target = None if target in (None, "local") else str(target)
     tokens, seen, given_logits = _tokenizer_and_logits(ref, export, settings, prompts, prompt_ids,
                                                        continuations, steps, timeout, target)
-    run = ", ".join(f"{k} {v}" for k, v in {**export.settings(), **settings}.items()
-                    if k in ("precision", "memory")) + ("" if settings else ", as its config.json says") + (
-        f", on {target}" if target else "")
-    given = Link("transformers -> mnn-llm", "mnn-llm", run, budget, given_logits, reference_logits)
+    given = Link("transformers -> mnn-llm", "mnn-llm", _given_run(export, settings, target), budget,
+                 given_logits, reference_logits)
     case = Case(hf, ref, export, settings, given, prompt_ids, continuations, reference_logits,
                 work=Path(), timeout=timeout, target=target, float_export=float_export,
                 compare_weights=compare_weights, links=[given])
     verdict = _verdict(case, tokens, budget)
     return Report(
         passed=verdict.kind is VerdictKind.PASS,
-        backends=(BackendInfo("transformers", str(hf.path), ref.version, {"dtype": "float32"}),
-                  BackendInfo("mnn", str(export.path), (seen["where"]["platform"] or {}).get("mnn")
-                              or _mnn_version(), {**export.settings(), **settings,
-                                                  "quant_bit": export.quant_bit, **seen["where"]})),
+        backends=_backends(ref, export, settings, seen["where"]),
         inputs=tuple(InputInfo(f"prompt {i + 1}", (len(ids),), "int32",
                                "default" if prompts == DEFAULT_PROMPTS else "given")
                      for i, ids in enumerate(prompt_ids)),
@@ -92,6 +87,20 @@ def check_llm(hf_dir, export_dir, *, prompts=DEFAULT_PROMPTS, steps: int = DEFAU
                  "float_export": None if float_export is None else str(float_export), "chat": chat,
                  "target": target},
     )
+
+
+def _given_run(export, settings: dict, target) -> str:
+    """How the export as given runs: "precision low, memory low, as its config.json says, on arm64"."""
+    modes = ", ".join(f"{k} {v}" for k, v in {**export.settings(), **settings}.items() if k in ("precision", "memory"))
+    return modes + ("" if settings else ", as its config.json says") + (f", on {target}" if target else "")
+
+
+def _backends(ref, export, settings: dict, where: dict) -> tuple:
+    """The report's two backends: transformers, and MNN.llm with its settings and where it ran."""
+    version = (where.get("platform") or {}).get("mnn") or _mnn_version()
+    return (BackendInfo("transformers", str(ref.model_info.path), ref.version, {"dtype": "float32"}),
+            BackendInfo("mnn", str(export.path), version,
+                        {**export.settings(), **settings, "quant_bit": export.quant_bit, **where}))
 
 
 def _tokenizer_and_logits(ref, export, settings, prompts, prompt_ids, continuations, steps, timeout, target):
