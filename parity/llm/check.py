@@ -63,7 +63,7 @@ def check_llm(hf_dir, export_dir, *, prompts=DEFAULT_PROMPTS, steps: int = DEFAU
                  given_logits, reference_logits)
     case = Case(hf, ref, export, settings, given, prompt_ids, continuations, reference_logits,
                 work=Path(), timeout=timeout, target=target, float_export=float_export,
-                compare_weights=compare_weights, links=[given])
+                compare_weights=compare_weights, links=[given], kv=seen["kv"])
     verdict = _verdict(case, tokens, budget)
     return Report(
         passed=verdict.kind is VerdictKind.PASS,
@@ -77,16 +77,24 @@ def check_llm(hf_dir, export_dir, *, prompts=DEFAULT_PROMPTS, steps: int = DEFAU
         tolerance={"budget": str(budget), "float_floor": str(budgets.FLOAT_FLOOR),
                    "rule": f"budget {budget}; float export's floor {budgets.FLOAT_FLOOR}"},
         notes=tuple(case.notes),
-        findings=tuple(f"tokenizer, {line}" for line in tokens.hard_findings),
+        findings=_findings(tokens, seen["kv"], verdict),
         parity_version=parity.__version__,
         llm={"prompts": _prompt_records(ref, prompts, fed, prompt_ids, continuations, seen["greedy"]),
              "steps": steps, "chat_template_applied": chat_texts is not None,
              "links": [link.to_dict() for link in case.links], "tokenizer": tokens.to_dict(),
+             "kv_cache": seen["kv"].to_dict(),
              "export": {"quant_bit": export.quant_bit, "settings": export.settings()}},
         options={"prompts": list(prompts), "steps": steps, "budget": str(budget), "settings": settings,
                  "float_export": None if float_export is None else str(float_export), "chat": chat,
                  "target": target},
     )
+
+
+def _findings(tokens, kv, verdict) -> tuple:
+    """What the report says besides its verdict: the tokenizers' differences on hard strings, and
+    a KV-cache difference a passing check did not decide on."""
+    kv_lines = (f"runtime, {kv.line()}",) if not kv.passed and verdict.kind is VerdictKind.PASS else ()
+    return tuple(f"tokenizer, {line}" for line in tokens.hard_findings) + kv_lines
 
 
 def _given_run(export, settings: dict, target) -> str:
@@ -110,9 +118,14 @@ def _tokenizer_and_logits(ref, export, settings, prompts, prompt_ids, continuati
 
     labelled = tok.texts(prompts, ref.chat_prompts(prompts), ref.special_tokens)
 
-    def tokenizer_and_text(mnn):
+    def tokenizer_and_text(mnn, logits):
+        from parity.llm import kvcache
+
+        words = _given_run(export, settings, target)
         return {"ids": mnn.tokenize([t for _, t in labelled]), "templates": mnn.chat_prompts(prompts),
-                "greedy": [mnn.greedy(ids, steps) for ids in prompt_ids], "where": mnn.where()}
+                "greedy": [mnn.greedy(ids, steps) for ids in prompt_ids], "where": mnn.where(),
+                "kv": kvcache.run(mnn, prompt_ids, continuations, logits, settings_words=words,
+                                  long_limit=min(kvcache.LONG, ref.max_positions))}
 
     logits, seen = run_logits(export, settings, prompt_ids, continuations, timeout=timeout,
                               extra=tokenizer_and_text, target=target)
@@ -137,7 +150,7 @@ def _verdict(case: Case, tokens, budget) -> Verdict:
         )
     if given.passed:
         return Verdict(VerdictKind.PASS, None, f"the export matches transformers within {budget}",
-                       (given.figures_line(),))
+                       (given.figures_line(), case.kv.line()))
     case.work = Path(tempfile.mkdtemp(prefix="parity-llm-"))
     try:
         return diagnose(case)

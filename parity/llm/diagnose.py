@@ -52,6 +52,7 @@ class Case:
     compare_weights: bool = True
     links: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    kv: object = None  # kvcache.KVCheck of the export as given, or None
 
     def on(self) -> str:
         """Where MNN.llm runs, for a link's run: ", on arm64"; "" on this machine."""
@@ -64,19 +65,23 @@ class Case:
 
 def run_logits(export: MNNExport, settings: dict, prompt_ids, continuations, *, timeout, extra=None,
                target=None):
-    """Teacher-forced logits of each prompt in MNN.llm (on ``target``), and what ``extra(mnn)``
-    returns from the same child (tokenizer, templates, greedy texts)."""
+    """Teacher-forced logits of each prompt in MNN.llm (on ``target``), and what
+    ``extra(mnn, logits)`` returns from the same child (tokenizer, templates, greedy texts, the
+    KV-cache check)."""
     from parity.llm.runtime import MNNLLM
 
     with MNNLLM(export, settings, target=target, timeout=timeout) as mnn:
         logits = [mnn.logits(ids, cont[:-1]) for ids, cont in zip(prompt_ids, continuations)]
-        more = extra(mnn) if extra is not None else None
+        more = extra(mnn, logits) if extra is not None else None
     return logits, more
 
 
 def diagnose(case: Case) -> Verdict:
     from parity.llm.export import ExportSettings
 
+    verdict = _kv_cache(case)
+    if verdict is not None:
+        return verdict
     made = ExportSettings.of(case.export)
     fresh = None
     if case.compare_weights and case.export.export_args is not None:
@@ -105,6 +110,53 @@ def diagnose(case: Case) -> Verdict:
         next_steps=("export with more bits (--quant_bit 8), smaller blocks (--quant_block 32), or keep "
                     "the most costly layers at 8 bits with --quant_config; or raise the budget with --budget",),
     )
+
+
+def _kv_cache(case: Case) -> Verdict | None:
+    """A runtime verdict when decoding with the KV cache, not the model, makes the difference: MNN's
+    decode differs from one prefill of the same tokens, that prefill matches transformers, and the
+    exact settings do not remove the gap (when they do, the settings' own diagnosis follows)."""
+    from parity.llm import kvcache
+
+    kv = case.kv
+    if kv is None or kv.passed:
+        return None
+    prompts = len(case.prompt_ids)
+    prefill = Link("transformers -> mnn-llm prefill", "mnn-llm prefill", "one prefill, no KV cache" + case.on(),
+                   case.given.budget, [seq.prefill for seq in kv.sequences[:prompts]], case.reference_logits)
+    case.links.append(prefill)
+    if not prefill.passed:
+        case.notes.append(kv.line())
+        return None
+    effective = {**case.export.settings(), **case.settings}
+    exact = kv
+    if any(effective.get(k) != v for k, v in EXACT.items()):
+        exact = _kv_run(case, {**case.settings, **EXACT}, "precision high, memory normal")
+        if exact.passed:
+            case.notes.append(f"{kv.line()}; with precision high, memory normal they agree")
+            return None
+    keys = kvcache.cache_settings(effective)
+    said = f"; the cache settings in effect: {', '.join(f'{k} {v}' for k, v in keys.items())}" if keys else ""
+    return Verdict(
+        VerdictKind.RUNTIME, kv.where(),
+        f"decoding with MNN.llm's KV cache makes the difference: step by step it differs from one prefill "
+        f"of the same tokens from {kv.where()}, even with precision high, memory normal, while that "
+        f"prefill matches transformers within {case.given.budget}{said}",
+        evidence=(kv.line(), *([exact.line()] if exact is not kv else []), prefill.figures_line(),
+                  case.given.figures_line()),
+        next_steps=("check the KV-cache settings in config.json (attention_mode / quant_qkv quantize the "
+                    "cache; 8 is MNN's default), or report it to MNN with this report",),
+    )
+
+
+def _kv_run(case: Case, settings: dict, words: str):
+    from parity.llm import kvcache
+    from parity.llm.runtime import MNNLLM
+
+    with MNNLLM(case.export, settings, target=case.target, timeout=case.timeout) as mnn:
+        decode = [mnn.logits(ids, cont[:-1]) for ids, cont in zip(case.prompt_ids, case.continuations)]
+        return kvcache.run(mnn, case.prompt_ids, case.continuations, decode, long_limit=0,
+                           settings_words=words + case.on())
 
 
 def _export(case: Case, name: str, settings) -> MNNExport:

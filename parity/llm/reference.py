@@ -76,6 +76,12 @@ class Reference:
                                                    add_generation_prompt=True) for t in texts]
 
     @property
+    def max_positions(self) -> int:
+        """The positions the model was made for (max_position_embeddings; 2048 when it names none)."""
+        value = getattr(self.model.config, "max_position_embeddings", None)
+        return int(value) if isinstance(value, int) and value > 0 else 2048
+
+    @property
     def stop_ids(self) -> list[int]:
         eos = self.tokenizer.eos_token_id
         return [int(eos)] if eos is not None else []

@@ -89,5 +89,9 @@ class MNNLLM:
         """Teacher-forced logits: (1 + len(feed)) x vocab (see runtime_child.logits)."""
         return self._call("logits", "computing logits", prompt=list(prompt), feed=list(feed))
 
+    def prefill(self, ids):
+        """Every position's logits from one prefill of ``ids`` (see runtime_child.prefill)."""
+        return self._call("prefill", "computing a prefill's logits", ids=list(ids))
+
     def greedy(self, prompt, steps: int, stop=()):
         return self._call("greedy", "generating", prompt=list(prompt), steps=int(steps), stop=list(stop))

@@ -84,6 +84,18 @@ def logits(config_path: str, prompt: list, feed: list, overrides: dict | None = 
     return np.stack(rows)
 
 
+def prefill(config_path: str, ids: list, overrides: dict | None = None):
+    """One prefill of ``ids``, every position's logits (float32, len(ids) x vocab): what decoding
+    with the KV cache must reproduce row by row."""
+    import numpy as np
+
+    model = _llm(config_path, overrides or {})
+    model.reset()
+    out = np.array(model.forward([int(i) for i in ids]).read(), dtype=np.float32)
+    model.reset()
+    return out.reshape(-1, out.shape[-1])
+
+
 def greedy(config_path: str, prompt: list, steps: int, overrides: dict | None = None,
            stop: list | None = None):
     """MNN.llm's own greedy continuation (``steps`` ids, or up to a stop id) and its logits."""
