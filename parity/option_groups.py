@@ -192,7 +192,7 @@ MNN = (
            help_for={"convert": "MNN precision mode(s) of the check, as in parity check."}),
     Option("mnn_target", "mnn_options.target", default="local", show_default=True, metavar="TARGET",
            manifest="text", plugin=True, help=_TARGET_HELP),
-    Option("mnn_memory", "mnn_options.memory", metavar="MODE[,MODE]",
+    Option("mnn_memory", "mnn_options.memory", metavar="MODE[,MODE]", manifest="text",
            help="MNN memory mode: normal, high or low; low runs weight-quantized models with dynamic int8 "
                 "activations. Several, comma-separated (normal,low), run the MNN model once each, each its own "
                 "link [default: MNN's own]."),
@@ -236,7 +236,7 @@ LAYERS = (
 )
 
 COMPRESSION = (
-    Option("budget", "budget", metavar="RULE[,RULE]",
+    Option("budget", "budget", metavar="RULE[,RULE]", manifest="text",
            help="What compression may cost, judged on float MNN -> compressed MNN: cosine>=X, top1>=X, "
                 "snr_db>=X, error<=X, comma-separated [default: by compression: fp16 cosine>=0.9999, int8 "
                 "cosine>=0.999, int4 cosine>=0.98]."),
@@ -277,11 +277,11 @@ CONVERSION = (
 LLM = (
     Option("prompt", None, multiple=True, metavar="TEXT",
            help="LLM pairs: a prompt to continue (repeatable) [default: three built-in prompts]."),
-    Option("prompts", None, type="file", metavar="FILE",
+    Option("prompts", None, type="file", metavar="FILE", manifest="text",
            help="LLM pairs: prompts, one per line (blank lines and lines starting with # skipped)."),
-    Option("steps", None, type="int>=1", metavar="N",
+    Option("steps", None, type="int>=1", metavar="N", manifest="integer",
            help="LLM pairs: greedy steps per prompt, teacher-forced on the reference's tokens [default: 8]."),
-    Option("float_export", None, type="path", metavar="DIR",
+    Option("float_export", None, type="path", metavar="DIR", manifest="text",
            help="LLM pairs: an export of the same model with float16 weights (--quant_bit 16), the floor to "
                 "judge conversion and compression against [default: parity exports one]."),
     Option("trust_remote_code", None, type="flag",

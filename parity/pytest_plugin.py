@@ -4,7 +4,12 @@
         assert_parity("model.onnx", "model.mnn", atol=1e-4)
 
 It fails the test with parity's rendered table and verdict when the models disagree, and
-returns the Report otherwise. ``mnn_target=`` and ``mnn_precision=`` say where and how MNN runs
+returns the Report otherwise. A Hugging Face folder and its MNN-LLM export make an LLM check
+(``parity.check_llm``; its keywords: prompts=, steps=, budget=, float_export=, settings=...):
+
+    def test_exported_llm(assert_parity):
+        assert_parity("qwen2-0.5b", "qwen2-0.5b-mnn", steps=16, budget="kl_mean<=0.02")
+ ``mnn_target=`` and ``mnn_precision=`` say where and how MNN runs
 (as --mnn-target and --mnn-precision do); ``pytest --parity-mnn-target arm64`` sets the target
 of every check that does not name one. Cheap to import: parity and its frameworks load on first use.
 Works under pytest-xdist (every worker checks in its own child processes).
@@ -26,20 +31,43 @@ def check_parity(*models, atol: float | None = None, rtol: float | None = None,
     given in ``mnn_options`` win over ``mnn_target`` and ``mnn_precision``."""
     import io
 
-    from parity.checking.pipeline import check
-    from parity.option_groups import check_keywords
+    from parity.llm.folders import is_pair
     from parity.render.text import render
 
-    shortcuts = check_keywords({"atol": atol, "rtol": rtol, "mnn_target": mnn_target or _DEFAULT_TARGET[0],
-                                "mnn_precision": mnn_precision or None})
-    if "mnn_options" in shortcuts:
-        shortcuts["mnn_options"].update(options.pop("mnn_options", None) or {})
-    report = check(list(models), **{**options, **shortcuts})
+    if is_pair(models):
+        report = _check_llm(models, atol, rtol, mnn_target, mnn_precision, options)
+    else:
+        report = _check_models(models, atol, rtol, mnn_target, mnn_precision, options)
     if not report.passed:
         buffer = io.StringIO()
         render(report, buffer, color=False, width=150)
         pytest.fail(f"parity: {report.verdict.kind}\n{buffer.getvalue()}", pytrace=False)
     return report
+
+
+def _check_models(models, atol, rtol, mnn_target, mnn_precision, options):
+    from parity.checking.pipeline import check
+    from parity.option_groups import check_keywords
+
+    shortcuts = check_keywords({"atol": atol, "rtol": rtol, "mnn_target": mnn_target or _DEFAULT_TARGET[0],
+                                "mnn_precision": mnn_precision or None})
+    if "mnn_options" in shortcuts:
+        shortcuts["mnn_options"].update(options.pop("mnn_options", None) or {})
+    return check(list(models), **{**options, **shortcuts})
+
+
+def _check_llm(models, atol, rtol, mnn_target, mnn_precision, options):
+    """A Hugging Face folder and its MNN-LLM export: check_llm, with the target and precision
+    shortcuts as for model files (precision one mode: an LLM pair runs the export once)."""
+    from parity.core.errors import UsageError
+    from parity.llm.check import check_llm
+
+    if atol is not None or rtol is not None:
+        raise UsageError("atol and rtol are for model files; an LLM pair is judged by budget= (e.g. 'kl_mean<=0.02')")
+    settings = dict(options.pop("settings", None) or {})
+    if mnn_precision:
+        settings["precision"] = mnn_precision
+    return check_llm(*models, target=mnn_target or _DEFAULT_TARGET[0], settings=settings, **options)
 
 
 @pytest.fixture

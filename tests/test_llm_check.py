@@ -244,3 +244,43 @@ def test_the_cli_refuses_llm_options_on_model_files_and_a_folder_of_neither_kind
     (hf / "config.json").write_text("{}", encoding="utf-8")
     done = _cli("check", hf, other)
     assert done.returncode == 3 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_the_pytest_fixture_checks_an_llm_pair(llm_cache):
+    from parity.pytest_plugin import check_parity
+
+    model = llm_cache.model("llama")
+    report = check_parity(model, llm_cache.export(model, 16), prompts=PROMPTS[:1], steps=3, compare_weights=False)
+    assert report.passed and report.llm["links"]
+    # a failing pair fails the test with the rendered report (a strict budget on a 4-bit export)
+    with pytest.raises(pytest.fail.Exception, match="parity: compression"):
+        check_parity(model, llm_cache.export(model, 4), prompts=PROMPTS[:1], steps=3, budget="kl_mean<=1e-6",
+                     float_export=llm_cache.export(model, 16), compare_weights=False)
+    with pytest.raises(parity.UsageError, match="budget="):
+        check_parity(model, llm_cache.export(model, 16), atol=1e-3)
+
+
+def test_a_sweep_manifest_takes_llm_pairs_with_their_options(llm_cache, tmp_path):
+    model = llm_cache.model("llama")
+    (tmp_path / "prompts.txt").write_text("The capital of France is\n", encoding="utf-8")
+    from helpers import MODELS
+
+    manifest = tmp_path / "zoo.toml"
+    manifest.write_text(
+        f'[[model]]\nname = "cnn"\nonnx = "{MODELS / "cnn.onnx"}"\nmnn = "{MODELS / "cnn.mnn"}"\n\n'
+        f'[[model]]\nname = "llama-16"\nhuggingface = "{model}"\nmnn_llm = "{llm_cache.export(model, 16)}"\n'
+        f'steps = 3\nprompts = "prompts.txt"\n\n'
+        f'[[model]]\nname = "llama-4"\nhuggingface = "{model}"\nmnn_llm = "{llm_cache.export(model, 4)}"\n'
+        f'steps = 3\nprompts = "prompts.txt"\nbudget = "kl_mean<=1e-6"\n'
+        f'float_export = "{llm_cache.export(model, 16)}"\n', encoding="utf-8")
+    done = _cli("sweep", manifest, "-j", 2, "--json", tmp_path / "s.json", "--junit", tmp_path / "s.xml")
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    results = {r["name"]: r for r in json.loads((tmp_path / "s.json").read_text(encoding="utf-8"))["results"]}
+    assert results["cnn"]["exit_code"] == 0 and results["llama-16"]["exit_code"] == 0
+    assert results["llama-4"]["exit_code"] == 1
+    junit = (tmp_path / "s.xml").read_text(encoding="utf-8")
+    assert junit.count("<testcase") == 3 and junit.count("<failure") == 1
+    # half a language model's pair, or one mixed with model files, is one line
+    manifest.write_text(f'[[model]]\nhuggingface = "{model}"\nonnx = "{MODELS / "cnn.onnx"}"\n', encoding="utf-8")
+    done = _cli("sweep", manifest)
+    assert done.returncode == 3 and "takes both huggingface and mnn_llm" in done.stderr, done.stderr

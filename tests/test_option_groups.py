@@ -57,7 +57,8 @@ def test_a_manifest_entry_reaches_the_check_as_its_declared_options():
     from parity.checking.sweep import Item
 
     entry = {"atol": 0.5, "rtol": 0.25, "seed": 7, "timeout": 60.0, "inputs": "x.npz", "layers": True,
-             "mnn_target": "arm64", "mnn_precision": "high,low", "shape": {"x": [1, 8], "y": "2x3"}}
+             "mnn_target": "arm64", "mnn_precision": "high,low", "shape": {"x": [1, 8], "y": "2x3"},
+             "mnn_memory": "low", "budget": "cosine>=0.99", "steps": 4, "prompts": "p.txt", "float_export": "f16"}
     assert set(entry) == set(MANIFEST)  # this test covers every manifest option
     argv = Item("m", ["a.onnx", "b.mnn"], entry).argv()
     assert argv[:3] == ["check", "a.onnx", "b.mnn"]
@@ -67,6 +68,8 @@ def test_a_manifest_entry_reaches_the_check_as_its_declared_options():
     assert (values["inputs"], values["layers"], values["mnn_target"], values["mnn_precision"]) == (
         "x.npz", True, "arm64", "high,low")
     assert values["shape"] == ("x=1x8", "y=2x3")
+    assert (values["mnn_memory"], values["budget"], values["steps"], values["prompts"], values["float_export"]) == (
+        "low", "cosine>=0.99", 4, "p.txt", "f16")
 
 
 def test_an_unknown_manifest_field_lists_the_declared_ones(tmp_path):

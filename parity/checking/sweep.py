@@ -12,6 +12,11 @@ manifest listing models with per-model options::
     [model.shape]
     src = "1x128x32"
 
+    [[model]]                 # a language model: its Hugging Face folder and its MNN-LLM export
+    huggingface = "qwen2-0.5b"
+    mnn_llm = "qwen2-0.5b-mnn"
+    steps = 16                # optional: prompts (a file), budget, float_export, mnn_precision, mnn_memory
+
 Each pair runs as its own ``parity check`` process (so one crash or hang costs one result),
 with a time limit: a pair still running after ``pair_timeout`` seconds is killed with every
 process it started and recorded as a backend failure. Like MNN's worker, the child is an
@@ -158,6 +163,12 @@ _KINDS = {
 }
 
 
+# A language model's pair: the Hugging Face folder and the MNN-LLM export folder (parity/llm)
+LLM_FIELDS = ("huggingface", "mnn_llm")
+# options that name a file or folder: relative to the manifest, absolute for the pair's child
+_PATH_OPTIONS = ("inputs", "prompts", "float_export")
+
+
 def _model_fields() -> tuple[str, ...]:
     """The models' fields: the adapters' manifest keys (torch, onnx, mnn), in chain order."""
     return tuple(cls.manifest_key for cls in registry.backend_classes().values() if cls.manifest_key)
@@ -190,13 +201,11 @@ def _manifest(path: Path) -> list[Item]:
     items = []
     for i, entry in enumerate(entries):
         _check_entry(entry, f"{label}: model {i + 1}")
-        keys = _model_fields()
-        models = [str(base / entry[k]) for k in keys if entry.get(k)]
-        if len(models) < 2:
-            raise InputError(f"{label}: model {i + 1} needs two of {', '.join(keys)}")
-        options = {k: v for k, v in entry.items() if k not in (*keys, "name")}
-        if options.get("inputs"):
-            options["inputs"] = str(base / options["inputs"])
+        models = _models(entry, base, f"{label}: model {i + 1}")
+        options = {k: v for k, v in entry.items() if k not in (*_model_fields(), *LLM_FIELDS, "name")}
+        for key in _PATH_OPTIONS:
+            if options.get(key):
+                options[key] = str(base / options[key])
         items.append(Item(entry.get("name") or Path(models[0]).stem, models, options))
     names = [item.name for item in items]
     if len(set(names)) != len(names):
@@ -204,11 +213,26 @@ def _manifest(path: Path) -> list[Item]:
     return items
 
 
+def _models(entry: dict, base: Path, where: str) -> list[str]:
+    """An entry's models, in chain order: two or three of torch, onnx, mnn; or a language model's
+    Hugging Face folder and MNN-LLM export, never mixed with those."""
+    keys = _model_fields()
+    if any(entry.get(k) for k in LLM_FIELDS):
+        if not all(entry.get(k) for k in LLM_FIELDS) or any(entry.get(k) for k in keys):
+            raise InputError(f"{where}: a language model takes both {' and '.join(LLM_FIELDS)} (its Hugging Face "
+                             f"folder and its MNN-LLM export) and none of {', '.join(keys)}")
+        return [str(base / entry[k]) for k in LLM_FIELDS]
+    models = [str(base / entry[k]) for k in keys if entry.get(k)]
+    if len(models) < 2:
+        raise InputError(f"{where} needs two of {', '.join(keys)} (or {' and '.join(LLM_FIELDS)})")
+    return models
+
+
 def _check_entry(entry, where: str) -> None:
     """Every field of one manifest entry has the type it needs, or one line says which not."""
     if not isinstance(entry, dict):
         raise InputError(f"{where} is a {type(entry).__name__}, not a table of fields (onnx = ..., mnn = ...)")
-    known = {"name", *_model_fields()} | set(MANIFEST)
+    known = {"name", *_model_fields(), *LLM_FIELDS} | set(MANIFEST)
     unknown = sorted(set(entry) - known)
     if unknown:
         raise InputError(f"{where}: unknown field {unknown[0]!r}; known: {', '.join(sorted(known))}")
@@ -216,7 +240,7 @@ def _check_entry(entry, where: str) -> None:
     def wrong(key, wanted):
         return InputError(f"{where}: {key} must be {wanted}, not {type(entry[key]).__name__} {entry[key]!r}")
 
-    for key in ("name", *_model_fields()):
+    for key in ("name", *_model_fields(), *LLM_FIELDS):
         if key in entry and not _KINDS["text"][0](entry[key]):
             raise wrong(key, _KINDS["text"][1])
     for key, option in MANIFEST.items():
@@ -288,8 +312,9 @@ def _absolute(spec: str) -> str:
 
 def _absolute_item(item: Item) -> Item:
     options = dict(item.options)
-    if options.get("inputs"):
-        options["inputs"] = os.path.abspath(options["inputs"])
+    for key in _PATH_OPTIONS:
+        if options.get(key):
+            options[key] = os.path.abspath(options[key])
     return replace(item, models=[_absolute(m) for m in item.models], options=options)
 
 

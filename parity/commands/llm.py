@@ -13,12 +13,9 @@ _ONLY_LLM = ("prompt", "prompts", "steps", "float_export", "trust_remote_code")
 
 
 def is_llm_pair(models) -> bool:
-    """Two models, one a folder with a config.json (a Hugging Face model or an MNN-LLM export)
-    and the other a folder or missing: an LLM check, which says in one line what either folder
-    lacks (or that it does not exist)."""
-    if len(models) != 2 or not all(Path(m).is_dir() or not Path(m).exists() for m in models):
-        return False
-    return any((Path(m) / "config.json").is_file() for m in models)
+    from parity.llm.folders import is_pair
+
+    return is_pair(models)
 
 
 def refuse_llm_options(values: dict) -> None:

@@ -173,3 +173,13 @@ def open_pair(hf_dir, export_dir, *, trust_remote_code: bool = False) -> tuple[H
         raise ModelError(f"{show(export_dir)} is a Hugging Face model folder; the second folder of an "
                          f"LLM check is its MNN-LLM export (llmexport --export mnn)")
     return hf, export
+
+
+def is_pair(models) -> bool:
+    """Two models, one a folder with a config.json (a Hugging Face model or an MNN-LLM export)
+    and the other a folder or missing: an LLM check, which says in one line what either folder
+    lacks (or that it does not exist)."""
+    models = list(models)
+    if len(models) != 2 or not all(Path(m).is_dir() or not Path(m).exists() for m in models):
+        return False
+    return any((Path(m) / "config.json").is_file() for m in models)
