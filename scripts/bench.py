@@ -295,13 +295,23 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
-    parser.add_argument("--tier", choices=["small", "realistic", "real"], default="small",
+    parser.add_argument("--tier", choices=["small", "realistic", "real", "llm"], default="small",
                         help="small: the shipped and built-in models (default); realistic (or real): a "
                              "BERT-base-sized encoder, a ResNet-50 and a 1.2e9-parameter stack, built and "
-                             "converted once (needs torch)")
+                             "converted once (needs torch); llm: a Qwen2-0.5B-shaped model and its MNN-LLM "
+                             "exports, built once (needs the torch and llm extras)")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "parity" / "bench",
                         help="where the realistic tier keeps its built models")
     args = parser.parse_args(argv)
+    if args.tier == "llm":
+        import bench_llm
+
+        figures = bench_llm.figures(args.repeat, args.cache)
+        for f in figures:
+            bench_llm.print_figure(f)
+        if args.json:
+            args.json.write_text(json.dumps({"figures": figures}, indent=2, default=str))
+        return 0
     if args.tier in ("realistic", "real"):
         import bench_realistic
 

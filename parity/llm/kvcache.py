@@ -27,8 +27,10 @@ from parity.llm import figures
 TOLERANCE = budgets.Budget.parse("kl_max<=0.01,error<=0.05")
 # config.json keys that change how MNN.llm keeps or quantizes its KV cache (named in a finding)
 CACHE_KEYS = ("attention_mode", "quant_qkv", "kvcache_mmap", "reuse_kv", "chunk", "chunk_limits")
-# the long sequence decoded step by step, at most (positions; the model's own bound comes first)
+# the long sequence (positions; the model's own bound comes first): a prefill of all but its last
+# LONG_DECODE ids, which are then decoded step by step, so the cache is checked deep into it
 LONG = 256
+LONG_DECODE = 8
 
 
 @dataclass
@@ -89,15 +91,15 @@ def long_ids(prompt_ids, continuation, limit: int) -> list[int]:
 
 def run(mnn, prompt_ids, continuations, decode_rows, *, long_limit: int, settings_words: str) -> KVCheck:
     """In the MNN.llm child ``mnn`` (runtime.MNNLLM): each prompt's teacher-forced decode rows
-    (already computed) against one prefill of prompt + continuation, and one long sequence decoded
-    step by step after a short prefill."""
+    (already computed) against one prefill of prompt + continuation, and one long sequence whose
+    last ids are decoded step by step after a prefill of the rest."""
     sequences = []
     for i, (ids, cont, rows) in enumerate(zip(prompt_ids, continuations, decode_rows)):
         full = mnn.prefill(list(ids) + list(cont[:-1]))
         sequences.append(Sequence(f"prompt {i + 1}", len(ids), np.asarray(rows), full[len(ids) - 1:]))
     if long_limit > 0 and prompt_ids:
         ids = long_ids(prompt_ids[0], continuations[0], long_limit)
-        start = min(len(prompt_ids[0]), len(ids) - 1)
+        start = max(1, len(ids) - LONG_DECODE)
         decode = mnn.logits(ids[:start], ids[start:-1])
         sequences.append(Sequence(f"a {len(ids)}-token sequence", start, decode, mnn.prefill(ids[:-1])[start - 1:]))
     return KVCheck(sequences, settings_words)

@@ -89,23 +89,28 @@ class Reference:
     # -- logits --------------------------------------------------------------------------------
     def greedy(self, prompt, steps: int):
         """The greedy continuation (``steps`` ids; no early stop, so every prompt has as many
-        steps) and the logits of each step, float64 steps x vocab. Each step runs the whole
-        sequence again, without a KV cache: the reference takes no shortcut, and no cache API
-        (renamed across transformers versions) is needed."""
+        steps) and the logits of each step, float64 steps x vocab. The ids are chosen with the
+        KV cache (one token per step); the logits come from one forward over the whole sequence
+        without a cache, so the reference's figures take no shortcut."""
         import numpy as np
         import torch
 
-        ids = list(prompt)
-        rows, continuation = [], []
+        import inspect
+
+        # the cache's keyword: "cache" in transformers 5.x, "past_key_values" before (deprecated since)
+        key = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        ids, continuation = list(prompt), []
         with torch.no_grad():
-            for _ in range(steps):
-                out = self.model(input_ids=torch.tensor([ids], dtype=torch.long), use_cache=False)
-                row = out.logits[0, -1].double()
-                rows.append(row.numpy())
-                token = int(torch.argmax(row))
+            out = self.model(input_ids=torch.tensor([ids], dtype=torch.long), use_cache=True)
+            for step in range(steps):
+                token = int(torch.argmax(out.logits[0, -1]))
                 continuation.append(token)
-                ids.append(token)
-        return continuation, np.stack(rows)
+                if step + 1 < steps:
+                    out = self.model(input_ids=torch.tensor([[token]], dtype=torch.long),
+                                     use_cache=True, **{key: out[key]})
+            full = self.model(input_ids=torch.tensor([ids + continuation[:-1]], dtype=torch.long),
+                              use_cache=False).logits[0, len(ids) - 1:]
+        return continuation, full.double().numpy()
 
     def residual_peaks(self, sequences) -> list[float]:
         """The largest magnitude of the residual stream over ``sequences`` (lists of ids): entry 0
