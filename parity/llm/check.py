@@ -32,7 +32,7 @@ def check_llm(hf_dir, export_dir, *, prompts=DEFAULT_PROMPTS, steps: int = DEFAU
               budget: str | budgets.Budget = budgets.DEFAULT, settings: dict | None = None,
               float_export=None, chat: bool = True, compare_weights: bool = True,
               trust_remote_code: bool = False, target: str | None = None,
-              timeout: float = 900.0) -> Report:
+              timeout: float = 900.0, rank_layers: bool = False, write_quant_config=None) -> Report:
     """Check the MNN-LLM export at ``export_dir`` against the Hugging Face model at ``hf_dir``.
 
     ``settings`` override the export's config.json (``{"precision": "high"}``); by default it runs
@@ -40,7 +40,10 @@ def check_llm(hf_dir, export_dir, *, prompts=DEFAULT_PROMPTS, steps: int = DEFAU
     floor instead of the one parity makes. ``chat``: feed the prompts through the chat template
     when the model has one. ``compare_weights``: on a failing link, compare the weights with a
     fresh export's (one more export). ``target``: where MNN.llm runs, as ``--mnn-target`` says
-    (the export folder is sent there; every link of the diagnosis runs there too)."""
+    (the export folder is sent there; every link of the diagnosis runs there too).
+    ``rank_layers``: rank the quantized layers (ranking.py) also when the export passes (a
+    compression verdict ranks them anyway); ``write_quant_config``: where the smallest
+    --quant_config found that meets the budget is written."""
     import parity
     from parity.llm.reference import Reference
 
@@ -63,7 +66,8 @@ def check_llm(hf_dir, export_dir, *, prompts=DEFAULT_PROMPTS, steps: int = DEFAU
                  given_logits, reference_logits)
     case = Case(hf, ref, export, settings, given, prompt_ids, continuations, reference_logits,
                 work=Path(), timeout=timeout, target=target, float_export=float_export,
-                compare_weights=compare_weights, links=[given])
+                compare_weights=compare_weights, links=[given], rank_layers=rank_layers,
+                quant_config_path=write_quant_config)
     verdict = _verdict(case, tokens, budget)
     return Report(
         passed=verdict.kind is VerdictKind.PASS,
@@ -82,10 +86,12 @@ def check_llm(hf_dir, export_dir, *, prompts=DEFAULT_PROMPTS, steps: int = DEFAU
         llm={"prompts": _prompt_records(ref, prompts, fed, prompt_ids, continuations, seen["greedy"]),
              "steps": steps, "chat_template_applied": chat_texts is not None,
              "links": [link.to_dict() for link in case.links], "tokenizer": tokens.to_dict(),
-             "export": {"quant_bit": export.quant_bit, "settings": export.settings()}},
+             "export": {"quant_bit": export.quant_bit, "settings": export.settings()},
+             "ranking": case.ranking},
         options={"prompts": list(prompts), "steps": steps, "budget": str(budget), "settings": settings,
                  "float_export": None if float_export is None else str(float_export), "chat": chat,
-                 "target": target},
+                 "target": target, "rank_layers": rank_layers,
+                 "write_quant_config": None if write_quant_config is None else str(write_quant_config)},
     )
 
 
@@ -136,8 +142,13 @@ def _verdict(case: Case, tokens, budget) -> Verdict:
                         "or fix the chat template in llm_config.json",),
         )
     if given.passed:
-        return Verdict(VerdictKind.PASS, None, f"the export matches transformers within {budget}",
-                       (given.figures_line(),))
+        verdict = Verdict(VerdictKind.PASS, None, f"the export matches transformers within {budget}",
+                          (given.figures_line(),))
+        if case.rank_layers:
+            from parity.llm.ranking import ranked_pass
+
+            verdict = ranked_pass(case, verdict)
+        return verdict
     case.work = Path(tempfile.mkdtemp(prefix="parity-llm-"))
     try:
         return diagnose(case)
