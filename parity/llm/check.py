@@ -31,19 +31,17 @@ DEFAULT_STEPS = 8
 def check_llm(hf_dir, export_dir, *, prompts=DEFAULT_PROMPTS, steps: int = DEFAULT_STEPS,
               budget: str | budgets.Budget = budgets.DEFAULT, settings: dict | None = None,
               float_export=None, chat: bool = True, compare_weights: bool = True,
-              trust_remote_code: bool = False, target: str | None = None,
-              timeout: float = 900.0, rank_layers: bool = False, write_quant_config=None) -> Report:
+              trust_remote_code: bool = False, target: str | None = None, timeout: float = 900.0,
+              rank_layers: bool = False, write_quant_config=None) -> Report:
     """Check the MNN-LLM export at ``export_dir`` against the Hugging Face model at ``hf_dir``.
 
     ``settings`` override the export's config.json (``{"precision": "high"}``); by default it runs
     as the app does. ``float_export``: an export with float16 weights to use as the conversion's
     floor instead of the one parity makes. ``chat``: feed the prompts through the chat template
-    when the model has one. ``compare_weights``: on a failing link, compare the weights with a
-    fresh export's (one more export). ``target``: where MNN.llm runs, as ``--mnn-target`` says
-    (the export folder is sent there; every link of the diagnosis runs there too).
-    ``rank_layers``: rank the quantized layers (ranking.py) also when the export passes (a
-    compression verdict ranks them anyway); ``write_quant_config``: where the smallest
-    --quant_config found that meets the budget is written."""
+    when the model has one. ``compare_weights``: on a failing link, compare the weights with a fresh
+    export's. ``target``: where MNN.llm runs, as ``--mnn-target`` says (every link runs there).
+    ``rank_layers``: rank the quantized layers also on a pass (ranking.py); ``write_quant_config``:
+    where the smallest --quant_config found that meets the budget goes."""
     import parity
     from parity.llm.reference import Reference
 
@@ -64,10 +62,9 @@ def check_llm(hf_dir, export_dir, *, prompts=DEFAULT_PROMPTS, steps: int = DEFAU
                                                        continuations, steps, timeout, target)
     given = Link("transformers -> mnn-llm", "mnn-llm", _given_run(export, settings, target), budget,
                  given_logits, reference_logits)
-    case = Case(hf, ref, export, settings, given, prompt_ids, continuations, reference_logits,
-                work=Path(), timeout=timeout, target=target, float_export=float_export,
-                compare_weights=compare_weights, links=[given], rank_layers=rank_layers,
-                quant_config_path=write_quant_config)
+    case = Case(hf, ref, export, settings, given, prompt_ids, continuations, reference_logits, work=Path(),
+                timeout=timeout, target=target, float_export=float_export, compare_weights=compare_weights,
+                links=[given], rank_layers=rank_layers, quant_config_path=write_quant_config)
     verdict = _verdict(case, tokens, budget)
     return Report(
         passed=verdict.kind is VerdictKind.PASS,
@@ -89,10 +86,13 @@ def check_llm(hf_dir, export_dir, *, prompts=DEFAULT_PROMPTS, steps: int = DEFAU
              "export": {"quant_bit": export.quant_bit, "settings": export.settings()},
              "ranking": case.ranking},
         options={"prompts": list(prompts), "steps": steps, "budget": str(budget), "settings": settings,
-                 "float_export": None if float_export is None else str(float_export), "chat": chat,
-                 "target": target, "rank_layers": rank_layers,
-                 "write_quant_config": None if write_quant_config is None else str(write_quant_config)},
+                 "chat": chat, "target": target, "rank_layers": rank_layers,
+                 **_paths(float_export=float_export, write_quant_config=write_quant_config)},
     )
+
+
+def _paths(**paths) -> dict:
+    return {name: None if path is None else str(path) for name, path in paths.items()}
 
 
 def _given_run(export, settings: dict, target) -> str:

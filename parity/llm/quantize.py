@@ -113,6 +113,12 @@ def layers_of(model, export) -> tuple[list[QuantLayer], list[str], list[str]]:
             name, module, int(own.get("bits", args.get("lm_quant_bit") or bits if lm else bits)),
             int(own.get("block_size", args.get("lm_quant_block", block) if lm else block) or 0),
             bool(own.get("symmetric", symmetric)), shape))
+    tied = bool(args.get("tie_word_embeddings", getattr(model.config, "tie_word_embeddings", False)))
+    if tied and any(x.op == LM_HEAD for x in layers):
+        notes.append(f"the embeddings are tied: MNN looks them up in {LM_HEAD}'s quantized table, so its "
+                     f"rank counts both")
+    else:
+        skipped.append("the embeddings: bfloat16 (embeddings_bf16.bin), not quantized in blocks")
     return layers, skipped, notes
 
 
