@@ -36,12 +36,11 @@ def check_llm(hf_dir, export_dir, *, prompts=DEFAULT_PROMPTS, steps: int = DEFAU
     """Check the MNN-LLM export at ``export_dir`` against the Hugging Face model at ``hf_dir``.
 
     ``settings`` override the export's config.json (``{"precision": "high"}``); by default it runs
-    as the app does. ``float_export``: an export with float16 weights to use as the conversion's
-    floor instead of the one parity makes. ``chat``: feed the prompts through the chat template
-    when the model has one. ``compare_weights``: on a failing link, compare the weights with a fresh
-    export's. ``target``: where MNN.llm runs, as ``--mnn-target`` says (every link runs there).
-    ``rank_layers``: rank the quantized layers also on a pass (ranking.py); ``write_quant_config``:
-    where the smallest --quant_config found that meets the budget goes."""
+    as the app does. ``float_export``: a float16-weight export, the conversion's floor, instead of
+    the one parity makes. ``chat``: prompts through the chat template when the model has one.
+    ``compare_weights``: on a failing link, compare the weights with a fresh export's. ``target``:
+    where MNN.llm runs (``--mnn-target``; every link runs there). ``rank_layers``: rank the quantized
+    layers also on a pass; ``write_quant_config``: the smallest passing --quant_config goes."""
     import parity
     from parity.llm.reference import Reference
 
