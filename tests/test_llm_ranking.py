@@ -112,7 +112,7 @@ def test_the_cli_refuses_a_quant_config_path_that_is_an_input_or_a_directory(out
     model, export4, _ = outliers
     for path, words in ((model / "config.json", "input"), (tmp_path, "directory")):
         done = _cli("check", model, export4, "--write-quant-config", path)
-        assert done.returncode == ExitCode.MODEL_ERROR, done.stderr
+        assert done.returncode == ExitCode.MODEL_OR_INPUT, done.stderr
         assert "--write-quant-config" in done.stderr and words in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
 

@@ -40,7 +40,7 @@ def check_llm(hf_dir, export_dir, *, prompts=DEFAULT_PROMPTS, steps: int = DEFAU
     the one parity makes. ``chat``: prompts through the chat template when the model has one.
     ``compare_weights``: on a failing link, compare the weights with a fresh export's. ``target``:
     where MNN.llm runs (``--mnn-target``; every link runs there). ``rank_layers``: rank the quantized
-    layers also on a pass; ``write_quant_config``: the smallest passing --quant_config goes."""
+    layers also on a pass; ``write_quant_config``: where the smallest passing --quant_config goes."""
     import parity
     from parity.llm.reference import Reference
 
