@@ -284,6 +284,10 @@ LLM = (
     Option("float_export", None, type="path", metavar="DIR", manifest="text",
            help="LLM pairs: an export of the same model with float16 weights (--quant_bit 16), the floor to "
                 "judge conversion and compression against [default: parity exports one]."),
+    Option("write_quant_config", None, type="path", metavar="FILE.json",
+           help="LLM pairs: on a compression verdict, write the smallest llmexport --quant_config found (the "
+                "ranked layers kept at 8 bits, confirmed by real exports) that meets the budget; re-export with "
+                "llmexport --quant_config FILE.json. --rank-layers ranks the layers also when the export passes."),
     Option("trust_remote_code", None, type="flag",
            help="LLM pairs: accept a Hugging Face folder that holds code (auto_map or .py files); without it "
                 "such a folder is refused, as its code would run."),

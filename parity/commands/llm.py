@@ -9,7 +9,7 @@ import click
 
 from parity.core.errors import UsageError
 
-_ONLY_LLM = ("prompt", "prompts", "steps", "float_export", "trust_remote_code")
+_ONLY_LLM = ("prompt", "prompts", "steps", "float_export", "trust_remote_code", "write_quant_config")
 
 
 def is_llm_pair(models) -> bool:
@@ -59,7 +59,8 @@ def check(models, quiet: bool, values: dict):
     from parity.commands.params import check_options, check_report_paths, group, progress, report_flags
     from parity.llm.check import DEFAULT_PROMPTS, DEFAULT_STEPS, check_llm
 
-    check_report_paths(report_flags(values), inputs=[*models, values.get("prompts")])
+    written = {"--write-quant-config": values.get("write_quant_config")}
+    check_report_paths(report_flags(values), inputs=[*models, *_files(models), values.get("prompts")], others=written)
     target = values.get("mnn_target")
     if target not in (None, "local"):
         from parity.run.targets import parse_target
@@ -69,10 +70,16 @@ def check(models, quiet: bool, values: dict):
     kwargs = dict(prompts=prompts_of(values) or DEFAULT_PROMPTS, steps=values.get("steps") or DEFAULT_STEPS,
                   settings=settings_of(values), float_export=values.get("float_export"),
                   trust_remote_code=bool(values.get("trust_remote_code")), target=target,
-                  timeout=max(900.0, values["timeout"]))
+                  timeout=max(900.0, values["timeout"]), rank_layers=bool(values.get("rank_layers")),
+                  write_quant_config=values.get("write_quant_config"))
     if values.get("budget"):
         kwargs["budget"] = values["budget"]
     with progress(quiet) as say:
         say(f"checking the MNN-LLM export {models[1]} against {models[0]} (transformers, llmexport, MNN.llm)")
         report = check_llm(models[0], models[1], **kwargs)
     return report, output
+
+
+def _files(models) -> list[Path]:
+    """The files of both folders: no output may replace one (a config.json, the weights)."""
+    return [f for m in models if Path(m).is_dir() for f in Path(m).iterdir() if f.is_file()]

@@ -31,16 +31,16 @@ DEFAULT_STEPS = 8
 def check_llm(hf_dir, export_dir, *, prompts=DEFAULT_PROMPTS, steps: int = DEFAULT_STEPS,
               budget: str | budgets.Budget = budgets.DEFAULT, settings: dict | None = None,
               float_export=None, chat: bool = True, compare_weights: bool = True,
-              trust_remote_code: bool = False, target: str | None = None,
-              timeout: float = 900.0) -> Report:
+              trust_remote_code: bool = False, target: str | None = None, timeout: float = 900.0,
+              rank_layers: bool = False, write_quant_config=None) -> Report:
     """Check the MNN-LLM export at ``export_dir`` against the Hugging Face model at ``hf_dir``.
 
     ``settings`` override the export's config.json (``{"precision": "high"}``); by default it runs
-    as the app does. ``float_export``: an export with float16 weights to use as the conversion's
-    floor instead of the one parity makes. ``chat``: feed the prompts through the chat template
-    when the model has one. ``compare_weights``: on a failing link, compare the weights with a
-    fresh export's (one more export). ``target``: where MNN.llm runs, as ``--mnn-target`` says
-    (the export folder is sent there; every link of the diagnosis runs there too)."""
+    as the app does. ``float_export``: a float16-weight export, the conversion's floor, instead of
+    the one parity makes. ``chat``: prompts through the chat template when the model has one.
+    ``compare_weights``: on a failing link, compare the weights with a fresh export's. ``target``:
+    where MNN.llm runs (``--mnn-target``; every link runs there). ``rank_layers``: rank the quantized
+    layers also on a pass; ``write_quant_config``: where the smallest passing --quant_config goes."""
     import parity
     from parity.llm.reference import Reference
 
@@ -50,20 +50,16 @@ def check_llm(hf_dir, export_dir, *, prompts=DEFAULT_PROMPTS, steps: int = DEFAU
         raise parity.UsageError("an LLM check needs at least one prompt and one step")
     hf, export = open_pair(hf_dir, export_dir, trust_remote_code=trust_remote_code)
     ref = Reference(hf)
-    chat_texts = ref.chat_prompts(prompts) if chat else None
-    fed = chat_texts or list(prompts)
-    prompt_ids = ref.tokenize(fed, special=chat_texts is None)
-    runs = [ref.greedy(ids, steps) for ids in prompt_ids]
-    continuations, reference_logits = [r[0] for r in runs], [r[1] for r in runs]
+    chat_texts, fed, prompt_ids, continuations, reference_logits = _reference_runs(ref, prompts, steps, chat)
 
     target = None if target in (None, "local") else str(target)
     tokens, seen, given_logits = _tokenizer_and_logits(ref, export, settings, prompts, prompt_ids,
                                                        continuations, steps, timeout, target)
     given = Link("transformers -> mnn-llm", "mnn-llm", _given_run(export, settings, target), budget,
                  given_logits, reference_logits)
-    case = Case(hf, ref, export, settings, given, prompt_ids, continuations, reference_logits,
-                work=Path(), timeout=timeout, target=target, float_export=float_export,
-                compare_weights=compare_weights, links=[given], kv=seen["kv"])
+    case = Case(hf, ref, export, settings, given, prompt_ids, continuations, reference_logits, work=Path(),
+                timeout=timeout, target=target, float_export=float_export, compare_weights=compare_weights,
+                links=[given], kv=seen["kv"], rank_layers=rank_layers, quant_config_path=write_quant_config)
     verdict = _verdict(case, tokens, budget)
     return Report(
         passed=verdict.kind is VerdictKind.PASS,
@@ -83,11 +79,22 @@ def check_llm(hf_dir, export_dir, *, prompts=DEFAULT_PROMPTS, steps: int = DEFAU
              "steps": steps, "chat_template_applied": chat_texts is not None,
              "links": [link.to_dict() for link in case.links], "tokenizer": tokens.to_dict(),
              "kv_cache": seen["kv"].to_dict(),
-             "export": {"quant_bit": export.quant_bit, "settings": export.settings()}},
+             "export": {"quant_bit": export.quant_bit, "settings": export.settings()},
+             "ranking": case.ranking},
         options={"prompts": list(prompts), "steps": steps, "budget": str(budget), "settings": settings,
-                 "float_export": None if float_export is None else str(float_export), "chat": chat,
-                 "target": target},
+                 "chat": chat, "target": target, "rank_layers": rank_layers,
+                 **_paths(float_export=float_export, write_quant_config=write_quant_config)},
     )
+
+
+def _reference_runs(ref, prompts, steps: int, chat: bool):
+    """(the chat-templated texts or None, the texts fed, their ids, the reference's greedy
+    continuations and their logits)."""
+    chat_texts = ref.chat_prompts(prompts) if chat else None
+    fed = chat_texts or list(prompts)
+    prompt_ids = ref.tokenize(fed, special=chat_texts is None)
+    runs = [ref.greedy(ids, steps) for ids in prompt_ids]
+    return chat_texts, fed, prompt_ids, [r[0] for r in runs], [r[1] for r in runs]
 
 
 def _own_greedy(mnn, prompt, continuation, rows, steps) -> list[int]:
@@ -106,6 +113,10 @@ def _findings(tokens, kv, verdict) -> tuple:
     a KV-cache difference a passing check did not decide on."""
     kv_lines = (f"runtime, {kv.line()}",) if not kv.passed and verdict.kind is VerdictKind.PASS else ()
     return tuple(f"tokenizer, {line}" for line in tokens.hard_findings) + kv_lines
+
+
+def _paths(**paths) -> dict:
+    return {name: None if path is None else str(path) for name, path in paths.items()}
 
 
 def _given_run(export, settings: dict, target) -> str:
@@ -162,8 +173,13 @@ def _verdict(case: Case, tokens, budget) -> Verdict:
                         "or fix the chat template in llm_config.json",),
         )
     if given.passed:
-        return Verdict(VerdictKind.PASS, None, f"the export matches transformers within {budget}",
-                       (given.figures_line(), case.kv.line()))
+        verdict = Verdict(VerdictKind.PASS, None, f"the export matches transformers within {budget}",
+                          (given.figures_line(), case.kv.line()))
+        if case.rank_layers:
+            from parity.llm.ranking import ranked_pass
+
+            verdict = ranked_pass(case, verdict)
+        return verdict
     case.work = Path(tempfile.mkdtemp(prefix="parity-llm-"))
     try:
         return diagnose(case)

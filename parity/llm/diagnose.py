@@ -50,6 +50,9 @@ class Case:
     target: str | None = None  # --mnn-target: where MNN.llm runs (None: here)
     float_export: object = None  # a folder to use as the float export, or None
     compare_weights: bool = True
+    rank_layers: bool = False  # rank the quantized layers also when the export passes
+    quant_config_path: object = None  # --write-quant-config: where the ranking's fix goes
+    ranking: dict | None = None  # ranking.Ranking.to_dict(), once ranked
     links: list = field(default_factory=list)
     notes: list = field(default_factory=list)
     kv: object = None  # kvcache.KVCheck of the export as given, or None
@@ -101,7 +104,9 @@ def diagnose(case: Case) -> Verdict:
     verdict = _runtime(case, floor)
     if verdict is not None:
         return verdict
-    return Verdict(
+    from parity.llm.ranking import with_ranking
+
+    return with_ranking(case, made, Verdict(
         VerdictKind.COMPRESSION, case.given.where(),
         f"the quantized weights ({made.quant_bit} bits, blocks of {made.quant_block}) cost more than "
         f"the budget ({', '.join(map(str, case.given.broken))}), while an export with float16 "
@@ -109,7 +114,7 @@ def diagnose(case: Case) -> Verdict:
         evidence=(case.given.figures_line(), *(link.figures_line() for link in case.links[1:])),
         next_steps=("export with more bits (--quant_bit 8), smaller blocks (--quant_block 32), or keep "
                     "the most costly layers at 8 bits with --quant_config; or raise the budget with --budget",),
-    )
+    ))
 
 
 def _kv_cache(case: Case) -> Verdict | None:

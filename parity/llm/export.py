@@ -14,8 +14,9 @@ child gets, in this order of defence:
   cannot see; and the Hugging Face libraries' offline switches.
 
 llmexport's wheel imports its own top-level ``utils`` package, so it cannot be imported as a
-package: the child runs its ``llmexport.py`` as ``__main__`` with its folder on the path, found
-with ``find_spec`` (which does not import it).
+package: the child loads its ``llmexport.py`` with its folder on the path, found with
+``find_spec`` (which does not import it), and calls its ``main`` once per export: one child
+(``Exporter``) serves several exports, importing torch, onnx, transformers and MNN once.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from parity.core.errors import BackendCrash, BackendError, BackendTimeout, FrameworkMissing, UsageError
@@ -98,40 +101,149 @@ def llmexport_dir() -> Path:
 def export(hf_dir, dst_dir, settings: ExportSettings = ExportSettings(), *,
            timeout: float = 900.0) -> ExportResult:
     """Export the Hugging Face model at ``hf_dir`` into ``dst_dir`` (new or empty) with llmexport,
-    in a sandboxed child; ``BackendError`` (crash, timeout, failure) names the step."""
+    in a sandboxed child of its own; ``BackendError`` (crash, timeout, failure) names the step."""
+    _check_settings(settings)
+    with Exporter(timeout=timeout) as exporter:
+        return exporter.export(hf_dir, dst_dir, settings)
+
+
+def _check_settings(settings: ExportSettings) -> None:
     if settings.quant_bit not in QUANT_BITS:
         raise UsageError(f"llmexport takes --quant_bit 4, 8 or 16, not {settings.quant_bit} "
                          f"(16 is its float export: float16 weights)")
-    tool = llmexport_dir()
-    dst = Path(dst_dir).resolve()
-    if dst.exists() and any(dst.iterdir()):
-        raise UsageError(f"{show(dst)} is not empty: an export goes into a new or empty folder")
-    dst.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="parity-llmexport-"))
-    try:
-        code, text, refused, seconds = _run(tool, hf_dir, dst, settings, work, timeout)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    step = f"exporting {show(hf_dir)} at {settings.quant_bit} bits"
-    if code < 0:
-        raise BackendCrash("llmexport", step, signal_description(code), _tail(text))
-    if code != 0 or not (dst / "config.json").is_file() or not (dst / "llm.mnn").is_file():
-        raise BackendError(f"llmexport failed (exit {code}) while {step}: {_tail(text)}")
-    return ExportResult(dst, seconds, refused, text)
 
 
-def _run(tool: Path, hf_dir, dst: Path, settings: ExportSettings, work: Path, timeout: float):
-    """Run the sandboxed child in ``work``: (exit code, its output, what it refused, seconds)."""
-    record = work / "refused.txt"
-    for name, text in _STUB.items():
-        (work / "stub" / name).parent.mkdir(parents=True, exist_ok=True)
-        (work / "stub" / name).write_text(text)
-    bin_dir = work / "bin"
-    bin_dir.mkdir()
-    for name in ("pip", "pip3"):
-        shim = bin_dir / name
-        shim.write_text(_REFUSING_PIP.format(record=record))
-        shim.chmod(0o755)
+class Exporter:
+    """One sandboxed llmexport child serving several exports (torch, onnx, transformers and MNN
+    are imported once), each given ``timeout`` seconds. Use as a context manager."""
+
+    def __init__(self, *, timeout: float = 900.0):
+        self.timeout = timeout
+        self._work: Path | None = None
+        self._proc = None
+        self._conn = None
+        self._log = None
+        self._refused_seen = 0
+
+    def __enter__(self) -> "Exporter":
+        tool = llmexport_dir()
+        self._work = Path(tempfile.mkdtemp(prefix="parity-llmexport-"))
+        try:
+            self._start(tool)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.send(None)
+            except OSError:
+                pass
+            self._conn.close()
+            self._conn = None
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+            kill_group(self._proc)
+            self._proc.wait()
+            self._proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self._work is not None:
+            shutil.rmtree(self._work, ignore_errors=True)
+            self._work = None
+
+    def _start(self, tool: Path) -> None:
+        """Spawn the child in the private folder: the do-nothing aliyun.log on its path, the
+        refusing pip first on its PATH, the Hugging Face libraries offline."""
+        work, record = self._work, self._work / "refused.txt"
+        for name, text in _STUB.items():
+            (work / "stub" / name).parent.mkdir(parents=True, exist_ok=True)
+            (work / "stub" / name).write_text(text)
+        bin_dir = work / "bin"
+        bin_dir.mkdir()
+        for name in ("pip", "pip3"):
+            shim = bin_dir / name
+            shim.write_text(_REFUSING_PIP.format(record=record))
+            shim.chmod(0o755)
+        env = python_env(
+            PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+            HF_HUB_DISABLE_TELEMETRY="1", PYTHONUNBUFFERED="1", TQDM_DISABLE="1",
+        )
+        parent_end, child_end = socket.socketpair()
+        self._log = open(work / "llmexport.log", "wb")
+        try:
+            self._proc = spawn(python_command("parity.llm.export_child:serve", work / "stub", tool, record,
+                                              tool / "llmexport.py", child_end.fileno()),
+                               python=True, pass_fds=(child_end.fileno(),), cwd=work, stdout=self._log,
+                               stderr=subprocess.STDOUT, env=env)
+        except OSError as exc:
+            raise BackendError(f"could not start llmexport: {exc}") from None
+        finally:
+            child_end.close()
+        self._conn = Connection(parent_end.detach())
+
+    def export(self, hf_dir, dst_dir, settings: ExportSettings = ExportSettings()) -> ExportResult:
+        """One export into ``dst_dir`` (new or empty), as ``export`` makes it."""
+        _check_settings(settings)
+        dst = Path(dst_dir).resolve()
+        if dst.exists() and any(dst.iterdir()):
+            raise UsageError(f"{show(dst)} is not empty: an export goes into a new or empty folder")
+        dst.mkdir(parents=True, exist_ok=True)
+        step = f"exporting {show(hf_dir)} at {settings.quant_bit} bits" + (
+            f" with {show(settings.quant_config)}" if settings.quant_config else "")
+        start, offset = time.monotonic(), self._log.tell()
+        status, message = self._request(_arguments(hf_dir, dst, settings, self._work), step)
+        seconds = time.monotonic() - start
+        self._log.flush()
+        with open(self._work / "llmexport.log", "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+        if status != "ok" or not (dst / "config.json").is_file() or not (dst / "llm.mnn").is_file():
+            raise BackendError(f"llmexport failed while {step}: {message or _tail(text)}")
+        return ExportResult(dst, seconds, self._refused(), text)
+
+    def _request(self, args: list, step: str) -> tuple:
+        """Send one export and wait for its reply; a child that dies or overruns is an error."""
+        try:
+            self._conn.send(args)
+        except OSError:
+            self._dead(step)
+        deadline = time.monotonic() + self.timeout
+        while not self._conn.poll(0.5):
+            if self._proc.poll() is not None and not self._conn.poll(0):
+                self._dead(step)
+            if time.monotonic() > deadline:
+                kill_group(self._proc)
+                raise BackendTimeout("llmexport", step, self.timeout)
+        try:
+            return self._conn.recv()
+        except (EOFError, OSError):
+            self._dead(step)
+
+    def _dead(self, step: str):
+        code = self._proc.wait()
+        text = (self._work / "llmexport.log").read_text(errors="replace")
+        if code < 0:
+            raise BackendCrash("llmexport", step, signal_description(code), _tail(text))
+        raise BackendError(f"llmexport exited (code {code}) while {step}: {_tail(text)}")
+
+    def _refused(self) -> tuple:
+        """What the sandbox refused since the last export."""
+        record = self._work / "refused.txt"
+        lines = record.read_text().splitlines() if record.exists() else []
+        new, self._refused_seen = lines[self._refused_seen:], len(lines)
+        return tuple(new)
+
+
+def _arguments(hf_dir, dst: Path, settings: ExportSettings, work: Path) -> list:
+    """llmexport's command line for one export."""
     args = ["--path", str(Path(hf_dir).resolve()), "--export", "mnn",
             "--quant_bit", str(settings.quant_bit), "--quant_block", str(settings.quant_block),
             "--dst_path", str(dst),
@@ -143,32 +255,7 @@ def _run(tool: Path, hf_dir, dst: Path, settings: ExportSettings, work: Path, ti
         args += ["--tokenizer_path", str(Path(settings.tokenizer_path).resolve())]
     if settings.quant_config:
         args += ["--quant_config", str(Path(settings.quant_config).resolve())]
-    env = python_env(
-        PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-        HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-        HF_HUB_DISABLE_TELEMETRY="1", PYTHONUNBUFFERED="1", TQDM_DISABLE="1",
-    )
-    command = python_command("parity.llm.export_child:main", work / "stub", tool, record,
-                             tool / "llmexport.py", *args)
-    log_path = work / "llmexport.log"
-    start = time.monotonic()
-    with open(log_path, "wb") as log:
-        try:
-            proc = spawn(command, python=True, cwd=work, stdout=log, stderr=subprocess.STDOUT, env=env)
-        except OSError as exc:
-            raise BackendError(f"could not start llmexport: {exc}") from None
-        try:
-            code = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            kill_group(proc)
-            proc.wait()
-            raise BackendTimeout("llmexport", f"exporting {show(hf_dir)}", timeout) from None
-        finally:
-            kill_group(proc)
-    seconds = time.monotonic() - start
-    text = log_path.read_text(errors="replace")
-    refused = tuple(record.read_text().splitlines()) if record.exists() else ()
-    return code, text, refused, seconds
+    return args
 
 
 def _tail(text: str) -> str:

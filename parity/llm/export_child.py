@@ -1,6 +1,9 @@
-"""The child side of export.py: sandbox this process, then run llmexport.py as ``__main__``.
+"""The child side of export.py: sandbox this process, load llmexport.py once, then run one
+export per request from the parent, until it sends None or closes the connection.
 
-argv: STUB_DIR LLMEXPORT_DIR RECORD SCRIPT ARGS... (see export.export).
+argv: STUB_DIR LLMEXPORT_DIR RECORD SCRIPT FD (see export.Exporter). A request is llmexport's
+argument list; the reply is ("ok", None) or ("error", "what failed"). llmexport's own output
+(its spinner lines) goes to this process's stdout, the parent's log file.
 """
 
 from __future__ import annotations
@@ -38,13 +41,42 @@ def _sandbox(record: str) -> None:
     sys.addaudithook(hook)
 
 
-def main() -> None:
-    stub, tool, record, script, *args = sys.argv[1:]
+def _export_once(main, script: str, args: list) -> tuple:
+    """One llmexport run: its ``main`` with ``args`` as its command line."""
+    # set for every run: llmexport's converter empties sys.argv
+    sys.argv = [script, *args]
+    try:
+        main()
+    except SystemExit as exc:  # argparse's refusal, or an exit of llmexport's own
+        if exc.code not in (0, None):
+            return "error", f"llmexport exited with {exc.code}"
+    except Exception as exc:  # llmexport's failure, as one line; the child serves the next one
+        text = str(exc).strip().splitlines()
+        return "error", f"{type(exc).__name__}: {text[0] if text else ''}"
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    return "ok", None
+
+
+def serve() -> None:
+    from multiprocessing.connection import Connection
+
+    stub, tool, record, script, fd = sys.argv[1:]
     _sandbox(record)
     sys.path[:0] = [stub, tool]
-    sys.argv = [script, *args]
-    # not runpy.run_path: its exit restores sys.argv[0], and llmexport's converter empties
-    # sys.argv (an IndexError after a finished export)
+    conn = Connection(int(fd))
+    # llmexport.py loaded once as a module (not __main__, so its main() does not run): torch,
+    # onnx, transformers and MNN are imported once for all the exports of this child
     with open(script, encoding="utf-8") as f:
         code = compile(f.read(), script, "exec")
-    exec(code, {"__name__": "__main__", "__file__": script, "__builtins__": __builtins__})
+    namespace = {"__name__": "parity_llmexport", "__file__": script, "__builtins__": __builtins__}
+    exec(code, namespace)
+    while True:
+        try:
+            args = conn.recv()
+        except (EOFError, OSError):
+            return
+        if args is None:
+            return
+        conn.send(_export_once(namespace["main"], script, list(args)))
