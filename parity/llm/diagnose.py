@@ -52,6 +52,8 @@ class Case:
     compare_weights: bool = True
     links: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    floor_export: MNNExport | None = None  # the float export the floor link ran
+    layers: dict | None = None  # layers.py's per-layer view, when one was made
 
     def on(self) -> str:
         """Where MNN.llm runs, for a link's run: ", on arm64"; "" on this machine."""
@@ -85,12 +87,16 @@ def diagnose(case: Case) -> Verdict:
             return verdict
     floor = _floor(case, made, fresh)
     if not floor.passed:
+        from parity.llm import layers
+
+        # which decoder layer of the float export makes the difference (None: none stands out)
+        layer, layer_lines = layers.place(case, case.floor_export, EXACT, floor)
         return Verdict(
-            VerdictKind.CONVERSION, floor.where(),
+            VerdictKind.CONVERSION, layer or floor.where(),
             f"an export with float16 weights already differs from transformers beyond its floor "
             f"({', '.join(map(str, floor.broken))}): the export, not its quantization or runtime, "
             f"changes the model",
-            evidence=(floor.figures_line(), case.given.figures_line()),
+            evidence=(floor.figures_line(), case.given.figures_line(), *layer_lines),
             next_steps=("report it to MNN's llmexport with the model's config.json and this report",),
         )
     verdict = _runtime(case, floor)
@@ -146,6 +152,7 @@ def _floor(case: Case, made, fresh) -> Link:
         floor_export = fresh
     else:
         floor_export = _export(case, "float16", ExportSettings(quant_bit=16))
+    case.floor_export = floor_export
     logits, _ = case.run(floor_export, EXACT)
     link = Link("transformers -> mnn-llm float export", "mnn-llm float export",
                 "float16 weights, precision high, memory normal" + case.on(), budgets.FLOAT_FLOOR,
