@@ -179,17 +179,23 @@ def _runtime(case: Case, floor: Link) -> Verdict | None:
         causes = [kv for kv, link in singles if link.passed] or approximate
     words = [SETTING_WORDS.get(kv, f"{kv[0]} {kv[1]}") for kv in causes]
     fix = ", ".join(f'"{k}": "{EXACT[k]}"' for k, _ in causes)
-    where, range_line = case.given.where(), None
+    where, range_line, layer_lines = case.given.where(), None, ()
     if ("precision", "low") in causes:
+        from parity.llm import layers
+
         layer, range_line = float16_range(case)
-        if layer is not None:
-            where = f"{layer}, {where}"
+        # MNN's own numbers by layer, as given: the layer whose float16 error stands out when the
+        # range does not name one
+        named, layer_lines = layers.place(case, case.export, case.settings, case.given)
+        if layer is not None or named is not None:
+            where = f"{layer or named}, {where}"
     return Verdict(
         VerdictKind.RUNTIME, where,
         f"the runtime settings make the difference: with {' and '.join(words)} the export breaks "
         f"{', '.join(map(str, case.given.broken))}; with {' and '.join(f'{k} {EXACT[k]}' for k, _ in causes)} "
         f"it passes" + (f"; {range_line}" if range_line else ""),
-        evidence=(case.given.figures_line(), *(link.figures_line() for link in shown), floor.figures_line()),
+        evidence=(case.given.figures_line(), *(link.figures_line() for link in shown), floor.figures_line(),
+                  *layer_lines),
         next_steps=(f"set {fix} in the export's config.json (or the app's runtime config), or accept "
                     f"the cost with --budget",),
     )

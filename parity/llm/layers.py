@@ -180,10 +180,22 @@ def view(reference, export, settings: dict, ids, mnn_llm_logits, *, prompt: int,
         asked = [t[r] for t in tensors for r in ("attention", "mlp", "output") if r in t]
         cuts = {t["input"]: ref["layers"][i]["input"] for i, t in enumerate(tensors)}
         alone = mnn.prefill(ids, asked, cuts=cuts)
-    row = np.asarray(mnn_llm_logits, np.float64).reshape(-1)
-    agree = float(np.max(np.abs(full["logits"][-1] - row))) / max(1.0, float(np.max(np.abs(row))))
+    agree = agreement(full["logits"][-1], mnn_llm_logits)
     figures = [_figure(i, t, ref["layers"][i], full, alone) for i, t in enumerate(tensors)]
     return LayerView(prompt, len(ids), run, agree, figures)
+
+
+def agreement(module_row, mnn_llm_row) -> float:
+    """Scaled max|Module API - MNN.llm| of one position's logits. Non-finite entries agree when
+    both sides have them in the same places (a float16 overflow gives NaN in both)."""
+    a = np.asarray(module_row, np.float64).reshape(-1)
+    b = np.asarray(mnn_llm_row, np.float64).reshape(-1)
+    finite = np.isfinite(a)
+    if (finite != np.isfinite(b)).any():
+        return float("inf")
+    if not finite.any():
+        return 0.0
+    return float(np.max(np.abs(a[finite] - b[finite]))) / max(1.0, float(np.max(np.abs(b[finite]))))
 
 
 def _figure(index: int, tensors: dict, ref: dict, full: dict, alone: dict) -> LayerFigure:
