@@ -117,3 +117,24 @@ def test_a_missing_weight_file_is_refused_not_run(llm_cache, tmp_path):
     export = dataclasses.replace(export, path=folder)  # the same export, its weight file gone
     with layers.ModulePrefill(export, EXACT) as module, pytest.raises(BackendError, match="llm.mnn.weight"):
         module.prefill([1, 2, 3], ["logits"])
+
+
+@pytest.mark.arm64
+def test_float16_overflow_on_arm64_is_seen_in_the_layer_that_overflows(llm_cache):
+    """A residual stream beyond float16's range after decoder layer 0 (its MLP's down projection
+    made large, llm_models.large_residual), precision low on the emulated arm64 target: the
+    per-layer view, run there, agrees with MNN.llm (both not finite in the same places) and puts
+    the overflow in layer 0's MLP, in isolation."""
+    import llm_models
+    from helpers import require_arm64
+
+    require_arm64()
+    model = llm_cache.model("llama", variant="residual", edit=llm_models.large_residual)
+    report = check_llm(model, llm_cache.export(model, 16), prompts=PROMPTS[:1], steps=4, target="arm64",
+                       settings={"precision": "low"}, compare_weights=False)
+    assert report.verdict.kind is VerdictKind.RUNTIME, report.verdict
+    assert report.verdict.where.startswith("decoder layer 0"), report.verdict
+    view = report.to_dict()["llm"]["layers"]
+    assert view["consistent"] and view["run"].endswith("on arm64"), view
+    first = view["layers"][0]
+    assert first["part"] == "mlp" and first["isolated"] is None, first  # inf: null in the JSON
