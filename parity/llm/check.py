@@ -80,7 +80,7 @@ def check_llm(hf_dir, export_dir, *, prompts=DEFAULT_PROMPTS, steps: int = DEFAU
              "links": [link.to_dict() for link in case.links], "tokenizer": tokens.to_dict(),
              "kv_cache": seen["kv"].to_dict(),
              "export": {"quant_bit": export.quant_bit, "settings": export.settings()},
-             "ranking": case.ranking},
+             "ranking": case.ranking, **({"layers": case.layers} if case.layers is not None else {})},
         options={"prompts": list(prompts), "steps": steps, "budget": str(budget), "settings": settings,
                  "chat": chat, "target": target, "rank_layers": rank_layers,
                  **_paths(float_export=float_export, write_quant_config=write_quant_config)},

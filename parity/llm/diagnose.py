@@ -56,6 +56,8 @@ class Case:
     links: list = field(default_factory=list)
     notes: list = field(default_factory=list)
     kv: object = None  # kvcache.KVCheck of the export as given, or None
+    floor_export: MNNExport | None = None  # the float export the floor link ran
+    layers: dict | None = None  # layers.py's per-layer view, when one was made
 
     def on(self) -> str:
         """Where MNN.llm runs, for a link's run: ", on arm64"; "" on this machine."""
@@ -93,12 +95,16 @@ def diagnose(case: Case) -> Verdict:
             return verdict
     floor = _floor(case, made, fresh)
     if not floor.passed:
+        from parity.llm import layers
+
+        # which decoder layer of the float export makes the difference (None: none stands out)
+        layer, layer_lines = layers.place(case, case.floor_export, EXACT, floor)
         return Verdict(
-            VerdictKind.CONVERSION, floor.where(),
+            VerdictKind.CONVERSION, layer or floor.where(),
             f"an export with float16 weights already differs from transformers beyond its floor "
             f"({', '.join(map(str, floor.broken))}): the export, not its quantization or runtime, "
             f"changes the model",
-            evidence=(floor.figures_line(), case.given.figures_line()),
+            evidence=(floor.figures_line(), case.given.figures_line(), *layer_lines),
             next_steps=("report it to MNN's llmexport with the model's config.json and this report",),
         )
     verdict = _runtime(case, floor)
@@ -203,6 +209,7 @@ def _floor(case: Case, made, fresh) -> Link:
         floor_export = fresh
     else:
         floor_export = _export(case, "float16", ExportSettings(quant_bit=16))
+    case.floor_export = floor_export
     logits, _ = case.run(floor_export, EXACT)
     link = Link("transformers -> mnn-llm float export", "mnn-llm float export",
                 "float16 weights, precision high, memory normal" + case.on(), budgets.FLOAT_FLOOR,
@@ -229,17 +236,23 @@ def _runtime(case: Case, floor: Link) -> Verdict | None:
         causes = [kv for kv, link in singles if link.passed] or approximate
     words = [SETTING_WORDS.get(kv, f"{kv[0]} {kv[1]}") for kv in causes]
     fix = ", ".join(f'"{k}": "{EXACT[k]}"' for k, _ in causes)
-    where, range_line = case.given.where(), None
+    where, range_line, layer_lines = case.given.where(), None, ()
     if ("precision", "low") in causes:
+        from parity.llm import layers
+
         layer, range_line = float16_range(case)
-        if layer is not None:
-            where = f"{layer}, {where}"
+        # MNN's own numbers by layer, as given: the layer whose float16 error stands out when the
+        # range does not name one
+        named, layer_lines = layers.place(case, case.export, case.settings, case.given)
+        if layer is not None or named is not None:
+            where = f"{layer or named}, {where}"
     return Verdict(
         VerdictKind.RUNTIME, where,
         f"the runtime settings make the difference: with {' and '.join(words)} the export breaks "
         f"{', '.join(map(str, case.given.broken))}; with {' and '.join(f'{k} {EXACT[k]}' for k, _ in causes)} "
         f"it passes" + (f"; {range_line}" if range_line else ""),
-        evidence=(case.given.figures_line(), *(link.figures_line() for link in shown), floor.figures_line()),
+        evidence=(case.given.figures_line(), *(link.figures_line() for link in shown), floor.figures_line(),
+                  *layer_lines),
         next_steps=(f"set {fix} in the export's config.json (or the app's runtime config), or accept "
                     f"the cost with --budget",),
     )

@@ -145,6 +145,42 @@ class Reference:
                 handle.remove()
         return peaks
 
+    def layer_states(self, ids) -> dict:
+        """A prefill of ``ids`` (no cache), seen layer by layer: {"logits": positions x vocab,
+        "layers": per decoder layer {"input", "attention", "mlp", "output"}: positions x hidden}
+        (the input as the layer receives it, after any embedding scale; the attention and MLP
+        blocks' outputs before they join the residual stream). A block the layer lacks is absent."""
+        import torch
+
+        layers = _decoder_layers(self.model)
+        states = [{} for _ in range(len(layers) if layers is not None else 0)]
+
+        def keep(index, role):
+            def hook(module, args, kwargs, output):
+                if role == "output":
+                    x = args[0] if args else kwargs.get("hidden_states")
+                    if torch.is_tensor(x):
+                        states[index]["input"] = x.detach()[0].float().numpy().copy()
+                y = output[0] if isinstance(output, (tuple, list)) else output
+                if torch.is_tensor(y):
+                    states[index][role] = y.detach()[0].float().numpy().copy()
+            return hook
+
+        handles = []
+        for i, layer in enumerate(layers or ()):
+            handles.append(layer.register_forward_hook(keep(i, "output"), with_kwargs=True))
+            for role, attr in (("attention", "self_attn"), ("mlp", "mlp")):
+                block = getattr(layer, attr, None)
+                if isinstance(block, torch.nn.Module):
+                    handles.append(block.register_forward_hook(keep(i, role), with_kwargs=True))
+        try:
+            with torch.no_grad():
+                out = self.model(input_ids=torch.tensor([list(ids)], dtype=torch.long), use_cache=False)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return {"logits": out.logits[0].double().numpy(), "layers": states}
+
 
 def _decoder_layers(model):
     """The model's decoder layers: ``model.model.layers`` in the common layout, else its longest

@@ -41,7 +41,7 @@ from parity.run.process import spawn
 # The parity modules a target runs, sent as source at start (agent.py's loader).
 _SHIPPED = ("parity", "parity.core", "parity.core.errors", "parity.backends", "parity.run",
             "parity.run.process", "parity.run.worker", "parity.backends.mnn_child", "parity.run.agent",
-            "parity.llm", "parity.llm.runtime_child")
+            "parity.llm", "parity.llm.runtime_child", "parity.llm.module_child")
 
 _BOOT = ("import sys;sys.version_info<(3,8) and sys.exit('parity needs Python 3.8 or newer on the target, "
          "found '+sys.version.split()[0]);import struct,zlib;r=sys.stdin.buffer;"
