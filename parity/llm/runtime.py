@@ -89,5 +89,9 @@ class MNNLLM:
         """Teacher-forced logits: (1 + len(feed)) x vocab (see runtime_child.logits)."""
         return self._call("logits", "computing logits", prompt=list(prompt), feed=list(feed))
 
+    def all_logits(self, ids, first: int = 0):
+        """One prefill's logits of positions ``first`` .. len(ids) - 1 (see runtime_child.all_logits)."""
+        return self._call("all_logits", "computing a window's logits", ids=list(ids), first=int(first))
+
     def greedy(self, prompt, steps: int, stop=()):
         return self._call("greedy", "generating", prompt=list(prompt), steps=int(steps), stop=list(stop))
