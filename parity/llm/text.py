@@ -43,6 +43,7 @@ class Window:
     ids: tuple  # what is fed: the prefix and the window's tokens but its last (which is only predicted)
     targets: tuple  # the ids the scored positions predict
     first: int  # the first scored position in ``ids``
+    predicted: int  # where the first target is in the text's ids (positions are reported so)
 
 
 def read_text(path) -> str:
@@ -82,7 +83,7 @@ def plan(ids, prefix, window: int) -> list[Window]:
         tokens = prefix + ids[start:start + body]
         first = len(tokens) // 2
         out.append(Window(index, start, min(start + body, len(ids)), tuple(tokens[:-1]),
-                          tuple(tokens[first + 1:]), first))
+                          tuple(tokens[first + 1:]), first, start + first + 1 - len(prefix)))
     return out
 
 
@@ -131,7 +132,7 @@ class Tally:
         self.abs_diff["vocab"] = diff.shape[1]
         self.abs_diff["reference_absmax"] = max(self.abs_diff["reference_absmax"], float(np.max(np.abs(ref))))
         for step in figures.steps(ref, cand):
-            step = replace(step, step=window.start + window.first + lo + step.step)  # a text position
+            step = replace(step, step=window.predicted + lo + step.step)  # the predicted token's position
             self.kl.append(step.kl)
             self.top1 += step.top1
             self.top5 += step.top5

@@ -133,7 +133,7 @@ def _verdict(run, tally, summary, tokens) -> Verdict:
         return Verdict(VerdictKind.PASS, None, f"the export matches transformers within {budget} over the text",
                        tuple(lines))
     worst = tally.worst[0]
-    return Verdict(VerdictKind.MISMATCH, f"text, position {worst.step} (the largest KL, {worst.kl:.3g})",
+    return Verdict(VerdictKind.MISMATCH, f"text, token {worst.step} (the largest KL, {worst.kl:.3g})",
                    f"the export's figures over the text break the budget ({', '.join(map(str, broken))})",
                    evidence=tuple(lines),
                    next_steps=("run the check without --text: its prompts' diagnosis says whether the conversion, "
@@ -155,7 +155,7 @@ def _report(run, tally, tokens) -> Report:
         inputs=(InputInfo("text", (len(source.ids),), "int64", "given"),),
         comparisons=(_comparison(run, tally, summary),), verdict=verdict,
         tolerance={"budget": str(budget), "rule": f"budget {budget}"},
-        notes=tuple(_lines(run, tally, summary)), parity_version=parity.__version__,
+        parity_version=parity.__version__,  # the figures' lines are the verdict's evidence
         findings=() if tokens["same"] else (f"tokenizer, {tokens['line']}",),
         llm={"text": _record(run, tally, summary, tokens),
              "export": {"quant_bit": export.quant_bit, "settings": export.settings()}},
