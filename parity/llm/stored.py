@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from parity.core.errors import InputError
-from parity.core.paths import show
+from parity.core.paths import check_input, show
 
 FORMAT = "parity.llm-text-reference/1"
 # files that decide the reference's ids and logits besides the weights (which count by name and size:
@@ -92,6 +92,7 @@ class Reader:
     def __init__(self, path):
         self.path = Path(path)
         what = f"--load-outputs {show(self.path)}"
+        check_input(self.path, "--load-outputs")  # a missing file says so, not that it is of another kind
         try:
             self._npz = np.load(self.path, allow_pickle=False)
             self.meta = json.loads(str(self._npz["meta"][()]))
