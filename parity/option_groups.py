@@ -288,6 +288,14 @@ LLM = (
            help="LLM pairs: on a compression verdict, write the smallest llmexport --quant_config found (the "
                 "ranked layers kept at 8 bits, confirmed by real exports) that meets the budget; re-export with "
                 "llmexport --quant_config FILE.json. --rank-layers ranks the layers also when the export passes."),
+    Option("text", None, type="file", metavar="FILE",
+           help="LLM pairs: instead of prompts, teacher-force both sides over this UTF-8 text in windows (as "
+                "llama.cpp's perplexity and KL-divergence mode): perplexity of both, KL and same-top figures over "
+                "every scored position. With --save-outputs / --load-outputs the reference's logits are kept "
+                "for later checks of other exports, which then run no transformers."),
+    Option("text_window", None, type="int>=1", metavar="N",
+           help="LLM pairs with --text: tokens per window, each scored on its second half [default: 512, at "
+                "most the model's max_position_embeddings]."),
     Option("trust_remote_code", None, type="flag",
            help="LLM pairs: accept a Hugging Face folder that holds code (auto_map or .py files); without it "
                 "such a folder is refused, as its code would run."),

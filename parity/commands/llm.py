@@ -9,7 +9,8 @@ import click
 
 from parity.core.errors import UsageError
 
-_ONLY_LLM = ("prompt", "prompts", "steps", "float_export", "trust_remote_code", "write_quant_config")
+_ONLY_LLM = ("prompt", "prompts", "steps", "float_export", "trust_remote_code", "write_quant_config", "text",
+             "text_window")
 
 
 def is_llm_pair(models) -> bool:
@@ -67,6 +68,8 @@ def check(models, quiet: bool, values: dict):
 
         parse_target(target)  # one line for a bad one, before anything runs
     output = check_options({name: values.get(name) for name in group("reports")}).output
+    if values.get("text") or values.get("text_window") or values.get("save_outputs") or values.get("load_outputs"):
+        return text_check(models, quiet, values), output
     kwargs = dict(prompts=prompts_of(values) or DEFAULT_PROMPTS, steps=values.get("steps") or DEFAULT_STEPS,
                   settings=settings_of(values), float_export=values.get("float_export"),
                   trust_remote_code=bool(values.get("trust_remote_code")), target=target,
@@ -83,3 +86,31 @@ def check(models, quiet: bool, values: dict):
 def _files(models) -> list[Path]:
     """The files of both folders: no output may replace one (a config.json, the weights)."""
     return [f for m in models if Path(m).is_dir() for f in Path(m).iterdir() if f.is_file()]
+
+
+def text_check(models, quiet: bool, values: dict):
+    """--text (parity/llm/text_check.py): it replaces the prompts' check, so prompt options are refused
+    with it; --save-outputs / --load-outputs keep the reference's logits of the text."""
+    from parity.commands.params import check_report_paths, progress, report_flags
+    from parity.llm.text_check import check_text
+
+    if not values.get("text"):
+        given = next(f for f in ("text_window", "save_outputs", "load_outputs") if values.get(f))
+        raise UsageError(f"--{given.replace('_', '-')} on an LLM pair goes with --text FILE (the reference's "
+                         f"logits kept are the text's)")
+    for name in ("prompt", "prompts", "steps", "float_export"):
+        if values.get(name):
+            raise UsageError(f"--{name.replace('_', '-')} and --text: --text replaces the prompts' check; "
+                             f"run them as two checks")
+    if values.get("save_outputs") and values.get("load_outputs"):
+        raise UsageError("--save-outputs and --load-outputs together: the saved file would be a copy; give one")
+    check_report_paths(report_flags(values), inputs=[*models, values["text"], values.get("load_outputs")],
+                       others={"--save-outputs": values.get("save_outputs")})
+    kwargs = dict(window=values.get("text_window"), settings=settings_of(values), target=values.get("mnn_target"),
+                  trust_remote_code=bool(values.get("trust_remote_code")), timeout=max(900.0, values["timeout"]),
+                  save_outputs=values.get("save_outputs"), load_outputs=values.get("load_outputs"))
+    if values.get("budget"):
+        kwargs["budget"] = values["budget"]
+    with progress(quiet) as say:
+        say(f"checking the MNN-LLM export {models[1]} against {models[0]} over the text {values['text']}")
+        return check_text(models[0], models[1], values["text"], progress=say, **kwargs)

@@ -12,6 +12,9 @@
     weights.py      an export's weights against a fresh export's, layer by layer
     diagnose.py     the verdict of a failing export: conversion, runtime or compression
     check.py        check_llm: the runs, the tokenizer and pass verdicts, the Report
+    text.py         --text: windows over a text, and the running figures of their scored positions
+    text_check.py   check_text: the --text check, its reference (transformers or a saved file), its Report
+    stored.py       the reference's --text logits saved (--save-outputs) and verified when loaded
 
 Nothing heavy is imported by this package's modules at import time: torch, transformers and MNN
 load inside the functions (and children) that need them.

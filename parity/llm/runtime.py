@@ -93,5 +93,9 @@ class MNNLLM:
         """Every position's logits from one prefill of ``ids`` (see runtime_child.prefill)."""
         return self._call("prefill", "computing a prefill's logits", ids=list(ids))
 
+    def all_logits(self, ids, first: int = 0):
+        """One prefill's logits of positions ``first`` .. len(ids) - 1 (see runtime_child.all_logits)."""
+        return self._call("all_logits", "computing a window's logits", ids=list(ids), first=int(first))
+
     def greedy(self, prompt, steps: int, stop=()):
         return self._call("greedy", "generating", prompt=list(prompt), steps=int(steps), stop=list(stop))

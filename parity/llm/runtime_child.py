@@ -114,3 +114,22 @@ def greedy(config_path: str, prompt: list, steps: int, overrides: dict | None = 
         out = np.array(model.forward([token]).read(), dtype=np.float32)
         row = out.reshape(-1, out.shape[-1])[-1]
     return ids
+
+
+def all_logits(config_path: str, ids: list, first: int = 0, overrides: dict | None = None):
+    """One prefill of ``ids`` after ``reset()``, every position's logits kept (``all_logits``):
+    float32 rows ``first`` .. len(ids) - 1 (the positions --text scores; fewer rows cross the pipe).
+    An export whose config sets ``chunk`` returns only its last block's rows: that is refused,
+    as those rows would be misaligned with the ids."""
+    import numpy as np
+
+    from parity.core.errors import ModelError
+
+    model = _llm(config_path, overrides or {})
+    model.reset()
+    out = np.array(model.forward([int(i) for i in ids]).read(), dtype=np.float32)
+    rows = out.reshape(-1, out.shape[-1])
+    if rows.shape[0] != len(ids):
+        raise ModelError(f"MNN.llm returned {rows.shape[0]} rows of logits for {len(ids)} ids (a 'chunk' "
+                         f"setting in config.json returns only the last block): remove it for --text")
+    return rows[first:].copy()
