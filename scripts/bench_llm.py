@@ -7,7 +7,7 @@ same run:
             and no diagnosis is timed, as the issue asks) against a loop that loads
             transformers and MNN.llm, tokenizes the same prompts, generates greedily in transformers,
             runs MNN.llm over the same tokens and computes the KL per step: target <= 1.3x
-    (llm-b) ``--text`` over 2,048 tokens, reported (no target) [when parity has --text]
+    (llm-b) ``--text`` over the bench text (4,261 tokens with this tokenizer), reported
     (llm-c) the peak memory of parity's whole process tree during (llm-a), against the two
             models' weights (transformers float32 + the export's weight file)
 
