@@ -131,20 +131,10 @@ class ModulePrefill:
         self._worker, self._folder = None, str(export.path)
 
     def __enter__(self) -> "ModulePrefill":
-        if self.target is None:
-            from parity.run.worker import Worker
+        from parity.llm.runtime import open_worker
 
-            self._worker = Worker("MNN (llm.mnn's Module API)", timeout=self.timeout).start()
-            return self
-        from parity.run.targets import RemoteWorker, parse_target
-
-        self._worker = RemoteWorker(parse_target(self.target), "MNN (llm.mnn's Module API)",
-                                    timeout=self.timeout).start()
-        try:
-            self._folder = self._worker.folder_path(self.export.path, self.export.runtime_files())
-        except BaseException:
-            self.__exit__()
-            raise
+        self._worker, self._folder = open_worker(self.export, "MNN (llm.mnn's Module API)", self.target,
+                                                 self.timeout)
         return self
 
     def __exit__(self, *exc) -> None:

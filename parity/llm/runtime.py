@@ -17,6 +17,23 @@ def describe(settings: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(settings.items()))
 
 
+def open_worker(export, framework: str, target: str | None, timeout: float):
+    """(a started worker child for ``export``, the export folder's path where it runs): here, or
+    on ``target`` with the folder sent there once. Nothing is left running on a failure."""
+    if target is None:
+        from parity.run.worker import Worker
+
+        return Worker(framework, timeout=timeout).start(), str(export.path)
+    from parity.run.targets import RemoteWorker, parse_target
+
+    worker = RemoteWorker(parse_target(target), framework, timeout=timeout).start()
+    try:
+        return worker, worker.folder_path(export.path, export.runtime_files())
+    except BaseException:
+        worker.close()
+        raise
+
+
 class MNNLLM:
     """An MNN-LLM export served by a worker child, here or on ``target`` (a ``--mnn-target``
     text; None or "local" for this machine). Use as a context manager."""
@@ -32,21 +49,10 @@ class MNNLLM:
         self._config_path = str(export.config_path)
 
     def __enter__(self) -> "MNNLLM":
-        if self.target is None:
-            from parity.run.worker import Worker
-
-            self._worker = Worker("MNN.llm", timeout=self.timeout).start()
-            return self
-        from parity.run.targets import RemoteWorker, parse_target
-
-        self._worker = RemoteWorker(parse_target(self.target), "MNN.llm", timeout=self.timeout).start()
-        try:
+        self._worker, folder = open_worker(self.export, "MNN.llm", self.target, self.timeout)
+        if self.target is not None:
             self.facts = dict(self._worker.facts)
-            folder = self._worker.folder_path(self.export.path, self.export.runtime_files())
             self._config_path = f"{folder}/{self.export.config_path.name}"
-        except BaseException:
-            self.__exit__()
-            raise
         return self
 
     def __exit__(self, *exc) -> None:
