@@ -202,3 +202,17 @@ def smollm2_folder(folder, gguf: Path) -> Path:
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def needs_llmexport() -> list:
+    """The LLM test modules' extra mark: a skip when llmexport (parity's llm extra) is not
+    installed, nothing otherwise (``pytestmark += needs_llmexport()``)."""
+    import pytest
+
+    from parity.llm.export import llmexport_dir
+
+    try:
+        llmexport_dir()
+    except Exception:  # FrameworkMissing
+        return [pytest.mark.skip(reason="llmexport (parity's llm extra) is not installed")]
+    return []

@@ -19,14 +19,11 @@ import parity  # noqa: E402
 from parity import ModelError, VerdictKind  # noqa: E402
 from parity.core.report import Report  # noqa: E402
 from parity.llm.check import check_llm  # noqa: E402
-from parity.llm.export import ExportSettings, export, llmexport_dir  # noqa: E402
+from parity.llm.export import ExportSettings, export  # noqa: E402
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
-try:
-    llmexport_dir()
-except Exception:  # FrameworkMissing
-    pytestmark.append(pytest.mark.skip(reason="llmexport (parity's llm extra) is not installed"))
+pytestmark += llm_models.needs_llmexport()
 
 PROMPTS = ("The capital of France is", "def add(a, b):")
 STEPS = 6

@@ -16,14 +16,12 @@ pytest.importorskip("transformers", reason="the torch extra is not installed")
 
 from parity import VerdictKind  # noqa: E402
 from parity.llm.check import check_llm  # noqa: E402
-from parity.llm.export import llmexport_dir  # noqa: E402
+
+import llm_models  # noqa: E402
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
-try:
-    llmexport_dir()
-except Exception:  # FrameworkMissing
-    pytestmark.append(pytest.mark.skip(reason="llmexport (parity's llm extra) is not installed"))
+pytestmark += llm_models.needs_llmexport()
 
 SHORT = ("The capital of France is", "def add(a, b):")  # fed without the chat template: short prompts
 PLANT = {"attention_mode": 10}

@@ -17,17 +17,15 @@ from parity import BackendError, VerdictKind  # noqa: E402
 from parity.llm import layers  # noqa: E402
 from parity.llm.check import check_llm  # noqa: E402
 from parity.llm.diagnose import EXACT  # noqa: E402
-from parity.llm.export import llmexport_dir  # noqa: E402
 from parity.llm.folders import open_pair  # noqa: E402
 from parity.llm.reference import Reference  # noqa: E402
 from parity.llm.runtime import MNNLLM  # noqa: E402
 
+import llm_models  # noqa: E402
+
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
-try:
-    llmexport_dir()
-except Exception:  # FrameworkMissing
-    pytestmark.append(pytest.mark.skip(reason="llmexport (parity's llm extra) is not installed"))
+pytestmark += llm_models.needs_llmexport()
 
 PROMPTS = ("The capital of France is", "def add(a, b):")
 

@@ -16,14 +16,11 @@ import llm_models  # noqa: E402
 from parity import VerdictKind  # noqa: E402
 from parity.core.errors import ExitCode  # noqa: E402
 from parity.llm.check import check_llm  # noqa: E402
-from parity.llm.export import ExportSettings, Exporter, export, llmexport_dir  # noqa: E402
+from parity.llm.export import ExportSettings, Exporter, export  # noqa: E402
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
-try:
-    llmexport_dir()
-except Exception:  # FrameworkMissing
-    pytestmark.append(pytest.mark.skip(reason="llmexport (parity's llm extra) is not installed"))
+pytestmark += llm_models.needs_llmexport()
 
 PROMPTS = ("The capital of France is", "def add(a, b):")
 STEPS = 6

@@ -14,14 +14,12 @@ import pytest
 pytest.importorskip("transformers", reason="the torch extra is not installed")
 pytest.importorskip("tokenizers", reason="the torch extra is not installed")
 
-from parity.llm.export import llmexport_dir  # noqa: E402
+
+import llm_models  # noqa: E402
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
-try:
-    llmexport_dir()
-except Exception:  # FrameworkMissing
-    pytestmark.append(pytest.mark.skip(reason="llmexport (parity's llm extra) is not installed"))
+pytestmark += llm_models.needs_llmexport()
 
 WINDOW = 256
 WORDS = ("the capital of France is Paris and Germany Berlin a quick brown fox jumps over lazy dog sleeps runs "
