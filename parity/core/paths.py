@@ -428,27 +428,23 @@ def external_data(model) -> list[tuple[str, Path]]:
     directory (by ``..`` or through a symlink), is missing or is not a regular file: nothing
     outside the model's directory is read on a model's behalf.
 
-    Cheap for any model: only the graph is parsed, never the weights (onnx_skeleton)."""
+    Cheap for any model: the file's wire format is walked, never its weights parsed, and
+    ``onnx`` is not imported (onnx_skeleton.external_tensors)."""
     text = os.fspath(model)
-    import onnx
-
     from parity.core import onnx_skeleton
 
     try:
-        proto = onnx_skeleton.load(text)
+        tensors = onnx_skeleton.external_tensors(text)
     except Exception:
         return []  # not a model: the framework that opens it says so
     base = os.path.dirname(os.path.abspath(text))  # where ONNX Runtime and MNN look
     root = os.path.realpath(base)
     found: dict[str, Path] = {}
-    for tensor in _tensors(proto):
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        info = {e.key: e.value for e in tensor.external_data}
+    for name, info in tensors:
         location = info.get("location", "")
-        where = f"{show(text)}: tensor {tensor.name!r} is stored in external file {location!r}"
+        where = f"{show(text)}: tensor {name!r} is stored in external file {location!r}"
         if not location:
-            raise ModelError(f"{show(text)}: tensor {tensor.name!r} is stored externally but names no file")
+            raise ModelError(f"{show(text)}: tensor {name!r} is stored externally but names no file")
         if location in found:
             continue
         if os.path.isabs(location) or location.startswith(("/", "\\")) or (
@@ -462,7 +458,7 @@ def external_data(model) -> list[tuple[str, Path]]:
         if os.path.commonpath([root, resolved]) != root:
             raise ModelError(f"{where}, which resolves to {show(resolved)}, outside the model's "
                              f"directory {show(root)}; parity does not read it")
-        st = check_input(resolved, f"{show(text)}: the external data file of tensor {tensor.name!r},",
+        st = check_input(resolved, f"{show(text)}: the external data file of tensor {name!r},",
                          error=ModelError)
         end = int(info.get("offset", 0) or 0) + int(info.get("length", 0) or 0)
         if end > st.st_size:
@@ -474,36 +470,6 @@ def external_data(model) -> list[tuple[str, Path]]:
 def external_data_files(model) -> list[Path]:
     """The resolved files of ``external_data``."""
     return [path for _, path in external_data(model)]
-
-
-def _tensors(proto):
-    """Every TensorProto of a model: initializers, sparse ones, Constant values and tensor
-    attributes, in the main graph, in subgraphs and in functions."""
-    def graph_tensors(graph):
-        yield from graph.initializer
-        for sparse in graph.sparse_initializer:
-            yield sparse.values
-            yield sparse.indices
-        for node in graph.node:
-            yield from node_tensors(node)
-
-    def node_tensors(node):
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
-            if attr.HasField("sparse_tensor"):
-                yield attr.sparse_tensor.values
-                yield attr.sparse_tensor.indices
-            if attr.HasField("g"):
-                yield from graph_tensors(attr.g)
-            for g in attr.graphs:
-                yield from graph_tensors(g)
-
-    yield from graph_tensors(proto.graph)
-    for function in proto.functions:
-        for node in function.node:
-            yield from node_tensors(node)
 
 
 def stage_model(model, directory, externals: Sequence[tuple[str, Path]] = ()) -> Path:
