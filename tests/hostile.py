@@ -91,7 +91,7 @@ class Outcome:
 STARTED = "parity-run-*/parity-*/worker.log"
 RUNNING = "parity-run-*/parity-*/in-1.npy"
 CAPTURING = "parity-run-*/parity-*/in-3.npy"
-PAIR_RUNNING = "parity-run-*/parity-sweep-*/parity-*/in-1.npy"  # a sweep's pair check, running MNN
+PAIR_RUNNING = "parity-run-*/parity-*/in-*.npy"  # a sweep's pair check, running MNN (in its runner's child)
 
 
 def run_hostile(*args, cwd: Path, inputs=(), outputs=(), timeout: float = 120.0, env=None,

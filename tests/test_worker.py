@@ -627,7 +627,7 @@ def test_sweep_pair_timeout_kills_the_check_and_all_it_started(hanging_sweep, mo
     assert result["error"] == "timed out after 20 s" and result["verdict"] is None
     assert sweep.SweepReport("x", None, [result]).exit_code == ExitCode.BACKEND
     sleeper = int((root / "sleeper.pid").read_text())
-    assert sleeper in seen and any("parity.__main__:main check" in cmd for cmd in seen.values()), seen
+    assert sleeper in seen and any("parity.checking.sweep_child" in cmd for cmd in seen.values()), seen
     deadline = time.monotonic() + 5
     while _alive(sleeper) and time.monotonic() < deadline:
         time.sleep(0.1)

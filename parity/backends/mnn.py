@@ -136,6 +136,8 @@ class MnnBackend(Backend):
         from parity.run.targets import open_worker
 
         self._worker = open_worker(self.target, timeout=self.timeout)
+        # a child kept from an earlier check has that check's lines in its log before this mark
+        self._log_start = self._worker.log_size() if hasattr(self._worker, "log_size") else 0
         try:
             path = self._worker.model_path(self.path) if self._inline else os.path.abspath(self.path)
         except BaseException:
@@ -181,8 +183,9 @@ class MnnBackend(Backend):
             for i in info["inputs"]
         ]
         self._outputs = [TensorSpec(name, None, "?") for name in info["outputs"]]
-        log = self._worker.log_text()
-        self.backend_ran, note = backend_that_ran(self.backend, log)
+        log = self._worker.log_text()  # the CPU features: printed once, when MNN is imported
+        recent = self._worker.log_text(self._log_start) if self._log_start else log
+        self.backend_ran, note = backend_that_ran(self.backend, recent)
         self.cpu_features = cpu_features(log)
         version_note = self._version_note()
         self._load_notes = tuple(n for n in (note, version_note) if n)

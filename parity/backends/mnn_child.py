@@ -112,6 +112,7 @@ def _declared_format(name: str, packed: bool = False) -> str:
 def load(path: str, backend: str, threads: int, precision: str, hints: list, memory: int | None = None,
          rearrange: bool = False, shape_mutable: bool = True) -> dict:
     MNN = _mnn()
+    _state.clear()  # a child kept between checks (worker.keep_children) holds the last model until now
     config = {"backend": backend, "numThread": int(threads)}
     precision_value = _PRECISIONS.get(precision, precision)
     if precision_value != 0:

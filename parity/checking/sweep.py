@@ -17,13 +17,17 @@ manifest listing models with per-model options::
     mnn_llm = "qwen2-0.5b-mnn"
     steps = 16                # optional: prompts (a file), budget, float_export, mnn_precision, mnn_memory
 
-Each pair runs as its own ``parity check`` process (so one crash or hang costs one result),
-with a time limit: a pair still running after ``pair_timeout`` seconds is killed with every
-process it started and recorded as a backend failure. Like MNN's worker, the child is an
-isolated Python (``process.python_command``: ``python -I``, the sweep's import path without the
-working directory, its own process group, killed by the kernel if the sweep dies) working in
-a private directory that is also its TMPDIR, so whatever it leaves goes with that directory;
-model and input paths are made absolute for it.
+Each pair runs as its own ``parity check`` command in one of ``jobs`` runners (sweep_child:
+long-lived children that import Python's, numpy's, the frameworks' and parity's code once and
+keep their MNN children between pairs), so a sweep of small models costs little more than the
+frameworks' own work. One crash or hang still costs one result: MNN runs in a child of the
+runner (its crash is the pair's BackendCrash), and a pair still running after ``pair_timeout``
+seconds, or a runner that dies, is killed with every process it started (its process group)
+and recorded as a backend failure; the next pair gets a new runner. Like MNN's worker, a
+runner is an isolated Python (``process.python_command``: ``python -I``, the sweep's import
+path without the working directory, its own process group, killed by the kernel if the sweep
+dies); each pair works in a private directory that is also its TMPDIR while it runs, removed
+after it; model and input paths are made absolute for it.
 ``--shard K/N`` keeps pairs K, K+N, K+2N, ... of the sorted list: N jobs cover every pair once.
 ``SweepReport`` holds the results and decides the exit code: the worst pair's.
 """
@@ -33,7 +37,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import subprocess
 import tempfile
 import threading
 import time
@@ -42,7 +45,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from parity.backends import registry
-from parity.run.process import kill_group, python_command, python_env, signal_description, spawn
+from parity.run.process import signal_description
 from parity.core.errors import ExitCode, InputError, UsageError
 from parity.option_groups import MANIFEST
 
@@ -51,8 +54,6 @@ SCHEMA = "parity.sweep/1"
 _SEVERITY = [ExitCode.PASS, ExitCode.MISMATCH, ExitCode.USAGE, ExitCode.MODEL_OR_INPUT,
              ExitCode.BACKEND, ExitCode.INTERRUPTED, ExitCode.INTERNAL]
 PAIR_TIMEOUT = 3600.0  # seconds one pair's ``parity check`` may run
-# seconds to collect a killed pair's output: only a process that left its group holds it longer
-_DRAIN_SECONDS = 10.0
 
 
 def _parity_version() -> str:
@@ -318,58 +319,52 @@ def _absolute_item(item: Item) -> Item:
     return replace(item, models=[_absolute(m) for m in item.models], options=options)
 
 
-class _Children:
-    """The pair processes of one sweep. Each runs in a session of its own, so that a timeout
-    kills it together with what it started (its MNN child); the terminal's Ctrl-C then no longer
-    reaches them, so an interrupted sweep ends them itself (``stop``)."""
+class Runners:
+    """The sweep's runners (sweep_child): at most ``jobs`` long-lived children, each checking one
+    pair at a time. Each is a ``worker.Worker`` in a session of its own, so that a timeout kills
+    it together with what it started; the terminal's Ctrl-C then no longer reaches them, so an
+    interrupted sweep ends them itself (``stop``)."""
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._running: set[subprocess.Popen] = set()
+        self._idle: list = []
+        self._all: set = set()
         self._stopped = False
 
-    def start(self, argv: list[str], cwd: str) -> subprocess.Popen | None:
-        """The started child, or None once the sweep is stopping. ``cwd`` is private to the
-        child and is its TMPDIR too: whatever the child leaves, even killed, goes with it."""
-        # PARITY_PRIVATE_TMPDIR tells the child's install_process_guards that this directory
-        # is private already: it needs no directory or reaper of its own
-        env = python_env(TMPDIR=cwd, PARITY_PRIVATE_TMPDIR=cwd)
-        with self._lock:  # so stop() cannot miss a child started while it runs
+    def take(self):
+        """An idle runner, or a new one; None once the sweep is stopping."""
+        from parity.run.worker import Worker
+
+        with self._lock:  # so stop() cannot miss a runner started while it runs
             if self._stopped:
                 return None
-            proc = spawn(argv, python=True, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         # not the locale's codec: an ASCII one (LC_ALL=C) would fail on the
-                         # first name a child prints in UTF-8
-                         text=True, encoding="utf-8", errors="replace")
-            self._running.add(proc)
-            return proc
+            if self._idle:
+                return self._idle.pop()
+            runner = Worker("parity check").start(preload="parity.checking.sweep_child")
+            self._all.add(runner)
+            return runner
 
-    def finished(self, proc: subprocess.Popen) -> None:
+    def give_back(self, runner) -> None:
         with self._lock:
-            self._running.discard(proc)
+            if not self._stopped:
+                self._idle.append(runner)
+                return
+        self.discard(runner)
+
+    def discard(self, runner) -> None:
+        with self._lock:
+            self._all.discard(runner)
+        runner.close()
 
     def stop(self) -> None:
         with self._lock:
             self._stopped = True
-            running = list(self._running)
-        for proc in running:
-            kill_group(proc)
-
-
-def _wait(proc: subprocess.Popen, timeout: float) -> tuple[int | None, str]:
-    """The child's exit code (None when it ran out of time and was killed) and its stderr."""
-    try:
-        _, err = proc.communicate(timeout=timeout)
-        return proc.returncode, err
-    except subprocess.TimeoutExpired:
-        kill_group(proc)
-    try:
-        _, err = proc.communicate(timeout=_DRAIN_SECONDS)
-    except subprocess.TimeoutExpired:  # a process that left the group still holds the pipes
-        proc.kill()
-        proc.wait()
-        err = ""
-    return None, err
+            running = list(self._all)
+            self._all.clear()
+            self._idle.clear()
+        for runner in running:
+            runner.kill()  # its process group: the pair's check and all it started
+            runner.close()
 
 
 def _result(item: Item, code: int, report: dict | None, error: str | None, started: float) -> dict:
@@ -386,30 +381,50 @@ def _result(item: Item, code: int, report: dict | None, error: str | None, start
     }
 
 
-def _run_one(item: Item, *, pair_timeout: float = PAIR_TIMEOUT, children: _Children | None = None) -> dict:
-    """Check one pair in a ``parity check`` child; kill it after ``pair_timeout`` s."""
-    children = children or _Children()
+def _run_one(item: Item, *, pair_timeout: float = PAIR_TIMEOUT, runners: Runners | None = None) -> dict:
+    """Check one pair in a runner (sweep_child); past ``pair_timeout`` s the runner is killed."""
+    from parity.core.errors import BackendCrash, BackendTimeout, ParityError
+
+    own = runners is None
+    runners = runners or Runners()
     started = time.monotonic()
-    # ignore_cleanup_errors: a killed child's files may vanish while they are removed
-    with tempfile.TemporaryDirectory(prefix="parity-sweep-", ignore_cleanup_errors=True) as tmp:
-        report_path = Path(tmp) / "report.json"
-        argv = python_command("parity.__main__:main", *_absolute_item(item).argv(),
-                              "--json", report_path, "-q")
-        proc = children.start(argv, cwd=tmp)
-        if proc is None:
-            return _result(item, ExitCode.INTERRUPTED, None, "not run: the sweep was interrupted", started)
-        try:
-            code, err = _wait(proc, pair_timeout)
-        finally:
-            children.finished(proc)
-        report = json.loads(report_path.read_text(encoding="utf-8")) if code is not None and report_path.exists() else None
-    if code is None:
-        return _result(item, ExitCode.BACKEND, None, f"timed out after {pair_timeout:g} s", started)
-    if code < 0:  # the check process itself died: a framework it runs in-process crashed
-        return _result(item, ExitCode.BACKEND, None, f"parity check ended by {signal_description(code)}", started)
+    try:
+        # ignore_cleanup_errors: a killed check's files may vanish while they are removed
+        with tempfile.TemporaryDirectory(prefix="parity-sweep-", ignore_cleanup_errors=True) as tmp:
+            runner = runners.take()
+            if runner is None:
+                return _result(item, ExitCode.INTERRUPTED, None, "not run: the sweep was interrupted", started)
+            argv = [*_absolute_item(item).argv(), "--json", "-", "-q"]
+            try:
+                reply = runner.call("parity.checking.sweep_child:check", step=f"checking {item.name}",
+                                    timeout=pair_timeout, argv=argv, cwd=tmp)
+            except BackendTimeout:
+                runners.discard(runner)
+                return _result(item, ExitCode.BACKEND, None, f"timed out after {pair_timeout:g} s", started)
+            except BackendCrash:  # the check's process itself died: a framework it runs in-process
+                code = runner._proc.returncode if runner._proc is not None else None
+                runners.discard(runner)
+                what = signal_description(code) if code is not None and code < 0 else "a signal"
+                return _result(item, ExitCode.BACKEND, None, f"parity check ended by {what}", started)
+            except ParityError as exc:
+                runners.discard(runner)
+                return _result(item, ExitCode.BACKEND, None, str(exc), started)
+            runners.give_back(runner)
+    finally:
+        if own:
+            runners.stop()
+    return _reply_result(item, reply, started)
+
+
+def _reply_result(item: Item, reply: dict, started: float) -> dict:
+    code = int(reply["code"])
+    try:
+        report = json.loads(reply["stdout"].decode("utf-8")) if reply["stdout"].strip() else None
+    except ValueError:
+        report = None
     error = None
     if report is None:
-        lines = [ln for ln in err.splitlines() if ln.strip()]
+        lines = [ln for ln in reply["stderr"].splitlines() if ln.strip()]
         error = lines[-1] if lines else f"parity exited {code}"
     return _result(item, code, report, error, started)
 
@@ -423,8 +438,8 @@ def worst(codes) -> int:
 def run(items: list[Item], *, jobs: int = 1, progress=None, pair_timeout: float = PAIR_TIMEOUT) -> list[dict]:
     """Check every pair, ``jobs`` at a time; one result dict per pair, in ``items`` order."""
     results = []
-    children = _Children()
-    one = functools.partial(_run_one, pair_timeout=pair_timeout, children=children)
+    runners = Runners()
+    one = functools.partial(_run_one, pair_timeout=pair_timeout, runners=runners)
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         try:
             for result in pool.map(one, items):
@@ -432,8 +447,12 @@ def run(items: list[Item], *, jobs: int = 1, progress=None, pair_timeout: float 
                 if progress is not None:
                     progress(f"{result['name']}: {'pass' if result['passed'] else 'exit ' + str(result['exit_code'])}")
                     progress.advance()
-        except BaseException:  # Ctrl-C: the children, in sessions of their own, did not get it
+        except BaseException:  # Ctrl-C: the runners, in sessions of their own, did not get it
             pool.shutdown(wait=False, cancel_futures=True)
-            children.stop()
+            runners.stop()
             raise
+        finally:
+            if not runners._stopped:
+                pool.shutdown(wait=True)
+                runners.stop()
     return results

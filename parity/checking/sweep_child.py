@@ -1,0 +1,63 @@
+"""The runner of ``parity sweep``: one long-lived child per job that checks pair after pair.
+
+A sweep of small models used to start a ``parity check`` process per pair: Python, numpy, ONNX
+Runtime, parity and an MNN child each time, 0.3 s and more of start-up for a check whose
+frameworks need a few milliseconds. A runner (a ``worker.Worker`` child, started by
+``sweep.Runners``) imports all that once and runs each pair's check command in-process, exactly
+as ``parity check`` parses and runs it, with its MNN children kept between pairs
+(``worker.keep_children``).
+
+Isolation stays per pair: MNN still runs in a child of the runner, so an MNN crash is that
+pair's ``BackendCrash``; a crash of the runner itself, or a pair over its time limit, kills the
+runner and everything in its process group (the sweep records that pair and starts a new
+runner for the next). Each pair works in its own private directory (its working directory,
+TMPDIR and tempfile's default while it runs), which the sweep removes after it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import tempfile
+
+from parity.run import worker
+
+# imported with the runner (worker.start's preload), before the first pair comes
+from parity.cli import cli  # noqa: E402
+from parity.checking import pipeline  # noqa: E402,F401
+from parity.backends import onnxruntime as _ort_backend  # noqa: E402,F401
+
+worker.keep_children()
+try:
+    worker.prestart("mnn", "parity.backends.mnn_child")
+except Exception:  # no MNN here: the pair's check says so in its own words
+    pass
+
+
+def check(argv: list[str], cwd: str) -> dict:
+    """``parity check ARGV`` in the private directory ``cwd``: its exit code, and what it wrote
+    to stdout (bytes) and stderr."""
+    saved = (os.getcwd(), os.environ.get("TMPDIR"), tempfile.tempdir, sys.argv, sys.stdout, sys.stderr)
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="backslashreplace", write_through=True)
+    err = io.StringIO()
+    os.chdir(cwd)
+    os.environ["TMPDIR"] = cwd
+    tempfile.tempdir = cwd
+    sys.argv = ["parity", *argv]
+    sys.stdout, sys.stderr = out, err
+    try:
+        try:
+            cli.main(list(argv), prog_name="parity")
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.stdout, sys.stderr = saved[4], saved[5]
+        os.chdir(saved[0])
+        if saved[1] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved[1]
+        tempfile.tempdir, sys.argv = saved[2], saved[3]
+    return {"code": code, "stdout": out.buffer.getvalue(), "stderr": err.getvalue()}
