@@ -10,7 +10,6 @@ asks for the whole story. Light to import (no numpy or frameworks): ``parity --h
 from __future__ import annotations
 
 import os
-import traceback
 
 import click
 
@@ -53,6 +52,8 @@ class ParityGroup(click.Group):
             if interrupted is not None:  # an error caused by the signal: report the signal
                 return self._interrupted(ctx, interrupted)
             if _want_traceback(ctx):
+                import traceback
+
                 traceback.print_exc()
             click.echo(f"Error: {terminal(exc)}", err=True)
             ctx.exit(int(exc.exit_code))
@@ -68,6 +69,8 @@ class ParityGroup(click.Group):
             if signalled() is not None:  # a consequence of the signal being handled
                 return self._interrupted(ctx, signalled())
             if _want_traceback(ctx):
+                import traceback
+
                 traceback.print_exc()
                 ctx.exit(int(ExitCode.INTERNAL))
             first = terminal((str(exc).strip().splitlines() or [""])[0])

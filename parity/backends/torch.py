@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import logging
 import sys
 import zipfile
 from dataclasses import dataclass
@@ -147,6 +146,8 @@ class TorchBackend(Backend):
         elif self.path.suffix.lower() == ".pt2":
             if not zipfile.is_zipfile(self.path):
                 raise ModelError(f"{str(self.path)!r} is not an ExportedProgram (.pt2 files are zip archives)")
+            import logging
+
             quiet = logging.getLogger("torch.export")
             level = quiet.level
             quiet.setLevel(logging.CRITICAL)  # torch logs a traceback before raising

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -14,6 +15,8 @@ _ONLY_LLM = ("prompt", "prompts", "steps", "float_export", "trust_remote_code", 
 
 
 def is_llm_pair(models) -> bool:
+    if len(models) != 2 or any(os.path.isfile(m) for m in models):  # model files: no folder to read
+        return False
     from parity.llm.folders import is_pair
 
     return is_pair(models)

@@ -199,11 +199,12 @@ def of_model(path, *, timeout: float = 300.0) -> Compression:
     milliseconds), or, should that fail, from MNN's JSON dump (a child process; slow on big
     models)."""
     from parity.mnn import flatbuffer as mnn_flatbuffer
-    from parity.mnn import graph as mnn_graph
     from parity.backends.base import check_model_file
 
     check_model_file(path, "MNN")
     try:
         return read({"oplists": mnn_flatbuffer.read_ops(path), "tensorName": []})
     except (ValueError, OSError, struct.error, IndexError):
+        from parity.mnn import graph as mnn_graph
+
         return read(mnn_graph.read_graph(path, timeout=timeout))

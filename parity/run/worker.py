@@ -40,7 +40,8 @@ from parity.core.errors import (
     ParityError,
     UsageError,
 )
-from parity.run.process import ignore_signals, kill_group, python_command, python_env, signal_description, spawn
+from parity.run.process import (fork_child, ignore_signals, kill_group, python_command, python_env,
+                                signal_description, spawn)
 
 class ChildFailure(Exception):
     """Raised inside the child to send a classified error to the parent."""
@@ -95,20 +96,27 @@ class Worker:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def start(self, preload: str | None = None) -> "Worker":
+    def start(self, preload: str | None = None, *, fork: bool = False) -> "Worker":
         """Spawn the child; with ``preload`` (a parity module) it imports that at once, so its
-        framework loads while the parent is still busy with its own imports."""
+        framework loads while the parent is still busy with its own imports. ``fork``: a copy of
+        this process instead of a new interpreter, for the CLI's first moments only (see
+        ``process.fork_child``)."""
         # a kept child outlives the check that started it: its directory is not that check's
         self.dir = Path(tempfile.mkdtemp(prefix="parity-", dir=_HOME))
         parent_end, child_end = socket.socketpair()
         self._log = open(self.dir / "worker.log", "wb")
         try:
-            self._proc = spawn(
-                python_command("parity.run.worker:serve_argv", child_end.fileno(),
-                               *([preload] if preload else [])),
-                python=True, pass_fds=(child_end.fileno(),), cwd=self.dir,
-                stdout=self._log, stderr=subprocess.STDOUT, env=python_env(),
-            )
+            if fork:
+                fd = child_end.fileno()
+                self._proc = fork_child(lambda: serve(fd, preload), cwd=str(self.dir), log_fd=self._log.fileno(),
+                                        keep_fd=fd)
+            else:
+                self._proc = spawn(
+                    python_command("parity.run.worker:serve_argv", child_end.fileno(),
+                                   *([preload] if preload else [])),
+                    python=True, pass_fds=(child_end.fileno(),), cwd=self.dir,
+                    stdout=self._log, stderr=subprocess.STDOUT, env=python_env(),
+                )
         except OSError as exc:
             self.close()
             raise BackendError(f"could not start a child process for {self.framework}: {exc}") from None
@@ -262,14 +270,15 @@ _HOME: str | None = None  # where children's directories go while kept (the proc
 _DRAIN_REGISTERED = False
 
 
-def prestart(framework: str, preload: str, count: int = 1) -> None:
+def prestart(framework: str, preload: str, count: int = 1, *, fork: bool = False) -> None:
     """Have ``count`` children for ``framework`` waiting, started now with ``preload``
     imported, for a later ``take`` to pick up. The CLI calls this first thing, so the
-    framework's import overlaps parity's own start-up. Children already waiting count."""
+    framework's import overlaps parity's own start-up. Children already waiting count.
+    ``fork``: see ``Worker.start``."""
     _drain_at_exit()
     pool = _POOL.setdefault(framework, [])
     for _ in range(count - len(pool)):
-        pool.append(Worker(framework).start(preload=preload))
+        pool.append(Worker(framework).start(preload=preload, fork=fork))
 
 
 def keep_children(keep: bool = True) -> None:
