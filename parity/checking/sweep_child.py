@@ -23,16 +23,18 @@ import tempfile
 
 from parity.run import worker
 
+# The runner's MNN child first, forked while this process is small and has no thread (as the
+# CLI's is, see parity.__main__): it imports MNN while the runner imports the rest.
+worker.keep_children()
+try:
+    worker.prestart("mnn", "parity.backends.mnn_child", fork=hasattr(os, "fork"))
+except Exception:  # no MNN here: the pair's check says so in its own words
+    pass
+
 # imported with the runner (worker.start's preload), before the first pair comes
 from parity.cli import cli  # noqa: E402
 from parity.checking import pipeline  # noqa: E402,F401
 from parity.backends import onnxruntime as _ort_backend  # noqa: E402,F401
-
-worker.keep_children()
-try:
-    worker.prestart("mnn", "parity.backends.mnn_child")
-except Exception:  # no MNN here: the pair's check says so in its own words
-    pass
 
 
 def check(argv: list[str], cwd: str) -> dict:
