@@ -20,7 +20,6 @@ keep names exact (JSON escapes them itself).
 
 from __future__ import annotations
 
-import html as _html
 import re
 import unicodedata
 
@@ -89,4 +88,6 @@ def xml(text: object) -> str:
 
 def html(text: object) -> str:
     """For HTML: escaped for the terminal, then HTML-escaped (quotes included)."""
-    return _html.escape(terminal(text))
+    import html  # for HTML reports only: html.entities is a large table
+
+    return html.escape(terminal(text))
