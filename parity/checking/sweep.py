@@ -35,6 +35,7 @@ after it; model and input paths are made absolute for it.
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import os
 import tempfile
@@ -54,6 +55,7 @@ SCHEMA = "parity.sweep/1"
 _SEVERITY = [ExitCode.PASS, ExitCode.MISMATCH, ExitCode.USAGE, ExitCode.MODEL_OR_INPUT,
              ExitCode.BACKEND, ExitCode.INTERRUPTED, ExitCode.INTERNAL]
 PAIR_TIMEOUT = 3600.0  # seconds one pair's ``parity check`` may run
+RUNNER = "parity.checking.sweep_child:serve_argv"  # a runner's main function
 
 
 def _parity_version() -> str:
@@ -333,16 +335,31 @@ class Runners:
 
     def take(self):
         """An idle runner, or a new one; None once the sweep is stopping."""
-        from parity.run.worker import Worker
-
         with self._lock:  # so stop() cannot miss a runner started while it runs
             if self._stopped:
                 return None
             if self._idle:
                 return self._idle.pop()
-            runner = Worker("parity check").start(preload="parity.checking.sweep_child")
-            self._all.add(runner)
-            return runner
+            return self._start()
+
+    def fork(self, count: int) -> None:
+        """Start ``count`` runners now as forks of this process, which imports what a runner
+        needs first: their interpreter's and the frameworks' start is paid once, here, as a
+        pool of forked processes pays it. Only from the main thread of the CLI, before any
+        thread of its own (the progress display's, the sweep's pool) starts; a runner that
+        dies later is replaced by a spawned one."""
+        importlib.import_module(RUNNER.partition(":")[0])  # by name, as a worker's preload
+
+        with self._lock:
+            for _ in range(count):
+                self._idle.append(self._start(fork=True))
+
+    def _start(self, fork: bool = False):
+        from parity.run.worker import Worker
+
+        runner = Worker("parity check").start(fork=fork, entry=RUNNER)
+        self._all.add(runner)
+        return runner
 
     def give_back(self, runner) -> None:
         with self._lock:
@@ -435,10 +452,12 @@ def worst(codes) -> int:
     return max(codes, key=lambda c: rank.get(int(c), len(rank)), default=int(ExitCode.PASS))
 
 
-def run(items: list[Item], *, jobs: int = 1, progress=None, pair_timeout: float = PAIR_TIMEOUT) -> list[dict]:
-    """Check every pair, ``jobs`` at a time; one result dict per pair, in ``items`` order."""
+def run(items: list[Item], *, jobs: int = 1, progress=None, pair_timeout: float = PAIR_TIMEOUT,
+        runners: Runners | None = None) -> list[dict]:
+    """Check every pair, ``jobs`` at a time; one result dict per pair, in ``items`` order.
+    ``runners``: started already (``Runners.fork``); stopped here all the same."""
     results = []
-    runners = Runners()
+    runners = runners or Runners()
     one = functools.partial(_run_one, pair_timeout=pair_timeout, runners=runners)
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         try:

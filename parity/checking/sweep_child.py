@@ -2,8 +2,8 @@
 
 A sweep of small models used to start a ``parity check`` process per pair: Python, numpy, ONNX
 Runtime, parity and an MNN child each time, 0.3 s and more of start-up for a check whose
-frameworks need a few milliseconds. A runner (a ``worker.Worker`` child, started by
-``sweep.Runners``) imports all that once and runs each pair's check command in-process, exactly
+frameworks need a few milliseconds. A runner (a child started by ``sweep.Runners``,
+speaking ``worker.Worker``'s protocol) imports all that once and runs each pair's check command in-process, exactly
 as ``parity check`` parses and runs it, with its MNN children kept between pairs
 (``worker.keep_children``).
 
@@ -23,18 +23,27 @@ import tempfile
 
 from parity.run import worker
 
-# The runner's MNN child first, forked while this process is small and has no thread (as the
-# CLI's is, see parity.__main__): it imports MNN while the runner imports the rest.
-worker.keep_children()
-try:
-    worker.prestart("mnn", "parity.backends.mnn_child", fork=hasattr(os, "fork"))
-except Exception:  # no MNN here: the pair's check says so in its own words
-    pass
-
-# imported with the runner (worker.start's preload), before the first pair comes
+# imported with the runner, before the first pair comes (and by a sweep that forks its runners,
+# before it forks them: see sweep.Runners)
 from parity.cli import cli  # noqa: E402
 from parity.checking import pipeline  # noqa: E402,F401
 from parity.backends import onnxruntime as _ort_backend  # noqa: E402,F401
+
+
+def serve(fd: int) -> None:
+    """A runner's life: its MNN child started first (forked while the runner has no thread, as
+    the CLI's is, see parity.__main__), then the sweep's requests until it closes the socket."""
+    worker.keep_children()
+    try:
+        worker.prestart("mnn", "parity.backends.mnn_child", fork=hasattr(os, "fork"))
+    except Exception:  # no MNN here: the pair's check says so in its own words
+        pass
+    worker.serve(fd)
+
+
+def serve_argv() -> None:
+    """``serve`` from the command line of a spawned runner: FD."""
+    serve(int(sys.argv[1]))
 
 
 def check(argv: list[str], cwd: str) -> dict:

@@ -59,8 +59,14 @@ def sweep(target, jobs, shard, pair_timeout, json_path, junit_path, html_path, m
     check_report_paths({"--json": json_path, "--junit": junit_path, "--html": html_path}, inputs=named)
     items = sweep_mod.select_shard(discovered, chosen)
     started = time.monotonic()
-    with Progress(enabled=False if quiet else None, total=len(items), label="sweep") as progress:
-        results = sweep_mod.run(items, jobs=jobs, progress=progress, pair_timeout=pair_timeout)
+    runners = sweep_mod.Runners()
+    try:
+        if hasattr(os, "fork"):  # before the progress display's thread: see Runners.fork
+            runners.fork(min(jobs, len(items)))
+        with Progress(enabled=False if quiet else None, total=len(items), label="sweep") as progress:
+            results = sweep_mod.run(items, jobs=jobs, progress=progress, pair_timeout=pair_timeout, runners=runners)
+    finally:
+        runners.stop()
     report = sweep_mod.SweepReport(target, shard, results, elapsed=time.monotonic() - started)
     _emit_sweep(report, json_path, junit_path, html_path)
 

@@ -96,24 +96,28 @@ class Worker:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def start(self, preload: str | None = None, *, fork: bool = False) -> "Worker":
+    def start(self, preload: str | None = None, *, fork: bool = False,
+              entry: str = "parity.run.worker:serve_argv") -> "Worker":
         """Spawn the child; with ``preload`` (a parity module) it imports that at once, so its
         framework loads while the parent is still busy with its own imports. ``fork``: a copy of
         this process instead of a new interpreter, for the CLI's first moments only (see
-        ``process.fork_child``)."""
+        ``process.fork_child``). ``entry``: the child's main function, taking the socket's
+        descriptor (then ``preload``) as arguments, ``serve_argv`` by default."""
         # a kept child outlives the check that started it: its directory is not that check's
         self.dir = Path(tempfile.mkdtemp(prefix="parity-", dir=_HOME))
         parent_end, child_end = socket.socketpair()
         self._log = open(self.dir / "worker.log", "wb")
         try:
+            args = [str(child_end.fileno()), *([preload] if preload else [])]
             if fork:
-                fd = child_end.fileno()
-                self._proc = fork_child(lambda: serve(fd, preload), cwd=str(self.dir), log_fd=self._log.fileno(),
-                                        keep_fd=fd)
+                def run():
+                    sys.argv[1:] = args
+                    _resolve_entry(entry)()
+
+                self._proc = fork_child(run, cwd=str(self.dir), log_fd=self._log.fileno(), keep_fd=child_end.fileno())
             else:
                 self._proc = spawn(
-                    python_command("parity.run.worker:serve_argv", child_end.fileno(),
-                                   *([preload] if preload else [])),
+                    python_command(entry, *args),
                     python=True, pass_fds=(child_end.fileno(),), cwd=self.dir,
                     stdout=self._log, stderr=subprocess.STDOUT, env=python_env(),
                 )
@@ -330,6 +334,11 @@ def resolve(function: str):
     module_name, _, attr = function.partition(":")
     if not module_name.startswith("parity."):
         raise ChildFailure("backend", f"refusing to run {function!r} in the worker")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def _resolve_entry(entry: str):
+    module_name, _, attr = entry.partition(":")
     return getattr(importlib.import_module(module_name), attr)
 
 
