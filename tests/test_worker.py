@@ -653,3 +653,46 @@ def test_interrupted_sweep_ends_its_children(hanging_sweep, add_pair):
         sweep.run(items, jobs=2, progress=Interrupt(), pair_timeout=600)
     assert time.monotonic() - started < 60
     assert _gone(root)
+
+
+CRASH = '''
+import os
+import signal
+
+
+def build():
+    """A torch model whose factory kills the process that checks it: the sweep's runner."""
+    os.kill(os.getpid(), signal.SIGSEGV)
+'''
+
+
+def test_a_pair_that_kills_its_runner_costs_that_pair_only(tmp_path, add_pair):
+    """Runners are long-lived: one killed by a pair's check (here by user code in it) is that
+    pair's backend error, and the pairs after it get a new runner and pass."""
+    pytest.importorskip("torch")
+    (tmp_path / "crash.py").write_text(CRASH)
+    onnx_path, mnn_path = map(str, add_pair)
+    items = [sweep.Item("before", [onnx_path, mnn_path]),
+             sweep.Item("crashes", [f"{tmp_path / 'crash.py'}:build", onnx_path, mnn_path]),
+             sweep.Item("after", [onnx_path, mnn_path]), sweep.Item("later", [onnx_path, mnn_path])]
+    runners = sweep.Runners()
+    results = sweep.run(items, jobs=1, pair_timeout=300, runners=runners)
+    assert [r["exit_code"] for r in results] == [ExitCode.PASS, ExitCode.BACKEND, ExitCode.PASS, ExitCode.PASS], results
+    assert results[1]["error"].startswith("parity check ended by SIGSEGV"), results[1]
+    assert not runners._all  # stopped: nothing left running
+
+
+def test_the_command_line_sweep_forks_its_runners_and_replaces_a_killed_one(tmp_path, add_pair):
+    """``parity sweep`` forks its runners (Runners.fork); one killed by a pair is replaced."""
+    pytest.importorskip("torch")
+    (tmp_path / "crash.py").write_text(CRASH)
+    onnx_path, mnn_path = add_pair
+    entries = "".join(f'[[model]]\nname = "{name}"\n' + (f'torch = "crash.py:build"\n' if name == "b" else "")
+                      + f'onnx = "{onnx_path}"\nmnn = "{mnn_path}"\n' for name in "abcd")
+    (tmp_path / "zoo.toml").write_text(entries)
+    done = subprocess.run([sys.executable, "-m", "parity", "sweep", "zoo.toml", "-j", "2", "-q", "--json", "s.json"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    results = {r["name"]: r for r in json.loads((tmp_path / "s.json").read_text())["results"]}
+    assert done.returncode == ExitCode.BACKEND, done.stderr
+    assert {n: r["exit_code"] for n, r in results.items()} == {"a": 0, "b": ExitCode.BACKEND, "c": 0, "d": 0}
+    assert results["b"]["error"].startswith("parity check ended by SIGSEGV"), results["b"]
