@@ -37,7 +37,10 @@ def check_parity(*models, atol: float | None = None, rtol: float | None = None,
     if is_pair(models):
         report = _check_llm(models, atol, rtol, mnn_target, mnn_precision, options)
     else:
-        report = _check_models(models, atol, rtol, mnn_target, mnn_precision, options)
+        from parity.run.worker import kept_children
+
+        with kept_children("pytest plugin"):  # one MNN child for the session's checks, not one each
+            report = _check_models(models, atol, rtol, mnn_target, mnn_precision, options)
     if not report.passed:
         buffer = io.StringIO()
         render(report, buffer, color=False, width=150)

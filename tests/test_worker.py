@@ -696,3 +696,22 @@ def test_the_command_line_sweep_forks_its_runners_and_replaces_a_killed_one(tmp_
     assert done.returncode == ExitCode.BACKEND, done.stderr
     assert {n: r["exit_code"] for n, r in results.items()} == {"a": 0, "b": ExitCode.BACKEND, "c": 0, "d": 0}
     assert results["b"]["error"].startswith("parity check ended by SIGSEGV"), results["b"]
+
+
+def test_the_pytest_plugin_keeps_one_mnn_child_for_its_checks(add_pair):
+    """assert_parity's checks share their MNN child (worker.kept_children); code outside the
+    plugin never takes it."""
+    from parity.backends.mnn import MnnBackend
+    from parity.pytest_plugin import check_parity
+    from parity.run import worker
+
+    key = "mnn (pytest plugin)"
+    check_parity(*add_pair)
+    (kept,) = worker._POOL[key]
+    pid = kept._proc.pid
+    check_parity(*add_pair)
+    assert [w._proc.pid for w in worker._POOL[key]] == [pid]  # the same child served the second check
+    with MnnBackend(add_pair[1]) as backend:
+        assert backend._worker._proc.pid != pid  # not the plugin's
+    assert [w._proc.pid for w in worker._POOL[key]] == [pid]
+    assert _alive(pid)

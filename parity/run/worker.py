@@ -18,6 +18,7 @@ so it keeps its exit code.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib
 import os
 import shutil
@@ -88,6 +89,7 @@ class Worker:
         self._submitted: float | None = None
         self._busy = False  # a request sent and its reply not read yet
         self._recyclable = False  # taken from the pool (take): may go back to it when closed
+        self._pool = framework  # the pool it was taken from (see kept_children)
 
     def __enter__(self) -> "Worker":
         self.start()
@@ -221,7 +223,7 @@ class Worker:
             self._proc.wait()
 
     def close(self) -> None:
-        if _KEEP and self._recycle():
+        if (_KEEP or self._pool == _pool_key(self.framework) != self.framework) and self._recycle():
             return
         if self._conn is not None:
             self._conn.close()
@@ -245,7 +247,7 @@ class Worker:
             if entry.name != "worker.log":
                 shutil.rmtree(entry.path, ignore_errors=True) if entry.is_dir() else _unlink(entry.path)
         self._counter = 0
-        _POOL.setdefault(self.framework, []).append(self)
+        _POOL.setdefault(self._pool, []).append(self)
         return True
 
 
@@ -296,9 +298,30 @@ def keep_children(keep: bool = True) -> None:
     _drain_at_exit()
 
 
+_SCOPE: list[str] = []  # the innermost kept_children scope, if any
+
+
+@contextlib.contextmanager
+def kept_children(scope: str):
+    """Within: the children of checks run here are kept between them (as ``keep_children``),
+    in a pool of ``scope``'s own, which code outside never takes from: a library caller's
+    checks (the pytest plugin's ``assert_parity``) share children with each other only."""
+    _drain_at_exit()
+    _SCOPE.append(scope)
+    try:
+        yield
+    finally:
+        _SCOPE.pop()
+
+
+def _pool_key(framework: str) -> str:
+    return f"{framework} ({_SCOPE[-1]})" if _SCOPE else framework
+
+
 def take(framework: str, *, timeout: float = 300.0) -> Worker:
     """A started child for ``framework``: a waiting one if any is left, else a new one."""
-    pool = _POOL.get(framework)
+    key = _pool_key(framework)
+    pool = _POOL.get(key)
     while pool:
         worker = pool.pop()
         if worker._proc is not None and worker._proc.poll() is None:
@@ -308,7 +331,7 @@ def take(framework: str, *, timeout: float = 300.0) -> Worker:
         worker._recyclable = False
         worker.close()
     worker = Worker(framework, timeout=timeout).start()
-    worker._recyclable = True
+    worker._recyclable, worker._pool = True, key
     return worker
 
 
