@@ -109,6 +109,12 @@ def _declared_format(name: str, packed: bool = False) -> str:
     return "NHWC" if formats[name] == "NHWC" else "NCHW"
 
 
+def release() -> bool:
+    """Forget the model (a child going back to the pool between checks: worker.keep_children)."""
+    _state.clear()
+    return True
+
+
 def load(path: str, backend: str, threads: int, precision: str, hints: list, memory: int | None = None,
          rearrange: bool = False, shape_mutable: bool = True) -> dict:
     MNN = _mnn()

@@ -243,6 +243,13 @@ class Worker:
             return False
         if self._proc.poll() is not None or self._conn.poll(0):
             return False
+        if len(_POOL.get(self._pool, ())) >= _KEPT_PER_POOL:
+            return False
+        if self.framework in _RELEASE:  # an idle child holds no model's memory
+            try:
+                self.call(_RELEASE[self.framework], step="releasing its model", timeout=30)
+            except ParityError:
+                return False
         for entry in os.scandir(self.dir):
             if entry.name != "worker.log":
                 shutil.rmtree(entry.path, ignore_errors=True) if entry.is_dir() else _unlink(entry.path)
@@ -272,6 +279,9 @@ def release_files(worker) -> None:
 # framework; whatever is left is killed at exit.
 _POOL: dict[str, list] = {}
 _KEEP = False
+_KEPT_PER_POOL = 2  # idle children kept at most per pool: a check rarely holds more at once
+# what a kept child of a framework is asked to do before it waits for the next check
+_RELEASE = {"mnn": "parity.backends.mnn_child:release"}
 _HOME: str | None = None  # where children's directories go while kept (the process's TMPDIR then)
 _DRAIN_REGISTERED = False
 
