@@ -398,38 +398,32 @@ def _result(item: Item, code: int, report: dict | None, error: str | None, start
     }
 
 
-def _run_one(item: Item, *, pair_timeout: float = PAIR_TIMEOUT, runners: Runners | None = None) -> dict:
+def _run_one(item: Item, *, pair_timeout: float, runners: Runners) -> dict:
     """Check one pair in a runner (sweep_child); past ``pair_timeout`` s the runner is killed."""
     from parity.core.errors import BackendCrash, BackendTimeout, ParityError
 
-    own = runners is None
-    runners = runners or Runners()
     started = time.monotonic()
-    try:
-        # ignore_cleanup_errors: a killed check's files may vanish while they are removed
-        with tempfile.TemporaryDirectory(prefix="parity-sweep-", ignore_cleanup_errors=True) as tmp:
-            runner = runners.take()
-            if runner is None:
-                return _result(item, ExitCode.INTERRUPTED, None, "not run: the sweep was interrupted", started)
-            argv = [*_absolute_item(item).argv(), "--json", "-", "-q"]
-            try:
-                reply = runner.call("parity.checking.sweep_child:check", step=f"checking {item.name}",
-                                    timeout=pair_timeout, argv=argv, cwd=tmp)
-            except BackendTimeout:
-                runners.discard(runner)
-                return _result(item, ExitCode.BACKEND, None, f"timed out after {pair_timeout:g} s", started)
-            except BackendCrash:  # the check's process itself died: a framework it runs in-process
-                code = runner._proc.returncode if runner._proc is not None else None
-                runners.discard(runner)
-                what = signal_description(code) if code is not None and code < 0 else "a signal"
-                return _result(item, ExitCode.BACKEND, None, f"parity check ended by {what}", started)
-            except ParityError as exc:
-                runners.discard(runner)
-                return _result(item, ExitCode.BACKEND, None, str(exc), started)
-            runners.give_back(runner)
-    finally:
-        if own:
-            runners.stop()
+    # ignore_cleanup_errors: a killed check's files may vanish while they are removed
+    with tempfile.TemporaryDirectory(prefix="parity-sweep-", ignore_cleanup_errors=True) as tmp:
+        runner = runners.take()
+        if runner is None:
+            return _result(item, ExitCode.INTERRUPTED, None, "not run: the sweep was interrupted", started)
+        argv = [*_absolute_item(item).argv(), "--json", "-", "-q"]
+        try:
+            reply = runner.call("parity.checking.sweep_child:check", step=f"checking {item.name}",
+                                timeout=pair_timeout, argv=argv, cwd=tmp)
+        except BackendTimeout:
+            runners.discard(runner)
+            return _result(item, ExitCode.BACKEND, None, f"timed out after {pair_timeout:g} s", started)
+        except BackendCrash:  # the check's process itself died: a framework it runs in-process
+            code = runner._proc.returncode if runner._proc is not None else None
+            runners.discard(runner)
+            what = signal_description(code) if code is not None and code < 0 else "a signal"
+            return _result(item, ExitCode.BACKEND, None, f"parity check ended by {what}", started)
+        except ParityError as exc:
+            runners.discard(runner)
+            return _result(item, ExitCode.BACKEND, None, str(exc), started)
+        runners.give_back(runner)
     return _reply_result(item, reply, started)
 
 
@@ -470,8 +464,5 @@ def run(items: list[Item], *, jobs: int = 1, progress=None, pair_timeout: float 
             pool.shutdown(wait=False, cancel_futures=True)
             runners.stop()
             raise
-        finally:
-            if not runners._stopped:
-                pool.shutdown(wait=True)
-                runners.stop()
+    runners.stop()
     return results

@@ -2,10 +2,10 @@
 
 A sweep of small models used to start a ``parity check`` process per pair: Python, numpy, ONNX
 Runtime, parity and an MNN child each time, 0.3 s and more of start-up for a check whose
-frameworks need a few milliseconds. A runner (a child started by ``sweep.Runners``,
-speaking ``worker.Worker``'s protocol) imports all that once and runs each pair's check command in-process, exactly
-as ``parity check`` parses and runs it, with its MNN children kept between pairs
-(``worker.keep_children``).
+frameworks need a few milliseconds. A runner (a child started by ``sweep.Runners``, speaking
+``worker.Worker``'s protocol) imports all that once and runs each pair's check command
+in-process, exactly as ``parity check`` parses and runs it, with its MNN children kept between
+pairs (``worker.keep_children``).
 
 Isolation stays per pair: MNN still runs in a child of the runner, so an MNN crash is that
 pair's ``BackendCrash``; a crash of the runner itself, or a pair over its time limit, kills the
@@ -16,6 +16,7 @@ TMPDIR and tempfile's default while it runs), which the sweep removes after it.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import sys
@@ -25,9 +26,9 @@ from parity.run import worker
 
 # imported with the runner, before the first pair comes (and by a sweep that forks its runners,
 # before it forks them: see sweep.Runners)
-from parity.cli import cli  # noqa: E402
-from parity.checking import pipeline  # noqa: E402,F401
-from parity.backends import onnxruntime as _ort_backend  # noqa: E402,F401
+from parity.cli import cli
+from parity.checking import pipeline  # noqa: F401
+from parity.backends import onnxruntime as _ort_backend  # noqa: F401
 
 
 def serve(fd: int) -> None:
@@ -49,26 +50,23 @@ def serve_argv() -> None:
 def check(argv: list[str], cwd: str) -> dict:
     """``parity check ARGV`` in the private directory ``cwd``: its exit code, and what it wrote
     to stdout (bytes) and stderr."""
-    saved = (os.getcwd(), os.environ.get("TMPDIR"), tempfile.tempdir, sys.argv, sys.stdout, sys.stderr)
+    here, tmpdir, tempdir, args = os.getcwd(), os.environ.get("TMPDIR"), tempfile.tempdir, sys.argv
     out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="backslashreplace", write_through=True)
     err = io.StringIO()
     os.chdir(cwd)
-    os.environ["TMPDIR"] = cwd
-    tempfile.tempdir = cwd
+    os.environ["TMPDIR"] = tempfile.tempdir = cwd
     sys.argv = ["parity", *argv]
-    sys.stdout, sys.stderr = out, err
     try:
-        try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             cli.main(list(argv), prog_name="parity")
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
-        sys.stdout, sys.stderr = saved[4], saved[5]
-        os.chdir(saved[0])
-        if saved[1] is None:
+        os.chdir(here)
+        if tmpdir is None:
             os.environ.pop("TMPDIR", None)
         else:
-            os.environ["TMPDIR"] = saved[1]
-        tempfile.tempdir, sys.argv = saved[2], saved[3]
+            os.environ["TMPDIR"] = tmpdir
+        tempfile.tempdir, sys.argv = tempdir, args
     return {"code": code, "stdout": out.buffer.getvalue(), "stderr": err.getvalue()}

@@ -114,7 +114,7 @@ class Worker:
             if fork:
                 def run():
                     sys.argv[1:] = args
-                    _resolve_entry(entry)()
+                    resolve(entry)()
 
                 self._proc = fork_child(run, cwd=str(self.dir), log_fd=self._log.fileno(), keep_fd=child_end.fileno())
             else:
@@ -223,7 +223,7 @@ class Worker:
             self._proc.wait()
 
     def close(self) -> None:
-        if (_KEEP or self._pool == _pool_key(self.framework) != self.framework) and self._recycle():
+        if self._kept() and self._recycle():
             return
         if self._conn is not None:
             self._conn.close()
@@ -235,6 +235,10 @@ class Worker:
             self._proc = None
         release_files(self)
 
+    def _kept(self) -> bool:
+        """Whether closing returns the child to its pool: in a process that keeps its children
+        (keep_children), or inside the kept_children scope whose pool it was taken from."""
+        return _KEEP or (self._pool != self.framework and self._pool == _pool_key(self.framework))
 
     def _recycle(self) -> bool:
         """Back to the pool instead of killed: a healthy, idle child taken from it, its files
@@ -367,11 +371,6 @@ def resolve(function: str):
     module_name, _, attr = function.partition(":")
     if not module_name.startswith("parity."):
         raise ChildFailure("backend", f"refusing to run {function!r} in the worker")
-    return getattr(importlib.import_module(module_name), attr)
-
-
-def _resolve_entry(entry: str):
-    module_name, _, attr = entry.partition(":")
     return getattr(importlib.import_module(module_name), attr)
 
 
