@@ -64,7 +64,43 @@ def main() -> None:
         cause, code = interruption(exc)
         sys.stderr.write(f"{cause}; child processes stopped, nothing was written.\n")
         raise SystemExit(code) from None
-    cli(prog_name="parity")
+    try:
+        cli(prog_name="parity")
+    except SystemExit as exc:
+        _exit_now(exc.code)
+        raise
+
+
+def _exit_now(code) -> None:
+    """Leave at once, once the command is done: the atexit handlers run (children stopped,
+    private directories removed, third parties' own), stdout and stderr are flushed, and the
+    process ends without the interpreter's teardown, which frees every module numpy, ONNX
+    Runtime and parity loaded one by one (35-45 ms measured, a tenth of a small model's
+    check). Only when nothing else could need that teardown: no thread besides this one (a
+    normal exit joins them), a plain exit code, and output that flushed (a closed pipe keeps
+    Python's own handling); otherwise this returns and the exit goes on as usual."""
+    import threading
+
+    if threading.active_count() > 1 or not (code is None or isinstance(code, int)):
+        return
+    import atexit
+
+    run_exit_functions = getattr(atexit, "_run_exitfuncs", None)
+    if run_exit_functions is None or not _flushed():
+        return
+    run_exit_functions()
+    if threading.active_count() == 1 and _flushed():  # a handler may have started or printed something
+        os._exit(code or 0)
+
+
+def _flushed() -> bool:
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 if __name__ == "__main__":
