@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from helpers import ROOT
 from parity.core.errors import ExitCode
 
@@ -44,3 +46,43 @@ def test_an_unexpected_exception_is_exit_123_in_one_line(monkeypatch):
     assert lines == ["Internal error: ValueError: an internal bug (rerun with --traceback for details)"]
     result = runner.invoke(cli, ["check", str(MODELS / "cnn.onnx"), str(MODELS / "cnn.mnn"), "-q", "--traceback"])
     assert result.exit_code == 123 and "Traceback" in result.output
+
+
+_LAUNCHER = """
+import atexit, sys, threading, time
+marker, mode = sys.argv.pop(1), sys.argv.pop(1)
+atexit.register(lambda: open(marker, "a").write("atexit ran\\n"))  # a third party's handler
+if mode == "thread":  # a thread still running when the command ends: Python's own exit joins it
+    threading.Thread(target=lambda: (time.sleep(0.3), open(marker, "a").write("thread ended\\n"))).start()
+sys.argv[0] = "parity"
+from parity.__main__ import main
+main()
+"""
+
+
+@pytest.mark.parametrize("mode", ["alone", "thread"])
+@pytest.mark.parametrize("case", ["pass", "missing"])
+def test_the_cli_exit_runs_every_handler_and_delivers_all_output(tmp_path, mode, case):
+    """The CLI leaves without the interpreter's teardown (parity.__main__._exit_now): its exit
+    code, every byte of its output and every atexit handler (once) are as a normal exit's; with
+    another thread alive it exits normally, after that thread."""
+    import json
+    import subprocess
+    import sys
+
+    from helpers import MODELS
+
+    marker = tmp_path / "marker"
+    onnx_path = MODELS / "cnn.onnx" if case == "pass" else tmp_path / "absent.onnx"
+    proc = subprocess.run([sys.executable, "-c", _LAUNCHER, str(marker), mode, "check", str(onnx_path),
+                           str(MODELS / "cnn.mnn"), "--json", "-"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    lines = marker.read_text().splitlines()
+    if case == "pass":
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["passed"] is True
+    else:
+        assert proc.returncode == ExitCode.MODEL_OR_INPUT and "absent.onnx" in proc.stderr
+    assert lines.count("atexit ran") == 1
+    assert ("thread ended" in lines) == (mode == "thread")
+    assert list(tmp_path.iterdir()) == [marker]
