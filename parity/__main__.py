@@ -78,10 +78,14 @@ def _exit_now(code) -> None:
     Runtime and parity loaded one by one (35-45 ms measured, a tenth of a small model's
     check). Only when nothing else could need that teardown: no thread besides this one (a
     normal exit joins them), a plain exit code, and output that flushed (a closed pipe keeps
-    Python's own handling); otherwise this returns and the exit goes on as usual."""
+    Python's own handling), and no profiler, tracer or debugger watching (``python -m
+    cProfile -m parity`` writes its figures after ``main`` returns); otherwise this returns and
+    the exit goes on as usual."""
     import threading
 
     if threading.active_count() > 1 or not (code is None or isinstance(code, int)):
+        return
+    if sys.getprofile() is not None or sys.gettrace() is not None:
         return
     import atexit
 

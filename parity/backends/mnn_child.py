@@ -249,9 +249,10 @@ def _array(feed, mmap_mode=None) -> np.ndarray:
 
 
 def run(feeds: dict, results: dict | None, outputs: list | None = None, cut: bool = False,
-        cache: bool = True, formats: dict | None = None) -> dict:
+        cache: bool = True, formats: dict | None = None, inline_bytes: int = 0) -> dict:
     """Run on the feeds (.npy paths or arrays); write each output to the path ``results`` maps
-    it to, or with ``results`` None return it inline.
+    it to, or with ``results`` None return it inline. Outputs return inline too while they add
+    up to at most ``inline_bytes`` (small arrays: a message is cheaper than a file).
 
     With ``cut`` the feeds name intermediate tensors: the module is cut there, so reference
     values can be fed into the middle of the graph, each in the layout the graph holds it in.
@@ -285,7 +286,7 @@ def run(feeds: dict, results: dict | None, outputs: list | None = None, cut: boo
         )
     if len(produced) != len(names):
         raise ChildFailure("backend", f"MNN returned {len(produced)} outputs for {len(names)} requested")
-    reply = {}
+    reply, budget = {}, [inline_bytes]
     for name, var in zip(names, produced):
         try:
             layout = str(var.data_format).split(".")[-1]
@@ -301,13 +302,19 @@ def run(feeds: dict, results: dict | None, outputs: list | None = None, cut: boo
             reply[name] = {"error": f"{type(exc).__name__}: {text[0] if text else ''}"}
             continue
         reply[name] = {"steps": steps, "layout": layout, "op_type": var.op_type if hasattr(var, "op_type") else ""}
-        if results is None:  # a target's agent: the array travels inline in the reply
-            reply[name]["array"] = array
-        else:
-            np.save(results[name], array)
-            reply[name]["path"] = results[name]
+        reply[name].update(_stored(array, results[name] if results is not None else None, budget))
         del array
     return reply
+
+
+def _stored(array: np.ndarray, path: str | None, budget: list) -> dict:
+    """How an output travels back: inline (a target's agent, ``path`` None; or while the
+    budget of inline bytes lasts), else written to ``path``."""
+    if path is None or array.nbytes <= budget[0]:
+        budget[0] -= array.nbytes
+        return {"array": array}
+    np.save(path, array)
+    return {"path": path}
 
 
 # MNN's forward types by name, as a runtime manager is asked for them
