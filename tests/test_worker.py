@@ -129,6 +129,30 @@ def test_protocol_mnn_runs_while_the_caller_works(int_add):
     assert results[1].notes == again.notes == (note,)
 
 
+def test_small_and_large_arrays_cross_to_the_mnn_child_alike(tmp_path):
+    """A run's arrays travel in the messages up to a budget (mnn._INLINE_BYTES) and in .npy
+    files beyond it, both ways: a small and a large input and output come back exact, whichever
+    way each went, and no file is left behind."""
+    from parity.backends import mnn as mnn_backend
+
+    big = mnn_backend._INLINE_BYTES // 4 + 1024  # float32 elements: over the budget alone
+    onnx_path = save_model([helper.make_node("Add", ["a", "a"], ["small"]), helper.make_node("Neg", ["b"], ["large"])],
+                           [tensor("a", shape=[2, 3]), tensor("b", shape=[1, big])],
+                           [tensor("small", shape=[2, 3]), tensor("large", shape=[1, big])], tmp_path / "mixed.onnx")
+    rng = np.random.default_rng(0)
+    feeds = {"a": rng.standard_normal((2, 3)).astype(np.float32), "b": rng.standard_normal((1, big)).astype(np.float32)}
+    with MnnBackend(to_mnn(onnx_path)) as backend:
+        pending = backend.begin_run(feeds)
+        assert list(pending.feed_paths) == ["b"]  # "a" went in the message
+        result = backend.finish_run(pending)
+        again = backend.run(feeds)
+        left = [p for p in backend._worker.dir.rglob("*.npy")]
+    np.testing.assert_array_equal(result.outputs["small"], feeds["a"] * 2)
+    np.testing.assert_array_equal(result.outputs["large"], -feeds["b"])
+    np.testing.assert_array_equal(again.outputs["large"], -feeds["b"])
+    assert left == []
+
+
 # -- 2. the worker ----------------------------------------------------------------------------
 PROBE = '''
 """Loaded by tests/test_worker.py in its own process and, through pickled kwargs, in the
