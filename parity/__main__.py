@@ -64,11 +64,31 @@ def main() -> None:
         cause, code = interruption(exc)
         sys.stderr.write(f"{cause}; child processes stopped, nothing was written.\n")
         raise SystemExit(code) from None
+    cli(prog_name="parity")
+
+
+def run() -> None:
+    """The ``parity`` program (its console script, ``python -m parity``): ``main``, then the exit
+    without the interpreter's teardown (``_exit_now``). Code that runs the CLI in its own
+    process and goes on after it (``main()`` or ``runpy.run_module("parity")`` in a ``try``)
+    gets a normal ``SystemExit``."""
     try:
-        cli(prog_name="parity")
+        main()
     except SystemExit as exc:
         _exit_now(exc.code)
         raise
+
+
+def _run_as_program() -> bool:
+    """True for ``python -m parity``: runpy's start of a ``-m`` module, and nothing else, above
+    this module's code; no caller's frame that could catch the exit and go on."""
+    import runpy
+
+    caller = sys._getframe(1).f_back  # whoever runs this module's code
+    starter = caller.f_back if caller is not None else None
+    codes = [getattr(getattr(runpy, name, None), "__code__", None) for name in ("_run_code", "_run_module_as_main")]
+    return (caller is not None and starter is not None and starter.f_back is None and None not in codes
+            and [caller.f_code, starter.f_code] == codes)
 
 
 def _exit_now(code) -> None:
@@ -109,4 +129,4 @@ def _flushed() -> bool:
 
 if __name__ == "__main__":
     _forget_working_directory()
-    main()
+    run() if _run_as_program() else main()

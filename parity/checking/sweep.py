@@ -73,12 +73,15 @@ class SweepReport:
     shard: str | None
     results: tuple[dict, ...]
     parity_version: str = field(default_factory=_parity_version)
-    # wall-clock seconds of the whole sweep; with -j N the pairs' own times add up to more
+    # wall-clock seconds of the whole sweep, to the hundredth (as the JSON and the summary line
+    # give it: one value, so both round it alike); with -j N the pairs' own times add up to more
     elapsed: float | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "target", os.fspath(self.target))
         object.__setattr__(self, "results", tuple(self.results))
+        if self.elapsed is not None:
+            object.__setattr__(self, "elapsed", round(self.elapsed, 2))
 
     @property
     def exit_code(self) -> int:
@@ -97,7 +100,7 @@ class SweepReport:
             "shard": self.shard,
             "passed": self.passed,
             "exit_code": self.exit_code,
-            "elapsed_seconds": None if self.elapsed is None else round(self.elapsed, 2),
+            "elapsed_seconds": self.elapsed,
             "results": list(self.results),
         }
 
