@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -442,25 +443,24 @@ class MnnBackend(Backend):
             raise RuntimeError(f"{self.label} already has a run outstanding: finish_run it first")
         worker = self._worker
         names = outputs or [s.name for s in self._outputs]
-        if self._inline:  # a target: arrays travel in the messages
-            feed_paths, result_paths, sent = {}, {}, {name: np.asarray(array) for name, array in feeds.items()}
-        else:  # here: small arrays in the messages, the others in .npy files
-            feed_paths, sent, budget = {}, {}, _INLINE_BYTES
-            for name, array in feeds.items():
-                array = np.asarray(array)
-                if array.nbytes <= budget:
-                    sent[name], budget = array, budget - array.nbytes
-                    continue
-                sent[name] = feed_paths[name] = str(worker.path("in"))
-                np.save(feed_paths[name], array)
-            result_paths = {name: str(worker.path("out")) for name in names}
+        # arrays travel in the messages: all of them to a target, small ones here (the others
+        # in .npy files)
+        feed_paths, sent, budget = {}, {}, math.inf if self._inline else _INLINE_BYTES
+        for name, array in feeds.items():
+            array = np.asarray(array)
+            if array.nbytes <= budget:
+                sent[name], budget = array, budget - array.nbytes
+                continue
+            sent[name] = feed_paths[name] = str(worker.path("in"))
+            np.save(feed_paths[name], array)
+        result_paths = {} if self._inline else {name: str(worker.path("out")) for name in names}
         pending = _PendingRun(names, feed_paths, result_paths, f"{step} {self.path.name}", tuple(notes), partial)
         self._pending = pending
         try:
             worker.submit(f"{_CHILD}:run", step=pending.step, feeds=sent,
                           results=result_paths if not self._inline else None,
                           outputs=outputs, cut=cut, cache=cache, **({"formats": formats} if formats else {}),
-                          **({} if self._inline else {"inline_bytes": _INLINE_BYTES}))
+                          inline_bytes=_INLINE_BYTES)
         except BaseException:
             self._collect_files(pending)
             raise

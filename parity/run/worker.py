@@ -255,18 +255,16 @@ class Worker:
             except ParityError:
                 return False
         for entry in os.scandir(self.dir):
-            if entry.name != "worker.log":
-                shutil.rmtree(entry.path, ignore_errors=True) if entry.is_dir() else _unlink(entry.path)
+            if entry.name == "worker.log":
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
         self._counter = 0
         _POOL.setdefault(self._pool, []).append(self)
         return True
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def release_files(worker) -> None:
