@@ -372,9 +372,13 @@ class Runners:
         self.discard(runner)
 
     def discard(self, runner) -> None:
+        """Close a runner, unless ``stop`` has claimed it already: one thread closes each (two
+        closing one connection at once would close its descriptor twice)."""
         with self._lock:
+            mine = runner in self._all
             self._all.discard(runner)
-        runner.close()
+        if mine:
+            runner.close()
 
     def stop(self) -> None:
         with self._lock:
