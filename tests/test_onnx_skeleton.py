@@ -172,3 +172,62 @@ def test_reading_external_data_locations_does_not_import_onnx(tmp_path):
             "print(len(found), 'onnx' in sys.modules, 'ml_dtypes' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["1", "False", "False"], out
+
+
+def _mixed_weights(tmp_path):
+    """Initializers of every kind the in-memory capture meets: raw float32, float16, int64 and
+    bool (taken out), typed float_data and bfloat16 (left inline), a small one (left inline)."""
+    rng = np.random.default_rng(1)
+    big = numpy_helper.from_array(rng.standard_normal((48, 16)).astype(np.float32), "big")
+    half = numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float16), "half")
+    index = numpy_helper.from_array(rng.integers(0, 48, (40,)).astype(np.int64), "index")
+    keep = numpy_helper.from_array(rng.random((8, 16)) > 0.5, "keep")
+    typed = helper.make_tensor("typed", TensorProto.FLOAT, [16, 16], rng.standard_normal(256).tolist())
+    brain = helper.make_tensor("brain", TensorProto.BFLOAT16, [16], [0x3F80] * 16, raw=False)
+    small = numpy_helper.from_array(np.float32([0.25]), "small")
+    nodes = [
+        helper.make_node("Gather", ["big", "index"], ["rows"], axis=0),
+        helper.make_node("Cast", ["half"], ["half32"], to=TensorProto.FLOAT),
+        helper.make_node("MatMul", ["rows", "half32"], ["mixed"]),
+        helper.make_node("MatMul", ["mixed", "typed"], ["typed_out"]),
+        helper.make_node("Cast", ["brain"], ["brain32"], to=TensorProto.FLOAT),
+        helper.make_node("Add", ["typed_out", "brain32"], ["shifted"]),
+        helper.make_node("Mul", ["shifted", "small"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "x"], ["summed"]),
+        helper.make_node("Slice", ["summed", "zero", "eight", "zero"], ["head"]),
+        helper.make_node("Where", ["keep", "head", "zero_f"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [40, 16])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+        initializer=[big, half, index, keep, typed, brain, small,
+                     numpy_helper.from_array(np.int64([0]), "zero"), numpy_helper.from_array(np.int64([8]), "eight"),
+                     numpy_helper.from_array(np.float32(0), "zero_f")])
+    path = tmp_path / "mixed.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path, [n.output[0] for n in nodes]
+
+
+def test_a_capture_with_weights_in_memory_computes_what_the_file_does(tmp_path):
+    """ONNX Runtime given the raw initializers as arrays (the capture session's fast form)
+    returns, bit for bit, what it returns from the whole file; only the raw tensors of types
+    numpy holds are taken out, and the model bytes left are small."""
+    import onnxruntime as ort
+
+    path, values = _mixed_weights(tmp_path)
+    model_bytes, arrays = onnx_skeleton.with_outputs_in_memory(path, values, keep_below=64)
+    assert sorted(arrays) == ["big", "half", "index", "keep"]
+    full = onnx.load(str(path))
+    for name, array in arrays.items():
+        expected = numpy_helper.to_array(next(t for t in full.graph.initializer if t.name == name))
+        assert array.dtype == expected.dtype and np.array_equal(array, expected), name
+    assert len(model_bytes) < path.stat().st_size - sum(a.nbytes for a in arrays.values()) + 400
+
+    feeds = {"x": np.random.default_rng(2).standard_normal((40, 16)).astype(np.float32)}
+    options = ort.SessionOptions()
+    options.add_external_initializers(list(arrays), [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays.values()])
+    in_memory = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"]).run(values, feeds)
+    whole = ort.InferenceSession(onnx_skeleton.with_outputs(path, values),
+                                 providers=["CPUExecutionProvider"]).run(values, feeds)
+    for name, a, b in zip(values, in_memory, whole):
+        assert a.dtype == b.dtype and np.array_equal(a, b), name

@@ -76,8 +76,8 @@ def test_the_first_divergence_is_isolated_from_the_tensors_the_layer_capture_kep
     captures = []
     session_for, begin_capture = OnnxRuntimeBackend._session_for, MnnBackend.begin_capture
     monkeypatch.setattr(OnnxRuntimeBackend, "_session_for",
-                        lambda self, data, key, folder=None: captures.append(("onnxruntime", key[0]))
-                        or session_for(self, data, key, folder))
+                        lambda self, data, key, folder=None, initializers=None: captures.append(
+                            ("onnxruntime", key[0])) or session_for(self, data, key, folder, initializers))
     monkeypatch.setattr(MnnBackend, "begin_capture",
                         lambda self, feeds, names, cache=True: captures.append(("mnn", len(names)))
                         or begin_capture(self, feeds, names, cache=cache))

@@ -155,6 +155,7 @@ class OnnxRuntimeBackend(Backend):
         self._proto = None
         self._graph_proto = None
         self._sessions = {}
+        self._backing = None  # after the sessions that used the arrays in place
 
     def model_proto(self):
         """The ONNX model, loaded once (graph walks and in-memory copies start from it)."""
@@ -173,7 +174,9 @@ class OnnxRuntimeBackend(Backend):
             self._graph_proto = onnx_skeleton.load(self.path, keep_below=_SMALL_CONSTANT)
         return self._graph_proto
 
-    def _session_for(self, model_bytes: bytes, key, folder: str | None = None):
+    def _session_for(self, model_bytes: bytes, key, folder: str | None = None, initializers=None):
+        """The session of ``key``, built from ``model_bytes`` (and ``initializers``, name ->
+        array, that it declares in memory) when it is not the one kept."""
         cache = getattr(self, "_sessions", None)
         if cache is None:
             cache = self._sessions = {}
@@ -188,12 +191,33 @@ class OnnxRuntimeBackend(Backend):
             if self.threads:
                 so.intra_op_num_threads = self.threads
             cache.clear()  # one capture session at a time bounds memory
+            self._backing = None  # (after its session) the arrays the last one used in place
+            backing = None
+            if initializers:
+                backing = [ort.OrtValue.ortvalue_from_numpy(array) for array in initializers.values()]
+                so.add_external_initializers(list(initializers), backing)
             try:
                 cache[key] = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
             except Exception as exc:
                 raise BackendError(f"onnxruntime could not load a capture of {self.path.name}: "
                                    f"{_first_line(exc)}") from None
+            self._backing = (backing, initializers)
         return cache[key]
+
+    def _capture_session(self, names: list[str], key):
+        """A session of the model whose outputs are ``names``. Weights inside the .onnx are handed
+        to it as arrays (onnx_skeleton.with_outputs_in_memory): it parses a few hundred KB, not
+        the whole file. Should ONNX Runtime refuse that form, the spliced file's bytes."""
+        if not getattr(self, "_externals", False):
+            from parity.core import onnx_skeleton
+
+            try:
+                model_bytes, arrays = onnx_skeleton.with_outputs_in_memory(self.path, names)
+                return self._session_for(model_bytes, key, None, arrays)
+            except (BackendError, ValueError):
+                pass
+        model_bytes, folder = self._capture_bytes(names)
+        return self._session_for(model_bytes, key, folder)
 
     def _capture_bytes(self, names: list[str]) -> tuple[bytes, str | None]:
         """The model with ``names`` as its outputs, and the directory its external data is in:
@@ -223,8 +247,7 @@ class OnnxRuntimeBackend(Backend):
         if key not in getattr(self, "_sessions", {}):
             if getattr(self, "_large", False):
                 self._session = None  # one copy of a large model's weights: the capture's
-            model_bytes, folder = self._capture_bytes(names)
-            session = self._session_for(model_bytes, key, folder)
+            session = self._capture_session(names, key)
         else:
             session = self._sessions[key]
         try:
