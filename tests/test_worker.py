@@ -379,6 +379,17 @@ def test_a_capture_prepared_ahead_returns_what_a_plain_capture_does():
         ahead.prepare_capture(["no such tensor"])  # MNN cannot build it: not this call's to report
         again = ahead.capture(feeds, names[:2]).outputs
         np.testing.assert_array_equal(again[names[0]], want[names[0]])
+        # sent while the model's run is out (what check does), the prepare follows that run:
+        # the run's reply is the run's, and the capture after it finds its module
+        handle = ahead.begin_run(feeds)
+        ahead.prepare_capture(names[1:])
+        ahead.prepare_capture(names[:1])  # one out already: nothing more is sent
+        for name, array in ahead.finish_run(handle).outputs.items():
+            np.testing.assert_array_equal(array, run[name])
+        later = ahead.capture(feeds, names[1:]).outputs
+        assert sorted(later) == sorted(n for n in want if n != names[0])
+        for name in later:
+            np.testing.assert_array_equal(later[name], want[name])
     left = MnnBackend(MODELS / "cnn.mnn")
     left.open()
     left.prepare_capture(names)

@@ -121,6 +121,7 @@ class MnnBackend(Backend):
         self._layouts: dict | None = None  # tensor -> NCHW/NC4HW4, read from the file on the first cut
         self._pending: _PendingRun | None = None
         self._preparing: str | None = None  # the step of a prepare_capture not collected yet
+        self._prepared_after: _PendingRun | None = None  # the run whose reply comes before it
         self._facts: dict = {}
         self.cpu_features: dict[str, int] = {}  # as MNN reports them when its runtime starts
 
@@ -201,7 +202,7 @@ class MnnBackend(Backend):
 
     def _close(self) -> None:
         self._pending = None  # its files go with the worker's directory
-        self._preparing = None
+        self._preparing = self._prepared_after = None
         if self._worker is not None:
             self._worker.close()
             self._worker = None
@@ -412,9 +413,11 @@ class MnnBackend(Backend):
     def prepare_capture(self, names: list[str], *, cache: bool = True) -> None:
         """Have the child load the module a capture of ``names`` runs, now, without waiting:
         it loads while the parent works (compares the outputs, builds ONNX Runtime's capture),
-        and the capture that follows finds it loaded. Nothing is sent while a run is out."""
-        if self._pending is not None or self._preparing is not None or self._worker is None:
+        and the capture that follows finds it loaded. Sent while the model's run is out, it
+        follows that run in the child (whose reply comes first) with no wait between them."""
+        if self._preparing is not None or self._worker is None:
             return
+        self._prepared_after = self._pending
         self._preparing = f"loading the capture module of {self.path.name}"
         self._worker.submit(f"{_CHILD}:prepare", step=self._preparing, outputs=list(names), cache=cache)
 
@@ -422,6 +425,9 @@ class MnnBackend(Backend):
         """Collect the reply to a prepare_capture: before the reply of a run sent after it, or
         before a call (the child answers in order). A failure MNN answers with is the
         capture's to report, when it comes; a crash, a timeout or a child gone, now."""
+        if self._preparing is not None and self._prepared_after is not None:
+            # the reply of the run sent before it comes first
+            raise RuntimeError(f"{self.label} has a run outstanding: finish_run it first")
         step, self._preparing = self._preparing, None
         if step is None:
             return
@@ -444,8 +450,10 @@ class MnnBackend(Backend):
         worker = self._worker
         names = outputs or [s.name for s in self._outputs]
         # arrays travel in the messages: all of them to a target, small ones here (the others
-        # in .npy files)
-        feed_paths, sent, budget = {}, {}, math.inf if self._inline else _INLINE_BYTES
+        # in .npy files); none here while the child loads a capture module, as a message larger
+        # than the pipe holds would keep the parent waiting until the child reads it
+        budget = math.inf if self._inline else _INLINE_BYTES if self._preparing is None else 0
+        feed_paths, sent = {}, {}
         for name, array in feeds.items():
             array = np.asarray(array)
             if array.nbytes <= budget:
@@ -479,7 +487,10 @@ class MnnBackend(Backend):
         if self._pending is not pending:
             raise RuntimeError(f"{self.label} has no such run outstanding (finished already, or closed)")
         try:
-            self._settle()
+            if self._prepared_after is pending:  # the child answers this run first
+                self._prepared_after = None
+            else:
+                self._settle()
             reply = self._worker.result(step=pending.step)
             arrays, steps, failed = {}, {}, {}
             for name in pending.names:

@@ -119,9 +119,9 @@ def check(
             raise UsageError("--load-outputs holds the outputs of one run: give one input sample")
         links = stage_links(stages)
         if len(samples) == 1:
-            results = _run_all(backends, feeds, say)
-            if options.layers.enabled:
-                _prepare_layers(backends, links, feeds, options)
+            # MNN's child loads the layer capture's module right after its run
+            prepare = functools.partial(_prepare_layers, backends, links, feeds, options)
+            results = _run_all(backends, feeds, say, submitted=prepare if options.layers.enabled else None)
             comparisons = [_compare_link(backends, results, link, options, say, budget) for link in links]
         else:  # the later steps (layers, diagnosis, ranking) look at the worst sample
             run = functools.partial(_run_and_compare, backends, links, options, budget)
@@ -243,14 +243,20 @@ def _input_specs(backends) -> list:
     return first.input_specs if not reference.describes_inputs and described else reference.input_specs
 
 
-def _run_all(backends, feeds, say) -> list:
+def _run_all(backends, feeds, say, submitted: Callable[[], None] | None = None) -> list:
     """Backends whose work runs in a child are sent their run first and collected last, so
-    they compute while the others run here."""
+    they compute while the others run here; ``submitted`` is called once the children's
+    runs are sent."""
     order = sorted(range(len(backends)), key=lambda i: not backends[i].runs_in_child)
     handles = {}
     for i in order:
+        if submitted is not None and not backends[i].runs_in_child:
+            submitted()
+            submitted = None
         say(f"running {_run_name(backends[i])}")
         handles[i] = backends[i].begin_run(feeds)
+    if submitted is not None:
+        submitted()
     return [backends[i].finish_run(handles[i]) for i in range(len(backends))]
 
 
@@ -330,9 +336,9 @@ def _onnx_graph(backends):
 
 
 def _prepare_layers(backends, links, feeds, options: CheckOptions) -> None:
-    """MNN loads the module of the first layer capture while the outputs are compared (on a
-    BERT-base, 0.8 s of the layer step). What goes wrong here goes wrong again in the layer
-    step, which says so."""
+    """MNN loads the module of the first layer capture right after the model's run, while
+    ONNX Runtime runs and the outputs are compared (on a BERT-base, 0.8 s of the layer step).
+    What goes wrong here goes wrong again in the layer step, which says so."""
     from parity.checking import layers as layers_mod
 
     graph = _onnx_graph(backends)
