@@ -82,7 +82,11 @@ class MnnBackend(Backend):
         """One run per precision and memory mode asked for (--mnn-precision high,low); the
         float conversion of a compressed model runs once."""
         runs = options.mnn.runs()[:1] if role == "float conversion" else options.mnn.runs()
-        return [dict(options.mnn.backend_kwargs(p, m), timeout=options.timeout, **({"role": role} if role else {}))
+        # a --layers check within the default memory budget: the model loads once, as a module
+        # returning every tensor (its run then serves the layer capture too)
+        every = options.layers.enabled and options.layers.max_memory is None and not role
+        return [dict(options.mnn.backend_kwargs(p, m), timeout=options.timeout, **({"role": role} if role else {}),
+                     **({"every_tensor": True} if every else {}))
                 for p, m in runs]
 
     def __init__(
@@ -99,9 +103,11 @@ class MnnBackend(Backend):
         shape_mutable: bool = True,
         target: str = "local",
         role: str = "",
+        every_tensor: bool = False,
         **options,
     ):
         super().__init__(path, **options)
+        self.every_tensor = every_tensor
         from parity.run.targets import parse_target
 
         self.target = parse_target(target)
@@ -160,6 +166,7 @@ class MnnBackend(Backend):
                 memory=self.memory,
                 rearrange=self.rearrange,
                 shape_mutable=self.shape_mutable,
+                **({"every_tensor": True} if self.every_tensor and not self._inline else {}),
             )
 
     def _open(self) -> None:
@@ -299,8 +306,7 @@ class MnnBackend(Backend):
         wherever it runs, and a target needs no converter."""
         step = f"dumping {self.path.name} as JSON"
         if not self._inline:
-            self._settle()
-            self._worker.call(f"{_CHILD}:dump_json", step=step, path=os.path.abspath(self.path), target=str(target))
+            self._call(f"{_CHILD}:dump_json", step=step, path=os.path.abspath(self.path), target=str(target))
             return
         from parity.run.worker import Worker
 
@@ -317,8 +323,7 @@ class MnnBackend(Backend):
                     raise ValueError("op type names are those of another MNN")
                 self._graph = mnn_flatbuffer.read_graph(self.path)
             except (OSError, ValueError):  # control flow, an op type the table does not know
-                self._settle()
-                self._graph = self._worker.call(f"{_CHILD}:graph", step=f"reading the graph of {self.path.name}")
+                self._graph = self._call(f"{_CHILD}:graph", step=f"reading the graph of {self.path.name}")
         return self._graph
 
     def capture(self, feeds: TensorMap, names: list[str], *, cache: bool = True) -> RunResult:
@@ -420,6 +425,15 @@ class MnnBackend(Backend):
         self._prepared_after = self._pending
         self._preparing = f"loading the capture module of {self.path.name}"
         self._worker.submit(f"{_CHILD}:prepare", step=self._preparing, outputs=list(names), cache=cache)
+
+    def _call(self, function: str, *, step: str, **kwargs):
+        """A request answered at once. The child answers in order: while a run is out (check
+        plans the layer capture then) its reply comes first, so the request is refused, to be
+        asked again once the run is collected."""
+        if self._pending is not None:
+            raise BackendError(f"{step}: {self.label} has a run outstanding; asked again after it")
+        self._settle()
+        return self._worker.call(function, step=step, **kwargs)
 
     def _settle(self) -> None:
         """Collect the reply to a prepare_capture: before the reply of a run sent after it, or

@@ -115,10 +115,7 @@ def release() -> bool:
     return True
 
 
-def load(path: str, backend: str, threads: int, precision: str, hints: list, memory: int | None = None,
-         rearrange: bool = False, shape_mutable: bool = True) -> dict:
-    MNN = _mnn()
-    _state.clear()  # a child kept between checks (worker.keep_children) holds the last model until now
+def _runtime(MNN, backend: str, threads: int, precision: str, memory: int | None, hints: list):
     config = {"backend": backend, "numThread": int(threads)}
     precision_value = _PRECISIONS.get(precision, precision)
     if precision_value != 0:
@@ -126,12 +123,58 @@ def load(path: str, backend: str, threads: int, precision: str, hints: list, mem
     if memory is not None:
         config["memory"] = int(memory)
     runtime = MNN.nn.create_runtime_manager((config,))
-    native = _native(path)  # MNN's binding takes UTF-8; Python's calls below take ``path``
     for mode, value in hints:
         runtime.set_hint(int(mode), int(value))
-    try:  # MNN verifies the flatbuffer: a file that is not a model raises (SystemError) here
-        module = MNN.nn.load_module_from_file(native, [], [], runtime_manager=runtime, rearrange=rearrange,
+    return runtime
+
+
+def _model_size(path: str) -> int:
+    """Bytes of the model and its weights (--saveExternalData keeps them beside it)."""
+    try:
+        weights = path + ".weight"
+        return os.path.getsize(path) + (os.path.getsize(weights) if os.path.isfile(weights) else 0)
+    except OSError:  # gone: the load says so
+        return 0
+
+
+def _with_every_tensor(MNN, native: str, runtime, rearrange: bool, shape_mutable: bool):
+    """(module, the model's own outputs, every output) of the model loaded as a module that
+    returns every tensor besides its own outputs, which come first, or None where that
+    module cannot be built (control flow, a file the flatbuffer reader does not take). Its
+    own outputs are what MNN picks (flatbuffer.module_io) and come out the same bit for bit:
+    one load and one run serve the model's run and its layer capture (check --layers)."""
+    try:
+        from parity.mnn import flatbuffer
+
+        inputs, outputs = flatbuffer.module_io(native)
+        seen = set(outputs)
+        every = list(outputs)
+        for entry in flatbuffer.read_graph(native):
+            if entry["op_type"] not in ("Input", "Const") and entry["name"] not in seen:
+                seen.add(entry["name"])
+                every.append(entry["name"])
+        module = MNN.nn.load_module_from_file(native, inputs, every, runtime_manager=runtime, rearrange=rearrange,
                                               shape_mutable=shape_mutable)
+    except Exception:  # MNN refused it, or the file is one flatbuffer does not read: the model alone
+        return None
+    return (module, outputs, every) if module is not None else None
+
+
+def load(path: str, backend: str, threads: int, precision: str, hints: list, memory: int | None = None,
+         rearrange: bool = False, shape_mutable: bool = True, every_tensor: bool = False) -> dict:
+    """Load the model; with ``every_tensor`` (a --layers check) as a module that returns every
+    tensor too (_with_every_tensor), unless the model is large."""
+    MNN = _mnn()
+    _state.clear()  # a child kept between checks (worker.keep_children) holds the last model until now
+    runtime = _runtime(MNN, backend, threads, precision, memory, hints)
+    native = _native(path)  # MNN's binding takes UTF-8; Python's calls below take ``path``
+    size = _model_size(path)
+    every = None
+    if every_tensor and size <= _LARGE_MODEL:
+        every = _with_every_tensor(MNN, native, runtime, rearrange, shape_mutable)
+    try:  # MNN verifies the flatbuffer: a file that is not a model raises (SystemError) here
+        module = every[0] if every else MNN.nn.load_module_from_file(
+            native, [], [], runtime_manager=runtime, rearrange=rearrange, shape_mutable=shape_mutable)
     except Exception:
         module = None
     if module is None:
@@ -159,16 +202,15 @@ def load(path: str, backend: str, threads: int, precision: str, hints: list, mem
             "format": str(var.data_format).split(".")[-1],
         })
     _flush_c_stdio()  # MNN says which backend it fell back to on C's stdout: the parent reads it
-    weights = path + ".weight"  # --saveExternalData keeps the weights beside the model
-    size = os.path.getsize(path) + (os.path.getsize(weights) if os.path.isfile(weights) else 0)
+    outputs = list(every[1]) if every else list(info["outputNames"])
     _state.update(large=size > _LARGE_MODEL, shape_mutable=shape_mutable, runtime=runtime,
-                  modules={(): module}, rearrange=rearrange,
-                  inputs=inputs, outputs=list(info["outputNames"]),
+                  modules={(): module}, rearrange=rearrange, every=every[2] if every else None, kept=None,
+                  inputs=inputs, outputs=outputs,
                   formats={i["name"]: i["format"] for i in inputs})
     return {
         "version": MNN.version(),
         "inputs": inputs,
-        "outputs": list(info["outputNames"]),
+        "outputs": outputs,
         "biz_code": info.get("bizCode", ""),
     }
 
@@ -228,6 +270,8 @@ def prepare(outputs: list, cache: bool = True) -> bool:
     weights at a time: its capture module replaces the model's own only when it captures)."""
     if _state.get("large"):
         return False
+    if _state.get("every") and set(outputs) <= set(_state["every"]):
+        return True  # the model's module returns them already
     _module_for(tuple(i["name"] for i in _state["inputs"]), tuple(outputs), cache)
     return True
 
@@ -268,15 +312,8 @@ def run(feeds: dict, results: dict | None, outputs: list | None = None, cut: boo
         input_names = tuple(feeds)
     else:
         input_names = tuple(i["name"] for i in _state["inputs"])
-    if requested or cut:
-        module = _module_for(input_names, requested, cache)
-    else:
-        module = _main_module()
-    model_inputs = {i["name"] for i in _state["inputs"]}
-    variables = [_placeholder(name, _array(feeds[name]), _declared_format(name, cut and name not in model_inputs))
-                 for name in input_names]
-    produced = module.onForward(variables)
     names = list(requested or _state["outputs"])
+    produced = _produced(feeds, input_names, requested, cut, cache)
     if not produced:
         shapes = ", ".join(f"{n} {list(_array(feeds[n], mmap_mode='r').shape)}" for n in input_names)
         raise ChildFailure(
@@ -305,6 +342,37 @@ def run(feeds: dict, results: dict | None, outputs: list | None = None, cut: boo
         reply[name].update(_stored(array, results[name] if results is not None else None, budget))
         del array
     return reply
+
+
+def _produced(feeds: dict, input_names: tuple, requested: tuple, cut: bool, cache: bool) -> list:
+    """The vars of a run: ``requested`` (the model's outputs when empty), computed by the
+    module that returns them. A model loaded to return every tensor (load's ``every_tensor``)
+    keeps the vars of its last run: a capture on the same inputs takes them from there."""
+    arrays = [_array(feeds[name]) for name in input_names]
+    model_inputs = {i["name"] for i in _state["inputs"]}
+
+    def forward(module):
+        return module.onForward([_placeholder(name, array, _declared_format(name, cut and name not in model_inputs))
+                                 for name, array in zip(input_names, arrays)])
+
+    every = None if cut else _state.get("every")
+    if not every or not set(requested) <= set(every):
+        return forward(_module_for(input_names, requested, cache) if requested or cut else _main_module())
+    key = tuple((a.dtype.str, a.shape, _digest(a)) for a in arrays)
+    kept = _state.get("kept")
+    if kept is None or kept[0] != key:
+        _state["kept"] = None  # the last run's vars go before this run's are made
+        produced = forward(_main_module())
+        if len(produced or ()) != len(every):
+            return produced  # no outputs: run() says why
+        kept = _state["kept"] = (key, dict(zip(every, produced)))
+    return [kept[1][name] for name in (requested or _state["outputs"])]
+
+
+def _digest(array: np.ndarray) -> bytes:
+    import hashlib
+
+    return hashlib.blake2b(np.ascontiguousarray(array).tobytes(), digest_size=16).digest()
 
 
 def _stored(array: np.ndarray, path: str | None, budget: list) -> dict:

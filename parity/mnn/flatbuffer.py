@@ -272,6 +272,37 @@ def read_graph(path) -> list[dict]:
     return _mapped(path, read)
 
 
+_OP_INPUT = 34  # OpType_Input
+
+
+def module_io(path) -> tuple[list[str], list[str]]:
+    """(inputs, outputs) of an .mnn file as ``Module::load`` picks them when given none (MNN
+    3.6.1, express/module/Module.cpp): the outputs of its Input ops in op order; the Net's
+    outputName (field 4) when the file has one, else every tensor an op writes and none reads,
+    in tensor order. Raises ValueError for what does not parse or declares no output."""
+    def read(data):
+        buf = _Buffer(data)
+        net = _Table(buf, buf.u32(0))
+        tensors = _strings(buf, net.vector(7))
+        written, read_, inputs = set(), set(), []
+        for op in _ops(buf, net):
+            outputs = _ints(buf, op.vector(4))
+            written.update(outputs)
+            read_.update(_ints(buf, op.vector(0)))
+            if op.i32(5) == _OP_INPUT:
+                inputs += outputs
+        if any(not 0 <= k < len(tensors) for k in written | read_):
+            raise ValueError("a tensor index outside the tensor names")
+        declared = net.vector(4)
+        outputs = (_strings(buf, declared) if declared is not None
+                   else [tensors[k] for k in sorted(written - read_)])
+        if not outputs:
+            raise ValueError("no outputs")
+        return [tensors[k] for k in inputs], outputs
+
+    return _mapped(path, read)
+
+
 def _convolution(conv: _Table) -> dict:
     main: dict = {}
     common = conv.table(0)

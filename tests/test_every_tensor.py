@@ -1,0 +1,114 @@
+"""A --layers check loads the MNN model once, as a module that returns every tensor: its run
+serves the model's outputs and the layer capture. MNN runs for real, in child processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import helpers
+import parity
+from parity.mnn import flatbuffer
+
+
+@pytest.fixture(scope="module")
+def two_outputs(tmp_path_factory):
+    """Two graph outputs, the first one also read by the op that makes the second, and a
+    Conv whose weights MNN packs: the outputs MNN picks are not simply the unread tensors."""
+    d = tmp_path_factory.mktemp("two_outputs")
+    rng = np.random.default_rng(3)
+    weight = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["conv"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["conv"], ["first"]),
+        helper.make_node("Sigmoid", ["first"], ["gate"]),
+        helper.make_node("Mul", ["first", "gate"], ["second"]),
+    ]
+    onnx_path = helpers.save_model(nodes, [helpers.tensor("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                                   [helpers.tensor("first", TensorProto.FLOAT, [1, 8, 8, 8]),
+                                    helpers.tensor("second", TensorProto.FLOAT, [1, 8, 8, 8])],
+                                   d / "two_outputs.onnx", initializers=[weight])
+    return onnx_path, helpers.to_mnn(onnx_path, d / "two_outputs.mnn")
+
+
+def _models(two_outputs):
+    return [helpers.MODELS / "cnn.mnn", helpers.MODELS / "transformer.mnn", two_outputs[1]]
+
+
+# Run in a child: MNN's own choice of inputs and outputs; then the model loaded both ways
+# (parity.backends.mnn_child, as the worker runs it), its run and a capture of every tensor.
+_PROBE = r"""
+import json, sys
+import numpy as np
+import MNN
+from parity.backends import mnn_child
+
+path = sys.argv[1]
+info = MNN.nn.load_module_from_file(path, [], []).get_info()
+runs = {}
+for every in (True, False):  # the second load asks for the tensors the first one returned
+    loaded = mnn_child.load(path, "CPU", 1, "normal", [], every_tensor=every)
+    rng = np.random.default_rng(0)
+    feeds = {i["name"]: (rng.integers(0, 4, i["shape"]) if i["dtype"].startswith("int")
+                         else rng.standard_normal(i["shape"])).astype(i["dtype"]) for i in loaded["inputs"]}
+    names = mnn_child._state["every"][len(loaded["outputs"]):] if every else runs[True]["names"]
+    plain = mnn_child.run(feeds, None)
+    mnn_child.prepare(names)
+    captured = mnn_child.run(feeds, None, outputs=names)
+    runs[every] = {"names": names, "modules": len(mnn_child._state["modules"]),
+                   "outputs": {k: v["array"].tolist() for k, v in plain.items()},
+                   "captured": {k: v["array"].tolist() for k, v in captured.items() if "array" in v},
+                   "declared": loaded["outputs"], "inputs": [i["name"] for i in loaded["inputs"]]}
+sys.stdout.flush()
+print("\nPROBE " + json.dumps({"mnn": [list(info["inputNames"]), list(info["outputNames"])],
+                  "plain": runs[False], "every": runs[True]}))
+"""
+
+
+def _probe(path):
+    done = subprocess.run([sys.executable, "-c", _PROBE, str(path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.rsplit("\nPROBE ", 1)[1])  # MNN prints on C's stdout too
+
+
+def test_the_inputs_and_outputs_mnn_picks_are_read_from_the_file(two_outputs):
+    for path in _models(two_outputs):
+        probe = _probe(path)
+        assert list(flatbuffer.module_io(path)) == probe["mnn"], path.name
+        assert probe["every"]["declared"] == probe["plain"]["declared"] == probe["mnn"][1]
+        assert probe["every"]["inputs"] == probe["plain"]["inputs"] == probe["mnn"][0]
+
+
+def test_one_module_serves_the_run_and_the_capture_with_the_same_values(two_outputs):
+    """Loaded to return every tensor, the model is one module: its outputs and every captured
+    tensor are those of the model's own module and of a capture module, bit for bit."""
+    for path in _models(two_outputs):
+        probe = _probe(path)
+        plain, every = probe["plain"], probe["every"]
+        assert every["modules"] == 1 and plain["modules"] == 2, path.name  # no second load
+        assert len(every["names"]) >= 3
+        assert every["outputs"] == plain["outputs"], path.name
+        assert every["captured"].keys() == plain["captured"].keys() and len(every["captured"]) >= len(every["names"]) // 2
+        assert every["captured"] == plain["captured"], path.name
+
+
+def test_a_layers_check_reports_what_it_did_with_a_second_module(two_outputs):
+    """The check with one module (the default budget) and with a capture module (a budget
+    given) report the same layers, figures and unpaired values."""
+    from parity.backends.mnn import MnnBackend
+    from parity.options import CheckOptions
+
+    assert MnnBackend.variants(CheckOptions.from_keywords(layers=True))[0]["every_tensor"] is True
+    assert "every_tensor" not in MnnBackend.variants(CheckOptions.from_keywords(layers=True, max_memory=1 << 30))[0]
+    assert "every_tensor" not in MnnBackend.variants(CheckOptions.from_keywords())[0]
+    onnx_path, mnn_path = two_outputs
+    for pair in ([helpers.MODELS / "transformer.onnx", helpers.MODELS / "transformer.mnn"], [onnx_path, mnn_path]):
+        one = parity.check(pair, layers=True, diagnose=False).to_dict()["comparisons"][0]
+        two = parity.check(pair, layers=True, diagnose=False, max_memory=8 << 30).to_dict()["comparisons"][0]
+        assert one["layers"] and one["layers"] == two["layers"]
+        assert one["unpaired"] == two["unpaired"] and one["outputs"] == two["outputs"]
