@@ -238,6 +238,14 @@ class OnnxRuntimeBackend(Backend):
         model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in names)
         return model.SerializeToString(), None
 
+    def prepare_capture(self, names: list[str], *, cache: bool = True) -> None:
+        """Build the session a capture of ``names`` runs, now: check does it while MNN's child
+        runs the model. Not for a large model (its capture session replaces the model's own
+        only when it captures: one copy of the weights)."""
+        key = ("capture", tuple(names))
+        if not getattr(self, "_large", False) and key not in getattr(self, "_sessions", {}):
+            self._capture_session(list(names), key)
+
     def capture(self, feeds: TensorMap, names: list[str], *, cache: bool = True) -> RunResult:
         """Run an in-memory copy of the model whose outputs are ``names`` (intermediate values)."""
         kept = self.kept_values(feeds, names)

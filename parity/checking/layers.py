@@ -109,14 +109,16 @@ def compare_layers(
 
 
 def prepare_capture(graph: OnnxGraph, reference, candidate, feeds: TensorMap, max_memory: int | None) -> None:
-    """Tell ``candidate`` (MNN) which tensors ``compare_layers`` will capture first, so its
-    child loads that capture module while the parent still compares the outputs."""
+    """Tell both sides which tensors ``compare_layers`` will capture first: ``candidate``'s
+    (MNN's) child loads that capture module, and ``reference`` builds its capture session,
+    while MNN's child still runs the model."""
     plan = plan_entries(graph, reference, candidate, LayerReport())
     if plan is None or not plan.entries:
         return
     chunks = plan_chunks(graph, feeds, plan.entries, max_memory, LayerReport())
     names = list(dict.fromkeys(n for e in chunks[0] for n in e.candidate_names))
     candidate.prepare_capture(names, cache=len(chunks) == 1)
+    reference.prepare_capture(list(dict.fromkeys(e.reference_name for e in chunks[0])), cache=len(chunks) == 1)
 
 
 def _torch_notes(reference, plan: Plan) -> list[str]:
