@@ -19,13 +19,15 @@ def fp16_fit(reference: np.ndarray) -> dict:
         return {}
     with np.errstate(all="ignore"):
         a = np.abs(reference.reshape(-1)).astype(np.float32, copy=False)
-        regular = a[a < 1e38]  # NaN compares False and drops out too
+        top = float(a.max())
+        regular = a if top < 1e38 else a[a < 1e38]  # NaN compares False and drops out too
         if not regular.size:
             return {}
+        if regular is not a:
+            top = float(regular.max())
         nonzero = int(np.count_nonzero(regular))
-        tiny = int(np.count_nonzero((regular > 0) & (regular < FP16_TINY)))
-    return {"fp16_range": float(regular.max()) / FP16_MAX,
-            "fp16_subnormal": tiny / nonzero if nonzero else 0.0}
+        tiny = int(np.count_nonzero(regular < FP16_TINY)) - (regular.size - nonzero)  # zeros are below too
+    return {"fp16_range": top / FP16_MAX, "fp16_subnormal": tiny / nonzero if nonzero else 0.0}
 
 
 def fp16_notes(layers) -> list[str]:

