@@ -108,6 +108,7 @@ class MnnBackend(Backend):
     ):
         super().__init__(path, **options)
         self.every_tensor = every_tensor
+        self.captures_from_its_run = False
         from parity.run.targets import parse_target
 
         self.target = parse_target(target)
@@ -196,6 +197,9 @@ class MnnBackend(Backend):
             for i in info["inputs"]
         ]
         self._outputs = [TensorSpec(name, None, "?") for name in info["outputs"]]
+        # its module returns every tensor: a capture on the inputs of its last run is read
+        # from that run, request by request, with no run
+        self.captures_from_its_run = bool(info.get("every_tensor"))
         log = self._worker.log_text()  # the CPU features: printed once, when MNN is imported
         recent = self._worker.log_text(self._log_start) if self._log_start else log
         self.backend_ran, note = backend_that_ran(self.backend, recent)

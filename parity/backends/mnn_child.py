@@ -212,6 +212,7 @@ def load(path: str, backend: str, threads: int, precision: str, hints: list, mem
         "inputs": inputs,
         "outputs": outputs,
         "biz_code": info.get("bizCode", ""),
+        "every_tensor": every is not None,
     }
 
 

@@ -75,40 +75,69 @@ def capture_chunks(graph, reference, candidate, feeds, tol, layer_rtol, chunks, 
 
 def _capture_chunk(graph, reference, candidate, feeds, tol, layer_rtol, chunk, plan, state, report, *, cache,
                    judged=lambda count: None):
-    """Capture one chunk on both sides, compare each entry, keep figures and small samples."""
+    """Capture one chunk on both sides, compare each entry, keep figures and small samples.
+    A candidate that reads captures from its last run (MNN's module returning every tensor)
+    hands its tensors over in batches: it writes the next while the parent compares one."""
+    batches = _batches(chunk, 4 if getattr(candidate, "captures_from_its_run", False) and cache else 1)
+    names = [list(dict.fromkeys(n for e in batch for n in e.candidate_names)) for batch in batches]
     ref_names = list(dict.fromkeys(e.reference_name for e in chunk))
-    cand_names = list(dict.fromkeys(n for e in chunk for n in e.candidate_names))
-    pending = _begin_capture(candidate, feeds, cand_names, cache)  # MNN's child works meanwhile
+    pending = _begin_capture(candidate, feeds, names[0], cache)  # MNN's child works meanwhile
     try:
         ref_run = reference.capture(feeds, ref_names, cache=cache)
     except Exception:
-        if pending is not None and not isinstance(pending, BackendError):
-            try:  # the child answers in order: collect its reply before anything else is asked
-                candidate.finish_capture(pending)
-            except Exception:
-                pass
+        _abandon(candidate, pending)
         raise
-    cand_arrays, cand_errors = _finish_capture(candidate, pending, feeds, cand_names, cache)
     skipped = dict(n.split(": ", 1) for n in ref_run.notes if ": " in n)
-    for count, entry in enumerate(chunk):
-        judged(count)
-        v = entry.value
-        ref = ref_run.outputs.get(entry.reference_name)
-        if ref is None:
-            reason = skipped.get(entry.reference_name, "the reference returned no tensor")
-            if "did not run" in reason:
-                reason += "; the ONNX graph computes it (control flow frozen at export?)"
-            report.unpaired.append(Unpaired(v.name, f"module {entry.reference_name!r}: {reason}"))
-            continue
-        ref = np.asarray(ref)
-        state.samples[v.name] = take_sample(ref)
-        cands = {n: np.asarray(cand_arrays[n]) for n in entry.candidate_names if n in cand_arrays}
-        if not cands:
-            errors = [cand_errors[n] for n in entry.candidate_names if n in cand_errors]
-            report.unpaired.append(Unpaired(v.name, errors[0] if errors else "the candidate returned no tensor"))
-            continue
-        judge_entry(graph, entry, ref, cands, tol, layer_rtol, plan, state, report)
+    cand_arrays, done = {}, 0
+    for number, batch in enumerate(batches):
+        arrays, errors = _finish_capture(candidate, pending, feeds, names[number], cache)
+        pending = _begin_capture(candidate, feeds, names[number + 1], cache) if number + 1 < len(batches) else None
+        try:
+            for entry in batch:
+                judged(done)
+                done += 1
+                _judge_captured(graph, entry, ref_run.outputs, arrays, errors, skipped, tol, layer_rtol, plan,
+                                state, report)
+        except BaseException:
+            _abandon(candidate, pending)
+            raise
+        cand_arrays.update(arrays)
     return ref_run.outputs, cand_arrays
+
+
+def _batches(chunk: list, count: int) -> list[list]:
+    size = -(-len(chunk) // count) if chunk else 1
+    return [chunk[i:i + size] for i in range(0, len(chunk), size)] or [[]]
+
+
+def _abandon(candidate, pending) -> None:
+    """Collect a started capture's reply before anything else is asked (the child answers
+    in order), its result dropped."""
+    if pending is not None and not isinstance(pending, BackendError):
+        try:
+            candidate.finish_capture(pending)
+        except Exception:
+            pass
+
+
+def _judge_captured(graph, entry, ref_arrays, cand_arrays, cand_errors, skipped, tol, layer_rtol, plan, state,
+                    report) -> None:
+    v = entry.value
+    ref = ref_arrays.get(entry.reference_name)
+    if ref is None:
+        reason = skipped.get(entry.reference_name, "the reference returned no tensor")
+        if "did not run" in reason:
+            reason += "; the ONNX graph computes it (control flow frozen at export?)"
+        report.unpaired.append(Unpaired(v.name, f"module {entry.reference_name!r}: {reason}"))
+        return
+    ref = np.asarray(ref)
+    state.samples[v.name] = take_sample(ref)
+    cands = {n: np.asarray(cand_arrays[n]) for n in entry.candidate_names if n in cand_arrays}
+    if not cands:
+        errors = [cand_errors[n] for n in entry.candidate_names if n in cand_errors]
+        report.unpaired.append(Unpaired(v.name, errors[0] if errors else "the candidate returned no tensor"))
+        return
+    judge_entry(graph, entry, ref, cands, tol, layer_rtol, plan, state, report)
 
 
 def keep_divergence_values(graph, reference, candidate, feeds, first, results, captured) -> None:
