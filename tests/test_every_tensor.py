@@ -98,17 +98,29 @@ def test_one_module_serves_the_run_and_the_capture_with_the_same_values(two_outp
 
 
 def test_a_layers_check_reports_what_it_did_with_a_second_module(two_outputs):
-    """The check with one module (the default budget) and with a capture module (a budget
-    given) report the same layers, figures and unpaired values."""
+    """The check with one module and one session returning every tensor (the default budget)
+    and with capture modules and sessions (a budget given) report the same layers, verdicts
+    and unpaired values; the figures agree to ONNX Runtime's rounding (a session returning
+    every value makes none of the fusions that would hide one)."""
     from parity.backends.mnn import MnnBackend
     from parity.options import CheckOptions
 
     assert MnnBackend.variants(CheckOptions.from_keywords(layers=True))[0]["every_tensor"] is True
     assert "every_tensor" not in MnnBackend.variants(CheckOptions.from_keywords(layers=True, max_memory=1 << 30))[0]
     assert "every_tensor" not in MnnBackend.variants(CheckOptions.from_keywords())[0]
+    from parity.backends.onnxruntime import OnnxRuntimeBackend
+
+    assert OnnxRuntimeBackend.variants(CheckOptions.from_keywords(layers=True)) == [{"every_value": True}]
+    assert OnnxRuntimeBackend.variants(CheckOptions.from_keywords(layers=True, max_memory=1 << 30)) == [{}]
+    for path in (helpers.MODELS / "transformer.onnx", two_outputs[0]):
+        with OnnxRuntimeBackend(path, every_value=True) as every, OnnxRuntimeBackend(path) as plain:
+            assert every._every and every.output_specs == plain.output_specs and every.input_specs == plain.input_specs
     onnx_path, mnn_path = two_outputs
     for pair in ([helpers.MODELS / "transformer.onnx", helpers.MODELS / "transformer.mnn"], [onnx_path, mnn_path]):
         one = parity.check(pair, layers=True, diagnose=False).to_dict()["comparisons"][0]
         two = parity.check(pair, layers=True, diagnose=False, max_memory=8 << 30).to_dict()["comparisons"][0]
-        assert one["layers"] and one["layers"] == two["layers"]
-        assert one["unpaired"] == two["unpaired"] and one["outputs"] == two["outputs"]
+        assert one["layers"] and one["unpaired"] == two["unpaired"]
+        for a, b in zip(one["layers"] + one["outputs"], two["layers"] + two["outputs"], strict=True):
+            assert {k: v for k, v in a.items() if not isinstance(v, float)} == \
+                {k: v for k, v in b.items() if not isinstance(v, float)}
+            assert abs(a["max_abs_diff"] - b["max_abs_diff"]) <= 1e-5 + 1e-2 * b["max_abs_diff"], (a, b)

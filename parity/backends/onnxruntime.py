@@ -98,11 +98,19 @@ class OnnxRuntimeBackend(Backend):
     manifest_key = "onnx"
     onnx_graph = True
 
-    def __init__(self, path, *, threads: int = 0, optimization: str = "all", **options):
+    @classmethod
+    def variants(cls, options, role: str = "") -> list[dict]:
+        # a --layers check within the default memory budget: the model's session returns every
+        # value too, and its run serves the layer capture
+        return [{"every_value": True}] if options.layers.enabled and options.layers.max_memory is None else [{}]
+
+    def __init__(self, path, *, threads: int = 0, optimization: str = "all", every_value: bool = False, **options):
         super().__init__(path, **options)
         self.threads = threads
         self.optimization = optimization
+        self.every_value = every_value
         self._session = None
+        self._every: list[str] | None = None  # the values the session returns after the outputs
 
     def _open(self) -> None:
         ort = _import_ort()
@@ -135,7 +143,9 @@ class OnnxRuntimeBackend(Backend):
             with open(model, "rb") as f:
                 model = f.read()
         try:
-            self._session = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+            self._session = self._every_value_session(ort) if self.every_value and not self._large else None
+            if self._session is None:
+                self._session = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own pybind exception types
             kind = _model_failure(exc)
             detail = _first_line(exc)
@@ -146,16 +156,40 @@ class OnnxRuntimeBackend(Backend):
             raise BackendError(f"onnxruntime could not load {show(self.path)}: {detail}") from None
         self._inputs = [_spec(a) for a in self._session.get_inputs()]
         self._outputs = [_spec(a) for a in self._session.get_outputs()]
+        if self._every is not None:  # the model's own outputs come first
+            self._outputs = self._outputs[:len(self._outputs) - len(self._every)]
         if not self._outputs:
             self._session = None
             raise ModelError(f"{show(self.path)} declares no graph outputs: there is nothing to compare")
+
+    def _every_value_session(self, ort):
+        """A session returning every value of the graph after its outputs, for a --layers check:
+        its run serves the layer capture (no second session, no second run). Built as the capture
+        sessions are (weights in memory, level extended); the outputs may differ from those of
+        the model's own session in the last bits (fusions that would hide a value are not
+        made). None where it cannot be built: the model's own session is, and says why."""
+        if self._externals or not is_utf8(utf8_name(self.path) or ""):
+            return None
+        try:
+            graph = self.graph_proto().graph
+            declared = {o.name for o in graph.output}
+            every = list(dict.fromkeys(v for node in graph.node for v in node.output if v and v not in declared))
+            session = self._capture_session(every, ("every",), added=True)
+        except Exception:  # anything: the model's own session is built and reports it
+            self._sessions, self._backing = {}, None
+            return None
+        # kept as the model's session, with the arrays it uses in place, not as a capture's
+        self._sessions, self._main_backing, self._backing = {}, self._backing, None
+        self._every = every
+        return session
 
     def _close(self) -> None:
         self._session = None
         self._proto = None
         self._graph_proto = None
         self._sessions = {}
-        self._backing = None  # after the sessions that used the arrays in place
+        self._backing = self._main_backing = None  # after the sessions that used the arrays in place
+        self._every = None
 
     def model_proto(self):
         """The ONNX model, loaded once (graph walks and in-memory copies start from it)."""
@@ -213,7 +247,7 @@ class OnnxRuntimeBackend(Backend):
             self._backing = (backing, initializers)
         return cache[key]
 
-    def _capture_session(self, names: list[str], key):
+    def _capture_session(self, names: list[str], key, *, added: bool = False):
         """A session of the model whose outputs are ``names``. Weights inside the .onnx are handed
         to it as arrays (onnx_skeleton.with_outputs_in_memory): it parses a few hundred KB, not
         the whole file. Should ONNX Runtime refuse that form, the spliced file's bytes."""
@@ -221,10 +255,11 @@ class OnnxRuntimeBackend(Backend):
             from parity.core import onnx_skeleton
 
             try:
-                model_bytes, arrays = onnx_skeleton.with_outputs_in_memory(self.path, names)
+                model_bytes, arrays = onnx_skeleton.with_outputs_in_memory(self.path, names, added=added)
                 return self._session_for(model_bytes, key, None, arrays)
             except (BackendError, ValueError):
-                pass
+                if added:
+                    raise
         model_bytes, folder = self._capture_bytes(names)
         return self._session_for(model_bytes, key, folder)
 
@@ -252,6 +287,8 @@ class OnnxRuntimeBackend(Backend):
         runs the model. Not for a large model (its capture session replaces the model's own
         only when it captures: one copy of the weights)."""
         key = ("capture", tuple(names))
+        if self._every is not None and set(names) <= set(self._every) | {s.name for s in self._outputs}:
+            return  # the model's session returns them
         if not getattr(self, "_large", False) and key not in getattr(self, "_sessions", {}):
             self._capture_session(list(names), key)
 
@@ -261,7 +298,10 @@ class OnnxRuntimeBackend(Backend):
         if kept is not None:
             return kept
         key = ("capture", tuple(names))
-        if key not in getattr(self, "_sessions", {}):
+        if self._every is not None and self._session is not None and \
+                set(names) <= set(self._every) | {s.name for s in self._outputs}:
+            session = self._session  # the model's session returns them
+        elif key not in getattr(self, "_sessions", {}):
             if getattr(self, "_large", False):
                 self._session = None  # one copy of a large model's weights: the capture's
             session = self._capture_session(names, key)
@@ -298,13 +338,23 @@ class OnnxRuntimeBackend(Backend):
     def settings(self) -> dict:
         return {"provider": "CPUExecutionProvider", "optimization": self.optimization}
 
+    def run(self, feeds: TensorMap, outputs: list[str] | None = None) -> RunResult:
+        result = super().run(feeds, outputs)
+        values, self._values = getattr(self, "_values", None), None
+        if values is not None:  # a session returning every value: the layer capture's, kept
+            self.keep_values(feeds, values)
+        return result
+
     def _run(self, feeds: TensorMap, outputs: list[str] | None = None) -> RunResult:
         names = list(outputs) if outputs else [s.name for s in self._outputs]
+        every = self._every if not outputs and self._every is not None and self._session is not None else []
         try:
             if self._session is None:  # a large model's capture session replaced it
                 self._sessions = {}
                 self._open()
-            arrays = self._session.run(names, feeds)
+            arrays = self._session.run(names + every, feeds)
         except Exception as exc:
             raise BackendError(f"onnxruntime failed running {self.path.name}: {_first_line(exc)}") from None
-        return RunResult(dict(zip(names, arrays)))
+        if every:
+            self._values = dict(zip(names + every, arrays))
+        return RunResult(dict(zip(names, arrays[:len(names)])))

@@ -346,12 +346,14 @@ def _raw_tensor(buffer, start: int, end: int):
     return (name, dtype, dims, raw) if count * itemsize == raw[1] - raw[0] else None
 
 
-def with_outputs_in_memory(path: str | os.PathLike, names, keep_below: int = 1 << 16):
+def with_outputs_in_memory(path: str | os.PathLike, names, keep_below: int = 1 << 16, *, added: bool = False):
     """``with_outputs``, with the raw data of the graph's initializers above ``keep_below`` bytes
     taken out as arrays: (model bytes of a few hundred KB, {name: array}). ONNX Runtime takes the
     arrays as they are (``SessionOptions.add_external_initializers``) and parses only the rest;
     on a BERT-base the capture session is built in 0.5 s instead of 1.2 s, with the same values
-    bit for bit. The arrays are copies (aligned, and nothing depends on the file after this)."""
+    bit for bit. The arrays are copies (aligned, and nothing depends on the file after this).
+    With ``added`` the graph keeps its own outputs (declared types and shapes) and ``names``
+    come after them."""
     import numpy as np
 
     outputs = [_length_delimited(_GRAPH_OUTPUT, _length_delimited(1, name.encode())) for name in names]
@@ -359,7 +361,7 @@ def with_outputs_in_memory(path: str | os.PathLike, names, keep_below: int = 1 <
 
     def edit(buffer, start, end):
         for number, wire, key, payload, stop in _fields(buffer, start, end):
-            if number == _GRAPH_OUTPUT:
+            if number == _GRAPH_OUTPUT and not added:
                 continue
             tensor = None
             if number == _GRAPH_INITIALIZER and wire == 2 and stop - payload > keep_below:
