@@ -102,18 +102,10 @@ def test_a_layers_check_reports_what_it_did_with_a_second_module(two_outputs):
     and with capture modules and sessions (a budget given) report the same layers, verdicts
     and unpaired values; the figures agree to ONNX Runtime's rounding (a session returning
     every value makes none of the fusions that would hide one)."""
-    from parity.backends.mnn import MnnBackend
-    from parity.options import CheckOptions
-
-    assert MnnBackend.variants(CheckOptions.from_keywords(layers=True))[0]["every_tensor"] is True
-    assert "every_tensor" not in MnnBackend.variants(CheckOptions.from_keywords(layers=True, max_memory=1 << 30))[0]
-    assert "every_tensor" not in MnnBackend.variants(CheckOptions.from_keywords())[0]
     from parity.backends.onnxruntime import OnnxRuntimeBackend
 
-    assert OnnxRuntimeBackend.variants(CheckOptions.from_keywords(layers=True)) == [{"every_value": True}]
-    assert OnnxRuntimeBackend.variants(CheckOptions.from_keywords(layers=True, max_memory=1 << 30)) == [{}]
     for path in (helpers.MODELS / "transformer.onnx", two_outputs[0]):
-        with OnnxRuntimeBackend(path, every_value=True) as every, OnnxRuntimeBackend(path) as plain:
+        with OnnxRuntimeBackend(path, one_run=True) as every, OnnxRuntimeBackend(path) as plain:
             assert every._every and every.output_specs == plain.output_specs and every.input_specs == plain.input_specs
     onnx_path, mnn_path = two_outputs
     for pair in ([helpers.MODELS / "transformer.onnx", helpers.MODELS / "transformer.mnn"], [onnx_path, mnn_path]):
@@ -124,3 +116,20 @@ def test_a_layers_check_reports_what_it_did_with_a_second_module(two_outputs):
             assert {k: v for k, v in a.items() if not isinstance(v, float)} == \
                 {k: v for k, v in b.items() if not isinstance(v, float)}
             assert abs(a["max_abs_diff"] - b["max_abs_diff"]) <= 1e-5 + 1e-2 * b["max_abs_diff"], (a, b)
+
+
+def test_one_run_only_where_every_tensor_fits_the_budget(tmp_path, two_outputs):
+    """Every value of the graph, both sides, within a capture chunk of the default budget,
+    sized from the declared input shapes (or --shapes): otherwise the capture goes in chunks."""
+    from parity.checking.capture import default_max_memory, one_run_fits
+
+    assert one_run_fits(helpers.MODELS / "transformer.onnx") and one_run_fits(two_outputs[0])
+    free = helpers.save_model([helper.make_node("Relu", ["x"], ["y"])], [helpers.tensor("x", TensorProto.FLOAT, ["n", 8])],
+                              [helpers.tensor("y", TensorProto.FLOAT, ["n", 8])], tmp_path / "free.onnx")
+    assert not one_run_fits(free) and one_run_fits(free, {"x": [4, 8]})
+    side = int((default_max_memory() // 8 // 4) ** 0.5) + 1  # one value alone is a chunk's worth
+    big = helpers.save_model([helper.make_node("Relu", ["x"], ["y"]), helper.make_node("Neg", ["y"], ["z"])],
+                             [helpers.tensor("x", TensorProto.FLOAT, [side, side])],
+                             [helpers.tensor("z", TensorProto.FLOAT, [side, side])], tmp_path / "big.onnx")
+    assert not one_run_fits(big)
+    assert not one_run_fits(tmp_path / "missing.onnx")

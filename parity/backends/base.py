@@ -98,6 +98,10 @@ class Backend:
         """True where ``text``, not a file, names a model in code it runs (torch's file.py:factory)."""
         return False
 
+    # takes ``one_run=True``: the model's run returns every tensor too, and serves the layer
+    # capture (a --layers check whose tensors fit the memory budget: capture.one_run_fits)
+    takes_one_run = False
+
     @classmethod
     def variants(cls, options, role: str = "") -> list[dict]:
         """The constructor keywords of each run ``options`` (a CheckOptions) asks of one model

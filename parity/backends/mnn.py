@@ -71,6 +71,7 @@ class MnnBackend(Backend):
     framework = "mnn"
     suffixes = (".mnn",)
     manifest_key = "mnn"
+    takes_one_run = True
     checks_dims = False
     runs_in_child = True  # begin_run only submits; MNN computes while the caller works
     declares_outputs = False  # an .mnn records no output dtypes or shapes
@@ -82,11 +83,7 @@ class MnnBackend(Backend):
         """One run per precision and memory mode asked for (--mnn-precision high,low); the
         float conversion of a compressed model runs once."""
         runs = options.mnn.runs()[:1] if role == "float conversion" else options.mnn.runs()
-        # a --layers check within the default memory budget: the model loads once, as a module
-        # returning every tensor (its run then serves the layer capture too)
-        every = options.layers.enabled and options.layers.max_memory is None and not role
-        return [dict(options.mnn.backend_kwargs(p, m), timeout=options.timeout, **({"role": role} if role else {}),
-                     **({"every_tensor": True} if every else {}))
+        return [dict(options.mnn.backend_kwargs(p, m), timeout=options.timeout, **({"role": role} if role else {}))
                 for p, m in runs]
 
     def __init__(
@@ -103,11 +100,11 @@ class MnnBackend(Backend):
         shape_mutable: bool = True,
         target: str = "local",
         role: str = "",
-        every_tensor: bool = False,
+        one_run: bool = False,
         **options,
     ):
         super().__init__(path, **options)
-        self.every_tensor = every_tensor
+        self.one_run = one_run
         self.captures_from_its_run = False
         from parity.run.targets import parse_target
 
@@ -167,7 +164,7 @@ class MnnBackend(Backend):
                 memory=self.memory,
                 rearrange=self.rearrange,
                 shape_mutable=self.shape_mutable,
-                **({"every_tensor": True} if self.every_tensor and not self._inline else {}),
+                **({"every_tensor": True} if self.one_run and not self._inline else {}),
             )
 
     def _open(self) -> None:

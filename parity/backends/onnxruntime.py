@@ -97,18 +97,13 @@ class OnnxRuntimeBackend(Backend):
     suffixes = (".onnx",)
     manifest_key = "onnx"
     onnx_graph = True
+    takes_one_run = True
 
-    @classmethod
-    def variants(cls, options, role: str = "") -> list[dict]:
-        # a --layers check within the default memory budget: the model's session returns every
-        # value too, and its run serves the layer capture
-        return [{"every_value": True}] if options.layers.enabled and options.layers.max_memory is None else [{}]
-
-    def __init__(self, path, *, threads: int = 0, optimization: str = "all", every_value: bool = False, **options):
+    def __init__(self, path, *, threads: int = 0, optimization: str = "all", one_run: bool = False, **options):
         super().__init__(path, **options)
         self.threads = threads
         self.optimization = optimization
-        self.every_value = every_value
+        self.one_run = one_run
         self._session = None
         self._every: list[str] | None = None  # the values the session returns after the outputs
 
@@ -143,7 +138,7 @@ class OnnxRuntimeBackend(Backend):
             with open(model, "rb") as f:
                 model = f.read()
         try:
-            self._session = self._every_value_session(ort) if self.every_value and not self._large else None
+            self._session = self._every_value_session(ort) if self.one_run and not self._large else None
             if self._session is None:
                 self._session = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own pybind exception types
