@@ -100,11 +100,11 @@ class MnnBackend(Backend):
         shape_mutable: bool = True,
         target: str = "local",
         role: str = "",
-        one_run: bool = False,
+        one_run: list[str] | None = None,
         **options,
     ):
         super().__init__(path, **options)
-        self.one_run = one_run
+        self.one_run = list(one_run or ())  # the ONNX values whose MNN tensors its run returns too
         self.captures_from_its_run = False
         from parity.run.targets import parse_target
 
@@ -164,7 +164,7 @@ class MnnBackend(Backend):
                 memory=self.memory,
                 rearrange=self.rearrange,
                 shape_mutable=self.shape_mutable,
-                **({"every_tensor": True} if self.one_run and not self._inline else {}),
+                **({"every_tensor": self.one_run} if self.one_run and not self._inline else {}),
             )
 
     def _open(self) -> None:

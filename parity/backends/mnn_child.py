@@ -137,22 +137,20 @@ def _model_size(path: str) -> int:
         return 0
 
 
-def _with_every_tensor(MNN, native: str, runtime, rearrange: bool, shape_mutable: bool):
+def _with_every_tensor(MNN, native: str, runtime, rearrange: bool, shape_mutable: bool, values: list):
     """(module, the model's own outputs, every output) of the model loaded as a module that
-    returns every tensor besides its own outputs, which come first, or None where that
-    module cannot be built (control flow, a file the flatbuffer reader does not take). Its
-    own outputs are what MNN picks (flatbuffer.module_io) and come out the same bit for bit:
-    one load and one run serve the model's run and its layer capture (check --layers)."""
+    returns, besides its own outputs (which come first), every tensor that stands for one of
+    the ONNX ``values`` (what a layer capture asks for: pairing.mnn_candidates), or None where
+    that module cannot be built (control flow, a file the flatbuffer reader does not take).
+    Its own outputs are what MNN picks (flatbuffer.module_io) and come out the same bit for
+    bit: one load and one run serve the model's run and its layer capture (check --layers)."""
     try:
+        from parity.checking.pairing import mnn_candidates
         from parity.mnn import flatbuffer
 
         inputs, outputs = flatbuffer.module_io(native)
-        seen = set(outputs)
-        every = list(outputs)
-        for entry in flatbuffer.read_graph(native):
-            if entry["op_type"] not in ("Input", "Const") and entry["name"] not in seen:
-                seen.add(entry["name"])
-                every.append(entry["name"])
+        by_base, _ = mnn_candidates(flatbuffer.read_graph(native))
+        every = list(dict.fromkeys(outputs + [name for value in values for name in by_base.get(value, ())]))
         module = MNN.nn.load_module_from_file(native, inputs, every, runtime_manager=runtime, rearrange=rearrange,
                                               shape_mutable=shape_mutable)
     except Exception:  # MNN refused it, or the file is one flatbuffer does not read: the model alone
@@ -161,9 +159,9 @@ def _with_every_tensor(MNN, native: str, runtime, rearrange: bool, shape_mutable
 
 
 def load(path: str, backend: str, threads: int, precision: str, hints: list, memory: int | None = None,
-         rearrange: bool = False, shape_mutable: bool = True, every_tensor: bool = False) -> dict:
-    """Load the model; with ``every_tensor`` (a --layers check) as a module that returns every
-    tensor too (_with_every_tensor), unless the model is large."""
+         rearrange: bool = False, shape_mutable: bool = True, every_tensor: list | None = None) -> dict:
+    """Load the model; with ``every_tensor`` (the ONNX values of a --layers check) as a module
+    that returns their tensors too (_with_every_tensor), unless the model is large."""
     MNN = _mnn()
     _state.clear()  # a child kept between checks (worker.keep_children) holds the last model until now
     runtime = _runtime(MNN, backend, threads, precision, memory, hints)
@@ -171,7 +169,7 @@ def load(path: str, backend: str, threads: int, precision: str, hints: list, mem
     size = _model_size(path)
     every = None
     if every_tensor and size <= _LARGE_MODEL:
-        every = _with_every_tensor(MNN, native, runtime, rearrange, shape_mutable)
+        every = _with_every_tensor(MNN, native, runtime, rearrange, shape_mutable, list(every_tensor))
     try:  # MNN verifies the flatbuffer: a file that is not a model raises (SystemError) here
         module = every[0] if every else MNN.nn.load_module_from_file(
             native, [], [], runtime_manager=runtime, rearrange=rearrange, shape_mutable=shape_mutable)

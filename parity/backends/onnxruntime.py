@@ -99,11 +99,11 @@ class OnnxRuntimeBackend(Backend):
     onnx_graph = True
     takes_one_run = True
 
-    def __init__(self, path, *, threads: int = 0, optimization: str = "all", one_run: bool = False, **options):
+    def __init__(self, path, *, threads: int = 0, optimization: str = "all", one_run=None, **options):
         super().__init__(path, **options)
         self.threads = threads
         self.optimization = optimization
-        self.one_run = one_run
+        self.one_run = bool(one_run)  # its session returns every value too (the list, or True)
         self._session = None
         self._every: list[str] | None = None  # the values the session returns after the outputs
 

@@ -26,13 +26,14 @@ def default_max_memory() -> int:
     return max(total // 4, 256 << 20)
 
 
-def one_run_fits(onnx_path, shapes=None) -> bool:
+def one_run_fits(onnx_path, shapes=None) -> list[str] | None:
     """Whether a --layers check may run each model once with every tensor returned (the
     models' runs then serve the layer capture): every value of the ONNX graph, sized from its
     declared input shapes (or ``shapes``, input name -> shape: --shapes), twice (both sides),
     fits what one capture chunk may hold under the default memory budget. An input shape
     left free, or a graph shape inference cannot size, says no: the capture then runs in
-    chunks, as with --max-memory."""
+    chunks, as with --max-memory. Returns the graph's values (what the runs are to return,
+    in order) when it fits, else None."""
     from parity.checking.onnx_graph import OnnxGraph
     from parity.core import onnx_skeleton
 
@@ -46,13 +47,14 @@ def one_run_fits(onnx_path, shapes=None) -> bool:
             dims = list((shapes or {}).get(graph_input.name) or
                         [d.dim_value if d.HasField("dim_value") else None for d in graph_input.type.tensor_type.shape.dim])
             if any(not isinstance(d, int) or d < 0 for d in dims):
-                return False
+                return None
             feeds[graph_input.name] = np.broadcast_to(np.zeros((), np.uint8), dims)  # a shape, no memory
         sizes = OnnxGraph(model).value_bytes(feeds)
-        values = {v for node in model.graph.node for v in node.output if v}
+        values = list(dict.fromkeys(v for node in model.graph.node for v in node.output if v))
     except Exception:  # what does not load is the check's to report
-        return False
-    return len(sizes) >= 0.9 * len(values) and 2 * sum(sizes.values()) <= default_max_memory() // 4
+        return None
+    fits = len(sizes) >= 0.9 * len(values) and 2 * sum(sizes.values()) <= default_max_memory() // 4
+    return values if fits else None
 
 
 def plan_chunks(graph, feeds, entries, max_memory, report) -> list[list[Entry]]:

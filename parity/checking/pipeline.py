@@ -109,7 +109,7 @@ def check(
     with ExitStack() as stack:
         chain, roles, compression = compression_policy.attribute(chain, options, stack, say)
         budget = compression_policy.budget_for(options, compression) if roles else None
-        backends, stages = _open_backends(chain, options, stack, say, roles=roles, one_run=not roles and _one_run(chain, options))
+        backends, stages = _open_backends(chain, options, stack, say, roles=roles, one_run=None if roles else _one_run(chain, options))
         specs = _input_specs(backends)
         samples = samples_mod.load(backends, specs, options)
         _, feeds, input_infos = samples[0]
@@ -200,30 +200,30 @@ def _with_counts(progress):
         return lambda message, *counts: progress(message)
 
 
-def _one_run(chain, options: CheckOptions) -> bool:
+def _one_run(chain, options: CheckOptions) -> list[str] | None:
     """A --layers check of an ONNX model whose tensors fit the default budget (no --max-memory):
-    ONNX Runtime and MNN then run once each, returning every tensor, and those runs serve the
-    layer capture (capture.one_run_fits)."""
+    ONNX Runtime and MNN then run once each, returning every tensor of the ONNX graph's values
+    (the list returned), and those runs serve the layer capture (capture.one_run_fits)."""
     if not options.layers.enabled or options.layers.max_memory is not None or options.load_outputs is not None:
-        return False
+        return None
     onnx_path = next((path for framework, path in chain if framework == "onnxruntime"), None)
     if onnx_path is None:
-        return False
+        return None
     from parity.checking.capture import one_run_fits
 
     return one_run_fits(onnx_path, options.shapes)
 
 
-def _open_backends(chain, options: CheckOptions, stack: ExitStack, say, roles=None, one_run: bool = False) -> list:
+def _open_backends(chain, options: CheckOptions, stack: ExitStack, say, roles=None, one_run=None) -> list:
     """Open every model; an MNN model opens once per precision asked for (--mnn-precision
     high,low), each its own backend (the float conversion of a compressed model: once).
-    With ``one_run`` (see _one_run) the backends that take it return every tensor from their
-    run. Returns the backends and the stages (see stage_links)."""
+    With ``one_run`` (the ONNX graph's values: see _one_run) the backends that take it return
+    every tensor from their run. Returns the backends and the stages (see stage_links)."""
     roles = roles or {}
     backends, stages = [], []
     for position, (framework, path) in enumerate(chain):
         cls = backend_class(framework)
-        variants = [dict(v, one_run=True) if one_run and cls.takes_one_run and not roles.get(position) else v
+        variants = [dict(v, one_run=one_run) if one_run and cls.takes_one_run and not roles.get(position) else v
                     for v in cls.variants(options, roles.get(position, ""))]
         stages.append(list(range(len(backends), len(backends) + len(variants))))
         backends += [open_backend(framework, path, **kwargs) for kwargs in variants]
