@@ -361,9 +361,13 @@ def _produced(feeds: dict, input_names: tuple, requested: tuple, cut: bool, cach
     kept = _state.get("kept")
     if kept is None or kept[0] != key:
         _state["kept"] = None  # the last run's vars go before this run's are made
-        produced = forward(_main_module())
-        if len(produced or ()) != len(every):
-            return produced  # no outputs: run() says why
+        try:
+            produced = forward(_main_module())
+        except Exception:
+            produced = None
+        if len(produced or ()) != len(every):  # the model's own module runs it (and says why not)
+            _state.update(every=None, modules={})
+            return _produced(feeds, input_names, requested, cut, cache)
         kept = _state["kept"] = (key, dict(zip(every, produced)))
     return [kept[1][name] for name in (requested or _state["outputs"])]
 

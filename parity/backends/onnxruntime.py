@@ -349,6 +349,9 @@ class OnnxRuntimeBackend(Backend):
                 self._open()
             arrays = self._session.run(names + every, feeds)
         except Exception as exc:
+            if every:  # the session returning every value failed: the model's own session runs it
+                self.one_run, self._every, self._session, self._sessions, self._main_backing = False, None, None, {}, None
+                return self._run(feeds, outputs)
             raise BackendError(f"onnxruntime failed running {self.path.name}: {_first_line(exc)}") from None
         if every:
             self._values = dict(zip(names + every, arrays))
