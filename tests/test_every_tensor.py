@@ -78,7 +78,8 @@ print("\nPROBE " + json.dumps({"mnn": [list(info["inputNames"]), list(info["outp
 def _probe(pair):
     done = subprocess.run([sys.executable, "-c", _PROBE, *map(str, pair)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.rsplit("\nPROBE ", 1)[1])  # MNN prints on C's stdout too
+    # MNN prints on C's stdout too, before or after (its buffer flushes at exit): the line alone
+    return json.loads(done.stdout.rsplit("\nPROBE ", 1)[1].splitlines()[0])
 
 
 def test_the_inputs_and_outputs_mnn_picks_are_read_from_the_file(two_outputs):

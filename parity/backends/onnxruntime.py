@@ -163,7 +163,7 @@ class OnnxRuntimeBackend(Backend):
         sessions are (weights in memory, level extended); the outputs may differ from those of
         the model's own session in the last bits (fusions that would hide a value are not
         made). None where it cannot be built: the model's own session is, and says why."""
-        if self._externals or not is_utf8(utf8_name(self.path) or ""):
+        if self._externals:  # (read through the file's own session, which finds them)
             return None
         try:
             graph = self.graph_proto().graph
