@@ -109,7 +109,8 @@ def check(
     with ExitStack() as stack:
         chain, roles, compression = compression_policy.attribute(chain, options, stack, say)
         budget = compression_policy.budget_for(options, compression) if roles else None
-        backends, stages = _open_backends(chain, options, stack, say, roles=roles, one_run=None if roles else _one_run(chain, options))
+        one_run = None if roles else _one_run(chain, options)
+        backends, stages = _open_backends(chain, options, stack, say, roles=roles, one_run=one_run)
         specs = _input_specs(backends)
         samples = samples_mod.load(backends, specs, options)
         _, feeds, input_infos = samples[0]
