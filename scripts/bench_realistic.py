@@ -286,13 +286,15 @@ def figures(repeat: int, cache: Path) -> list[dict]:
             layers.append(seconds)
             peaks["layers"] = max(peaks["layers"], peak)
         (hand_min, hand_med), (plain_min, plain_med), (layers_min, layers_med) = map(_stats, (hand, plain, layers))
+        limit = 2.0 if name == "bert-base" else 1.5  # issue 25's limits; the README's goal is 1.5 for both
         results += [
             {"id": f"R1 {name}", "name": f"parity check vs a minimal hand-written script ({name})",
              "measured_s": plain_min, "baseline_s": hand_min, "ratio": plain_min / hand_min,
              "median_ratio": plain_med / hand_med, "target": "<= 1.1", "ok": plain_min / hand_min <= 1.1},
             {"id": f"R2 {name}", "name": f"--layers vs plain check ({name})",
              "measured_s": layers_min, "baseline_s": plain_min, "ratio": layers_min / plain_min,
-             "median_ratio": layers_med / plain_med, "target": "<= 1.5", "ok": layers_min / plain_min <= 1.5},
+             "median_ratio": layers_med / plain_med, "target": f"<= {limit:g}" + (" (goal 1.5)" if limit > 1.5 else ""),
+             "ok": layers_min / plain_min <= limit},
             {"id": f"R4 {name}", "name": f"peak RSS of parity and its children ({name}, {size / 2**20:.0f} MiB on disk)",
              "value": peaks["layers"] / 2**20, "unit": "MiB", "plain_mib": peaks["plain"] / 2**20,
              "model_mib": size / 2**20, "target": "reported", "ok": None},
