@@ -101,6 +101,8 @@ class Backend:
     # takes ``one_run=True``: the model's run returns every tensor too, and serves the layer
     # capture (a --layers check whose tensors fit the memory budget: capture.one_run_fits)
     takes_one_run = False
+    # a capture on the inputs of its last run is read from that run (one_run took effect)
+    captures_from_its_run = False
 
     @classmethod
     def variants(cls, options, role: str = "") -> list[dict]:

@@ -105,7 +105,6 @@ class MnnBackend(Backend):
     ):
         super().__init__(path, **options)
         self.one_run = list(one_run or ())  # the ONNX values whose MNN tensors its run returns too
-        self.captures_from_its_run = False
         from parity.run.targets import parse_target
 
         self.target = parse_target(target)

@@ -178,6 +178,14 @@ class OnnxRuntimeBackend(Backend):
         self._every = every
         return session
 
+    @property
+    def captures_from_its_run(self) -> bool:
+        return self._every is not None
+
+    def _returns(self, names) -> bool:
+        """Whether the model's session returns every one of ``names`` (one_run)."""
+        return self._every is not None and set(names) <= set(self._every) | {s.name for s in self._outputs}
+
     def _close(self) -> None:
         self._session = None
         self._proto = None
@@ -282,7 +290,7 @@ class OnnxRuntimeBackend(Backend):
         runs the model. Not for a large model (its capture session replaces the model's own
         only when it captures: one copy of the weights)."""
         key = ("capture", tuple(names))
-        if self._every is not None and set(names) <= set(self._every) | {s.name for s in self._outputs}:
+        if self._returns(names):
             return  # the model's session returns them
         if not getattr(self, "_large", False) and key not in getattr(self, "_sessions", {}):
             self._capture_session(list(names), key)
@@ -293,8 +301,7 @@ class OnnxRuntimeBackend(Backend):
         if kept is not None:
             return kept
         key = ("capture", tuple(names))
-        if self._every is not None and self._session is not None and \
-                set(names) <= set(self._every) | {s.name for s in self._outputs}:
+        if self._session is not None and self._returns(names):
             session = self._session  # the model's session returns them
         elif key not in getattr(self, "_sessions", {}):
             if getattr(self, "_large", False):

@@ -109,7 +109,7 @@ def _capture_chunk(graph, reference, candidate, feeds, tol, layer_rtol, chunk, p
     """Capture one chunk on both sides, compare each entry, keep figures and small samples.
     A candidate that reads captures from its last run (MNN's module returning every tensor)
     hands its tensors over in batches: it writes the next while the parent compares one."""
-    batches = _batches(chunk, 4 if getattr(candidate, "captures_from_its_run", False) and cache else 1)
+    batches = _batches(chunk, 4 if candidate.captures_from_its_run and cache else 1)
     names = [list(dict.fromkeys(n for e in batch for n in e.candidate_names)) for batch in batches]
     ref_names = list(dict.fromkeys(e.reference_name for e in chunk))
     pending = _begin_capture(candidate, feeds, names[0], cache)  # MNN's child works meanwhile

@@ -111,7 +111,10 @@ def compare_layers(
 def prepare_capture(graph: OnnxGraph, reference, candidate, feeds: TensorMap, max_memory: int | None) -> None:
     """Tell both sides which tensors ``compare_layers`` will capture first: ``candidate``'s
     (MNN's) child loads that capture module, and ``reference`` builds its capture session,
-    while MNN's child still runs the model."""
+    while MNN's child still runs the model. Nothing to prepare where both runs return every
+    tensor already (one_run)."""
+    if reference.captures_from_its_run and candidate.captures_from_its_run:
+        return
     plan = plan_entries(graph, reference, candidate, LayerReport())
     if plan is None or not plan.entries:
         return

@@ -106,7 +106,7 @@ def stripped_bytes(buffer, keep_below: int = 0) -> bytes:
     at most ``keep_below`` bytes keep it)."""
     def edit(buffer, start, end):
         for number, wire, key, payload, stop in _fields(buffer, start, end):
-            if number == _GRAPH_INITIALIZER and wire == 2 and stop - payload > keep_below:
+            if number == _GRAPH_INITIALIZER and wire == 2 and keep_below is not None and stop - payload > keep_below:
                 yield _length_delimited(number, _strip_tensor(buffer, payload, stop))
             else:
                 yield buffer[key:stop]
@@ -292,18 +292,7 @@ def with_outputs(path: str | os.PathLike, names) -> bytes:
     ONNX Runtime to return intermediate values: one copy of the file, where parsing it,
     copying the message and serializing it again costs three (2 s and 1.3 GB on a BERT-base).
     External data stays where it is: the session is told the model's directory."""
-    outputs = [_length_delimited(_GRAPH_OUTPUT, _length_delimited(1, name.encode())) for name in names]
-
-    def edit(buffer, start, end):
-        for number, _, key, _, stop in _fields(buffer, start, end):
-            if number != _GRAPH_OUTPUT:
-                yield buffer[key:stop]
-        yield from outputs
-
-    data = _mapped(path, lambda view: b"".join(_graph_parts(view, edit)))
-    if data is None:
-        raise ValueError(f"{os.fspath(path)!r} is not an ONNX model")
-    return data
+    return _spliced(path, names, None, added=False)[0]
 
 
 # TensorProto data types numpy holds as they are (bfloat16, the float8s, strings: left inline)
@@ -354,6 +343,12 @@ def with_outputs_in_memory(path: str | os.PathLike, names, keep_below: int = 1 <
     bit for bit. The arrays are copies (aligned, and nothing depends on the file after this).
     With ``added`` the graph keeps its own outputs (declared types and shapes) and ``names``
     come after them."""
+    return _spliced(path, names, keep_below, added=added)
+
+
+def _spliced(path, names, keep_below: int | None, *, added: bool):
+    """(the model's bytes with ``names`` as outputs, {name: array} of the raw initializers above
+    ``keep_below`` bytes taken out: none with None); the file's bytes are copied once."""
     import numpy as np
 
     outputs = [_length_delimited(_GRAPH_OUTPUT, _length_delimited(1, name.encode())) for name in names]
@@ -364,7 +359,7 @@ def with_outputs_in_memory(path: str | os.PathLike, names, keep_below: int = 1 <
             if number == _GRAPH_OUTPUT and not added:
                 continue
             tensor = None
-            if number == _GRAPH_INITIALIZER and wire == 2 and stop - payload > keep_below:
+            if number == _GRAPH_INITIALIZER and wire == 2 and keep_below is not None and stop - payload > keep_below:
                 tensor = _raw_tensor(buffer, payload, stop)
             if tensor is None or tensor[0] in arrays:
                 yield buffer[key:stop]
