@@ -36,17 +36,25 @@ def _degrade_unencodable_output() -> None:
 
 def _start_mnn_early(args: list[str]) -> None:
     """``parity check ... model.mnn`` (MNN on this machine): its MNN child starts now, so that
-    Python's start, numpy's and MNN's imports there (0.13 s) overlap parity's own imports here
-    instead of following them. Only a guess from the words: the check takes the child if it
-    needs one (worker.take), and one not taken is killed at exit. The child is a fork of this
-    process, which has imported next to nothing yet and has no thread: no second interpreter's
-    start (0.05-0.15 s) on the way to MNN."""
+    MNN's import and the model's load there overlap parity's own imports here instead of
+    following them. Only a guess from the words: the check takes the child if it needs one
+    (worker.take), and one not taken is killed at exit. The child is a fork of this process:
+    no second interpreter's start (0.05-0.15 s) on the way to MNN.
+
+    numpy is imported first, here, so that the child has it already: both need it, and two
+    processes importing it at once on two cores took 0.05-0.07 s more than this one importing
+    it alone and the child then importing only MNN (a small model's check went from 0.21 s to
+    0.15 s after the interpreter's start). numpy's OpenBLAS thread is stopped before the fork
+    by OpenBLAS's own fork handler and started again when the parent next needs it; no Python
+    thread runs yet."""
     if not args or args[0] != "check" or any(a in ("-h", "--help") or a.startswith("--mnn-target") for a in args):
         return
     if any(a.lower().endswith(".mnn") for a in args[1:]):
         from parity.run.worker import prestart
 
         try:
+            import numpy  # noqa: F401  (see above)
+
             prestart("mnn", "parity.backends.mnn_child", fork=hasattr(os, "fork"))
         except Exception:  # the check starts its own, and says what fails
             pass

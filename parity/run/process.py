@@ -173,9 +173,10 @@ def fork_child(run, *, cwd: str, log_fd: int, keep_fd: int) -> Forked:
     """``run()`` in a forked copy of this process, in a session of its own, dying with it, in
     ``cwd``, with stdout and stderr on ``log_fd`` and no other descriptor than ``keep_fd``:
     what ``spawn(python_command(...))`` gives without a new interpreter's start (Python's, its
-    site's: 0.05-0.15 s). Only for a process that is still small and has no thread, as the
-    CLI's is before it imports anything (``__main__``); the child never returns to the
-    caller's code, and leaves by ``os._exit`` (no atexit handler of the parent runs twice)."""
+    site's: 0.05-0.15 s). Only for a process that is still small and has no Python thread, as
+    the CLI's is before it imports more than numpy (``__main__``; numpy's OpenBLAS stops its
+    own thread at a fork); the child never returns to the caller's code, and leaves by
+    ``os._exit`` (no atexit handler of the parent runs twice)."""
     parent = os.getpid()
     pid = os.fork()
     if pid:
