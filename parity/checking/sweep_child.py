@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import sys
 import tempfile
@@ -27,6 +28,7 @@ from parity.run import worker
 # imported with the runner, before the first pair comes (and by a sweep that forks its runners,
 # before it forks them: see sweep.Runners)
 from parity.cli import cli
+from parity.commands import checks
 from parity.checking import pipeline  # noqa: F401
 from parity.backends import onnxruntime as _ort_backend  # noqa: F401
 
@@ -48,16 +50,19 @@ def serve_argv() -> None:
 
 
 def check(argv: list[str], cwd: str) -> dict:
-    """``parity check ARGV`` in the private directory ``cwd``: its exit code, and what it wrote
-    to stdout (bytes) and stderr."""
+    """``parity check ARGV`` in the private directory ``cwd``: its exit code, its report's
+    verdict as the report's JSON holds it (None when no report came: an error's exit), and
+    what it wrote to stdout (bytes) and stderr. The report itself is taken as it is made
+    (checks.reports_to), not rendered and parsed again."""
     here, tmpdir, tempdir, args = os.getcwd(), os.environ.get("TMPDIR"), tempfile.tempdir, sys.argv
     out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="backslashreplace", write_through=True)
     err = io.StringIO()
+    reports: list = []
     os.chdir(cwd)
     os.environ["TMPDIR"] = tempfile.tempdir = cwd
     sys.argv = ["parity", *argv]
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), checks.reports_to(reports.append):
             cli.main(list(argv), prog_name="parity")
         code = 0
     except SystemExit as exc:
@@ -69,4 +74,6 @@ def check(argv: list[str], cwd: str) -> dict:
         else:
             os.environ["TMPDIR"] = tmpdir
         tempfile.tempdir, sys.argv = tempdir, args
-    return {"code": code, "stdout": out.buffer.getvalue(), "stderr": err.getvalue()}
+    # plain JSON values, as the report's JSON gives them to a reader
+    verdict = json.loads(json.dumps(reports[-1].verdict.to_dict())) if reports else None
+    return {"code": code, "verdict": verdict, "stdout": out.buffer.getvalue(), "stderr": err.getvalue()}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from typing import Callable
 
 import click
 
@@ -60,6 +62,23 @@ def check(models, torch, quiet, no_color, **values):
     emit(report, options.output, no_color)
 
 
+# who takes each check's Report in this process instead of its rendering (reports_to)
+_TAKERS: list[Callable] = []
+
+
+@contextlib.contextmanager
+def reports_to(take: Callable):
+    """Within: a check command run in this process hands its Report to ``take`` and shows
+    nothing (the files its options name are written as always), then exits with the report's
+    code. For a caller that runs many checks and keeps what it needs of each (a sweep's
+    runner keeps the verdict), without rendering and parsing each report's JSON."""
+    _TAKERS.append(take)
+    try:
+        yield
+    finally:
+        _TAKERS.pop()
+
+
 def emit(report, output, no_color) -> None:
     """Write the reports ``output`` asks for, show the report (on stderr when one report goes
     to stdout) and exit with the report's code; the paths were checked before the run."""
@@ -71,8 +90,14 @@ def emit(report, output, no_color) -> None:
     if report.rerun is None:
         report = dataclasses.replace(report, rerun=rerun_info(report))
     paths = {flag: path for flag, path in output.reports().items() if path}
+    if _TAKERS:
+        paths = {flag: path for flag, path in paths.items() if path != STDOUT}
     reports = [(flag, paths[flag], _rendered(flag, report)) for flag in ("--html", "--junit", "--model-explorer",
                                                                          "--json") if flag in paths]
+    if _TAKERS:
+        write_reports(reports)
+        _TAKERS[-1](report)
+        raise SystemExit(int(report.exit_code))
     on_stdout = write_reports(reports)
     if on_stdout:
         if not report.passed:

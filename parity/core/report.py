@@ -195,6 +195,10 @@ class Verdict:
     def __post_init__(self):
         object.__setattr__(self, "kind", VerdictKind(self.kind))
 
+    def to_dict(self) -> dict[str, Any]:
+        """The verdict as a report's JSON holds it."""
+        return _plain(dataclasses.asdict(self))
+
     @classmethod
     def from_dict(cls, data: dict) -> "Verdict":
         """A report's verdict; a kind this version does not know (a newer parity's) is read as
@@ -245,7 +249,7 @@ class Report:
             },
             "tolerance": dict(self.tolerance),
             "comparisons": [_comparison_dict(c) for c in self.comparisons],
-            "verdict": _plain(dataclasses.asdict(self.verdict)),
+            "verdict": self.verdict.to_dict(),
             "notes": list(self.notes),
             "findings": list(self.findings),
             **({"compression": _plain(self.compression)} if self.compression is not None else {}),
