@@ -250,7 +250,9 @@ _RECORDED = ("tolerance", "tolerance_given", "seed", "shapes", "inputs", "save_i
 
 def _plain(value):
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _plain(dataclasses.asdict(value))
+        # field by field, as dataclasses.asdict gives them, without its deep copy of each value
+        # (an array given as inputs would be copied only to be named)
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Mapping):
         if value and all(hasattr(v, "shape") for v in value.values()):
             return f"{len(value)} arrays given"

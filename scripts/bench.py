@@ -229,8 +229,13 @@ def figure_peak_rss(repeat: int, workdir: Path) -> dict:
         return float(out.strip().splitlines()[-1])
 
     cap = 64
-    plain, capped, uncapped = peak(), peak("--layers", "--max-memory", f"{cap}M"), peak("--layers")
-    return {"id": "f", "name": f"peak RSS of --layers under --max-memory {cap}M (24 tensors of 8 MiB per framework)",
+    # the least of 3 to 5 runs each: a run's peak moves from run to run (measured on one commit,
+    # 8 runs each: plain 99 or 107 MiB, capped 160-169 MiB), enough to flip the figure alone
+    runs = max(3, min(repeat, 5))
+    plain, capped, uncapped = (min(peak(*args) for _ in range(runs))
+                               for args in ((), ("--layers", "--max-memory", f"{cap}M"), ("--layers",)))
+    return {"id": "f", "name": f"peak RSS of --layers under --max-memory {cap}M (24 tensors of 8 MiB per framework; "
+                               f"least of {runs} runs each)",
             "measured_s": None, "value": capped, "unit": "MiB", "baseline_name": "plain check",
             "baseline": plain, "uncapped": uncapped, "target": f"<= plain check + {cap} MiB ({plain + cap:.0f})",
             "ok": capped <= plain + cap}
