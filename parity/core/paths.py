@@ -221,9 +221,10 @@ def check_output(path, flag: str, *, inputs: Iterable = (), stdout: bool = False
         raise OutputPathError(f"{flag} path {show(text)}: directory {show(parent)} is not writable")
     if st is not None and not os.access(text, os.W_OK):
         raise OutputPathError(f"{flag} path {show(text)} is not writable")
-    for given, resolved in _input_files(inputs, target if st is not None else None):
-        if _same(target, st, resolved):
-            also = "" if os.path.realpath(os.fspath(given)) == str(resolved) else f" ({show(resolved)})"
+    for given, path in _input_files(inputs, target if st is not None else None):
+        if _same(target, st, path):
+            resolved = os.path.realpath(path)
+            also = "" if os.path.realpath(os.fspath(given)) == resolved else f" ({show(resolved)})"
             raise OutputPathError(f"{flag} path {show(text)} is the input {show(given)}{also}; "
                                   f"parity never writes onto a file it reads")
     return target
@@ -293,11 +294,13 @@ def check_output_dir(path, flag: str, *, inputs: Iterable = ()) -> Path:
     return check_output(text, flag, inputs=inputs)
 
 
-def _input_files(inputs: Iterable, output: Path | None) -> list[tuple[object, Path]]:
-    """(as given, resolved) for each input, with the files that come with it: an MNN model's
+def _input_files(inputs: Iterable, output: Path | None) -> list[tuple[object, str | Path]]:
+    """(as given, its path) for each input, with the files that come with it: an MNN model's
     ``.weight`` file and, when the output is an existing file inside an ONNX model's
-    directory (the only place its external data may be), the model's external data."""
+    directory (the only place its external data may be), the model's external data. Paths
+    are resolved only where needed (``_same``): a sweep names hundreds of models."""
     found = []
+    folders: dict[str, Path] = {}
     for given in inputs:
         if given is None or isinstance(given, Mapping):
             continue  # arrays given in memory, or an input not given
@@ -307,12 +310,15 @@ def _input_files(inputs: Iterable, output: Path | None) -> list[tuple[object, Pa
             continue
         if not text:
             continue
-        found.append((given, Path(os.path.realpath(text))))
+        found.append((given, text))
         lower = text.lower()
         if lower.endswith(".mnn"):
-            found.append((text + ".weight", Path(os.path.realpath(text + ".weight"))))
+            found.append((text + ".weight", text + ".weight"))
         elif lower.endswith(".onnx") and output is not None:
-            root = Path(os.path.realpath(os.path.dirname(os.path.abspath(text))))
+            folder = os.path.dirname(os.path.abspath(text))
+            if folder not in folders:
+                folders[folder] = Path(os.path.realpath(folder))
+            root = folders[folder]
             if root == output.parent or root in output.parents:
                 try:
                     found += [(location, file) for location, file in external_data(text)]
@@ -321,14 +327,16 @@ def _input_files(inputs: Iterable, output: Path | None) -> list[tuple[object, Pa
     return found
 
 
-def _same(target: Path, target_st, other: Path) -> bool:
-    if str(target) == str(other):
-        return True
-    if target_st is None:
-        return False
+def _same(target: Path, target_st, other) -> bool:
+    """Whether the input at path ``other`` is the output ``target`` (resolved; ``target_st``
+    its stat, None when it does not exist yet): the same file by device and inode when the
+    input exists (a link of any kind to it included), else the same resolved path. An input
+    that exists cannot be an output that does not."""
     try:
         other_st = os.stat(other)
     except OSError:
+        return str(target) == os.path.realpath(other)
+    if target_st is None:
         return False
     return (other_st.st_dev, other_st.st_ino) == (target_st.st_dev, target_st.st_ino)
 
