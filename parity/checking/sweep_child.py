@@ -5,7 +5,8 @@ Runtime, parity and an MNN child each time, 0.3 s and more of start-up for a che
 frameworks need a few milliseconds. A runner (a child started by ``sweep.Runners``, speaking
 ``worker.Worker``'s protocol) imports all that once and runs each pair's check command
 in-process, exactly as ``parity check`` parses and runs it, with its MNN children kept between
-pairs (``worker.keep_children``).
+pairs (``worker.keep_children``); the check's Report comes back as an object
+(``checks.reports_to``), not as JSON to render and parse again.
 
 Isolation stays per pair: MNN still runs in a child of the runner, so an MNN crash is that
 pair's ``BackendCrash``; a crash of the runner itself, or a pair over its time limit, kills the
