@@ -5,16 +5,13 @@ does not, render_sweep still shows everything through rich."""
 from __future__ import annotations
 
 import io
-import os
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from parity.render.text import plain_sweep_table, render_sweep, rich_sweep_table
 
-os.environ.setdefault("COLUMNS", "160")  # not read here (the width is given), set for rich anyway
-
-WIDTH = 160
+WIDTH = 160  # render_sweep's width off a terminal (rich is given it: COLUMNS is not read)
 
 
 def _utf8_stream():
