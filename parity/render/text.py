@@ -508,7 +508,7 @@ def rich_sweep_table(title, rows, passing, failures, summary, file, tty) -> list
         table.add_row(escape(name), code, Text(terminal(kind), style=style), escape(where), seconds)
     out.print(table)
     for line in failures:
-        out.print(escape(line)[:400], soft_wrap=True)
+        out.print(escape(line[:400]), soft_wrap=True)  # cut before escaping: never inside an escape
     out.print(f"[{'green' if all(passing) else 'bold red'}]{escape(summary)}[/]")
     return buffer.getvalue().splitlines()
 
