@@ -92,3 +92,18 @@ def test_any_plain_table_is_the_one_rich_draws(rows, target, failures):
     # nothing here needs rich: the table (46 to 126 wide) holds the title (at most 33)
     assert plain is not None
     assert [line.rstrip() for line in plain] == drawn
+
+
+def test_a_long_failure_with_markup_is_cut_as_text_not_inside_an_escape():
+    results = [{"name": "x", "models": [], "exit_code": 4, "passed": False, "verdict": None, "mnn_target": "local",
+                "mnn_precision": "normal", "error": "[b]" * 200, "seconds": 0.5}]
+
+    class Report:
+        target, shard, elapsed, exit_code = "zoo", None, 0.6, 4
+
+    Report.results = results
+    stream = _utf8_stream()
+    render_sweep(Report(), stream)
+    stream.seek(0)
+    failed = [line for line in stream.read().splitlines() if line.startswith("FAILED")]
+    assert failed == [("FAILED x (exit 4) - " + "[b]" * 200)[:400]]  # markup shown, 400 characters
