@@ -9,6 +9,7 @@ import io
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from parity.checking.sweep import SweepReport
 from parity.render.text import plain_sweep_table, render_sweep, rich_sweep_table
 
 WIDTH = 160  # render_sweep's width off a terminal (rich is given it: COLUMNS is not read)
@@ -60,19 +61,18 @@ def test_texts_rich_would_change_are_left_to_rich():
     assert plain_sweep_table("parity sweep zoo", [], [], summary, width=WIDTH) is None
 
 
-def test_render_sweep_shows_a_hostile_name_through_rich():
-    results = [{"name": "evil\x1b[31m[bold]", "models": [], "exit_code": 1, "passed": False,
-                "verdict": {"kind": "mismatch", "where": "y", "summary": "s"}, "mnn_target": "local",
-                "mnn_precision": "normal", "error": None, "seconds": 0.5}]
-
-    class Report:
-        target, shard, elapsed, exit_code = "zoo", None, 0.6, 1
-
-    Report.results = results
+def _rendered(name, code, verdict, error) -> str:
+    """render_sweep's text for a sweep of one failed pair, on a UTF-8 stream that is not a terminal."""
+    result = {"name": name, "models": [], "exit_code": code, "passed": False, "verdict": verdict,
+              "mnn_target": "local", "mnn_precision": "normal", "error": error, "seconds": 0.5}
     stream = _utf8_stream()
-    render_sweep(Report(), stream)
+    render_sweep(SweepReport("zoo", None, [result], elapsed=0.6), stream)
     stream.seek(0)
-    text = stream.read()
+    return stream.read()
+
+
+def test_render_sweep_shows_a_hostile_name_through_rich():
+    text = _rendered("evil\x1b[31m[bold]", 1, {"kind": "mismatch", "where": "y", "summary": "s"}, None)
     assert "evil\\x1b[31m[bold]" in text and "\x1b" not in text  # escaped, markup shown, not applied
     assert "FAILED evil\\x1b[31m[bold] (exit 1) - mismatch: s" in text
 
@@ -95,15 +95,5 @@ def test_any_plain_table_is_the_one_rich_draws(rows, target, failures):
 
 
 def test_a_long_failure_with_markup_is_cut_as_text_not_inside_an_escape():
-    results = [{"name": "x", "models": [], "exit_code": 4, "passed": False, "verdict": None, "mnn_target": "local",
-                "mnn_precision": "normal", "error": "[b]" * 200, "seconds": 0.5}]
-
-    class Report:
-        target, shard, elapsed, exit_code = "zoo", None, 0.6, 4
-
-    Report.results = results
-    stream = _utf8_stream()
-    render_sweep(Report(), stream)
-    stream.seek(0)
-    failed = [line for line in stream.read().splitlines() if line.startswith("FAILED")]
+    failed = [line for line in _rendered("x", 4, None, "[b]" * 200).splitlines() if line.startswith("FAILED")]
     assert failed == [("FAILED x (exit 4) - " + "[b]" * 200)[:400]]  # markup shown, 400 characters

@@ -47,23 +47,22 @@ def _mnn_array(array: np.ndarray) -> np.ndarray:
     return array
 
 
-_FOUND: list[bool] = []  # MNN was found installed here once: it stays (a sweep's pairs each ask)
+_MNN_FOUND = False  # MNN was found installed here once: it stays (a sweep's pairs each ask)
 
 
 def _mnn_installed() -> bool:
     """Whether this Python has MNN, found without importing it (the child imports it). Looking
     through sys.path takes 0.3 ms, once per check of a sweep's runner; a found MNN is
     remembered, a missing one looked for again."""
-    if not _FOUND:
+    global _MNN_FOUND
+    if not _MNN_FOUND:
         import importlib.util
 
         try:
-            if importlib.util.find_spec("MNN") is None:
-                return False
+            _MNN_FOUND = importlib.util.find_spec("MNN") is not None
         except (ImportError, ValueError):
             return False
-        _FOUND.append(True)
-    return True
+    return _MNN_FOUND
 
 
 @dataclass
