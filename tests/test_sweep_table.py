@@ -55,10 +55,18 @@ def test_texts_rich_would_change_are_left_to_rich():
     summary = "=== 1 passed in 0.1s (exit 0) ==="
     for name in ("[bold]x", "back\\slash", "naïve", "tab\there", "new\nline"):
         assert plain_sweep_table("parity sweep zoo", [_row(name)], [], summary, width=WIDTH) is None
-    # a table wider than the width, a title wider than the table: rich wraps them
+    # a table wider than the width: rich wraps its cells
     assert plain_sweep_table("parity sweep zoo", [_row("x" * 200)], [], summary, width=WIDTH) is None
-    assert plain_sweep_table("parity sweep " + "d/" * 40, [_row("a")], [], summary, width=WIDTH) is None
     assert plain_sweep_table("parity sweep zoo", [], [], summary, width=WIDTH) is None
+
+
+def test_a_title_longer_than_the_table_or_the_width_is_one_line_as_rich_draws_it():
+    summary = "=== 1 passed in 0.1s (exit 0) ==="
+    for target in ("/root/.cache/parity/bench/sweep-200-pairs", "d/" * 100):
+        plain, drawn = _both(f"parity sweep {target}", [_row("a")], [], summary)
+        assert plain is not None
+        assert [line.rstrip() for line in plain] == drawn
+        assert drawn[0] == f"parity sweep {target}"  # not wrapped to the table, nor folded at the width
 
 
 def _rendered(name, code, verdict, error) -> str:
@@ -78,18 +86,18 @@ def test_render_sweep_shows_a_hostile_name_through_rich():
 
 
 # printable ASCII but rich's markup characters (those are left to rich, above)
-_TEXT = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126, blacklist_characters="[]\\"),
-                max_size=40)
+_PRINTABLE = st.characters(min_codepoint=32, max_codepoint=126, blacklist_characters="[]\\")
+_TEXT = st.text(alphabet=_PRINTABLE, max_size=40)
 
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(_TEXT, st.sampled_from(["0", "1", "4"]), st.sampled_from(["pass", "runtime", "error"]),
                           _TEXT, st.sampled_from(["0.0", "1.5", "123.4"])), min_size=1, max_size=6),
-       _TEXT.filter(lambda t: len(t) <= 20), st.lists(_TEXT, max_size=2))
+       st.text(alphabet=_PRINTABLE, max_size=200), st.lists(_TEXT, max_size=2))
 def test_any_plain_table_is_the_one_rich_draws(rows, target, failures):
     summary = f"=== {len(rows)} passed in 1.0s (exit 0) ==="
     plain, drawn = _both(f"parity sweep {target}", rows, [f"FAILED {f}" for f in failures], summary)
-    # nothing here needs rich: the table (46 to 126 wide) holds the title (at most 33)
+    # nothing here needs rich: the table is 46 to 126 wide; the title, up to 213, is a line of its own
     assert plain is not None
     assert [line.rstrip() for line in plain] == drawn
 

@@ -500,7 +500,9 @@ def rich_sweep_table(title, rows, passing, failures, summary, file, tty) -> list
     buffer = io.StringIO()
     out = console(buffer, encoding=getattr(file, "encoding", None), force_terminal=tty,
                   width=None if tty else _SWEEP_WIDTH)
-    table = Table(title=escape(title), title_justify="left")
+    # the title on a line of its own, never wrapped: a long target's path stays one piece
+    out.print(escape(title), soft_wrap=True)
+    table = Table()
     for header in _SWEEP_HEADERS:
         table.add_column(header, overflow="fold")
     for (name, code, kind, where, seconds), passed in zip(rows, passing):
@@ -516,16 +518,16 @@ def rich_sweep_table(title, rows, passing, failures, summary, file, tty) -> list
 def plain_sweep_table(title: str, rows, failures, summary: str, width: int) -> list[str] | None:
     """The lines rich draws for render_sweep, drawn here when nothing in them needs rich: for
     a stream that is not a terminal (no colour) and is UTF-8 (box-drawing characters), every
-    text printable ASCII without rich's markup characters, the table, its title and the
-    summary within ``width``. None otherwise. Line for line what rich draws
-    (tests/test_sweep_table.py) at 2 us a row instead of rich's 0.4 ms: 0.1 s of a sweep of
-    200 small pairs, and rich's import."""
+    text printable ASCII without rich's markup characters, the table and the summary within
+    ``width`` (the title is a line of its own, however long). None otherwise. Line for line
+    what rich draws (tests/test_sweep_table.py) at 2 us a row instead of rich's 0.4 ms: 0.1 s
+    of a sweep of 200 small pairs, and rich's import."""
     texts = [title, *failures, summary, *(text for row in rows for text in row)]
     if not rows or not all(_PLAIN_TEXT.match(text) for text in texts):
         return None
     widths = [max(len(header), *(len(row[i]) for row in rows)) for i, header in enumerate(_SWEEP_HEADERS)]
     table = sum(widths) + 3 * len(widths) + 1
-    if table > width or len(title) > table or len(summary) > width:
+    if table > width or len(summary) > width:
         return None
 
     def rule(left, fill, middle, right):
