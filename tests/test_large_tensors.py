@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 import parity
 from helpers import alter_filter, ort_run, randn, report_json, save_model, tensor, to_mnn
-from onnx import helper
-
 from parity.core.errors import ExitCode
 
 SHAPE = (1, 3, 128, 128)

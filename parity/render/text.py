@@ -452,7 +452,8 @@ def render_inspect(framework: str, path: str, version: str, inputs, outputs, fil
 def render_sweep(report, file: IO[str]) -> None:
     """The summary table of a ``parity sweep`` (a ``sweep.SweepReport``): one row per pair, the
     failures one line each, and the counts with the sweep's wall-clock time. Lines carry no
-    trailing spaces (rich pads a table's title to the table's width)."""
+    trailing spaces. Drawn directly where rich would draw the same (plain_sweep_table), else
+    by rich (rich_sweep_table)."""
     tty = getattr(file, "isatty", lambda: False)()
     title = f"parity sweep {report.target}" + (f" (shard {report.shard})" if report.shard else "")
     rows = []
