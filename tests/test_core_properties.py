@@ -424,6 +424,20 @@ def test_figures_across_chunks_with_masks_nan_and_a_late_tolerance_scale():
     assert diff.cosine == pytest.approx(cosine, abs=1e-9)
 
 
+def test_a_mask_in_the_candidate_alone_past_the_first_chunk_is_a_class_mismatch():
+    # a chunk reads the candidate's own extremes only where |r| and |c - r| cannot bound them:
+    # a mask value on the candidate's side alone, in a chunk whose reference is regular
+    rng = np.random.default_rng(2)
+    r = rng.standard_normal(3 * CHUNK).astype(np.float32)
+    for where, mask, dtype in ((2 * CHUNK + 7, -F32_MAX, np.float32), (CHUNK + 3, 65504.0, np.float16)):
+        c = r.astype(dtype)
+        c[where] = mask
+        diff = TensorDiff.from_arrays("t", r, c)
+        assert not diff.passed and diff.mismatch_count == 1
+        assert (diff.masked_candidate, diff.class_mismatches, diff.masked_reference) == (1, 1, 0)
+        assert diff.max_abs_diff == abs(float(mask) - float(r[where]))
+
+
 def test_cosine_across_chunks_whose_magnitudes_grow_by_1e30():
     rng = np.random.default_rng(1)
     scales = np.repeat([1e-30, 1.0, 1e30], CHUNK)

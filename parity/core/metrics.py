@@ -282,13 +282,21 @@ class _Moments:
         self.sr = self.sc = 1.0
         self.rr = self.cc = self.rc = 0.0
 
-    def add(self, r: np.ndarray, c: np.ndarray, peak_r: float, peak_c: float) -> None:
+    def needs_peak(self, high: float, low: float) -> bool:
+        """Whether ``add`` may rescale for a side whose peak lies in [low, high] (NaN bounds:
+        it may): only then is that side's exact peak needed."""
+        return not high <= self.sc * _SAFE_HIGH or (not self.cc and not low >= _SAFE_LOW)
+
+    def add(self, r: np.ndarray, c: np.ndarray, peak_r: float, peak_c: float | None) -> None:
+        """Add a chunk. ``peak_c`` may be None where ``needs_peak`` said the candidate's peak
+        cannot rescale it."""
         if peak_r > 0 and (peak_r > self.sr * _SAFE_HIGH or (not self.rr and peak_r < _SAFE_LOW)):
             if self.rr:  # only ever to a larger scale then: the factor cannot overflow
                 factor = self.sr / peak_r
                 self.rr, self.rc = self.rr * factor * factor, self.rc * factor
             self.sr = peak_r
-        if peak_c > 0 and (peak_c > self.sc * _SAFE_HIGH or (not self.cc and peak_c < _SAFE_LOW)):
+        if peak_c is not None and peak_c > 0 and (
+                peak_c > self.sc * _SAFE_HIGH or (not self.cc and peak_c < _SAFE_LOW)):
             if self.cc:
                 factor = self.sc / peak_c
                 self.cc, self.rc = self.cc * factor * factor, self.rc * factor
@@ -352,26 +360,30 @@ class _FloatTally:
             return None
         return _clean(self.sum_abs / self.pairs + (self.sum_huge / self.pairs) * 2.0 ** 64)
 
-    def measure(self, r, c, d, ar, moments: _Moments, peaks: tuple[float, float], rel: np.ndarray,
-                nonzero: np.ndarray) -> None:
+    def measure(self, r, c, d, ar, moments: _Moments, peaks: tuple[float, float | None], rel: np.ndarray,
+                nonzero: np.ndarray, top: float | None = None) -> None:
         """Figures over measured pairs ``r``, ``c`` (float64) with differences ``d`` and
-        ``ar = |r|``; ``rel`` and ``nonzero`` are scratch arrays of the same size."""
+        ``ar = |r|``; ``rel`` and ``nonzero`` are scratch arrays of the same size; ``top`` is
+        ``d.max()`` when the caller has it."""
         if not d.size:
             return
         self.pairs += d.size
-        top = float(d.max())
+        top = float(d.max()) if top is None else top
         self.max_abs = max(self.max_abs, top)
         if top > 1e300:  # the sum could pass float64's maximum: sum a scaled copy (exact power of 2)
             self.sum_huge += float((d * 2.0 ** -64).sum())
         else:
             self.sum_abs += float(d.sum())
-        if float(ar.min()) > 0:  # no zero in the reference: one division
+        if top == 0:  # every difference is zero: so is every relative one
+            self.max_rel = max(self.max_rel, 0.0)
+        elif float(ar.min()) > 0:  # no zero in the reference: one division
             np.divide(d, ar, out=rel)
+            self.max_rel = max(self.max_rel, float(rel.max()))
         else:  # relative figures leave out elements whose reference is zero
             np.greater(ar, 0, out=nonzero)
             rel.fill(0.0)
             np.divide(d, ar, out=rel, where=nonzero)
-        self.max_rel = max(self.max_rel, float(rel.max()))
+            self.max_rel = max(self.max_rel, float(rel.max()))
         moments.add(r, c, *peaks)
         if self.maybe_constant:
             lo, hi = float(r.min()), float(r.max())
@@ -387,6 +399,11 @@ def _classes(x: np.ndarray, threshold: float):
     return nan, x >= threshold, x <= -threshold
 
 
+# |c| <= |r| + |c - r| element by element, and max|c| >= max|r| - 2 max|c - r|: the
+# reference's and the differences' peaks bound the candidate's; these margins cover roundings
+_OVER, _UNDER = 1 + 2.0 ** -40, 1 - 2.0 ** -40
+
+
 def _float_chunk(r_src, c_src, atol, rtol, tr, tc, tally: _FloatTally, moments: _Moments, buf: _Buffers) -> None:
     k = r_src.size
     r, c, d, ar, t, m = buf.r[:k], buf.c[:k], buf.d[:k], buf.ar[:k], buf.t[:k], buf.m[:k]
@@ -395,13 +412,19 @@ def _float_chunk(r_src, c_src, atol, rtol, tr, tc, tally: _FloatTally, moments: 
     np.subtract(c, r, out=d)
     np.abs(d, out=d)
     np.abs(r, out=ar)
-    r_top, c_max, c_min = float(ar.max()), float(c.max()), float(c.min())
-    if r_top < tr and c_max < tc and c_min > -tc:  # the common case: all regular (NaN fails these)
-        np.multiply(ar, rtol, out=t)
-        t += atol
-        np.greater(d, t, out=m)
-        tally.mismatches += int(np.count_nonzero(m))
-        tally.measure(r, c, d, ar, moments, (r_top, max(c_max, -c_min)), t, m)
+    r_top, d_top = float(ar.max()), float(d.max())
+    high, low = (r_top + d_top) * _OVER, (r_top - 2 * d_top) * _UNDER  # NaN where d holds NaN
+    c_peak = None  # read only where the bounds cannot tell (a mask value near, or a rescale)
+    if r_top < tr and (not high < tc or moments.needs_peak(high, low)):
+        c_max, c_min = float(c.max()), float(c.min())
+        c_peak = max(c_max, -c_min) if c_max < tc and c_min > -tc else math.nan
+    if r_top < tr and (c_peak is None or c_peak < tc):  # the common case: all regular (NaN fails these)
+        if d_top > atol or rtol < 0:  # else no difference can pass atol + rtol |r|
+            np.multiply(ar, rtol, out=t)
+            t += atol
+            np.greater(d, t, out=m)
+            tally.mismatches += int(np.count_nonzero(m))
+        tally.measure(r, c, d, ar, moments, (r_top, c_peak), t, m, top=d_top)
         return
     _float_chunk_classes(r.copy(), c.copy(), d.copy(), atol, rtol, tr, tc, tally, moments)
 
