@@ -109,7 +109,7 @@ def _capture_chunk(graph, reference, candidate, feeds, tol, layer_rtol, chunk, p
     """Capture one chunk on both sides, compare each entry, keep figures and small samples.
     A candidate that reads captures from its last run (MNN's module returning every tensor)
     hands its tensors over in batches: it writes the next while the parent compares one."""
-    batches = _batches(chunk, 4 if candidate.captures_from_its_run and cache else 1)
+    batches = _batches(chunk, 6 if candidate.captures_from_its_run and cache else 1)
     names = [list(dict.fromkeys(n for e in batch for n in e.candidate_names)) for batch in batches]
     ref_names = list(dict.fromkeys(e.reference_name for e in chunk))
     pending = _begin_capture(candidate, feeds, names[0], cache)  # MNN's child works meanwhile
@@ -136,9 +136,14 @@ def _capture_chunk(graph, reference, candidate, feeds, tol, layer_rtol, chunk, p
     return ref_run.outputs, cand_arrays
 
 
-def _batches(chunk: list, count: int) -> list[list]:
-    size = -(-len(chunk) // count) if chunk else 1
-    return [chunk[i:i + size] for i in range(0, len(chunk), size)] or [[]]
+def _batches(chunk: list, count: int, growth: float = 1.5) -> list[list]:
+    """``chunk`` in ``count`` batches, each ``growth`` times the last (empty ones left out):
+    the parent waits for the first, small, batch and then compares each batch while the child
+    writes the next (BERT-base, 471 tensors: comparing one takes about 1.7x writing it; the
+    parent's waits 0.08-0.11 s in 4 equal batches, 0.07 s in these)."""
+    weights = [growth ** k for k in range(count)]
+    ends = [round(len(chunk) * sum(weights[:k + 1]) / sum(weights)) for k in range(count)]
+    return [chunk[a:b] for a, b in zip([0, *ends[:-1]], ends) if b > a] or [[]]
 
 
 def _abandon(candidate, pending) -> None:
