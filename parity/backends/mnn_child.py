@@ -6,6 +6,7 @@ State lives in module globals because the child serves one model for its whole l
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 
@@ -337,7 +338,10 @@ def run(feeds: dict, results: dict | None, outputs: list | None = None, cut: boo
             array = np.asarray(var.read())
         except Exception as exc:  # one tensor MNN cannot return fails alone, not the whole run
             text = str(exc).strip().splitlines()
-            reply[name] = {"error": f"{type(exc).__name__}: {text[0] if text else ''}"}
+            # without memory addresses (a profiler makes MNN's binding name "<... object at
+            # 0x...>"): one reason for every tensor that fails alike, the same in every run
+            line = re.sub(r" at 0x[0-9a-fA-F]+", "", text[0]) if text else ""
+            reply[name] = {"error": f"{type(exc).__name__}: {line}"}
             continue
         reply[name] = {"steps": steps, "layout": layout, "op_type": var.op_type if hasattr(var, "op_type") else ""}
         reply[name].update(_stored(array, results[name] if results is not None else None, budget))
