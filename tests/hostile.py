@@ -11,6 +11,7 @@ in TMPDIR, no process left, and the time limit.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -87,23 +88,25 @@ class Outcome:
 # Where a parity run is, read from its private temporary directory (TMPDIR/parity-run-*): what
 # run_hostile's ``signal_when`` waits for. A worker's directory exists once the CLI has installed
 # its signal handlers and started a child (MNN or its converter); in-1.npy is the first feed of
-# the MNN run; in-3.npy the feed of the layer capture that follows it (in-1 feeds, out-2 output).
+# the MNN run; in-3.npy the feed of the layer capture's first batch that follows it (in-1 feeds,
+# out-2 output), in-N.npy (N > 3) those of its later batches. Each lives only while its request
+# is served, and the first batch is small: any of them marks the capture (a tuple: any glob).
 STARTED = "parity-run-*/parity-*/worker.log"
 RUNNING = "parity-run-*/parity-*/in-1.npy"
-CAPTURING = "parity-run-*/parity-*/in-3.npy"
+CAPTURING = ("parity-run-*/parity-*/in-[3-9].npy", "parity-run-*/parity-*/in-[1-9][0-9]*.npy")
 PAIR_RUNNING = "parity-run-*/parity-*/in-*.npy"  # a sweep's pair check, running MNN (in its runner's child)
 
 
 def run_hostile(*args, cwd: Path, inputs=(), outputs=(), timeout: float = 120.0, env=None,
-                stdin=subprocess.DEVNULL, signal_when: tuple[str, int] | None = None,
+                stdin=subprocess.DEVNULL, signal_when: tuple[str | tuple[str, ...], int] | None = None,
                 signal_group: bool = False, watch=()) -> Outcome:
     """Run ``python -m parity *args`` in ``cwd``, with SIGHUP, SIGINT and SIGTERM at their
     default dispositions whatever this process inherited (``helpers.default_signals``).
 
     ``inputs``: files whose bytes must not change (every existing path among ``args`` is
     added). ``outputs``: paths parity may create. ``watch``: more directories in which nothing
-    may appear. ``signal_when``: (glob, signal): send the signal once a file matching the glob
-    appears under parity's TMPDIR (``STARTED``, ``RUNNING``, ``CAPTURING``: a readiness marker,
+    may appear. ``signal_when``: (glob or globs, signal): send the signal once a file matching
+    one appears under parity's TMPDIR (``STARTED``, ``RUNNING``, ``CAPTURING``: a readiness marker,
     never a fixed delay); the test fails if parity ends first. ``signal_group``: send it to
     parity's whole process group, as a terminal's Ctrl-C reaches every foreground process
     (parity and its children), instead of to parity alone."""
@@ -128,13 +131,15 @@ def run_hostile(*args, cwd: Path, inputs=(), outputs=(), timeout: float = 120.0,
     try:
         if signal_when is not None:
             pattern, signum = signal_when
+            globs = (pattern,) if isinstance(pattern, str) else tuple(pattern)
             try:
                 # stdout and stderr are pipes: a run that fills one before the marker would block,
                 # but parity prints its report only at the end and nothing on stderr before
-                wait_until(lambda: next(tmp.glob(pattern), None), proc, f"{pattern} appeared",
-                           timeout=timeout)
+                wait_until(lambda: next((p for g in globs for p in tmp.glob(g)), None), proc,
+                           f"{' or '.join(globs)} appeared", timeout=timeout)
             except AssertionError:
-                os.killpg(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):  # ended first: the assertion says so
+                    os.killpg(proc.pid, signal.SIGKILL)
                 proc.communicate()
                 raise
             if signal_group:
