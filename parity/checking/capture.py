@@ -136,12 +136,15 @@ def _capture_chunk(graph, reference, candidate, feeds, tol, layer_rtol, chunk, p
     return ref_run.outputs, cand_arrays
 
 
-def _batches(chunk: list, count: int, growth: float = 1.5) -> list[list]:
-    """``chunk`` in ``count`` batches, each ``growth`` times the last (empty ones left out):
+_GROWTH = 1.5  # each batch of a capture handed over in batches, against the last
+
+
+def _batches(chunk: list, count: int) -> list[list]:
+    """``chunk`` in ``count`` batches, each _GROWTH times the last (empty ones left out):
     the parent waits for the first, small, batch and then compares each batch while the child
     writes the next (BERT-base, 471 tensors: comparing one takes about 1.7x writing it; the
     parent's waits 0.08-0.11 s in 4 equal batches, 0.07 s in these)."""
-    weights = [growth ** k for k in range(count)]
+    weights = [_GROWTH ** k for k in range(count)]
     ends = [round(len(chunk) * sum(weights[:k + 1]) / sum(weights)) for k in range(count)]
     return [chunk[a:b] for a, b in zip([0, *ends[:-1]], ends) if b > a] or [[]]
 

@@ -374,15 +374,13 @@ class _FloatTally:
             self.sum_huge += float((d * 2.0 ** -64).sum())
         else:
             self.sum_abs += float(d.sum())
-        if top == 0:  # every difference is zero: so is every relative one
-            self.max_rel = max(self.max_rel, 0.0)
-        elif float(ar.min()) > 0:  # no zero in the reference: one division
-            np.divide(d, ar, out=rel)
-            self.max_rel = max(self.max_rel, float(rel.max()))
-        else:  # relative figures leave out elements whose reference is zero
-            np.greater(ar, 0, out=nonzero)
-            rel.fill(0.0)
-            np.divide(d, ar, out=rel, where=nonzero)
+        if top > 0:  # else every relative difference is 0 too, and max_rel starts at 0
+            if float(ar.min()) > 0:  # no zero in the reference: one division
+                np.divide(d, ar, out=rel)
+            else:  # relative figures leave out elements whose reference is zero
+                np.greater(ar, 0, out=nonzero)
+                rel.fill(0.0)
+                np.divide(d, ar, out=rel, where=nonzero)
             self.max_rel = max(self.max_rel, float(rel.max()))
         moments.add(r, c, *peaks)
         if self.maybe_constant:
@@ -414,11 +412,11 @@ def _float_chunk(r_src, c_src, atol, rtol, tr, tc, tally: _FloatTally, moments: 
     np.abs(r, out=ar)
     r_top, d_top = float(ar.max()), float(d.max())
     high, low = (r_top + d_top) * _OVER, (r_top - 2 * d_top) * _UNDER  # NaN where d holds NaN
-    c_peak = None  # read only where the bounds cannot tell (a mask value near, or a rescale)
-    if r_top < tr and (not high < tc or moments.needs_peak(high, low)):
+    regular, c_peak = r_top < tr, None  # NaN fails the comparisons
+    if regular and (not high < tc or moments.needs_peak(high, low)):  # the bounds cannot tell
         c_max, c_min = float(c.max()), float(c.min())
-        c_peak = max(c_max, -c_min) if c_max < tc and c_min > -tc else math.nan
-    if r_top < tr and (c_peak is None or c_peak < tc):  # the common case: all regular (NaN fails these)
+        regular, c_peak = c_max < tc and c_min > -tc, max(c_max, -c_min)
+    if regular:  # the common case: no NaN or mask value on either side
         if d_top > atol or rtol < 0:  # else no difference can pass atol + rtol |r|
             np.multiply(ar, rtol, out=t)
             t += atol
