@@ -45,6 +45,20 @@ def _no_spinning(so) -> None:
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
 
 
+# intra-op threads of a session whose backend names no count of its own (0: ONNX Runtime's
+# default, a thread per core); a runner of ``parity sweep -j N`` takes its share of the cores
+# (sweep_child.check), as N processes checking at once should
+_default_threads = 0
+
+
+def share_threads(count: int) -> int:
+    """Build later sessions with ``count`` intra-op threads where none is named (0: ONNX
+    Runtime's default); returns the count before."""
+    global _default_threads
+    before, _default_threads = _default_threads, int(count)
+    return before
+
+
 _SMALL_CONSTANT = 1 << 16
 _LARGE_MODEL = int(os.environ.get("PARITY_LARGE_MODEL_BYTES", 1 << 30))  # bytes of weights from which
 # one session at a time is kept (tests lower it)  # bytes: constants up to this size keep their values in graph_proto
@@ -101,7 +115,7 @@ class OnnxRuntimeBackend(Backend):
 
     def __init__(self, path, *, threads: int = 0, optimization: str = "all", one_run=None, **options):
         super().__init__(path, **options)
-        self.threads = threads
+        self.threads = threads or _default_threads
         self.optimization = optimization
         self.one_run = bool(one_run)  # its session returns every value too (the list, or True)
         self._session = None
@@ -338,7 +352,10 @@ class OnnxRuntimeBackend(Backend):
         return _import_ort().__version__
 
     def settings(self) -> dict:
-        return {"provider": "CPUExecutionProvider", "optimization": self.optimization}
+        settings = {"provider": "CPUExecutionProvider", "optimization": self.optimization}
+        if self.threads:  # a count named (a sweep's share of the cores); else ONNX Runtime's default
+            settings["threads"] = self.threads
+        return settings
 
     def run(self, feeds: TensorMap, outputs: list[str] | None = None) -> RunResult:
         result = super().run(feeds, outputs)

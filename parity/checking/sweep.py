@@ -405,8 +405,9 @@ def _result(item: Item, code: int, verdict: dict | None, error: str | None, star
     }
 
 
-def _run_one(item: Item, *, pair_timeout: float, runners: Runners) -> dict:
-    """Check one pair in a runner (sweep_child); past ``pair_timeout`` s the runner is killed."""
+def _run_one(item: Item, *, pair_timeout: float, runners: Runners, ort_threads: int = 0) -> dict:
+    """Check one pair in a runner (sweep_child); past ``pair_timeout`` s the runner is killed.
+    ``ort_threads``: ONNX Runtime's intra-op threads in the pair's check (0: its default)."""
     from parity.core.errors import BackendCrash, BackendTimeout, ParityError
 
     started = time.monotonic()
@@ -420,7 +421,8 @@ def _run_one(item: Item, *, pair_timeout: float, runners: Runners) -> dict:
         argv = [*_absolute_item(item).argv(), "--quiet"]
         try:
             reply = runner.call("parity.checking.sweep_child:check", step=f"checking {item.name}",
-                                timeout=pair_timeout, argv=argv, cwd=tmp)
+                                timeout=pair_timeout, argv=argv, cwd=tmp,
+                                ort_threads=ort_threads)
         except BackendTimeout:
             runners.discard(runner)
             return _result(item, ExitCode.BACKEND, None, f"timed out after {pair_timeout:g} s", started)
@@ -452,13 +454,24 @@ def worst(codes) -> int:
     return max(codes, key=lambda c: rank.get(int(c), len(rank)), default=int(ExitCode.PASS))
 
 
+def threads_per_job(jobs: int) -> int:
+    """ONNX Runtime's intra-op threads for each of ``jobs`` checks running at once: their share
+    of the cores this process may use (at least 1); 0, its default of a thread per core, for
+    one job. With its default, N checks at once would each start a thread per core: on 2
+    cores, -j 2 ran a small pair's session 20-40% slower in CPU time."""
+    if jobs <= 1:
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // jobs)
+
+
 def run(items: list[Item], *, jobs: int = 1, progress=None, pair_timeout: float = PAIR_TIMEOUT,
         runners: Runners | None = None) -> list[dict]:
     """Check every pair, ``jobs`` at a time; one result dict per pair, in ``items`` order.
     ``runners``: started already (``Runners.fork``); stopped here all the same."""
     results = []
     runners = runners or Runners()
-    one = functools.partial(_run_one, pair_timeout=pair_timeout, runners=runners)
+    one = functools.partial(_run_one, pair_timeout=pair_timeout, runners=runners, ort_threads=threads_per_job(jobs))
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         try:
             for result in pool.map(one, items):

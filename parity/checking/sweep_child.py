@@ -31,7 +31,7 @@ from parity.run import worker
 from parity.cli import cli
 from parity.commands import checks
 from parity.checking import pipeline  # noqa: F401
-from parity.backends import onnxruntime as _ort_backend  # noqa: F401
+from parity.backends import onnxruntime as _ort_backend
 
 
 def serve(fd: int) -> None:
@@ -50,12 +50,14 @@ def serve_argv() -> None:
     serve(int(sys.argv[1]))
 
 
-def check(argv: list[str], cwd: str) -> dict:
+def check(argv: list[str], cwd: str, ort_threads: int = 0) -> dict:
     """``parity check ARGV`` in the private directory ``cwd``: its exit code, its report's
     verdict as the report's JSON holds it (None when no report came: an error's exit), and
     what it wrote to stdout (bytes) and stderr. The report itself is taken as it is made
-    (checks.reports_to), not rendered and parsed again."""
+    (checks.reports_to), not rendered and parsed again. ``ort_threads``: ONNX Runtime's
+    intra-op threads, this runner's share of the cores (0: ONNX Runtime's default)."""
     here, tmpdir, tempdir, args = os.getcwd(), os.environ.get("TMPDIR"), tempfile.tempdir, sys.argv
+    threads = _ort_backend.share_threads(ort_threads)
     out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="backslashreplace", write_through=True)
     err = io.StringIO()
     reports: list = []
@@ -75,6 +77,7 @@ def check(argv: list[str], cwd: str) -> dict:
         else:
             os.environ["TMPDIR"] = tmpdir
         tempfile.tempdir, sys.argv = tempdir, args
+        _ort_backend.share_threads(threads)
     # plain JSON values, as the report's JSON gives them to a reader
     verdict = json.loads(json.dumps(reports[-1].verdict.to_dict())) if reports else None
     return {"code": code, "verdict": verdict, "stdout": out.buffer.getvalue(), "stderr": err.getvalue()}
