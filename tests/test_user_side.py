@@ -252,3 +252,24 @@ def test_check_never_calls_a_framework_output_float16_read_as_float32(tmp_path):
     code, report = _json(full, half)
     error = report["comparisons"][0]["outputs"][0]["error"]
     assert code == 1 and "float16" not in error and "truncated copy" in error
+
+
+def test_a_rerun_writes_over_none_of_the_files_the_recorded_check_wrote(tmp_path):
+    report, inputs, outputs = tmp_path / "first.json", tmp_path / "in.npz", tmp_path / "out.npz"
+    result = run_parity("check", *CNN, "--json", report, "--save-inputs", inputs, "--save-outputs", outputs, "-q")
+    assert result.code == 0, result.err
+    for path in (inputs, outputs):
+        path.write_bytes(b"the user's own file since")
+    result = run_parity("rerun", report, "-q", cwd=tmp_path)
+    assert result.code == 0, result.err
+    assert inputs.read_bytes() == outputs.read_bytes() == b"the user's own file since"
+
+
+def test_every_flag_that_writes_a_file_is_dropped_from_a_rerun():
+    from parity.checking.rerun import WRITING_FLAGS
+    from parity.option_groups import OPTIONS
+
+    writing = {flag for option in OPTIONS.values() if option.name.startswith(("save_", "write_"))
+               or option.name in ("json", "html", "junit", "model_explorer", "repro", "output")
+               for flag in (option.flags or (option.flag,))}
+    assert writing and writing <= WRITING_FLAGS, writing - WRITING_FLAGS

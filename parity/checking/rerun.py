@@ -15,8 +15,7 @@ from parity.core.errors import InputError
 # give new ones to the rerun itself
 REPORT_FLAGS = ("--json", "--html", "--junit", "--model-explorer")
 FILE_FLAGS = ("--save-inputs", "--save-outputs", "--write-fixed")
-_WRITING_FLAGS = {"--json", "--html", "--junit", "--model-explorer", "--save-inputs", "--repro", "--write-fixed",
-                  "-o", "--output"}
+WRITING_FLAGS = {*REPORT_FLAGS, *FILE_FLAGS, "--repro", "--write-quant-config", "-o", "--output"}
 _MAX_REPORT_BYTES = 256 << 20
 
 
@@ -54,7 +53,7 @@ def _without_writing_flags(words) -> list:
             skip = False
             continue
         flag = word.split("=", 1)[0]
-        if flag in _WRITING_FLAGS:
+        if flag in WRITING_FLAGS:
             skip = "=" not in word
             continue
         args.append(word)
