@@ -560,6 +560,21 @@ def input_cases(d: Path, built: Path) -> dict[str, Case]:
         onnx_, mnn = copy_cnn(d)
         return Case(["check", onnx_, mnn, "--seed", "-1"], USAGE, ("seed",))
     add("--seed -1", negative_seed)
+
+    # code the user gives parity that exits: its exit is never parity's (a sys.exit(0) read as a pass)
+    def loader_exits(where, code):
+        def build():
+            onnx_, mnn = copy_cnn(d)
+            body = "    return [{'input': np.zeros((1, 3, 32, 32), np.float32)}]\n"
+            exit_line = f"sys.exit({code!r})\n"
+            text = ("import sys\nimport numpy as np\n" + (exit_line if where == "import" else "") + "\ndef f():\n"
+                    + ("    " + exit_line if where == "call" else "") + body)
+            (d / "dl.py").write_text(text)
+            return Case(["check", onnx_, mnn, "--data-loader", "dl.py:f"], BAD, ("--data-loader", "sys.exit"))
+        return build
+
+    add("--data-loader calling sys.exit(0)", loader_exits("call", 0))
+    add("--data-loader exiting at import", loader_exits("import", "bye"))
     return cases
 
 

@@ -138,6 +138,23 @@ def test_bad_torch_sources(tmp_path):
     assert bad.code == ExitCode.MODEL_OR_INPUT and "Traceback" not in bad.err
 
 
+@pytest.mark.parametrize("where, code", [("import", 0), ("factory", 0), ("forward", 0), ("forward", "bye")])
+def test_torch_code_that_exits_is_an_error_never_parity_s_exit(small_chain, tmp_path, where, code):
+    exit_line = f"sys.exit({code!r})"
+    (tmp_path / "exits.py").write_text(
+        "import sys\nimport torch\n" + (exit_line + "\n" if where == "import" else "")
+        + "class Net(torch.nn.Module):\n    def forward(self, x):\n"
+        + (f"        {exit_line}\n" if where == "forward" else "") + "        return x.mean(dim=(2, 3))\n"
+        + "def make():\n" + (f"    {exit_line}\n" if where == "factory" else "") + "    return Net()\n")
+    report = tmp_path / "r.json"
+    result = run_parity("check", "--torch", f"{tmp_path / 'exits.py'}:make", small_chain["onnx"], "--json", report)
+    expected = ExitCode.BACKEND if where == "forward" else ExitCode.MODEL_OR_INPUT
+    assert result.code == expected, (result.code, result.err)
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "sys.exit" in lines[0], result.err
+    assert not report.exists()
+
+
 def test_export_bug_first_divergence_names_the_module(tmp_path):
     model = torch_models.branchy()
     onnx_path = export(model, (torch.ones(1, 8),), tmp_path / "branchy.onnx", ["x"], ["y"])

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from parity.backends.base import Backend, RunResult, check_model_file
-from parity.core.errors import BackendError, FrameworkMissing, InputError, ModelError, UsageError
+from parity.core.errors import BackendError, FrameworkMissing, InputError, ModelError, UsageError, user_code
 
 OUTPUT_PREFIX = "::output::"  # capture name for a returned output (matches parity.checking.pairing)
 from parity.core.specs import TensorMap, TensorSpec
@@ -59,14 +59,18 @@ def _load_factory(spec: str):
         sys.modules[name] = module
         sys.path.insert(0, str(path.resolve().parent))  # let the file import its neighbours
         try:
-            module_spec.loader.exec_module(module)
+            with user_code(f"importing --torch file {target!r}", ModelError):
+                module_spec.loader.exec_module(module)
         except Exception as exc:
+            if isinstance(exc, ModelError):
+                raise
             raise ModelError(f"importing {target!r} failed: {type(exc).__name__}: {exc}") from None
         finally:
             sys.path.pop(0)
     else:
         try:
-            module = importlib.import_module(target)
+            with user_code(f"importing {target!r} for --torch", ModelError):
+                module = importlib.import_module(target)
         except ImportError as exc:
             raise ModelError(f"cannot import {target!r} for --torch: {exc}") from None
     try:
@@ -138,7 +142,10 @@ class TorchBackend(Backend):
                 if isinstance(factory, torch.nn.Module):
                     module = factory
                 else:
-                    module = factory()
+                    with user_code(f"calling {self.spec}", ModelError):
+                        module = factory()
+            except ModelError:
+                raise
             except Exception as exc:
                 raise ModelError(f"calling {self.spec} failed: {type(exc).__name__}: {exc}") from None
             if not isinstance(module, torch.nn.Module):
@@ -275,8 +282,10 @@ class TorchBackend(Backend):
             raise self._shape_error(names, shapes)
         args = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in names]
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), user_code(f"running {self.label}", BackendError):
                 result = self._module(*args)
+        except BackendError:
+            raise
         except Exception as exc:
             # torch.export's guards (AssertionError "Guard failed: ...", RuntimeError "Expected
             # input at *args[0].shape[0] to be equal to 1" in older torch) check more than

@@ -6,6 +6,7 @@ runs that could not produce a trustworthy result; each one carries the exit code
 
 from __future__ import annotations
 
+import contextlib
 from enum import IntEnum
 
 
@@ -88,3 +89,15 @@ def first_line(exc: BaseException) -> str:
     failure is quoted inside a note or a reason."""
     text = str(exc).splitlines()
     return text[0] if text and text[0] else type(exc).__name__
+
+
+@contextlib.contextmanager
+def user_code(what: str, error: type[ParityError]):
+    """Within: code the user gave parity runs (a --torch factory or module, a --data-loader).
+    Its ``sys.exit`` (an argparse error at import too) becomes ``error`` naming ``what``,
+    never parity's own exit: a ``sys.exit(0)`` there would read as a pass."""
+    try:
+        yield
+    except SystemExit as exc:
+        raise error(f"{what} called sys.exit({exc.code!r}); parity runs it for its result and "
+                    f"does not take its exit as its own") from None

@@ -15,7 +15,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from parity.core.errors import InputError, UsageError
+from parity.core.errors import InputError, UsageError, user_code
 from parity.core.paths import (check_fits, check_input, check_output, copy_atomic, format_bytes, nbytes, show,
                           write_atomic)
 from parity.core.report import InputInfo
@@ -280,28 +280,37 @@ def load_data_loader(spec: str) -> list[TensorMap]:
     module_spec = importlib.util.spec_from_file_location(f"parity_data_loader_{abs(hash(str(path.resolve())))}", path)
     module = importlib.util.module_from_spec(module_spec)
     try:
-        module_spec.loader.exec_module(module)
+        with user_code(f"importing --data-loader file {target}", InputError):
+            module_spec.loader.exec_module(module)
         function = getattr(module, attr)
+    except InputError:
+        raise
     except AttributeError:
         raise InputError(f"--data-loader {target} has no function {attr!r}") from None
     except Exception as exc:
         raise InputError(f"--data-loader {target} failed to import: {type(exc).__name__}: {exc}") from None
-    samples: list[TensorMap] = []
     try:
-        produced = function()
-        for item in produced if not isinstance(produced, dict) else [produced]:
-            if not isinstance(item, dict) or not all(isinstance(k, str) for k in item):
-                raise InputError(f"--data-loader {spec} yielded a {type(item).__name__}, not a dict of input "
-                                 f"name -> array")
-            samples.append({name: np.asarray(value) for name, value in item.items()})
-            if len(samples) > MAX_LOADER_SAMPLES:
-                raise InputError(f"--data-loader {spec} yields more than {MAX_LOADER_SAMPLES} samples")
+        with user_code(f"--data-loader {spec}", InputError):
+            samples = _loader_samples(function(), spec)
     except InputError:
         raise
     except Exception as exc:
         raise InputError(f"--data-loader {spec} failed: {type(exc).__name__}: {exc}") from None
     if not samples:
         raise InputError(f"--data-loader {spec} yielded no samples")
+    return samples
+
+
+def _loader_samples(produced, spec: str) -> list[TensorMap]:
+    """The samples a data loader's function gave: each a dict of input name -> array."""
+    samples: list[TensorMap] = []
+    for item in produced if not isinstance(produced, dict) else [produced]:
+        if not isinstance(item, dict) or not all(isinstance(k, str) for k in item):
+            raise InputError(f"--data-loader {spec} yielded a {type(item).__name__}, not a dict of input "
+                             f"name -> array")
+        samples.append({name: np.asarray(value) for name, value in item.items()})
+        if len(samples) > MAX_LOADER_SAMPLES:
+            raise InputError(f"--data-loader {spec} yields more than {MAX_LOADER_SAMPLES} samples")
     return samples
 
 
