@@ -561,6 +561,17 @@ def input_cases(d: Path, built: Path) -> dict[str, Case]:
         return Case(["check", onnx_, mnn, "--seed", "-1"], USAGE, ("seed",))
     add("--seed -1", negative_seed)
 
+    def not_a_number(flag, *command):
+        def build():
+            onnx_, mnn = copy_cnn(d)
+            words = list(command) or ["check", onnx_, mnn]
+            return Case([*words, flag, "nan"], USAGE, (flag, "not a number"))
+        return build
+
+    for flag in ("--atol", "--rtol", "--timeout", "--layer-rtol"):  # nan passes every range test
+        add(f"{flag} nan", not_a_number(flag))
+    add("sweep --pair-timeout nan", not_a_number("--pair-timeout", "sweep", "."))
+
     # code the user gives parity that exits: its exit is never parity's (a sys.exit(0) read as a pass)
     def loader_exits(where, code):
         def build():

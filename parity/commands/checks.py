@@ -8,7 +8,7 @@ from typing import Callable
 
 import click
 
-from parity.commands.params import CONTEXT, traceback_option
+from parity.commands.params import CONTEXT, FloatRange, traceback_option
 from parity.commands.params import (check_options, check_report_paths, declared, group, progress, report_flags,
                                spec_file)
 from parity.core.escape import terminal
@@ -147,7 +147,7 @@ def write_reports(reports) -> bool:
 
 @click.command(context_settings=CONTEXT)
 @click.argument("model", type=click.Path(dir_okay=True, path_type=str))
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=300.0,
+@click.option("--timeout", type=FloatRange(min=0, min_open=True), default=300.0,
               show_default=True, help="Seconds MNN may take to load the model.")
 @traceback_option
 def inspect(model, timeout):

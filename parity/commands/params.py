@@ -5,6 +5,7 @@ any work."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import click
 
@@ -25,6 +26,17 @@ def traceback_option(f):
     )(f)
 
 
+class FloatRange(click.FloatRange):
+    """click's FloatRange, refusing nan: every comparison with it is false, so a range lets it
+    through (``--atol nan`` was an internal error, ``--timeout nan`` a timeout that never comes)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        return number
+
+
 # the declared types, as click takes them
 _TYPES = {
     "text": None,
@@ -32,8 +44,8 @@ _TYPES = {
     "int": int,
     "path": click.Path(path_type=str),
     "file": click.Path(dir_okay=False, path_type=str),
-    "float>=0": click.FloatRange(min=0),
-    "float>0": click.FloatRange(min=0, min_open=True),
+    "float>=0": FloatRange(min=0),
+    "float>0": FloatRange(min=0, min_open=True),
     "int>=0": click.IntRange(min=0),
     "int>=1": click.IntRange(min=1),
 }

@@ -11,7 +11,7 @@ import time
 import click
 
 from parity.commands.checks import write_reports
-from parity.commands.params import CONTEXT, traceback_option
+from parity.commands.params import CONTEXT, FloatRange, traceback_option
 from parity.commands.params import READ_BY_THE_COMMAND, check_report_paths, declared
 from parity.core.escape import terminal
 
@@ -21,7 +21,7 @@ from parity.core.escape import terminal
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Pairs checked at once, each in its own process.")
 @click.option("--shard", metavar="K/N", help="Check only shard K of N (pairs K, K+N, ... of the sorted list).")
-@click.option("--pair-timeout", type=click.FloatRange(min=0, min_open=True), default=3600.0,
+@click.option("--pair-timeout", type=FloatRange(min=0, min_open=True), default=3600.0,
               show_default=True, metavar="SECONDS",
               help="Kill a pair's check, and every process it started, after SECONDS; the pair "
                    "then counts as a backend failure (exit 4).")

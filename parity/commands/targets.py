@@ -6,7 +6,7 @@ import json
 
 import click
 
-from parity.commands.params import CONTEXT, traceback_option
+from parity.commands.params import CONTEXT, FloatRange, traceback_option
 from parity.commands.params import check_report_paths
 from parity.core.escape import terminal
 
@@ -59,7 +59,7 @@ def target_list():
 
 @target.command("check", context_settings=CONTEXT)
 @click.argument("name", metavar="TARGET")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True,
+@click.option("--timeout", type=FloatRange(min=0, min_open=True), default=300.0, show_default=True,
               help="Seconds the target may take to answer.")
 @click.option("--json", "json_path", type=click.Path(path_type=str), metavar="PATH",
               help="Write the facts as JSON to PATH; '-' for stdout.")
