@@ -81,3 +81,49 @@ def test_an_npz_without_samples_is_refused(tmp_path):
     np.savez(path, x=np.zeros((0, 3, 32, 32), np.float32))
     result = run_parity("check", *CNN, "--inputs", path, "--samples-axis", "0")
     assert_one_line_error(result, ExitCode.MODEL_OR_INPUT, "holds no samples")
+
+
+def _loader(path, arrays):
+    """A --data-loader file yielding ``arrays`` (saved beside it) as samples of input x."""
+    np.save(path.with_suffix(".npy"), np.stack(arrays))
+    path.write_text(f"import numpy as np\n\ndef samples():\n"
+                    f"    for x in np.load({str(path.with_suffix('.npy'))!r}):\n        yield {{'x': x[None]}}\n")
+    return f"{path}:samples"
+
+
+@pytest.mark.parametrize("source", ["samples-axis", "data-loader"])
+def test_a_sample_with_nan_is_refused_wherever_it_comes_from(tmp_path, source):
+    rng = np.random.default_rng(5)
+    stack = rng.standard_normal((4, 3, 32, 32)).astype(np.float32)
+    stack[2, 1, 5, 5] = np.nan
+    if source == "samples-axis":
+        np.savez(tmp_path / "s.npz", x=stack)
+        args = ["--inputs", tmp_path / "s.npz", "--samples-axis", "0"]
+    else:
+        args = ["--data-loader", _loader(tmp_path / "dl.py", list(stack))]
+    refused = run_parity("check", *CNN, *args)
+    assert_one_line_error(refused, ExitCode.MODEL_OR_INPUT, "[2]", "1 NaN/Inf", "--allow-nonfinite")
+    allowed = run_parity("check", *CNN, *args, "--allow-nonfinite", "-q")
+    assert allowed.code in (ExitCode.PASS, ExitCode.MISMATCH), allowed.err
+
+
+@pytest.mark.parametrize("source", ["inputs", "data-loader"])
+def test_big_endian_inputs_are_fed_in_this_machine_s_byte_order_with_a_note(tmp_path, source):
+    x = np.random.default_rng(6).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    figures, notes = [], []
+    for order in ("<f4", ">f4"):
+        if source == "inputs":
+            np.savez(tmp_path / f"{order[0] == '>'}.npz", x=x.astype(order))
+            checked = parity.check(CNN, inputs=tmp_path / f"{order[0] == '>'}.npz")
+        else:
+            loader = tmp_path / f"dl{order[0] == '>'}.py"
+            np.save(loader.with_suffix(".npy"), x.astype(order))
+            loader.write_text(f"import numpy as np\n\ndef samples():\n"
+                              f"    yield {{'x': np.load({str(loader.with_suffix('.npy'))!r})}}\n")
+            checked = parity.check(CNN, data_loader=f"{loader}:samples")
+        report = report_json(checked)
+        assert checked.exit_code == 0, checked.verdict.summary
+        figures.append(report["comparisons"][0]["outputs"][0]["max_abs_diff"])
+        notes.append(report["inputs"]["x"]["notes"])
+    assert figures[0] == figures[1]
+    assert notes[0] == [] and "big-endian" in notes[1][0]

@@ -305,6 +305,8 @@ def conform_feeds(
     notes: list[str] = []
     for spec in specs:
         array = np.asarray(feeds[spec.name])
+        if not array.dtype.isnative:  # '>f4' from another machine: the same values in this one's order
+            array = array.astype(array.dtype.newbyteorder("="))
         if spec.shape is not None:
             if array.ndim != len(spec.shape):
                 raise InputError(

@@ -27,7 +27,8 @@ def load(backends, specs, options: CheckOptions) -> list[tuple[str | None, dict,
         if given is not None or options.val_ranges or options.shapes:
             raise UsageError("--data-loader gives the inputs: leave out --inputs, --val-range and --shape")
         samples = inputs_mod.load_data_loader(options.data_loader)
-        return [(f"{options.data_loader}[{i}]", *_conform(backends, specs, feeds)) for i, feeds in enumerate(samples)]
+        return [(label, *_conform(backends, specs, feeds, label, options))
+                for label, feeds in ((f"{options.data_loader}[{i}]", feeds) for i, feeds in enumerate(samples))]
     if given is not None and options.val_ranges:
         raise UsageError("--val-range applies to generated inputs; it cannot be used with --inputs")
     if given is None or isinstance(given, dict) or hasattr(given, "items"):
@@ -38,15 +39,23 @@ def load(backends, specs, options: CheckOptions) -> list[tuple[str | None, dict,
             raise UsageError("--samples-axis splits one .npz; give a single file with --inputs")
         feeds, infos = _make_feeds(backends, specs, options, raw=True)
         split = inputs_mod.split_samples(feeds, options.samples_axis, files[0].name)
-        return [(f"{files[0].name}[{i}]", *_conform(backends, specs, part)) for i, part in enumerate(split)]
+        return [(label, *_conform(backends, specs, part, label, options))
+                for label, part in ((f"{files[0].name}[{i}]", part) for i, part in enumerate(split))]
     if len(files) == 1:
         return [(None, *_make_feeds(backends, specs, dataclasses.replace(options, inputs=files[0])))]
     return [(file.name, *_make_feeds(backends, specs, dataclasses.replace(options, inputs=file))) for file in files]
 
 
-def _conform(backends, specs, feeds):
-    feeds, _ = conform_feeds(specs, feeds, backends[0].label)
-    return feeds, [InputInfo(n, tuple(a.shape), a.dtype.name, "given") for n, a in feeds.items()]
+def _conform(backends, specs, feeds, source: str, options: CheckOptions):
+    """Given feeds (a data loader's, a split sample's, a dict's) as the reference takes them,
+    refused where they hold NaN or infinity (unless --allow-nonfinite), with their infos."""
+    given = {name: np.asarray(array) for name, array in feeds.items()}
+    conformed, _ = conform_feeds(specs, given, backends[0].label)
+    if not options.allow_nonfinite:
+        for name, array in conformed.items():
+            inputs_mod.refuse_nonfinite(name, array, source)
+    return conformed, [InputInfo(n, tuple(a.shape), a.dtype.name, "given", inputs_mod.byte_order_notes(given[n]))
+                       for n, a in conformed.items()]
 
 
 def _make_feeds(backends, specs, options: CheckOptions, raw: bool = False):
@@ -60,17 +69,13 @@ def _make_feeds(backends, specs, options: CheckOptions, raw: bool = False):
     if options.shapes:
         raise UsageError("--shape applies to generated inputs; it cannot be used with --inputs")
     if isinstance(options.inputs, dict) or hasattr(options.inputs, "items"):
-        feeds = {k: np.asarray(v) for k, v in options.inputs.items()}
-        infos = None
-    elif raw:  # --samples-axis: the arrays as stored, split into samples by the caller
+        return _conform(backends, specs, options.inputs, "the inputs given", options)
+    if raw:  # --samples-axis: the arrays as stored, split into samples by the caller
         return inputs_mod.read_npz(Path(inputs_mod.sample_files(options.inputs)[0]), "--inputs file",
                                    not_a="an .npz file"), None
-    else:
-        feeds, infos = inputs_mod.load_npz(options.inputs, specs, allow_nonfinite=options.allow_nonfinite)
+    feeds, infos = inputs_mod.load_npz(options.inputs, specs, allow_nonfinite=options.allow_nonfinite)
     # the reference's input spec is the contract: exact dtypes, fixed dims
     feeds, _ = conform_feeds(specs, feeds, backends[0].label)
-    if infos is None:
-        infos = [InputInfo(n, tuple(a.shape), a.dtype.name, "given") for n, a in feeds.items()]
     return feeds, infos
 
 

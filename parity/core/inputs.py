@@ -252,14 +252,28 @@ def load_npz(path: str | os.PathLike, specs: Sequence[TensorSpec], *, allow_nonf
     infos = []
     for spec in specs:
         array = feeds[spec.name]
-        if array.dtype.kind == "f" and not allow_nonfinite and not np.isfinite(array).all():
-            bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
-            raise InputError(
-                f"input {spec.name!r} in {path.name} has {bad} NaN/Inf values "
-                f"(pass --allow-nonfinite to compare them anyway)"
-            )
-        infos.append(InputInfo(spec.name, tuple(array.shape), array.dtype.name, "file", ()))
+        if not allow_nonfinite:
+            refuse_nonfinite(spec.name, array, path.name)
+        infos.append(InputInfo(spec.name, tuple(array.shape), array.dtype.name, "file", byte_order_notes(array)))
     return {s.name: feeds[s.name] for s in specs}, infos
+
+
+def refuse_nonfinite(name: str, array, source: str) -> None:
+    """InputError when the float input ``name`` (from ``source``) holds a NaN or an infinity:
+    the frameworks' outputs would then be compared on values no model is made for."""
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+        raise InputError(f"input {name!r} in {source} has {bad} NaN/Inf values "
+                         f"(pass --allow-nonfinite to compare them anyway)")
+
+
+def byte_order_notes(array) -> tuple:
+    """The note of an input given in the other byte order: the frameworks get it in this
+    machine's (the same values; ONNX Runtime would read the bytes as they lie)."""
+    if array.dtype.isnative:
+        return ()
+    order = "big" if array.dtype.byteorder == ">" else "little"
+    return (f"given {order}-endian, fed in this machine's byte order (the same values)",)
 
 
 MAX_LOADER_SAMPLES = 10_000
