@@ -572,6 +572,16 @@ def input_cases(d: Path, built: Path) -> dict[str, Case]:
         add(f"{flag} nan", not_a_number(flag))
     add("sweep --pair-timeout nan", not_a_number("--pair-timeout", "sweep", "."))
 
+    def unknown_backend(name, fragments):
+        def build():
+            onnx_, mnn = copy_cnn(d)
+            return Case(["check", onnx_, mnn, "--mnn-backend", name], USAGE, ("--mnn-backend", *fragments))
+        return build
+
+    add("--mnn-backend in lower case", unknown_backend("cpu", ("upper case",)))
+    add("--mnn-backend unknown", unknown_backend("NOPE", ("OPENCL",)))
+    add("--mnn-backend empty", unknown_backend("", ("CPU",)))
+
     # code the user gives parity that exits: its exit is never parity's (a sys.exit(0) read as a pass)
     def loader_exits(where, code):
         def build():
