@@ -582,6 +582,11 @@ def input_cases(d: Path, built: Path) -> dict[str, Case]:
     add("--mnn-backend unknown", unknown_backend("NOPE", ("OPENCL",)))
     add("--mnn-backend empty", unknown_backend("", ("CPU",)))
 
+    def val_range_beyond_float32():
+        onnx_, mnn = copy_cnn(d)
+        return Case(["check", onnx_, mnn, "--val-range", "x:1e39,1e40"], BAD, ("--val-range", "float32"))
+    add("--val-range beyond float32", val_range_beyond_float32)
+
     # code the user gives parity that exits: its exit is never parity's (a sys.exit(0) read as a pass)
     def loader_exits(where, code):
         def build():

@@ -166,6 +166,10 @@ def generate(
 def _in_range(rng, shape, dtype: str, bounds: tuple[float, float], name: str) -> np.ndarray:
     low, high = bounds
     if dtype in ("float32", "float64", "float16"):
+        largest = float(np.finfo(np.dtype(dtype)).max)
+        if max(abs(low), abs(high)) > largest or not np.isfinite(high - low):
+            raise InputError(f"--val-range {name}:{low:g},{high:g} leaves the range of {dtype} "
+                             f"(|value| <= {largest:g}): its values would be infinite")
         return rng.uniform(low, high, size=shape).astype(dtype)
     if dtype == "bool":
         return rng.integers(int(low), int(high) + 1, size=shape).astype(bool)

@@ -539,7 +539,8 @@ def _scaled(a, b) -> float:
         return math.inf
     a = a.astype(np.float64).reshape(-1)
     b = b.astype(np.float64).reshape(-1)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12)) if a.size else 0.0
+    with np.errstate(invalid="ignore", over="ignore"):  # inf on both sides: nan, never a warning on stderr
+        return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12)) if a.size else 0.0
 
 
 # ONNX attribute -> words of the MNN parameters that carry it (beyond the same name)
