@@ -5,6 +5,7 @@ option were ignored."""
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -273,3 +274,21 @@ def test_every_flag_that_writes_a_file_is_dropped_from_a_rerun():
                or option.name in ("json", "html", "junit", "model_explorer", "repro", "output")
                for flag in (option.flags or (option.flag,))}
     assert writing and writing <= WRITING_FLAGS, writing - WRITING_FLAGS
+
+
+def test_a_rerun_runs_a_recorded_command_only_when_the_user_gives_it(tmp_path):
+    report = tmp_path / "first.json"
+    result = run_parity("check", *CNN, "--json", report, "-q")
+    assert result.code == 0, result.err
+    data = json.loads(report.read_text())
+    marker = tmp_path / "ran"
+    target = f"exec:touch {marker}; exec {sys.executable}"
+    data["rerun"]["command"] += ["--mnn-target", target]  # a report received from anyone
+    received = tmp_path / "received.json"
+    received.write_text(json.dumps(data))
+    refused = run_parity("rerun", received, cwd=tmp_path)
+    assert_one_line_error(refused, ExitCode.MODEL_OR_INPUT, "runs a command", "--mnn-target")
+    assert not marker.exists()
+    given = run_parity("rerun", received, "--mnn-target", target, "-q", cwd=tmp_path)
+    assert given.code == 0, given.err
+    assert marker.exists()  # named by the user: run as recorded

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from parity.core.errors import InputError
+from parity.core.errors import InputError, ParityError
 
 # the flags of a recorded command that write files: a rerun drops them (nothing is overwritten);
 # give new ones to the rerun itself
@@ -44,6 +45,37 @@ def read_recorded(report_path: str) -> Recorded:
         raise InputError(f"{report_path!r} records {' '.join(command[:2])!r}: only check and compare runs can be rerun "
                          f"(a convert would convert again)")
     return Recorded(_without_writing_flags(command[1:]), recorded.get("cwd"), recorded.get("versions") or {})
+
+
+def _values_of(flag: str, words) -> list[str]:
+    """The values ``flag`` takes in the command line ``words`` (``--flag V`` or ``--flag=V``)."""
+    values = []
+    for i, word in enumerate(words):
+        if word == flag and i + 1 < len(words):
+            values.append(words[i + 1])
+        elif word.startswith(flag + "="):
+            values.append(word.split("=", 1)[1])
+    return values
+
+
+def refuse_recorded_commands(recorded: Recorded, extra, report_path: str) -> None:
+    """A report's recorded --mnn-target that runs a command (exec:..., ssh ...?python= with a
+    command) is refused unless the rerun's own command line gives --mnn-target: as a sweep's
+    manifest, a report is a file that may come from anyone, and parity runs a command only when
+    the user names it (the last --mnn-target given wins)."""
+    from parity.run.targets import runs_a_command
+
+    if _values_of("--mnn-target", list(extra)):
+        return
+    for target in _values_of("--mnn-target", recorded.args):
+        try:
+            commands = runs_a_command(target)
+        except ParityError:  # a target the check itself will refuse, in its own words
+            continue
+        if commands:
+            raise InputError(f"{report_path!r} records --mnn-target {target!r}, which runs a command; parity runs "
+                             f"one only when you give it: add --mnn-target {shlex.quote(target)} after the "
+                             f"report to rerun it as recorded")
 
 
 def _without_writing_flags(words) -> list:

@@ -103,9 +103,10 @@ def rerun(report_path, extra):
         parity rerun report.json
         parity rerun report.json --json again.json --html again.html
     """
-    from parity.checking.rerun import read_recorded
+    from parity.checking.rerun import read_recorded, refuse_recorded_commands
 
     recorded = read_recorded(report_path)
+    refuse_recorded_commands(recorded, extra, report_path)
     report_file = os.path.abspath(report_path)
     if recorded.cwd and os.path.isdir(recorded.cwd):
         os.chdir(recorded.cwd)  # where the recorded command ran: its relative paths, and the new ones
