@@ -587,6 +587,12 @@ def input_cases(d: Path, built: Path) -> dict[str, Case]:
         return Case(["check", onnx_, mnn, "--val-range", "x:1e39,1e40"], BAD, ("--val-range", "float32"))
     add("--val-range beyond float32", val_range_beyond_float32)
 
+    def unknown_converter_option():
+        onnx_, _ = copy_cnn(d)
+        return Case(["convert", onnx_, "-o", "out.mnn", "--weightQuantBit", "4"], USAGE,
+                    ("--weightQuantBit", "nothing was written"), after=_no("out.mnn"))
+    add("convert with a converter option MNN does not know", unknown_converter_option)
+
     # code the user gives parity that exits: its exit is never parity's (a sys.exit(0) read as a pass)
     def loader_exits(where, code):
         def build():

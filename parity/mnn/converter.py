@@ -98,6 +98,11 @@ class Conversion:
                     raise BackendError(f"{exc}; converter said: {said}") from None
                 raise
             log = worker.log_text()
+            unknown = list(dict.fromkeys(_UNKNOWN_OPTION.findall(log)))
+            if unknown:  # MNN converts without them: a model other than the one asked for
+                raise UsageError(f"MNN's converter does not know {', '.join('--' + o for o in unknown)} "
+                                 f"(it said 'Not support option'), so nothing was written; see MNNConvert's "
+                                 f"options for the spelling")
             files = [(self._scratch, self.target)]
             weights = weights_path(self._scratch)
             if weights.exists():  # published first: the model that needs it appears last
@@ -141,6 +146,8 @@ def start_conversion(
 
 # "[20:58:27] :220: " before a converter log line: the time and the source line that logged it
 _STAMP = re.compile(r"^\[\d{2}:\d{2}:\d{2}\]\s*[^:\s]*:\d+:\s*")
+# What MNN's converter says of an option it does not know (and then converts without it)
+_UNKNOWN_OPTION = re.compile(r"^Not support option: (\S+)\s*$", re.MULTILINE)
 # The line that names what MNN's converter cannot convert, e.g. "These Op Not Support: ONNX::IsNaN"
 _UNSUPPORTED = re.compile(r"not support", re.IGNORECASE)
 
