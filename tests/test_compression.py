@@ -246,6 +246,32 @@ def test_int8_calibration_samples_that_do_not_fit_are_one_line(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("case", ["nan", "shape", "empty"])
+def test_int8_calibration_samples_that_cannot_calibrate_write_nothing(tmp_path, case):
+    import numpy as np
+
+    directory = tmp_path / "bad"
+    directory.mkdir()
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    np.savez(directory / "a.npz", x=x)
+    if case == "nan":
+        x = x.copy()
+        x[0, 0, 0, 0] = np.nan
+        np.savez(directory / "c.npz", x=x)
+    elif case == "shape":
+        np.savez(directory / "c.npz", x=np.zeros((1, 3, 16, 16), np.float32))
+    else:
+        for file in directory.iterdir():
+            file.unlink()
+    out = tmp_path / "never.mnn"
+    result = run_parity("convert", MODELS / "cnn.onnx", "-o", out, "--int8-calibration", directory)
+    fragments = {"nan": ("c.npz", "NaN/Inf"), "shape": ("c.npz", "(1, 3, 16, 16)", "1x3x32x32"),
+                 "empty": ("--int8-calibration", "without .npz")}[case]
+    line = assert_one_line_error(result, ExitCode.MODEL_OR_INPUT, *fragments)
+    assert "--allow-nonfinite" not in line and "--inputs" not in line  # flags convert does not take
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("options", [["--weightQuantBits", "4", "--weightQuantBlock", "16"], ["--fp16"],
                                      ["--weightQuantBits", "8", "--weightQuantAsymmetric"], []])
 def test_the_flatbuffer_read_matches_the_json_dump(tmp_path, options):

@@ -236,7 +236,7 @@ def _rank(backends, feeds, budget, options: CheckOptions, say, compression=None)
                 "no layer ranking: a full-int8 model is ranked by quantizing it again layer by layer, "
                 "which needs its calibration samples (parity convert MODEL.onnx --int8-calibration DIR)",))
         samples = [inputs_mod.read_npz(f, "--int8-calibration file", not_a="an .npz file")
-                   for f in inputs_mod.sample_files(options.calibration)]
+                   for f in inputs_mod.sample_files(options.calibration, "--int8-calibration")]
         return ranking_mod.rank_int8(float_backend.path, samples, options.calibration_method, feeds, budget,
                                      lambda path: MnnBackend(path, **settings), timeout=options.timeout,
                                      progress=say, write_fixed=options.write_fixed,

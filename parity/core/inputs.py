@@ -262,13 +262,14 @@ def load_npz(path: str | os.PathLike, specs: Sequence[TensorSpec], *, allow_nonf
     return {s.name: feeds[s.name] for s in specs}, infos
 
 
-def refuse_nonfinite(name: str, array, source: str) -> None:
+def refuse_nonfinite(name: str, array, source: str, *, allowable: bool = True) -> None:
     """InputError when the float input ``name`` (from ``source``) holds a NaN or an infinity:
-    the frameworks' outputs would then be compared on values no model is made for."""
+    the frameworks' outputs would then be compared on values no model is made for.
+    ``allowable``: the command takes --allow-nonfinite, and the error says so."""
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
-        raise InputError(f"input {name!r} in {source} has {bad} NaN/Inf values "
-                         f"(pass --allow-nonfinite to compare them anyway)")
+        raise InputError(f"input {name!r} in {source} has {bad} NaN/Inf values"
+                         + (" (pass --allow-nonfinite to compare them anyway)" if allowable else ""))
 
 
 def byte_order_notes(array) -> tuple:
@@ -332,9 +333,10 @@ def _loader_samples(produced, spec: str) -> list[TensorMap]:
     return samples
 
 
-def sample_files(given: str | os.PathLike) -> list[Path]:
-    """The .npz files ``--inputs`` names: the file itself, every *.npz of a directory, or the
-    files a glob pattern matches (sorted, so samples keep their order from run to run)."""
+def sample_files(given: str | os.PathLike, flag: str = "--inputs") -> list[Path]:
+    """The .npz files ``--inputs`` (or ``flag``) names: the file itself, every *.npz of a
+    directory, or the files a glob pattern matches (sorted, so samples keep their order from
+    run to run)."""
     import glob
 
     text = os.fspath(given)
@@ -342,12 +344,12 @@ def sample_files(given: str | os.PathLike) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".npz" and p.is_file())
         if not files:
-            raise InputError(f"--inputs {text!r} is a directory without .npz files")
+            raise InputError(f"{flag} {text!r} is a directory without .npz files")
         return files
     if any(c in text for c in "*?[") and not path.exists():
         files = sorted(Path(p) for p in glob.glob(text) if Path(p).is_file())
         if not files:
-            raise InputError(f"--inputs {text!r} matches no file")
+            raise InputError(f"{flag} {text!r} matches no file")
         return files
     return [path]
 

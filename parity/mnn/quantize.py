@@ -81,13 +81,11 @@ def full_int8_from_onnx(source: Path, target: Path, scratch: Path, calibration, 
     from parity.core.paths import copy_atomic
     from parity.mnn.converter import convert
 
-    files = inputs_mod.sample_files(calibration)
+    files = inputs_mod.sample_files(calibration, "--int8-calibration")
     samples = [inputs_mod.read_npz(f, "--int8-calibration file", not_a="an .npz file") for f in files]
-    expected = _onnx_input_names(source)
-    for file, sample in zip(files, samples):
-        if sorted(sample) != sorted(expected):
-            raise InputError(f"--int8-calibration {file.name} does not fit the model's inputs {expected}: it holds "
-                             f"{sorted(sample)}")
+    declared = _onnx_inputs(source)
+    for file, sample in zip(files, samples):  # before anything is converted or written
+        _refuse_sample(file, sample, declared)
     say = progress or (lambda message: None)
     float_path = scratch / f"{target.stem}.float.mnn"
     say(f"converting {source.name} to float (the model to quantize)")
@@ -98,8 +96,9 @@ def full_int8_from_onnx(source: Path, target: Path, scratch: Path, calibration, 
     return float_path
 
 
-def _onnx_input_names(source) -> list[str]:
-    """The ONNX model's real inputs (graph inputs that are not initializers)."""
+def _onnx_inputs(source) -> dict[str, list]:
+    """The ONNX model's real inputs (graph inputs that are not initializers): name -> declared
+    dims (an int, or None where the dim is symbolic or not given)."""
     from parity.core import onnx_skeleton
 
     try:
@@ -107,7 +106,26 @@ def _onnx_input_names(source) -> list[str]:
     except Exception as exc:
         raise ModelError(f"{str(source)!r} is not a readable ONNX model ({type(exc).__name__})") from None
     constants = {i.name for i in graph.initializer}
-    return [i.name for i in graph.input if i.name not in constants]
+    return {i.name: [d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim]
+            for i in graph.input if i.name not in constants}
+
+
+def _refuse_sample(file: Path, sample: dict, declared: dict) -> None:
+    """A calibration sample that does not fit the model's inputs (names, ranks, fixed dims) or
+    holds NaN or infinity: InputError, before the model is converted."""
+    from parity.core import inputs as inputs_mod
+
+    expected = list(declared)
+    if sorted(sample) != sorted(expected):
+        raise InputError(f"--int8-calibration {file.name} does not fit the model's inputs {expected}: it holds "
+                         f"{sorted(sample)}")
+    for name, dims in declared.items():
+        array = sample[name]
+        if dims and (array.ndim != len(dims) or any(d is not None and d != n for d, n in zip(dims, array.shape))):
+            shown = "x".join("?" if d is None else str(d) for d in dims)
+            raise InputError(f"--int8-calibration {file.name}: input {name!r} has shape {tuple(array.shape)}, "
+                             f"the model takes {shown}")
+        inputs_mod.refuse_nonfinite(name, array, f"--int8-calibration {file.name}", allowable=False)
 
 
 def _quantize_in_child(source: str, target: str, config: str) -> bool:
