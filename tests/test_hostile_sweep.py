@@ -44,6 +44,8 @@ CASES = [
     ("atol given as text", _write("zoo.toml", "[[model]]\n" + GOOD + 'atol = "tight"\n'), BAD, "atol must be"),
     ("atol given as a boolean", _write("zoo.toml", "[[model]]\n" + GOOD + "atol = true\n"), BAD, "atol must be"),
     ("negative seed", _write("zoo.toml", "[[model]]\n" + GOOD + "seed = -1\n"), BAD, "seed must be"),
+    ("timeout of 0", _write("zoo.toml", "[[model]]\n" + GOOD + "timeout = 0\n"), BAD, "timeout must be a number > 0"),
+    ("steps of 0", _write("zoo.toml", "[[model]]\n" + GOOD + "steps = 0\n"), BAD, "steps must be an integer >= 1"),
     ("layers given as text", _write("zoo.toml", "[[model]]\n" + GOOD + 'layers = "yes"\n'), BAD, "layers must be"),
     ("shape not a table", _write("zoo.toml", "[[model]]\n" + GOOD + 'shape = "1x3"\n'), BAD, "shape must be"),
     ("shape with a float dim", _write("zoo.toml", "[[model]]\n" + GOOD + "shape = { x = [1, 2.5] }\n"), BAD, "shape.x"),

@@ -169,6 +169,10 @@ _KINDS = {
 }
 
 
+# declared types whose values must be above 0, as the check's command line takes them
+_POSITIVE = {"float>0": "a number > 0", "int>=1": "an integer >= 1"}
+
+
 # A language model's pair: the Hugging Face folder and the MNN-LLM export folder (parity/llm)
 LLM_FIELDS = ("huggingface", "mnn_llm")
 # options that name a file or folder: relative to the manifest, absolute for the pair's child
@@ -252,6 +256,8 @@ def _check_entry(entry, where: str) -> None:
     for key, option in MANIFEST.items():
         if key in entry and option.manifest in _KINDS and not _KINDS[option.manifest][0](entry[key]):
             raise wrong(key, _KINDS[option.manifest][1])
+        if key in entry and option.type in _POSITIVE and not entry[key] > 0:  # timeout = 0, steps = 0
+            raise wrong(key, _POSITIVE[option.type])
     if "mnn_target" in entry or "mnn_precision" in entry:
         _check_mnn(entry, where)
     if entry.get("shape") is not None:
