@@ -106,7 +106,10 @@ def parse_size(text: str) -> int:
     if not match:
         raise BadOptionValue("--max-memory", f"{text!r} is not a size like 512M or 2G")
     factor = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[match.group(2)]
-    return int(float(match.group(1)) * factor)
+    size = int(float(match.group(1)) * factor)
+    if size < 1:  # no tensor fits in 0 bytes: the capture would hold each alone and say it stayed within
+        raise BadOptionValue("--max-memory", f"{text!r} is no memory at all; give a size like 512M or 2G")
+    return size
 
 
 def _not(value: bool) -> bool:

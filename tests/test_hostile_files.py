@@ -593,6 +593,11 @@ def input_cases(d: Path, built: Path) -> dict[str, Case]:
                     ("--weightQuantBit", "nothing was written"), after=_no("out.mnn"))
     add("convert with a converter option MNN does not know", unknown_converter_option)
 
+    def no_memory():
+        onnx_, mnn = copy_cnn(d)
+        return Case(["check", onnx_, mnn, "--layers", "--max-memory", "0"], USAGE, ("--max-memory", "no memory"))
+    add("--max-memory 0", no_memory)
+
     # code the user gives parity that exits: its exit is never parity's (a sys.exit(0) read as a pass)
     def loader_exits(where, code):
         def build():
