@@ -144,6 +144,11 @@ def test_bad_per_output_tolerance_is_a_usage_error():
     assert_one_line_error(result, ExitCode.USAGE, "--tol")
 
 
+def test_a_per_output_tolerance_for_no_output_is_refused_before_the_run():
+    result = run_parity("check", *CNN, "--tol", "logit=1,1")  # a typo would leave logits at the default
+    assert_one_line_error(result, ExitCode.MODEL_OR_INPUT, "--tol", "'logit'", "['logits']")
+
+
 def test_check_stat_mean_passes_where_elementwise_fails():
     options = {"tolerance": parity.Tolerance(atol=1e-4, rtol=0), "diagnose": False}
     code, _ = _json(*TRANSFORMER, **options)

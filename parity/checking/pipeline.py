@@ -23,7 +23,7 @@ from parity.checking import compression_policy
 from parity.checking import samples as samples_mod
 from parity.core import inputs as inputs_mod
 from parity.backends.registry import backend_class, framework_for, open_backend, suffixes
-from parity.core.errors import ModelError, ParityError, UsageError
+from parity.core.errors import InputError, ModelError, ParityError, UsageError
 from parity.core.judge import compare_outputs, layer_only_findings, verdict_for
 from parity.core.links import LINKS, link_for, with_layers
 from parity.options import CheckOptions
@@ -112,6 +112,7 @@ def check(
         one_run = None if roles else _one_run(chain, options)
         backends, stages = _open_backends(chain, options, stack, say, roles=roles, one_run=one_run)
         specs = _input_specs(backends)
+        _refuse_unknown_tolerances(backends, options)
         samples = samples_mod.load(backends, specs, options)
         _, feeds, input_infos = samples[0]
         if options.save_inputs is not None:
@@ -259,6 +260,20 @@ def _input_specs(backends) -> list:
                              f"{other.path.name} has {names}")
     reference = backends[0]
     return first.input_specs if not reference.describes_inputs and described else reference.input_specs
+
+
+def _refuse_unknown_tolerances(backends, options: CheckOptions) -> None:
+    """A --tol naming no output of any model is refused before the run, as a --val-range naming
+    no input is (it would be ignored, and the output judged by the default). Models that name
+    their outputs only when they run (torch) leave it to the comparison."""
+    outputs = [[s.name for s in b.output_specs or ()] for b in backends]
+    if not options.tolerances or not all(outputs):
+        return
+    known = {name for names in outputs for name in names}
+    unknown = [name for name in options.tolerances if name not in known]
+    if unknown:
+        raise InputError(f"--tol names unknown output {unknown[0]!r}; the models' outputs are "
+                         f"{list(dict.fromkeys(n for names in outputs for n in names))}")
 
 
 def _run_all(backends, feeds, say, submitted: Callable[[], None] | None = None) -> list:
