@@ -65,17 +65,27 @@ def _shapes(values) -> dict:
         name, sep, dims = value.rpartition("=")
         if not sep or not name:
             raise BadOptionValue("--shape", f"{value!r} is not NAME=1x64x32")
+        if name in shapes:
+            raise BadOptionValue("--shape", f"input {name!r} is given twice; give each input one shape")
         try:
             shapes[name] = parse_shape(dims)
         except ValueError as exc:
             raise BadOptionValue("--shape", str(exc)) from None
+        if 0 in shapes[name]:
+            raise BadOptionValue("--shape", f"{value!r} has a dim of 0: an empty input, with nothing to compare")
     return shapes
 
 
 def _val_ranges(values) -> tuple:
     from parity.core.inputs import parse_val_range
 
-    return tuple(parse_val_range(v) for v in values)
+    ranges = tuple(parse_val_range(v) for v in values)
+    names = [name for name, _ in ranges]
+    twice = next((name for name in names if names.count(name) > 1), False)
+    if twice is not False:
+        raise BadOptionValue("--val-range", f"{'input ' + repr(twice) if twice else 'every input (no NAME)'} is "
+                                            f"given twice; give each one range")
+    return ranges
 
 
 def _output_tolerances(values) -> dict:
@@ -89,6 +99,8 @@ def _output_tolerances(values) -> dict:
             atol, rtol = (float(x) for x in numbers.split(","))
             if not sep or not name:
                 raise ValueError
+            if name in tolerances:
+                raise BadOptionValue("--tol", f"output {name!r} is given twice; give each output one tolerance")
             tolerances[name] = Tolerance(atol, rtol)
         except ValueError:
             raise BadOptionValue("--tol", f"{value!r} is not NAME=ATOL,RTOL with numbers >= 0 "

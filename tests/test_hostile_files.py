@@ -598,6 +598,19 @@ def input_cases(d: Path, built: Path) -> dict[str, Case]:
         return Case(["check", onnx_, mnn, "--layers", "--max-memory", "0"], USAGE, ("--max-memory", "no memory"))
     add("--max-memory 0", no_memory)
 
+    def given_twice(*words, fragment):
+        def build():
+            onnx_, mnn = copy_cnn(d)
+            return Case(["check", onnx_, mnn, *words], USAGE, (words[0], fragment))
+        return build
+
+    add("--shape with a dim of 0", given_twice("--shape", "x=0x3x32x32", fragment="dim of 0"))
+    add("--shape twice for one input", given_twice("--shape", "x=1x3x32x32", "--shape", "x=1x3x32x32",
+                                                   fragment="twice"))
+    add("--val-range twice for one input", given_twice("--val-range", "x:0,1", "--val-range", "x:0,2",
+                                                       fragment="twice"))
+    add("--tol twice for one output", given_twice("--tol", "logits=1,1", "--tol", "logits=2,2", fragment="twice"))
+
     # code the user gives parity that exits: its exit is never parity's (a sys.exit(0) read as a pass)
     def loader_exits(where, code):
         def build():
