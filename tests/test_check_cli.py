@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from helpers import MODELS, run_json, run_parity
+from helpers import MODELS, assert_one_line_error, run_json, run_parity
 from parity.core.errors import ExitCode
 
 CONTRACT_OUTPUT_KEYS = {
@@ -99,6 +99,11 @@ def test_inspect_lists_inputs_and_outputs():
         assert word in result.out
     result = run_parity("inspect", MODELS / "cnn.onnx")
     assert result.code == 0 and "logits" in result.out and "1x3x32x32" in result.out
+
+
+def test_inspect_of_an_empty_name_is_one_line_not_the_working_directory():
+    result = run_parity("inspect", "")
+    assert_one_line_error(result, ExitCode.USAGE, "empty")
 
 
 def test_a_backend_mnn_lacks_is_reported_as_the_cpu_that_ran():

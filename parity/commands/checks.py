@@ -156,6 +156,10 @@ def inspect(model, timeout):
     a folder, an MNN-LLM export or a Hugging Face model: what it holds and how it runs."""
     from pathlib import Path
 
+    if not model.strip():  # Path("") is the working directory
+        from parity.core.errors import UsageError
+
+        raise UsageError("MODEL is empty: give a model file or folder")
     if Path(model).is_dir():
         from parity.llm.describe import describe
 
