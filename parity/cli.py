@@ -89,7 +89,8 @@ def cli():
 
     Runs one model in PyTorch, ONNX Runtime and MNN on the same inputs, aligns the outputs and
     reports per-output differences. Exit codes: 0 pass, 1 mismatch, 2 command-line error, 3 model or
-    input error, 4 backend failure (crash, timeout, framework missing), 123 internal error.
+    input error, 4 backend failure (crash, timeout, framework missing), 123 internal error; stopped
+    by a signal, 128 + its number: 129 SIGHUP, 130 Ctrl-C, 141 stdout's reader gone, 143 SIGTERM.
     """
     from parity.run.process import install_process_guards
 

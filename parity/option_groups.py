@@ -149,7 +149,8 @@ COMPARISON = (
            help="Use the arrays in this .npz (one per input name) instead of generated inputs; a directory or a "
                 "quoted glob ('data/*.npz') of .npz files runs each as a sample, with figures aggregated (worst "
                 "sample, mean cosine, top-1 agreement).",
-           help_for={"convert": "Check on the arrays in this .npz instead of generated inputs."}),
+           help_for={"convert": "Check on the arrays in this .npz (or each .npz of a directory or quoted glob, "
+                                "as samples) instead of generated inputs."}),
     Option("save_inputs", "save_inputs", type="path", metavar="FILE.npz",
            help="Write the inputs used to this .npz, to rerun or share the exact case."),
     Option("val_range", "val_ranges", multiple=True, metavar="[NAME:]LOW,HIGH", parse=_val_ranges,
