@@ -856,6 +856,8 @@ def test_an_interrupted_write_leaves_nothing_and_is_not_reported_written(tmp_pat
     assert str(target) not in paths.published()
     paths.copy_atomic(source, target, "the converted model")
     assert paths.published()[-1] == str(target) and target.read_bytes() == b"x" * 10
+    target.unlink()  # a scratch file published, then removed with its private directory
+    assert str(target) not in paths.published()  # an interruption does not name it as left behind
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -374,9 +374,10 @@ def publish(files: Sequence[tuple[object, object]], what: str, *,
 
 
 def published() -> tuple[str, ...]:
-    """The files this process has written (as their callers named them), in order: what an
-    interrupted or failed run tells the user it left behind."""
-    return tuple(_PUBLISHED)
+    """The files this process has written (as their callers named them), in order, that are
+    still there: what an interrupted or failed run tells the user it left behind (a scratch
+    file published in a private directory that has been removed since is not)."""
+    return tuple(dict.fromkeys(p for p in _PUBLISHED if os.path.lexists(p)))
 
 
 def _publish(jobs: list[tuple[Callable[[int], None], object]], what: str, error, inputs) -> list[Path]:
