@@ -593,6 +593,16 @@ def input_cases(d: Path, built: Path) -> dict[str, Case]:
                     ("--weightQuantBit", "nothing was written"), after=_no("out.mnn"))
     add("convert with a converter option MNN does not know", unknown_converter_option)
 
+    def bits_out_of_range(bits):
+        def build():
+            onnx_, _ = copy_cnn(d)
+            return Case(["convert", onnx_, "-o", "out.mnn", "--weightQuantBits", bits], USAGE,
+                        ("--weightQuantBits", "2 to 8"), after=_no("out.mnn"))
+        return build
+
+    for bits in ("1", "9", "abc"):  # MNN gives 2-bit, 8-bit and float weights for these, quietly
+        add(f"convert --weightQuantBits {bits}", bits_out_of_range(bits))
+
     def no_memory():
         onnx_, mnn = copy_cnn(d)
         return Case(["check", onnx_, mnn, "--layers", "--max-memory", "0"], USAGE, ("--max-memory", "no memory"))

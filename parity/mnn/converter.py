@@ -120,6 +120,29 @@ class Conversion:
             self._worker = None
 
 
+# converter options whose value MNN takes in a range, and clamps (or ignores) outside it without a
+# word (MNN 3.6.1, measured: --weightQuantBits 1 gave 2-bit weights, 9 and -4 8-bit, abc float;
+# --weightQuantBlock 0 or -1 is per channel, as documented)
+_RANGES = {"--weightQuantBits": (2, 8)}
+
+
+def _refuse_bad_numbers(options: list) -> None:
+    for i, word in enumerate(options):
+        flag, eq, value = word.partition("=")
+        if flag not in _RANGES:
+            continue
+        value = value if eq else (options[i + 1] if i + 1 < len(options) else "")
+        low, high = _RANGES[flag]
+        try:
+            number = int(value)
+        except ValueError:
+            number = None
+        if number is None or number < low or (high is not None and number > high):
+            wanted = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
+            raise UsageError(f"converter option {flag} {value!r}: MNN's converter takes {wanted} and would "
+                             f"quietly convert something else")
+
+
 def start_conversion(
     onnx_path: str | os.PathLike,
     mnn_path: str | os.PathLike,
@@ -136,6 +159,7 @@ def start_conversion(
     for option in options:
         if option.split("=")[0] in _RESERVED:
             raise UsageError(f"converter option {option} is set by parity; leave it out")
+    _refuse_bad_numbers(list(options))
     externals = external_data(source)  # refused here when it points outside the model's directory
     protected = [source, *(file for _, file in externals), *inputs]
     check_output(target, "-o", inputs=protected)
