@@ -384,3 +384,9 @@ def test_budget_figures_match_their_definitions_on_known_cases():
     assert figures["error"] == pytest.approx(0.1, rel=1e-6)
     two_class = np.array([[2.0, 0.0], [0.0, 2.0]], np.float32)
     assert budget.top1_rows(two_class, np.array([[2.0, 0.0], [2.0, 0.0]], np.float32)) == (1, 2)
+
+
+def test_weight_quant_bits_0_is_mnn_s_default_of_float_weights(tmp_path):
+    code, report, out = _convert(tmp_path, MODELS / "cnn.onnx", "--weightQuantBits", "0")
+    assert code == 0 and out.exists()
+    assert report.get("compression") is None  # float weights, as without the option

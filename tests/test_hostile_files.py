@@ -597,7 +597,7 @@ def input_cases(d: Path, built: Path) -> dict[str, Case]:
         def build():
             onnx_, _ = copy_cnn(d)
             return Case(["convert", onnx_, "-o", "out.mnn", "--weightQuantBits", bits], USAGE,
-                        ("--weightQuantBits", "2 to 8"), after=_no("out.mnn"))
+                        ("--weightQuantBits", "2 to 8", "0 (none)"), after=_no("out.mnn"))
         return build
 
     for bits in ("1", "9", "abc"):  # MNN gives 2-bit, 8-bit and float weights for these, quietly
@@ -868,6 +868,14 @@ def test_an_interrupted_write_leaves_nothing_and_is_not_reported_written(tmp_pat
     assert paths.published()[-1] == str(target) and target.read_bytes() == b"x" * 10
     target.unlink()  # a scratch file published, then removed with its private directory
     assert str(target) not in paths.published()  # an interruption does not name it as left behind
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    paths.copy_atomic(source, "out.bin", "the converted model")  # a relative name
+    os.unlink("out.bin")
+    monkeypatch.chdir(tmp_path / "b")
+    Path("out.bin").write_bytes(b"the user's own")  # the same name, elsewhere: not parity's
+    assert "out.bin" not in paths.published()
 
 
 if __name__ == "__main__":  # pragma: no cover

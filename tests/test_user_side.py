@@ -297,3 +297,35 @@ def test_a_rerun_runs_a_recorded_command_only_when_the_user_gives_it(tmp_path):
     given = run_parity("rerun", received, "--mnn-target", target, "-q", cwd=tmp_path)
     assert given.code == 0, given.err
     assert marker.exists()  # named by the user: run as recorded
+
+
+def _received(report, tmp_path, command):
+    """The report, as received from someone else whose command line was ``command``."""
+    data = json.loads(report.read_text())
+    data["rerun"]["command"] = command
+    received = tmp_path / "received.json"
+    received.write_text(json.dumps(data))
+    return received
+
+
+@pytest.mark.parametrize("code", ["module", "torch", "data-loader"])
+def test_a_rerun_runs_recorded_python_code_only_when_the_user_names_it(tmp_path, code):
+    report = tmp_path / "first.json"
+    assert run_parity("check", *CNN, "--json", report, "-q").code == 0
+    marker = tmp_path / "ran"
+    (tmp_path / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\ndef f():\n    return {{}}\n")
+    command = {"module": ["parity", "check", f"{tmp_path / 'evil.py'}:f", *map(str, CNN)],
+               "torch": ["parity", "check", "--torch", f"{tmp_path / 'evil.py'}:f", *map(str, CNN)],
+               "data-loader": ["parity", "check", *map(str, CNN), "--data-loader", f"{tmp_path / 'evil.py'}:f"]}[code]
+    refused = run_parity("rerun", _received(report, tmp_path, command), cwd=tmp_path)
+    assert_one_line_error(refused, ExitCode.MODEL_OR_INPUT, "runs Python code", "evil.py")
+    assert not marker.exists()
+
+
+def test_a_rerun_s_own_tolerance_replaces_the_recorded_one_for_that_output(tmp_path):
+    report = tmp_path / "first.json"
+    assert run_parity("check", *CNN, "--tol", "logits=0,0", "--no-diagnose", "--json", report, "-q").code == 1
+    again = tmp_path / "again.json"
+    result = run_parity("rerun", report, "--tol", "logits=1,1", "--json", again, "-q", cwd=tmp_path)
+    assert result.code == 0, result.err  # the recorded 0,0 replaced, not refused as given twice
+    assert json.loads(again.read_text())["passed"]

@@ -59,13 +59,22 @@ def _values_of(flag: str, words) -> list[str]:
 
 
 def refuse_recorded_commands(recorded: Recorded, extra, report_path: str) -> None:
-    """A report's recorded --mnn-target that runs a command (exec:..., ssh ...?python= with a
-    command) is refused unless the rerun's own command line gives --mnn-target: as a sweep's
-    manifest, a report is a file that may come from anyone, and parity runs a command only when
-    the user names it (the last --mnn-target given wins)."""
+    """What a report records that would run code or a command is refused unless the user names
+    it: as a sweep's manifest, a report is a file that may come from anyone. A --mnn-target that
+    runs a command (exec:..., ssh ...?python= with a command), --torch and --data-loader code,
+    unless the rerun's own command line gives that flag (the last one given wins); a model
+    argument naming Python code (package.module:factory), always."""
     from parity.run.targets import runs_a_command
 
-    if _values_of("--mnn-target", list(extra)):
+    extra = list(extra)
+    for flag, spec in _recorded_code(recorded.args):
+        if flag and _values_of(flag, extra):
+            continue
+        how = (f"add {flag} {shlex.quote(spec)} after the report to rerun it as recorded" if flag else
+               f"run the check itself: parity {shlex.join(recorded.args)}")
+        raise InputError(f"{report_path!r} records {flag or 'the model'} {spec!r}, which runs Python code; "
+                         f"parity runs code only when you name it: {how}")
+    if _values_of("--mnn-target", extra):
         return
     for target in _values_of("--mnn-target", recorded.args):
         try:
@@ -76,6 +85,59 @@ def refuse_recorded_commands(recorded: Recorded, extra, report_path: str) -> Non
             raise InputError(f"{report_path!r} records --mnn-target {target!r}, which runs a command; parity runs "
                              f"one only when you give it: add --mnn-target {shlex.quote(target)} after the "
                              f"report to rerun it as recorded")
+
+
+def _recorded_code(args: list) -> list[tuple[str | None, str]]:
+    """(flag, spec) of what the command line ``args`` (the command's name first) would run as
+    Python code: its --torch and --data-loader, and (None, spec) for a model argument that names
+    code (package.module:factory or file.py:factory: a ':' and no model file's suffix)."""
+    from parity.backends.registry import suffixes
+    from parity.option_groups import OPTIONS
+
+    takes_value = {f for o in OPTIONS.values() if o.type != "flag" for f in (o.flags or (o.flag,))}
+    found, skip = [], False
+    for i, word in enumerate(args[1:], start=1):
+        if skip:
+            skip = False
+            continue
+        flag, eq, value = word.partition("=")
+        if flag in ("--torch", "--data-loader"):
+            found.append((flag, value if eq else (args[i + 1] if i + 1 < len(args) else "")))
+            skip = not eq
+        elif word.startswith("-"):
+            skip = flag in takes_value and not eq
+        elif ":" in word and Path(word).suffix.lower() not in suffixes() and not Path(word).exists():
+            found.append((None, word))
+    return found
+
+
+# flags given once per name (NAME=..., NAME:...): one the rerun gives again replaces the recorded one
+_PER_NAME = {"--tol": "=", "--shape": "=", "--val-range": ":"}
+
+
+def _named(flag: str, value: str):
+    name, sep, _ = value.rpartition(_PER_NAME[flag])
+    return name if sep else None
+
+
+def overridden(args: list, extra) -> list:
+    """The recorded ``args`` without each --tol, --shape and --val-range whose name the rerun's
+    own flags (``extra``) give again: the new one replaces it (giving a name twice is refused)."""
+    extra = list(extra)
+    again = {(flag, _named(flag, value)) for flag in _PER_NAME for value in _values_of(flag, extra)}
+    kept, skip = [], False
+    for i, word in enumerate(args):
+        if skip:
+            skip = False
+            continue
+        flag, eq, value = word.partition("=")
+        if flag in _PER_NAME and (eq or i + 1 < len(args)):
+            value = value if eq else args[i + 1]
+            if (flag, _named(flag, value)) in again:
+                skip = not eq
+                continue
+        kept.append(word)
+    return kept
 
 
 def _without_writing_flags(words) -> list:

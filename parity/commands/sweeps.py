@@ -118,17 +118,17 @@ def rerun(report_path, extra):
 
 
 def _rerun(recorded, extra):
-    from parity.checking.rerun import outputs_given
+    from parity.checking.rerun import outputs_given, overridden
 
     reports, files = outputs_given(extra)  # refused before saying anything: the error is then the one line
     if reports or files:
         check_report_paths(reports, others=files)
     cwd = recorded.cwd
-    click.echo(terminal(f"rerunning: parity {' '.join(recorded.args + list(extra))}" + (f" (in {cwd})" if cwd else "")),
-               err=True)
+    args = [*overridden(recorded.args, extra), *extra]  # later flags win; a per-name flag given again replaces
+    click.echo(terminal(f"rerunning: parity {' '.join(args)}" + (f" (in {cwd})" if cwd else "")), err=True)
     if recorded.versions:
         click.echo(terminal("recorded with " + ", ".join(f"{k} {v}" for k, v in recorded.versions.items()
                                                           if k != "platform")), err=True)
     parity = click.get_current_context().find_root().command  # the group this command runs in
-    code = parity.main(args=[*recorded.args, *extra], prog_name="parity", standalone_mode=False)
+    code = parity.main(args=args, prog_name="parity", standalone_mode=False)
     raise SystemExit(code if isinstance(code, int) else 0)

@@ -168,7 +168,7 @@ def _in_range(rng, shape, dtype: str, bounds: tuple[float, float], name: str) ->
     if dtype in ("float32", "float64", "float16"):
         largest = float(np.finfo(np.dtype(dtype)).max)
         if max(abs(low), abs(high)) > largest or not np.isfinite(high - low):
-            raise InputError(f"--val-range {name}:{low:g},{high:g} leaves the range of {dtype} "
+            raise InputError(f"--val-range [{low:g}, {high:g}] for input {name!r} leaves the range of {dtype} "
                              f"(|value| <= {largest:g}): its values would be infinite")
         return rng.uniform(low, high, size=shape).astype(dtype)
     if dtype == "bool":
@@ -269,7 +269,8 @@ def refuse_nonfinite(name: str, array, source: str, *, allowable: bool = True) -
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
         raise InputError(f"input {name!r} in {source} has {bad} NaN/Inf values"
-                         + (" (pass --allow-nonfinite to compare them anyway)" if allowable else ""))
+                         + (" (--allow-nonfinite, or allow_nonfinite=True in the library, compares them anyway)"
+                            if allowable else ""))
 
 
 def byte_order_notes(array) -> tuple:

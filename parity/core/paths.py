@@ -44,8 +44,9 @@ STDOUT = "-"
 # Largest array parity allocates for one run's inputs or dumps, whatever the machine: 1 TiB.
 MAX_BYTES = 1 << 40
 
-# Files published by this process (the paths as the caller gave them), in order.
-_PUBLISHED: list[str] = []
+# Files published by this process, in order: the path as the caller gave it, and where it was
+# then (a caller's relative name, after a chdir, names another file)
+_PUBLISHED: list[tuple[str, str]] = []
 
 
 # -- naming things in messages --------------------------------------------------------------
@@ -377,7 +378,7 @@ def published() -> tuple[str, ...]:
     """The files this process has written (as their callers named them), in order, that are
     still there: what an interrupted or failed run tells the user it left behind (a scratch
     file published in a private directory that has been removed since is not)."""
-    return tuple(dict.fromkeys(p for p in _PUBLISHED if os.path.lexists(p)))
+    return tuple(dict.fromkeys(name for name, where in _PUBLISHED if os.path.lexists(where)))
 
 
 def _publish(jobs: list[tuple[Callable[[int], None], object]], what: str, error, inputs) -> list[Path]:
@@ -405,7 +406,7 @@ def _publish(jobs: list[tuple[Callable[[int], None], object]], what: str, error,
                 except OSError as exc:
                     raise error(f"cannot write {what} to {show(path)}: {exc.strerror}") from None
                 temps.remove(tmp)
-                _PUBLISHED.append(os.fspath(path))
+                _PUBLISHED.append((os.fspath(path), os.path.abspath(path)))
     finally:
         for tmp in temps:
             try:

@@ -120,25 +120,24 @@ class Conversion:
             self._worker = None
 
 
-# converter options whose value MNN takes in a range, and clamps (or ignores) outside it without a
-# word (MNN 3.6.1, measured: --weightQuantBits 1 gave 2-bit weights, 9 and -4 8-bit, abc float;
-# --weightQuantBlock 0 or -1 is per channel, as documented)
-_RANGES = {"--weightQuantBits": (2, 8)}
+# converter options whose values MNN takes, where it clamps or ignores any other without a word
+# (MNN 3.6.1, measured: --weightQuantBits 1 gave 2-bit weights, 9 and -4 8-bit, abc float; 0 is
+# its default, no weight quantization)
+_VALUES = {"--weightQuantBits": ({0, 2, 3, 4, 5, 6, 7, 8}, "0 (none) or an integer from 2 to 8")}
 
 
 def _refuse_bad_numbers(options: list) -> None:
     for i, word in enumerate(options):
         flag, eq, value = word.partition("=")
-        if flag not in _RANGES:
+        if flag not in _VALUES:
             continue
         value = value if eq else (options[i + 1] if i + 1 < len(options) else "")
-        low, high = _RANGES[flag]
+        taken, wanted = _VALUES[flag]
         try:
             number = int(value)
         except ValueError:
             number = None
-        if number is None or number < low or (high is not None and number > high):
-            wanted = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
+        if number not in taken:
             raise UsageError(f"converter option {flag} {value!r}: MNN's converter takes {wanted} and would "
                              f"quietly convert something else")
 
