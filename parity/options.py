@@ -215,6 +215,7 @@ class CheckOptions:
             keywords.pop("shapes", None)
         if "tolerance" in keywords and "tolerance_given" not in keywords:
             keywords["tolerance_given"] = True
+        _refuse_plain_tolerances(keywords)
         known = cls.keywords()
         unknown = sorted(set(keywords) - set(known))
         if unknown:
@@ -225,6 +226,24 @@ class CheckOptions:
         """As given, for the report (paths as strings, arrays named but not included), under the
         names and in the order reports have always had; the reports' own paths are not in it."""
         return {name: _plain(getattr(self, name)) for name in _RECORDED}
+
+
+def _refuse_plain_tolerances(keywords: dict) -> None:
+    """tolerance= and tolerances= take Tolerance objects: a number there failed deep in the check
+    (AttributeError 'float' object has no attribute 'atol_for')."""
+    from parity.core.metrics import Tolerance
+
+    given = keywords.get("tolerance")
+    if given is not None and not isinstance(given, Tolerance):
+        raise UsageError(f"tolerance= takes parity.Tolerance(atol, rtol), not {type(given).__name__} {given!r}; "
+                         f"for numbers give atol= and rtol=")
+    per_output = keywords.get("tolerances") or {}
+    if not hasattr(per_output, "items"):
+        raise UsageError(f"tolerances= takes a dict of output name -> parity.Tolerance, not {type(per_output).__name__}")
+    for name, value in per_output.items():
+        if not isinstance(value, Tolerance):
+            raise UsageError(f"tolerances[{name!r}] takes parity.Tolerance(atol, rtol), not {type(value).__name__} "
+                             f"{value!r}")
 
 
 def _taking_written_keywords(init):

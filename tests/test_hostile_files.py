@@ -608,6 +608,34 @@ def input_cases(d: Path, built: Path) -> dict[str, Case]:
         return Case(["check", onnx_, mnn, "--layers", "--max-memory", "0"], USAGE, ("--max-memory", "no memory"))
     add("--max-memory 0", no_memory)
 
+    def compare_dump(kind):
+        def build():
+            if kind == "void":  # elements of no bytes: any count fits in no bytes
+                (d / "a.npy").write_bytes(_npy_header((10 ** 12,), "|V0"))
+            elif kind == "structured":
+                np.save(d / "a.npy", np.zeros(4, dtype=[("a", "f4"), ("b", "i4")]))
+            else:
+                np.savez(d / "a.npz")
+            name = "a.npz" if kind == "empty" else "a.npy"
+            fragment = {"void": "zero-size", "structured": "structured", "empty": "no arrays"}[kind]
+            return Case(["compare", name, name], BAD, (fragment,))
+        return build
+
+    for kind in ("void", "structured", "empty"):
+        add(f"compare a {kind} dump", compare_dump(kind))
+
+    def output_name_not_utf8(command):
+        def build():
+            onnx_, mnn = copy_cnn(d)
+            data = Path(d / onnx_).read_bytes().replace(b"logits", b"lo\xff\xfe<a")  # same length
+            (d / "bad.onnx").write_bytes(data)
+            args = ["check", "bad.onnx", mnn] if command == "check" else ["inspect", "bad.onnx"]
+            return Case(args, BAD, ("not UTF-8",))
+        return build
+
+    for command in ("check", "inspect"):
+        add(f"{command}: an output name that is not UTF-8", output_name_not_utf8(command))
+
     def given_twice(*words, fragment):
         def build():
             onnx_, mnn = copy_cnn(d)

@@ -11,6 +11,7 @@ about meaning (the verdict kind, the link, the evidence), known by construction 
 from __future__ import annotations
 
 import ast
+import re
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from onnx import helper
 
 import parity
 from compressed_models import OUTLIER_LAYER, outlier_mlp
-from helpers import ROOT, alter_initializer, report_json, save_model, tensor, to_mnn
+from helpers import MODELS, ROOT, alter_initializer, report_json, save_model, tensor, to_mnn
 from parity.core.errors import ExitCode
 
 # The README's default budgets ("Budgets"), written out: the code under test must not supply them
@@ -203,3 +204,25 @@ def test_every_verdict_kind_is_reached_through_the_library_by_a_test():
         named = {n.value for n in ast.walk(function) if isinstance(n, ast.Constant)} | {
             n.attr.lower() for n in ast.walk(function) if isinstance(n, ast.Attribute)}
         assert kind in named, f"{name} does not assert verdict kind {kind!r}"
+
+
+def test_library_arguments_of_the_wrong_kind_are_usage_errors_that_say_so(tmp_path):
+    import numpy as np
+
+    from parity.core.errors import UsageError
+
+    models = [str(MODELS / "cnn.onnx"), str(MODELS / "cnn.mnn")]
+    dump = tmp_path / "r.npy"
+    np.save(dump, np.zeros(4, np.float32))
+    cases = [
+        (lambda: parity.check(models[0]), "list of paths"),  # one path: not its characters
+        (lambda: parity.check(models, tolerance=1e-3), "parity.Tolerance"),
+        (lambda: parity.check(models, tolerances={"logits": 1e-3}), "tolerances['logits']"),
+        (lambda: parity.compare(dump, dump, tolerance=1e-3), "parity.Tolerance"),
+        (lambda: parity.convert(models[0], tmp_path / "o.mnn", options="--fp16"), "list of words"),
+        (lambda: parity.convert(models[0], tmp_path / "o.mnn", options=["--weightQuantBits", 8]), "strings"),
+    ]
+    for call, fragment in cases:
+        with pytest.raises(UsageError, match=re.escape(fragment)):
+            call()
+    assert not (tmp_path / "o.mnn").exists()

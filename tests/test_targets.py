@@ -378,3 +378,14 @@ def test_a_folder_goes_to_the_target_with_its_files_and_no_name_escapes(tmp_path
                 worker._reply_of_put("test")
         assert not (scratch.parent / "escaped").exists()
     assert not scratch.exists()  # the target's scratch folder went with it
+
+
+def test_a_target_whose_command_exits_leaves_nothing_it_started_running(tmp_path):
+    marker = "37.5123"  # a sleep no other process runs
+    result = run_parity("target", "check", f"exec:sh -c 'sleep {marker} & exit 1' sh", cwd=tmp_path)
+    assert result.code == ExitCode.BACKEND, result.err
+    time.sleep(0.5)
+    left = subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True, text=True).stdout.split()
+    for pid in left:  # never leave it behind for the next test, even when the assertion fails
+        os.kill(int(pid), signal.SIGKILL)
+    assert not left, "the target's background process outlived parity"

@@ -163,8 +163,13 @@ class OnnxRuntimeBackend(Backend):
                     f"{show(self.path)} is not a valid ONNX model ({kind}: {detail})"
                 ) from None
             raise BackendError(f"onnxruntime could not load {show(self.path)}: {detail}") from None
-        self._inputs = [_spec(a) for a in self._session.get_inputs()]
-        self._outputs = [_spec(a) for a in self._session.get_outputs()]
+        try:
+            self._inputs = [_spec(a) for a in self._session.get_inputs()]
+            self._outputs = [_spec(a) for a in self._session.get_outputs()]
+        except UnicodeDecodeError:  # ONNX Runtime takes the bytes; its Python binding cannot decode them
+            self._session = None
+            raise ModelError(f"{show(self.path)} names an input or output in bytes that are not UTF-8 text, "
+                             f"which ONNX Runtime's Python binding cannot read; rename it") from None
         if self._every is not None:  # the model's own outputs come first
             self._outputs = self._outputs[:len(self._outputs) - len(self._every)]
         if not self._outputs:

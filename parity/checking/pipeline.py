@@ -40,6 +40,9 @@ def _version() -> str:
 
 
 def resolve_models(models: Sequence[str | os.PathLike], minimum: int = 2) -> list[tuple[str, Path]]:
+    if isinstance(models, (str, bytes, os.PathLike)):  # one path: its characters would be taken as models
+        raise UsageError(f"give the models as a list of paths (e.g. [\"model.onnx\", \"model.mnn\"]), "
+                         f"not one {type(models).__name__} {os.fsdecode(models)!r}")
     if len(models) < minimum:
         if minimum == 1:
             raise UsageError("give the model to check against the saved outputs (e.g. model.mnn)")

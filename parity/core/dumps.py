@@ -216,6 +216,12 @@ def compare(
     model_inputs: str | os.PathLike | Mapping[str, np.ndarray] | None = None,
 ) -> Report:
     """Compare dumped outputs; see the module docstring."""
+    if not isinstance(tolerance, Tolerance):
+        from parity.core.errors import UsageError
+
+        raise UsageError(f"tolerance= takes parity.Tolerance(atol, rtol), not {type(tolerance).__name__} "
+                         f"{tolerance!r}")
+
     def load(side):
         if isinstance(side, Mapping):
             return {k: np.asarray(v) for k, v in side.items()}, "given"

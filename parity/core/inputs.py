@@ -395,6 +395,8 @@ def read_npz(path: str | os.PathLike, what: str, *, select: Callable[[list[str]]
         for info in archive.infolist():
             name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
             members.setdefault(name, info)
+        if not members:
+            raise InputError(f"{label} holds no arrays")
         wanted = list(members) if select is None else select(list(members))
         try:
             total = 0
@@ -450,6 +452,9 @@ def _npy_header(f, size: int, label: str) -> tuple[tuple[int, ...], np.dtype, in
     if dtype.hasobject:
         raise InputError(f"{label} holds Python objects (a pickle); parity loads only plain arrays "
                          f"and never unpickles")
+    if dtype.names is not None or dtype.itemsize == 0:  # records, or elements of no bytes (|V0: any count)
+        raise InputError(f"{label} is a {'structured' if dtype.names else 'zero-size'} array ({dtype}); "
+                         f"parity compares plain arrays of numbers")
     need = nbytes(shape, dtype.itemsize)
     check_fits(need, f"{label} of shape {format_shape(tuple(shape))} ({dtype})")
     have = size - (f.tell() - start)

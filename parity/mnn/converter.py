@@ -152,6 +152,10 @@ def start_conversion(
 ) -> Conversion:
     """Check the paths and start converting ``onnx_path`` to ``mnn_path`` in a child process;
     return at once. The model appears at ``mnn_path`` only when ``result()`` collects it."""
+    if isinstance(options, (str, bytes)):  # its characters would be passed as options, each ignored
+        raise UsageError(f"converter options are a list of words (e.g. [\"--fp16\"]), not one string {options!r}")
+    if not all(isinstance(option, str) for option in options):
+        raise UsageError(f"converter options are words (strings): {list(options)!r}")
     source = Path(onnx_path)
     check_model_file(source, "onnx")
     target = Path(mnn_path)

@@ -161,7 +161,10 @@ def _parse_exec(text: str) -> Target | None:
 def _parse_ssh(text: str) -> Target | None:
     if not text.startswith("ssh://"):
         return None
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError as exc:  # "Invalid IPv6 URL": a bracket left open, or one too many
+        raise UsageError(f"--mnn-target {text!r} is not ssh://[user@]host[:port][?python=...]: {exc}") from None
     try:
         port = parts.port
     except ValueError:
@@ -469,7 +472,9 @@ class RemoteWorker:
         """End the target: its stdin closed first, so its watcher (agent.py) kills the serving
         Python and removes the scratch directory there; a second later, the whole process
         group here (sh -c, ssh, qemu and what they started)."""
-        if self._proc is not None and self._proc.poll() is None:
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
             try:
                 self._proc.stdin.close()
             except (OSError, ValueError):
@@ -478,13 +483,13 @@ class RemoteWorker:
                 self._proc.wait(timeout=1.0)
             except subprocess.TimeoutExpired:
                 pass
-            try:
-                os.killpg(self._proc.pid, signal.SIGKILL)
-            except OSError:
-                pass
-            if self._proc.poll() is None:
-                self._proc.kill()
-            self._proc.wait()
+        try:  # also when its first process has exited: what it left running in the background
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        except OSError:  # the group is gone
+            pass
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
 
     def close(self) -> None:
         if self._proc is not None:
