@@ -97,6 +97,24 @@ def test_unreadable_json_names_the_file(tmp_path):
         recognize(folder)
 
 
+@pytest.mark.parametrize("config", [{"architectures": 5}, {"model_type": ["llama"]},
+                                    {"architectures": ["Qwen2ForCausalLM", 3]}])
+def test_a_model_config_of_the_wrong_types_is_one_line(tmp_path, config):
+    with pytest.raises(ModelError, match="model_type must be a string and architectures a list of strings"):
+        recognize(hf_folder(tmp_path / "hf", **config))
+
+
+@pytest.mark.parametrize("name", [5, "", "../llm.mnn", "/etc/passwd", "sub/llm.mnn"])
+def test_an_export_naming_its_files_outside_its_folder_or_not_as_names_is_one_line(tmp_path, name):
+    folder = export_folder(tmp_path / "out")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "llm_model": name}))
+    with pytest.raises(ModelError, match="llm_model must be a file name in the export folder"):
+        recognize(folder)
+    done = _inspect(folder)
+    assert done.returncode == ExitCode.MODEL_OR_INPUT and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
 def _inspect(folder):
     import os
     import subprocess

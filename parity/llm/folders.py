@@ -124,6 +124,12 @@ def _export(folder: Path) -> MNNExport:
     llm_config = _read_json(folder / "llm_config.json", folder)
     args_path = folder / "export_args.json"
     export_args = _read_json(args_path, folder) if args_path.is_file() else None
+    for key in ("llm_model", "llm_weight"):  # file names in the folder: never a path out of it
+        name = config.get(key)
+        plain = isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name
+        if name is not None and not plain:
+            raise ModelError(f"{show(folder / 'config.json')}: {key} must be a file name in the export folder, "
+                             f"not {name!r}; re-export the model")
     export = MNNExport(folder, config, llm_config, export_args)
     for role, file in (("model", export.model_file), ("weights", export.weight_file)):
         if not file.is_file():
@@ -136,6 +142,10 @@ def _hf(folder: Path, names: set, trust_remote_code: bool) -> HFModel:
     config = _read_json(folder / "config.json", folder)
     model_type = config.get("model_type")
     architectures = config.get("architectures") or ()
+    if (model_type is not None and not isinstance(model_type, str)) or not (
+            isinstance(architectures, (list, tuple)) and all(isinstance(a, str) for a in architectures)):
+        raise ModelError(f"{show(folder / 'config.json')}: model_type must be a string and architectures a list of "
+                         f"strings (it has {model_type!r} and {architectures!r}); re-download or re-save the model")
     if not model_type or not architectures:
         raise ModelError(f"{show(folder / 'config.json')} names no model_type and architectures: "
                          f"not a Hugging Face model folder (nor an MNN-LLM export, which has "

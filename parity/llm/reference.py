@@ -38,10 +38,10 @@ class Reference:
                 str(model.path), trust_remote_code=trust)
             self.model = transformers.AutoModelForCausalLM.from_pretrained(
                 str(model.path), use_safetensors=True, dtype=torch.float32, trust_remote_code=trust)
-        except (OSError, ValueError, KeyError) as exc:
+        except Exception as exc:  # transformers' own errors too: a config its dataclasses refuse (StrictDataclass...)
             first = str(exc).strip().splitlines()
             raise ModelError(f"transformers could not load {show(model.path)}: "
-                             f"{first[0] if first else type(exc).__name__}") from None
+                             f"{type(exc).__name__}: {first[0] if first else ''}") from None
         finally:
             if bars:
                 transformers.utils.logging.enable_progress_bar()
