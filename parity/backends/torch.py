@@ -59,12 +59,11 @@ def _load_factory(spec: str):
         sys.modules[name] = module
         sys.path.insert(0, str(path.resolve().parent))  # let the file import its neighbours
         try:
-            with user_code(f"importing --torch file {target!r}", ModelError):
-                module_spec.loader.exec_module(module)
-        except Exception as exc:
-            if isinstance(exc, ModelError):
-                raise
-            raise ModelError(f"importing {target!r} failed: {type(exc).__name__}: {exc}") from None
+            with user_code(f"importing --torch file {target!r}", ModelError):  # sys.exit is no Exception
+                try:
+                    module_spec.loader.exec_module(module)
+                except Exception as exc:
+                    raise ModelError(f"importing {target!r} failed: {type(exc).__name__}: {exc}") from None
         finally:
             sys.path.pop(0)
     else:
@@ -138,16 +137,11 @@ class TorchBackend(Backend):
         torch = import_torch()
         if self.is_factory:
             factory = _load_factory(self.spec)
-            try:
-                if isinstance(factory, torch.nn.Module):
-                    module = factory
-                else:
-                    with user_code(f"calling {self.spec}", ModelError):
-                        module = factory()
-            except ModelError:
-                raise
-            except Exception as exc:
-                raise ModelError(f"calling {self.spec} failed: {type(exc).__name__}: {exc}") from None
+            with user_code(f"calling {self.spec}", ModelError):  # sys.exit is no Exception
+                try:
+                    module = factory if isinstance(factory, torch.nn.Module) else factory()
+                except Exception as exc:
+                    raise ModelError(f"calling {self.spec} failed: {type(exc).__name__}: {exc}") from None
             if not isinstance(module, torch.nn.Module):
                 raise ModelError(f"{self.spec} returned {type(module).__name__}, not a torch.nn.Module")
         elif self.path.suffix.lower() == ".pt2":
@@ -281,18 +275,18 @@ class TorchBackend(Backend):
         if exported is not None and not exported.accepts(shapes):
             raise self._shape_error(names, shapes)
         args = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in names]
-        try:
-            with torch.inference_mode(), user_code(f"running {self.label}", BackendError):
-                result = self._module(*args)
-        except BackendError:
-            raise
-        except Exception as exc:
-            # torch.export's guards (AssertionError "Guard failed: ...", RuntimeError "Expected
-            # input at *args[0].shape[0] to be equal to 1" in older torch) check more than
-            # ExportedShapes does (relations between dims): the same hint for them
-            if exported is not None and _is_guard_failure(exc):
-                raise self._shape_error(names, shapes, _first_line(exc)) from None
-            raise BackendError(f"torch failed running {self.label}: {type(exc).__name__}: {_first_line(exc)}") from None
+        with user_code(f"running {self.label}", BackendError):  # sys.exit is no Exception
+            try:
+                with torch.inference_mode():
+                    result = self._module(*args)
+            except Exception as exc:
+                # torch.export's guards (AssertionError "Guard failed: ...", RuntimeError "Expected
+                # input at *args[0].shape[0] to be equal to 1" in older torch) check more than
+                # ExportedShapes does (relations between dims): the same hint for them
+                if exported is not None and _is_guard_failure(exc):
+                    raise self._shape_error(names, shapes, _first_line(exc)) from None
+                raise BackendError(f"torch failed running {self.label}: {type(exc).__name__}: "
+                                   f"{_first_line(exc)}") from None
         arrays: TensorMap = {}
         notes: list[str] = []
         for name, value in flatten_outputs(result):

@@ -125,42 +125,32 @@ def overridden(args: list, extra) -> list:
     own flags (``extra``) give again: the new one replaces it (giving a name twice is refused)."""
     extra = list(extra)
     again = {(flag, _named(flag, value)) for flag in _PER_NAME for value in _values_of(flag, extra)}
+    return _without(args, lambda flag, value: flag in _PER_NAME and (flag, _named(flag, value)) in again)
+
+
+def _without_writing_flags(words) -> list:
+    return _without(words, lambda flag, value: flag in WRITING_FLAGS)
+
+
+def _without(words, dropped) -> list:
+    """``words`` without each flag, and its value (``--flag V`` or ``--flag=V``), for which
+    ``dropped(flag, value)`` is true."""
     kept, skip = [], False
-    for i, word in enumerate(args):
+    for i, word in enumerate(words):
         if skip:
             skip = False
             continue
         flag, eq, value = word.partition("=")
-        if flag in _PER_NAME and (eq or i + 1 < len(args)):
-            value = value if eq else args[i + 1]
-            if (flag, _named(flag, value)) in again:
-                skip = not eq
-                continue
+        if dropped(flag, value if eq else (words[i + 1] if i + 1 < len(words) else "")):
+            skip = not eq
+            continue
         kept.append(word)
     return kept
 
 
-def _without_writing_flags(words) -> list:
-    args, skip = [], False
-    for word in words:
-        if skip:
-            skip = False
-            continue
-        flag = word.split("=", 1)[0]
-        if flag in WRITING_FLAGS:
-            skip = "=" not in word
-            continue
-        args.append(word)
-    return args
-
-
 def outputs_given(extra) -> tuple[dict, dict]:
     """The reports and files the rerun's own flags (``extra``) write: ({"--json": path}, {...})."""
-    given = {}
-    for i, word in enumerate(extra):
-        flag, eq, value = word.partition("=")
-        if flag in REPORT_FLAGS + FILE_FLAGS and (eq or i + 1 < len(extra)):
-            given[flag] = value if eq else extra[i + 1]
+    given = {flag: values[-1] for flag in REPORT_FLAGS + FILE_FLAGS if (values := _values_of(flag, list(extra)))}
     return ({k: v for k, v in given.items() if k in REPORT_FLAGS},
             {k: v for k, v in given.items() if k in FILE_FLAGS})
 

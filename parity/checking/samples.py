@@ -27,8 +27,8 @@ def load(backends, specs, options: CheckOptions) -> list[tuple[str | None, dict,
         if given is not None or options.val_ranges or options.shapes:
             raise UsageError("--data-loader gives the inputs: leave out --inputs, --val-range and --shape")
         samples = inputs_mod.load_data_loader(options.data_loader)
-        return [(label, *_conform(backends, specs, feeds, label, options))
-                for label, feeds in ((f"{options.data_loader}[{i}]", feeds) for i, feeds in enumerate(samples))]
+        labels = [f"{options.data_loader}[{i}]" for i in range(len(samples))]
+        return [(label, *_conform(backends, specs, feeds, label, options)) for label, feeds in zip(labels, samples)]
     if given is not None and options.val_ranges:
         raise UsageError("--val-range applies to generated inputs; it cannot be used with --inputs")
     if given is None or isinstance(given, dict) or hasattr(given, "items"):
@@ -39,8 +39,8 @@ def load(backends, specs, options: CheckOptions) -> list[tuple[str | None, dict,
             raise UsageError("--samples-axis splits one .npz; give a single file with --inputs")
         feeds, infos = _make_feeds(backends, specs, options, raw=True)
         split = inputs_mod.split_samples(feeds, options.samples_axis, files[0].name)
-        return [(label, *_conform(backends, specs, part, label, options))
-                for label, part in ((f"{files[0].name}[{i}]", part) for i, part in enumerate(split))]
+        labels = [f"{files[0].name}[{i}]" for i in range(len(split))]
+        return [(label, *_conform(backends, specs, part, label, options)) for label, part in zip(labels, split)]
     if len(files) == 1:
         return [(None, *_make_feeds(backends, specs, dataclasses.replace(options, inputs=files[0])))]
     return [(file.name, *_make_feeds(backends, specs, dataclasses.replace(options, inputs=file))) for file in files]

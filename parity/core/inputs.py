@@ -299,23 +299,21 @@ def load_data_loader(spec: str) -> list[TensorMap]:
         raise InputError(f"--data-loader file {target!r} does not exist")
     module_spec = importlib.util.spec_from_file_location(f"parity_data_loader_{abs(hash(str(path.resolve())))}", path)
     module = importlib.util.module_from_spec(module_spec)
-    try:
-        with user_code(f"importing --data-loader file {target}", InputError):
+    with user_code(f"importing --data-loader file {target}", InputError):  # sys.exit is no Exception
+        try:
             module_spec.loader.exec_module(module)
-        function = getattr(module, attr)
-    except InputError:
-        raise
-    except AttributeError:
-        raise InputError(f"--data-loader {target} has no function {attr!r}") from None
-    except Exception as exc:
-        raise InputError(f"--data-loader {target} failed to import: {type(exc).__name__}: {exc}") from None
-    try:
-        with user_code(f"--data-loader {spec}", InputError):
+            function = getattr(module, attr)
+        except AttributeError:
+            raise InputError(f"--data-loader {target} has no function {attr!r}") from None
+        except Exception as exc:
+            raise InputError(f"--data-loader {target} failed to import: {type(exc).__name__}: {exc}") from None
+    with user_code(f"--data-loader {spec}", InputError):
+        try:
             samples = _loader_samples(function(), spec)
-    except InputError:
-        raise
-    except Exception as exc:
-        raise InputError(f"--data-loader {spec} failed: {type(exc).__name__}: {exc}") from None
+        except InputError:
+            raise
+        except Exception as exc:
+            raise InputError(f"--data-loader {spec} failed: {type(exc).__name__}: {exc}") from None
     if not samples:
         raise InputError(f"--data-loader {spec} yielded no samples")
     return samples

@@ -120,26 +120,25 @@ class Conversion:
             self._worker = None
 
 
-# converter options whose values MNN takes, where it clamps or ignores any other without a word
-# (MNN 3.6.1, measured: --weightQuantBits 1 gave 2-bit weights, 9 and -4 8-bit, abc float; 0 is
-# its default, no weight quantization)
-_VALUES = {"--weightQuantBits": ({0, 2, 3, 4, 5, 6, 7, 8}, "0 (none) or an integer from 2 to 8")}
+# the weight bits MNN's converter takes; it clamps or ignores any other without a word (MNN 3.6.1,
+# measured: --weightQuantBits 1 gave 2-bit weights, 9 and -4 8-bit, abc float; 0 is its default,
+# no weight quantization)
+_WEIGHT_BITS = {0, 2, 3, 4, 5, 6, 7, 8}
 
 
 def _refuse_bad_numbers(options: list) -> None:
     for i, word in enumerate(options):
         flag, eq, value = word.partition("=")
-        if flag not in _VALUES:
+        if flag != "--weightQuantBits":
             continue
         value = value if eq else (options[i + 1] if i + 1 < len(options) else "")
-        taken, wanted = _VALUES[flag]
         try:
-            number = int(value)
+            bits = int(value)
         except ValueError:
-            number = None
-        if number not in taken:
-            raise UsageError(f"converter option {flag} {value!r}: MNN's converter takes {wanted} and would "
-                             f"quietly convert something else")
+            bits = None
+        if bits not in _WEIGHT_BITS:
+            raise UsageError(f"converter option {flag} {value!r}: MNN's converter takes 0 (none) or an integer "
+                             f"from 2 to 8 and would quietly convert something else")
 
 
 def start_conversion(
