@@ -791,6 +791,20 @@ def model_cases(d: Path, built: Path) -> dict[str, Case]:
         _, mnn = copy_cnn(d)
         return Case(["check", "a\nforged line\x1b[2J.onnx", mnn], BAD, ("does not exist", "\\n"))
     add("missing model named with a newline and ESC", control_chars)
+    def mnn_weights_cut():
+        onnx_, _ = copy_cnn(d)
+        _copy(d, built, "cnn_ext.mnn", "cnn_ext.mnn.weight")
+        weights = d / "cnn_ext.mnn.weight"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # MNN reads past its end
+        return Case(["check", onnx_, "cnn_ext.mnn"], BAD, ("cnn_ext.mnn.weight", "truncated"))
+    add("mnn weights file cut short", mnn_weights_cut)
+
+    def mnn_weights_missing():
+        onnx_, _ = copy_cnn(d)
+        _copy(d, built, "cnn_ext.mnn")
+        return Case(["check", onnx_, "cnn_ext.mnn"], BAD, ("cnn_ext.mnn.weight", "missing"))
+    add("mnn weights file missing", mnn_weights_missing)
+
     return cases
 
 

@@ -243,6 +243,21 @@ def test_the_cli_refuses_llm_options_on_model_files_and_a_folder_of_neither_kind
     assert done.returncode == 3 and len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
+@pytest.mark.parametrize("damage, keep", [("embeddings_bf16.bin", 1 / 3), ("tokenizer.mtok", 0)])
+def test_an_export_with_a_damaged_file_is_exit_3_not_a_compression_loss_nor_a_crash(llm_cache, tmp_path, damage,
+                                                                                       keep):
+    """Cut short, the embeddings file was read as zeros (a 'compression' verdict); an empty
+    tokenizer crashed MNN.llm (SIGSEGV, exit 4): both are the export's fault, said in one line."""
+    model = llm_cache.model("qwen2")
+    out = shutil.copytree(llm_cache.export(model, 8), tmp_path / "out")
+    damaged = out / damage
+    assert damaged.is_file(), sorted(p.name for p in out.iterdir())  # llmexport's file names
+    damaged.write_bytes(damaged.read_bytes()[: int(damaged.stat().st_size * keep)])
+    done = _cli("check", model, out, "--steps", 2)
+    assert done.returncode == 3 and len(done.stderr.strip().splitlines()) == 1, done.stdout[-2000:] + done.stderr
+    assert damage in done.stderr and "compression" not in done.stdout, done.stderr
+
+
 def test_the_pytest_fixture_checks_an_llm_pair(llm_cache):
     from parity.pytest_plugin import check_parity
 

@@ -4,6 +4,8 @@ import json
 
 import pytest
 
+from helpers import MODELS
+
 from parity import ExitCode, ModelError
 from parity.llm.folders import HFModel, MNNExport, open_pair, recognize
 
@@ -23,8 +25,9 @@ def export_folder(path):
                                                   "precision": "low", "memory": "low"}))
     (path / "llm_config.json").write_text(json.dumps({"model_type": "qwen2", "jinja": {"chat_template": "T"}}))
     (path / "export_args.json").write_text(json.dumps({"quant_bit": 4, "quant_block": 64}))
-    (path / "llm.mnn").write_bytes(b"x")
+    (path / "llm.mnn").write_bytes((MODELS / "cnn.mnn").read_bytes())  # a readable MNN model
     (path / "llm.mnn.weight").write_bytes(b"x")
+    (path / "tokenizer.txt").write_text("430 1\n")  # MNN.llm's tokenizer magic
     return path
 
 
@@ -142,3 +145,74 @@ def test_inspect_of_a_folder_of_neither_kind_is_one_line_exit_3(tmp_path):
     done = _inspect(tmp_path / "x")
     assert done.returncode == ExitCode.MODEL_OR_INPUT and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "neither a Hugging Face model folder" in done.stderr
+
+
+def _cut(path, keep=0.5):
+    path.write_bytes(path.read_bytes()[: int(path.stat().st_size * keep)])
+
+
+@pytest.fixture(scope="module")
+def external_mnn(tmp_path_factory):
+    """cnn.mnn converted with --saveExternalData: a model that reads its values from its .weight file."""
+    from parity.mnn.converter import convert
+
+    folder = tmp_path_factory.mktemp("external")
+    convert(MODELS / "cnn.onnx", folder / "llm.mnn", options=["--saveExternalData", "1"])
+    return folder
+
+
+DAMAGED = {  # MNN.llm crashes (SIGSEGV) on each, or reads past the end of the file
+    "empty model": (lambda d: (d / "llm.mnn").write_bytes(b""), "not a readable MNN model"),
+    "random model": (lambda d: (d / "llm.mnn").write_bytes(bytes(range(256)) * 8), "not a readable MNN model"),
+    "model cut short": (lambda d: _cut(d / "llm.mnn"), "not a readable MNN model"),
+    "weights cut short": (lambda d: _cut(d / "llm.mnn.weight"), "truncated"),
+    "weights empty": (lambda d: (d / "llm.mnn.weight").write_bytes(b""), "holds 0 bytes"),
+    "tokenizer empty": (lambda d: (d / "tokenizer.txt").write_bytes(b""), "not an MNN.llm tokenizer"),
+    "tokenizer of another format": (lambda d: (d / "tokenizer.txt").write_text("431 4\n"), "not an MNN.llm tokenizer"),
+    "tokenizer missing": (lambda d: (d / "tokenizer.txt").unlink(), "lacks its tokenizer"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGED, ids=list(DAMAGED))
+def test_a_damaged_export_is_refused_before_mnn_llm_sees_it(tmp_path, external_mnn, damage):
+    out = export_folder(tmp_path / "out")
+    for name in ("llm.mnn", "llm.mnn.weight"):
+        (out / name).write_bytes((external_mnn / name).read_bytes())
+    assert isinstance(recognize(out), MNNExport)  # whole, it is an export
+    make, expected = DAMAGED[damage]
+    make(out)
+    with pytest.raises(ModelError, match=expected) as caught:
+        recognize(out)
+    assert caught.value.exit_code == ExitCode.MODEL_OR_INPUT and "\n" not in str(caught.value)
+
+
+def _with_embeddings(tmp_path, size, **llm_config):
+    hf = hf_folder(tmp_path / "hf", vocab_size=8)
+    out = export_folder(tmp_path / "out")
+    (out / "llm_config.json").write_text(json.dumps({"model_type": "qwen2", "hidden_size": 4, **llm_config}))
+    if size is not None:
+        (out / "embeddings_bf16.bin").write_bytes(b"\0" * size)
+    return hf, out
+
+
+def test_an_embeddings_file_with_a_row_for_each_token_is_taken(tmp_path):
+    hf, out = _with_embeddings(tmp_path, 8 * 4 * 2)  # 8 tokens of 4 bfloat16 values
+    assert [type(x) for x in open_pair(hf, out)] == [HFModel, MNNExport]
+
+
+@pytest.mark.parametrize("size, expected", [(8 * 4 * 2 - 2, "holds 62 bytes"), (None, "lacks its embeddings file")])
+def test_a_short_or_missing_embeddings_file_is_refused_not_read_as_a_compression_loss(tmp_path, size, expected):
+    hf, out = _with_embeddings(tmp_path, size)
+    with pytest.raises(ModelError, match=expected):
+        open_pair(hf, out)
+
+
+def test_tied_embeddings_are_measured_where_the_export_says_they_lie(tmp_path):
+    """tie_embeddings = [offset, scales offset, scales bytes, bits, block]: at offset 0 in the
+    embeddings file, elsewhere in the weights file (one byte here: too short for 8 tokens)."""
+    hf, out = _with_embeddings(tmp_path, 8 * 4 // 2 + 16, tie_embeddings=[0, 16, 16, 4, 4])
+    assert [type(x) for x in open_pair(hf, out)] == [HFModel, MNNExport]
+    (out / "llm_config.json").write_text(json.dumps({"model_type": "qwen2", "hidden_size": 4,
+                                                     "tie_embeddings": [1, 16, 16, 4, 4]}))
+    with pytest.raises(ModelError, match="llm.mnn.weight"):
+        open_pair(hf, out)

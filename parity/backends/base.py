@@ -22,6 +22,7 @@ outstanding run.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Mapping, Sequence
@@ -278,6 +279,35 @@ def check_model_file(path: Path, framework: str) -> None:
         raise ModelError(f"model file {show(path)} cannot be read: {exc.strerror}") from None
     if st.st_size == 0:
         raise ModelError(f"model file {show(path)} is empty")
+
+
+def check_weights_file(path: Path, weights: Path | None = None, *, strict: bool = False) -> None:
+    """Refuse an .mnn whose weights file (``--saveExternalData``: ``MODEL.weight`` beside it,
+    or ``weights``) is missing or shorter than the spans its ops read there: MNN then reads past
+    the end without a word and computes with whatever it finds (a wrong verdict), or crashes.
+    A model the flatbuffer reader cannot parse is left to MNN's own load, unless ``strict``
+    (MNN.llm crashes on one): then it is refused here."""
+    from parity.mnn import flatbuffer
+
+    weights = Path(f"{path}.weight") if weights is None else weights
+    try:
+        need = flatbuffer.external_extent(path)
+    except (OSError, ValueError) as exc:
+        if strict:
+            raise ModelError(f"{show(path)} is not a readable MNN model ({exc}): it is damaged or "
+                             f"truncated; export or convert it again") from None
+        return
+    if not need:
+        return
+    try:
+        size = os.stat(weights).st_size
+    except OSError:
+        raise ModelError(f"{show(path)} keeps its weights in {show(weights.name)} (converted with "
+                         f"--saveExternalData), which is missing beside it; keep the two files together") from None
+    if size < need:
+        raise ModelError(f"{show(weights)} holds {size:,} bytes, but {show(path)} reads {need:,} from it: "
+                         f"the weights file is truncated or comes from another conversion; copy both "
+                         f"files again, or convert again")
 
 
 def conform_feeds(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from parity.backends.base import Backend, RunResult, check_model_file, conform_feeds
+from parity.backends.base import Backend, RunResult, check_model_file, check_weights_file, conform_feeds
 from parity.mnn.log import backend_that_ran, cpu_features  # noqa: F401 (backend_that_ran: API)
 from parity.run.worker import Worker
 from parity.core.errors import BackendCrash, BackendError, BackendTimeout, FrameworkMissing, ModelError, ParityError
@@ -163,6 +163,7 @@ class MnnBackend(Backend):
         if self._worker is not None:
             return
         check_model_file(self.path, self.framework)
+        check_weights_file(self.path)
         if self.target.local and not _mnn_installed():
             raise FrameworkMissing("MNN", "pip install MNN")
         from parity.run.targets import open_worker

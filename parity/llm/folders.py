@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from parity.backends.base import check_weights_file
 from parity.core.errors import ModelError
 from parity.core.paths import show
 
@@ -135,7 +136,64 @@ def _export(folder: Path) -> MNNExport:
         if not file.is_file():
             raise ModelError(f"the MNN-LLM export {show(folder)} lacks its {role} file "
                              f"{show(file.name)} (named in config.json); re-export the model")
+    # MNN.llm crashes (SIGSEGV) on a damaged model or tokenizer, and reads past the end of a
+    # short weights file: each is refused here, in the export's words
+    check_weights_file(export.model_file, export.weight_file, strict=True)
+    _check_tokenizer(export)
     return export
+
+
+def _named_file(export: MNNExport, key: str, default: str) -> Path:
+    """A file config.json (or llm_config.json) names for MNN.llm: a plain name in the folder."""
+    name = export.config.get(key, export.llm_config.get(key, default))
+    if not (isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name):
+        raise ModelError(f"{show(export.config_path)}: {key} must be a file name in the export folder, "
+                         f"not {name!r}; re-export the model")
+    return export.path / name
+
+
+def _check_tokenizer(export: MNNExport) -> None:
+    """MNN.llm's tokenizer file: there, and opening with its format's magic number, which MNN.llm
+    checks (430: transformers/llm/engine tokenizer); anything else crashes it."""
+    path = _named_file(export, "tokenizer_file", "tokenizer.txt")
+    try:
+        with open(path, "rb") as f:
+            head = f.readline(64).split()
+    except OSError as exc:
+        raise ModelError(f"the MNN-LLM export {show(export.path)} lacks its tokenizer {show(path.name)} "
+                         f"({exc.strerror}); re-export the model") from None
+    if not head or head[0] != _TOKENIZER_MAGIC:
+        raise ModelError(f"{show(path)} is not an MNN.llm tokenizer (it does not begin with "
+                         f"{_TOKENIZER_MAGIC.decode()}): damaged or from elsewhere; re-export the model")
+
+
+_TOKENIZER_MAGIC = b"430"
+
+
+def _check_embeddings(hf: HFModel, export: MNNExport) -> None:
+    """MNN.llm looks a token's embedding up on disk: a row of hidden_size values per token of
+    the vocabulary, in bfloat16 in the embeddings file (llm_config's tie_embeddings absent), or
+    quantized at tie_embeddings = [offset, scales offset, scales bytes, bits, block] (in the
+    embeddings file at offset 0, else in the weights file). A missing or short file is read as
+    zeros or garbage, which would read as a compression loss: refused here."""
+    vocab = hf.config.get("vocab_size", (hf.config.get("text_config") or {}).get("vocab_size"))
+    hidden, tied = export.llm_config.get("hidden_size"), export.llm_config.get("tie_embeddings")
+    if not all(isinstance(v, int) and v > 0 for v in (vocab, hidden)):
+        return  # nothing to measure the file by
+    if isinstance(tied, list) and len(tied) == 5 and all(isinstance(v, int) and v >= 0 for v in tied):
+        path = _named_file(export, "embedding_file", "embeddings_bf16.bin") if tied[0] == 0 else export.weight_file
+        need = max(tied[0] + vocab * hidden * tied[3] // 8, tied[1] + tied[2])
+    else:
+        path, need = _named_file(export, "embedding_file", "embeddings_bf16.bin"), vocab * hidden * 2
+    try:
+        size = path.stat().st_size
+    except OSError:
+        raise ModelError(f"the MNN-LLM export {show(export.path)} lacks its embeddings file {show(path.name)}, "
+                         f"where MNN.llm looks up each token; re-export the model") from None
+    if size < need:
+        raise ModelError(f"{show(path)} holds {size:,} bytes, but the {vocab:,} tokens of {show(hf.path.name)} "
+                         f"need {need:,} there ({hidden} values each): the file is truncated or the export "
+                         f"comes from another model; re-export it")
 
 
 def _hf(folder: Path, names: set, trust_remote_code: bool) -> HFModel:
@@ -182,6 +240,7 @@ def open_pair(hf_dir, export_dir, *, trust_remote_code: bool = False) -> tuple[H
     if not isinstance(export, MNNExport):
         raise ModelError(f"{show(export_dir)} is a Hugging Face model folder; the second folder of an "
                          f"LLM check is its MNN-LLM export (llmexport --export mnn)")
+    _check_embeddings(hf, export)
     return hf, export
 
 

@@ -180,11 +180,7 @@ def _ops(buf: _Buffer, net: _Table):
     ops = net.vector(3)
     if ops is None:
         raise ValueError("no op list")
-    start, count = ops
-    buf._check(start, 4 * count)  # a corrupt count cannot make this loop run for ever
-    for i in range(count):
-        at = start + 4 * i
-        yield _Table(buf, at + buf.u32(at))
+    yield from _ops_at(buf, ops)  # a corrupt count cannot make it run for ever: it is checked first
 
 
 def read_ops(path) -> list[dict]:
@@ -373,6 +369,59 @@ def data_vectors(data) -> tuple[list[dict], tuple[int, int] | None]:
                                   "dims": (vec[1],)})
     uuid = net.vector(11)
     return found, ((uuid[0], uuid[0] + uuid[1]) if uuid is not None else None)
+
+
+# OpParameter union members whose values the converter's --saveExternalData (and llmexport)
+# moves to the .weight file, and the slot of their ``external:[int64]`` field: [offset, size,
+# size...], the sizes of consecutive arrays (MNN 3.6.1, converter RemoveParams.cpp)
+_EXTERNAL_SLOTS = {7: 9, 9: 6, 58: 3, 88: 5}  # Blob, Convolution2D, Scale, LayerNorm
+
+
+def _nodes(buf: _Buffer, net: _Table):
+    """The ops of the Net and of its subgraphs (field 10; SubGraphProto.nodes = field 4)."""
+    yield from _ops(buf, net)
+    subgraphs = net.vector(10)
+    if subgraphs is not None:
+        start, count = subgraphs
+        buf._check(start, 4 * count)
+        for i in range(count):
+            at = start + 4 * i
+            yield from _ops_at(buf, _Table(buf, at + buf.u32(at)).vector(4))
+
+
+def _ops_at(buf: _Buffer, ops: tuple[int, int] | None):
+    if ops is None:
+        return
+    start, count = ops
+    buf._check(start, 4 * count)
+    for i in range(count):
+        at = start + 4 * i
+        yield _Table(buf, at + buf.u32(at))
+
+
+def external_extent(path) -> int:
+    """How many bytes of its ``.weight`` file an .mnn reads (``--saveExternalData``): the end of
+    the furthest span its ops name there, 0 when it keeps every value inside. Ops that name a
+    file of their own (Op.externalPath, field 7) do not count. ValueError for what does not
+    parse: not an MNN model, or truncated."""
+    def read(data):
+        buf = _Buffer(data)
+        end = 0
+        for op in _nodes(buf, _Table(buf, buf.u32(0))):
+            kind = op._offset(1)
+            slot = _EXTERNAL_SLOTS.get(buf.u8(op.pos + kind) if kind else 0)
+            main = op.table(2) if slot is not None and not op.has(7) else None
+            external = main.vector(slot) if main is not None else None
+            if external is None or external[1] < 2:
+                continue
+            buf._check(external[0], 8 * external[1])
+            spans = struct.unpack_from(f"<{external[1]}q", data, external[0])
+            if min(spans) < 0:
+                raise ValueError("a negative offset or size in an external span")
+            end = max(end, sum(spans))
+        return end
+
+    return _mapped(path, read)
 
 
 # MNN_DATA_FORMAT (Tensor.fbs): NCHW 0, NHWC 1, NC4HW4 2, NHWC4 3, UNKNOWN 4
