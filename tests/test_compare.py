@@ -13,6 +13,7 @@ from onnx import helper
 import parity
 from helpers import MODELS, ROOT, assert_one_line_error, ort_run, randn, report_json, run_json, run_parity
 from parity.core.errors import ExitCode
+from parity.core.metrics import Tolerance
 
 
 def mnn_dump(model, feeds, tensor, mode, out, tmp_path):
@@ -97,6 +98,28 @@ def test_output_read_before_the_run_is_usage(tmp_path):
     report = parity.compare(tmp_path / "ref.npy", tmp_path / "stale.npy", model_inputs=tmp_path / "x.npy")
     assert report.exit_code == ExitCode.MISMATCH
     assert report.verdict.kind == "usage" and "read before the run" in report.verdict.summary
+
+
+def test_a_pass_through_output_that_equals_the_input_is_no_reading_mistake(tmp_path):
+    """An Identity, Reshape or Dropout output holds the input's values in the reference too."""
+    x = randn(2, 8, seed=5)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "out.npy", x.copy())
+    report = parity.compare(tmp_path / "out.npy", tmp_path / "out.npy", model_inputs=tmp_path / "x.npy")
+    assert report.passed and report.verdict.kind == "pass", report.verdict
+
+
+def test_zeros_within_the_tolerance_of_a_near_zero_reference_pass(tmp_path):
+    """A flushed or legitimately tiny output is not 'read before the run' when it meets the
+    tolerance; zeros against an output of real magnitude still are (test_all_zero_dump_is_usage)."""
+    reference = np.zeros((4, 8), np.float32)
+    reference[0, 0] = 1e-9
+    np.save(tmp_path / "ref.npy", reference)
+    np.save(tmp_path / "zeros.npy", np.zeros((4, 8), np.float32))
+    report = parity.compare(tmp_path / "ref.npy", tmp_path / "zeros.npy")
+    assert report.passed and report.verdict.kind == "pass", report.verdict
+    report = parity.compare(tmp_path / "ref.npy", tmp_path / "zeros.npy", tolerance=Tolerance(atol=1e-12, rtol=0.0))
+    assert report.verdict.kind == "usage" and "all zeros" in report.verdict.summary
 
 
 def test_float16_read_as_float32_names_the_cause(transformer_case, tmp_path):

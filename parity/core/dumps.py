@@ -64,8 +64,21 @@ def load_dump(path: str | os.PathLike, *, dtype: str | None = None,
     return {path.stem: data}
 
 
-def _usage_problem(reference: np.ndarray, candidate: np.ndarray, model_inputs: Mapping[str, np.ndarray]) -> str | None:
-    """One sentence naming the mistake and its fix, or None."""
+def _within(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance) -> bool:
+    """Whether the candidate, element for element, meets the tolerance (same shape, numbers)."""
+    if reference.shape != candidate.shape or reference.dtype.kind not in "biuf" or candidate.dtype.kind not in "biuf":
+        return False
+    r, c = reference.astype(np.float64), candidate.astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        bound = tolerance.atol_for(float(np.abs(r[np.isfinite(r)]).max(initial=0.0))) + tolerance.rtol * np.abs(r)
+        return bool(np.all(np.abs(c - r) <= bound))
+
+
+def _usage_problem(reference: np.ndarray, candidate: np.ndarray, model_inputs: Mapping[str, np.ndarray],
+                   tolerance: Tolerance = Tolerance()) -> str | None:
+    """One sentence naming the mistake and its fix, or None. A candidate that equals the
+    model's input, or is all zeros or constant, is a reading mistake only when the reference
+    is not that too (an identity or pass-through output; a near-zero output within tolerance)."""
     flat = candidate.reshape(-1)
     ref = reference.reshape(-1)
     if flat.size == 0:
@@ -79,15 +92,18 @@ def _usage_problem(reference: np.ndarray, candidate: np.ndarray, model_inputs: M
     for name, array in model_inputs.items():
         a = np.asarray(array).reshape(-1)
         n = min(a.size, flat.size)
-        if n >= 8 and a.dtype.kind == flat.dtype.kind and np.array_equal(a[:n], flat[:n]):
+        if (n >= 8 and a.dtype.kind == flat.dtype.kind and np.array_equal(a[:n], flat[:n])
+                and not (ref.size >= n and np.array_equal(a[:n], ref[:n]))):
             return (f"the candidate holds the model's input {name!r}: it was read before the run "
                     f"(input and output share memory until the session runs); call runSession / "
                     f"onForward before reading the output")
     # a tiny output can be legitimately zero or constant: only a real buffer says 'unwritten'
-    if flat.size >= 8 and not np.any(flat) and np.any(ref):
+    if flat.size < 8 or _within(reference, candidate, tolerance):
+        return None
+    if not np.any(flat) and np.any(ref):
         return ("the candidate is all zeros: the output was read before the session ran (or from "
                 "another tensor); run the session, then copy the output to the host and read it")
-    if flat.size >= 8 and np.all(flat == flat[0]) and not np.all(ref == ref[0]):
+    if np.all(flat == flat[0]) and not np.all(ref == ref[0]):
         return (f"the candidate is constant ({flat[0]!r}): the output was read before the run or "
                 f"from the wrong tensor")
     return None
@@ -250,7 +266,7 @@ def compare(
         common = dict(name=rname, reference_name=rname, candidate_name=cname,
                       reference_shape=tuple(r.shape), candidate_shape=tuple(c.shape),
                       reference_dtype=r.dtype.name, candidate_dtype=c.dtype.name)
-        problem = _usage_problem(r, c, model_inputs)
+        problem = _usage_problem(r, c, model_inputs, tolerance)
         if problem is None and not fits(r, c):
             problem = _explain_length(r, c, tolerance=tolerance, model_inputs=model_inputs, raw=cand_raw)
         if problem is not None:
