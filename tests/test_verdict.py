@@ -2,6 +2,7 @@
 through ``parity.check``; the convert command's own behaviour through the CLI."""
 
 import numpy as np
+import onnx
 import pytest
 from onnx import helper, numpy_helper
 
@@ -254,3 +255,45 @@ def test_real_converter_bug_is_conversion_at_that_op(tmp_path):
     numpy_check = next(e for e in verdict["evidence"] if e["experiment"] == "numpy reference of the MNN op")
     assert numpy_check["op"] == "ArgMax" and numpy_check["kernel_vs_numpy_op"] == 0
     assert numpy_check["numpy_op_vs_onnxruntime"] > 0
+
+
+def test_an_axis_given_as_its_default_counted_from_the_front_is_not_called_dropped(tmp_path):
+    """TopK axis=1 on a rank-2 input is its default, the last axis (-1): the converted TopKV2
+    needs no parameter for it. Tied values (after a Round) make the index orders differ; the
+    cause may stay undetermined, but never 'the conversion drops axis'."""
+    from onnx import TensorProto
+
+    onnx_path = tmp_path / "topk.onnx"
+    graph = helper.make_graph(
+        [helper.make_node("Round", ["x"], ["rx"], name="round"),
+         helper.make_node("TopK", ["rx", "k"], ["v", "i"], axis=1, name="topk")], "topk",
+        [tensor("x", shape=[2, 8])],
+        [tensor("v", shape=[2, 3]), helper.make_tensor_value_info("i", TensorProto.INT64, [2, 3])],
+        [numpy_helper.from_array(np.array([3], np.int64), "k")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, onnx_path)
+    report = report_json(parity.check([onnx_path, to_mnn(onnx_path)], seed=0))
+    verdict = report["verdict"]
+    assert verdict["kind"] != "conversion" and "axis" not in verdict["summary"], verdict
+
+
+def test_an_empty_output_is_compared_not_an_mnn_error(tmp_path):
+    """MNN's read() raises on a tensor with a dim of 0 (an empty Slice): it was exit 4 with MNN's
+    SystemError; the empty output is compared (nothing to differ) beside the model's others."""
+    from onnx import TensorProto
+
+    onnx_path = tmp_path / "empty.onnx"
+    graph = helper.make_graph(
+        [helper.make_node("Slice", ["x", "s", "s", "a"], ["y"], name="slice"),
+         helper.make_node("Relu", ["x"], ["z"], name="relu")], "empty", [tensor("x", shape=[2, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 0]), tensor("z", shape=[2, 8])],
+        [numpy_helper.from_array(np.array([3], np.int64), "s"), numpy_helper.from_array(np.array([1], np.int64), "a")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, onnx_path)
+    checked = parity.check([onnx_path, to_mnn(onnx_path)])
+    outputs = {o["name"]: o for o in report_json(checked)["comparisons"][0]["outputs"]}
+    assert checked.exit_code == ExitCode.PASS, checked.verdict.summary
+    assert outputs["y"]["passed"] and outputs["y"]["reference_shape"] == outputs["y"]["candidate_shape"] == [2, 0]
+

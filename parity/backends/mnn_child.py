@@ -325,9 +325,9 @@ def run(feeds: dict, results: dict | None, outputs: list | None = None, cut: boo
         raise ChildFailure("backend", f"MNN returned {len(produced)} outputs for {len(names)} requested")
     reply, budget = {}, [inline_bytes]
     for name, var in zip(names, produced):
+        layout, steps, error = "", [], None
         try:
             layout = str(var.data_format).split(".")[-1]
-            steps = []
             # NC4HW4 is a packed memory layout; the NCHW/NHWC tags MNN gives tensors of ONNX
             # graphs describe the ONNX order already, so only NC4HW4 needs converting
             if layout == "NC4HW4":
@@ -337,11 +337,9 @@ def run(feeds: dict, results: dict | None, outputs: list | None = None, cut: boo
             # at once or copies it (one copy of every tensor fewer: 270 MB on a BERT-base --layers)
             array = np.asarray(var.read())
         except Exception as exc:  # one tensor MNN cannot return fails alone, not the whole run
-            text = str(exc).strip().splitlines()
-            # without memory addresses (a profiler makes MNN's binding name "<... object at
-            # 0x...>"): one reason for every tensor that fails alike, the same in every run
-            line = re.sub(r" at 0x[0-9a-fA-F]+", "", text[0]) if text else ""
-            reply[name] = {"error": f"{type(exc).__name__}: {line}"}
+            array, error = _empty(var), exc
+        if array is None:
+            reply[name] = {"error": failure_reason(error)}
             continue
         reply[name] = {"steps": steps, "layout": layout, "op_type": var.op_type if hasattr(var, "op_type") else ""}
         reply[name].update(_stored(array, results[name] if results is not None else None, budget))
@@ -376,6 +374,26 @@ def _produced(feeds: dict, input_names: tuple, requested: tuple, cut: bool, cach
             return _produced(feeds, input_names, requested, cut, cache)
         kept = _state["kept"] = (key, dict(zip(every, produced)))
     return [kept[1][name] for name in (requested or _state["outputs"])]
+
+
+def failure_reason(error: BaseException) -> str:
+    """Why MNN could not return a tensor, in one line without memory addresses (a profiler makes
+    MNN's binding name "<... object at 0x...>"): one reason for every tensor that fails alike,
+    the same in every run."""
+    text = str(error).strip().splitlines()
+    line = re.sub(r" at 0x[0-9a-fA-F]+", "", text[0]) if text else ""
+    return f"{type(error).__name__}: {line}"
+
+
+def _empty(var) -> np.ndarray | None:
+    """The values of a var MNN's read refuses because it holds none (a dim of 0: an empty
+    slice, or a shape MNN got wrong): an empty array of its shape, which the comparison then
+    judges; None for any other failure."""
+    try:
+        shape = [int(d) for d in var.shape]
+        return np.zeros(shape, _numpy_dtype(var.dtype)) if 0 in shape else None
+    except Exception:
+        return None
 
 
 def _digest(array: np.ndarray) -> bytes:

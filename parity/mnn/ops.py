@@ -10,6 +10,7 @@ Ops without a reference here are reported as such, never guessed.
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -569,10 +570,20 @@ def _flat_params(value, prefix="") -> dict:
     return out
 
 
-def dropped_attributes(graph, value_name: str, op_json: dict) -> dict | None:
+def _same_axis(given, default, rank: int | None) -> bool:
+    """Whether two axis values name one axis of a tensor of ``rank`` (axis=1 of a rank-2 input
+    is TopK's default -1)."""
+    if rank is None or not all(isinstance(v, int) and -rank <= v < rank for v in (given, default)):
+        return False
+    return given % rank == default % rank
+
+
+def dropped_attributes(graph, value_name: str, op_json: dict, rank_of=None) -> dict | None:
     """When no numpy reference exists: ONNX attributes set to a non-default value that the
     converted MNN op has no parameter for. A setting with nowhere to go in the converted op is
-    evidence the conversion lost it (e.g. Resize antialias, ArgMax select_last_index)."""
+    evidence the conversion lost it (e.g. Resize antialias, ArgMax select_last_index).
+    ``rank_of(name)``: the rank of a value (None: unknown), for an axis given another way than
+    its default but naming the same axis, which needs no parameter."""
     import onnx
     from onnx import helper
 
@@ -600,6 +611,9 @@ def dropped_attributes(graph, value_name: str, op_json: dict) -> dict | None:
         if isinstance(default, bytes):
             default = default.decode(errors="replace")
         if default is not None and given == default:
+            continue
+        if attr.name == "axis" and node.input and rank_of is not None and _same_axis(given, default,
+                                                                                   rank_of(node.input[0])):
             continue
         key = _norm(attr.name)
         words = (key,) + _ALIASES.get(key, ())
@@ -660,6 +674,16 @@ def _reference_inputs(ctx, probe, op_json, names, producers, inputs) -> tuple[li
     return result, missing
 
 
+def _rank_of(ctx, probe, name: str) -> int | None:
+    """The rank of an ONNX value as this check's inputs give it (None: not known)."""
+    if name in ctx.feeds:
+        return int(np.ndim(ctx.feeds[name]))
+    try:
+        return int(np.ndim(probe.reference_values([name])[name]))
+    except Exception:  # a constant, or a value ONNX Runtime cannot return
+        return None
+
+
 def check_op(ctx, probe, workdir: Path) -> dict:
     """Experiment (c) of diagnose: MNN's kernel vs numpy(MNN op) vs ONNX Runtime."""
     layer = probe.layer
@@ -687,7 +711,7 @@ def check_op(ctx, probe, workdir: Path) -> dict:
         target, op_json = source, upstream
     op_type = op_json["type"]
     if op_type not in _OPS:
-        dropped = dropped_attributes(ctx.graph, layer.name, op_json)
+        dropped = dropped_attributes(ctx.graph, layer.name, op_json, functools.partial(_rank_of, ctx, probe))
         if dropped:
             return dropped
         return {"kind": None, "op": op_type,
