@@ -102,6 +102,36 @@ def test_a_half_percent_weight_change_stays_conversion(made, name, kw, layer):
     assert f"{prefix}{layer}" in finding["reason"]
 
 
+def _logistic_map(path, steps: int = 40, changed_at: int | None = None):
+    """x <- 3.9 x (1 - x), 40 times: chaotic. ``changed_at``: that step's 3.9 raised by 1e-5."""
+    nodes, inits, current = [helper.make_node("Sigmoid", ["x"], ["x0"])], [], "x0"
+    inits.append(numpy_helper.from_array(np.array([1.0], np.float32), "one"))
+    for i in range(steps):
+        r = 3.9 * (1 + 1e-5) if i == changed_at else 3.9
+        inits.append(numpy_helper.from_array(np.array([r], np.float32), f"r{i}"))
+        nodes += [helper.make_node("Sub", ["one", current], [f"s{i}"]),
+                  helper.make_node("Mul", [current, f"s{i}"], [f"p{i}"]),
+                  helper.make_node("Mul", [f"p{i}", f"r{i}"], [f"x{i + 1}"])]
+        current = f"x{i + 1}"
+    return save_model(nodes, [tensor("x", shape=[4, 64])], [tensor(current, shape=[4, 64])], path, inits)
+
+
+def test_a_constant_changed_by_a_hundred_ulps_in_a_chaotic_model_is_conversion_not_numerics(tmp_path):
+    """A relative change of 1e-5 hid under the rounding allowed to any layer (2e-5), and a model
+    that amplifies rounding then took the blame off the file. An op float32 computes exactly
+    (this Mul) is allowed a few ulps: the changed one is wrong on its own inputs."""
+    onnx_path = _logistic_map(tmp_path / "map.onnx")
+    faithful = report_json(parity.check([onnx_path, to_mnn(onnx_path)]))["verdict"]
+    assert faithful["kind"] == "numerics", faithful["summary"]
+    changed = to_mnn(_logistic_map(tmp_path / "map_changed.onnx", changed_at=5), tmp_path / "map_changed.mnn")
+    verdict = report_json(parity.check([onnx_path, changed]))["verdict"]
+    assert verdict["kind"] == "conversion", verdict["summary"]
+    finding = next(e for e in verdict["evidence"] if e["experiment"] == "amplified rounding")
+    assert "x6 (Mul) is wrong on its own inputs" in finding["reason"], finding
+    # the outputs fail layers later (the change crosses the tolerance downstream): where names x6 first
+    assert verdict["where"].startswith("x6 (Mul), wrong on its own inputs"), verdict["where"]
+
+
 def test_self_multiplying_chain_under_convert_is_numerics(tmp_path):
     """The suite's own 24-layer chain (x @ x, then Tanh): was called a converter bug."""
     nodes, previous = [], "x"

@@ -36,6 +36,7 @@ the sequence; a new experiment is a module of experiments/ and one entry of EXPE
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -277,7 +278,7 @@ def diagnose(ctx: Context) -> Verdict:
     finally:
         reconversions.close()
     if verdict is not None:
-        return verdict
+        return _pinned(verdict, probe)
     return Verdict(
         "undetermined", where,
         f"{probe.where} differs (error {fmt(base.scaled)}), and no runtime variant, "
@@ -286,6 +287,21 @@ def diagnose(ctx: Context) -> Verdict:
         next_steps=("rerun with --layers --isolate all to see every failing layer",
                     "write a minimal reproduction with --repro DIR"),
     )
+
+
+def _pinned(verdict: Verdict, probe: Probe) -> Verdict:
+    """A conversion or runtime verdict whose amplified-rounding test found a layer wrong on its
+    own inputs, upstream of where the outputs start to fail (in a model that amplifies errors, a
+    small one crosses the tolerance layers later): ``where`` names that layer first."""
+    if verdict.kind not in ("conversion", "runtime"):
+        return verdict
+    finding = next((e for e in verdict.evidence if e.get("experiment") == "amplified rounding"), {})
+    wrong = next((x for x in finding.get("sampled_layers", ()) if not x["within_float32_rounding"]), None)
+    if wrong is None or wrong["layer"] == probe.where.split(" (")[0] or verdict.where is None:
+        return verdict
+    where = (f"{wrong['layer']} ({wrong['op']}), wrong on its own inputs (local error {fmt(wrong['local_error_mnn'])} "
+             f"in MNN, {fmt(wrong['local_error_onnxruntime'])} in ONNX Runtime); the layers fail from {verdict.where}")
+    return dataclasses.replace(verdict, where=where)
 
 
 def _baseline(ctx: Context, probe: Probe, evidence: list) -> Measurement:

@@ -38,6 +38,13 @@ import numpy as np
 # (1.2e-7 each) accumulated over a dot product or a short fused chain
 ROUNDING = 2e-5
 LOCAL_FACTOR = 4.0  # MNN's local error may be this many times ONNX Runtime's on the same layer
+# ops float32 computes to the last bit or nearly (one correctly rounded operation per element,
+# or none): evaluated alone, a few ulps at most. A constant changed by 1e-5 in a chaotic model
+# hid under ROUNDING (the change showed at its Mul only, as 1e-5), and was called numerics
+EXACT_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Neg", "Abs", "Relu", "Max", "Min", "Clip", "Where",
+                       "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Concat",
+                       "Split", "Slice", "Gather", "Expand", "Tile", "MaxPool"})
+EXACT_ROUNDING = 1e-6  # about 8 ulps of the tensor's scale
 # MNN's distance from float64 (relative L2) may be this many times the largest of three correct
 # float32 evaluations' (ONNX Runtime, onnx.reference in float32, and that on inputs nudged by one
 # ulp). In a chaotic model which implementation lands closer is luck (one draw against another
@@ -67,12 +74,13 @@ class LocalError:
     candidate: float | None  # MNN's output vs the layer in float64 on MNN's inputs
     reference: float | None  # ONNX Runtime's, likewise on its own inputs
     propagated: float | None  # the layer's error in the whole run (from the layer capture)
+    exact: bool = False  # one op of EXACT_OPS, evaluated alone (from its own inputs)
 
     @property
     def within_rounding(self) -> bool:
         if self.candidate is None:
             return False
-        bound = max(ROUNDING, LOCAL_FACTOR * (self.reference or 0.0))
+        bound = max(EXACT_ROUNDING if self.exact else ROUNDING, LOCAL_FACTOR * (self.reference or 0.0))
         return self.candidate <= bound
 
     def to_dict(self) -> dict:
@@ -365,7 +373,9 @@ def _layers_right(finding: Finding, model, graph, comparison, path, feeds, sides
 
     for i, x in enumerate(sample):
         frontier = frontiers[x.name]
-        local = LocalError(x.name, x.op_type, None, None, x.scaled_error)
+        producer = graph.producer.get(x.name)
+        exact = x.op_type in EXACT_OPS and producer is not None and set(frontier) == set(producer.inputs)
+        local = LocalError(x.name, x.op_type, None, None, x.scaled_error, exact)
         finding.locals.append(local)
         try:
             if i < 2:  # the target alone first (a real bug usually shows there), then the rest at once
