@@ -257,6 +257,8 @@ def test_ssh_target_unreachable_is_one_line_and_exit_4(ssh_server):
                         f"ssh://{ssh_server.user}@127.0.0.1:{port}", env={"PARITY_SSH": ssh_server.client})
     assert result.code == ExitCode.BACKEND, result.err
     assert "Traceback" not in result.err and "127.0.0.1" in result.err
+    # ssh's own reason leads, not a guess about a remote Python that never started
+    assert "ssh could not reach target" in result.err and "Connection refused" in result.err, result.err
 
 
 # -- what a review found: hostile targets and manifests ----------------------------------------

@@ -44,6 +44,14 @@ def test_first_screen_of_a_failure_says_what_to_do(tmp_path):
     assert all(len(line) <= 100 for line in head if not line.startswith("full report"))
 
 
+def test_a_junit_file_alone_is_not_announced_as_the_full_report(tmp_path):
+    junit, json_path = tmp_path / "j.xml", tmp_path / "r.json"
+    lines = run_parity("check", *CNN, "--junit", junit).out.splitlines()
+    assert f"written: {junit}" in lines and not any(line.startswith("full report") for line in lines)
+    lines = run_parity("check", *CNN, "--junit", junit, "--json", json_path).out.splitlines()
+    assert f"full report: {json_path}" in lines and f"also written: {junit}" in lines
+
+
 def test_rerun_from_the_json_alone_gives_the_same_figures(tmp_path):
     first = tmp_path / "first.json"
     again = tmp_path / "again.json"

@@ -310,8 +310,12 @@ def first_screen(report: Report, reports: Sequence[str] = (), listing: Sequence[
         lines.append(f"unpaired: {unpaired} values of one graph have no counterpart in the other ({where})")
     for finding in report.findings:
         lines.append(f"finding: {finding}")
-    if reports:
-        lines.append(f"full report: {', '.join(reports)}")
+    full = [r for r in reports if r in listing]  # JSON, HTML; JUnit and Model Explorer hold less
+    others = [r for r in reports if r not in listing]
+    if full:
+        lines.append(f"full report: {', '.join(full)}")
+    if others:
+        lines.append(f"{'also written' if full else 'written'}: {', '.join(others)}")
     return lines
 
 

@@ -446,6 +446,8 @@ class RemoteWorker:
         if crash:
             raise BackendCrash(self.framework, step, crash)
         tail = _last_line(log)
+        if self.target.kind == "ssh" and code == 255 and _ssh_refused(tail):
+            raise BackendError(f"ssh could not reach target {self.target.spec} while {step}: {tail}")
         if self.target.kind == "ssh" and code == 255:
             raise BackendError(
                 f"the connection to target {self.target.spec} ended while {step} (ssh exit 255): the remote "
@@ -560,3 +562,14 @@ def describe_target(spec: str, *, timeout: float = 300.0) -> dict:
     features = cpu_features(log) or cpu_features("".join(printed.values()))
     return {"target": target.spec, **facts, "cpu_features": features,
             "float16": features.get("fp16") == 1, "backends": backends}
+
+
+# what ssh itself says when it never got a session (its messages, OpenSSH 9)
+_SSH_REFUSALS = ("ssh:", "Permission denied", "Host key verification failed", "kex_exchange_identification",
+                 "Connection closed by", "Connection timed out", "Connection refused", "No route to host")
+
+
+def _ssh_refused(line: str) -> bool:
+    """Whether ssh's last line says it could not connect or log in (rather than a session that died)."""
+    return line.startswith(_SSH_REFUSALS) or any(r in line for r in _SSH_REFUSALS[1:])
+
