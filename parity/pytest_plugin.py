@@ -29,18 +29,26 @@ def check_parity(*models, atol: float | None = None, rtol: float | None = None,
     ``atol``, ``rtol``, ``mnn_target`` and ``mnn_precision`` are the options of those names
     (parity.option_groups), made into ``parity.check`` keywords as the CLI makes them; keys
     given in ``mnn_options`` win over ``mnn_target`` and ``mnn_precision``."""
+    __tracebackhide__ = True  # pytest shows the test's line and parity's error, not this function
     import io
 
+    from parity.core.errors import ParityError, UsageError
     from parity.llm.folders import is_pair
     from parity.render.text import render
 
-    if is_pair(models):
-        report = _check_llm(models, atol, rtol, mnn_target, mnn_precision, options)
-    else:
-        from parity.run.worker import kept_children
+    try:
+        for name, value in (("atol", atol), ("rtol", rtol)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0):
+                raise UsageError(f"{name} must be a number >= 0, not {value!r}")
+        if is_pair(models):
+            report = _check_llm(models, atol, rtol, mnn_target, mnn_precision, options)
+        else:
+            from parity.run.worker import kept_children
 
-        with kept_children("pytest plugin"):  # one MNN child for the session's checks, not one each
-            report = _check_models(models, atol, rtol, mnn_target, mnn_precision, options)
+            with kept_children("pytest plugin"):  # one MNN child for the session's checks, not one each
+                report = _check_models(models, atol, rtol, mnn_target, mnn_precision, options)
+    except ParityError as exc:  # the error as it is, without parity's own frames under the test's
+        raise exc.with_traceback(None) from None
     if not report.passed:
         buffer = io.StringIO()
         render(report, buffer, color=False, width=150)
@@ -67,9 +75,15 @@ def _check_llm(models, atol, rtol, mnn_target, mnn_precision, options):
 
     if atol is not None or rtol is not None:
         raise UsageError("atol and rtol are for model files; an LLM pair is judged by budget= (e.g. 'kl_mean<=0.02')")
+    import inspect
+
     settings = dict(options.pop("settings", None) or {})
     if mnn_precision:
         settings["precision"] = mnn_precision
+    known = [n for n, p in inspect.signature(check_llm).parameters.items() if p.kind is p.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise UsageError(f"unknown LLM check option {unknown[0]!r}; an LLM pair takes {', '.join(known)}")
     return check_llm(*models, target=mnn_target or _DEFAULT_TARGET[0], settings=settings, **options)
 
 
@@ -87,4 +101,13 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "parity: tests that compare models with parity")
-    _DEFAULT_TARGET[0] = config.getoption("--parity-mnn-target", default=None)
+    target = config.getoption("--parity-mnn-target", default=None)
+    if target not in (None, "local"):  # a bad one is one usage error at start-up, not every test's
+        from parity.core.errors import ParityError
+        from parity.run.targets import parse_target
+
+        try:
+            parse_target(target)
+        except ParityError as exc:
+            raise pytest.UsageError(f"--parity-mnn-target: {exc}") from None
+    _DEFAULT_TARGET[0] = target

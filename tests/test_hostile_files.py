@@ -834,6 +834,22 @@ def test_hostile_file(case_id, tmp_path, built):
 
 
 @pytest.mark.slow
+def test_a_zero_filled_mnn_is_refused_at_once(tmp_path):
+    """A preallocated or partly downloaded file: the ONNX sniff walked its zeros as millions of
+    protobuf fields (2.6 s per MB); no field is numbered 0, so it stops at the first byte."""
+    import time
+
+    from helpers import run_parity
+
+    path = tmp_path / "zeros.mnn"
+    with open(path, "wb") as f:
+        f.truncate(64 << 20)
+    started = time.monotonic()
+    result = run_parity("inspect", path)
+    assert result.code == BAD and "not a readable MNN model" in result.err, result.err
+    assert time.monotonic() - started < 20
+
+
 def test_npz_bomb_is_refused_without_decompressing(tmp_path):
     """An extra 2 GiB member of zeros (9 MB compressed) is refused by its name; parity runs
     under a 1 GiB data limit, so decompressing it would end in MemoryError (exit 123)."""

@@ -258,6 +258,13 @@ def test_an_export_with_a_damaged_file_is_exit_3_not_a_compression_loss_nor_a_cr
     assert damage in done.stderr and "compression" not in done.stdout, done.stderr
 
 
+def test_steps_beyond_the_model_s_positions_are_refused_before_any_run(llm_cache):
+    """--steps 100000 ran transformers for minutes and kept steps x vocab float64 logits."""
+    model = llm_cache.model("qwen2")
+    with pytest.raises(parity.UsageError, match="max_position_embeddings"):
+        check_llm(model, llm_cache.export(model, 8), prompts=PROMPTS, steps=100_000)
+
+
 def test_the_pytest_fixture_checks_an_llm_pair(llm_cache):
     from parity.pytest_plugin import check_parity
 

@@ -216,3 +216,87 @@ def test_tied_embeddings_are_measured_where_the_export_says_they_lie(tmp_path):
                                                      "tie_embeddings": [1, 16, 16, 4, 4]}))
     with pytest.raises(ModelError, match="llm.mnn.weight"):
         open_pair(hf, out)
+
+
+def _cli(*args, cwd=None):
+    import subprocess
+    import sys
+
+    env = {**__import__("os").environ, "PYTHONIOENCODING": "utf-8", "LC_ALL": "C.UTF-8", "COLUMNS": "120"}
+    return subprocess.run([sys.executable, "-m", "parity", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=120)
+
+
+@pytest.mark.parametrize("flag", [["--atol", "0"], ["--layers"], ["--shape", "x=1x2"], ["--seed", "3"],
+                                  ["--torch", "net.py:build"], ["--repro", "rp"], ["--model-explorer", "m.json"]])
+def test_an_option_of_model_files_on_an_llm_pair_is_refused_not_ignored(tmp_path, flag):
+    """--atol 0 on an LLM pair ran the check without it and passed; every option of model files
+    is now exit 2, naming it, before anything is read."""
+    hf, out = hf_folder(tmp_path / "hf"), export_folder(tmp_path / "out")
+    done = _cli("check", hf, out, *flag, cwd=tmp_path)
+    assert done.returncode == ExitCode.USAGE, done.stderr
+    assert f"{flag[0]} is for model files" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "out"]  # nothing written
+
+
+def test_saved_text_logits_never_replace_a_file_of_either_folder(tmp_path):
+    hf, out = hf_folder(tmp_path / "hf"), export_folder(tmp_path / "out")
+    text = tmp_path / "text.txt"
+    text.write_text("The capital of France is Paris. " * 20)
+    weights = (hf / "model.safetensors").read_bytes()
+    done = _cli("check", hf, out, "--text", text, "--save-outputs", hf / "model.safetensors")
+    assert done.returncode == ExitCode.MODEL_OR_INPUT and "is the input" in done.stderr, done.stderr
+    assert (hf / "model.safetensors").read_bytes() == weights
+
+
+@pytest.mark.parametrize("where, name, content, expected", [
+    ("out", "config.json", {"llm_model": None}, "llm_model must be a file name"),
+    ("out", "export_args.json", {"quant_bit": float("nan")}, None),
+    ("out", "llm_config.json", {"model_type": "qwen2", "jinja": {"chat_template": 5}}, None),
+    ("hf", "config.json", {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "text_config": "x"}, None),
+])
+def test_config_values_of_the_wrong_type_are_one_line_or_ignored_never_an_internal_error(tmp_path, where, name,
+                                                                                         content, expected):
+    hf, out = hf_folder(tmp_path / "hf"), export_folder(tmp_path / "out")
+    folder = {"hf": hf, "out": out}[where]
+    if name == "config.json" and where == "out":
+        content = {**json.loads((out / name).read_text()), **content}
+    (folder / name).write_text(json.dumps(content))  # NaN: Python's json writes it, as llmexport's would
+    if expected is None:
+        hf_model, export = open_pair(hf, out)
+        assert export.quant_bit in (4, None) and export.chat_template in ("T", None)
+        return
+    with pytest.raises(ModelError, match=expected):
+        open_pair(hf, out)
+
+
+@pytest.mark.parametrize("name", ["tokenizer.txt", "llm_config.json", "config.json"])
+def test_a_fifo_in_an_export_is_refused_not_read(tmp_path, name):
+    """Opening a FIFO blocks until a writer comes: parity hung."""
+    import os
+
+    out = export_folder(tmp_path / "out")
+    (out / name).unlink()
+    os.mkfifo(out / name)
+    with pytest.raises(ModelError, match="FIFO"):
+        recognize(out)
+
+
+def test_prompts_are_texts_one_per_line():
+    """A string is one prompt, not its characters; an empty or undecodable one is refused; a
+    --prompts file splits at newlines only (str.splitlines also splits at U+2028, \\f...)."""
+    import pathlib
+    import tempfile
+
+    from parity import UsageError
+    from parity.commands.llm import prompts_of
+    from parity.llm.check import _checked_prompts
+
+    assert _checked_prompts("Hello") == ("Hello",)
+    for bad in ("", "   ", "\udcff", 5):
+        with pytest.raises(UsageError):
+            _checked_prompts([bad])
+    with tempfile.TemporaryDirectory() as d:
+        path = pathlib.Path(d) / "p.txt"
+        path.write_text("one\u2028two\x0cthree\x1cfour\r\n# a comment\n\nfive\n", encoding="utf-8")
+        assert prompts_of({"prompts": str(path)}) == ("one\u2028two\x0cthree\x1cfour", "five")

@@ -158,3 +158,29 @@ def test_pytest_plugin_pass_and_fail(pytester, failing_pair):
     result.stdout.fnmatch_lines(["*parity: conversion*", "*onnxruntime -> mnn: FAIL*"])
     xdist = pytester.runpytest_subprocess("-n", "2")
     xdist.assert_outcomes(passed=1, failed=1)
+
+
+def test_pytest_plugin_errors_read_as_parity_s_own_line(pytester):
+    """A bad model path or argument fails the test with parity's error under the test's line, not
+    parity's frames; pytest.raises still takes it; a bad --parity-mnn-target stops pytest at once."""
+    pytester.makepyfile(f'''
+        import parity, pytest
+
+        def test_missing(assert_parity):
+            assert_parity("nope.onnx", r"{MODELS / 'cnn.mnn'}")
+
+        def test_atol_text(assert_parity):
+            assert_parity(r"{MODELS / 'cnn.onnx'}", r"{MODELS / 'cnn.mnn'}", atol="abc")
+
+        def test_raises(assert_parity):
+            with pytest.raises(parity.ModelError):
+                assert_parity("nope.onnx", r"{MODELS / 'cnn.mnn'}")
+    ''')
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=1, failed=2)
+    result.stdout.fnmatch_lines(["*ModelError: model file 'nope.onnx' does not exist",
+                                 "*UsageError: atol must be a number >= 0, not 'abc'"])
+    assert "pipeline.py" not in result.stdout.str() and "paths.py" not in result.stdout.str()
+    bad = pytester.runpytest_subprocess("--parity-mnn-target", "ftp://bogus")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    bad.stderr.fnmatch_lines(["*--parity-mnn-target: unknown --mnn-target 'ftp://bogus'*"])

@@ -29,6 +29,28 @@ def refuse_llm_options(values: dict) -> None:
                          f"(parity check HF_DIR EXPORT_DIR)")
 
 
+# what an LLM pair takes besides _ONLY_LLM; any other option given would do nothing: refused
+_ALSO_LLM = ("models", "save_outputs", "load_outputs", "budget", "rank_layers", "mnn_precision", "mnn_memory",
+             "mnn_target", "timeout", "json", "html", "junit", "quiet", "no_color", "traceback")
+LLM_TIMEOUT = 900.0  # seconds MNN.llm and the export may take, unless --timeout says
+
+
+def _given(name: str) -> bool:
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)
+
+
+def refuse_model_options() -> None:
+    """An option of model files given for an LLM pair (--atol, --layers, --shape...): exit 2
+    naming it, instead of a check that silently ignores it (a PASS under --atol 0)."""
+    ctx = click.get_current_context(silent=True)
+    for param in ctx.command.params if ctx is not None else ():
+        if param.name not in _ONLY_LLM + _ALSO_LLM and _given(param.name):
+            flag = max(param.opts, key=len)
+            raise UsageError(f"{flag} is for model files; an LLM pair (a Hugging Face folder and its MNN-LLM "
+                             f"export) is judged by --budget over its --steps or --text (see parity check --help)")
+
+
 def prompts_of(values: dict) -> tuple[str, ...] | None:
     prompts = list(values.get("prompt") or ())
     if values.get("prompts"):
@@ -39,7 +61,9 @@ def prompts_of(values: dict) -> tuple[str, ...] | None:
             text = Path(values["prompts"]).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"--prompts {values['prompts']}: not readable as UTF-8 text ({exc})") from None
-        prompts += [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        # one per line: split at newlines only (str.splitlines also splits at \f, \x1c, U+2028...)
+        lines = [line.removesuffix("\r") for line in text.split("\n")]
+        prompts += [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
         if not prompts:
             raise UsageError(f"--prompts {values['prompts']}: no prompt in the file")
     return tuple(prompts) or None
@@ -64,6 +88,7 @@ def check(models, quiet: bool, values: dict):
     from parity.llm.check import DEFAULT_PROMPTS, DEFAULT_STEPS, check_llm
 
     written = {"--write-quant-config": values.get("write_quant_config")}
+    refuse_model_options()
     check_report_paths(report_flags(values), inputs=[*models, *_files(models), values.get("prompts")], others=written)
     target = values.get("mnn_target")
     if target not in (None, "local"):
@@ -76,7 +101,7 @@ def check(models, quiet: bool, values: dict):
     kwargs = dict(prompts=prompts_of(values) or DEFAULT_PROMPTS, steps=values.get("steps") or DEFAULT_STEPS,
                   settings=settings_of(values), float_export=values.get("float_export"),
                   trust_remote_code=bool(values.get("trust_remote_code")), target=target,
-                  timeout=max(900.0, values["timeout"]), rank_layers=bool(values.get("rank_layers")),
+                  timeout=_timeout(values), rank_layers=bool(values.get("rank_layers")),
                   write_quant_config=values.get("write_quant_config"))
     if values.get("budget"):
         kwargs["budget"] = values["budget"]
@@ -84,6 +109,11 @@ def check(models, quiet: bool, values: dict):
         say(f"checking the MNN-LLM export {models[1]} against {models[0]} (transformers, llmexport, MNN.llm)")
         report = check_llm(models[0], models[1], **kwargs)
     return report, output
+
+
+def _timeout(values: dict) -> float:
+    """--timeout as given; by default LLM_TIMEOUT (an export or MNN.llm's load takes minutes)."""
+    return values["timeout"] if _given("timeout") else LLM_TIMEOUT
 
 
 def _files(models) -> list[Path]:
@@ -107,10 +137,10 @@ def text_check(models, quiet: bool, values: dict):
                              f"run them as two checks")
     if values.get("save_outputs") and values.get("load_outputs"):
         raise UsageError("--save-outputs and --load-outputs together: the saved file would be a copy; give one")
-    check_report_paths(report_flags(values), inputs=[*models, values["text"], values.get("load_outputs")],
-                       others={"--save-outputs": values.get("save_outputs")})
+    read = [*models, *_files(models), values["text"], values.get("load_outputs")]
+    check_report_paths(report_flags(values), inputs=read, others={"--save-outputs": values.get("save_outputs")})
     kwargs = dict(window=values.get("text_window"), settings=settings_of(values), target=values.get("mnn_target"),
-                  trust_remote_code=bool(values.get("trust_remote_code")), timeout=max(900.0, values["timeout"]),
+                  trust_remote_code=bool(values.get("trust_remote_code")), timeout=_timeout(values),
                   save_outputs=values.get("save_outputs"), load_outputs=values.get("load_outputs"))
     if values.get("budget"):
         kwargs["budget"] = values["budget"]

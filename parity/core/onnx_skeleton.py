@@ -63,6 +63,8 @@ def _fields(buffer, start: int, end: int):
         key_start = position
         key, position = _varint(buffer, position)
         number, wire = key >> 3, key & 7
+        if number == 0:  # no field is numbered 0: not protobuf (a zero-filled file stops here)
+            raise _Malformed("field number 0")
         if wire == 0:
             _, position = _varint(buffer, position)
             payload = position

@@ -45,9 +45,9 @@ def check_llm(hf_dir, export_dir, *, prompts=DEFAULT_PROMPTS, steps: int = DEFAU
     from parity.llm.reference import Reference
 
     budget = budgets.Budget.parse(budget) if isinstance(budget, str) else budget
-    prompts, settings = tuple(prompts), dict(settings or {})
-    if not prompts or steps < 1:
-        raise parity.UsageError("an LLM check needs at least one prompt and one step")
+    prompts, settings = _checked_prompts(prompts), dict(settings or {})
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise parity.UsageError(f"an LLM check needs a whole number of steps >= 1, not {steps!r}")
     hf, export = open_pair(hf_dir, export_dir, trust_remote_code=trust_remote_code)
     ref = Reference(hf)
     chat_texts, fed, prompt_ids, continuations, reference_logits = _reference_runs(ref, prompts, steps, chat)
@@ -87,12 +87,38 @@ def check_llm(hf_dir, export_dir, *, prompts=DEFAULT_PROMPTS, steps: int = DEFAU
     )
 
 
+def _checked_prompts(prompts) -> tuple[str, ...]:
+    """The prompts as a tuple of texts: one string is one prompt (not its characters); an empty
+    one, or one that is not text (bytes that are not UTF-8 on the command line), is refused."""
+    import parity
+
+    prompts = (prompts,) if isinstance(prompts, str) else tuple(prompts)
+    if not prompts:
+        raise parity.UsageError("an LLM check needs at least one prompt")
+    for prompt in prompts:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise parity.UsageError(f"a prompt must be text with something in it, not {prompt!r}")
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError:
+            raise parity.UsageError(f"the prompt {prompt!r} is not valid UTF-8 (bytes the terminal could "
+                                    f"not decode); give it in UTF-8, or in a --prompts file") from None
+    return prompts
+
+
 def _reference_runs(ref, prompts, steps: int, chat: bool):
     """(the chat-templated texts or None, the texts fed, their ids, the reference's greedy
-    continuations and their logits)."""
+    continuations and their logits). A prompt and its steps must fit the model's positions."""
+    import parity
+
     chat_texts = ref.chat_prompts(prompts) if chat else None
     fed = chat_texts or list(prompts)
     prompt_ids = ref.tokenize(fed, special=chat_texts is None)
+    longest = max(len(ids) for ids in prompt_ids)
+    if longest + steps > ref.max_positions:
+        raise parity.UsageError(f"a prompt of {longest} tokens and {steps} steps need {longest + steps} positions; "
+                                f"the model takes {ref.max_positions} (max_position_embeddings): give fewer --steps "
+                                f"or a shorter prompt")
     runs = [ref.greedy(ids, steps) for ids in prompt_ids]
     return chat_texts, fed, prompt_ids, [r[0] for r in runs], [r[1] for r in runs]
 

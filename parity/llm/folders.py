@@ -13,7 +13,7 @@ from pathlib import Path
 
 from parity.backends.base import check_weights_file
 from parity.core.errors import ModelError
-from parity.core.paths import show
+from parity.core.paths import check_input, show
 
 # Tokenizer files transformers reads; one is enough.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
@@ -66,12 +66,13 @@ class MNNExport:
         """The weights' bits, from export_args.json (llmexport writes it); None when unknown."""
         args = self.export_args or {}
         bit = args.get("quant_bit")
-        return int(bit) if isinstance(bit, (int, float)) else None
+        return int(bit) if isinstance(bit, (int, float)) and not isinstance(bit, bool) and 1 <= bit <= 64 else None
 
     @property
     def chat_template(self) -> str | None:
         jinja = self.llm_config.get("jinja") or {}
-        return jinja.get("chat_template") if isinstance(jinja, dict) else None
+        template = jinja.get("chat_template") if isinstance(jinja, dict) else None
+        return template if isinstance(template, str) else None
 
     def runtime_files(self) -> list[str]:
         """The files MNN.llm may read, to send to a target: the folder's own files but for the
@@ -88,6 +89,7 @@ class MNNExport:
 
 
 def _read_json(path: Path, folder: Path) -> dict:
+    check_input(path, "the file", error=ModelError)  # never opened if a FIFO: it would block
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -128,11 +130,13 @@ def _export(folder: Path) -> MNNExport:
     for key in ("llm_model", "llm_weight"):  # file names in the folder: never a path out of it
         name = config.get(key)
         plain = isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name
-        if name is not None and not plain:
+        if key in config and not plain:
             raise ModelError(f"{show(folder / 'config.json')}: {key} must be a file name in the export folder, "
                              f"not {name!r}; re-export the model")
     export = MNNExport(folder, config, llm_config, export_args)
     for role, file in (("model", export.model_file), ("weights", export.weight_file)):
+        if file.exists():
+            check_input(file, f"the {role} file", error=ModelError)  # a FIFO, a device: said as such
         if not file.is_file():
             raise ModelError(f"the MNN-LLM export {show(folder)} lacks its {role} file "
                              f"{show(file.name)} (named in config.json); re-export the model")
@@ -156,6 +160,8 @@ def _check_tokenizer(export: MNNExport) -> None:
     """MNN.llm's tokenizer file: there, and opening with its format's magic number, which MNN.llm
     checks (430: transformers/llm/engine tokenizer); anything else crashes it."""
     path = _named_file(export, "tokenizer_file", "tokenizer.txt")
+    if path.exists():
+        check_input(path, "the tokenizer", error=ModelError)  # never opened if a FIFO: it would block
     try:
         with open(path, "rb") as f:
             head = f.readline(64).split()
@@ -176,7 +182,8 @@ def _check_embeddings(hf: HFModel, export: MNNExport) -> None:
     quantized at tie_embeddings = [offset, scales offset, scales bytes, bits, block] (in the
     embeddings file at offset 0, else in the weights file). A missing or short file is read as
     zeros or garbage, which would read as a compression loss: refused here."""
-    vocab = hf.config.get("vocab_size", (hf.config.get("text_config") or {}).get("vocab_size"))
+    text_config = hf.config.get("text_config")
+    vocab = hf.config.get("vocab_size", text_config.get("vocab_size") if isinstance(text_config, dict) else None)
     hidden, tied = export.llm_config.get("hidden_size"), export.llm_config.get("tie_embeddings")
     if not all(isinstance(v, int) and v > 0 for v in (vocab, hidden)):
         return  # nothing to measure the file by
