@@ -206,7 +206,7 @@ KINDS = (
                runs_a_command=lambda target: not _SAFE_WORD.match(target.python)),
     TargetKind("exec", "exec:COMMAND",
                "exec:COMMAND (COMMAND starts such a Python with its stdin/stdout connected to parity, "
-               "e.g. exec:docker run -i IMAGE python3)", _parse_exec,
+               "e.g. exec:docker run -i IMAGE python3; parity appends '-c PROGRAM' to it)", _parse_exec,
                lambda target: (["sh", "-c", f"{target.command} -c {shlex.quote(_BOOT)}"], {}),
                runs_a_command=lambda target: True),
 )
