@@ -31,14 +31,15 @@ def check_parity(*models, atol: float | None = None, rtol: float | None = None,
     given in ``mnn_options`` win over ``mnn_target`` and ``mnn_precision``."""
     __tracebackhide__ = True  # pytest shows the test's line and parity's error, not this function
     import io
+    import numbers
 
     from parity.core.errors import ParityError, UsageError
     from parity.llm.folders import is_pair
     from parity.render.text import render
 
     try:
-        for name, value in (("atol", atol), ("rtol", rtol)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0):
+        for name, value in (("atol", atol), ("rtol", rtol)):  # numpy's scalars are Real too
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0):
                 raise UsageError(f"{name} must be a number >= 0, not {value!r}")
         if is_pair(models):
             report = _check_llm(models, atol, rtol, mnn_target, mnn_precision, options)

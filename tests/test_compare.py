@@ -118,6 +118,9 @@ def test_zeros_within_the_tolerance_of_a_near_zero_reference_pass(tmp_path):
     np.save(tmp_path / "zeros.npy", np.zeros((4, 8), np.float32))
     report = parity.compare(tmp_path / "ref.npy", tmp_path / "zeros.npy")
     assert report.passed and report.verdict.kind == "pass", report.verdict
+    np.zeros(32, np.float32).tofile(tmp_path / "zeros.bin")  # a raw dump is flat: the same values
+    report = parity.compare(tmp_path / "ref.npy", tmp_path / "zeros.bin", dtype="float32")
+    assert report.passed and report.verdict.kind == "pass", report.verdict
     report = parity.compare(tmp_path / "ref.npy", tmp_path / "zeros.npy", tolerance=Tolerance(atol=1e-12, rtol=0.0))
     assert report.verdict.kind == "usage" and "all zeros" in report.verdict.summary
 

@@ -250,7 +250,8 @@ def test_saved_text_logits_never_replace_a_file_of_either_folder(tmp_path):
 
 
 @pytest.mark.parametrize("where, name, content, expected", [
-    ("out", "config.json", {"llm_model": None}, "llm_model must be a file name"),
+    ("out", "config.json", {"llm_model": None}, None),  # MNN.llm takes its default name, as parity does
+    ("out", "config.json", {"llm_model": 5}, "llm_model must be a file name"),
     ("out", "export_args.json", {"quant_bit": float("nan")}, None),
     ("out", "llm_config.json", {"model_type": "qwen2", "jinja": {"chat_template": 5}}, None),
     ("hf", "config.json", {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "text_config": "x"}, None),
@@ -265,6 +266,7 @@ def test_config_values_of_the_wrong_type_are_one_line_or_ignored_never_an_intern
     if expected is None:
         hf_model, export = open_pair(hf, out)
         assert export.quant_bit in (4, None) and export.chat_template in ("T", None)
+        assert export.model_file.name == "llm.mnn"
         return
     with pytest.raises(ModelError, match=expected):
         open_pair(hf, out)
@@ -300,3 +302,22 @@ def test_prompts_are_texts_one_per_line():
         path = pathlib.Path(d) / "p.txt"
         path.write_text("one\u2028two\x0cthree\x1cfour\r\n# a comment\n\nfive\n", encoding="utf-8")
         assert prompts_of({"prompts": str(path)}) == ("one\u2028two\x0cthree\x1cfour", "five")
+
+
+def test_any_byte_of_a_model_damaged_is_refused_in_one_line_never_an_internal_error(tmp_path, external_mnn):
+    """Every byte of an .mnn with external weights set to 0xff in turn: the weights check either
+    takes the file or refuses it as damaged (ModelError); a byte read out of range once raised
+    IndexError (exit 123)."""
+    from parity.backends.base import check_weights_file
+
+    data = (external_mnn / "llm.mnn").read_bytes()
+    path = tmp_path / "llm.mnn"
+    (tmp_path / "llm.mnn.weight").write_bytes((external_mnn / "llm.mnn.weight").read_bytes())
+    refused = 0
+    for at in range(0, len(data), 3):
+        path.write_bytes(data[:at] + b"\xff" + data[at + 1:])
+        try:
+            check_weights_file(path, strict=True)
+        except ModelError:
+            refused += 1
+    assert refused  # the damage was seen somewhere

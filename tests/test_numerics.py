@@ -298,3 +298,21 @@ def test_distances_are_relative_and_shape_checked():
     assert numerics.scaled(np.array([3.0, 4.04]), exact) == pytest.approx(0.01)
     assert numerics.relative_l2(np.zeros(3), exact) is None
     assert numerics.relative_l2(np.array([np.nan, 4.0]), exact) == 0.0
+
+
+def test_where_names_only_a_layer_measured_wrong_never_one_left_unevaluated():
+    """A layer whose evaluation failed has no local error: it is not 'wrong on its own inputs'."""
+    from types import SimpleNamespace
+
+    from parity.checking.diagnose import _pinned
+    from parity.core.report import Verdict
+
+    def verdict(*layers):
+        finding = {"experiment": "amplified rounding", "sampled_layers": [
+            {"layer": name, "op": "Mul", "local_error_mnn": mnn, "local_error_onnxruntime": 1e-8,
+             "within_float32_rounding": False} for name, mnn in layers]}
+        return Verdict("conversion", "t9 (Tanh) on onnxruntime -> mnn", "s", evidence=(finding,))
+
+    probe = SimpleNamespace(where="t9 (Tanh)")
+    assert _pinned(verdict(("m2", None)), probe).where == "t9 (Tanh) on onnxruntime -> mnn"
+    assert _pinned(verdict(("m2", None), ("m3", 5e-3)), probe).where.startswith("m3 (Mul), wrong on its own inputs")

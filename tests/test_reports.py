@@ -175,9 +175,13 @@ def test_pytest_plugin_errors_read_as_parity_s_own_line(pytester):
         def test_raises(assert_parity):
             with pytest.raises(parity.ModelError):
                 assert_parity("nope.onnx", r"{MODELS / 'cnn.mnn'}")
+
+        def test_numpy_tolerance(assert_parity):  # np.finfo(np.float32).eps * k is a numpy scalar
+            import numpy as np
+            assert assert_parity(r"{MODELS / 'cnn.onnx'}", r"{MODELS / 'cnn.mnn'}", atol=np.float32(1e-3)).passed
     ''')
     result = pytester.runpytest_subprocess()
-    result.assert_outcomes(passed=1, failed=2)
+    result.assert_outcomes(passed=2, failed=2)
     result.stdout.fnmatch_lines(["*ModelError: model file 'nope.onnx' does not exist",
                                  "*UsageError: atol must be a number >= 0, not 'abc'"])
     assert "pipeline.py" not in result.stdout.str() and "paths.py" not in result.stdout.str()

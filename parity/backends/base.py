@@ -23,6 +23,7 @@ outstanding run.
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Mapping, Sequence
@@ -292,7 +293,7 @@ def check_weights_file(path: Path, weights: Path | None = None, *, strict: bool 
     weights = Path(f"{path}.weight") if weights is None else weights
     try:
         need = flatbuffer.external_extent(path)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, IndexError, struct.error) as exc:  # any byte of a damaged file
         if strict:
             raise ModelError(f"{show(path)} is not a readable MNN model ({exc}): it is damaged or "
                              f"truncated; export or convert it again") from None

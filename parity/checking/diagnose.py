@@ -296,7 +296,8 @@ def _pinned(verdict: Verdict, probe: Probe) -> Verdict:
     if verdict.kind not in ("conversion", "runtime"):
         return verdict
     finding = next((e for e in verdict.evidence if e.get("experiment") == "amplified rounding"), {})
-    wrong = next((x for x in finding.get("sampled_layers", ()) if not x["within_float32_rounding"]), None)
+    wrong = next((x for x in finding.get("sampled_layers", ())
+                  if not x["within_float32_rounding"] and x["local_error_mnn"] is not None), None)
     if wrong is None or wrong["layer"] == probe.where.split(" (")[0] or verdict.where is None:
         return verdict
     where = (f"{wrong['layer']} ({wrong['op']}), wrong on its own inputs (local error {fmt(wrong['local_error_mnn'])} "

@@ -47,6 +47,9 @@ def refuse_model_options() -> None:
     for param in ctx.command.params if ctx is not None else ():
         if param.name not in _ONLY_LLM + _ALSO_LLM and _given(param.name):
             flag = max(param.opts, key=len)
+            if param.name.startswith("mnn_"):
+                raise UsageError(f"{flag} is for .mnn files; MNN.llm runs as the export's config.json says "
+                                 f"(thread_num, backend_type...); --mnn-precision and --mnn-memory override it")
             raise UsageError(f"{flag} is for model files; an LLM pair (a Hugging Face folder and its MNN-LLM "
                              f"export) is judged by --budget over its --steps or --text (see parity check --help)")
 

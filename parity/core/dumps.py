@@ -65,9 +65,10 @@ def load_dump(path: str | os.PathLike, *, dtype: str | None = None,
 
 
 def _within(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance) -> bool:
-    """Whether the candidate, element for element, meets the tolerance (same shape, numbers)."""
-    if reference.shape != candidate.shape or reference.dtype.kind not in "biuf" or candidate.dtype.kind not in "biuf":
+    """Whether the candidate, element for element in order, meets the tolerance (as many numbers)."""
+    if reference.size != candidate.size or reference.dtype.kind not in "biuf" or candidate.dtype.kind not in "biuf":
         return False
+    reference, candidate = reference.reshape(-1), candidate.reshape(-1)  # a raw dump is flat
     r, c = reference.astype(np.float64), candidate.astype(np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
         bound = tolerance.atol_for(float(np.abs(r[np.isfinite(r)]).max(initial=0.0))) + tolerance.rtol * np.abs(r)

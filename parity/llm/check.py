@@ -115,8 +115,8 @@ def _reference_runs(ref, prompts, steps: int, chat: bool):
     fed = chat_texts or list(prompts)
     prompt_ids = ref.tokenize(fed, special=chat_texts is None)
     longest = max(len(ids) for ids in prompt_ids)
-    if longest + steps > ref.max_positions:
-        raise parity.UsageError(f"a prompt of {longest} tokens and {steps} steps need {longest + steps} positions; "
+    if longest + steps - 1 > ref.max_positions:  # the last step's token is chosen, never fed
+        raise parity.UsageError(f"a prompt of {longest} tokens and {steps} steps need {longest + steps - 1} positions; "
                                 f"the model takes {ref.max_positions} (max_position_embeddings): give fewer --steps "
                                 f"or a shorter prompt")
     runs = [ref.greedy(ids, steps) for ids in prompt_ids]

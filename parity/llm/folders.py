@@ -55,11 +55,11 @@ class MNNExport:
 
     @property
     def model_file(self) -> Path:
-        return self.path / self.config.get("llm_model", "llm.mnn")
+        return self.path / (self.config.get("llm_model") or "llm.mnn")
 
     @property
     def weight_file(self) -> Path:
-        return self.path / self.config.get("llm_weight", "llm.mnn.weight")
+        return self.path / (self.config.get("llm_weight") or "llm.mnn.weight")
 
     @property
     def quant_bit(self) -> int | None:
@@ -130,7 +130,7 @@ def _export(folder: Path) -> MNNExport:
     for key in ("llm_model", "llm_weight"):  # file names in the folder: never a path out of it
         name = config.get(key)
         plain = isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name
-        if key in config and not plain:
+        if name is not None and not plain:  # null: MNN.llm takes its default name, as parity does
             raise ModelError(f"{show(folder / 'config.json')}: {key} must be a file name in the export folder, "
                              f"not {name!r}; re-export the model")
     export = MNNExport(folder, config, llm_config, export_args)
@@ -149,7 +149,8 @@ def _export(folder: Path) -> MNNExport:
 
 def _named_file(export: MNNExport, key: str, default: str) -> Path:
     """A file config.json (or llm_config.json) names for MNN.llm: a plain name in the folder."""
-    name = export.config.get(key, export.llm_config.get(key, default))
+    name = export.config.get(key, export.llm_config.get(key))
+    name = default if name is None else name  # null: MNN.llm takes its default name
     if not (isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name):
         raise ModelError(f"{show(export.config_path)}: {key} must be a file name in the export folder, "
                          f"not {name!r}; re-export the model")

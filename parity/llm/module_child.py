@@ -41,8 +41,8 @@ def _files(folder: str) -> tuple[dict, dict, str, str]:
         config = json.load(handle)
     with open(os.path.join(folder, config.get("llm_config", "llm_config.json")), encoding="utf-8") as handle:
         llm_config = json.load(handle)
-    model = os.path.join(folder, config.get("llm_model", "llm.mnn"))
-    weight = os.path.join(folder, config.get("llm_weight", "llm.mnn.weight"))
+    model = os.path.join(folder, config.get("llm_model") or "llm.mnn")
+    weight = os.path.join(folder, config.get("llm_weight") or "llm.mnn.weight")
     return config, llm_config, model, weight
 
 
@@ -85,7 +85,7 @@ def embeddings(folder: str, ids) -> np.ndarray:
     if tie and len(tie) == 5:
         rows = _tied_rows(weight, ids, hidden, *map(int, tie))
     else:
-        path = os.path.join(folder, config.get("embedding_file", "embeddings_bf16.bin"))
+        path = os.path.join(folder, config.get("embedding_file") or "embeddings_bf16.bin")
         table = np.memmap(path, dtype=np.uint16, mode="r").reshape(-1, hidden)
         # bfloat16 is the upper half of a float32
         rows = (np.asarray(table[ids]).astype(np.uint32) << 16).view(np.float32)

@@ -78,7 +78,10 @@ class Reference:
     @property
     def max_positions(self) -> int:
         """The positions the model was made for (max_position_embeddings; 2048 when it names none)."""
-        value = getattr(self.model.config, "max_position_embeddings", None)
+        config = self.model.config
+        value = getattr(config, "max_position_embeddings", None)
+        if value is None:  # a multimodal config keeps its language model's under text_config
+            value = getattr(getattr(config, "text_config", None), "max_position_embeddings", None)
         return int(value) if isinstance(value, int) and value > 0 else 2048
 
     @property

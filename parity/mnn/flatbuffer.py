@@ -97,6 +97,7 @@ class _Buffer:
         self.size = len(data)
 
     def u8(self, at: int) -> int:
+        self._check(at, 1)
         return self.data[at]
 
     def i32(self, at: int) -> int:
