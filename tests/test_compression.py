@@ -146,6 +146,29 @@ def test_wrong_and_compressed_is_a_conversion_verdict(tmp_path):
     assert "not what compressing this ONNX makes" in verdict["summary"]
 
 
+def test_a_compressed_float_mnn_is_refused_not_taken_as_the_float_reference(tmp_path):
+    """The compressed model as its own --float-mnn gave 'conversion' and the advice to reconvert
+    over it; another bit width was labelled 'float conversion'."""
+    eight, four = tmp_path / "m8.mnn", tmp_path / "m4.mnn"
+    parity.convert(TRANSFORMER, eight, options=["--weightQuantBits", "8"])
+    parity.convert(TRANSFORMER, four, options=["--weightQuantBits", "4"])
+    for given in (four, eight):
+        result = run_parity("check", TRANSFORMER, four, "--float-mnn", given)
+        assert_one_line_error(result, ExitCode.MODEL_OR_INPUT, "is itself compressed", given.name)
+
+
+def test_without_attribution_a_compressed_file_is_not_advised_to_be_reconverted_over(tmp_path):
+    """--no-attribution judges the 4-bit file as is: its loss is a difference from a fresh float
+    conversion, but 'parity convert ONNX -o FILE' would replace it with a float model."""
+    four = tmp_path / "m4.mnn"
+    parity.convert(MODELS / "cnn.onnx", four, options=["--weightQuantBits", "4", "--weightQuantBlock", "32"])
+    result = run_json("check", MODELS / "cnn.onnx", four, "--no-attribution", "--json", "-")
+    verdict = result.json()["verdict"]
+    assert verdict["kind"] == "conversion", verdict  # 4-bit weights are far outside the float tolerance
+    assert "4-bit weights" in verdict["summary"] and "--no-attribution" in verdict["summary"], verdict
+    assert not any("parity convert" in step for step in verdict["next_steps"]), verdict["next_steps"]
+
+
 def test_inspect_shows_the_compression_per_layer(tmp_path):
     model = tmp_path / "model.mnn"
     parity.convert(TRANSFORMER, model, options=["--weightQuantBits", "4", "--weightQuantBlock", "16"])

@@ -330,6 +330,30 @@ def test_a_rerun_runs_recorded_python_code_only_when_the_user_names_it(tmp_path,
     assert not marker.exists()
 
 
+def test_a_rerun_refuses_a_recorded_trust_remote_code_and_a_damaged_command(tmp_path):
+    """--trust-remote-code runs a model folder's own Python: like code, only when the user names
+    it. A command with a NUL byte, or a command line that is a string, is a damaged report."""
+    report = tmp_path / "first.json"
+    assert run_parity("check", *CNN, "--json", report, "-q").code == 0
+    trusted = _received(report, tmp_path, ["parity", "check", "hf", "export", "--prompt", "hi", "--trust-remote-code"])
+    assert_one_line_error(run_parity("rerun", trusted, cwd=tmp_path), ExitCode.MODEL_OR_INPUT, "--trust-remote-code")
+    for command in (["parity", "check", "m.onnx\0x", "m.mnn"], "parity check m.onnx m.mnn"):
+        damaged = _received(report, tmp_path, command)
+        assert_one_line_error(run_parity("rerun", damaged, cwd=tmp_path), ExitCode.MODEL_OR_INPUT, "received.json")
+
+
+def test_a_rerun_of_a_report_from_another_machine_says_it_runs_here(tmp_path):
+    report = tmp_path / "first.json"
+    assert run_parity("check", *map(str, CNN), "--json", report, "-q").code == 0
+    data = json.loads(report.read_text())
+    data["rerun"]["cwd"] = "/builds/job/12345"  # a CI job's directory, not on this machine
+    received = tmp_path / "received.json"
+    received.write_text(json.dumps(data))
+    result = run_parity("rerun", received, "-q", cwd=tmp_path)
+    assert result.code == 0, result.err
+    assert f"(in {tmp_path}, as /builds/job/12345 does not exist here)" in result.err
+
+
 def test_a_rerun_s_own_tolerance_replaces_the_recorded_one_for_that_output(tmp_path):
     report = tmp_path / "first.json"
     assert run_parity("check", *CNN, "--tol", "logits=0,0", "--no-diagnose", "--json", report, "-q").code == 1
@@ -337,3 +361,23 @@ def test_a_rerun_s_own_tolerance_replaces_the_recorded_one_for_that_output(tmp_p
     result = run_parity("rerun", report, "--tol", "logits=1,1", "--json", again, "-q", cwd=tmp_path)
     assert result.code == 0, result.err  # the recorded 0,0 replaced, not refused as given twice
     assert json.loads(again.read_text())["passed"]
+
+
+def test_what_user_code_prints_goes_to_stderr_not_into_the_json_on_stdout(tmp_path):
+    """A --data-loader (or --torch code) that prints, at import or while yielding, corrupted
+    `--json -`: stdout is parity's."""
+    (tmp_path / "loader.py").write_text(
+        "import numpy as np\nprint('HELLO AT IMPORT')\n\n"
+        "def samples():\n    print('HELLO FROM THE GENERATOR')\n"
+        "    yield {'x': np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)}\n")
+    result = run_parity("check", *CNN, "--data-loader", f"{tmp_path / 'loader.py'}:samples", "--json", "-")
+    assert result.code == ExitCode.PASS, result.err
+    assert json.loads(result.out)["verdict"]["kind"] == "pass"
+    assert "HELLO AT IMPORT" in result.err and "HELLO FROM THE GENERATOR" in result.err
+
+
+def test_a_report_onto_the_repro_directory_is_refused_before_the_run(tmp_path):
+    """It failed after the diagnosis had written the reproduction."""
+    result = run_parity("check", *CNN, "--repro", "dup", "--json", "dup", cwd=tmp_path)
+    assert_one_line_error(result, ExitCode.USAGE, "--repro directory")
+    assert not (tmp_path / "dup").exists()

@@ -57,6 +57,7 @@ def attribute(chain, options: CheckOptions, stack: ExitStack, say):
         return chain, {}, None
     if options.float_mnn is not None:
         float_path = Path(options.float_mnn)
+        _refuse_compressed_float(float_path, options, compression_mod)
     else:
         from parity.mnn.converter import convert
 
@@ -67,6 +68,20 @@ def attribute(chain, options: CheckOptions, stack: ExitStack, say):
     chain = [*chain[:index], (chain[index][0], float_path), *chain[index:]]
     label = found.kind_label() if found.compressed else "as given"
     return chain, {index: "float conversion", index + 1: label}, found
+
+
+def _refuse_compressed_float(path: Path, options: CheckOptions, compression_mod) -> None:
+    """--float-mnn is the float reference of the compressed model: a compressed one (the model
+    itself, or another bit width) would put compression on both sides of the split."""
+    from parity.core.errors import InputError
+
+    try:
+        given = compression_mod.of_model(path, timeout=options.timeout)
+    except ParityError:
+        return  # an unreadable .mnn: loading it says why
+    if given.compressed:
+        raise InputError(f"--float-mnn {path.name} is itself compressed ({given.kind_label()}): give the float "
+                         f"conversion of the ONNX model (parity convert without compression options)")
 
 
 def budget_for(options: CheckOptions, compression) -> Budget:

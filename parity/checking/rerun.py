@@ -37,13 +37,18 @@ def read_recorded(report_path: str) -> Recorded:
     try:
         data = json.loads(Path(report_path).read_text(encoding="utf-8"))
         recorded = data["rerun"]
+        if not isinstance(recorded["command"], list) or not isinstance(recorded.get("cwd"), (str, type(None))):
+            raise TypeError("a command line is a list of words, its directory a string")
         command = [str(word) for word in recorded["command"]]
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         raise InputError(f"{report_path!r} is not a parity JSON report with a recorded command "
                          f"(reports from parity check or convert on the command line have one)") from None
+    if any("\0" in word for word in [*command, recorded.get("cwd") or ""]):
+        raise InputError(f"{report_path!r} records a command or directory holding a NUL byte, which no "
+                         f"command line can: the report is damaged")
     if len(command) < 2 or command[1] not in ("check", "compare"):
-        raise InputError(f"{report_path!r} records {' '.join(command[:2])!r}: only check and compare runs can be rerun "
-                         f"(a convert would convert again)")
+        raise InputError(f"{report_path!r} records {' '.join(command[:2])!r}: only check and compare runs can be rerun"
+                         + (" (a convert would convert again)" if command[1:2] == ["convert"] else ""))
     return Recorded(_without_writing_flags(command[1:]), recorded.get("cwd"), recorded.get("versions") or {})
 
 
@@ -74,6 +79,10 @@ def refuse_recorded_commands(recorded: Recorded, extra, report_path: str) -> Non
                f"run the check itself: parity {shlex.join(recorded.args)}")
         raise InputError(f"{report_path!r} records {flag or 'the model'} {spec!r}, which runs Python code; "
                          f"parity runs code only when you name it: {how}")
+    if "--trust-remote-code" in recorded.args and "--trust-remote-code" not in extra:
+        raise InputError(f"{report_path!r} records --trust-remote-code, which runs the model folder's own "
+                         f"Python; parity runs code only when you name it: add --trust-remote-code after the "
+                         f"report to rerun it as recorded")
     if _values_of("--mnn-target", extra):
         return
     for target in _values_of("--mnn-target", recorded.args):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from typing import Callable
 
@@ -49,6 +50,7 @@ def check(models, torch, quiet, no_color, **values):
     written = {"--save-inputs": values["save_inputs"], "--write-fixed": values["write_fixed"],
                "--save-outputs": values["save_outputs"]}
     check_report_paths(report_flags(values), inputs=read, others=written)
+    _refuse_outputs_in_the_repro(values.get("repro"), {**report_flags(values), **written})
     if values["mnn_target"] == "local" and any(str(m).lower().endswith(".mnn") for m in models):
         # MNN's child process starts importing MNN now, while parity imports the rest
         from parity.run.worker import prestart
@@ -126,6 +128,19 @@ def _rendered(flag: str, report) -> bytes:
 
         return model_explorer.render(report).encode()
     return report.to_json().encode()
+
+
+def _refuse_outputs_in_the_repro(repro, outputs: dict) -> None:
+    """--repro DIR is made by the run: a report or file written at DIR, or inside it, would
+    fail after the whole diagnosis (or land in the reproduction), so it is refused first."""
+    if not repro:
+        return
+    from parity.core.errors import UsageError
+
+    where = os.path.realpath(repro)
+    for flag, path in outputs.items():
+        if path and path != "-" and os.path.commonpath([where, os.path.realpath(path)]) == where:
+            raise UsageError(f"{flag} {path} is the --repro directory {repro} or inside it; give it a path of its own")
 
 
 def write_reports(reports) -> bool:

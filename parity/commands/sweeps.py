@@ -3,6 +3,7 @@ check a report records, again)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -110,6 +111,8 @@ def rerun(report_path, extra):
     report_file = os.path.abspath(report_path)
     if recorded.cwd and os.path.isdir(recorded.cwd):
         os.chdir(recorded.cwd)  # where the recorded command ran: its relative paths, and the new ones
+    elif recorded.cwd:  # another machine's (a CI job's report): the relative paths are taken from here
+        recorded = dataclasses.replace(recorded, cwd=f"{os.getcwd()}, as {recorded.cwd} does not exist here")
     READ_BY_THE_COMMAND.append(report_file)  # --json REPORT.json must not replace it
     try:
         _rerun(recorded, extra)

@@ -95,9 +95,13 @@ def first_line(exc: BaseException) -> str:
 def user_code(what: str, error: type[ParityError]):
     """Within: code the user gave parity runs (a --torch factory or module, a --data-loader).
     Its ``sys.exit`` (an argparse error at import too) becomes ``error`` naming ``what``,
-    never parity's own exit: a ``sys.exit(0)`` there would read as a pass."""
+    never parity's own exit: a ``sys.exit(0)`` there would read as a pass. What it prints goes
+    to stderr: stdout is parity's (``--json -`` puts the report there, for a program to parse)."""
+    import sys
+
     try:
-        yield
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
     except SystemExit as exc:
         raise error(f"{what} called sys.exit({exc.code!r}); parity runs it for its result and "
                     f"does not take its exit as its own") from None

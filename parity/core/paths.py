@@ -122,6 +122,8 @@ def check_input(path, what: str, *, error: type[ParityError] = InputError,
     text = os.fspath(path)
     if text == "":
         raise error(f"{what} path is empty")
+    if "\0" in str(text):  # no path holds one: os.stat's ValueError would be an internal error
+        raise error(f"{what} {show(text)} holds a NUL byte, which no file name can")
     try:
         st = os.stat(text)
     except FileNotFoundError:
@@ -268,6 +270,8 @@ def check_outputs(outputs: Mapping[str, object], *, inputs: Iterable = (),
 
 def _stat_output(text: str, flag: str) -> os.stat_result | None:
     """What is at an output path now (None: nothing yet); any other failure is one line."""
+    if "\0" in str(text):
+        raise OutputPathError(f"{flag} path {show(text)} holds a NUL byte, which no file name can")
     try:
         return os.stat(text)
     except FileNotFoundError:

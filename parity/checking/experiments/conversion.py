@@ -198,6 +198,17 @@ def _different_file_verdict(ctx, probe, where, figures, given_diff, *, determini
            "the graphs could not be compared")
     checked = ("two fresh conversions under different paths are identical, so the converter is "
                "deterministic here" if deterministic else "the converter's determinism could not be checked")
+    compressed = _compression_of(ctx.mnn_path)
+    if compressed:  # checked as is (--no-attribution): reconverting over it would drop its compression
+        return Verdict(
+            "conversion", where,
+            f"{ctx.mnn_path.name} is not what MNN's converter makes of {ctx.onnx_path.name} with default options: "
+            f"a fresh conversion {figures}; {how}. The given file holds {compressed}, which this check "
+            f"(--no-attribution) does not set apart: its loss counts as a conversion difference here",
+            evidence=_given_file_is_wrong(evidence),
+            next_steps=("drop --no-attribution: the compression's loss is then measured against a float "
+                        "conversion and judged by its budget, and a file converted from another ONNX told apart",),
+        )
     return Verdict(
         "conversion", where,
         f"{ctx.mnn_path.name} is not what MNN's converter makes of {ctx.onnx_path.name} here: a fresh "
@@ -208,6 +219,17 @@ def _different_file_verdict(ctx, probe, where, figures, given_diff, *, determini
         next_steps=(f"reconvert and check in one step: parity convert {argument(ctx.onnx_path)} -o "
                     f"{argument(ctx.mnn_path)}",),
     )
+
+
+def _compression_of(path) -> str | None:
+    """What compression the .mnn holds ("4-bit weights"), or None (float, or unreadable)."""
+    from parity.mnn import compression
+
+    try:
+        found = compression.of_model(path)
+    except ParityError:
+        return None
+    return found.kind_label() if found.compressed else None
 
 
 def _graph_diff(ctx: Context, a, b, labels: tuple[str, str]):
