@@ -169,6 +169,28 @@ def test_without_attribution_a_compressed_file_is_not_advised_to_be_reconverted_
     assert not any("parity convert" in step for step in verdict["next_steps"]), verdict["next_steps"]
 
 
+def test_a_compressed_file_of_another_model_within_a_cosine_budget_is_conversion_not_a_pass(tmp_path):
+    """The head's weights scaled by 1.5 before compressing: the outputs are 1.5 times the float
+    model's, which a cosine budget cannot see (cosine 0.99999); MNN's own compression of this
+    ONNX errs 80 times less. The file compressed from this ONNX still passes."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(MODELS / "cnn.onnx")
+    for init in model.graph.initializer:
+        if init.name in ("head.weight", "head.bias"):
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(1.5), init.name))
+    onnx.save(model, tmp_path / "scaled.onnx")
+    other, own = tmp_path / "other8.mnn", tmp_path / "own8.mnn"
+    parity.convert(tmp_path / "scaled.onnx", other, options=["--weightQuantBits", "8"])
+    parity.convert(MODELS / "cnn.onnx", own, options=["--weightQuantBits", "8"])
+    checked = parity.check([MODELS / "cnn.onnx", other])
+    verdict = report_json(checked)["verdict"]
+    assert checked.exit_code == ExitCode.MISMATCH and verdict["kind"] == "conversion", verdict
+    assert "not what compressing this ONNX makes" in verdict["summary"] and "within its budget" in verdict["summary"]
+    assert parity.check([MODELS / "cnn.onnx", own]).exit_code == ExitCode.PASS
+
+
 def test_inspect_shows_the_compression_per_layer(tmp_path):
     model = tmp_path / "model.mnn"
     parity.convert(TRANSFORMER, model, options=["--weightQuantBits", "4", "--weightQuantBlock", "16"])

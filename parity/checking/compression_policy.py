@@ -137,6 +137,9 @@ def decide(comparisons, backends, links, verdict: Verdict, compression, budget, 
     verdict = _compression_verdict(comparisons, backends, links, verdict, compression, budget)
     if verdict.kind == "compression" and options.diagnose:
         verdict = _recompression_check(comparisons, backends, feeds, verdict, compression, budget, options, say)
+    elif verdict.kind == "pass" and options.diagnose and compression is not None and compression.compressed:
+        verdict = _recompression_check(comparisons, backends, feeds, verdict, compression, budget, options, say,
+                                       passed=True)
     if verdict.kind == "compression" or (options.rank_layers and compression is not None
                                          and compression.compressed):
         ranking = _rank(backends, feeds, budget, options, say, compression)
@@ -183,23 +186,27 @@ def _compression_verdict(comparisons, backends, links, verdict, compression, bud
     )
 
 
-def _recompression_check(comparisons, backends, feeds, verdict, compression, budget, options: CheckOptions, say):
+def _recompression_check(comparisons, backends, feeds, verdict, compression, budget, options: CheckOptions, say,
+                         passed: bool = False):
     """Is the compressed file what MNN's compression of this ONNX makes? Compress the float
     conversion again with the settings read from the file, measured the same way against the
     float model: when that costs far less than the given file (within the budget, or ten times
     less), the given file is wrong beyond its compression: conversion (another ONNX, a changed
-    file, a converter bug in that conversion), not compression."""
+    file, a converter bug in that conversion), not compression. ``passed``: the given file is
+    within its budget, which a cosine budget keeps for a file of another model whose outputs
+    are scaled or moderately wrong; it is conversion then when its cost, or its error, is ten
+    times the recompression's and above rounding (the same file costs the same)."""
     from parity.backends.mnn import MnnBackend
     from parity.mnn.compression import recompress
 
     settings = compression.converter_options() if compression is not None else None
+    if settings is None and passed:
+        return verdict
     if settings is None:
         return dataclasses.replace(verdict, evidence=verdict.evidence + (
             {"experiment": "recompression", "detail": "not run: the layers are compressed in several ways"},))
     float_backend = next(b for b in backends if b.role == "float conversion")
     compressed = next(b for b in backends if is_compressed(b))
-    given = next(c for c in comparisons if not c.passed and c.candidate_run == compressed.run_label)
-    given_cosine = min((o.budget or {}).get("cosine", 1.0) or 0.0 for o in given.outputs)
     say(f"recompressing the float conversion with {' '.join(settings)} (is the given file what compression makes?)")
     with tempfile.TemporaryDirectory(prefix="parity-recompress-") as workdir:
         target = Path(workdir) / "recompressed.mnn"
@@ -208,6 +215,7 @@ def _recompression_check(comparisons, backends, feeds, verdict, compression, bud
             with MnnBackend(target, **compressed.reopen_options()) as again:
                 outputs = again.run(feeds).outputs
             reference = float_backend.run(feeds).outputs
+            given_outputs = compressed.run(feeds).outputs if passed else None
         except Exception as exc:  # evidence, not the end
             if not isinstance(exc, ParityError):
                 raise
@@ -216,17 +224,30 @@ def _recompression_check(comparisons, backends, feeds, verdict, compression, bud
     from parity.mnn.ranking import within_budget, worst_figures
 
     figures = worst_figures(reference, outputs)
+    if passed:
+        given_figures = worst_figures(reference, given_outputs)
+        given_cosine, given_error = given_figures.get("cosine") or 0.0, given_figures.get("error")
+    else:
+        given = next(c for c in comparisons if not c.passed and c.candidate_run == compressed.run_label)
+        given_cosine, given_error = min((o.budget or {}).get("cosine", 1.0) or 0.0 for o in given.outputs), None
     entry = {"experiment": "recompression of the float conversion", "setting": " ".join(settings),
              "cosine": figures.get("cosine"), "error": figures.get("error"), "given_cosine": given_cosine,
              "within_budget": within_budget(budget, figures)}
-    again_cost = 1 - (figures.get("cosine") or 0.0)
-    given_cost = 1 - given_cosine
-    if within_budget(budget, figures) or (again_cost > 0 and given_cost / again_cost >= 10):
+    again_cost, given_cost = 1 - (figures.get("cosine") or 0.0), 1 - given_cosine
+    if passed:
+        again_error = figures.get("error") or 0.0
+        wrong = ((given_cost >= 1e-3 and given_cost >= 10 * again_cost)
+                 or (given_error is not None and given_error >= 1e-3 and given_error >= 10 * again_error))
+    else:
+        wrong = within_budget(budget, figures) or (again_cost > 0 and given_cost / again_cost >= 10)
+    if wrong:
         return Verdict(
             "conversion", verdict.where,
             f"{compressed.path.name} is not what compressing this ONNX makes: MNN's converter compressing "
             f"the float conversion with the file's own settings ({' '.join(settings)}) costs cosine "
-            f"{figures.get('cosine'):.6g}, the given file {given_cosine:.6g} against the same float model. "
+            f"{figures.get('cosine'):.6g}{_error_text(figures.get('error'), passed)}, the given file "
+            f"{given_cosine:.6g}{_error_text(given_error, passed)} against the same float model"
+            f"{' (within its budget, which does not see this)' if passed else ''}. "
             f"The loss is not compression's: the file was converted from another ONNX or with other "
             f"options, or changed after conversion",
             evidence=verdict.evidence + (entry,),
@@ -235,6 +256,10 @@ def _recompression_check(comparisons, backends, feeds, verdict, compression, bud
                         f"-o {argument(compressed.path)} {' '.join(settings)}",),
         )
     return dataclasses.replace(verdict, evidence=verdict.evidence + (entry,))
+
+
+def _error_text(error, shown: bool) -> str:
+    return f" (error {error:.3g})" if shown and error is not None else ""
 
 
 def _rank(backends, feeds, budget, options: CheckOptions, say, compression=None):
