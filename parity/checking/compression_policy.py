@@ -196,33 +196,20 @@ def _recompression_check(comparisons, backends, feeds, verdict, compression, bud
     within its budget, which a cosine budget keeps for a file of another model whose outputs
     are scaled or moderately wrong; it is conversion then when its cost, or its error, is ten
     times the recompression's and above rounding (the same file costs the same)."""
-    from parity.backends.mnn import MnnBackend
-    from parity.mnn.compression import recompress
-
     settings = compression.converter_options() if compression is not None else None
     if settings is None and passed:
         return verdict
     if settings is None:
         return dataclasses.replace(verdict, evidence=verdict.evidence + (
             {"experiment": "recompression", "detail": "not run: the layers are compressed in several ways"},))
-    float_backend = next(b for b in backends if b.role == "float conversion")
     compressed = next(b for b in backends if is_compressed(b))
-    say(f"recompressing the float conversion with {' '.join(settings)} (is the given file what compression makes?)")
-    with tempfile.TemporaryDirectory(prefix="parity-recompress-") as workdir:
-        target = Path(workdir) / "recompressed.mnn"
-        try:
-            recompress(float_backend.path, target, settings, timeout=options.timeout)
-            with MnnBackend(target, **compressed.reopen_options()) as again:
-                outputs = again.run(feeds).outputs
-            reference = float_backend.run(feeds).outputs
-            given_outputs = compressed.run(feeds).outputs if passed else None
-        except Exception as exc:  # evidence, not the end
-            if not isinstance(exc, ParityError):
-                raise
-            return dataclasses.replace(verdict, evidence=verdict.evidence + (
-                {"experiment": "recompression", "setting": " ".join(settings), "error": str(exc)},))
+    measured = _recompressed(backends, feeds, settings, options, say, passed)
+    if isinstance(measured, str):  # evidence, not the end
+        return dataclasses.replace(verdict, evidence=verdict.evidence + (
+            {"experiment": "recompression", "setting": " ".join(settings), "error": measured},))
     from parity.mnn.ranking import within_budget, worst_figures
 
+    reference, outputs, given_outputs = measured
     figures = worst_figures(reference, outputs)
     if passed:
         given_figures = worst_figures(reference, given_outputs)
@@ -233,29 +220,57 @@ def _recompression_check(comparisons, backends, feeds, verdict, compression, bud
     entry = {"experiment": "recompression of the float conversion", "setting": " ".join(settings),
              "cosine": figures.get("cosine"), "error": figures.get("error"), "given_cosine": given_cosine,
              "within_budget": within_budget(budget, figures)}
+    if not _beyond_compression(figures, given_cosine, given_error, budget, passed):
+        return dataclasses.replace(verdict, evidence=verdict.evidence + (entry,))
+    return Verdict(
+        "conversion", verdict.where,
+        f"{compressed.path.name} is not what compressing this ONNX makes: MNN's converter compressing "
+        f"the float conversion with the file's own settings ({' '.join(settings)}) costs cosine "
+        f"{figures.get('cosine'):.6g}{_error_text(figures.get('error'), passed)}, the given file "
+        f"{given_cosine:.6g}{_error_text(given_error, passed)} against the same float model"
+        f"{' (within its budget, which does not see this)' if passed else ''}. "
+        f"The loss is not compression's: the file was converted from another ONNX or with other "
+        f"options, or changed after conversion",
+        evidence=verdict.evidence + (entry,),
+        next_steps=(f"reconvert and check in one step: parity convert "
+                    f"{next((argument(b.path) for b in backends if b.onnx_graph), 'MODEL.onnx')} "
+                    f"-o {argument(compressed.path)} {' '.join(settings)}",),
+    )
+
+
+def _recompressed(backends, feeds, settings, options: CheckOptions, say, passed: bool):
+    """(the float model's outputs, its recompression's, the given file's when ``passed``), or
+    the error that stopped the recompression."""
+    from parity.backends.mnn import MnnBackend
+    from parity.mnn.compression import recompress
+
+    float_backend = next(b for b in backends if b.role == "float conversion")
+    compressed = next(b for b in backends if is_compressed(b))
+    say(f"recompressing the float conversion with {' '.join(settings)} (is the given file what compression makes?)")
+    with tempfile.TemporaryDirectory(prefix="parity-recompress-") as workdir:
+        target = Path(workdir) / "recompressed.mnn"
+        try:
+            recompress(float_backend.path, target, settings, timeout=options.timeout)
+            with MnnBackend(target, **compressed.reopen_options()) as again:
+                outputs = again.run(feeds).outputs
+            return (float_backend.run(feeds).outputs, outputs,
+                    compressed.run(feeds).outputs if passed else None)
+        except ParityError as exc:
+            return str(exc)
+
+
+def _beyond_compression(figures, given_cosine, given_error, budget, passed: bool) -> bool:
+    """Whether the given file costs far more than MNN's own compression of the float model: ten
+    times (on a pass, above rounding: cosine 0.999, error 1e-3), or the recompression within a
+    budget the given file misses."""
+    from parity.mnn.ranking import within_budget
+
     again_cost, given_cost = 1 - (figures.get("cosine") or 0.0), 1 - given_cosine
-    if passed:
-        again_error = figures.get("error") or 0.0
-        wrong = ((given_cost >= 1e-3 and given_cost >= 10 * again_cost)
-                 or (given_error is not None and given_error >= 1e-3 and given_error >= 10 * again_error))
-    else:
-        wrong = within_budget(budget, figures) or (again_cost > 0 and given_cost / again_cost >= 10)
-    if wrong:
-        return Verdict(
-            "conversion", verdict.where,
-            f"{compressed.path.name} is not what compressing this ONNX makes: MNN's converter compressing "
-            f"the float conversion with the file's own settings ({' '.join(settings)}) costs cosine "
-            f"{figures.get('cosine'):.6g}{_error_text(figures.get('error'), passed)}, the given file "
-            f"{given_cosine:.6g}{_error_text(given_error, passed)} against the same float model"
-            f"{' (within its budget, which does not see this)' if passed else ''}. "
-            f"The loss is not compression's: the file was converted from another ONNX or with other "
-            f"options, or changed after conversion",
-            evidence=verdict.evidence + (entry,),
-            next_steps=(f"reconvert and check in one step: parity convert "
-                        f"{next((argument(b.path) for b in backends if b.onnx_graph), 'MODEL.onnx')} "
-                        f"-o {argument(compressed.path)} {' '.join(settings)}",),
-        )
-    return dataclasses.replace(verdict, evidence=verdict.evidence + (entry,))
+    if not passed:
+        return within_budget(budget, figures) or (again_cost > 0 and given_cost / again_cost >= 10)
+    again_error = figures.get("error") or 0.0
+    return ((given_cost >= 1e-3 and given_cost >= 10 * again_cost)
+            or (given_error is not None and given_error >= 1e-3 and given_error >= 10 * again_error))
 
 
 def _error_text(error, shown: bool) -> str:
