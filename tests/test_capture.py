@@ -67,7 +67,7 @@ def test_the_reason_for_a_tensor_mnn_cannot_return_holds_no_memory_address():
     """Under a profiler (inherited by MNN's forked child) MNN's binding names the failed call
     "<built-in method read of Var object at 0x...>": a reason that differs from run to run and
     from tensor to tensor would split the terminal's groups and every report's diff."""
-    from parity.backends.mnn_child import failure_reason
+    from parity.run.worker import failure_reason
 
     first = SystemError("<built-in method read of Var object at 0x7f3a9c0d1e20> returned a result with an "
                         "exception set\nmore")

@@ -6,11 +6,10 @@ State lives in module globals because the child serves one model for its whole l
 from __future__ import annotations
 
 import os
-import re
 
 import numpy as np
 
-from parity.run.worker import ChildFailure
+from parity.run.worker import ChildFailure, failure_reason
 
 _DTYPES = {
     "dtype.float": "float32",
@@ -374,15 +373,6 @@ def _produced(feeds: dict, input_names: tuple, requested: tuple, cut: bool, cach
             return _produced(feeds, input_names, requested, cut, cache)
         kept = _state["kept"] = (key, dict(zip(every, produced)))
     return [kept[1][name] for name in (requested or _state["outputs"])]
-
-
-def failure_reason(error: BaseException) -> str:
-    """Why MNN could not return a tensor, in one line without memory addresses (a profiler makes
-    MNN's binding name "<... object at 0x...>"): one reason for every tensor that fails alike,
-    the same in every run."""
-    text = str(error).strip().splitlines()
-    line = re.sub(r" at 0x[0-9a-fA-F]+", "", text[0]) if text else ""
-    return f"{type(error).__name__}: {line}"
 
 
 def _empty(var) -> np.ndarray | None:

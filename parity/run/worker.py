@@ -21,6 +21,7 @@ import atexit
 import contextlib
 import importlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -62,6 +63,15 @@ ERROR_KINDS = {
     "output_path": OutputPathError,
     "backend": BackendError,
 }
+
+
+def failure_reason(error: BaseException) -> str:
+    """Why a framework could not do one thing (return a tensor), in one line without memory
+    addresses (a profiler makes MNN's binding name "<... object at 0x...>"): one reason for every
+    tensor that fails alike, the same in every run."""
+    text = str(error).strip().splitlines()
+    line = re.sub(r" at 0x[0-9a-fA-F]+", "", text[0]) if text else ""
+    return f"{type(error).__name__}: {line}"
 
 
 def error_kind(exc: ParityError) -> str:
