@@ -75,10 +75,9 @@ def prompts_of(values: dict) -> tuple[str, ...] | None:
 def settings_of(values: dict) -> dict:
     """--mnn-precision / --mnn-memory, when given: the export then runs with them instead of
     its config.json's (what the app runs)."""
-    ctx = click.get_current_context()
     settings = {}
     for name, key in (("mnn_precision", "precision"), ("mnn_memory", "memory")):
-        if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None) and values.get(name):
+        if _given(name) and values.get(name):
             if "," in values[name]:
                 raise UsageError(f"--{name.replace('_', '-')}: one mode for an LLM pair, not a list")
             settings[key] = values[name]

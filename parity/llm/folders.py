@@ -127,12 +127,9 @@ def _export(folder: Path) -> MNNExport:
     llm_config = _read_json(folder / "llm_config.json", folder)
     args_path = folder / "export_args.json"
     export_args = _read_json(args_path, folder) if args_path.is_file() else None
-    for key in ("llm_model", "llm_weight"):  # file names in the folder: never a path out of it
-        name = config.get(key)
-        plain = isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name
-        if name is not None and not plain:  # null: MNN.llm takes its default name, as parity does
-            raise ModelError(f"{show(folder / 'config.json')}: {key} must be a file name in the export folder, "
-                             f"not {name!r}; re-export the model")
+    for key in ("llm_model", "llm_weight"):  # null: MNN.llm takes its default name, as parity does
+        if config.get(key) is not None:
+            _file_name(folder / "config.json", key, config[key])
     export = MNNExport(folder, config, llm_config, export_args)
     for role, file in (("model", export.model_file), ("weights", export.weight_file)):
         if file.exists():
@@ -150,11 +147,15 @@ def _export(folder: Path) -> MNNExport:
 def _named_file(export: MNNExport, key: str, default: str) -> Path:
     """A file config.json (or llm_config.json) names for MNN.llm: a plain name in the folder."""
     name = export.config.get(key, export.llm_config.get(key))
-    name = default if name is None else name  # null: MNN.llm takes its default name
+    return export.path / _file_name(export.config_path, key, default if name is None else name)  # null: default
+
+
+def _file_name(config_path: Path, key: str, name) -> str:
+    """``name`` when it is a plain file name in the export folder: never a path out of it."""
     if not (isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name):
-        raise ModelError(f"{show(export.config_path)}: {key} must be a file name in the export folder, "
+        raise ModelError(f"{show(config_path)}: {key} must be a file name in the export folder, "
                          f"not {name!r}; re-export the model")
-    return export.path / name
+    return name
 
 
 def _check_tokenizer(export: MNNExport) -> None:

@@ -381,16 +381,12 @@ _EXTERNAL_SLOTS = {7: 9, 9: 6, 58: 3, 88: 5}  # Blob, Convolution2D, Scale, Laye
 def _nodes(buf: _Buffer, net: _Table):
     """The ops of the Net and of its subgraphs (field 10; SubGraphProto.nodes = field 4)."""
     yield from _ops(buf, net)
-    subgraphs = net.vector(10)
-    if subgraphs is not None:
-        start, count = subgraphs
-        buf._check(start, 4 * count)
-        for i in range(count):
-            at = start + 4 * i
-            yield from _ops_at(buf, _Table(buf, at + buf.u32(at)).vector(4))
+    for subgraph in _ops_at(buf, net.vector(10)):  # a vector of tables, as the op list is
+        yield from _ops_at(buf, subgraph.vector(4))
 
 
 def _ops_at(buf: _Buffer, ops: tuple[int, int] | None):
+    """The tables of a vector field ((start, length) or None: none)."""
     if ops is None:
         return
     start, count = ops
